@@ -1,0 +1,120 @@
+package endpoint
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"time"
+)
+
+// DefaultDialTimeout bounds one connection attempt when a Dialer sets none.
+const DefaultDialTimeout = 10 * time.Second
+
+// Dialer opens outgoing TCP connections from an optional local address.
+// The zero value dials from any local address with DefaultDialTimeout.
+type Dialer struct {
+	// Local, when set, is the local IP every connection is bound to (INADDR_DEFAULT, -b).
+	Local net.IP
+	// Timeout bounds each connection attempt; zero means DefaultDialTimeout.
+	Timeout time.Duration
+	// KeepAlive is the TCP keepalive period; zero means the net package's default (15 s),
+	// negative disables keepalive.
+	KeepAlive time.Duration
+}
+
+func (d *Dialer) timeout() time.Duration {
+	if d.Timeout > 0 {
+		return d.Timeout
+	}
+	return DefaultDialTimeout
+}
+
+// Dial connects to ep and returns the raw *net.TCPConn, kept unwrapped so that copies can
+// use splice and sendfile.
+func (d *Dialer) Dial(ctx context.Context, ep Endpoint) (*net.TCPConn, error) {
+	nd := net.Dialer{Timeout: d.timeout(), KeepAlive: d.KeepAlive}
+	network := "tcp"
+	if d.Local != nil {
+		nd.LocalAddr = &net.TCPAddr{IP: d.Local}
+		// A local address pins the family: a v4 source cannot reach a v6 destination.
+		if d.Local.To4() != nil {
+			network = "tcp4"
+		} else {
+			network = "tcp6"
+		}
+	}
+	c, err := nd.DialContext(ctx, network, ep.String())
+	if err != nil {
+		return nil, fmt.Errorf("connecting to %s: %w", ep, unwrapOp(err))
+	}
+	return c.(*net.TCPConn), nil
+}
+
+// Failure records one candidate that could not be reached during DialFirst.
+type Failure struct {
+	Endpoint Endpoint
+	Err      error
+}
+
+// DialFirst tries each candidate in order and returns the first connection made, its index
+// in candidates, and the failures before it. When every candidate fails, the error names
+// the last failure and how many were tried. A cancelled ctx stops at once.
+func (d *Dialer) DialFirst(ctx context.Context, candidates []Endpoint) (*net.TCPConn, int, []Failure, error) {
+	var failures []Failure
+	for i, ep := range candidates {
+		c, err := d.Dial(ctx, ep)
+		if err == nil {
+			return c, i, failures, nil
+		}
+		failures = append(failures, Failure{Endpoint: ep, Err: err})
+		if ctx.Err() != nil {
+			return nil, -1, failures, ctx.Err()
+		}
+	}
+	switch len(failures) {
+	case 0:
+		return nil, -1, nil, errors.New("no host to connect to")
+	case 1:
+		return nil, -1, failures, failures[0].Err
+	default:
+		return nil, -1, failures, fmt.Errorf("all %d hosts failed, last: %w", len(failures), failures[len(failures)-1].Err)
+	}
+}
+
+// Listen opens a TCP listener on ep. An empty ep.Host listens on local when it is set
+// (INADDR_DEFAULT, -b) and on every address otherwise. The error names the address.
+func Listen(ctx context.Context, ep Endpoint, local net.IP) (*net.TCPListener, error) {
+	host := ep.Host
+	if host == "" && local != nil {
+		host = local.String()
+	}
+	addr := net.JoinHostPort(host, strconv.Itoa(ep.Port))
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listening on %s: %w", addr, unwrapOp(err))
+	}
+	return ln.(*net.TCPListener), nil
+}
+
+// unwrapOp drops net.OpError's repetition of addresses we already name, keeping the cause
+// ("connection refused", "i/o timeout").
+func unwrapOp(err error) error {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Err != nil {
+		if op.Timeout() {
+			return errTimeout{op.Err}
+		}
+		return op.Err
+	}
+	return err
+}
+
+type errTimeout struct{ err error }
+
+func (e errTimeout) Error() string   { return "connection timed out" }
+func (e errTimeout) Unwrap() error   { return e.err }
+func (e errTimeout) Timeout() bool   { return true }
+func (e errTimeout) Temporary() bool { return true }

@@ -1,0 +1,90 @@
+// Package relay moves bytes between connections: Copy is one direction, kept zero-copy
+// (splice between sockets, sendfile from files) even when it is rate limited or metered;
+// Join relays both directions of two TCP connections with the close modes the tools share
+// (close both, or pass half-closes on), passes a reset on as a reset, and returns the bytes
+// moved each way for the log line.
+package relay
+
+import (
+	"context"
+	"errors"
+	"io"
+	"os"
+	"time"
+
+	"golang.org/x/time/rate"
+)
+
+// DefaultChunk is how many bytes a metered but unlimited copy moves between two progress
+// reports. One chunk is one io.CopyN, which the kernel still serves with splice or sendfile.
+const DefaultChunk = 1 << 20
+
+// CopyOptions tune one direction of a copy. The zero value copies as fast as io.Copy does.
+type CopyOptions struct {
+	// Limiter caps the bytes per second; nil means unlimited. The copy waits for one burst
+	// of tokens, then moves at most that many bytes, so splice still applies.
+	Limiter *rate.Limiter
+	// Progress, when set, is called after every chunk with the bytes it moved. It runs on
+	// the copying goroutine: keep it cheap (an atomic add).
+	Progress func(n int64)
+	// Tick, when positive and the source has read deadlines, cuts every read after Tick so
+	// Progress hears of a slow trickle at least that often.
+	Tick time.Duration
+	// Chunk is the most bytes moved per step when Progress is set and Limiter is nil; zero
+	// means DefaultChunk.
+	Chunk int64
+}
+
+type readDeadliner interface{ SetReadDeadline(time.Time) error }
+
+// Copy copies from src to dst until src ends (io.EOF, which is not an error) or a read or
+// write fails, and returns the bytes written. Pass raw *net.TCPConn and *os.File values:
+// any wrapper hides them from the kernel's zero-copy paths. A cancelled ctx stops a rate
+// limited or metered copy between chunks; to stop a copy blocked in the kernel, cancel ctx and
+// set a read deadline in the past on src (a tick may delay that by up to Tick), or close a
+// connection.
+func Copy(ctx context.Context, dst io.Writer, src io.Reader, o CopyOptions) (int64, error) {
+	if o.Limiter == nil && o.Progress == nil {
+		return io.Copy(dst, src)
+	}
+	step := o.Chunk
+	if step <= 0 {
+		step = DefaultChunk
+	}
+	if o.Limiter != nil {
+		step = int64(o.Limiter.Burst())
+	}
+	var dl readDeadliner
+	if o.Tick > 0 {
+		if d, ok := src.(readDeadliner); ok && d.SetReadDeadline(time.Time{}) == nil {
+			dl = d
+		}
+	}
+	var written int64
+	for {
+		if o.Limiter != nil {
+			if err := o.Limiter.WaitN(ctx, int(step)); err != nil {
+				return written, err
+			}
+		} else if err := ctx.Err(); err != nil {
+			return written, err
+		}
+		if dl != nil {
+			_ = dl.SetReadDeadline(time.Now().Add(o.Tick))
+		}
+		n, err := io.CopyN(dst, src, step)
+		written += n
+		if n > 0 && o.Progress != nil {
+			o.Progress(n)
+		}
+		switch {
+		case err == nil:
+		case errors.Is(err, io.EOF):
+			return written, nil
+		case dl != nil && errors.Is(err, os.ErrDeadlineExceeded) && ctx.Err() == nil:
+			// Our own tick cut the read: report and go on.
+		default:
+			return written, err
+		}
+	}
+}
