@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"strconv"
 	"time"
 )
@@ -106,6 +107,10 @@ func unwrapOp(err error) error {
 	if errors.As(err, &op) && op.Err != nil {
 		if op.Timeout() {
 			return errTimeout{op.Err}
+		}
+		var sc *os.SyscallError
+		if errors.As(op.Err, &sc) {
+			return sc.Err
 		}
 		return op.Err
 	}

@@ -1,0 +1,93 @@
+// Package pipe is the engine of tcppipe: a one-way, zero-copy byte pipe between stdin or
+// stdout and one TCP endpoint (a connection it makes, or one it accepts), with rate
+// limiting, throughput reports and host-file accounting.
+package pipe
+
+import (
+	"fmt"
+	"strings"
+
+	"shd-tcp-tools/internal/endpoint"
+)
+
+// Kind says what an end of the pipe is.
+type Kind int
+
+// The kinds of pipe ends.
+const (
+	Stdio   Kind = iota // "-": stdin as the source, stdout as the destination
+	Listen              // ":PORT": accept one connection
+	Connect             // "HOST PORT": connect out; HOST "." picks from the network file
+)
+
+// End is one side of the pipe as given on the command line.
+type End struct {
+	Kind Kind
+	// Endpoint is the address to listen on (Host empty) or to connect to.
+	Endpoint endpoint.Endpoint
+	// Least is set for host "." : the host comes from the network file, Endpoint.Port is
+	// the port for entries that name none.
+	Least bool
+}
+
+// Network reports whether the end is a socket.
+func (e End) Network() bool { return e.Kind != Stdio }
+
+func (e End) String() string {
+	switch e.Kind {
+	case Stdio:
+		return "-"
+	case Listen:
+		return fmt.Sprintf(":%d", e.Endpoint.Port)
+	}
+	if e.Least {
+		return fmt.Sprintf(". %d", e.Endpoint.Port)
+	}
+	return e.Endpoint.String()
+}
+
+// ParseEnds reads SOURCE and DESTINATION from the positional arguments: each is "-",
+// ":PORT", or the two words "HOST PORT". Both being network ends is an error.
+func ParseEnds(args []string) (src, dst End, err error) {
+	var ends []End
+	for len(args) > 0 && len(ends) < 2 {
+		e, used, err := parseEnd(args)
+		if err != nil {
+			return End{}, End{}, err
+		}
+		ends = append(ends, e)
+		args = args[used:]
+	}
+	switch {
+	case len(ends) < 2:
+		return End{}, End{}, fmt.Errorf("missing %s: want SOURCE DESTINATION, each -, :PORT or HOST PORT", [...]string{"SOURCE", "DESTINATION"}[len(ends)])
+	case len(args) > 0:
+		return End{}, End{}, fmt.Errorf("unexpected argument %q after SOURCE and DESTINATION", args[0])
+	case ends[0].Network() && ends[1].Network():
+		return End{}, End{}, fmt.Errorf("SOURCE and DESTINATION are both network endpoints (%s, %s): one of them must be -", ends[0], ends[1])
+	}
+	return ends[0], ends[1], nil
+}
+
+func parseEnd(args []string) (End, int, error) {
+	a := args[0]
+	switch {
+	case a == "-":
+		return End{Kind: Stdio}, 1, nil
+	case strings.HasPrefix(a, ":") && strings.Count(a, ":") == 1:
+		p, err := endpoint.ParsePort(a[1:])
+		if err != nil {
+			return End{}, 0, fmt.Errorf("listen %q: %w", a, err)
+		}
+		return End{Kind: Listen, Endpoint: endpoint.Endpoint{Port: p}}, 1, nil
+	}
+	if len(args) < 2 {
+		return End{}, 0, fmt.Errorf("host %q needs a PORT after it", a)
+	}
+	host := strings.TrimSuffix(strings.TrimPrefix(a, "["), "]")
+	p, err := endpoint.ParsePort(args[1])
+	if err != nil {
+		return End{}, 0, fmt.Errorf("host %s: %w", a, err)
+	}
+	return End{Kind: Connect, Endpoint: endpoint.Endpoint{Host: host, Port: p}, Least: host == "."}, 2, nil
+}
