@@ -1,0 +1,173 @@
+package hostfile
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/gofrs/flock"
+)
+
+// LockSuffix is appended to a host file's path to name its lock file.
+const LockSuffix = ".lock"
+
+// newFileMode is the mode of a host file that Update creates.
+const newFileMode fs.FileMode = 0o644
+
+// Read reads and parses the host file at path. It takes no lock: writers replace the file
+// with a rename, so a reader always sees a complete old or new version. The error, for a
+// file that cannot be read, names path ("reading hosts.txt: no such file or directory") and
+// matches fs.ErrNotExist when the file is missing. The warnings are those of Parse.
+func Read(path string) (*File, []error, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, nil, pathError("reading", path, err)
+	}
+	f, warns := Parse(path, data)
+	return f, warns, nil
+}
+
+// pathError wraps err as "VERB PATH: reason", dropping the *fs.PathError layer that would
+// repeat the path.
+func pathError(verb, path string, err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		err = pe.Err
+	}
+	return fmt.Errorf("%s %s: %w", verb, path, err)
+}
+
+// Update changes the host file at path under an exclusive lock: it locks the sidecar file
+// path+".lock" (created if needed, never removed; blocking until other writers are done),
+// reads and parses the file, and calls fn with it. A missing file is an empty File when
+// create is true, and an error otherwise.
+//
+// If fn returns nil and changed the file, the new text replaces the old one atomically: it
+// is written to a temporary file in the same directory, synced, given the old file's mode
+// (0644 for a new file) and, where allowed, its owner, renamed over path, and the directory
+// is synced. A crash at any point leaves the old or the new file, never a mix. If fn returns
+// an error, Update returns it and the file is not touched.
+//
+// The lock is on a separate file because the data file's inode is replaced by every write:
+// a lock held on it would not exclude a process that opened the new one. If path is a
+// symbolic link, the file it points to is updated and the link kept.
+//
+// Once the rename has succeeded, Update reports success: a failure to sync the directory
+// afterwards cannot be undone and must not make a caller apply its change a second time.
+func Update(path string, create bool, fn func(*File) error) error {
+	path = resolve(path)
+	lk := flock.New(path+LockSuffix, flock.SetPermissions(newFileMode))
+	if err := lk.Lock(); err != nil {
+		return pathError("locking", path+LockSuffix, err)
+	}
+	defer lk.Unlock()
+
+	mode := newFileMode
+	var old fs.FileInfo
+	data, err := os.ReadFile(path)
+	switch {
+	case err == nil:
+		if old, err = os.Stat(path); err != nil {
+			return pathError("reading", path, err)
+		}
+		mode = old.Mode().Perm()
+	case errors.Is(err, fs.ErrNotExist) && create:
+	default:
+		return pathError("reading", path, err)
+	}
+	f, _ := Parse(path, data)
+	if err := fn(f); err != nil {
+		return err
+	}
+	if !f.Changed() && old != nil {
+		return nil
+	}
+	return replace(path, f.Format(), mode, old)
+}
+
+// resolve follows symbolic links so that a link to a host file stays a link. A path that
+// does not resolve (a missing file) is used as it is.
+func resolve(path string) string {
+	if fi, err := os.Lstat(path); err != nil || fi.Mode()&fs.ModeSymlink == 0 {
+		return path
+	}
+	if real, err := filepath.EvalSymlinks(path); err == nil {
+		return real
+	}
+	return path
+}
+
+// tempPrefix is the name prefix of the temporary files that replace path. Only the holder
+// of path's lock creates them, so one found while holding the lock is a leftover of a
+// writer that crashed.
+func tempPrefix(path string) string { return "." + filepath.Base(path) + ".tmp-" }
+
+// replace writes data to path atomically (see Update). old is the replaced file's info, nil
+// for a new file.
+func replace(path string, data []byte, mode fs.FileMode, old fs.FileInfo) error {
+	dir := filepath.Dir(path)
+	removeStaleTemps(dir, tempPrefix(path))
+	tmp, err := os.CreateTemp(dir, tempPrefix(path)+"*")
+	if err != nil {
+		return pathError("writing", path, err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	if _, err := tmp.Write(data); err != nil {
+		return pathError("writing", path, err)
+	}
+	if err := tmp.Sync(); err != nil {
+		return pathError("writing", path, err)
+	}
+	if err := tmp.Chmod(mode); err != nil {
+		return pathError("writing", path, err)
+	}
+	if old != nil {
+		chown(tmp, old)
+	}
+	if err := tmp.Close(); err != nil {
+		return pathError("writing", path, err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		var le *os.LinkError
+		if errors.As(err, &le) {
+			err = le.Err
+		}
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	ok = true
+	syncDir(dir)
+	return nil
+}
+
+// removeStaleTemps deletes temporary files left in dir by a writer that crashed. It is
+// called with the lock held, so no live writer owns any of them.
+func removeStaleTemps(dir, prefix string) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), prefix) && e.Type().IsRegular() {
+			os.Remove(filepath.Join(dir, e.Name()))
+		}
+	}
+}
+
+// syncDir makes a rename in dir durable. Errors are ignored: the rename has happened.
+func syncDir(dir string) {
+	d, err := os.Open(dir)
+	if err != nil {
+		return
+	}
+	d.Sync()
+	d.Close()
+}
