@@ -6,6 +6,8 @@ import (
 	"context"
 	"io"
 	"os"
+	"os/signal"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 
@@ -58,6 +60,10 @@ Examples:
 `
 
 func main() {
+	// A closed stdout is a write error like any other: report the bytes that went through
+	// and exit 1, rather than die of SIGPIPE on some copy paths (write) and not on others
+	// (splice).
+	signal.Ignore(syscall.SIGPIPE)
 	os.Exit(run(context.Background(), os.Args[1:], os.Stdin, os.Stdout, os.Stderr, os.Getenv))
 }
 

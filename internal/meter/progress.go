@@ -11,7 +11,8 @@ import (
 
 // Progress prints the throughput of a running transfer: one report per Interval while the
 // count grows, in place with a carriage return on a terminal and one line per report
-// otherwise, and a summary line from Finish. Add is safe for simultaneous use.
+// otherwise, and a summary line from Finish. Add is safe for simultaneous use; once Finish
+// has printed the summary, a Run still going prints nothing more.
 type Progress struct {
 	// Out receives the reports (stderr).
 	Out io.Writer
@@ -22,10 +23,11 @@ type Progress struct {
 	// Prefix starts every line (the tool's name and a colon).
 	Prefix string
 
-	bytes   atomic.Uint64
-	start   time.Time
-	mu      sync.Mutex
-	lastLen int
+	bytes    atomic.Uint64
+	start    time.Time
+	mu       sync.Mutex
+	lastLen  int
+	finished bool
 }
 
 // Add records n more bytes moved.
@@ -72,7 +74,8 @@ func (p *Progress) started() time.Time {
 	return p.start
 }
 
-// Finish prints the summary line: total bytes, elapsed time and average rate.
+// Finish prints the summary line: total bytes, elapsed time and average rate. It is the
+// last line Progress prints.
 func (p *Progress) Finish() {
 	n := p.bytes.Load()
 	start := p.started()
@@ -86,6 +89,10 @@ func (p *Progress) Finish() {
 func (p *Progress) line(s string, final bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.finished {
+		return
+	}
+	p.finished = final
 	if !p.Terminal {
 		fmt.Fprintln(p.Out, s)
 		return

@@ -10,17 +10,14 @@ import (
 
 var units = []string{"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"}
 
-// Size formats n bytes with an IEC unit: "512 B", "1.50 KiB", "3.20 GiB".
+// Size formats n bytes with an IEC unit: "512 B", "1.50 KiB", "3.20 GiB". A value that
+// would round up to 1024.00 of one unit is written as 1.00 of the next.
 func Size(n uint64) string {
 	if n < 1024 {
 		return fmt.Sprintf("%d B", n)
 	}
-	v, i := float64(n), 0
-	for v >= 1024 && i < len(units)-1 {
-		v /= 1024
-		i++
-	}
-	return fmt.Sprintf("%.2f %s", v, units[i])
+	v, u := scale(float64(n) / 1024)
+	return fmt.Sprintf("%.2f %s", v, u)
 }
 
 // Rate formats the average rate of n bytes over d as "12.34 MiB/s". A zero or negative
@@ -30,13 +27,21 @@ func Rate(n uint64, d time.Duration) string {
 		d = time.Nanosecond
 	}
 	bps := float64(n) / d.Seconds()
-	if bps < 1024 {
+	if bps < 1023.5 { // "%.0f" would print 1024 from here on
 		return fmt.Sprintf("%.0f B/s", bps)
 	}
-	v, i := bps, 0
-	for v >= 1024 && i < len(units)-1 {
+	v, u := scale(bps / 1024)
+	return fmt.Sprintf("%.2f %s/s", v, u)
+}
+
+// scale takes v KiB and divides it by 1024 until it prints with two decimals below 1024,
+// and returns it with its unit. Rounding is accounted for: 1048575 B is 1.00 MiB, not
+// 1024.00 KiB.
+func scale(v float64) (float64, string) {
+	i := 1
+	for v >= 1023.995 && i < len(units)-1 {
 		v /= 1024
 		i++
 	}
-	return fmt.Sprintf("%.2f %s/s", v, units[i])
+	return v, units[i]
 }

@@ -150,7 +150,12 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	}
 
 	dialer := endpoint.Dialer{Local: local, Timeout: cfg.DialTimeout}
-	open := func(e End) (*net.TCPConn, error) {
+	open := func(e End) (c *net.TCPConn, err error) {
+		defer func() {
+			if err != nil && e.Kind == Connect && ctx.Err() != nil {
+				err = errors.New("interrupted by signal while connecting")
+			}
+		}()
 		switch {
 		case e.Kind == Listen:
 			return acceptOne(ctx, e.Endpoint, local, cfg)
@@ -160,10 +165,11 @@ func Run(ctx context.Context, cfg Config) (err error) {
 				eps[i] = endpoint.Endpoint{Host: c.Host, Port: cmp(c.Port, e.Endpoint.Port)}
 			}
 			conn, i, failures, err := dialer.DialFirst(ctx, eps)
+			if conn == nil && len(failures) > 0 {
+				failures = failures[:len(failures)-1] // the returned error names the last one
+			}
 			for _, f := range failures {
-				if conn != nil || len(failures) > 1 {
-					warn("%v", f.Err)
-				}
+				warn("%v", f.Err)
 			}
 			if err != nil {
 				return nil, err
@@ -223,8 +229,13 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	if cfg.Progress {
 		prog = &meter.Progress{Out: cfg.Stderr, Terminal: cfg.Terminal, Prefix: cfg.tool() + ":"}
 		pctx, stop := context.WithCancel(ctx)
-		go prog.Run(pctx)
-		defer func() { stop(); prog.Finish() }()
+		reported := make(chan struct{})
+		go func() {
+			defer close(reported)
+			prog.Run(pctx)
+		}()
+		// The summary is the last line: wait for the reporter before printing it.
+		defer func() { stop(); <-reported; prog.Finish() }()
 	}
 	var moved atomic.Int64
 	count := func(n int64) {
@@ -295,7 +306,11 @@ func cmp(port, fallback int) int {
 func leastOf(path, flag string, warn func(string, ...any)) ([]hostfile.Entry, *hostfile.Ledger, error) {
 	f, warnings, err := hostfile.Read(path)
 	if err != nil {
-		return nil, nil, fmt.Errorf("%s %w", flag, err)
+		// "-n hosts: no such file or directory", like --insert's message.
+		if cause := errors.Unwrap(err); cause != nil {
+			err = cause
+		}
+		return nil, nil, fmt.Errorf("%s %s: %w", flag, path, err)
 	}
 	for _, w := range warnings {
 		warn("warning: %v", w)

@@ -4,7 +4,9 @@
 package pipe
 
 import (
+	"errors"
 	"fmt"
+	"net/netip"
 	"strings"
 
 	"shd-tcp-tools/internal/endpoint"
@@ -84,10 +86,33 @@ func parseEnd(args []string) (End, int, error) {
 	if len(args) < 2 {
 		return End{}, 0, fmt.Errorf("host %q needs a PORT after it", a)
 	}
-	host := strings.TrimSuffix(strings.TrimPrefix(a, "["), "]")
+	host, err := parseHost(a)
+	if err != nil {
+		return End{}, 0, err
+	}
 	p, err := endpoint.ParsePort(args[1])
 	if err != nil {
 		return End{}, 0, fmt.Errorf("host %s: %w", a, err)
 	}
 	return End{Kind: Connect, Endpoint: endpoint.Endpoint{Host: host, Port: p}, Least: host == "."}, 2, nil
+}
+
+// parseHost checks the HOST word of a "HOST PORT" end: a name, an IPv4 literal, or an IPv6
+// literal, bare or in brackets (brackets are removed). Whether a name resolves is only
+// known when connecting; what can never be a host is a usage error now.
+func parseHost(a string) (string, error) {
+	host := a
+	if strings.ContainsAny(a, "[]") {
+		host = strings.TrimSuffix(strings.TrimPrefix(a, "["), "]")
+		if ip, err := netip.ParseAddr(host); err != nil || !ip.Is6() || len(host)+2 != len(a) {
+			return "", fmt.Errorf("host %q: brackets must enclose an IPv6 address, as in [::1]", a)
+		}
+	}
+	switch {
+	case host == "":
+		return "", errors.New("empty host: want a name or an IP address before the PORT")
+	case strings.ContainsFunc(host, func(r rune) bool { return r <= ' ' || r == 0x7f }):
+		return "", fmt.Errorf("host %q: blanks and control characters are not allowed", a)
+	}
+	return host, nil
 }
