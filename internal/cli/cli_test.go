@@ -1,0 +1,59 @@
+package cli
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestReport(t *testing.T) {
+	cases := []struct {
+		err  error
+		code int
+		out  string
+	}{
+		{nil, ExitOK, ""},
+		{ErrHelp, ExitOK, ""},
+		{Usagef("bad port %q", "x"), ExitUsage, "tool: bad port \"x\"\n"},
+		{fmt.Errorf("wrapped: %w", Usagef("u")), ExitUsage, "tool: wrapped: u\n"},
+		{errors.New("two\nlines"), ExitFailure, "tool: two lines\n"},
+	}
+	for _, c := range cases {
+		var b bytes.Buffer
+		if got := Report(&b, "tool", c.err); got != c.code || b.String() != c.out {
+			t.Errorf("Report(%v) = %d %q, want %d %q", c.err, got, b.String(), c.code, c.out)
+		}
+	}
+}
+
+func TestFlagSet(t *testing.T) {
+	var out bytes.Buffer
+	fs := NewFlagSet("tool", "HELP\n", &out)
+	if err := fs.Parse([]string{"--help"}); !errors.Is(err, ErrHelp) || out.String() != "HELP\n" {
+		t.Fatalf("--help: %v %q", err, out.String())
+	}
+	out.Reset()
+	fs = NewFlagSet("tool", "HELP\n", &out)
+	if err := fs.Parse([]string{"-v"}); !errors.Is(err, ErrHelp) || !strings.HasPrefix(out.String(), "tool (shd-tcp-tools) ") {
+		t.Fatalf("-v: %v %q", err, out.String())
+	}
+	fs = NewFlagSet("tool", "HELP\n", &out)
+	if err := fs.Parse([]string{"--nope"}); Code(err) != ExitUsage {
+		t.Fatalf("unknown flag: %v", err)
+	}
+}
+
+func TestSeconds(t *testing.T) {
+	var s Seconds
+	if err := s.Set("0.25"); err != nil || s.D != 250*time.Millisecond {
+		t.Fatalf("0.25: %v %v", s.D, err)
+	}
+	for _, bad := range []string{"-1", "x", "NaN", "Inf", "1e300"} {
+		if err := s.Set(bad); err == nil {
+			t.Errorf("Set(%q) accepted", bad)
+		}
+	}
+}

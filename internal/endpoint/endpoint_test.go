@@ -1,0 +1,161 @@
+package endpoint
+
+import (
+	"context"
+	"errors"
+	"net"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func TestParsePort(t *testing.T) {
+	good := map[string]int{"1": 1, "22": 22, "65535": 65535, "ssh": 22, "0080": 80}
+	for in, want := range good {
+		if got, err := ParsePort(in); err != nil || got != want {
+			t.Errorf("ParsePort(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "0", "65536", "99999", "abc", "-1", "+5", "1e3", "4294967318", "nosuchservice"} {
+		if got, err := ParsePort(in); err == nil {
+			t.Errorf("ParsePort(%q) = %d, want an error", in, got)
+		}
+	}
+}
+
+func TestParseHostPort(t *testing.T) {
+	good := map[string]Endpoint{
+		"example.test:22":   {"example.test", 22},
+		"192.0.2.1:80":      {"192.0.2.1", 80},
+		"[::1]:8080":        {"::1", 8080},
+		"[2001:db8::5]:ssh": {"2001:db8::5", 22},
+	}
+	for in, want := range good {
+		if got, err := ParseHostPort(in); err != nil || got != want {
+			t.Errorf("ParseHostPort(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"host", ":22", "::1:22", "host:0", "host:65536", "[::1]", "host:abc"} {
+		if got, err := ParseHostPort(in); err == nil {
+			t.Errorf("ParseHostPort(%q) = %v, want an error", in, got)
+		}
+	}
+	if got := (Endpoint{"::1", 22}).String(); got != "[::1]:22" {
+		t.Errorf("String() = %q", got)
+	}
+}
+
+func TestParseListen(t *testing.T) {
+	good := map[string]Endpoint{
+		"8080": {"", 8080}, ":8080": {"", 8080}, "127.0.0.1:8080": {"127.0.0.1", 8080}, "[::1]:9": {"::1", 9},
+	}
+	for in, want := range good {
+		if got, err := ParseListen(in); err != nil || got != want {
+			t.Errorf("ParseListen(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"0", ":0", "65536", "abc:", "::1:80", "1.2.3.4:99999"} {
+		if got, err := ParseListen(in); err == nil {
+			t.Errorf("ParseListen(%q) = %v, want an error", in, got)
+		}
+	}
+}
+
+func TestResolveLocal(t *testing.T) {
+	ctx := context.Background()
+	if ip, err := ResolveLocal(ctx, ""); ip != nil || err != nil {
+		t.Fatalf("empty: %v %v", ip, err)
+	}
+	if ip, err := ResolveLocal(ctx, "127.0.0.2"); err != nil || !ip.Equal(net.ParseIP("127.0.0.2")) {
+		t.Fatalf("literal: %v %v", ip, err)
+	}
+	if ip, err := ResolveLocal(ctx, "localhost"); err != nil || !ip.IsLoopback() {
+		t.Fatalf("localhost: %v %v", ip, err)
+	}
+	_, err := ResolveLocal(ctx, "no-such-host.invalid")
+	if err == nil || !strings.Contains(err.Error(), "INADDR_DEFAULT=no-such-host.invalid") {
+		t.Fatalf("unresolvable: %v", err)
+	}
+}
+
+func listen(t *testing.T, addr string) *net.TCPListener {
+	t.Helper()
+	ln, err := Listen(context.Background(), Endpoint{Host: addr}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln
+}
+
+func port(ln net.Listener) int { return ln.Addr().(*net.TCPAddr).Port }
+
+// A closed port: listen, note the port, close.
+func closedPort(t *testing.T, host string) int {
+	ln := listen(t, host)
+	p := port(ln)
+	ln.Close()
+	return p
+}
+
+func TestDialFromLocalAddress(t *testing.T) {
+	ln := listen(t, "127.0.0.1")
+	d := Dialer{Local: net.ParseIP("127.0.0.3"), Timeout: 5 * time.Second}
+	c, err := d.Dial(context.Background(), Endpoint{"127.0.0.1", port(ln)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	a, err := ln.AcceptTCP()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	if got := a.RemoteAddr().(*net.TCPAddr).IP.String(); got != "127.0.0.3" {
+		t.Fatalf("peer address %s, want 127.0.0.3", got)
+	}
+}
+
+func TestDialFirstFailsOver(t *testing.T) {
+	ln := listen(t, "::1")
+	var d Dialer
+	cands := []Endpoint{{"127.0.0.1", closedPort(t, "127.0.0.1")}, {"::1", port(ln)}}
+	c, i, failures, err := d.DialFirst(context.Background(), cands)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if i != 1 || len(failures) != 1 || !errors.Is(failures[0].Err, syscall.ECONNREFUSED) {
+		t.Fatalf("index %d failures %+v", i, failures)
+	}
+	if !strings.Contains(failures[0].Err.Error(), "connecting to 127.0.0.1:") || strings.Contains(failures[0].Err.Error(), "connect: ") {
+		t.Fatalf("message %q", failures[0].Err)
+	}
+}
+
+func TestDialFirstAllFail(t *testing.T) {
+	var d Dialer
+	cands := []Endpoint{{"127.0.0.1", closedPort(t, "127.0.0.1")}, {"127.0.0.1", closedPort(t, "127.0.0.1")}}
+	_, _, failures, err := d.DialFirst(context.Background(), cands)
+	if err == nil || len(failures) != 2 || !strings.Contains(err.Error(), "all 2 hosts failed") {
+		t.Fatalf("err %v, failures %d", err, len(failures))
+	}
+}
+
+func TestListenError(t *testing.T) {
+	ln := listen(t, "127.0.0.1")
+	_, err := Listen(context.Background(), Endpoint{"127.0.0.1", port(ln)}, nil)
+	if err == nil || !strings.Contains(err.Error(), ln.Addr().String()) || !errors.Is(err, syscall.EADDRINUSE) {
+		t.Fatalf("second listen: %v", err)
+	}
+	// An empty host with a local address listens there.
+	ln2, err := Listen(context.Background(), Endpoint{Port: closedPort(t, "127.0.0.1")}, net.ParseIP("127.0.0.4"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln2.Close()
+	if got := ln2.Addr().(*net.TCPAddr).IP.String(); got != "127.0.0.4" {
+		t.Fatalf("listening on %s", got)
+	}
+}
