@@ -1,0 +1,252 @@
+#!/usr/bin/env bash
+# bench/relay.sh: tcp-pf against other TCP relays on this machine's loopback.
+#
+# Usage: bench/relay.sh [-r ROUNDS] [-t SECS] [-n IDLE] [--soak [N]] [--no-install]
+#
+#   -r ROUNDS    interleaved rounds (default 3); medians and per-round ratios over them
+#   -t SECS      length of each throughput and connection-rate run (default 2)
+#   -n IDLE      idle connections for the memory figure (default 1000)
+#   --soak [N]   also hold N (default 10000) connections through tcp-pf and check that
+#                every one still echoes afterwards
+#   --no-install do not apt-get missing peers, even as root
+#
+# Relays: direct (no relay), tcp-pf, HAProxy in tcp mode twice (option splice-auto, and
+# splice forced with 1 MiB pipes), socat, rinetd, and relayfwd (a plain Go io.Copy
+# forwarder, the floor). A missing peer is installed with
+# apt-get when running as root, and skipped (and said so) otherwise. Every run is bounded
+# with timeout(1); the default run takes about 3 minutes.
+set -euo pipefail
+
+rounds=3 secs=2 idle_n=1000 soak=0 install=1
+while [ $# -gt 0 ]; do
+	case $1 in
+	-r) rounds=$2; shift 2 ;;
+	-t) secs=$2; shift 2 ;;
+	-n) idle_n=$2; shift 2 ;;
+	--soak)
+		soak=10000; shift
+		if [ $# -gt 0 ] && [[ $1 =~ ^[0-9]+$ ]]; then soak=$1; shift; fi ;;
+	--no-install) install=0; shift ;;
+	-h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+	*) echo "relay.sh: unknown argument $1" >&2; exit 2 ;;
+	esac
+done
+
+top=$(cd "$(dirname "$0")/.." && pwd)
+work=$(mktemp -d)
+pids=()
+cleanup() {
+	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+	wait 2>/dev/null || true
+	rm -rf "$work"
+}
+trap cleanup EXIT
+say() { printf '%s\n' "$*" >&2; }
+
+# Peers.
+want=(haproxy socat rinetd)
+missing=()
+for p in "${want[@]}"; do command -v "$p" >/dev/null 2>&1 || [ -x "/usr/sbin/$p" ] || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+	if [ "$(id -u)" = 0 ] && [ $install = 1 ] && command -v apt-get >/dev/null; then
+		say "installing ${missing[*]} with apt-get"
+		timeout 300 apt-get update -qq >/dev/null 2>&1 || true
+		DEBIAN_FRONTEND=noninteractive timeout 300 apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1 ||
+			say "apt-get install failed; the missing peers are skipped"
+	else
+		say "not installing ${missing[*]} (not root, --no-install or no apt-get): skipped"
+	fi
+fi
+PATH=$PATH:/usr/sbin
+have() { command -v "$1" >/dev/null 2>&1; }
+
+# Our binaries.
+say "building tcp-pf, relayload and relayfwd"
+(cd "$top" && go build -o "$work/" ./cmd/tcp-pf ./bench/relayload ./bench/relayfwd)
+load=$work/relayload
+
+# More descriptors, when allowed: 1,000 idle connections need about 6,000 in tcp-pf.
+ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+base=$((20000 + RANDOM % 20000))
+be=$base
+port_of() { # the listening port of each relay
+	case $1 in direct) echo $be ;; tcp-pf) echo $((base + 1)) ;; haproxy) echo $((base + 2)) ;;
+	socat) echo $((base + 3)) ;; rinetd) echo $((base + 4)) ;; relayfwd) echo $((base + 5)) ;;
+	haproxy-splice) echo $((base + 6)) ;; esac
+}
+
+wait_port() { # wait up to 5 s for 127.0.0.1:$1 to accept
+	local i
+	for i in $(seq 100); do
+		if (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null; then return 0; fi
+		sleep 0.05
+	done
+	say "port $1 not accepting after 5 s"; cat "$work"/*.log >&2 2>/dev/null; return 1
+}
+
+declare -A pid_of
+start_relay() { # start relay $1 in the background and record its pid
+	local name=$1 p
+	p=$(port_of "$name")
+	case $name in
+	direct) return 0 ;;
+	tcp-pf) "$work/tcp-pf" -s 127.0.0.1:$p -d 127.0.0.1:$be 2>>"$work/tcp-pf.log" & ;;
+	relayfwd) "$work/relayfwd" -l 127.0.0.1:$p -d 127.0.0.1:$be & ;;
+	socat) socat TCP-LISTEN:$p,bind=127.0.0.1,fork,reuseaddr,backlog=4096 TCP:127.0.0.1:$be & ;;
+	rinetd)
+		printf '127.0.0.1 %s 127.0.0.1 %s\n' "$p" "$be" >"$work/rinetd.conf"
+		rinetd -f -c "$work/rinetd.conf" & ;;
+	haproxy | haproxy-splice)
+		# haproxy: option splice-auto, as usually recommended; HAProxy 2.6 then splices
+		# only when it guesses a stream is large, and here it never does.
+		# haproxy-splice: splice forced both ways, with 1 MiB pipes like Go's: its best
+		# figure for bulk streams.
+		local opts="option splice-auto" tune=""
+		if [ "$name" = haproxy-splice ]; then
+			opts=$'option splice-request\n    option splice-response'
+			tune="tune.pipesize 1048576"
+		fi
+		cat >"$work/$name.cfg" <<-EOF
+			global
+			    maxconn $(( $(ulimit -n) / 5 ))
+			    tune.maxpollevents 1024
+			    $tune
+			defaults
+			    mode tcp
+			    $opts
+			    timeout connect 10s
+			    timeout client 1h
+			    timeout server 1h
+			listen fwd
+			    bind 127.0.0.1:$p
+			    server be 127.0.0.1:$be
+		EOF
+		haproxy -db -f "$work/$name.cfg" 2>>"$work/haproxy.log" & ;;
+	esac
+	pid_of[$name]=$!
+	pids+=($!)
+	wait_port "$p"
+}
+stop_relay() {
+	local p=${pid_of[$1]:-}
+	[ -n "$p" ] || return 0
+	kill "$p" 2>/dev/null || true
+	wait "$p" 2>/dev/null || true
+	unset "pid_of[$1]"
+}
+
+# Memory of a relay: RSS and PSS (kB) of its process and its children (socat forks).
+mem_kb() {
+	local root=$1 p rss=0 pss=0 v
+	for p in $root $(pgrep -P "$root" 2>/dev/null || true); do
+		v=$(awk '/^VmRSS:/ {print $2}' /proc/$p/status 2>/dev/null || echo 0); rss=$((rss + ${v:-0}))
+		v=$(awk '/^Pss:/ {print $2}' /proc/$p/smaps_rollup 2>/dev/null || echo 0); pss=$((pss + ${v:-0}))
+	done
+	echo "$rss $pss"
+}
+
+"$load" serve -l 127.0.0.1:$be &
+pids+=($!)
+wait_port $be
+
+relays=(direct tcp-pf)
+for p in haproxy socat rinetd; do
+	if have "$p"; then relays+=("$p"); else say "$p not installed: skipped"; fi
+done
+have haproxy && relays+=(haproxy-splice)
+relays+=(relayfwd)
+for r in "${relays[@]}"; do start_relay "$r"; done
+
+results=$work/results.tsv # round relay metric value
+run() { timeout $((secs * 3 + 30)) "$@"; }
+field() { tr ' ' '\n' | awk -F= -v k="$1" '$1 == k {print $2}'; }
+say "measuring: $rounds rounds of ${secs}s runs over: ${relays[*]}"
+for round in $(seq "$rounds"); do
+	# Rotate the order each round so that no relay always runs first or last.
+	n=${#relays[@]}
+	for i in $(seq 0 $((n - 1))); do
+		r=${relays[$(((i + round) % n))]}
+		addr=127.0.0.1:$(port_of "$r")
+		out=$(run "$load" stream -c "$addr" -P 1 -t "$secs") || { say "$r: 1-stream failed"; continue; }
+		printf '%s\t%s\t%s\t%s\n' "$round" "$r" s1 "$(field MiBps <<<"$out")" >>"$results"
+		out=$(run "$load" stream -c "$addr" -P 4 -t "$secs") || { say "$r: 4-stream failed"; continue; }
+		printf '%s\t%s\t%s\t%s\n' "$round" "$r" s4 "$(field MiBps <<<"$out")" >>"$results"
+		out=$(run "$load" cps -c "$addr" -P 8 -t "$secs") || { say "$r: cps failed"; continue; }
+		for k in cps p50us p99us failures; do
+			printf '%s\t%s\t%s\t%s\n' "$round" "$r" "$k" "$(field $k <<<"$out")" >>"$results"
+		done
+	done
+	say "round $round done"
+done
+
+# Idle memory: a fresh relay, its memory before and while idle_n echo-checked connections
+# are held; every connection must still echo at the end.
+hold() { # hold $2 connections through relay $1; print "rss_before pss_before rss pss"
+	local r=$1 n=$2 fifo=$work/hold.fifo out=$work/hold.out before during
+	rm -f "$fifo"; mkfifo "$fifo"
+	before=$(mem_kb "${pid_of[$r]}")
+	timeout 300 "$load" idle -c 127.0.0.1:"$(port_of "$r")" -n "$n" <"$fifo" >"$out" &
+	local lp=$!
+	exec 4>"$fifo"
+	for _ in $(seq 1200); do grep -q ready "$out" 2>/dev/null && break; kill -0 $lp 2>/dev/null || break; sleep 0.1; done
+	sleep 1 # let the relay settle before reading its memory
+	during=$(mem_kb "${pid_of[$r]}")
+	exec 4>&-
+	wait $lp || { say "$r: idle connections failed: $(cat "$out")"; echo "- - - -"; return; }
+	grep -q "^ok $n" "$out" || { say "$r: connections lost"; echo "- - - -"; return; }
+	echo "$before $during"
+}
+say "idle memory: $idle_n connections through each relay"
+for r in "${relays[@]}"; do
+	[ "$r" = direct ] && continue
+	stop_relay "$r"; start_relay "$r"
+	read -r rss0 pss0 rss1 pss1 < <(hold "$r" "$idle_n")
+	if [ "$rss0" != - ]; then
+		printf '%s\t%s\t%s\t%s\n' 0 "$r" rssdelta "$((rss1 - rss0))" >>"$results"
+		printf '%s\t%s\t%s\t%s\n' 0 "$r" pssdelta "$((pss1 - pss0))" >>"$results"
+		printf '%s\t%s\t%s\t%s\n' 0 "$r" rss "$rss1" >>"$results"
+	fi
+done
+
+if [ "$soak" -gt 0 ] && [ "$(ulimit -n)" -lt $((soak * 7)) ]; then
+	soak_line="$soak connections: skipped, it needs ulimit -n of at least $((soak * 7)) (each idle relayed connection holds 2 sockets and 2 splice pipes) and this shell has $(ulimit -n)"
+	say "soak: $soak_line"
+elif [ "$soak" -gt 0 ]; then
+	say "soak: $soak connections through a fresh tcp-pf"
+	stop_relay tcp-pf; start_relay tcp-pf
+	read -r rss0 pss0 rss1 pss1 < <(hold tcp-pf "$soak")
+	if [ "$rss0" = - ]; then soak_line="$soak connections: FAILED (see above)"
+	else soak_line="$soak connections held and all echoing afterwards; tcp-pf RSS $((rss1 / 1024)) MiB ($(((rss1 - rss0) * 1000 / soak / 1024)) MiB per 1,000)"; fi
+fi
+
+# Report.
+median() { sort -g | awk '{a[NR] = $1} END {if (NR == 0) print "-"; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
+val() { awk -F'\t' -v r="$1" -v m="$2" '$2 == r && $3 == m {print $4}' "$results" | median; }
+ratio() { # median over rounds of tcp-pf's metric over $1's in the same round
+	awk -F'\t' -v o="$1" -v m="$2" '$3 == m && ($2 == "tcp-pf" || $2 == o) {v[$1, $2] = $4; rs[$1] = 1}
+		END {for (r in rs) if (v[r, o] > 0 && v[r, "tcp-pf"] != "") print v[r, "tcp-pf"] / v[r, o]}' "$results" | median
+}
+echo
+echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), $(uname -sr); ${rounds} rounds of ${secs} s; medians"
+echo
+echo "| relay | 1 stream MiB/s | 4 streams MiB/s | conn/s (8 at a time) | p50 µs | p99 µs | RSS Δ per $idle_n idle (MiB) | PSS Δ (MiB) |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+for r in "${relays[@]}"; do
+	rd=$(val "$r" rssdelta) pd=$(val "$r" pssdelta)
+	[ "$rd" != - ] && rd=$(awk -v k="$rd" 'BEGIN {printf "%.1f", k / 1024}')
+	[ "$pd" != - ] && pd=$(awk -v k="$pd" 'BEGIN {printf "%.1f", k / 1024}')
+	printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$r" "$(val "$r" s1)" "$(val "$r" s4)" "$(val "$r" cps)" \
+		"$(val "$r" p50us)" "$(val "$r" p99us)" "$rd" "$pd"
+done
+echo
+if have haproxy; then
+	for h in haproxy haproxy-splice; do
+		echo "tcp-pf / $h, median of per-round ratios: 1 stream $(ratio $h s1), 4 streams $(ratio $h s4), conn/s $(ratio $h cps)"
+	done
+fi
+echo "tcp-pf / relayfwd (plain io.Copy), median of per-round ratios: 1 stream $(ratio relayfwd s1), 4 streams $(ratio relayfwd s4), conn/s $(ratio relayfwd cps)"
+fails=$(awk -F'\t' '$3 == "failures" {s += $4} END {print s + 0}' "$results")
+echo "failed short connections, all relays and rounds: $fails"
+[ "$soak" -gt 0 ] && echo "soak: $soak_line"
+exit 0

@@ -1,0 +1,218 @@
+// Command tcp-pf is a TCP port forwarder and least-bytes load balancer: it listens on a
+// port and relays every connection, both ways, to one destination or to the host of a host
+// file that has moved the fewest bytes. See docs/tcp-pf.md.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+
+	"shd-tcp-tools/internal/allow"
+	"shd-tcp-tools/internal/cli"
+	"shd-tcp-tools/internal/connlog"
+	"shd-tcp-tools/internal/endpoint"
+	"shd-tcp-tools/internal/forward"
+)
+
+const tool = "tcp-pf"
+
+const help = `Usage: tcp-pf -s [ADDR:]PORT (-d HOST:PORT | -l FILE -p PORT) [OPTION]...
+
+Listen on -s and relay every connection, both ways, to one destination (-d) or to the
+host of a host file that has moved the fewest bytes (-l). Any number of connections are
+served at once, over IPv4 and IPv6.
+
+Options:
+  -s, --source [ADDR:]PORT      listen on PORT, on every address or only on ADDR
+  -d, --destination HOST:PORT   relay to HOST:PORT (IPv6 in brackets: [::1]:22)
+  -l, --host-file FILE          relay to the host of FILE with the fewest bytes: FILE's
+                                count plus the bytes this process moved since it last
+                                wrote FILE; ties go to the host with fewer open
+                                connections, then to the earlier line; a host that
+                                refuses or times out is skipped for the next one
+  -p, --port PORT               the destination port of -l entries that name none
+                                (an entry HOST:PORT or [V6]:PORT names its own)
+  -i, --interval SECS           write the counts back to FILE every SECS seconds
+                                (default 512), and on exit
+  -a, --allow HOST|ADDR/PREFIX  serve only clients from HOST (a name is resolved at
+                                start) or from the CIDR block; repeatable; any other
+                                client is closed at once and logged
+  -r, --rate RATE               limit each connection to RATE bytes per second in each
+                                direction; suffixes K/KiB, M/MiB, G/GiB (powers of 1024)
+      --insert FILE             send FILE's content to the destination first on every
+                                connection (read once, at start)
+      --lazy                    pass a client's or server's half-close (FIN) on and keep
+                                the other direction flowing until it ends too
+      --connect-timeout SECS    give up on a destination after SECS (default 10)
+      --idle-timeout SECS       close a connection that moved no byte for SECS
+                                (default 0: never)
+      --grace SECS              on SIGINT/SIGTERM, let open connections go on for SECS
+                                before cutting them (default 5; 0 cuts them at once)
+  -h, --help                    print this help and exit
+  -v, --version                 print the version and exit
+
+Closing: by default, when one side ends, what was already read from it is delivered,
+then both connections are closed. A client that half-closes (shutdown(SHUT_WR)) and then
+waits for the reply loses that reply, as with rinetd and redir: use --lazy for such
+protocols. With --lazy, each side's end is passed on as a half-close and the connection
+closes when both directions have ended. A reset (RST) from either side is passed on as a
+reset to the other, in both modes.
+
+Every connection has TCP keepalive on both sides. On SIGINT or SIGTERM, tcp-pf stops
+accepting, lets open connections finish for --grace seconds, cuts the rest, writes the
+counts to the host file and exits 0. When it runs out of file descriptors, it backs off
+accepting (5 ms doubling to 1 s) and serves again once descriptors are freed.
+
+Environment: INADDR_DEFAULT, an address or host name, is the local address of the
+listener (when -s names none) and of every outgoing connection.
+
+Log (stderr), one line per event: listening, open (client -> destination), close (bytes
+and average rate each way, duration, and who closed or reset), refused (allow list),
+failed (one line per destination that refused or timed out).
+
+Examples:
+  tcp-pf -s 8080 -d 192.0.2.10:80
+  tcp-pf -s '[::1]:2222' -d backend.example:22 -a 10.0.0.0/8 -a 2001:db8::/32
+  tcp-pf -s 8080 -l hosts.txt -p 80 -i 60       # hosts.txt: "web1 0", "web2:8081 0", ...
+  tcp-pf -s 7000 -d 127.0.0.1:7001 --lazy -r 1MiB
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	ctx, cancel := cli.SignalContext(context.Background())
+	defer cancel()
+	return cli.Report(stderr, tool, serve(ctx, args, stdout, stderr))
+}
+
+// options holds the flags as typed, before they are checked.
+type options struct {
+	source, dest, hostFile, port, insert string
+	allow                                []string
+	rate                                 cli.Rate
+	interval, connectTimeout             cli.Seconds
+	idleTimeout, grace                   cli.Seconds
+	lazy                                 bool
+}
+
+func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var o options
+	o.interval.D = forward.DefaultInterval
+	o.connectTimeout.D = forward.DefaultConnectTimeout
+	o.grace.D = forward.DefaultGrace
+	flags := cli.NewFlagSet(tool, help, stdout)
+	flags.StringVarP(&o.source, "source", "s", "", "")
+	flags.StringVarP(&o.dest, "destination", "d", "", "")
+	flags.StringVarP(&o.hostFile, "host-file", "l", "", "")
+	flags.StringVarP(&o.port, "port", "p", "", "")
+	flags.VarP(&o.interval, "interval", "i", "")
+	flags.StringArrayVarP(&o.allow, "allow", "a", nil, "")
+	flags.VarP(&o.rate, "rate", "r", "")
+	flags.StringVar(&o.insert, "insert", "", "")
+	flags.BoolVar(&o.lazy, "lazy", false, "")
+	flags.Var(&o.connectTimeout, "connect-timeout", "")
+	flags.Var(&o.idleTimeout, "idle-timeout", "")
+	flags.Var(&o.grace, "grace", "")
+	if err := flags.Parse(args); err != nil {
+		return err
+	}
+	listen, cfg, err := configure(ctx, &o, flags)
+	if err != nil {
+		return err
+	}
+
+	// Files next (exit 1), still before any socket.
+	if o.insert != "" {
+		data, err := os.ReadFile(o.insert)
+		if err != nil {
+			return fileError("--insert", o.insert, err)
+		}
+		cfg.Insert = data
+	}
+	cfg.Log = connlog.New(stderr)
+	srv, warn, err := forward.New(cfg)
+	for _, w := range warn {
+		fmt.Fprintf(stderr, "%s: warning: %v\n", tool, w)
+	}
+	if err != nil {
+		return err
+	}
+	ln, err := endpoint.Listen(ctx, listen, cfg.Local)
+	if err != nil {
+		return err
+	}
+	return srv.Serve(ctx, ln)
+}
+
+// configure checks every flag and builds the engine's config; every error is a usage error.
+func configure(ctx context.Context, o *options, flags *cli.FlagSet) (endpoint.Endpoint, forward.Config, error) {
+	var cfg forward.Config
+	if flags.NArg() > 0 {
+		return endpoint.Endpoint{}, cfg, cli.Usagef("unexpected argument %q", flags.Arg(0))
+	}
+	if o.source == "" {
+		return endpoint.Endpoint{}, cfg, cli.Usagef("missing -s [ADDR:]PORT: the port to listen on")
+	}
+	listen, err := endpoint.ParseListen(o.source)
+	if err != nil {
+		return listen, cfg, cli.Usagef("-s: %v", err)
+	}
+	switch {
+	case o.dest != "" && o.hostFile != "":
+		return listen, cfg, cli.Usagef("-d and -l exclude each other: give one destination or a host file")
+	case o.dest == "" && o.hostFile == "":
+		return listen, cfg, cli.Usagef("missing destination: give -d HOST:PORT or -l FILE -p PORT")
+	case o.hostFile != "" && o.port == "":
+		return listen, cfg, cli.Usagef("-l needs -p PORT, the port of entries that name none")
+	case o.hostFile == "" && o.port != "":
+		return listen, cfg, cli.Usagef("-p goes with -l FILE; with -d, put the port in HOST:PORT")
+	}
+	if o.dest != "" {
+		if cfg.Dest, err = endpoint.ParseHostPort(o.dest); err != nil {
+			return listen, cfg, cli.Usagef("-d: %v", err)
+		}
+	} else {
+		cfg.HostFile = o.hostFile
+		if cfg.Port, err = endpoint.ParsePort(o.port); err != nil {
+			return listen, cfg, cli.Usagef("-p: %v", err)
+		}
+	}
+	if o.interval.D <= 0 {
+		return listen, cfg, cli.Usagef("-i %s: the interval must be more than 0 seconds", o.interval.String())
+	}
+	if o.connectTimeout.D <= 0 {
+		return listen, cfg, cli.Usagef("--connect-timeout %s: must be more than 0 seconds", o.connectTimeout.String())
+	}
+	cfg.Interval = o.interval.D
+	cfg.ConnectTimeout = o.connectTimeout.D
+	cfg.IdleTimeout = o.idleTimeout.D
+	cfg.Grace = o.grace.D
+	if cfg.Grace == 0 {
+		cfg.Grace = -1 // cut at once
+	}
+	cfg.Rate = o.rate.BytesPerSecond
+	cfg.Lazy = o.lazy
+	if cfg.Local, err = endpoint.ResolveLocal(ctx, os.Getenv(endpoint.EnvLocal)); err != nil {
+		return listen, cfg, cli.AsUsage(err)
+	}
+	if cfg.Allow, err = allow.Parse(ctx, nil, o.allow); err != nil {
+		return listen, cfg, cli.AsUsage(err)
+	}
+	return listen, cfg, nil
+}
+
+// fileError names the option and file a read failed on: "--insert /x/y: no such file or
+// directory".
+func fileError(opt, path string, err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		err = pe.Err
+	}
+	return fmt.Errorf("%s %s: %w", opt, path, err)
+}

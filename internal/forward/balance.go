@@ -1,0 +1,160 @@
+package forward
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+
+	"shd-tcp-tools/internal/endpoint"
+	"shd-tcp-tools/internal/hostfile"
+)
+
+// choice is one host-file entry a connection may go to.
+type choice struct {
+	name string // the entry's HOST field, the key of its count
+	ep   endpoint.Endpoint
+}
+
+// balancer picks destinations from a host file by least bytes. A host's bytes are its count
+// in the file as last read or written plus what this process moved through it since
+// (including connections still open); ties go to the host with fewer open connections from
+// this process, then to the earlier entry. Safe for simultaneous use.
+type balancer struct {
+	port   int
+	ledger *hostfile.Ledger
+
+	// mu orders picks against flushes: a Flush lowers the ledger's pending counts as it
+	// writes them to the file, so entries and pending change together under mu.
+	mu      sync.Mutex
+	entries []hostfile.Entry // as last read or written, one per name, in file order
+	open    map[string]int
+}
+
+// newBalancer reads path. A file that cannot be read or has no usable entry is an error;
+// malformed lines are returned as warnings.
+func newBalancer(path string, port int) (*balancer, []error, error) {
+	f, warn, err := hostfile.Read(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	b := &balancer{port: port, ledger: hostfile.NewLedger(path), open: make(map[string]int)}
+	b.setEntries(f.Entries())
+	if len(b.entries) == 0 {
+		return nil, warn, fmt.Errorf("host file %s: no usable entry", path)
+	}
+	if port == 0 {
+		for _, e := range b.entries {
+			if e.Port == 0 {
+				return nil, warn, fmt.Errorf("host file %s: %s names no port and no port was given", path, e.Name)
+			}
+		}
+	}
+	return b, warn, nil
+}
+
+// setEntries keeps the first entry of every name; a later duplicate never gets a count.
+func (b *balancer) setEntries(es []hostfile.Entry) {
+	seen := make(map[string]bool, len(es))
+	b.entries = es[:0:0]
+	for _, e := range es {
+		if !seen[e.Name] {
+			seen[e.Name] = true
+			b.entries = append(b.entries, e)
+		}
+	}
+}
+
+// candidates returns every host, best first, and counts a connection as open on the first
+// one, so that simultaneous picks spread over hosts with equal bytes. settle must follow.
+func (b *balancer) candidates() []choice {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	type ranked struct {
+		c     choice
+		bytes uint64
+		open  int
+	}
+	rs := make([]ranked, len(b.entries))
+	for i, e := range b.entries {
+		port := e.Port
+		if port == 0 {
+			port = b.port
+		}
+		rs[i] = ranked{
+			c:     choice{name: e.Name, ep: endpoint.Endpoint{Host: e.Host, Port: port}},
+			bytes: hostfile.SaturatingAdd(e.Bytes, b.ledger.Pending(e.Name)),
+			open:  b.open[e.Name],
+		}
+	}
+	slices.SortStableFunc(rs, func(x, y ranked) int {
+		switch {
+		case x.bytes != y.bytes:
+			if x.bytes < y.bytes {
+				return -1
+			}
+			return 1
+		default:
+			return x.open - y.open
+		}
+	})
+	cs := make([]choice, len(rs))
+	for i, r := range rs {
+		cs[i] = r.c
+	}
+	b.open[cs[0].name]++
+	return cs
+}
+
+// settle moves the open connection that candidates counted on the first host to the one
+// that was reached (idx), or drops it when none was (idx < 0).
+func (b *balancer) settle(cs []choice, idx int) {
+	if idx == 0 {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.dec(cs[0].name)
+	if idx > 0 {
+		b.open[cs[idx].name]++
+	}
+}
+
+// release ends an open connection to name.
+func (b *balancer) release(name string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.dec(name)
+}
+
+func (b *balancer) dec(name string) {
+	if b.open[name] <= 1 {
+		delete(b.open, name)
+		return
+	}
+	b.open[name]--
+}
+
+// add records n bytes moved through name. It does not take mu, so a copy never waits for a
+// write-back.
+func (b *balancer) add(name string, n int64) {
+	if n > 0 {
+		b.ledger.Add(name, uint64(n))
+	}
+}
+
+// flush writes the pending counts to the file (or, with none pending, rereads it) and takes
+// the file's counts, which include those of other processes sharing it, as the new base.
+func (b *balancer) flush() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	es, err := b.ledger.Flush()
+	if err != nil {
+		return err
+	}
+	if len(es) == 0 {
+		return errors.New("no usable entry left; keeping the previous hosts")
+	}
+	b.setEntries(es)
+	return nil
+}

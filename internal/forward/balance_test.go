@@ -1,0 +1,216 @@
+package forward
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"shd-tcp-tools/internal/forward/fwdtest"
+	"shd-tcp-tools/internal/hostfile"
+)
+
+func writeFile(t testing.TB, text string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "hosts")
+	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// openedTo waits for the open line of connection #id and returns its destination.
+func openedTo(t testing.TB, pf *running, id int) string {
+	t.Helper()
+	re := fmt.Sprintf(`open #%d \S+ -> (\S+)$`, id)
+	pf.log.WaitFor(t, re, 1, 5*time.Second)
+	m := regexp.MustCompile("(?m)" + re).FindStringSubmatch(pf.log.String())
+	return m[1]
+}
+
+// The host with the fewest bytes gets the connection; bytes of connections still open count
+// (so a busy host loses its place before anything is written back); ties go to the host
+// with fewer open connections, then to the earlier line.
+func TestLeastBytes(t *testing.T) {
+	t.Parallel()
+	var bes [3]*fwdtest.Backend
+	for i := range bes {
+		bes[i] = fwdtest.StartBackend(t, "127.0.0.1:0", fwdtest.Echo)
+	}
+	a, b, c := bes[0].Addr(), bes[1].Addr(), bes[2].Addr()
+	path := writeFile(t, fmt.Sprintf("# three\n%s 300\n%s 100\n\n%s 250\n", a, b, c))
+	pf := startServer(t, "127.0.0.1:0", Config{HostFile: path, Port: 9})
+
+	c1 := fwdtest.Dial(t, pf.addr)
+	if got := openedTo(t, pf, 1); got != b {
+		t.Fatalf("first connection went to %s, want %s (100 bytes)", got, b)
+	}
+	fwdtest.RoundTrip(t, c1, 1, 100) // B: 100 + 200 moved = 300, still open
+	fwdtest.WaitUntil(t, 5*time.Second, "the live count of B", func() bool { return pf.bal.ledger.Pending(b) == 200 })
+	fwdtest.Dial(t, pf.addr)
+	if got := openedTo(t, pf, 2); got != c {
+		t.Fatalf("second connection went to %s, want %s (250 bytes, B has 300 live)", got, c)
+	}
+}
+
+func TestTieByOpenConnections(t *testing.T) {
+	t.Parallel()
+	var bes [3]*fwdtest.Backend
+	for i := range bes {
+		bes[i] = fwdtest.StartBackend(t, "127.0.0.1:0", fwdtest.Echo)
+	}
+	// The first entry uses -p; the others name their own ports.
+	path := writeFile(t, fmt.Sprintf("127.0.0.1 5\n%s 5\n%s 5\n", bes[1].Addr(), bes[2].Addr()))
+	pf := startServer(t, "127.0.0.1:0", Config{HostFile: path, Port: bes[0].Port()})
+	want := []string{bes[0].Addr(), bes[1].Addr(), bes[2].Addr(), bes[0].Addr()}
+	for i, w := range want {
+		fwdtest.Dial(t, pf.addr) // held open, idle
+		if got := openedTo(t, pf, i+1); got != w {
+			t.Fatalf("connection %d went to %s, want %s", i+1, got, w)
+		}
+	}
+}
+
+// A host that refuses or times out is skipped for the next one at once, with a log line each.
+func TestFailover(t *testing.T) {
+	t.Parallel()
+	good := fwdtest.StartBackend(t, "127.0.0.1:0", fwdtest.Echo)
+	refused := fmt.Sprintf("127.0.0.1:%d", closedPort(t))
+	silent := blackhole(t)
+	path := writeFile(t, fmt.Sprintf("%s 0\n%s 1\n%s 2\n", refused, silent, good.Addr()))
+	pf := startServer(t, "127.0.0.1:0", Config{HostFile: path, Port: 9, ConnectTimeout: 300 * time.Millisecond})
+	start := time.Now()
+	c := fwdtest.Dial(t, pf.addr)
+	fwdtest.RoundTrip(t, c, 1, 5000)
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("failover took %v", d)
+	}
+	pf.log.WaitFor(t, `failed #1 \S+ -> `+regexp.QuoteMeta(refused)+`: connection refused$`, 1, time.Second)
+	pf.log.WaitFor(t, `failed #1 \S+ -> `+regexp.QuoteMeta(silent)+`: connection timed out$`, 1, time.Second)
+	if got := openedTo(t, pf, 1); got != good.Addr() {
+		t.Errorf("opened to %s, want %s", got, good.Addr())
+	}
+	// The open connection was moved to the host that answered.
+	pf.bal.mu.Lock()
+	open := fmt.Sprint(pf.bal.open)
+	pf.bal.mu.Unlock()
+	if want := fmt.Sprintf("map[%s:1]", good.Addr()); open != want {
+		t.Errorf("open connections %s, want %s", open, want)
+	}
+}
+
+// Counts are written back every interval and at the stop, exactly, with the file's other
+// lines kept; another writer of the same file (a second tcp-pf, tcppipe-least) loses nothing.
+func TestWriteBack(t *testing.T) {
+	t.Parallel()
+	be := fwdtest.StartBackend(t, "127.0.0.1:0", fwdtest.Echo)
+	// The second host is never picked (its count is far higher); another tool adds to it.
+	text := "# backends\n%s %d\n\nbroken line here\n127.0.0.1:1 10 # three fields\n[::1]:2 %d\n"
+	path := writeFile(t, fmt.Sprintf(text, be.Addr(), 0, 1000000))
+	pfs := []*running{
+		startServer(t, "127.0.0.1:0", Config{HostFile: path, Port: 9, Interval: 50 * time.Millisecond, Grace: -1}),
+		startServer(t, "127.0.0.1:0", Config{HostFile: path, Port: 9, Interval: 70 * time.Millisecond, Grace: -1}),
+	}
+	if n := len(pfs[0].warn); n != 2 {
+		t.Errorf("%d warnings, want 2 (lines 4 and 5): %v", n, pfs[0].warn)
+	}
+	// Meanwhile another tool adds to a host of its own in the same file.
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for range 40 {
+			if err := hostfile.Update(path, false, func(f *hostfile.File) error { f.Add("[::1]:2", 1); return nil }); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	})
+	var total uint64
+	for i, pf := range pfs {
+		for j := range 3 {
+			c := fwdtest.Dial(t, pf.addr)
+			n := int64(10000 * (i + j + 1))
+			fwdtest.RoundTrip(t, c, uint64(j), n)
+			total += uint64(2 * n)
+			if j < 2 {
+				c.Close()
+			} // the last stays open through the stop
+		}
+	}
+	// A periodic write-back shows up before the stop.
+	fwdtest.WaitUntil(t, 5*time.Second, "a periodic write-back", func() bool {
+		f, _, err := hostfile.Read(path)
+		return err == nil && f.Entries()[0].Bytes > 0
+	})
+	wg.Wait()
+	for _, pf := range pfs {
+		if err := pf.stop(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprintf(text, be.Addr(), total, 1000040)
+	if string(got) != want {
+		t.Errorf("host file:\n%s\nwant:\n%s", got, want)
+	}
+	if !strings.Contains(pfs[0].log.String(), "wrote counts to "+path) {
+		t.Errorf("no write line at the stop:\n%s", pfs[0].log.String())
+	}
+}
+
+// A host-file Flush also takes up counts that other processes wrote.
+func TestFlushRefreshesCounts(t *testing.T) {
+	path := writeFile(t, "a.example:1 10\nb.example:1 20\n")
+	b, _, err := newBalancer(path, 9)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := func() string {
+		cs := b.candidates()
+		b.settle(cs, -1)
+		return cs[0].name
+	}
+	if got := first(); got != "a.example:1" {
+		t.Fatalf("picked %s", got)
+	}
+	if err := hostfile.Update(path, false, func(f *hostfile.File) error { f.Add("a.example:1", 100); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if got := first(); got != "a.example:1" {
+		t.Fatalf("picked %s before the refresh", got)
+	}
+	if err := b.flush(); err != nil {
+		t.Fatal(err)
+	}
+	if got := first(); got != "b.example:1" {
+		t.Fatalf("picked %s after the refresh, want b.example:1", got)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.open) != 0 {
+		t.Errorf("open counts left: %v", b.open)
+	}
+}
+
+func TestBalancerErrors(t *testing.T) {
+	for _, tc := range []struct{ text, want string }{
+		{"# nothing\n\nbad line here\n", "no usable entry"},
+		{"", "no usable entry"},
+	} {
+		path := writeFile(t, tc.text)
+		_, _, err := newBalancer(path, 9)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: %v, want %q", tc.text, err, tc.want)
+		}
+	}
+	_, _, err := newBalancer(filepath.Join(t.TempDir(), "missing"), 9)
+	if err == nil || !strings.Contains(err.Error(), "no such file") {
+		t.Errorf("missing file: %v", err)
+	}
+}

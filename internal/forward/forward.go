@@ -1,0 +1,369 @@
+// Package forward is the tcp-pf engine: it accepts TCP connections, turns away clients that
+// are not on the allow list, connects every other one to a destination (one fixed address, or
+// the host-file entry with the fewest bytes, with failover to the next) and relays both
+// directions until the connection ends, keeping the host file's counts up to date.
+package forward
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"shd-tcp-tools/internal/allow"
+	"shd-tcp-tools/internal/connlog"
+	"shd-tcp-tools/internal/endpoint"
+	"shd-tcp-tools/internal/relay"
+)
+
+// Defaults for the Config fields whose zero value means "the default".
+const (
+	DefaultInterval       = 512 * time.Second // host-file write-back (-i)
+	DefaultConnectTimeout = 10 * time.Second  // one connection attempt (--connect-timeout)
+	DefaultGrace          = 5 * time.Second   // open connections may finish after a stop (--grace)
+	DefaultKeepAlive      = 15 * time.Second  // TCP keepalive period on both sides
+	// LowNoFile is the open-file limit under which Serve warns at start.
+	LowNoFile = 4096
+)
+
+// DialFunc connects to the first reachable candidate, in order, and returns the connection,
+// the candidate's index and the attempts that failed before it (see endpoint.Dialer.DialFirst).
+type DialFunc func(ctx context.Context, candidates []endpoint.Endpoint) (*net.TCPConn, int, []endpoint.Failure, error)
+
+// Config is what a Server does. Zero durations mean the defaults above; Dest or HostFile
+// must be set.
+type Config struct {
+	// Dest is the single destination (-d). Ignored when HostFile is set.
+	Dest endpoint.Endpoint
+	// HostFile (-l) is the host file to balance over: each connection goes to the entry
+	// with the fewest bytes. Port (-p) is the port of entries that name none.
+	HostFile string
+	Port     int
+	// Interval (-i) is how often the counts are written back to HostFile.
+	Interval time.Duration
+
+	// Allow is the client allow list (-a); nil or empty allows every client.
+	Allow *allow.List
+	// Rate (-r) caps each direction of each connection, in bytes per second; 0 is unlimited.
+	Rate int64
+	// Insert (--insert) is sent to the destination before any byte of the client.
+	Insert []byte
+	// Lazy (--lazy) passes a half-close on instead of closing both connections.
+	Lazy bool
+	// ConnectTimeout bounds each connection attempt to a destination.
+	ConnectTimeout time.Duration
+	// IdleTimeout closes a connection when neither direction moved a byte for this long;
+	// zero means never.
+	IdleTimeout time.Duration
+	// Grace is how long open connections may go on after the stop; negative cuts them at
+	// once.
+	Grace time.Duration
+	// KeepAlive is the TCP keepalive period of outgoing connections (accepted ones get it
+	// from their listener); negative disables it.
+	KeepAlive time.Duration
+	// Local (INADDR_DEFAULT) is the local address of outgoing connections; nil is any.
+	Local net.IP
+
+	// Log receives the event lines; nil discards them.
+	Log *connlog.Logger
+	// Dial is the test seam for outgoing connections; nil uses an endpoint.Dialer built
+	// from Local, ConnectTimeout and KeepAlive.
+	Dial DialFunc
+	// Now is the clock for accept back-off logging; nil is time.Now.
+	Now func() time.Time
+}
+
+func (c *Config) interval() time.Duration { return orDefault(c.Interval, DefaultInterval) }
+func (c *Config) grace() time.Duration    { return orDefault(c.Grace, DefaultGrace) }
+func (c *Config) now() time.Time {
+	if c.Now != nil {
+		return c.Now()
+	}
+	return time.Now()
+}
+
+func orDefault(d, def time.Duration) time.Duration {
+	if d == 0 {
+		return def
+	}
+	return d
+}
+
+// Server relays the connections of one listener. Create it with New.
+type Server struct {
+	cfg  Config
+	log  *connlog.Logger
+	dial DialFunc
+	bal  *balancer // nil with a single destination
+	back backoff
+
+	ids  atomic.Uint64
+	open atomic.Int64
+	wg   sync.WaitGroup
+}
+
+// New checks cfg and, for a host file, reads it. The error names what is wrong: no
+// destination, a host file that cannot be read or has no usable entry. The warnings, even
+// with an error, name the host file's malformed lines ("hosts:3: malformed entry: ...").
+func New(cfg Config) (*Server, []error, error) {
+	s := &Server{cfg: cfg, log: cfg.Log, dial: cfg.Dial}
+	if s.dial == nil {
+		d := &endpoint.Dialer{
+			Local:     cfg.Local,
+			Timeout:   orDefault(cfg.ConnectTimeout, DefaultConnectTimeout),
+			KeepAlive: orDefault(cfg.KeepAlive, DefaultKeepAlive),
+		}
+		s.dial = d.DialFirst
+	}
+	switch {
+	case cfg.HostFile != "":
+		b, warn, err := newBalancer(cfg.HostFile, cfg.Port)
+		if err != nil {
+			return nil, warn, err
+		}
+		s.bal = b
+		return s, warn, nil
+	case cfg.Dest.Host == "" || cfg.Dest.Port == 0:
+		return nil, nil, errors.New("no destination: give a HOST:PORT or a host file")
+	}
+	return s, nil, nil
+}
+
+// Open returns how many connections are being set up or relayed right now.
+func (s *Server) Open() int { return int(s.open.Load()) }
+
+// Serve accepts connections on ln and relays each until ctx is cancelled. Then it closes ln,
+// lets open connections finish for the grace period, cuts those still open, writes the
+// host-file counts and returns nil; or the error of that last write. It also returns when
+// accepting fails for a reason other than a shortage of descriptors or memory, which it
+// rides out by backing off.
+func (s *Server) Serve(ctx context.Context, ln *net.TCPListener) error {
+	s.log.Printf("listening on %s, forwarding to %s", ln.Addr(), s.destName())
+	if n, err := NoFileLimit(); err == nil && n < LowNoFile {
+		s.log.Printf("warning: open file limit (ulimit -n) is %d; each connection needs 2 descriptors and up to 4 more for splice pipes: raise it to serve many connections", n)
+	}
+
+	connCtx, cut := context.WithCancel(context.WithoutCancel(ctx))
+	defer cut()
+	stopFlush := s.startWriteBack()
+
+	stopAccept := context.AfterFunc(ctx, func() { _ = ln.Close() })
+	defer stopAccept()
+	acceptErr := s.acceptLoop(ctx, connCtx, ln)
+	_ = ln.Close()
+
+	if n := s.Open(); n > 0 {
+		s.log.Printf("stopping: %d connections open, letting them finish for %v", n, max(s.cfg.grace(), 0))
+	}
+	if !s.waitOpen(s.cfg.grace()) {
+		s.log.Printf("cutting %d connections", s.Open())
+		cut()
+		s.wg.Wait()
+	}
+	stopFlush()
+	flushErr := s.flush(true)
+	if acceptErr != nil {
+		return acceptErr
+	}
+	return flushErr
+}
+
+// waitOpen waits up to d for every connection to end and reports whether they did.
+func (s *Server) waitOpen(d time.Duration) bool {
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	if d <= 0 {
+		select {
+		case <-done:
+			return true
+		default:
+			return false
+		}
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-done:
+		return true
+	case <-t.C:
+		return false
+	}
+}
+
+func (s *Server) destName() string {
+	if s.bal != nil {
+		return fmt.Sprintf("the least used host of %s (port %d)", s.cfg.HostFile, s.cfg.Port)
+	}
+	return s.cfg.Dest.String()
+}
+
+// startWriteBack writes the host-file counts every Interval until the returned function is
+// called.
+func (s *Server) startWriteBack() (stop func()) {
+	if s.bal == nil {
+		return func() {}
+	}
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		t := time.NewTicker(s.cfg.interval())
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				_ = s.flush(false)
+			}
+		}
+	})
+	return func() { close(done); wg.Wait() }
+}
+
+// flush writes the pending counts to the host file and logs a failure. final also logs
+// success, for the line at exit.
+func (s *Server) flush(final bool) error {
+	if s.bal == nil {
+		return nil
+	}
+	err := s.bal.flush()
+	switch {
+	case err != nil:
+		s.log.Printf("writing counts to %s: %v (kept for the next write)", s.cfg.HostFile, err)
+	case final:
+		s.log.Printf("wrote counts to %s", s.cfg.HostFile)
+	}
+	return err
+}
+
+// conn is one client connection on its way through the server.
+type conn struct {
+	id       uint64
+	client   *net.TCPConn
+	server   *net.TCPConn
+	from, to string // the client's and destination's addresses, for the log
+	host     string // the host-file entry, "" with a single destination
+	inserted int64  // --insert bytes sent
+}
+
+// done ends the connection's life in the server.
+func (s *Server) done() {
+	s.open.Add(-1)
+	s.wg.Done()
+}
+
+// handle sets up one accepted connection: allow list, dial, --insert. It runs on its own
+// goroutine and hands the relay to a fresh one: the dial grows a goroutine's stack to many
+// KiB, which an idle relay would otherwise keep (with thousands of them open, that is most
+// of tcp-pf's memory), while a new goroutine starts small.
+func (s *Server) handle(ctx context.Context, c *net.TCPConn) {
+	if cn := s.setup(ctx, c); cn != nil {
+		go s.relay(ctx, cn)
+		return
+	}
+	s.done()
+}
+
+// setup returns the connection ready to relay, or nil when it was refused or failed (and
+// is closed and logged).
+func (s *Server) setup(ctx context.Context, c *net.TCPConn) *conn {
+	cn := &conn{client: c, from: c.RemoteAddr().String()}
+	if !s.cfg.Allow.AllowsConn(c) {
+		_ = c.Close()
+		s.log.Refused(cn.from, "not in the allow list")
+		return nil
+	}
+	cn.id = s.ids.Add(1)
+
+	var cands []choice
+	if s.bal != nil {
+		cands = s.bal.candidates()
+	} else {
+		cands = []choice{{ep: s.cfg.Dest}}
+	}
+	eps := make([]endpoint.Endpoint, len(cands))
+	for i, ch := range cands {
+		eps[i] = ch.ep
+	}
+	server, idx, failures, err := s.dial(ctx, eps)
+	for _, f := range failures {
+		cause := f.Err
+		if u := errors.Unwrap(cause); u != nil {
+			cause = u // "connection refused", without the address named on the line
+		}
+		s.log.Failed(cn.id, cn.from, f.Endpoint.String(), cause)
+		if shortage(cause) {
+			s.shorted(cause)
+		}
+	}
+	if s.bal != nil {
+		s.bal.settle(cands, idx)
+	}
+	if err != nil {
+		if len(failures) == 0 {
+			s.log.Failed(cn.id, cn.from, "-", err)
+		}
+		_ = c.SetLinger(0) // a reset tells the client it was not served
+		_ = c.Close()
+		return nil
+	}
+	if line := s.back.ok(); line != "" {
+		s.log.Printf("%s", line)
+	}
+	cn.server, cn.to = server, eps[idx].String()
+	if s.bal != nil {
+		cn.host = cands[idx].name
+	}
+	s.log.Open(cn.id, cn.from, cn.to)
+
+	if len(s.cfg.Insert) > 0 {
+		n, err := s.insert(ctx, server)
+		cn.inserted = int64(n)
+		if err != nil {
+			s.log.Close(cn.id, cn.from, cn.to, uint64(n), 0, 0, "error: "+err.Error())
+			s.finish(cn)
+			return nil
+		}
+	}
+	return cn
+}
+
+// relay joins the two connections until the relay ends, then logs the close.
+func (s *Server) relay(ctx context.Context, cn *conn) {
+	defer s.done()
+	opts := relay.Options{HalfClose: s.cfg.Lazy, Rate: s.cfg.Rate, IdleTimeout: s.cfg.IdleTimeout}
+	if s.bal != nil {
+		opts.Progress = func(_ bool, n int64) { s.bal.add(cn.host, n) }
+	}
+	// Raw *net.TCPConn on both sides, so the copies splice.
+	res := relay.Join(ctx, cn.client, cn.server, opts)
+	s.log.Close(cn.id, cn.from, cn.to, uint64(res.Up+cn.inserted), uint64(res.Down), res.Duration, res.End)
+	s.finish(cn)
+}
+
+// finish closes both connections (Join has already) and settles the host's counts.
+func (s *Server) finish(cn *conn) {
+	_ = cn.client.Close()
+	_ = cn.server.Close()
+	if s.bal != nil {
+		s.bal.add(cn.host, cn.inserted)
+		s.bal.release(cn.host)
+	}
+}
+
+// insert writes the --insert bytes to the destination, bounded by the connect timeout so
+// that a destination that reads nothing cannot hold the connection forever.
+func (s *Server) insert(ctx context.Context, server *net.TCPConn) (int, error) {
+	stop := context.AfterFunc(ctx, func() { _ = server.SetWriteDeadline(time.Unix(1, 0)) })
+	defer stop()
+	_ = server.SetWriteDeadline(time.Now().Add(orDefault(s.cfg.ConnectTimeout, DefaultConnectTimeout)))
+	n, err := server.Write(s.cfg.Insert)
+	if err != nil {
+		return n, fmt.Errorf("sending the --insert data: %w", err)
+	}
+	_ = server.SetWriteDeadline(time.Time{})
+	return n, nil
+}

@@ -1,0 +1,263 @@
+// Package fwdtest holds the test helpers of tcp-pf's engine and command: loopback backends
+// that count their accepts, reproducible byte streams checked by length and SHA-256, and a
+// log buffer that a test can wait on. Only tests import it.
+package fwdtest
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"fmt"
+	"hash"
+	"io"
+	"math/rand/v2"
+	"net"
+	"regexp"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// LogBuf collects a log and lets a test wait for lines. Safe for simultaneous use.
+type LogBuf struct {
+	mu      sync.Mutex
+	buf     bytes.Buffer
+	changed chan struct{} // closed and replaced on every write
+}
+
+// NewLogBuf returns an empty LogBuf.
+func NewLogBuf() *LogBuf { return &LogBuf{changed: make(chan struct{})} }
+
+// Write appends p and wakes the waiters.
+func (l *LogBuf) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	close(l.changed)
+	l.changed = make(chan struct{})
+	return l.buf.Write(p)
+}
+
+// String returns everything written so far.
+func (l *LogBuf) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
+
+// Count returns how many lines match the regular expression re.
+func (l *LogBuf) Count(re string) int {
+	return len(regexp.MustCompile("(?m)"+re).FindAllStringIndex(l.String(), -1))
+}
+
+// Find returns the submatches of the first line that matches re, or nil.
+func (l *LogBuf) Find(re string) []string {
+	return regexp.MustCompile("(?m)" + re).FindStringSubmatch(l.String())
+}
+
+// WaitFor waits until n lines match re (multi-line mode: ^ and $ are line ends), or fails
+// the test after d. It wakes on every write, without polling.
+func (l *LogBuf) WaitFor(t testing.TB, re string, n int, d time.Duration) []string {
+	t.Helper()
+	rx := regexp.MustCompile("(?m)" + re)
+	deadline := time.NewTimer(d)
+	defer deadline.Stop()
+	for {
+		l.mu.Lock()
+		text := l.buf.String()
+		ch := l.changed
+		l.mu.Unlock()
+		if len(rx.FindAllStringIndex(text, -1)) >= n {
+			return rx.FindStringSubmatch(text)
+		}
+		select {
+		case <-ch:
+		case <-deadline.C:
+			t.Fatalf("no %d log lines matching %q within %v; log:\n%s", n, re, d, l.String())
+		}
+	}
+}
+
+// WaitUntil checks cond every 5 ms until it holds, or fails the test after d.
+func WaitUntil(t testing.TB, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		<-tick.C
+	}
+}
+
+// Listen opens a TCP listener on addr ("127.0.0.1:0", "[::1]:0") or fails the test.
+func Listen(t testing.TB, addr string) *net.TCPListener {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ln.(*net.TCPListener)
+}
+
+// Backend is a loopback TCP server that counts its accepts and runs a handler on each
+// connection, on its own goroutine. It stops when the test ends.
+type Backend struct {
+	ln *net.TCPListener
+	// Accepts counts the connections accepted so far.
+	Accepts atomic.Int64
+	wg      sync.WaitGroup
+}
+
+// Addr returns the backend's HOST:PORT.
+func (b *Backend) Addr() string { return b.ln.Addr().String() }
+
+// Port returns the backend's port.
+func (b *Backend) Port() int { return b.ln.Addr().(*net.TCPAddr).Port }
+
+// StartBackend listens on listen and runs handler for every connection, closing the
+// connection when handler returns.
+func StartBackend(t testing.TB, listen string, handler func(c *net.TCPConn)) *Backend {
+	t.Helper()
+	b := &Backend{ln: Listen(t, listen)}
+	b.wg.Go(func() {
+		for {
+			c, err := b.ln.AcceptTCP()
+			if err != nil {
+				return
+			}
+			b.Accepts.Add(1)
+			b.wg.Go(func() {
+				defer c.Close()
+				handler(c)
+			})
+		}
+	})
+	t.Cleanup(func() {
+		b.ln.Close()
+		b.wg.Wait()
+	})
+	return b
+}
+
+// Echo is a Backend handler that sends back everything it reads, then half-closes.
+func Echo(c *net.TCPConn) {
+	if _, err := io.Copy(c, c); err == nil {
+		_ = c.CloseWrite()
+	}
+}
+
+// Stream is a reproducible pseudo-random byte stream that never ends.
+type Stream struct{ r *rand.ChaCha8 }
+
+// NewStream returns the stream for seed.
+func NewStream(seed uint64) *Stream {
+	var s [32]byte
+	for i := range 8 {
+		s[i] = byte(seed >> (8 * i))
+	}
+	return &Stream{r: rand.NewChaCha8(s)}
+}
+
+// Read fills p.
+func (s *Stream) Read(p []byte) (int, error) { return s.r.Read(p) }
+
+// Digest is the length and SHA-256 of some bytes.
+type Digest struct {
+	N   int64
+	Sum [32]byte
+}
+
+func (d Digest) String() string { return fmt.Sprintf("%d bytes, sha256 %x...", d.N, d.Sum[:8]) }
+
+// Digester hashes what is written to it.
+type Digester struct {
+	n int64
+	h hash.Hash
+}
+
+// NewDigester returns an empty Digester.
+func NewDigester() *Digester { return &Digester{h: sha256.New()} }
+
+// Write hashes p.
+func (d *Digester) Write(p []byte) (int, error) {
+	d.n += int64(len(p))
+	return d.h.Write(p)
+}
+
+// Digest returns the digest of what was written.
+func (d *Digester) Digest() Digest {
+	var g Digest
+	g.N = d.n
+	copy(g.Sum[:], d.h.Sum(nil))
+	return g
+}
+
+// Send writes n bytes of stream seed to w and returns the digest of what it wrote.
+func Send(w io.Writer, seed uint64, n int64) (Digest, error) {
+	d := NewDigester()
+	_, err := io.Copy(io.MultiWriter(w, d), io.LimitReader(NewStream(seed), n))
+	return d.Digest(), err
+}
+
+// Expected returns the digest of n bytes of stream seed.
+func Expected(seed uint64, n int64) Digest {
+	d := NewDigester()
+	_, _ = io.Copy(d, io.LimitReader(NewStream(seed), n))
+	return d.Digest()
+}
+
+// Receive reads r to its end and returns the digest of what came.
+func Receive(r io.Reader) (Digest, error) {
+	d := NewDigester()
+	_, err := io.Copy(d, r)
+	return d.Digest(), err
+}
+
+// Dial connects to addr (closed when the test ends) or fails the test.
+func Dial(t testing.TB, addr string) *net.TCPConn {
+	t.Helper()
+	return DialFrom(t, "", addr)
+}
+
+// DialFrom connects to addr from the local address local ("" for any).
+func DialFrom(t testing.TB, local, addr string) *net.TCPConn {
+	t.Helper()
+	d := net.Dialer{Timeout: 5 * time.Second}
+	if local != "" {
+		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(local)}
+	}
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c.(*net.TCPConn)
+}
+
+// RoundTrip sends n bytes of stream seed on c while reading n bytes back, and fails the
+// test unless what came back is what was sent.
+func RoundTrip(t testing.TB, c net.Conn, seed uint64, n int64) {
+	t.Helper()
+	type sent struct {
+		d   Digest
+		err error
+	}
+	sc := make(chan sent, 1)
+	go func() {
+		d, err := Send(c, seed, n)
+		sc <- sent{d, err}
+	}()
+	got, err := Receive(io.LimitReader(c, n))
+	if err != nil {
+		t.Fatalf("reading the echo: %v", err)
+	}
+	s := <-sc
+	if s.err != nil {
+		t.Fatalf("sending: %v", s.err)
+	}
+	if got != s.d || got.N != n {
+		t.Fatalf("echo: got %v, sent %v", got, s.d)
+	}
+}

@@ -1,0 +1,55 @@
+package forward
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"shd-tcp-tools/internal/connlog"
+	"shd-tcp-tools/internal/forward/fwdtest"
+)
+
+// running is a Server serving on a loopback listener.
+type running struct {
+	*Server
+	addr string
+	warn []error // from New
+	log  *fwdtest.LogBuf
+	stop func() error // cancel Serve and return its result
+}
+
+// startServer runs a Server for cfg on listen ("127.0.0.1:0", "[::1]:0") until the test ends.
+func startServer(t testing.TB, listen string, cfg Config) *running {
+	t.Helper()
+	lb := fwdtest.NewLogBuf()
+	cfg.Log = connlog.New(lb)
+	s, warn, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := fwdtest.Listen(t, listen)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ctx, ln) }()
+	var once sync.Once
+	var result error
+	stop := func() error {
+		once.Do(func() {
+			cancel()
+			select {
+			case result = <-done:
+			case <-time.After(30 * time.Second):
+				result = errors.New("Serve did not return within 30s of the stop")
+			}
+		})
+		return result
+	}
+	t.Cleanup(func() {
+		if err := stop(); err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	return &running{Server: s, addr: ln.Addr().String(), warn: warn, log: lb, stop: stop}
+}

@@ -1,0 +1,172 @@
+package forward
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"runtime"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"shd-tcp-tools/internal/endpoint"
+	"shd-tcp-tools/internal/forward/fwdtest"
+)
+
+// On a stop, the listener closes at once, open connections go on for the grace period and
+// are cut after it; Serve returns nil as soon as the last one ends, and no goroutine is left.
+// Not parallel, so that the goroutine count is this test's own.
+func TestGracefulStop(t *testing.T) {
+	base := runtime.NumGoroutine()
+	t.Run("finishes within grace", func(t *testing.T) {
+		be := fwdtest.StartBackend(t, "127.0.0.1:0", fwdtest.Echo)
+		pf := startServer(t, "127.0.0.1:0", Config{Dest: dest(t, be.Addr()), Grace: 20 * time.Second})
+		c := fwdtest.Dial(t, pf.addr)
+		fwdtest.RoundTrip(t, c, 1, 1000)
+		stopped := make(chan error, 1)
+		go func() { stopped <- pf.stop() }()
+		pf.log.WaitFor(t, `stopping: 1 connections open, letting them finish for 20s$`, 1, 5*time.Second)
+		if c2, err := net.DialTimeout("tcp", pf.addr, 2*time.Second); err == nil {
+			c2.Close()
+			t.Error("a new connection was accepted after the stop")
+		} else if !errors.Is(err, syscall.ECONNREFUSED) {
+			t.Errorf("new connection after the stop: %v, want connection refused", err)
+		}
+		fwdtest.RoundTrip(t, c, 2, 100000) // still served
+		start := time.Now()
+		c.Close()
+		select {
+		case err := <-stopped:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("Serve did not return after the last connection ended")
+		}
+		if d := time.Since(start); d > 5*time.Second {
+			t.Errorf("Serve returned %v after the last connection ended", d)
+		}
+		if pf.log.Count(`cutting`) != 0 {
+			t.Errorf("a connection was cut:\n%s", pf.log.String())
+		}
+	})
+	t.Run("cut after grace", func(t *testing.T) {
+		be := fwdtest.StartBackend(t, "127.0.0.1:0", fwdtest.Echo)
+		pf := startServer(t, "127.0.0.1:0", Config{Dest: dest(t, be.Addr()), Grace: 300 * time.Millisecond})
+		c := fwdtest.Dial(t, pf.addr)
+		fwdtest.RoundTrip(t, c, 1, 1000)
+		start := time.Now()
+		if err := pf.stop(); err != nil {
+			t.Fatal(err)
+		}
+		if d := time.Since(start); d < 300*time.Millisecond || d > 5*time.Second {
+			t.Errorf("Serve returned %v after the stop, want a little over the 300ms grace", d)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadAll(c); err != nil {
+			t.Errorf("reading the cut connection: %v, want EOF", err)
+		}
+		pf.log.WaitFor(t, `cutting 1 connections$`, 1, time.Second)
+		pf.log.WaitFor(t, `close #1 .*end="stopped"$`, 1, time.Second)
+	})
+	fwdtest.WaitUntil(t, 10*time.Second, "goroutines back to the baseline", func() bool {
+		return runtime.NumGoroutine() <= base
+	})
+}
+
+func TestBackoff(t *testing.T) {
+	var b backoff
+	now := time.Unix(1000, 0)
+	var pauses []time.Duration
+	lines := 0
+	// 3 s of failures: the pauses double from 5 ms to 1 s; the log gets about one line a second.
+	for end := now.Add(3 * time.Second); now.Before(end); {
+		if line := b.fail(now, syscall.EMFILE); line != "" {
+			lines++
+		}
+		p := b.pause(now)
+		pauses = append(pauses, p)
+		now = now.Add(p)
+	}
+	want := []time.Duration{5, 10, 20, 40, 80, 160, 320, 640, 1000, 1000}
+	for i, w := range want {
+		if i >= len(pauses) || pauses[i] != w*time.Millisecond {
+			t.Fatalf("pauses %v, want them to start %v ms", pauses, want)
+		}
+	}
+	if lines < 2 || lines > 4 {
+		t.Errorf("%d log lines over 3 s of failures, want about 3", lines)
+	}
+	if line := b.ok(); line == "" {
+		t.Error("no line when serving again")
+	}
+	if p := b.pause(now); p > 0 {
+		t.Errorf("still paused for %v after a connection was served", p)
+	}
+	if line := b.ok(); line != "" {
+		t.Errorf("a second recovery line %q", line)
+	}
+
+	// Flapping between shortage and recovery still logs at most a line a second (plus the
+	// recovery line of a back-off that was logged).
+	var c backoff
+	t0 := time.Unix(2000, 0)
+	lines = 0
+	for i := range 100 {
+		at := t0.Add(time.Duration(i) * 20 * time.Millisecond) // 2 s
+		if c.fail(at, syscall.EMFILE) != "" {
+			lines++
+		}
+		if c.pause(at) != minBackoff {
+			t.Fatalf("pause %v after a recovery, want %v", c.pause(at), minBackoff)
+		}
+		if c.ok() != "" {
+			lines++
+		}
+	}
+	if lines < 2 || lines > 6 {
+		t.Errorf("%d lines for 2 s of flapping, want 2 to 6", lines)
+	}
+	if !shortage(syscall.EMFILE) || !shortage(syscall.ENFILE) || shortage(syscall.EINVAL) {
+		t.Error("shortage misclassifies")
+	}
+}
+
+// A connection that cannot be dialled for lack of descriptors is reset and logged, and
+// accepting pauses (with one log line, not one per failure) until a connection is served
+// again. The Dial seam plays the shortage.
+func TestDialShortagePausesAccept(t *testing.T) {
+	t.Parallel()
+	be := fwdtest.StartBackend(t, "127.0.0.1:0", fwdtest.Echo)
+	var calls atomic.Int64
+	dialer := (&endpoint.Dialer{Timeout: 5 * time.Second}).DialFirst
+	short := func(ctx context.Context, eps []endpoint.Endpoint) (*net.TCPConn, int, []endpoint.Failure, error) {
+		if calls.Add(1) <= 3 {
+			err := fmt.Errorf("connecting to %s: %w", eps[0], os.NewSyscallError("socket", syscall.EMFILE))
+			return nil, -1, []endpoint.Failure{{Endpoint: eps[0], Err: err}}, err
+		}
+		return dialer(ctx, eps)
+	}
+	pf := startServer(t, "127.0.0.1:0", Config{Dest: dest(t, be.Addr()), Dial: short})
+	for i := range 3 {
+		c, err := net.DialTimeout("tcp", pf.addr, 5*time.Second)
+		if err == nil {
+			_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			_, err = c.Read(make([]byte, 1))
+			c.Close()
+		}
+		if !errors.Is(err, syscall.ECONNRESET) {
+			t.Errorf("client %d: %v, want a reset", i+1, err)
+		}
+	}
+	fwdtest.RoundTrip(t, fwdtest.Dial(t, pf.addr), 1, 1000)
+	pf.log.WaitFor(t, `failed #3 \S+ -> \S+: socket: too many open files$`, 1, time.Second)
+	pf.log.WaitFor(t, `serving again after 3 failures for lack of descriptors or memory$`, 1, time.Second)
+	if n := pf.log.Count(`out of descriptors or memory`); n != 1 {
+		t.Errorf("%d back-off lines for 3 failures in well under a second, want 1:\n%s", n, pf.log.String())
+	}
+}
