@@ -379,11 +379,13 @@ func TestIdleTimeout(t *testing.T) {
 	// Busy for longer than the timeout: a small echo every 100 ms.
 	tick := time.NewTicker(100 * time.Millisecond)
 	for i := range 6 {
+		if i > 0 {
+			<-tick.C
+		}
 		fwdtest.RoundTrip(t, c, uint64(i), 100)
-		<-tick.C
 	}
 	tick.Stop()
-	start := time.Now()
+	start := time.Now() // the last activity
 	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if n, err := c.Read(make([]byte, 1)); err != io.EOF {
 		t.Fatalf("idle connection: read %d, %v; want EOF", n, err)

@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"os"
 	"time"
 
@@ -39,14 +40,28 @@ type readDeadliner interface{ SetReadDeadline(time.Time) error }
 
 // Copy copies from src to dst until src ends (io.EOF, which is not an error) or a read or
 // write fails, and returns the bytes written. Pass raw *net.TCPConn and *os.File values:
-// any wrapper hides them from the kernel's zero-copy paths. A cancelled ctx stops a rate
+// any wrapper hides them from the kernel's zero-copy paths. Between two TCP connections
+// the bytes move with splice through a pipe held only while bytes are in flight, and
+// Progress hears of every splice; elsewhere the standard library's sendfile and splice
+// paths are used, in chunks when Progress or Limiter is set. A cancelled ctx stops a rate
 // limited or metered copy between chunks; to stop a copy blocked in the kernel, cancel ctx and
 // set a read deadline in the past on src (a tick may delay that by up to Tick), or close a
 // connection.
 func Copy(ctx context.Context, dst io.Writer, src io.Reader, o CopyOptions) (int64, error) {
+	if d, ok := dst.(*net.TCPConn); ok {
+		if s, ok := src.(*net.TCPConn); ok {
+			return spliceCopy(ctx, d, s, o)
+		}
+	}
 	if o.Limiter == nil && o.Progress == nil {
 		return io.Copy(dst, src)
 	}
+	return chunkedCopy(ctx, dst, src, o)
+}
+
+// chunkedCopy is Copy for files and other writers: io.CopyN steps, each of which the
+// standard library still serves with sendfile or splice where it can.
+func chunkedCopy(ctx context.Context, dst io.Writer, src io.Reader, o CopyOptions) (int64, error) {
 	step := o.Chunk
 	if step <= 0 {
 		step = DefaultChunk

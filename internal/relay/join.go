@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -22,8 +23,8 @@ type Options struct {
 	// IdleTimeout closes both connections when neither direction has moved a byte for
 	// this long; zero means never.
 	IdleTimeout time.Duration
-	// Progress, when set, is told of bytes as they move (up: client to server), at least
-	// once a second while a direction flows. It must be safe for simultaneous use.
+	// Progress, when set, is told of bytes as they are written (up: client to server).
+	// It must be safe for simultaneous use and cheap (an atomic add).
 	Progress func(up bool, n int64)
 }
 
@@ -46,139 +47,179 @@ type Result struct {
 	Err      error         // the first error other than a clean end, if any
 }
 
-type direction struct {
-	up  bool
-	n   int64
-	err error
-}
-
 // Join relays client <-> server until both directions are done, then closes both
 // connections. The two *net.TCPConn values are used raw so that splice applies. When one
 // side resets, the other is closed with a reset too (SO_LINGER 0), so a backend never
 // mistakes an aborted upload for a complete one. Cancelling ctx stops the relay.
+//
+// Join runs the client-to-server direction on the calling goroutine and one more
+// goroutine for the other; ends are handled as they happen, without a third goroutine, to
+// keep an idle relay small.
 func Join(ctx context.Context, client, server *net.TCPConn, o Options) Result {
-	start := time.Now()
-	ctx, cancel := context.WithCancel(ctx)
+	j := &joiner{client: client, server: server, halfClose: o.HalfClose, start: time.Now()}
+	jctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	j.cancel = cancel
+	stopOnCancel := context.AfterFunc(ctx, func() { j.abort(EndStopped, nil) })
+	defer stopOnCancel()
 
-	var lastActive atomic.Int64
-	lastActive.Store(start.UnixNano())
-	tick := time.Duration(0)
-	if o.Progress != nil || o.IdleTimeout > 0 {
-		tick = time.Second
-		if o.IdleTimeout > 0 && o.IdleTimeout/2 < tick {
-			tick = max(o.IdleTimeout/2, 10*time.Millisecond)
+	var idle *time.Timer
+	if o.IdleTimeout > 0 {
+		j.lastActive.Store(j.start.UnixNano())
+		var check func()
+		check = func() {
+			quiet := time.Since(time.Unix(0, j.lastActive.Load()))
+			if quiet >= o.IdleTimeout {
+				j.abort(EndIdle, nil)
+				return
+			}
+			j.mu.Lock()
+			if !j.ending {
+				idle.Reset(o.IdleTimeout - quiet)
+			}
+			j.mu.Unlock()
 		}
+		j.mu.Lock()
+		idle = time.AfterFunc(o.IdleTimeout, check)
+		j.mu.Unlock()
+		defer idle.Stop()
 	}
-	upCtx, stopUp := context.WithCancel(ctx)
-	downCtx, stopDown := context.WithCancel(ctx)
-	defer stopUp()
-	defer stopDown()
-
-	done := make(chan direction, 2)
-	run := func(dctx context.Context, up bool, dst, src *net.TCPConn) {
-		opts := CopyOptions{Limiter: ratelimit.New(o.Rate), Tick: tick}
-		if tick > 0 {
-			opts.Progress = func(n int64) {
-				lastActive.Store(time.Now().UnixNano())
+	options := func(up bool) CopyOptions {
+		co := CopyOptions{Limiter: ratelimit.New(o.Rate), Tick: time.Second}
+		if o.Progress != nil || o.IdleTimeout > 0 {
+			co.Progress = func(n int64) {
+				if o.IdleTimeout > 0 {
+					j.lastActive.Store(time.Now().UnixNano())
+				}
 				if o.Progress != nil {
 					o.Progress(up, n)
 				}
 			}
 		}
-		n, err := Copy(dctx, dst, src, opts)
-		done <- direction{up: up, n: n, err: err}
-	}
-	go run(upCtx, true, server, client)
-	go run(downCtx, false, client, server)
-
-	var idle <-chan time.Time
-	if o.IdleTimeout > 0 {
-		t := time.NewTicker(tick)
-		defer t.Stop()
-		idle = t.C
+		return co
 	}
 
-	res := Result{}
-	past := time.Unix(1, 0)
-	// stop ends one direction: a deadline in the past wakes it whether it waits in splice
-	// for its source or its destination, and the cancelled context ends a rate wait.
-	stop := func(up bool) {
-		if up {
-			stopUp()
-			_ = client.SetReadDeadline(past)
-			_ = server.SetWriteDeadline(past)
-		} else {
-			stopDown()
-			_ = server.SetReadDeadline(past)
-			_ = client.SetWriteDeadline(past)
+	downDone := make(chan struct{})
+	go func() {
+		defer close(downDone)
+		n, err := Copy(jctx, client, server, options(false))
+		j.finished(false, n, err)
+	}()
+	n, err := Copy(jctx, server, client, options(true))
+	j.finished(true, n, err)
+	<-downDone
+
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	// Closing a socket with unread bytes makes the kernel send a reset and drop whatever
+	// it still queues for that peer. After a clean end, a side we stopped reading first
+	// gets every byte written to it acknowledged (its input discarded meanwhile); after an
+	// abort its input is just discarded, so the close is a FIN where it can be.
+	for _, side := range []struct {
+		c   *net.TCPConn
+		eof bool
+	}{{client, j.eof[up]}, {server, j.eof[down]}} {
+		switch {
+		case j.reset || side.eof:
+		case j.aborted:
+			discard(side.c)
+		default:
+			settle(ctx, side.c, settleTimeout)
 		}
-	}
-	ending := false // set once Join itself stops what still runs
-	abort := func(end string, err error) {
-		res.End, res.Err, ending = end, err, true
-		stop(true)
-		stop(false)
-	}
-	ctxDone := ctx.Done()
-	for pending := 2; pending > 0; {
-		select {
-		case d := <-done:
-			pending--
-			if d.up {
-				res.Up = d.n
-			} else {
-				res.Down = d.n
-			}
-			if ending {
-				continue // stopped by us: just collect
-			}
-			if d.err != nil {
-				end, peer := classify(client, server, d)
-				if peer != nil {
-					_ = peer.SetLinger(0)
-				}
-				abort(end, d.err)
-				continue
-			}
-			if res.End == "" {
-				res.End = closedEnd(d.up)
-			}
-			// A clean EOF: everything the source sent has been written; pass the end on as
-			// a FIN so the destination reads all of it before any close.
-			if d.up {
-				_ = server.CloseWrite()
-			} else {
-				_ = client.CloseWrite()
-			}
-			if !o.HalfClose {
-				ending = true
-				stop(!d.up)
-			}
-		case <-idle:
-			if time.Since(time.Unix(0, lastActive.Load())) >= o.IdleTimeout {
-				abort(EndIdle, nil)
-				idle = nil
-			}
-		case <-ctxDone:
-			abort(EndStopped, nil)
-			ctxDone = nil
-		}
-	}
-	if res.End != EndClientReset && res.End != EndServerReset {
-		// Unread bytes at close make the kernel send a reset and drop what is still
-		// queued for that peer; discard them so the close is a plain FIN.
-		drain(client)
-		drain(server)
 	}
 	_ = client.Close()
 	_ = server.Close()
-	res.Duration = time.Since(start)
-	return res
+	j.res.Duration = time.Since(j.start)
+	return j.res
 }
 
-func closedEnd(up bool) string {
-	if up {
+const (
+	up   = 0
+	down = 1
+)
+
+// joiner is the state of one Join, shared by its two directions and its timers.
+type joiner struct {
+	client, server *net.TCPConn
+	halfClose      bool
+	start          time.Time
+	cancel         context.CancelFunc
+	lastActive     atomic.Int64
+
+	mu      sync.Mutex
+	res     Result
+	ending  bool    // Join itself is stopping what still runs
+	aborted bool    // ... because of an error, a timeout or cancellation
+	reset   bool    // one side was reset and the other is being reset
+	eof     [2]bool // the direction ended with its source's clean EOF
+}
+
+// finished records the end of one direction and decides what happens to the other.
+func (j *joiner) finished(isUp bool, n int64, err error) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	dir, dst := down, j.client
+	if isUp {
+		dir, dst = up, j.server
+		j.res.Up = n
+	} else {
+		j.res.Down = n
+	}
+	if j.ending {
+		return // stopped by us: just collect
+	}
+	if err != nil {
+		end, peer := classify(j.client, j.server, err)
+		if peer != nil {
+			_ = peer.SetLinger(0)
+			j.reset = true
+		}
+		j.stopLocked(end, err)
+		return
+	}
+	j.eof[dir] = true
+	if j.res.End == "" {
+		j.res.End = closedEnd(isUp)
+	}
+	// Everything the source sent has been written: pass the end on as a FIN so the
+	// destination reads all of it before any close.
+	_ = dst.CloseWrite()
+	if !j.halfClose {
+		j.ending = true
+		j.stopDirection(!isUp)
+	}
+}
+
+// abort stops both directions unless the relay is already ending.
+func (j *joiner) abort(end string, err error) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if !j.ending {
+		j.stopLocked(end, err)
+	}
+}
+
+func (j *joiner) stopLocked(end string, err error) {
+	j.res.End, j.res.Err, j.ending, j.aborted = end, err, true, true
+	j.stopDirection(true)
+	j.stopDirection(false)
+}
+
+// stopDirection ends one direction: deadlines in the past wake it whether it waits for
+// its source or its destination, and the cancelled context ends a rate wait.
+func (j *joiner) stopDirection(isUp bool) {
+	j.cancel()
+	past := time.Unix(1, 0)
+	src, dst := j.server, j.client
+	if isUp {
+		src, dst = j.client, j.server
+	}
+	_ = src.SetReadDeadline(past)
+	_ = dst.SetWriteDeadline(past)
+}
+
+func closedEnd(isUp bool) string {
+	if isUp {
 		return EndClientClosed
 	}
 	return EndServerClosed
@@ -186,29 +227,52 @@ func closedEnd(up bool) string {
 
 // classify names how a direction failed. A socket the peer reset is in state CLOSE; the
 // other connection is then returned so the caller resets it too.
-func classify(client, server *net.TCPConn, d direction) (string, *net.TCPConn) {
+func classify(client, server *net.TCPConn, err error) (string, *net.TCPConn) {
 	switch {
 	case isReset(client):
 		return EndClientReset, server
 	case isReset(server):
 		return EndServerReset, client
-	case errors.Is(d.err, context.Canceled):
+	case errors.Is(err, context.Canceled):
 		return EndStopped, nil
 	}
-	return "error: " + d.err.Error(), nil
+	return "error: " + err.Error(), nil
 }
 
-// drain reads and discards whatever the peer has already sent, without blocking.
-func drain(c *net.TCPConn) {
+// settleTimeout bounds how long a close waits for the peer to acknowledge what was
+// written to it.
+const settleTimeout = 10 * time.Second
+
+// settle waits until the peer of c has acknowledged every byte and the FIN written to c,
+// discarding what it sends meanwhile, for at most limit or until ctx ends.
+func settle(ctx context.Context, c *net.TCPConn, limit time.Duration) {
+	deadline := time.Now().Add(limit)
+	wait := time.Millisecond
+	for {
+		discard(c)
+		if unacked(c) <= 0 || time.Now().After(deadline) || ctx.Err() != nil {
+			return
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return
+		}
+		wait = min(2*wait, 50*time.Millisecond)
+	}
+}
+
+// discard drops, without blocking and without copying, what the peer has already sent.
+func discard(c *net.TCPConn) {
 	raw, err := c.SyscallConn()
 	if err != nil {
 		return
 	}
-	var buf [16 << 10]byte
 	_ = raw.Control(func(fd uintptr) {
 		for i := 0; i < 64; i++ {
-			n, err := recvNonBlock(int(fd), buf[:])
-			if n <= 0 || err != nil {
+			if n, err := recvDiscard(int(fd), 1<<20); n <= 0 || err != nil {
 				return
 			}
 		}

@@ -152,7 +152,7 @@ func TestJoinHalfCloseDelayedReply(t *testing.T) {
 	c.backend.CloseWrite()
 	got, err := io.ReadAll(c.user)
 	if err != nil || string(got) != "answer" {
-		t.Fatalf("user got %q, %v", got, err)
+		t.Fatalf("user got %q, %v; relay result %+v", got, err, c.wait(t))
 	}
 	r := c.wait(t)
 	if r.End != EndClientClosed || r.Up != 8 || r.Down != 6 {

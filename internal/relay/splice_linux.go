@@ -1,0 +1,180 @@
+//go:build linux
+
+package relay
+
+import (
+	"context"
+	"errors"
+	"net"
+	"os"
+	"runtime"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// maxSplice is the most bytes one splice call moves, and the size asked for each pipe (the
+// standard library's choice too).
+const maxSplice = 1 << 20
+
+// kpipe is a kernel pipe used as the splice buffer between two sockets.
+type kpipe struct {
+	r, w    int
+	cleanup runtime.Cleanup
+}
+
+// pipes caches empty pipes between uses. A pipe is taken only while bytes are in flight,
+// so an idle connection holds none: two descriptors and the pipe's kernel buffer less per
+// direction than io.Copy, which keeps its pipe while it waits.
+var pipes = sync.Pool{New: func() any {
+	var fds [2]int
+	if err := unix.Pipe2(fds[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
+		return nil
+	}
+	_, _ = unix.FcntlInt(uintptr(fds[0]), unix.F_SETPIPE_SZ, maxSplice)
+	p := &kpipe{r: fds[0], w: fds[1]}
+	p.cleanup = runtime.AddCleanup(p, func(fds [2]int) {
+		unix.Close(fds[0])
+		unix.Close(fds[1])
+	}, fds)
+	return p
+}}
+
+func getPipe() (*kpipe, error) {
+	p, _ := pipes.Get().(*kpipe)
+	if p == nil {
+		return nil, errors.New("creating a splice pipe: too many open files or no memory")
+	}
+	return p, nil
+}
+
+// putPipe returns an empty pipe to the cache; a pipe that still holds bytes is closed.
+func putPipe(p *kpipe, empty bool) {
+	if empty {
+		pipes.Put(p)
+		return
+	}
+	p.cleanup.Stop()
+	unix.Close(p.r)
+	unix.Close(p.w)
+}
+
+// spliceCopy moves bytes from src to dst with splice(2) through a pipe, without them
+// entering user space. It reports every splice to o.Progress, honours o.Limiter with at
+// most one burst per splice, and stops on src's EOF, an error, or a deadline on either
+// connection (how Join stops a direction).
+func spliceCopy(ctx context.Context, dst, src *net.TCPConn, o CopyOptions) (written int64, err error) {
+	srcRaw, err := src.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	dstRaw, err := dst.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	step := maxSplice
+	if o.Limiter != nil {
+		step = min(step, o.Limiter.Burst())
+	}
+	var p *kpipe
+	inPipe := 0
+	defer func() {
+		if p != nil {
+			putPipe(p, inPipe == 0)
+		}
+	}()
+	var peek [1]byte
+	credit := 0 // tokens paid for and not yet used: a short splice wastes none
+	for {
+		if o.Limiter != nil && credit < step {
+			if err := o.Limiter.WaitN(ctx, step-credit); err != nil {
+				return written, err
+			}
+			credit = step
+		}
+		max := maxSplice
+		if o.Limiter != nil {
+			max = credit
+		}
+		var n int
+		var serr error
+		rerr := srcRaw.Read(func(fd uintptr) bool {
+			for {
+				n, serr = 0, nil
+				if p == nil {
+					// Wait for bytes (or EOF, or an error) before taking a pipe.
+					// Reading a pending error clears it, so a reset seen here is
+					// returned here; an EOF needs no pipe either.
+					k, _, perr := unix.Recvfrom(int(fd), peek[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+					switch {
+					case perr == unix.EAGAIN:
+						return false
+					case perr == unix.EINTR:
+						continue
+					case perr != nil:
+						serr = perr
+						return true
+					case k == 0:
+						n = 0
+						return true
+					}
+					if p, serr = getPipe(); serr != nil {
+						return true
+					}
+				}
+				var k int64
+				k, serr = unix.Splice(int(fd), nil, p.w, nil, max, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+				n = int(k)
+				switch serr {
+				case unix.EINTR:
+					continue
+				case unix.EAGAIN:
+					// Drained for now: give the empty pipe back while we wait.
+					putPipe(p, true)
+					p = nil
+					return false
+				}
+				return true
+			}
+		})
+		if rerr != nil {
+			return written, rerr
+		}
+		if serr != nil {
+			return written, &net.OpError{Op: "splice", Net: "tcp", Source: src.LocalAddr(), Addr: src.RemoteAddr(), Err: os.NewSyscallError("splice", serr)}
+		}
+		if n == 0 {
+			return written, nil // EOF
+		}
+		inPipe = n
+		credit -= n
+		for inPipe > 0 {
+			var m int
+			werr := dstRaw.Write(func(fd uintptr) bool {
+				for {
+					var k int64
+					k, serr = unix.Splice(p.r, nil, int(fd), nil, inPipe, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+					m = int(k)
+					switch serr {
+					case unix.EINTR:
+						continue
+					case unix.EAGAIN:
+						return false
+					}
+					return true
+				}
+			})
+			if werr != nil {
+				return written, werr
+			}
+			if serr != nil {
+				return written, &net.OpError{Op: "splice", Net: "tcp", Source: dst.LocalAddr(), Addr: dst.RemoteAddr(), Err: os.NewSyscallError("splice", serr)}
+			}
+			inPipe -= m
+			written += int64(m)
+			if o.Progress != nil {
+				o.Progress(int64(m))
+			}
+		}
+	}
+}
