@@ -1,0 +1,209 @@
+#!/usr/bin/env bash
+# bench/tunnel.sh: listentwo + connecttwo against a direct connection, ssh -R, socat and
+# tcp-pf, all on loopback. For each target: time from a new client's connect to its first
+# echoed byte (p50, p99), a 1-byte round trip on an open connection, new clients per
+# second, single-stream throughput; then memory per idle pooled link. Targets run in
+# interleaved rounds and the table shows medians. See bench/README-tunnel.md.
+#
+# Usage: bench/tunnel.sh            (from the module root; ROUNDS=5 by default)
+#        ROUNDS=3 RATE=1s BYTES=134217728 bench/tunnel.sh
+# Missing peers (ssh, sshd, socat) are installed with apt-get when root, else skipped.
+set -euo pipefail
+
+ROUNDS=${ROUNDS:-5}
+RATE=${RATE:-1500ms}
+BYTES=${BYTES:-268435456}
+LINKS=${LINKS:-256}
+
+cd "$(dirname "$0")/.."
+T=$(mktemp -d /tmp/tunnel-bench.XXXXXX)
+PIDS=()
+declare -A PID_OF   # process name -> pid, for CPU accounting
+cleanup() {
+	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+	for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+	rm -rf "$T"
+}
+trap cleanup EXIT
+
+say() { printf '%s\n' "$*" >&2; }
+start() { "$@" & PIDS+=($!); }
+port() { "$T/tunnelload" freeport; }
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+
+say "building into $T"
+go build -o "$T/" ./cmd/listentwo ./cmd/connecttwo ./bench/tunnelload
+HAVE_PF=0
+if go build -o "$T/" ./cmd/tcp-pf 2>"$T/tcp-pf-build.log"; then HAVE_PF=1; else say "tcp-pf does not build: left out"; fi
+
+need() { # need PROGRAM PACKAGE: install PACKAGE when PROGRAM is missing and we are root
+	command -v "$1" >/dev/null 2>&1 && return 0
+	if [ "$(id -u)" = 0 ]; then
+		say "installing $2"
+		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$2" >/dev/null 2>&1 ||
+			{ apt-get update >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$2" >/dev/null 2>&1; } || true
+	fi
+	command -v "$1" >/dev/null 2>&1
+}
+HAVE_SSH=0; need ssh openssh-client && need ssh-keygen openssh-client && { [ -x /usr/sbin/sshd ] || need sshd openssh-server; } && HAVE_SSH=1
+[ -x /usr/sbin/sshd ] || HAVE_SSH=0
+HAVE_SOCAT=0; need socat socat && HAVE_SOCAT=1
+
+ECHO=$(port)
+start "$T/tunnelload" serve -addr "127.0.0.1:$ECHO"
+PID_OF[sink]=$!
+"$T/tunnelload" wait -addr "127.0.0.1:$ECHO"
+TARGETS=("direct=127.0.0.1:$ECHO")
+
+pair() { # pair NAME LISTENTWO-FLAGS -- CONNECTTWO-FLAGS
+	local name=$1; shift
+	local s d lf=() cf=()
+	s=$(port); d=$(port)
+	while [ "$1" != -- ]; do lf+=("$1"); shift; done; shift
+	cf=("$@")
+	start "$T/listentwo" -s "127.0.0.1:$s" -d "127.0.0.1:$d" "${lf[@]}" 2>"$T/$name.listentwo.log"
+	PID_OF[$name.listentwo]=$!
+	"$T/tunnelload" wait -addr "127.0.0.1:$d"
+	start "$T/connecttwo" -s "127.0.0.1:$d" -d "127.0.0.1:$ECHO" "${cf[@]}" 2>"$T/$name.connecttwo.log"
+	PID_OF[$name.connecttwo]=$!
+	TARGETS+=("$name=127.0.0.1:$s")
+}
+printf 'bench secret\n' >"$T/secret"; chmod 600 "$T/secret"
+pair tunnel-hello --hello-dst -- --hello-from-src
+pair tunnel-hello-pool16 --hello-dst -- --hello-from-src --pool 16
+pair tunnel-nohello -- 
+pair tunnel-secret --hello-dst --secret-file "$T/secret" -- --hello-from-src --secret-file "$T/secret"
+
+if [ "$HAVE_PF" = 1 ]; then
+	P=$(port)
+	start "$T/tcp-pf" -s "127.0.0.1:$P" -d "127.0.0.1:$ECHO" --lazy 2>"$T/tcp-pf.log"
+	PID_OF[tcp-pf-lazy.tcp-pf]=$!
+	"$T/tunnelload" wait -addr "127.0.0.1:$P"
+	TARGETS+=("tcp-pf-lazy=127.0.0.1:$P")
+fi
+if [ "$HAVE_SOCAT" = 1 ]; then
+	P=$(port)
+	start socat "TCP-LISTEN:$P,bind=127.0.0.1,reuseaddr,fork,backlog=512" "TCP:127.0.0.1:$ECHO"
+	"$T/tunnelload" wait -addr "127.0.0.1:$P"
+	TARGETS+=("socat=127.0.0.1:$P")
+else
+	say "socat missing and not installable: left out"
+fi
+if [ "$HAVE_SSH" = 1 ]; then
+	mkdir -p /run/sshd 2>/dev/null || true
+	SSHD=$(port); SSHR=$(port)
+	ssh-keygen -q -t ed25519 -N '' -f "$T/hostkey"
+	ssh-keygen -q -t ed25519 -N '' -f "$T/userkey"
+	cp "$T/userkey.pub" "$T/authorized_keys"
+	cat >"$T/sshd_config" <<-EOF
+		Port $SSHD
+		ListenAddress 127.0.0.1
+		HostKey $T/hostkey
+		PidFile $T/sshd.pid
+		AuthorizedKeysFile $T/authorized_keys
+		StrictModes no
+		PasswordAuthentication no
+		KbdInteractiveAuthentication no
+		UsePAM no
+		PermitRootLogin prohibit-password
+		AllowTcpForwarding yes
+		MaxStartups 100
+		LogLevel ERROR
+	EOF
+	start /usr/sbin/sshd -D -e -f "$T/sshd_config" 2>"$T/sshd.log"
+	"$T/tunnelload" wait -addr "127.0.0.1:$SSHD"
+	start ssh -N -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
+		-o ExitOnForwardFailure=yes -i "$T/userkey" -p "$SSHD" \
+		-R "127.0.0.1:$SSHR:127.0.0.1:$ECHO" "$(id -un)@127.0.0.1" 2>"$T/ssh.log"
+	if "$T/tunnelload" wait -addr "127.0.0.1:$SSHR"; then
+		TARGETS+=("ssh-R=127.0.0.1:$SSHR")
+	else
+		say "ssh -R did not come up: left out"; cat "$T/ssh.log" "$T/sshd.log" >&2 || true
+	fi
+else
+	say "ssh/sshd missing and not installable: left out"
+fi
+
+say "targets: ${TARGETS[*]}"
+say "rounds: $ROUNDS, rate: $RATE per target, throughput: $BYTES bytes"
+: >"$T/rows.tsv"
+for r in $(seq "$ROUNDS"); do
+	for t in "${TARGETS[@]}"; do
+		"$T/tunnelload" measure -name "${t%%=*}" -addr "${t#*=}" -round "$r" -rate "$RATE" -bytes "$BYTES" >>"$T/rows.tsv"
+	done
+	say "round $r done"
+done
+
+echo
+echo "Machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(uname -r); Go $(go env GOVERSION)"
+echo "Command: ROUNDS=$ROUNDS RATE=$RATE BYTES=$BYTES LINKS=$LINKS bench/tunnel.sh"
+echo
+"$T/tunnelload" table <"$T/rows.tsv"
+
+# CPU seconds per GiB of single-stream throughput, per process: on two shared cores every
+# stage of the path competes for the same CPUs, so this shows which stage would limit
+# throughput if each ran on its own machine, as B and A do in real use.
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+HZ=$(getconf CLK_TCK)
+CPU_BYTES=${CPU_BYTES:-1073741824}
+echo
+echo "CPU seconds per GiB moved ($((CPU_BYTES >> 20)) MiB single stream, one run each):"
+echo
+echo "| target | MiB/s | client | sink | listentwo | connecttwo | tcp-pf |"
+echo "|---|---:|---:|---:|---:|---:|---:|"
+for t in "${TARGETS[@]}"; do
+	name=${t%%=*}
+	case $name in direct|tunnel-hello|tunnel-nohello|tcp-pf-lazy) ;; *) continue ;; esac
+	declare -A before=()
+	for k in sink "$name.listentwo" "$name.connecttwo" "$name.tcp-pf"; do
+		[ -n "${PID_OF[$k]:-}" ] && before[$k]=$(ticks "${PID_OF[$k]}")
+	done
+	TIMEFORMAT='%U %S'
+	{ time "$T/tunnelload" measure -name "$name" -addr "${t#*=}" -latency 0 -rtt 0 -rate 0s -bytes "$CPU_BYTES" >"$T/cpu.row"; } 2>"$T/cpu.time"
+	mibs=$(cut -f7 "$T/cpu.row")
+	gib=$(awk -v b="$CPU_BYTES" 'BEGIN {print b / 1073741824}')
+	client=$(awk -v g="$gib" '{printf "%.2f", ($1 + $2) / g}' "$T/cpu.time")
+	row="| $name | $mibs | $client"
+	for k in sink "$name.listentwo" "$name.connecttwo" "$name.tcp-pf"; do
+		if [ -n "${before[$k]:-}" ]; then
+			row="$row | $(awk -v a="${before[$k]}" -v b="$(ticks "${PID_OF[$k]}")" -v hz="$HZ" -v g="$gib" 'BEGIN {printf "%.2f", (b - a) / hz / g}')"
+		else
+			row="$row | -"
+		fi
+	done
+	echo "$row |"
+	unset before
+done
+
+# Memory per idle pooled link: RSS of both ends with 1 link, then with LINKS+1.
+say "measuring memory per idle link ($LINKS links)"
+S=$(port); D=$(port)
+start "$T/listentwo" -s "127.0.0.1:$S" -d "127.0.0.1:$D" --max-links $((LINKS + 8)) 2>"$T/mem.listentwo.log"
+LPID=$!
+"$T/tunnelload" wait -addr "127.0.0.1:$D"
+start "$T/connecttwo" -s "127.0.0.1:$D" -d "127.0.0.1:$ECHO" --pool 1 2>"$T/mem1.log"
+C1=$!
+waitlinks() { # waitlinks LOG N: bounded wait for N "link up" lines
+	for _ in $(seq 400); do
+		[ "$(grep -c ' up ' "$1" || true)" -ge "$2" ] && return 0
+		sleep 0.025
+	done
+	say "only $(grep -c ' up ' "$1" || true) of $2 links came up"; return 1
+}
+waitlinks "$T/mem1.log" 1
+sleep 0.5
+L1=$(rss_kib "$LPID"); A1=$(rss_kib "$C1")
+kill "$C1"; wait "$C1" 2>/dev/null || true
+start "$T/connecttwo" -s "127.0.0.1:$D" -d "127.0.0.1:$ECHO" --pool $((LINKS + 1)) 2>"$T/memN.log"
+CN=$!
+waitlinks "$T/memN.log" $((LINKS + 1))
+sleep 0.5
+LN=$(rss_kib "$LPID"); AN=$(rss_kib "$CN")
+echo
+echo "| idle pooled links | listentwo RSS (KiB) | connecttwo RSS (KiB) |"
+echo "|---:|---:|---:|"
+echo "| 1 | $L1 | $A1 |"
+echo "| $((LINKS + 1)) | $LN | $AN |"
+echo "| per link | $(( (LN - L1) / LINKS )) | $(( (AN - A1) / LINKS )) |"
+echo
+echo "ssh -R keeps no idle links (each client costs an ssh channel opened on demand), so it has no per-idle-link figure."

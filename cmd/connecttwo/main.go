@@ -1,0 +1,123 @@
+// Command connecttwo is the hidden end of a reverse tunnel: on a machine that cannot accept
+// connections, it keeps idle links open to listentwo's link port and connects each link a
+// client takes to the local service. See docs/tunnel.md.
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+
+	"shd-tcp-tools/internal/cli"
+	"shd-tcp-tools/internal/connlog"
+	"shd-tcp-tools/internal/endpoint"
+	"shd-tcp-tools/internal/tunnel"
+)
+
+const tool = "connecttwo"
+
+const help = `Usage: connecttwo -s HOST:PORT -d HOST:PORT [--hello-from-src] [--pool N]
+                  [--secret-file FILE] [--send-proxy]
+
+Hidden end of a reverse tunnel. Keeps --pool idle links open to listentwo's link port -s;
+when a client takes one, connects to the service -d and relays the two both ways, then
+opens a replacement link at once. If the relay cannot be reached or a link drops, it
+reconnects with exponential backoff (up to 30 s, with jitter); it never exits for that.
+
+Options:
+  -s, --relay HOST:PORT    listentwo's link port (its -d)
+  -d, --service HOST:PORT  the service to serve, often on 127.0.0.1
+      --hello-from-src     expect a PROXY v1 header naming the client on each taken link,
+                           then connect (listentwo must use --hello-dst; both or neither)
+      --send-proxy         pass that header on to the service (for servers that read
+                           PROXY headers: nginx, HAProxy); needs --hello-from-src
+      --pool N             idle links to keep open (default 2)
+      --secret-file FILE   prove to listentwo, and check that it proves, the first line
+                           of FILE (HMAC-SHA256 challenge; listentwo needs the same file)
+  -h, --help               print this help and exit
+  -v, --version            print the version and exit
+
+Environment:
+  INADDR_DEFAULT   connect from this local address
+
+Example: reach sshd on A, which accepts no connections, from C through B:
+  on B:  listentwo -s 1234 -d 1235 --hello-dst
+  on A:  connecttwo -s B:1235 -d 127.0.0.1:22 --hello-from-src
+  on C:  ssh -p 1234 user@B
+Without hellos (leave out both flags) a link is taken by the client's first byte, so only
+protocols where the client speaks first work.
+
+Logs go to stderr: links up and down with the reason, retries, each connection to the
+service and its close with bytes and bandwidth each way. If the service cannot be
+reached, that client's link is closed at once and logged. SIGINT or SIGTERM stops cleanly.
+`
+
+func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
+
+func run(args []string, stdout, stderr io.Writer) int {
+	ctx, cancel := cli.SignalContext(context.Background())
+	defer cancel()
+	cfg, err := parse(ctx, args, stdout, stderr)
+	if err != nil {
+		return cli.Report(stderr, tool, err)
+	}
+	a, err := tunnel.NewAgent(cfg)
+	if err != nil {
+		return cli.Report(stderr, tool, err)
+	}
+	cfg.Log.Printf("keeping %d links open to %s for %s", cfg.Pool, cfg.Relay, cfg.Service)
+	return cli.Report(stderr, tool, a.Run(ctx))
+}
+
+// parse turns the command line into a checked configuration; nothing is opened yet.
+func parse(ctx context.Context, args []string, stdout, stderr io.Writer) (tunnel.AgentConfig, error) {
+	var cfg tunnel.AgentConfig
+	fs := cli.NewFlagSet(tool, help, stdout)
+	relayAddr := fs.StringP("relay", "s", "", "")
+	service := fs.StringP("service", "d", "", "")
+	fs.BoolVar(&cfg.Hello, "hello-from-src", false, "")
+	fs.BoolVar(&cfg.SendProxy, "send-proxy", false, "")
+	fs.IntVar(&cfg.Pool, "pool", tunnel.DefaultPool, "")
+	secretFile := fs.String("secret-file", "", "")
+	if err := fs.Parse(args); err != nil {
+		return cfg, err
+	}
+	if fs.NArg() > 0 {
+		return cfg, cli.Usagef("unexpected argument %q; see --help", fs.Arg(0))
+	}
+	if *relayAddr == "" {
+		return cfg, cli.Usagef("missing -s HOST:PORT, listentwo's link port")
+	}
+	if *service == "" {
+		return cfg, cli.Usagef("missing -d HOST:PORT, the service to serve")
+	}
+	var err error
+	if cfg.Relay, err = endpoint.ParseHostPort(*relayAddr); err != nil {
+		return cfg, cli.Usagef("-s: %v", err)
+	}
+	if cfg.Service, err = endpoint.ParseHostPort(*service); err != nil {
+		return cfg, cli.Usagef("-d: %v", err)
+	}
+	if cfg.Pool < 1 {
+		return cfg, cli.Usagef("--pool %d: must be at least 1", cfg.Pool)
+	}
+	if cfg.Local, err = endpoint.ResolveLocal(ctx, os.Getenv(endpoint.EnvLocal)); err != nil {
+		return cfg, cli.AsUsage(err)
+	}
+	if err := cfg.Validate(); err != nil {
+		return cfg, err
+	}
+	if fs.Changed("secret-file") {
+		secret, warning, err := tunnel.LoadSecret(*secretFile)
+		if err != nil {
+			return cfg, err
+		}
+		if warning != "" {
+			fmt.Fprintf(stderr, "%s: %s\n", tool, warning)
+		}
+		cfg.Secret = secret
+	}
+	cfg.Log = connlog.New(stderr)
+	return cfg, nil
+}

@@ -1,0 +1,130 @@
+// Command listentwo is the relay end of a reverse tunnel: it serves clients that connect to
+// -s through links that connecttwo, on a machine that cannot accept connections, opens to
+// -d. See docs/tunnel.md.
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+
+	"shd-tcp-tools/internal/allow"
+	"shd-tcp-tools/internal/cli"
+	"shd-tcp-tools/internal/connlog"
+	"shd-tcp-tools/internal/endpoint"
+	"shd-tcp-tools/internal/tunnel"
+)
+
+const tool = "listentwo"
+
+const help = `Usage: listentwo -s [ADDR:]PORT -d [ADDR:]PORT [--hello-dst] [-a HOST]... [--wait SECS]
+                 [--secret-file FILE] [--max-links N]
+
+Relay end of a reverse tunnel. Clients connect to -s; connecttwo, on a machine that cannot
+accept connections, keeps idle links open to -d. Each client is paired with the oldest idle
+link and the two are relayed both ways, half-closes passed on.
+
+Options:
+  -s, --clients [ADDR:]PORT  listen for clients here
+  -d, --links [ADDR:]PORT    listen for connecttwo's links here
+      --hello-dst            send each taken link a PROXY v1 header naming the client
+                             (connecttwo must use --hello-from-src; both or neither)
+  -a, --allow HOST|ADDR/PREFIX
+                             serve only clients from these addresses (repeatable); others
+                             are closed at once, logged, and never take a link
+      --wait SECS            how long a client waits for an idle link before it is closed
+                             (default 30; 0: not at all)
+      --secret-file FILE     links must prove they know the first line of FILE
+                             (HMAC-SHA256 challenge; connecttwo needs the same file)
+      --max-links N          most idle links kept in the pool (default 64)
+  -h, --help                 print this help and exit
+  -v, --version              print the version and exit
+
+Environment:
+  INADDR_DEFAULT   listen on this address when -s or -d gives no ADDR
+
+Example: reach sshd on A, which accepts no connections, from C through B:
+  on B:  listentwo -s 1234 -d 1235 --hello-dst
+  on A:  connecttwo -s B:1235 -d 127.0.0.1:22 --hello-from-src
+  on C:  ssh -p 1234 user@B
+Without hellos (leave out both flags) a link is taken by the client's first byte, so only
+protocols where the client speaks first work.
+
+Logs go to stderr: links up and down with the reason, each pairing, each close with bytes
+and bandwidth each way, and clients that waited in vain. SIGINT or SIGTERM stops cleanly.
+`
+
+func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
+
+func run(args []string, stdout, stderr io.Writer) int {
+	ctx, cancel := cli.SignalContext(context.Background())
+	defer cancel()
+	cfg, err := parse(ctx, args, stdout, stderr)
+	if err != nil {
+		return cli.Report(stderr, tool, err)
+	}
+	r, err := tunnel.NewRelay(cfg)
+	if err != nil {
+		return cli.Report(stderr, tool, err)
+	}
+	return cli.Report(stderr, tool, r.ListenAndServe(ctx))
+}
+
+// parse turns the command line into a checked configuration; nothing is opened yet.
+func parse(ctx context.Context, args []string, stdout, stderr io.Writer) (tunnel.RelayConfig, error) {
+	var cfg tunnel.RelayConfig
+	fs := cli.NewFlagSet(tool, help, stdout)
+	clients := fs.StringP("clients", "s", "", "")
+	links := fs.StringP("links", "d", "", "")
+	fs.BoolVar(&cfg.Hello, "hello-dst", false, "")
+	allowed := fs.StringArrayP("allow", "a", nil, "")
+	wait := cli.Seconds{D: tunnel.DefaultWait}
+	fs.Var(&wait, "wait", "")
+	secretFile := fs.String("secret-file", "", "")
+	fs.IntVar(&cfg.MaxLinks, "max-links", tunnel.DefaultMaxLinks, "")
+	if err := fs.Parse(args); err != nil {
+		return cfg, err
+	}
+	if fs.NArg() > 0 {
+		return cfg, cli.Usagef("unexpected argument %q; see --help", fs.Arg(0))
+	}
+	if *clients == "" {
+		return cfg, cli.Usagef("missing -s [ADDR:]PORT, where clients connect")
+	}
+	if *links == "" {
+		return cfg, cli.Usagef("missing -d [ADDR:]PORT, where connecttwo's links connect")
+	}
+	var err error
+	if cfg.Clients, err = endpoint.ParseListen(*clients); err != nil {
+		return cfg, cli.Usagef("-s: %v", err)
+	}
+	if cfg.Links, err = endpoint.ParseListen(*links); err != nil {
+		return cfg, cli.Usagef("-d: %v", err)
+	}
+	if cfg.MaxLinks < 1 {
+		return cfg, cli.Usagef("--max-links %d: must be at least 1", cfg.MaxLinks)
+	}
+	cfg.Wait = wait.D
+	if cfg.Allow, err = allow.Parse(ctx, nil, *allowed); err != nil {
+		return cfg, cli.Usagef("-a: %v", err)
+	}
+	if cfg.Local, err = endpoint.ResolveLocal(ctx, os.Getenv(endpoint.EnvLocal)); err != nil {
+		return cfg, cli.AsUsage(err)
+	}
+	if err := cfg.Validate(); err != nil {
+		return cfg, err
+	}
+	if fs.Changed("secret-file") {
+		secret, warning, err := tunnel.LoadSecret(*secretFile)
+		if err != nil {
+			return cfg, err
+		}
+		if warning != "" {
+			fmt.Fprintf(stderr, "%s: %s\n", tool, warning)
+		}
+		cfg.Secret = secret
+	}
+	cfg.Log = connlog.New(stderr)
+	return cfg, nil
+}

@@ -1,0 +1,330 @@
+package tunnel
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"shd-tcp-tools/internal/cli"
+	"shd-tcp-tools/internal/connlog"
+	"shd-tcp-tools/internal/endpoint"
+	"shd-tcp-tools/internal/relay"
+)
+
+// DefaultPool is how many idle links connecttwo keeps open (--pool).
+const DefaultPool = 2
+
+// stableLink is how long a link must have stayed up for its loss to reset the backoff, so
+// that a relay which accepts links and drops them at once is not hammered.
+const stableLink = time.Second
+
+// firstRead bounds the read that takes a link's first bytes; whatever it gets beyond a
+// hello is replayed to the service, and the rest flows by splice.
+const firstRead = 16 << 10
+
+// AgentConfig is connecttwo's configuration. Build it from flags, check it with Validate,
+// then hand it to NewAgent.
+type AgentConfig struct {
+	// Relay is listentwo's link port (-s); Service is the hidden service (-d).
+	Relay, Service endpoint.Endpoint
+	// Local is the INADDR_DEFAULT address, or nil.
+	Local net.IP
+	// Hello expects a PROXY v1 header on each taken link (--hello-from-src).
+	Hello bool
+	// SendProxy passes that header on to the service (--send-proxy); needs Hello.
+	SendProxy bool
+	// Pool is how many idle links to keep open (--pool).
+	Pool int
+	// Secret, when set, is the shared secret links prove (--secret-file).
+	Secret []byte
+	// HandshakeTimeout bounds a link's handshake and the read of a hello; zero means
+	// DefaultHandshakeTimeout.
+	HandshakeTimeout time.Duration
+	// DialTimeout bounds each connection attempt; zero means endpoint.DefaultDialTimeout.
+	DialTimeout time.Duration
+	// BackoffBase and BackoffMax shape the reconnect delays; zero means the defaults.
+	BackoffBase, BackoffMax time.Duration
+	// Dial opens connections to the relay and the service; nil dials from Local.
+	Dial func(ctx context.Context, ep endpoint.Endpoint) (*net.TCPConn, error)
+	// Log receives one line per event; nil discards them.
+	Log *connlog.Logger
+	// Rand is the nonce source; nil means crypto/rand.
+	Rand io.Reader
+
+	dialService func(ctx context.Context, ep endpoint.Endpoint) (*net.TCPConn, error)
+}
+
+// Validate reports a configuration no agent can run with, as a cli.UsageError.
+func (c *AgentConfig) Validate() error {
+	switch {
+	case c.Relay.Host == "" || c.Relay.Port < 1 || c.Relay.Port > 65535:
+		return cli.Usagef("-s: missing or bad address; give the relay's HOST:PORT")
+	case c.Service.Host == "" || c.Service.Port < 1 || c.Service.Port > 65535:
+		return cli.Usagef("-d: missing or bad address; give the service's HOST:PORT")
+	case c.Pool < 1:
+		return cli.Usagef("--pool must be at least 1")
+	case c.SendProxy && !c.Hello:
+		return cli.Usagef("--send-proxy passes on the hello: it needs --hello-from-src")
+	case c.Secret != nil && len(c.Secret) == 0:
+		return cli.Usagef("--secret-file: the secret is empty")
+	case c.HandshakeTimeout < 0, c.DialTimeout < 0, c.BackoffBase < 0, c.BackoffMax < 0:
+		return cli.Usagef("timeouts must not be negative")
+	}
+	return nil
+}
+
+// Agent is connecttwo's engine: it keeps Pool idle links open to the relay and, when one is
+// taken, connects to the service and relays the two, opening a replacement link at once.
+type Agent struct {
+	cfg   AgentConfig
+	idle  *gauge
+	conns atomic.Uint64 // ids for log lines
+	links atomic.Uint64
+	wg    sync.WaitGroup
+}
+
+// NewAgent checks cfg and returns an agent ready to Run.
+func NewAgent(cfg AgentConfig) (*Agent, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.HandshakeTimeout == 0 {
+		cfg.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	if cfg.Rand == nil {
+		cfg.Rand = rand.Reader
+	}
+	if cfg.Dial == nil {
+		// Links get keepalive (see setKeepAlive); the service is local, so its
+		// connections need none.
+		links := &endpoint.Dialer{Local: cfg.Local, Timeout: cfg.DialTimeout, KeepAlive: -1}
+		service := &endpoint.Dialer{Local: cfg.Local, Timeout: cfg.DialTimeout, KeepAlive: -1}
+		cfg.Dial, cfg.dialService = links.Dial, service.Dial
+	} else {
+		cfg.dialService = cfg.Dial
+	}
+	return &Agent{cfg: cfg, idle: newGauge()}, nil
+}
+
+// IdleLinks returns the number of links open and waiting to be taken.
+func (a *Agent) IdleLinks() int { return a.idle.get() }
+
+// WaitIdle waits until exactly n links are idle, or ctx ends.
+func (a *Agent) WaitIdle(ctx context.Context, n int) error {
+	return a.idle.wait(ctx, func(k int) bool { return k == n })
+}
+
+// Run keeps the pool full until ctx ends, then closes every link and relay, waits for its
+// goroutines and returns nil. Failures to reach the relay are logged and retried with
+// backoff; they never end Run.
+func (a *Agent) Run(ctx context.Context) error {
+	for i := 0; i < a.cfg.Pool; i++ {
+		a.wg.Add(1)
+		go func() {
+			defer a.wg.Done()
+			a.slot(ctx)
+		}()
+	}
+	a.wg.Wait()
+	return nil
+}
+
+// slot keeps one idle link open: it connects, waits until the link is taken or dies, hands
+// a taken link to serve, and starts over.
+func (a *Agent) slot(ctx context.Context) {
+	bo := Backoff{Base: a.cfg.BackoffBase, Max: a.cfg.BackoffMax}
+	for ctx.Err() == nil {
+		id := a.links.Add(1)
+		link, rest, err := a.openLink(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			d := bo.Next()
+			a.cfg.Log.Printf("link #%d to %s failed: %v; retry %d in %.3fs", id, a.cfg.Relay, err, bo.Failures(), d.Seconds())
+			sleep(ctx, d)
+			continue
+		}
+		up := time.Now()
+		addr := fmt.Sprintf("%s -> %s", link.LocalAddr(), link.RemoteAddr())
+		a.idle.add(1)
+		a.cfg.Log.Printf("link #%d up %s", id, addr)
+		first, err := a.waitTaken(ctx, link, rest)
+		a.idle.add(-1)
+		if err != nil {
+			link.Close()
+			if ctx.Err() != nil {
+				a.cfg.Log.Printf("link #%d down %s: agent stopping", id, addr)
+				return
+			}
+			a.cfg.Log.Printf("link #%d down %s: %v", id, addr, err)
+			if time.Since(up) >= stableLink {
+				bo.Reset()
+			}
+			continue
+		}
+		bo.Reset()
+		dialed := make(chan struct{})
+		a.wg.Add(1)
+		go func() {
+			defer a.wg.Done()
+			a.serve(ctx, id, link, first, dialed)
+		}()
+		// Open the replacement once the service connection is made (or failed): at once,
+		// but not in the way of the connection being set up on these two cores.
+		select {
+		case <-dialed:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// openLink connects to the relay and runs the handshake.
+func (a *Agent) openLink(ctx context.Context) (*net.TCPConn, []byte, error) {
+	c, err := a.cfg.Dial(ctx, a.cfg.Relay)
+	if err != nil {
+		return nil, nil, err
+	}
+	setKeepAlive(c)
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	rest, err := clientHandshake(c, linkParams{
+		hello: a.cfg.Hello, secret: a.cfg.Secret, rand: a.cfg.Rand, timeout: a.cfg.HandshakeTimeout,
+	})
+	if !stop() && err == nil {
+		err = ctx.Err()
+	}
+	if err != nil {
+		c.Close()
+		return nil, nil, err
+	}
+	return c, rest, nil
+}
+
+// waitTaken blocks until the relay sends the link's first bytes (the link is taken) and
+// returns them, or returns why the link ended first. rest holds bytes that came with the
+// handshake's verdict.
+func (a *Agent) waitTaken(ctx context.Context, link *net.TCPConn, rest []byte) ([]byte, error) {
+	if len(rest) > 0 {
+		return rest, nil
+	}
+	stop := context.AfterFunc(ctx, func() { _ = link.SetReadDeadline(time.Unix(1, 0)) })
+	defer stop()
+	if err := waitReadable(link); err != nil {
+		return nil, readErr(err)
+	}
+	buf := make([]byte, firstRead)
+	n, err := link.Read(buf)
+	if n > 0 {
+		return buf[:n], nil
+	}
+	if errors.Is(err, io.EOF) {
+		return nil, errors.New("closed by listentwo")
+	}
+	return nil, readErr(err)
+}
+
+// serve connects a taken link to the service and relays the two. first holds the bytes
+// read so far: a hello (when Hello is set) and possibly the client's first data.
+// dialed is closed once the service connection is made or has failed.
+func (a *Agent) serve(ctx context.Context, linkID uint64, link *net.TCPConn, first []byte, dialed chan<- struct{}) {
+	var once sync.Once
+	signal := func() { once.Do(func() { close(dialed) }) }
+	defer signal()
+	id := a.conns.Add(1)
+	client := fmt.Sprintf("link #%d %s", linkID, link.RemoteAddr())
+	service := a.cfg.Service.String()
+	// Until Join takes over, the end of ctx closes the link (and so ends a hello read).
+	unwatch := context.AfterFunc(ctx, func() { link.Close() })
+	defer unwatch()
+	// payload is the client's data read so far; replay is what the service gets first.
+	payload, replay := first, first
+	if a.cfg.Hello {
+		h, raw, rest, err := readHello(link, first, a.cfg.HandshakeTimeout)
+		if err != nil {
+			_ = link.SetLinger(0)
+			link.Close()
+			a.cfg.Log.Failed(id, client, service, err)
+			return
+		}
+		client = fmt.Sprintf("%s (link #%d)", h.SourceAddr, linkID)
+		payload, replay = rest, rest
+		if a.cfg.SendProxy {
+			replay = append(append(make([]byte, 0, len(raw)+len(rest)), raw...), rest...)
+		}
+	}
+	srv, err := a.cfg.dialService(ctx, a.cfg.Service)
+	signal()
+	if err != nil {
+		// Reset the link so the client sees its connection end at once, not a hang.
+		_ = link.SetLinger(0)
+		link.Close()
+		a.cfg.Log.Failed(id, client, service, err)
+		return
+	}
+	if len(replay) > 0 {
+		_ = srv.SetWriteDeadline(time.Now().Add(a.cfg.HandshakeTimeout))
+		_, err := srv.Write(replay)
+		_ = srv.SetWriteDeadline(time.Time{})
+		if err != nil {
+			_ = link.SetLinger(0)
+			link.Close()
+			srv.Close()
+			a.cfg.Log.Failed(id, client, service, fmt.Errorf("writing to %s: %w", service, readErr(err)))
+			return
+		}
+	}
+	if !unwatch() {
+		srv.Close()
+		return
+	}
+	a.cfg.Log.Open(id, client, service)
+	res := relay.Join(ctx, link, srv, relay.Options{HalfClose: true})
+	up := uint64(res.Up) + uint64(len(payload))
+	a.cfg.Log.Close(id, client, service, up, uint64(res.Down), res.Duration, res.End)
+}
+
+// gauge is a counter that can be waited on. Safe for simultaneous use.
+type gauge struct {
+	mu      sync.Mutex
+	n       int
+	changed chan struct{}
+}
+
+func newGauge() *gauge { return &gauge{changed: make(chan struct{})} }
+
+func (g *gauge) add(d int) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.n += d
+	close(g.changed)
+	g.changed = make(chan struct{})
+}
+
+func (g *gauge) get() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.n
+}
+
+func (g *gauge) wait(ctx context.Context, cond func(int) bool) error {
+	for {
+		g.mu.Lock()
+		n, ch := g.n, g.changed
+		g.mu.Unlock()
+		if cond(n) {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}

@@ -1,0 +1,425 @@
+// Package tunnel serves a machine that cannot accept connections (A) through a reachable
+// relay (B): listentwo's Relay on B pairs each client with an idle link, and connecttwo's
+// Agent on A keeps a pool of such links open to B and connects each taken one to the hidden
+// service. Both ends of the wire protocol live in this file: the link greeting, the
+// HMAC-SHA256 challenge and response, and the PROXY v1 hello. docs/tunnel.md describes it.
+package tunnel
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/pires/go-proxyproto"
+)
+
+// The link handshake, run once on every new link before it joins the pool; each message is
+// one LF-terminated ASCII line:
+//
+//	B -> A  greeting  "SHD-LINK/1 hello=proxy|none auth=hmac-sha256|none nonce=<64 hex>\n"
+//	A -> B  reply     "SHD-LINK/1 hello=proxy|none auth=hmac-sha256|none nonce=<64 hex> mac=<64 hex>|-\n"
+//	B -> A  verdict   "OK mac=<64 hex>|-\n"  or  "ERR <reason>\n" (then B closes)
+//
+// With a secret K on both sides, the reply's mac is
+// HMAC-SHA256(K, "shd-tcp-tools link v1 client\x00" || greeting || reply up to " mac=") and the
+// verdict's mac is HMAC-SHA256(K, "shd-tcp-tools link v1 server\x00" || greeting || reply).
+// B's nonce is fresh for every link, so a recorded reply proves nothing on a new link; A's
+// nonce is fresh too, so a recorded verdict cannot fool A into trusting a fake relay.
+const (
+	protoName   = "SHD-LINK/1"
+	labelClient = "shd-tcp-tools link v1 client\x00"
+	labelServer = "shd-tcp-tools link v1 server\x00"
+	nonceLen    = 32
+	macLen      = sha256.Size
+	// maxLine bounds every handshake line; the longest valid one is the reply (~190 bytes).
+	maxLine = 256
+	// maxHello is the longest PROXY v1 header the protocol allows, CRLF included.
+	maxHello = 107
+)
+
+// DefaultHandshakeTimeout bounds the whole link handshake and the read of a hello.
+const DefaultHandshakeTimeout = 5 * time.Second
+
+// linkParams are one side's settings for the handshake.
+type linkParams struct {
+	hello   bool      // this side uses PROXY hellos
+	secret  []byte    // nil: no authentication
+	rand    io.Reader // nonce source
+	timeout time.Duration
+}
+
+// offer is the mode and nonce part shared by the greeting and the reply.
+type offer struct {
+	hello bool
+	auth  bool
+	nonce [nonceLen]byte
+}
+
+func (o offer) text() string {
+	hello, auth := "none", "none"
+	if o.hello {
+		hello = "proxy"
+	}
+	if o.auth {
+		auth = "hmac-sha256"
+	}
+	return fmt.Sprintf("%s hello=%s auth=%s nonce=%s", protoName, hello, auth, hex.EncodeToString(o.nonce[:]))
+}
+
+// parseOffer reads the four fields the greeting and the reply start with; rest is what
+// follows them (the reply's mac field).
+func parseOffer(fields []string) (o offer, rest []string, err error) {
+	if len(fields) < 4 || fields[0] != protoName {
+		return o, nil, errors.New("not a link handshake (wrong protocol or version)")
+	}
+	switch fields[1] {
+	case "hello=proxy":
+		o.hello = true
+	case "hello=none":
+	default:
+		return o, nil, fmt.Errorf("bad hello field %q", clip(fields[1]))
+	}
+	switch fields[2] {
+	case "auth=hmac-sha256":
+		o.auth = true
+	case "auth=none":
+	default:
+		return o, nil, fmt.Errorf("bad auth field %q", clip(fields[2]))
+	}
+	n, ok := strings.CutPrefix(fields[3], "nonce=")
+	if !ok || len(n) != 2*nonceLen {
+		return o, nil, errors.New("bad nonce field")
+	}
+	if _, err := hex.Decode(o.nonce[:], []byte(n)); err != nil {
+		return o, nil, errors.New("bad nonce field")
+	}
+	return o, fields[4:], nil
+}
+
+func parseGreeting(line []byte) (offer, error) {
+	o, rest, err := parseOffer(strings.Split(strings.TrimSuffix(string(line), "\n"), " "))
+	if err == nil && len(rest) != 0 {
+		err = errors.New("extra fields in greeting")
+	}
+	return o, err
+}
+
+// parseReply returns the reply's offer, its mac (nil for "-"), and the line up to the mac
+// field, which is what the mac covers.
+func parseReply(line []byte) (o offer, mac []byte, body []byte, err error) {
+	s := strings.TrimSuffix(string(line), "\n")
+	i := strings.LastIndex(s, " mac=")
+	if i < 0 {
+		return o, nil, nil, errors.New("reply has no mac field")
+	}
+	o, rest, err := parseOffer(strings.Split(s[:i], " "))
+	if err != nil {
+		return o, nil, nil, err
+	}
+	if len(rest) != 0 {
+		return o, nil, nil, errors.New("extra fields in reply")
+	}
+	if m := s[i+len(" mac="):]; m != "-" {
+		mac, err = hex.DecodeString(m)
+		if err != nil || len(mac) != macLen {
+			return o, nil, nil, errors.New("bad mac field")
+		}
+	}
+	return o, mac, line[:i], nil
+}
+
+func linkMAC(secret []byte, label string, parts ...[]byte) []byte {
+	h := hmac.New(sha256.New, secret)
+	h.Write([]byte(label))
+	for _, p := range parts {
+		h.Write(p)
+	}
+	return h.Sum(nil)
+}
+
+func macText(mac []byte) string {
+	if mac == nil {
+		return "-"
+	}
+	return hex.EncodeToString(mac)
+}
+
+// readLine reads from c until a LF, at most max bytes, and returns the line (LF included)
+// and whatever arrived after it in the same reads. pre holds bytes already read.
+func readLine(c net.Conn, pre []byte, max int) (line, rest []byte, err error) {
+	buf := append(make([]byte, 0, max), pre...)
+	for {
+		if i := bytes.IndexByte(buf, '\n'); i >= 0 {
+			return buf[:i+1], buf[i+1:], nil
+		}
+		if len(buf) >= max {
+			return nil, nil, fmt.Errorf("line longer than %d bytes", max)
+		}
+		n, err := c.Read(buf[len(buf):max])
+		buf = buf[:len(buf)+n]
+		if err != nil {
+			if n > 0 && bytes.IndexByte(buf, '\n') >= 0 {
+				continue
+			}
+			if errors.Is(err, io.EOF) {
+				return nil, nil, errors.New("connection closed during handshake")
+			}
+			return nil, nil, readErr(err)
+		}
+	}
+}
+
+// readErr names a deadline as a timeout and keeps other causes short.
+func readErr(err error) error {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return errors.New("handshake timed out")
+	}
+	var op *net.OpError
+	if errors.As(err, &op) && op.Err != nil {
+		return op.Err
+	}
+	return err
+}
+
+// clip shortens text that came from the peer before it goes into a log line.
+func clip(s string) string {
+	const max = 64
+	s = strings.Map(func(r rune) rune {
+		if r < 0x20 || r > 0x7e {
+			return '?'
+		}
+		return r
+	}, s)
+	if len(s) > max {
+		return s[:max] + "..."
+	}
+	return s
+}
+
+// modeName names a hello setting for log lines.
+func modeName(hello bool, flag string) string {
+	if hello {
+		return "uses hellos (" + flag + ")"
+	}
+	return "does not use hellos (no " + flag + ")"
+}
+
+// ErrPoolFull is what the relay answers a link that completes its handshake while the idle
+// pool already holds its maximum.
+var ErrPoolFull = errors.New("idle link pool is full")
+
+// serverHandshake runs listentwo's side on a new link: greeting, reply, verdict. admit is
+// asked, once the peer has proved itself, whether the link may join the pool; release undoes
+// a successful admit when the verdict cannot be sent. A nil error means the link is ready.
+func serverHandshake(c net.Conn, p linkParams, admit func() error, release func()) error {
+	if err := c.SetDeadline(time.Now().Add(p.timeout)); err != nil {
+		return fmt.Errorf("setting handshake deadline: %w", err)
+	}
+	g := offer{hello: p.hello, auth: p.secret != nil}
+	if _, err := io.ReadFull(p.rand, g.nonce[:]); err != nil {
+		return fmt.Errorf("making a nonce: %w", err)
+	}
+	greeting := []byte(g.text() + "\n")
+	if _, err := c.Write(greeting); err != nil {
+		return fmt.Errorf("sending greeting: %w", readErr(err))
+	}
+	line, rest, err := readLine(c, nil, maxLine)
+	if err != nil {
+		return fmt.Errorf("reading reply: %w", err)
+	}
+	refuse := func(err error) error {
+		_, _ = c.Write([]byte("ERR " + err.Error() + "\n"))
+		return err
+	}
+	if len(rest) != 0 {
+		return refuse(errors.New("unexpected data after the reply"))
+	}
+	r, mac, body, err := parseReply(line)
+	if err != nil {
+		return refuse(fmt.Errorf("malformed reply: %w", err))
+	}
+	switch {
+	case r.hello != p.hello:
+		return refuse(fmt.Errorf("hello mismatch: connecttwo %s, listentwo %s",
+			modeName(r.hello, "--hello-from-src"), modeName(p.hello, "--hello-dst")))
+	case p.secret != nil && !r.auth:
+		return refuse(errors.New("auth mismatch: listentwo has --secret-file, connecttwo has none"))
+	case p.secret == nil && r.auth:
+		return refuse(errors.New("auth mismatch: connecttwo has --secret-file, listentwo has none"))
+	case p.secret != nil:
+		want := linkMAC(p.secret, labelClient, greeting, body)
+		if mac == nil || !hmac.Equal(mac, want) {
+			return refuse(errors.New("authentication failed: wrong secret or replayed exchange"))
+		}
+	case mac != nil:
+		return refuse(errors.New("malformed reply: mac without authentication"))
+	}
+	if err := admit(); err != nil {
+		return refuse(err)
+	}
+	var proof []byte
+	if p.secret != nil {
+		proof = linkMAC(p.secret, labelServer, greeting, line)
+	}
+	if _, err := c.Write([]byte("OK mac=" + macText(proof) + "\n")); err != nil {
+		release()
+		return fmt.Errorf("sending verdict: %w", readErr(err))
+	}
+	if err := c.SetDeadline(time.Time{}); err != nil {
+		release()
+		return fmt.Errorf("clearing handshake deadline: %w", err)
+	}
+	return nil
+}
+
+// clientHandshake runs connecttwo's side on a new link. It returns the bytes that arrived
+// after the verdict in the same read (the start of a hello or of client data, if the link
+// was taken at once), which the caller must treat as the link's first bytes.
+func clientHandshake(c net.Conn, p linkParams) (rest []byte, err error) {
+	if err := c.SetDeadline(time.Now().Add(p.timeout)); err != nil {
+		return nil, fmt.Errorf("setting handshake deadline: %w", err)
+	}
+	greeting, extra, err := readLine(c, nil, maxLine)
+	if err != nil {
+		return nil, fmt.Errorf("reading greeting: %w", err)
+	}
+	if len(extra) != 0 {
+		return nil, errors.New("relay sent data after its greeting")
+	}
+	g, err := parseGreeting(greeting)
+	if err != nil {
+		return nil, fmt.Errorf("not a listentwo link port: %w", err)
+	}
+	r := offer{hello: p.hello, auth: p.secret != nil}
+	if _, err := io.ReadFull(p.rand, r.nonce[:]); err != nil {
+		return nil, fmt.Errorf("making a nonce: %w", err)
+	}
+	body := []byte(r.text())
+	var mismatch error
+	switch {
+	case g.hello != p.hello:
+		mismatch = fmt.Errorf("hello mismatch: listentwo %s, connecttwo %s",
+			modeName(g.hello, "--hello-dst"), modeName(p.hello, "--hello-from-src"))
+	case g.auth && p.secret == nil:
+		mismatch = errors.New("auth mismatch: listentwo has --secret-file, connecttwo has none")
+	case !g.auth && p.secret != nil:
+		mismatch = errors.New("auth mismatch: connecttwo has --secret-file, listentwo has none; refusing a relay that cannot prove the secret")
+	}
+	var mac []byte
+	if mismatch == nil && p.secret != nil {
+		mac = linkMAC(p.secret, labelClient, greeting, body)
+	}
+	reply := append(body, []byte(" mac="+macText(mac)+"\n")...)
+	if _, err := c.Write(reply); err != nil {
+		return nil, fmt.Errorf("sending reply: %w", readErr(err))
+	}
+	if mismatch != nil {
+		// The reply told the relay our mode so it logs the mismatch too; we stop here.
+		return nil, mismatch
+	}
+	verdict, rest, err := readLine(c, nil, maxLine)
+	if err != nil {
+		return nil, fmt.Errorf("reading verdict: %w", err)
+	}
+	v := strings.TrimSuffix(string(verdict), "\n")
+	if reason, ok := strings.CutPrefix(v, "ERR "); ok {
+		return nil, fmt.Errorf("relay refused the link: %s", clip(reason))
+	}
+	m, ok := strings.CutPrefix(v, "OK mac=")
+	if !ok {
+		return nil, fmt.Errorf("bad verdict %q", clip(v))
+	}
+	if p.secret != nil {
+		got, err := hex.DecodeString(m)
+		if err != nil || !hmac.Equal(got, linkMAC(p.secret, labelServer, greeting, reply)) {
+			return nil, errors.New("relay failed to prove the secret: wrong secret or a fake relay")
+		}
+	} else if m != "-" {
+		return nil, fmt.Errorf("bad verdict %q", clip(v))
+	}
+	if err := c.SetDeadline(time.Time{}); err != nil {
+		return nil, fmt.Errorf("clearing handshake deadline: %w", err)
+	}
+	return rest, nil
+}
+
+// helloFor returns the PROXY v1 header that names client's peer (the source) and the
+// relay address it connected to (the destination).
+func helloFor(client net.Conn) ([]byte, error) {
+	h := proxyproto.HeaderProxyFromAddrs(1, client.RemoteAddr(), client.LocalAddr())
+	if h.Command != proxyproto.PROXY {
+		return nil, fmt.Errorf("no PROXY header for %s -> %s", client.RemoteAddr(), client.LocalAddr())
+	}
+	b, err := h.Format()
+	if err != nil {
+		return nil, fmt.Errorf("formatting PROXY header: %w", err)
+	}
+	return b, nil
+}
+
+// readHello reads a PROXY v1 header from link, starting with the bytes in first. It reads
+// byte by byte once first is used up, so nothing past the header's CRLF is consumed; bytes
+// after the header that were already in first come back in rest for the caller to replay.
+func readHello(link net.Conn, first []byte, timeout time.Duration) (h *proxyproto.Header, raw, rest []byte, err error) {
+	buf := append(make([]byte, 0, maxHello), first...)
+	end := bytes.Index(buf, []byte("\r\n"))
+	if end < 0 && len(buf) < maxHello {
+		if err := link.SetReadDeadline(time.Now().Add(timeout)); err != nil {
+			return nil, nil, nil, fmt.Errorf("setting hello deadline: %w", err)
+		}
+		var b [1]byte
+		for end < 0 && len(buf) < maxHello {
+			if _, err := io.ReadFull(link, b[:]); err != nil {
+				if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+					return nil, nil, nil, errors.New("reading hello: link closed")
+				}
+				return nil, nil, nil, fmt.Errorf("reading hello: %w", readErr(err))
+			}
+			buf = append(buf, b[0])
+			if b[0] == '\n' && len(buf) >= 2 && buf[len(buf)-2] == '\r' {
+				end = len(buf) - 2
+			}
+		}
+		if err := link.SetReadDeadline(time.Time{}); err != nil {
+			return nil, nil, nil, fmt.Errorf("clearing hello deadline: %w", err)
+		}
+	}
+	if end < 0 || end+2 > maxHello {
+		return nil, nil, nil, fmt.Errorf("hello is not a PROXY v1 header: %q", clip(string(buf[:min(len(buf), 32)])))
+	}
+	raw, rest = buf[:end+2], buf[end+2:]
+	h, err = parseHello(raw)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return h, raw, rest, nil
+}
+
+// parseHello parses exactly one PROXY v1 header for TCP over IPv4 or IPv6.
+func parseHello(raw []byte) (*proxyproto.Header, error) {
+	if !bytes.HasPrefix(raw, []byte("PROXY ")) {
+		return nil, fmt.Errorf("hello is not a PROXY v1 header: %q", clip(string(raw[:min(len(raw), 32)])))
+	}
+	r := bufio.NewReaderSize(bytes.NewReader(raw), 256)
+	h, err := proxyproto.Read(r)
+	if err != nil {
+		return nil, fmt.Errorf("bad PROXY header %q: %w", clip(string(raw)), err)
+	}
+	if r.Buffered() != 0 {
+		return nil, fmt.Errorf("bad PROXY header %q: trailing bytes", clip(string(raw)))
+	}
+	if h.Version != 1 || h.Command != proxyproto.PROXY ||
+		(h.TransportProtocol != proxyproto.TCPv4 && h.TransportProtocol != proxyproto.TCPv6) {
+		return nil, fmt.Errorf("PROXY header %q is not TCP4 or TCP6", clip(string(raw)))
+	}
+	return h, nil
+}

@@ -1,0 +1,364 @@
+package tunnel
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"shd-tcp-tools/internal/cli"
+	"shd-tcp-tools/internal/endpoint"
+)
+
+// TestSecrets runs whole tunnels with the secret right, wrong and on one side only. A link
+// that fails is logged on both sides and no client is ever paired with it.
+func TestSecrets(t *testing.T) {
+	for _, tc := range []struct {
+		name                 string
+		relaySecret, agentSc string
+		relayLog, agentLog   string // "" means links must come up
+	}{
+		{name: "right", relaySecret: "correct horse", agentSc: "correct horse"},
+		{name: "wrong", relaySecret: "correct horse", agentSc: "battery staple",
+			relayLog: `link #\d+ refused 127\.0\.0\.1:\d+: authentication failed`,
+			agentLog: `relay refused the link: authentication failed`},
+		{name: "relay only", relaySecret: "correct horse",
+			relayLog: `refused .*auth mismatch: listentwo has --secret-file, connecttwo has none`,
+			agentLog: `auth mismatch: listentwo has --secret-file, connecttwo has none`},
+		{name: "agent only", agentSc: "correct horse",
+			relayLog: `refused .*auth mismatch: connecttwo has --secret-file, listentwo has none`,
+			agentLog: `auth mismatch: connecttwo has --secret-file, listentwo has none; refusing a relay`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			svc := startService(t, "127.0.0.1", echoMode)
+			var tn tunnel
+			rc := RelayConfig{Hello: true, Wait: 200 * time.Millisecond}
+			if tc.relaySecret != "" {
+				rc.Secret = []byte(tc.relaySecret)
+			}
+			startRelay(t, "127.0.0.1", rc, &tn)
+			ac := AgentConfig{Service: svc.ep(t), Hello: true, Pool: 2, BackoffBase: 20 * time.Millisecond, BackoffMax: 100 * time.Millisecond}
+			if tc.agentSc != "" {
+				ac.Secret = []byte(tc.agentSc)
+			}
+			startAgent(t, ac, &tn)
+			if tc.relayLog == "" {
+				tn.waitPools(t, 2, 2)
+				if _, err := roundTrip(dial(t, tn.clients), 100<<10, 0); err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			// Several failed attempts, each logged on both sides, with growing delays.
+			tn.relayLog.waitCount(tc.relayLog, 4)
+			tn.agentLog.waitCount(tc.agentLog+`.*; retry \d+ in`, 4)
+			tn.agentLog.wait(`retry 3 in`)
+			if tn.relay.IdleLinks() != 0 || tn.agent.IdleLinks() != 0 {
+				t.Errorf("a failed link joined a pool: relay %d, agent %d", tn.relay.IdleLinks(), tn.agent.IdleLinks())
+			}
+			c := dial(t, tn.clients)
+			expectClosed(t, c)
+			tn.relayLog.wait(`failed #1 .* no idle link`)
+			if svc.accepted.Load() != 0 || tn.relayLog.count(`open #`) != 0 {
+				t.Errorf("a client was served through an unauthenticated link")
+			}
+		})
+	}
+}
+
+// TestHelloMismatch: only one side using hellos fails every link, logged on both sides.
+func TestHelloMismatch(t *testing.T) {
+	for _, relayHello := range []bool{true, false} {
+		t.Run(fmt.Sprintf("relay hello=%v", relayHello), func(t *testing.T) {
+			svc := startService(t, "127.0.0.1", echoMode)
+			var tn tunnel
+			startRelay(t, "127.0.0.1", RelayConfig{Hello: relayHello, Wait: time.Second}, &tn)
+			startAgent(t, AgentConfig{Service: svc.ep(t), Hello: !relayHello, Pool: 1, BackoffBase: 20 * time.Millisecond, BackoffMax: 50 * time.Millisecond}, &tn)
+			tn.relayLog.waitCount(`link #\d+ refused 127\.0\.0\.1:\d+: hello mismatch: connecttwo `, 2)
+			tn.agentLog.waitCount(`link #\d+ to .* failed: hello mismatch: listentwo `, 2)
+			if tn.relay.IdleLinks() != 0 {
+				t.Error("a mismatched link joined the pool")
+			}
+		})
+	}
+}
+
+// TestRelayRestart stops the relay under a running agent and starts it again on the same
+// ports: the agent logs the lost links, retries with growing delays, and reconnects by
+// itself; a client is then served.
+func TestRelayRestart(t *testing.T) {
+	svc := startService(t, "127.0.0.1", echoMode)
+	var tn tunnel
+	startRelay(t, "127.0.0.1", RelayConfig{Wait: testTimeout}, &tn)
+	clientsAddr, linksAddr := tn.clients.Addr().String(), tn.links.Addr().String()
+	startAgent(t, AgentConfig{Service: svc.ep(t), Pool: 2, BackoffBase: 20 * time.Millisecond, BackoffMax: 200 * time.Millisecond}, &tn)
+	tn.waitPools(t, 2, 2)
+
+	tn.stopRelay()
+	waitDone(t, "Relay.Serve", tn.relayDone)
+	tn.agentLog.waitCount(`link #\d+ down .*: closed by listentwo`, 2)
+	// Retries while the relay is down, with the delay growing (jitter keeps each in the
+	// upper half of its step: 10-20ms, 20-40ms, 40-80ms).
+	tn.agentLog.waitCount(`connection refused; retry 3 in`, 2)
+	delays := retryDelays(tn.agentLog.String())
+	if len(delays) < 3 || !(delays[2] > delays[0]) {
+		t.Errorf("retry delays do not grow: %v", delays)
+	}
+
+	// Restart on the same ports.
+	cl, err := net.Listen("tcp", clientsAddr)
+	if err != nil {
+		t.Fatalf("relisten: %v", err)
+	}
+	ll, err := net.Listen("tcp", linksAddr)
+	if err != nil {
+		cl.Close()
+		t.Fatalf("relisten: %v", err)
+	}
+	tn2 := tunnel{relayLog: newSink(t, "listentwo #2")}
+	r, err := NewRelay(RelayConfig{Clients: epOf(t, cl.Addr()), Links: epOf(t, ll.Addr()), Wait: testTimeout, Log: tn2.relayLog.logger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Serve(ctx, cl, ll) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	}()
+	tn2.relay = r
+	tn2.waitPools(t, 0, 2)
+	if err := tn.agent.WaitIdle(ctxT(t), 2); err != nil {
+		t.Fatal("agent did not refill after the restart")
+	}
+	c, err := net.Dial("tcp", clientsAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := roundTrip(c.(*net.TCPConn), 100<<10, 0); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// retryDelays pulls "retry N in X.XXXs" delays, in log order, from the first slot that
+// logged three.
+func retryDelays(log string) []float64 {
+	var out []float64
+	for _, line := range strings.Split(log, "\n") {
+		i := strings.Index(line, "; retry ")
+		if i < 0 {
+			continue
+		}
+		var n int
+		var d float64
+		if _, err := fmt.Sscanf(line[i:], "; retry %d in %fs", &n, &d); err == nil && n == len(out)+1 {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+// TestStrangers: connections to the link port that send garbage, nothing, or come in a
+// flood never become links, never get a client, and hold at most MaxHandshakes slots for
+// at most HandshakeTimeout; a real agent still gets through afterwards.
+func TestStrangers(t *testing.T) {
+	svc := startService(t, "127.0.0.1", echoMode)
+	var tn tunnel
+	startRelay(t, "127.0.0.1", RelayConfig{
+		Secret: []byte("s3cret"), Wait: 200 * time.Millisecond,
+		MaxHandshakes: 4, HandshakeTimeout: 500 * time.Millisecond,
+	}, &tn)
+
+	garbage := dial(t, tn.links)
+	io.WriteString(garbage, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	_ = garbage.SetReadDeadline(time.Now().Add(testTimeout))
+	if got, _ := io.ReadAll(garbage); !strings.HasPrefix(string(got), "SHD-LINK/1 ") || !strings.Contains(string(got), "\nERR unexpected data") {
+		t.Errorf("a stranger sending garbage got %q", got)
+	}
+	tn.relayLog.wait(`refused .*unexpected data after the reply`)
+
+	// A flood of silent connections: 4 get a greeting and hold a slot until their
+	// handshake times out; the others are closed at once.
+	const flood = 20
+	var conns []net.Conn
+	greeted, closed := 0, 0
+	for i := 0; i < flood; i++ {
+		c, err := net.DialTimeout("tcp", tn.links.Addr().String(), testTimeout)
+		if err != nil {
+			if !errors.Is(err, syscall.ECONNRESET) {
+				t.Fatalf("dial: %v", err)
+			}
+			closed++ // reset before the dial even returned
+			continue
+		}
+		defer c.Close()
+		conns = append(conns, c)
+	}
+	start := time.Now()
+	for _, c := range conns {
+		_ = c.SetReadDeadline(time.Now().Add(testTimeout))
+		line, err := readLineConn(c)
+		if err == nil && strings.HasPrefix(line, "SHD-LINK/1 ") {
+			greeted++
+			expectClosed(t, c) // the handshake timeout ends it
+		} else {
+			closed++
+		}
+	}
+	if greeted > 4 || greeted == 0 {
+		t.Errorf("%d of %d silent strangers got a handshake slot, want 1..4", greeted, flood)
+	}
+	if took := time.Since(start); took > 3*time.Second {
+		t.Errorf("the flood held slots for %v", took)
+	}
+	tn.relayLog.waitCount(`refused .*: \d+ links already in handshake`, 1)
+	tn.relayLog.waitCount(`refused .*handshake timed out`, greeted)
+
+	// No stranger became a link or got a client.
+	if tn.relay.IdleLinks() != 0 {
+		t.Fatalf("strangers in the pool: %d", tn.relay.IdleLinks())
+	}
+	c := dial(t, tn.clients)
+	expectClosed(t, c)
+	tn.relayLog.wait(`failed #1 .*no idle link`)
+
+	// The relay still serves a real agent.
+	startAgent(t, AgentConfig{Service: svc.ep(t), Pool: 1, Secret: []byte("s3cret")}, &tn)
+	tn.waitPools(t, 1, 1)
+	if _, err := roundTrip(dial(t, tn.clients), 10<<10, 0); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestPoolCapRefusesLinks: links beyond --max-links are refused with a reason both sides log.
+func TestPoolCapRefusesLinks(t *testing.T) {
+	svc := startService(t, "127.0.0.1", echoMode)
+	var tn tunnel
+	startRelay(t, "127.0.0.1", RelayConfig{MaxLinks: 2, Wait: testTimeout}, &tn)
+	startAgent(t, AgentConfig{Service: svc.ep(t), Pool: 3, BackoffBase: 20 * time.Millisecond, BackoffMax: 100 * time.Millisecond}, &tn)
+	tn.relayLog.wait(`refused .*idle link pool is full`)
+	tn.agentLog.wait(`relay refused the link: idle link pool is full; retry`)
+	tn.waitPools(t, 2, 2)
+}
+
+func TestLoadSecret(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, content string, mode os.FileMode) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(p, mode); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	s, warn, err := LoadSecret(write("ok", "top secret\r\nsecond line\n", 0o600))
+	if err != nil || string(s) != "top secret" || warn != "" {
+		t.Errorf("ok: %q %q %v", s, warn, err)
+	}
+	s, warn, err = LoadSecret(write("nolf", "abc", 0o640))
+	if err != nil || string(s) != "abc" || warn != "" {
+		t.Errorf("no newline: %q %q %v", s, warn, err)
+	}
+	_, warn, err = LoadSecret(write("open", "abc\n", 0o644))
+	if err != nil || !strings.Contains(warn, "readable by every user") {
+		t.Errorf("world-readable: %q %v", warn, err)
+	}
+	for _, empty := range []string{"", "\n", "   \nsecret on line 2\n"} {
+		_, _, err = LoadSecret(write("empty", empty, 0o600))
+		var u *cli.UsageError
+		if !errors.As(err, &u) || !strings.Contains(err.Error(), "first line is empty") {
+			t.Errorf("empty %q: %v, want a usage error", empty, err)
+		}
+	}
+	_, _, err = LoadSecret(filepath.Join(dir, "missing"))
+	var u *cli.UsageError
+	if err == nil || errors.As(err, &u) || !strings.Contains(err.Error(), "no such file") {
+		t.Errorf("missing file: %v, want a runtime error", err)
+	}
+	_, _, err = LoadSecret(write("long", strings.Repeat("x", 5000), 0o600))
+	if err == nil || !strings.Contains(err.Error(), "longer than") {
+		t.Errorf("long line: %v", err)
+	}
+}
+
+func TestValidate(t *testing.T) {
+	good := RelayConfig{Clients: ep(1234), Links: ep(1235)}
+	if err := good.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	for name, c := range map[string]RelayConfig{
+		"no -s":     {Links: ep(1)},
+		"same":      {Clients: ep(1), Links: ep(1)},
+		"neg wait":  {Clients: ep(1), Links: ep(2), Wait: -1},
+		"empty sec": {Clients: ep(1), Links: ep(2), Secret: []byte{}},
+	} {
+		if err := c.Validate(); cli.Code(err) != cli.ExitUsage {
+			t.Errorf("%s: %v, want a usage error", name, err)
+		}
+	}
+	a := AgentConfig{Relay: hep(1), Service: hep(2), Pool: 1}
+	if err := a.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	for name, c := range map[string]AgentConfig{
+		"pool 0":          {Relay: hep(1), Service: hep(2)},
+		"pool -1":         {Relay: hep(1), Service: hep(2), Pool: -1},
+		"no host":         {Relay: ep(1), Service: hep(2), Pool: 1},
+		"proxy, no hello": {Relay: hep(1), Service: hep(2), Pool: 1, SendProxy: true},
+	} {
+		if err := c.Validate(); cli.Code(err) != cli.ExitUsage {
+			t.Errorf("%s: %v, want a usage error", name, err)
+		}
+	}
+}
+
+func ep(port int) endpoint.Endpoint  { return endpoint.Endpoint{Port: port} }
+func hep(port int) endpoint.Endpoint { return endpoint.Endpoint{Host: "127.0.0.1", Port: port} }
+
+// TestNoLeaks: after a tunnel has served clients and stopped, the goroutine count returns
+// to where it was.
+func TestNoLeaks(t *testing.T) {
+	base := runtime.NumGoroutine()
+	t.Run("tunnel", func(t *testing.T) {
+		svc := startService(t, "127.0.0.1", echoMode)
+		var tn tunnel
+		startRelay(t, "127.0.0.1", RelayConfig{Hello: true, Wait: testTimeout, Secret: []byte("x")}, &tn)
+		startAgent(t, AgentConfig{Service: svc.ep(t), Hello: true, Pool: 3, Secret: []byte("x")}, &tn)
+		tn.waitPools(t, 3, 3)
+		for i := 0; i < 5; i++ {
+			if _, err := roundTrip(dial(t, tn.clients), 10<<10, 0); err != nil {
+				t.Fatal(err)
+			}
+		}
+		held := dial(t, tn.clients)
+		io.WriteString(held, "x")
+		tn.relayLog.wait(`open #6 `)
+	})
+	// Goroutines that closed sockets may take a moment to be gone: poll the count until
+	// the deadline.
+	deadline := time.After(testTimeout)
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for runtime.NumGoroutine() > base {
+		select {
+		case <-deadline:
+			buf := make([]byte, 1<<20)
+			t.Fatalf("goroutines: %d, was %d\n%s", runtime.NumGoroutine(), base, buf[:runtime.Stack(buf, true)])
+		case <-tick.C:
+		}
+	}
+}
