@@ -83,7 +83,6 @@ func spliceCopy(ctx context.Context, dst, src *net.TCPConn, o CopyOptions) (writ
 			putPipe(p, inPipe == 0)
 		}
 	}()
-	var peek [1]byte
 	credit := 0 // tokens paid for and not yet used: a short splice wastes none
 	for {
 		if o.Limiter != nil && credit < step {
@@ -102,22 +101,8 @@ func spliceCopy(ctx context.Context, dst, src *net.TCPConn, o CopyOptions) (writ
 			for {
 				n, serr = 0, nil
 				if p == nil {
-					// Wait for bytes (or EOF, or an error) before taking a pipe.
-					// Reading a pending error clears it, so a reset seen here is
-					// returned here; an EOF needs no pipe either.
-					k, _, perr := unix.Recvfrom(int(fd), peek[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-					switch {
-					case perr == unix.EAGAIN:
-						return false
-					case perr == unix.EINTR:
-						continue
-					case perr != nil:
-						serr = perr
-						return true
-					case k == 0:
-						n = 0
-						return true
-					}
+					// Take a pipe only now, inside the read: it is given back below
+					// before any wait, so an idle direction holds none.
 					if p, serr = getPipe(); serr != nil {
 						return true
 					}
