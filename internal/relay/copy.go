@@ -50,7 +50,14 @@ type readDeadliner interface{ SetReadDeadline(time.Time) error }
 func Copy(ctx context.Context, dst io.Writer, src io.Reader, o CopyOptions) (int64, error) {
 	if d, ok := dst.(*net.TCPConn); ok {
 		if s, ok := src.(*net.TCPConn); ok {
-			return spliceCopy(ctx, d, s, o)
+			n, err := spliceCopy(ctx, d, s, o)
+			if errors.Is(err, errNoPipe) {
+				// Out of descriptors: the standard library's copy falls back to a
+				// user-space buffer where it cannot get a pipe either.
+				m, err := chunkedCopy(ctx, dst, src, o)
+				return n + m, err
+			}
+			return n, err
 		}
 	}
 	if o.Limiter == nil && o.Progress == nil {

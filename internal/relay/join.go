@@ -66,8 +66,7 @@ func Join(ctx context.Context, client, server *net.TCPConn, o Options) Result {
 	var idle *time.Timer
 	if o.IdleTimeout > 0 {
 		j.lastActive.Store(j.start.UnixNano())
-		var check func()
-		check = func() {
+		check := func() {
 			quiet := time.Since(time.Unix(0, j.lastActive.Load()))
 			if quiet >= o.IdleTimeout {
 				j.abort(EndIdle, nil)

@@ -40,10 +40,14 @@ var pipes = sync.Pool{New: func() any {
 	return p
 }}
 
+// errNoPipe reports that no pipe could be created (out of descriptors or pipe memory).
+// No byte is in flight then: Copy goes on without splice.
+var errNoPipe = errors.New("creating a splice pipe: too many open files or no memory")
+
 func getPipe() (*kpipe, error) {
 	p, _ := pipes.Get().(*kpipe)
 	if p == nil {
-		return nil, errors.New("creating a splice pipe: too many open files or no memory")
+		return nil, errNoPipe
 	}
 	return p, nil
 }
@@ -124,6 +128,9 @@ func spliceCopy(ctx context.Context, dst, src *net.TCPConn, o CopyOptions) (writ
 		})
 		if rerr != nil {
 			return written, rerr
+		}
+		if serr == errNoPipe {
+			return written, serr
 		}
 		if serr != nil {
 			return written, &net.OpError{Op: "splice", Net: "tcp", Source: src.LocalAddr(), Addr: src.RemoteAddr(), Err: os.NewSyscallError("splice", serr)}
