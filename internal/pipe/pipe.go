@@ -21,6 +21,30 @@ import (
 // DefaultInterval is how often host-file counts are written back while a transfer runs.
 const DefaultInterval = 512 * time.Second
 
+// copyChunk is the most bytes one step of an unlimited copy to a socket or a regular file
+// moves between two counts (a limited copy moves one burst). Each step is a sendfile or
+// splice call of its own plus some bookkeeping: at loopback speeds, 1 MiB steps cost about
+// a tenth more CPU than one long copy, 16 MiB steps nothing measurable, and a fast
+// transfer is still counted many times a second. A slow socket source is cut every second
+// by relay.Copy's Tick, and a file source is followed by its position (followPosition).
+// To a pipe or a terminal, which may be read slowly and whose writes nothing can cut
+// short, steps stay at relay.DefaultChunk, so that a stalled step hides less from -p and
+// from the count a signal reports.
+const copyChunk = 16 << 20
+
+// chunkFor returns the step size for an unlimited copy to dst (see copyChunk).
+func chunkFor(dst io.Writer) int64 {
+	switch d := dst.(type) {
+	case *net.TCPConn:
+		return copyChunk
+	case *os.File:
+		if isRegular(d) {
+			return copyChunk
+		}
+	}
+	return relay.DefaultChunk
+}
+
 // Config is a validated tcppipe invocation. Main builds it from flags; tests build it directly.
 type Config struct {
 	Source, Destination End
@@ -238,12 +262,11 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		defer func() { stop(); <-reported; prog.Finish() }()
 	}
 	var moved atomic.Int64
+	var shown shownCount
 	count := func(n int64) {
-		moved.Add(n)
+		total := moved.Add(n)
 		acct.count(n)
-		if prog != nil {
-			prog.Add(n)
-		}
+		shown.upTo(prog, total)
 	}
 	if len(insert) > 0 {
 		n, err := dst.Write(insert)
@@ -252,12 +275,39 @@ func Run(ctx context.Context, cfg Config) (err error) {
 			return &CutShortError{Bytes: moved.Load(), Err: fmt.Errorf("writing --insert: %w", err)}
 		}
 	}
+	// Where the kernel cannot move the bytes itself, count every write as it happens:
+	// relay.Copy reports whole chunks, and a chunk from a slow pipe can take minutes.
+	copyDst, perWrite := dst, userSpaceCopy(src, dst)
+	if perWrite {
+		copyDst = countingWriter{dst, count}
+	}
+	if prog != nil && !perWrite {
+		// A chunk of a file sent over a slow network can take longer than a second; the
+		// file's position moves as sendfile goes, so -p follows that between chunks.
+		if f, ok := src.(*os.File); ok && isRegular(f) {
+			stop := followPosition(f, moved.Load(), func(total int64) { shown.upTo(prog, total) })
+			defer stop()
+		}
+	}
+	limiter := ratelimit.New(cfg.Rate)
+	widened := false // touched only on the copying goroutine
 	copied := make(chan error, 1)
 	go func() {
-		_, err := relay.Copy(ctx, dst, src, relay.CopyOptions{
-			Limiter:  ratelimit.New(cfg.Rate),
-			Progress: count,
-			Tick:     time.Second,
+		_, err := relay.Copy(ctx, copyDst, src, relay.CopyOptions{
+			Limiter: limiter,
+			Progress: func(n int64) {
+				if !widened {
+					// The copy has taken its chunk size from the burst: let the bucket
+					// grow, so time lost to a busy machine is made up.
+					ratelimit.Widen(limiter, cfg.Rate)
+					widened = true
+				}
+				if !perWrite {
+					count(n)
+				}
+			},
+			Tick:  time.Second,
+			Chunk: chunkFor(dst),
 		})
 		copied <- err
 	}()
@@ -292,6 +342,96 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		}
 	}
 	return nil
+}
+
+// userSpaceCopy reports whether copying src to dst goes through a buffer in this process
+// whatever we do. The kernel moves bytes from a socket to any file or socket (splice), from
+// a regular file to a socket (sendfile) and between regular files (copy_file_range); not
+// from a pipe, a terminal or a socket given as stdin, nor from a file to a pipe.
+func userSpaceCopy(src io.Reader, dst io.Writer) bool {
+	if _, ok := src.(*net.TCPConn); ok {
+		return false
+	}
+	f, ok := src.(*os.File)
+	if !ok || !isRegular(f) {
+		return true
+	}
+	switch d := dst.(type) {
+	case *net.TCPConn:
+		return false
+	case *os.File:
+		return !isRegular(d)
+	}
+	return true
+}
+
+func isRegular(f *os.File) bool {
+	fi, err := f.Stat()
+	return err == nil && fi.Mode().IsRegular()
+}
+
+// countingWriter counts every write as it completes. It hides the destination's
+// ReadFrom, so it is only used where the copy goes through a buffer anyway (see
+// userSpaceCopy): there it costs nothing, and it lets -p report a slow pipe every second
+// and a signal count the bytes of an unfinished chunk.
+type countingWriter struct {
+	w     io.Writer
+	count func(int64)
+}
+
+func (c countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.count(int64(n))
+	return n, err
+}
+
+// shownCount is what -p has been told so far. Two counts feed it, the bytes of finished
+// chunks and a file's position, and it passes on whichever is ahead, once.
+type shownCount struct {
+	mu sync.Mutex
+	n  int64
+}
+
+func (s *shownCount) upTo(p *meter.Progress, total int64) {
+	if p == nil {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if total > s.n {
+		p.Add(total - s.n)
+		s.n = total
+	}
+}
+
+// positionPoll is how often followPosition looks at the file's position.
+const positionPoll = 250 * time.Millisecond
+
+// followPosition calls report with base plus how far f's position has moved, every
+// positionPoll, until the returned stop is called. sendfile and copy_file_range move the
+// position as they go, so this sees a chunk's progress before the chunk is done.
+func followPosition(f *os.File, base int64, report func(int64)) (stop func()) {
+	start, err := f.Seek(0, io.SeekCurrent)
+	if err != nil {
+		return func() {}
+	}
+	quit, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(positionPoll)
+		defer t.Stop()
+		for {
+			select {
+			case <-quit:
+				return
+			case <-t.C:
+				if pos, err := f.Seek(0, io.SeekCurrent); err == nil && pos > start {
+					report(base + pos - start)
+				}
+			}
+		}
+	}()
+	return func() { close(quit); <-done }
 }
 
 func cmp(port, fallback int) int {

@@ -1,0 +1,233 @@
+package ratelimit
+
+import (
+	"math"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+func TestParse(t *testing.T) {
+	tests := []struct {
+		in   string
+		want int64
+	}{
+		{"1", 1},
+		{"1024", 1024},
+		{"007", 7},
+		{"1K", 1 << 10},
+		{"1KiB", 1 << 10},
+		{"10K", 10 << 10},
+		{"2M", 2 << 20},
+		{"3MiB", 3 << 20},
+		{"1G", 1 << 30},
+		{"5GiB", 5 << 30},
+		{"9223372036854775807", math.MaxInt64},
+		{"8589934591G", 8589934591 << 30}, // the largest G count that fits in an int64
+		{"8796093022207M", 8796093022207 << 20},
+		{"9007199254740991K", 9007199254740991 << 10},
+	}
+	for _, tt := range tests {
+		got, err := Parse(tt.in)
+		if err != nil || got != tt.want {
+			t.Errorf("Parse(%q) = %d, %v; want %d, nil", tt.in, got, err, tt.want)
+		}
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	tests := []struct {
+		in, msg string
+	}{
+		{"", "want a positive whole number"},
+		{"0", "must be more than zero"},
+		{"0K", "must be more than zero"},
+		{"000", "must be more than zero"},
+		{"-5", "want a positive whole number"},
+		{"+5", "want a positive whole number"},
+		{"1.5M", "want a positive whole number"},
+		{"1X", "want a positive whole number"},
+		{"1k", "want a positive whole number"},
+		{"1KB", "want a positive whole number"},
+		{"1 K", "want a positive whole number"},
+		{" 1", "want a positive whole number"},
+		{"1e6", "want a positive whole number"},
+		{"0x10", "want a positive whole number"},
+		{"K", "want a positive whole number"},
+		{"MiB", "want a positive whole number"},
+		{"1KK", "want a positive whole number"},
+		{"1MiBK", "want a positive whole number"},
+		{"٣", "want a positive whole number"}, // a digit, but not an ASCII one
+		{"99999999999G", "too large"},
+		{"8589934592G", "too large"},
+		{"8796093022208M", "too large"},
+		{"9223372036854775808", "too large"},
+		{"99999999999999999999999", "too large"},
+	}
+	for _, tt := range tests {
+		got, err := Parse(tt.in)
+		if err == nil {
+			t.Errorf("Parse(%q) = %d, nil; want an error", tt.in, got)
+			continue
+		}
+		if !strings.Contains(err.Error(), tt.msg) || !strings.Contains(err.Error(), strconv.Quote(tt.in)) {
+			t.Errorf("Parse(%q) error %q; want it to quote the input and say %q", tt.in, err, tt.msg)
+		}
+	}
+}
+
+// FuzzParse checks that Parse never panics, that what it accepts is a positive rate that
+// is a whole multiple of its suffix and reads back the same when written as a plain number,
+// and that it accepts only digits with at most one known suffix.
+func FuzzParse(f *testing.F) {
+	for _, s := range []string{"1", "1K", "1KiB", "2M", "3MiB", "4G", "5GiB", "0", "-1", "1X",
+		"99999999999G", "8589934591G", "9223372036854775807", "", "K", "1.5M", "٣"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		n, err := Parse(s)
+		if err != nil {
+			if n != 0 {
+				t.Fatalf("Parse(%q) = %d with error %v; want 0", s, n, err)
+			}
+			return
+		}
+		if n <= 0 {
+			t.Fatalf("Parse(%q) = %d; want a positive rate", s, n)
+		}
+		num, mult := s, int64(1)
+		for _, suf := range suffixes {
+			if strings.HasSuffix(s, suf.name) {
+				num, mult = strings.TrimSuffix(s, suf.name), suf.mult
+				break
+			}
+		}
+		if num == "" || strings.Trim(num, "0123456789") != "" {
+			t.Fatalf("Parse(%q) = %d; accepted more than digits and a suffix", s, n)
+		}
+		if n%mult != 0 {
+			t.Fatalf("Parse(%q) = %d, not a multiple of %d", s, n, mult)
+		}
+		plain := strconv.FormatInt(n, 10)
+		if again, err := Parse(plain); err != nil || again != n {
+			t.Fatalf("Parse(%q) = %d, but Parse(%q) = %d, %v", s, n, plain, again, err)
+		}
+		if mult > 1 {
+			short := strconv.FormatInt(n/mult, 10) + s[len(num):]
+			if again, err := Parse(short); err != nil || again != n {
+				t.Fatalf("Parse(%q) = %d, but Parse(%q) = %d, %v", s, n, short, again, err)
+			}
+		}
+	})
+}
+
+func TestBurst(t *testing.T) {
+	tests := []struct {
+		rate int64
+		want int
+	}{
+		{1, 1},
+		{100, 100},
+		{4096, 4096},
+		{10_000, 4096},
+		{64 * 4096, 4096},
+		{1 << 20, 16 << 10},
+		{32 << 20, 512 << 10},
+		{256 << 20, 4 << 20},
+		{1 << 30, 16 << 20},
+		{math.MaxInt64, 16 << 20},
+	}
+	for _, tt := range tests {
+		if got := Burst(tt.rate); got != tt.want {
+			t.Errorf("Burst(%d) = %d; want %d", tt.rate, got, tt.want)
+		}
+	}
+}
+
+// TestBurstWindowBound checks the spec's bound for every rate: a full bucket plus one second
+// of refill, the most a 1-second window can carry, stays within 1.05 x rate + 64 KiB.
+func TestBurstWindowBound(t *testing.T) {
+	check := func(r int64) {
+		b := Burst(r)
+		if b < 1 || int64(b) > r {
+			t.Fatalf("Burst(%d) = %d; want 1..rate", r, b)
+		}
+		if most, bound := float64(r)+float64(b), 1.05*float64(r)+64<<10; most > bound {
+			t.Fatalf("rate %d: burst %d lets a 1 s window carry %.0f bytes, over %.0f", r, b, most, bound)
+		}
+	}
+	for r := int64(1); r < 1<<20; r += 97 {
+		check(r)
+	}
+	for r := int64(1 << 20); r > 0 && r < math.MaxInt64/3; r = r*3/2 + 1 {
+		check(r)
+	}
+	check(math.MaxInt64)
+}
+
+func TestNew(t *testing.T) {
+	for _, r := range []int64{0, -1, math.MinInt64} {
+		if l := New(r); l != nil {
+			t.Errorf("New(%d) = %v; want nil (unlimited)", r, l)
+		}
+	}
+	for _, r := range []int64{1, 4096, 1 << 20, 5 << 30} {
+		l := New(r)
+		if l == nil {
+			t.Fatalf("New(%d) = nil", r)
+		}
+		if float64(l.Limit()) != float64(r) || l.Burst() != Burst(r) {
+			t.Errorf("New(%d): limit %v burst %d; want %d, %d", r, l.Limit(), l.Burst(), r, Burst(r))
+		}
+	}
+}
+
+func TestSlack(t *testing.T) {
+	tests := []struct {
+		rate int64
+		want int
+	}{
+		{1, 32 << 10},
+		{1000, 32<<10 + 31},
+		{1 << 20, 32<<10 + 32<<10},
+		{32 << 20, 32<<10 + 1<<20},
+		{math.MaxInt64, math.MaxInt64/32 + 32<<10},
+	}
+	for _, tt := range tests {
+		if got := Slack(tt.rate); got != tt.want {
+			t.Errorf("Slack(%d) = %d; want %d", tt.rate, got, tt.want)
+		}
+	}
+}
+
+// TestSlackWindowBound checks that a widened bucket keeps the spec's 1-second bound with
+// room to spare (at least 1.8% of the rate plus 32 KiB), and holds at least one chunk.
+func TestSlackWindowBound(t *testing.T) {
+	check := func(r int64) {
+		s := Slack(r)
+		if s < Burst(r) {
+			t.Fatalf("Slack(%d) = %d, less than a chunk, %d", r, s, Burst(r))
+		}
+		if most, bound := float64(r)+float64(s), 1.032*float64(r)+32<<10+1; most > bound {
+			t.Fatalf("rate %d: slack %d lets a 1 s window carry %.0f bytes, over %.0f", r, s, most, bound)
+		}
+	}
+	for r := int64(1); r < 1<<20; r += 97 {
+		check(r)
+	}
+	for r := int64(1 << 20); r > 0 && r < math.MaxInt64/3; r = r*3/2 + 1 {
+		check(r)
+	}
+}
+
+func TestWiden(t *testing.T) {
+	l := New(1 << 20)
+	Widen(l, 1<<20)
+	if l.Burst() != Slack(1<<20) {
+		t.Errorf("burst %d after Widen; want %d", l.Burst(), Slack(1<<20))
+	}
+	if tokens := l.Tokens(); tokens > float64(Burst(1<<20)+1<<10) { // 1 ms of refill allowed
+		t.Errorf("Widen filled the bucket to %.0f tokens; want at most the %d it held", tokens, Burst(1<<20))
+	}
+	Widen(nil, 1) // no limiter, nothing to do
+}
