@@ -209,8 +209,8 @@ for r in "${relays[@]}"; do
 	fi
 done
 
-if [ "$soak" -gt 0 ] && [ "$(ulimit -n)" -lt $((soak * 7)) ]; then
-	soak_line="$soak connections: skipped, it needs ulimit -n of at least $((soak * 7)) (each idle relayed connection holds 2 sockets and 2 splice pipes) and this shell has $(ulimit -n)"
+if [ "$soak" -gt 0 ] && [ "$(ulimit -n)" -lt $((soak * 2 + 100)) ]; then
+	soak_line="$soak connections: skipped, it needs ulimit -n of at least $((soak * 2 + 100)) (each relayed connection holds 2 sockets in tcp-pf, and 2 more while bytes move) and this shell has $(ulimit -n)"
 	say "soak: $soak_line"
 elif [ "$soak" -gt 0 ]; then
 	say "soak: $soak connections through a fresh tcp-pf"

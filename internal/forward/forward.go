@@ -143,7 +143,7 @@ func (s *Server) Open() int { return int(s.open.Load()) }
 func (s *Server) Serve(ctx context.Context, ln *net.TCPListener) error {
 	s.log.Printf("listening on %s, forwarding to %s", ln.Addr(), s.destName())
 	if n, err := NoFileLimit(); err == nil && n < LowNoFile {
-		s.log.Printf("warning: open file limit (ulimit -n) is %d; each connection needs 2 descriptors and up to 4 more for splice pipes: raise it to serve many connections", n)
+		s.log.Printf("warning: open file limit (ulimit -n) is %d; each connection needs 2 descriptors, and 4 more while bytes move (splice pipes): raise it to serve many connections", n)
 	}
 
 	connCtx, cut := context.WithCancel(context.WithoutCancel(ctx))
