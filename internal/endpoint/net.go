@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"syscall"
 	"time"
 )
 
@@ -92,12 +93,39 @@ func Listen(ctx context.Context, ep Endpoint, local net.IP) (*net.TCPListener, e
 		host = local.String()
 	}
 	addr := net.JoinHostPort(host, strconv.Itoa(ep.Port))
-	var lc net.ListenConfig
+	// Keepalive is set once on the listening socket, whose settings Linux copies to every
+	// accepted one, instead of four setsockopt calls per accepted connection.
+	lc := net.ListenConfig{KeepAlive: -1, Control: listenerKeepAlive}
 	ln, err := lc.Listen(ctx, "tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("listening on %s: %w", addr, unwrapOp(err))
 	}
 	return ln.(*net.TCPListener), nil
+}
+
+// ListenKeepAlive is the TCP keepalive of accepted connections: the first probe after 15 s
+// of silence, then one every 15 s, and the connection is dropped after 9 unanswered.
+const ListenKeepAlive = 15 * time.Second
+
+func listenerKeepAlive(_, _ string, c syscall.RawConn) error {
+	var serr error
+	err := c.Control(func(fd uintptr) {
+		secs := int(ListenKeepAlive / time.Second)
+		for _, o := range []struct{ level, name, value int }{
+			{syscall.SOL_SOCKET, syscall.SO_KEEPALIVE, 1},
+			{syscall.IPPROTO_TCP, syscall.TCP_KEEPIDLE, secs},
+			{syscall.IPPROTO_TCP, syscall.TCP_KEEPINTVL, secs},
+			{syscall.IPPROTO_TCP, syscall.TCP_KEEPCNT, 9},
+		} {
+			if serr = syscall.SetsockoptInt(int(fd), o.level, o.name, o.value); serr != nil {
+				return
+			}
+		}
+	})
+	if err != nil {
+		return err
+	}
+	return os.NewSyscallError("setsockopt", serr)
 }
 
 // unwrapOp drops net.OpError's repetition of addresses we already name, keeping the cause

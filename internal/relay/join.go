@@ -245,8 +245,10 @@ const settleTimeout = 10 * time.Second
 // settle waits until the peer of c has acknowledged every byte and the FIN written to c,
 // discarding what it sends meanwhile, for at most limit or until ctx ends.
 func settle(ctx context.Context, c *net.TCPConn, limit time.Duration) {
+	// Nothing unread right now is not enough to close at once: the peer may send more in
+	// the next microsecond, and a close then resets. Only an acknowledged tail is safe.
 	deadline := time.Now().Add(limit)
-	wait := time.Millisecond
+	wait := 100 * time.Microsecond
 	for {
 		discard(c)
 		if unacked(c) <= 0 || time.Now().After(deadline) || ctx.Err() != nil {
@@ -263,17 +265,22 @@ func settle(ctx context.Context, c *net.TCPConn, limit time.Duration) {
 	}
 }
 
-// discard drops, without blocking and without copying, what the peer has already sent.
-func discard(c *net.TCPConn) {
+// discard drops, without blocking and without copying, what the peer has already sent,
+// and returns how many bytes that was.
+func discard(c *net.TCPConn) int {
 	raw, err := c.SyscallConn()
 	if err != nil {
-		return
+		return 0
 	}
+	total := 0
 	_ = raw.Control(func(fd uintptr) {
 		for i := 0; i < 64; i++ {
-			if n, err := recvDiscard(int(fd), 1<<20); n <= 0 || err != nil {
+			n, err := recvDiscard(int(fd), 1<<20)
+			if n <= 0 || err != nil {
 				return
 			}
+			total += n
 		}
 	})
+	return total
 }
