@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"golang.org/x/sys/unix"
 	"io"
 	"net"
 	"os"
@@ -29,7 +30,7 @@ const DefaultInterval = 512 * time.Second
 // by relay.Copy's Tick, and a file source is followed by its position (followPosition).
 // To a pipe or a terminal, which may be read slowly and whose writes nothing can cut
 // short, steps stay at relay.DefaultChunk, so that a stalled step hides less from -p and
-// from the count a signal reports.
+// from the count a signal reports. Other devices (/dev/null) never hold a write up.
 const copyChunk = 16 << 20
 
 // chunkFor returns the step size for an unlimited copy to dst (see copyChunk).
@@ -38,7 +39,7 @@ func chunkFor(dst io.Writer) int64 {
 	case *net.TCPConn:
 		return copyChunk
 	case *os.File:
-		if isRegular(d) {
+		if !mayStall(d) {
 			return copyChunk
 		}
 	}
@@ -361,6 +362,24 @@ func userSpaceCopy(src io.Reader, dst io.Writer) bool {
 		return false
 	case *os.File:
 		return !isRegular(d)
+	}
+	return true
+}
+
+// mayStall reports whether writes to f can wait on a reader: a pipe, a socket, a
+// terminal, or what cannot be told.
+func mayStall(f *os.File) bool {
+	fi, err := f.Stat()
+	if err != nil {
+		return true
+	}
+	m := fi.Mode()
+	switch {
+	case m.IsRegular():
+		return false
+	case m&os.ModeCharDevice != 0:
+		_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+		return err == nil // a terminal
 	}
 	return true
 }
