@@ -132,8 +132,9 @@ func maxWindow(arr []arrival, w time.Duration) int64 {
 // TestRateLimitOverLoopback runs -l 1M for about 6.5 s over loopback and checks the spec's
 // bounds at the receiver: the average over the run is within 3% of the rate, and no
 // 1-second window, the first included, carries more than 1.05 x rate + 64 KiB.
+// Not parallel: the spec's bound holds while the copy gets the CPU it asks for, and this
+// package's other tests move 32 MiB streams that would starve it on a small machine.
 func TestRateLimitOverLoopback(t *testing.T) {
-	t.Parallel()
 	const rate = 1 << 20
 	data := randomData(6*rate + rate/2)
 	ln := listen(t, "127.0.0.1")
