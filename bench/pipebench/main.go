@@ -27,11 +27,9 @@ import (
 	"net"
 	"os"
 	"strconv"
-	"syscall"
 	"time"
-	"unsafe"
 
-	"golang.org/x/sys/unix"
+	"shd-tcp-tools/internal/pipe/pipetest"
 )
 
 func main() {
@@ -84,7 +82,7 @@ func acceptOne(port string, stamp bool) (*net.TCPConn, error) {
 	}
 	defer ln.Close()
 	if stamp {
-		if err := setTimestamps(ln.(*net.TCPListener)); err != nil {
+		if err := pipetest.SetTimestamps(ln.(*net.TCPListener)); err != nil {
 			return nil, err
 		}
 	}
@@ -105,18 +103,13 @@ func recv(port string) error {
 	return err
 }
 
-type arrival struct {
-	at    time.Time
-	total int64
-}
-
 func sink(port string, rate float64) error {
 	c, err := acceptOne(port, true)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	arr, unstamped, err := receive(c)
+	arr, unstamped, err := pipetest.ReceiveTimestamped(c, time.Time{})
 	if err != nil {
 		return err
 	}
@@ -124,103 +117,21 @@ func sink(port string, rate float64) error {
 		return fmt.Errorf("only %d reads arrived", len(arr))
 	}
 	first, last := arr[0], arr[len(arr)-1]
-	secs := last.at.Sub(first.at).Seconds()
-	avg := float64(last.total-first.total) / secs
+	secs := last.At.Sub(first.At).Seconds()
+	avg := float64(last.Total-first.Total) / secs
 	// The long-run slope starts a second in, past the first burst.
 	from := first
 	for _, a := range arr {
-		if a.at.Sub(first.at) >= time.Second && last.at.Sub(a.at) >= time.Second {
+		if a.At.Sub(first.At) >= time.Second && last.At.Sub(a.At) >= time.Second {
 			from = a
 			break
 		}
 	}
-	slope := float64(last.total-from.total) / last.at.Sub(from.at).Seconds()
-	w1 := maxWindow(arr, time.Second)
+	slope := float64(last.Total-from.Total) / last.At.Sub(from.At).Seconds()
+	w1 := pipetest.MaxWindow(arr, time.Second)
 	bound := 1.05*rate + 64<<10
 	fmt.Printf("bytes=%d secs=%.3f avg=%.0f slope_err=%+.2f win100_ratio=%.3f win1s=%d win1s_bound=%.0f win1s_ratio=%.3f reads=%d unstamped=%d\n",
-		last.total, secs, avg, 100*(slope/rate-1), float64(maxWindow(arr, 100*time.Millisecond))/(rate/10),
+		last.Total, secs, avg, 100*(slope/rate-1), float64(pipetest.MaxWindow(arr, 100*time.Millisecond))/(rate/10),
 		w1, bound, float64(w1)/bound, len(arr), unstamped)
 	return nil
-}
-
-// receive reads c to EOF in reads of at most 16 KiB, noting each read's arrival time, and
-// counts the reads that had no kernel timestamp.
-func receive(c *net.TCPConn) ([]arrival, int, error) {
-	raw, err := c.SyscallConn()
-	if err != nil {
-		return nil, 0, err
-	}
-	unstamped := 0
-	buf, oob := make([]byte, 16<<10), make([]byte, 256)
-	var arr []arrival
-	var total int64
-	for {
-		var n, oobn int
-		var rerr error
-		if err := raw.Read(func(fd uintptr) bool {
-			n, oobn, _, _, rerr = unix.Recvmsg(int(fd), buf, oob, 0)
-			return rerr != unix.EAGAIN
-		}); err != nil {
-			return nil, 0, err
-		}
-		if rerr != nil {
-			return nil, 0, rerr
-		}
-		if n == 0 {
-			return arr, unstamped, nil
-		}
-		at, ok := stamp(oob[:oobn])
-		if !ok {
-			at = time.Now()
-			unstamped++
-		}
-		total += int64(n)
-		arr = append(arr, arrival{at, total})
-	}
-}
-
-// setTimestamps turns on kernel receive timestamps (SO_TIMESTAMPNS) for a socket.
-func setTimestamps(s syscall.Conn) error {
-	raw, err := s.SyscallConn()
-	if err != nil {
-		return err
-	}
-	var serr error
-	if err := raw.Control(func(fd uintptr) {
-		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, 1)
-	}); err != nil {
-		return err
-	}
-	return serr
-}
-
-func stamp(oob []byte) (time.Time, bool) {
-	msgs, err := unix.ParseSocketControlMessage(oob)
-	if err != nil {
-		return time.Time{}, false
-	}
-	for _, m := range msgs {
-		if m.Header.Level == unix.SOL_SOCKET && m.Header.Type == unix.SO_TIMESTAMPNS && len(m.Data) >= int(unsafe.Sizeof(unix.Timespec{})) {
-			ts := *(*unix.Timespec)(unsafe.Pointer(&m.Data[0]))
-			return time.Unix(ts.Unix()), true
-		}
-	}
-	return time.Time{}, false
-}
-
-// maxWindow returns the most bytes that arrived within any closed window of length w.
-func maxWindow(arr []arrival, w time.Duration) int64 {
-	var most int64
-	j := 0
-	for i := range arr {
-		for j+1 < len(arr) && !arr[j+1].at.After(arr[i].at.Add(w)) {
-			j++
-		}
-		var before int64
-		if i > 0 {
-			before = arr[i-1].total
-		}
-		most = max(most, arr[j].total-before)
-	}
-	return most
 }
