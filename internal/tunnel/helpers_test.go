@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -338,6 +339,23 @@ func readLineConn(c net.Conn) (string, error) {
 
 // expectClosed checks that c is ended by the peer (EOF or reset) without any data, within
 // testTimeout, and returns how long that took.
+// dialExpectClosed connects to ln and returns how long the server took to close the
+// connection. A server that resets the connection at once can do so before connect
+// returns; that counts as closed at once.
+func dialExpectClosed(t testing.TB, ln net.Listener) time.Duration {
+	t.Helper()
+	start := time.Now()
+	c, err := net.DialTimeout("tcp", ln.Addr().String(), testTimeout)
+	if errors.Is(err, syscall.ECONNRESET) {
+		return time.Since(start)
+	}
+	if err != nil {
+		t.Fatalf("dial %s: %v", ln.Addr(), err)
+	}
+	defer c.Close()
+	return expectClosed(t, c)
+}
+
 func expectClosed(t testing.TB, c net.Conn) time.Duration {
 	t.Helper()
 	start := time.Now()

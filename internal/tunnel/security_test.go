@@ -230,8 +230,7 @@ func TestStrangers(t *testing.T) {
 	if tn.relay.IdleLinks() != 0 {
 		t.Fatalf("strangers in the pool: %d", tn.relay.IdleLinks())
 	}
-	c := dial(t, tn.clients)
-	expectClosed(t, c)
+	dialExpectClosed(t, tn.clients)
 	tn.relayLog.wait(`failed #1 .*no idle link`)
 
 	// The relay still serves a real agent.

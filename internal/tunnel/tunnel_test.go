@@ -510,8 +510,7 @@ func TestAllowList(t *testing.T) {
 	startRelay(t, "127.0.0.1", RelayConfig{Allow: list, Wait: testTimeout}, &tn)
 	startAgent(t, AgentConfig{Service: svc.ep(t), Pool: 1}, &tn)
 	tn.waitPools(t, 1, 1)
-	c := dial(t, tn.clients)
-	if took := expectClosed(t, c); took > 2*time.Second {
+	if took := dialExpectClosed(t, tn.clients); took > 2*time.Second {
 		t.Errorf("refused client closed after %v", took)
 	}
 	tn.relayLog.wait(`refused 127\.0\.0\.1:\d+: not in the allow list`)
