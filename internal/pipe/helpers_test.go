@@ -194,6 +194,23 @@ func start(t testing.TB, cfg Config) *engine {
 }
 
 // wait returns the engine's result.
+// sendToEngine connects to e's listening end on host, sends data and half-closes, then
+// waits for e to finish without error.
+func sendToEngine(t testing.TB, e *engine, host string, data []byte) {
+	t.Helper()
+	c, err := net.Dial("tcp", dialAddr(host, e.addr(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := sendAll(c.(*net.TCPConn), data); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.wait(t); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func (e *engine) wait(t testing.TB) error {
 	t.Helper()
 	select {

@@ -27,17 +27,7 @@ func TestTransfer(t *testing.T) {
 				t.Parallel()
 				out, outPath := createFile(t)
 				e := start(t, Config{Source: listenEnd(), Destination: stdio, Stdout: out})
-				c, err := net.Dial("tcp", dialAddr(host, e.addr(t)))
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer c.Close()
-				if err := sendAll(c.(*net.TCPConn), data); err != nil {
-					t.Fatal(err)
-				}
-				if err := e.wait(t); err != nil {
-					t.Fatal(err)
-				}
+				sendToEngine(t, e, host, data)
 				checkFile(t, outPath, data)
 			})
 			t.Run("connect-send", func(t *testing.T) { // tcppipe - HOST PORT < in
@@ -143,17 +133,7 @@ func TestInsertFirst(t *testing.T) {
 		t.Parallel()
 		out, outPath := createFile(t)
 		e := start(t, Config{Source: listenEnd(), Destination: stdio, Stdout: out, InsertFile: insert})
-		c, err := net.Dial("tcp", dialAddr("127.0.0.1", e.addr(t)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		if err := sendAll(c.(*net.TCPConn), data); err != nil {
-			t.Fatal(err)
-		}
-		if err := e.wait(t); err != nil {
-			t.Fatal(err)
-		}
+		sendToEngine(t, e, "127.0.0.1", data)
 		checkFile(t, outPath, want)
 	})
 	t.Run("empty-insert", func(t *testing.T) {
