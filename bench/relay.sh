@@ -11,8 +11,9 @@
 #   --no-install do not apt-get missing peers, even as root
 #
 # Relays: direct (no relay), tcp-pf, HAProxy in tcp mode twice (option splice-auto, and
-# splice forced with 1 MiB pipes), socat, rinetd, and relayfwd (a plain Go io.Copy
-# forwarder, the floor). A missing peer is installed with
+# splice forced with 1 MiB pipes), socat, rinetd, relayfwd (a plain Go io.Copy
+# forwarder, the floor) and epollfwd (a bare epoll loop per CPU with no features: what any
+# relay design can reach here, the ceiling). A missing peer is installed with
 # apt-get when running as root, and skipped (and said so) otherwise. Every run is bounded
 # with timeout(1); the default run takes about 3 minutes.
 set -euo pipefail
@@ -62,7 +63,7 @@ have() { command -v "$1" >/dev/null 2>&1; }
 
 # Our binaries.
 say "building tcp-pf, relayload and relayfwd"
-(cd "$top" && go build -o "$work/" ./cmd/tcp-pf ./bench/relayload ./bench/relayfwd)
+(cd "$top" && go build -o "$work/" ./cmd/tcp-pf ./bench/relayload ./bench/relayfwd ./bench/epollfwd)
 load=$work/relayload
 
 # More descriptors, when allowed: 1,000 idle connections need about 6,000 in tcp-pf.
@@ -73,7 +74,7 @@ be=$base
 port_of() { # the listening port of each relay
 	case $1 in direct) echo $be ;; tcp-pf) echo $((base + 1)) ;; haproxy) echo $((base + 2)) ;;
 	socat) echo $((base + 3)) ;; rinetd) echo $((base + 4)) ;; relayfwd) echo $((base + 5)) ;;
-	haproxy-splice) echo $((base + 6)) ;; esac
+	haproxy-splice) echo $((base + 6)) ;; epollfwd) echo $((base + 7)) ;; esac
 }
 
 wait_port() { # wait up to 5 s for 127.0.0.1:$1 to accept
@@ -93,6 +94,7 @@ start_relay() { # start relay $1 in the background and record its pid
 	direct) return 0 ;;
 	tcp-pf) "$work/tcp-pf" -s 127.0.0.1:$p -d 127.0.0.1:$be 2>>"$work/tcp-pf.log" & ;;
 	relayfwd) "$work/relayfwd" -l 127.0.0.1:$p -d 127.0.0.1:$be & ;;
+	epollfwd) "$work/epollfwd" -l 127.0.0.1:$p -d 127.0.0.1:$be & ;;
 	socat) socat TCP-LISTEN:$p,bind=127.0.0.1,fork,reuseaddr,backlog=4096 TCP:127.0.0.1:$be & ;;
 	rinetd)
 		printf '127.0.0.1 %s 127.0.0.1 %s\n' "$p" "$be" >"$work/rinetd.conf"
@@ -155,12 +157,21 @@ for p in haproxy socat rinetd; do
 	if have "$p"; then relays+=("$p"); else say "$p not installed: skipped"; fi
 done
 have haproxy && relays+=(haproxy-splice)
-relays+=(relayfwd)
+relays+=(relayfwd epollfwd)
 for r in "${relays[@]}"; do start_relay "$r"; done
 
 results=$work/results.tsv # round relay metric value
 run() { timeout $((secs * 3 + 30)) "$@"; }
 field() { tr ' ' '\n' | awk -F= -v k="$1" '$1 == k {print $2}'; }
+# CPU time (user + system, clock ticks) of a relay's process and its children (socat forks).
+cpu_ticks() {
+	local root=$1 p t=0 v
+	for p in $root $(pgrep -P "$root" 2>/dev/null || true); do
+		v=$(awk '{print $14 + $15 + $16 + $17}' /proc/$p/stat 2>/dev/null || echo 0); t=$((t + ${v:-0}))
+	done
+	echo "$t"
+}
+hz=$(getconf CLK_TCK)
 say "measuring: $rounds rounds of ${secs}s runs over: ${relays[*]}"
 for round in $(seq "$rounds"); do
 	# Rotate the order each round so that no relay always runs first or last.
@@ -172,10 +183,16 @@ for round in $(seq "$rounds"); do
 		printf '%s\t%s\t%s\t%s\n' "$round" "$r" s1 "$(field MiBps <<<"$out")" >>"$results"
 		out=$(run "$load" stream -c "$addr" -P 4 -t "$secs") || { say "$r: 4-stream failed"; continue; }
 		printf '%s\t%s\t%s\t%s\n' "$round" "$r" s4 "$(field MiBps <<<"$out")" >>"$results"
+		t0=0; [ "$r" != direct ] && t0=$(cpu_ticks "${pid_of[$r]}")
 		out=$(run "$load" cps -c "$addr" -P 8 -t "$secs") || { say "$r: cps failed"; continue; }
 		for k in cps p50us p99us failures; do
 			printf '%s\t%s\t%s\t%s\n' "$round" "$r" "$k" "$(field $k <<<"$out")" >>"$results"
 		done
+		if [ "$r" != direct ]; then # the relay's CPU time per short connection, in µs
+			t1=$(cpu_ticks "${pid_of[$r]}")
+			printf '%s\t%s\t%s\t%s\n' "$round" "$r" cpuus \
+				"$(awk -v t=$((t1 - t0)) -v hz="$hz" -v n="$(field conns <<<"$out")" 'BEGIN {if (n > 0) printf "%.0f", t * 1e6 / hz / n}')" >>"$results"
+		fi
 	done
 	say "round $round done"
 done
@@ -223,29 +240,32 @@ fi
 # Report.
 median() { sort -g | awk '{a[NR] = $1} END {if (NR == 0) print "-"; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
 val() { awk -F'\t' -v r="$1" -v m="$2" '$2 == r && $3 == m {print $4}' "$results" | median; }
-ratio() { # median over rounds of tcp-pf's metric over $1's in the same round
-	awk -F'\t' -v o="$1" -v m="$2" '$3 == m && ($2 == "tcp-pf" || $2 == o) {v[$1, $2] = $4; rs[$1] = 1}
-		END {for (r in rs) if (v[r, o] > 0 && v[r, "tcp-pf"] != "") print v[r, "tcp-pf"] / v[r, o]}' "$results" | median
+ratio() { # median over rounds of tcp-pf's metric (or $3's) over $1's in the same round
+	awk -F'\t' -v o="$1" -v m="$2" -v a="${3:-tcp-pf}" '$3 == m && ($2 == a || $2 == o) {v[$1, $2] = $4; rs[$1] = 1}
+		END {for (r in rs) if (v[r, o] > 0 && v[r, a] != "") print v[r, a] / v[r, o]}' "$results" | median |
+		awk '$1 == "-" {print; next} {printf "%.2f\n", $1}'
 }
 echo
 echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), $(uname -sr); ${rounds} rounds of ${secs} s; medians"
 echo
-echo "| relay | 1 stream MiB/s | 4 streams MiB/s | conn/s (8 at a time) | p50 µs | p99 µs | RSS Δ per $idle_n idle (MiB) | PSS Δ (MiB) |"
-echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+echo "| relay | 1 stream MiB/s | 4 streams MiB/s | conn/s (8 at a time) | p50 µs | p99 µs | relay CPU µs per conn | RSS Δ per $idle_n idle (MiB) | PSS Δ (MiB) |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
 for r in "${relays[@]}"; do
 	rd=$(val "$r" rssdelta) pd=$(val "$r" pssdelta)
 	[ "$rd" != - ] && rd=$(awk -v k="$rd" 'BEGIN {printf "%.1f", k / 1024}')
 	[ "$pd" != - ] && pd=$(awk -v k="$pd" 'BEGIN {printf "%.1f", k / 1024}')
-	printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$r" "$(val "$r" s1)" "$(val "$r" s4)" "$(val "$r" cps)" \
-		"$(val "$r" p50us)" "$(val "$r" p99us)" "$rd" "$pd"
+	printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$r" "$(val "$r" s1)" "$(val "$r" s4)" "$(val "$r" cps)" \
+		"$(val "$r" p50us)" "$(val "$r" p99us)" "$(val "$r" cpuus)" "$rd" "$pd"
 done
 echo
 if have haproxy; then
 	for h in haproxy haproxy-splice; do
-		echo "tcp-pf / $h, median of per-round ratios: 1 stream $(ratio $h s1), 4 streams $(ratio $h s4), conn/s $(ratio $h cps)"
+		echo "tcp-pf / $h, median of per-round ratios: 1 stream $(ratio $h s1), 4 streams $(ratio $h s4), conn/s $(ratio $h cps), CPU per conn $(ratio $h cpuus)"
 	done
+	echo "epollfwd (the ceiling) / haproxy, median of per-round ratios: conn/s $(ratio haproxy cps epollfwd), CPU per conn $(ratio haproxy cpuus epollfwd)"
 fi
-echo "tcp-pf / relayfwd (plain io.Copy), median of per-round ratios: 1 stream $(ratio relayfwd s1), 4 streams $(ratio relayfwd s4), conn/s $(ratio relayfwd cps)"
+echo "tcp-pf / relayfwd (plain io.Copy), median of per-round ratios: 1 stream $(ratio relayfwd s1), 4 streams $(ratio relayfwd s4), conn/s $(ratio relayfwd cps), CPU per conn $(ratio relayfwd cpuus)"
+echo "tcp-pf / epollfwd (bare epoll loops), median of per-round ratios: conn/s $(ratio epollfwd cps), CPU per conn $(ratio epollfwd cpuus)"
 fails=$(awk -F'\t' '$3 == "failures" {s += $4} END {print s + 0}' "$results")
 echo "failed short connections, all relays and rounds: $fails"
 [ "$soak" -gt 0 ] && echo "soak: $soak_line"
