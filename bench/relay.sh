@@ -15,7 +15,7 @@
 # forwarder, the floor) and epollfwd (a bare epoll loop per CPU with no features: what any
 # relay design can reach here, the ceiling). A missing peer is installed with
 # apt-get when running as root, and skipped (and said so) otherwise. Every run is bounded
-# with timeout(1); the default run takes about 3 minutes.
+# with timeout(1); the default run takes about 4 minutes.
 set -euo pipefail
 
 rounds=3 secs=2 idle_n=1000 soak=0 install=1
