@@ -56,4 +56,11 @@ func TestSeconds(t *testing.T) {
 			t.Errorf("Set(%q) accepted", bad)
 		}
 	}
+	// Below a nanosecond the duration is zero, and the text says what was typed.
+	if err := s.Set("1e-10"); err != nil || s.D != 0 || s.String() != "1e-10" {
+		t.Fatalf("1e-10: D=%v String=%q err=%v", s.D, s.String(), err)
+	}
+	if d := (&Seconds{D: 1500 * time.Millisecond}).String(); d != "1.5" {
+		t.Fatalf("default shown as %q, want 1.5", d)
+	}
 }

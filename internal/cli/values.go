@@ -11,8 +11,12 @@ import (
 
 // Seconds is a flag value for a duration given in seconds, fractions allowed
 // ("0.25"). Negative, NaN and infinite values are rejected; whether zero is allowed is
-// up to the caller (see Positive).
-type Seconds struct{ D time.Duration }
+// up to the caller. A value too small to be a whole nanosecond ("1e-10") sets D to zero;
+// String then gives the text as typed, so an error message names what the user wrote.
+type Seconds struct {
+	D    time.Duration
+	text string // as given to Set; "" for a value never set
+}
 
 // Set implements pflag.Value.
 func (s *Seconds) Set(v string) error {
@@ -26,12 +30,17 @@ func (s *Seconds) Set(v string) error {
 	if f > float64(math.MaxInt64)/float64(time.Second) {
 		return fmt.Errorf("%q: too many seconds", v)
 	}
-	s.D = time.Duration(f * float64(time.Second))
+	s.D, s.text = time.Duration(f*float64(time.Second)), v
 	return nil
 }
 
-// String implements pflag.Value.
-func (s *Seconds) String() string { return strconv.FormatFloat(s.D.Seconds(), 'f', -1, 64) }
+// String implements pflag.Value: the text given to Set, or the duration in seconds.
+func (s *Seconds) String() string {
+	if s.text != "" {
+		return s.text
+	}
+	return strconv.FormatFloat(s.D.Seconds(), 'f', -1, 64)
+}
 
 // Type implements pflag.Value.
 func (s *Seconds) Type() string { return "secs" }
