@@ -1,10 +1,8 @@
 package forward
 
 import (
-	"context"
 	"errors"
 	"fmt"
-	"net"
 	"sync"
 	"syscall"
 	"time"
@@ -93,36 +91,6 @@ func shortage(err error) bool {
 func (s *Server) shorted(err error) {
 	if line := s.back.fail(s.cfg.now(), err); line != "" {
 		s.log.Printf("%s", line)
-	}
-}
-
-// acceptLoop accepts until ctx is cancelled (nil) or accept fails for good (the error).
-// Each connection is handled on its own goroutine with connCtx.
-func (s *Server) acceptLoop(ctx, connCtx context.Context, ln *net.TCPListener) error {
-	for {
-		if d := s.back.pause(s.cfg.now()); d > 0 {
-			t := time.NewTimer(d)
-			select {
-			case <-t.C:
-			case <-ctx.Done():
-				t.Stop()
-				return nil
-			}
-		}
-		c, err := ln.AcceptTCP()
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			if !shortage(err) {
-				return fmt.Errorf("accepting on %s: %w", ln.Addr(), err)
-			}
-			s.shorted(err)
-			continue
-		}
-		s.wg.Add(1)
-		s.open.Add(1)
-		go s.handle(connCtx, c)
 	}
 }
 

@@ -120,6 +120,13 @@ func (b *balancer) settle(cs []choice, idx int) {
 	}
 }
 
+// settleIfAny is settle on a balancer that may be nil (a single destination).
+func (b *balancer) settleIfAny(cs []choice, idx int) {
+	if b != nil {
+		b.settle(cs, idx)
+	}
+}
+
 // release ends an open connection to name.
 func (b *balancer) release(name string) {
 	b.mu.Lock()

@@ -16,7 +16,6 @@ import (
 	"shd-tcp-tools/internal/allow"
 	"shd-tcp-tools/internal/connlog"
 	"shd-tcp-tools/internal/endpoint"
-	"shd-tcp-tools/internal/relay"
 )
 
 // Defaults for the Config fields whose zero value means "the default".
@@ -28,10 +27,6 @@ const (
 	// LowNoFile is the open-file limit under which Serve warns at start.
 	LowNoFile = 4096
 )
-
-// DialFunc connects to the first reachable candidate, in order, and returns the connection,
-// the candidate's index and the attempts that failed before it (see endpoint.Dialer.DialFirst).
-type DialFunc func(ctx context.Context, candidates []endpoint.Endpoint) (*net.TCPConn, int, []endpoint.Failure, error)
 
 // Config is what a Server does. Zero durations mean the defaults above; Dest or HostFile
 // must be set.
@@ -69,9 +64,6 @@ type Config struct {
 
 	// Log receives the event lines; nil discards them.
 	Log *connlog.Logger
-	// Dial is the test seam for outgoing connections; nil uses an endpoint.Dialer built
-	// from Local, ConnectTimeout and KeepAlive.
-	Dial DialFunc
 	// Now is the clock for accept back-off logging; nil is time.Now.
 	Now func() time.Time
 }
@@ -96,9 +88,10 @@ func orDefault(d, def time.Duration) time.Duration {
 type Server struct {
 	cfg  Config
 	log  *connlog.Logger
-	dial DialFunc
 	bal  *balancer // nil with a single destination
 	back backoff
+	// socket creates the outgoing sockets; nil is unix.Socket (a test seam for shortages).
+	socket func(domain, typ, proto int) (int, error)
 
 	ids  atomic.Uint64
 	open atomic.Int64
@@ -109,15 +102,7 @@ type Server struct {
 // destination, a host file that cannot be read or has no usable entry. The warnings, even
 // with an error, name the host file's malformed lines ("hosts:3: malformed entry: ...").
 func New(cfg Config) (*Server, []error, error) {
-	s := &Server{cfg: cfg, log: cfg.Log, dial: cfg.Dial}
-	if s.dial == nil {
-		d := &endpoint.Dialer{
-			Local:     cfg.Local,
-			Timeout:   orDefault(cfg.ConnectTimeout, DefaultConnectTimeout),
-			KeepAlive: orDefault(cfg.KeepAlive, DefaultKeepAlive),
-		}
-		s.dial = d.DialFirst
-	}
+	s := &Server{cfg: cfg, log: cfg.Log}
 	switch {
 	case cfg.HostFile != "":
 		b, warn, err := newBalancer(cfg.HostFile, cfg.Port)
@@ -146,13 +131,13 @@ func (s *Server) Serve(ctx context.Context, ln *net.TCPListener) error {
 		s.log.Printf("warning: open file limit (ulimit -n) is %d; each connection needs 2 descriptors, and 4 more while bytes move (splice pipes): raise it to serve many connections", n)
 	}
 
-	connCtx, cut := context.WithCancel(context.WithoutCancel(ctx))
-	defer cut()
 	stopFlush := s.startWriteBack()
-
-	stopAccept := context.AfterFunc(ctx, func() { _ = ln.Close() })
-	defer stopAccept()
-	acceptErr := s.acceptLoop(ctx, connCtx, ln)
+	// Connections are state machines on one event loop per CPU (see loop_linux.go).
+	cut, stopLoops, acceptErr := s.serveLoops(ctx, ln)
+	if stopLoops == nil { // the loops did not start: nothing to cut or stop
+		cut, stopLoops = func() {}, func() {}
+	}
+	defer stopLoops()
 	_ = ln.Close()
 
 	if n := s.Open(); n > 0 {
@@ -239,131 +224,8 @@ func (s *Server) flush(final bool) error {
 	return err
 }
 
-// conn is one client connection on its way through the server.
-type conn struct {
-	id       uint64
-	client   *net.TCPConn
-	server   *net.TCPConn
-	from, to string // the client's and destination's addresses, for the log
-	host     string // the host-file entry, "" with a single destination
-	inserted int64  // --insert bytes sent
-}
-
 // done ends the connection's life in the server.
 func (s *Server) done() {
 	s.open.Add(-1)
 	s.wg.Done()
-}
-
-// handle sets up one accepted connection: allow list, dial, --insert. It runs on its own
-// goroutine and hands the relay to a fresh one: the dial grows a goroutine's stack to many
-// KiB, which an idle relay would otherwise keep (with thousands of them open, that is most
-// of tcp-pf's memory), while a new goroutine starts small.
-func (s *Server) handle(ctx context.Context, c *net.TCPConn) {
-	if cn := s.setup(ctx, c); cn != nil {
-		go s.relay(ctx, cn)
-		return
-	}
-	s.done()
-}
-
-// setup returns the connection ready to relay, or nil when it was refused or failed (and
-// is closed and logged).
-func (s *Server) setup(ctx context.Context, c *net.TCPConn) *conn {
-	cn := &conn{client: c, from: c.RemoteAddr().String()}
-	if !s.cfg.Allow.AllowsConn(c) {
-		_ = c.Close()
-		s.log.Refused(cn.from, "not in the allow list")
-		return nil
-	}
-	cn.id = s.ids.Add(1)
-
-	var cands []choice
-	if s.bal != nil {
-		cands = s.bal.candidates()
-	} else {
-		cands = []choice{{ep: s.cfg.Dest}}
-	}
-	eps := make([]endpoint.Endpoint, len(cands))
-	for i, ch := range cands {
-		eps[i] = ch.ep
-	}
-	server, idx, failures, err := s.dial(ctx, eps)
-	for _, f := range failures {
-		cause := f.Err
-		if u := errors.Unwrap(cause); u != nil {
-			cause = u // "connection refused", without the address named on the line
-		}
-		s.log.Failed(cn.id, cn.from, f.Endpoint.String(), cause)
-		if shortage(cause) {
-			s.shorted(cause)
-		}
-	}
-	if s.bal != nil {
-		s.bal.settle(cands, idx)
-	}
-	if err != nil {
-		if len(failures) == 0 {
-			s.log.Failed(cn.id, cn.from, "-", err)
-		}
-		_ = c.SetLinger(0) // a reset tells the client it was not served
-		_ = c.Close()
-		return nil
-	}
-	if line := s.back.ok(); line != "" {
-		s.log.Printf("%s", line)
-	}
-	cn.server, cn.to = server, eps[idx].String()
-	if s.bal != nil {
-		cn.host = cands[idx].name
-	}
-	s.log.Open(cn.id, cn.from, cn.to)
-
-	if len(s.cfg.Insert) > 0 {
-		n, err := s.insert(ctx, server)
-		cn.inserted = int64(n)
-		if err != nil {
-			s.log.Close(cn.id, cn.from, cn.to, uint64(n), 0, 0, "error: "+err.Error())
-			s.finish(cn)
-			return nil
-		}
-	}
-	return cn
-}
-
-// relay joins the two connections until the relay ends, then logs the close.
-func (s *Server) relay(ctx context.Context, cn *conn) {
-	defer s.done()
-	opts := relay.Options{HalfClose: s.cfg.Lazy, Rate: s.cfg.Rate, IdleTimeout: s.cfg.IdleTimeout}
-	if s.bal != nil {
-		opts.Progress = func(_ bool, n int64) { s.bal.add(cn.host, n) }
-	}
-	// Raw *net.TCPConn on both sides, so the copies splice.
-	res := relay.Join(ctx, cn.client, cn.server, opts)
-	s.log.Close(cn.id, cn.from, cn.to, uint64(res.Up+cn.inserted), uint64(res.Down), res.Duration, res.End)
-	s.finish(cn)
-}
-
-// finish closes both connections (Join has already) and settles the host's counts.
-func (s *Server) finish(cn *conn) {
-	_ = cn.client.Close()
-	_ = cn.server.Close()
-	if s.bal != nil {
-		s.bal.add(cn.host, cn.inserted)
-		s.bal.release(cn.host)
-	}
-}
-
-// insert writes the --insert bytes to the destination, bounded by the connect timeout so
-// that a destination that reads nothing cannot hold the connection forever.
-func (s *Server) insert(ctx context.Context, server *net.TCPConn) (int, error) {
-	stop := context.AfterFunc(ctx, func() { _ = server.SetWriteDeadline(time.Unix(1, 0)) })
-	defer stop()
-	_ = server.SetWriteDeadline(time.Now().Add(orDefault(s.cfg.ConnectTimeout, DefaultConnectTimeout)))
-	n, err := server.Write(s.cfg.Insert)
-	if err != nil {
-		return n, fmt.Errorf("sending the --insert data: %w", err)
-	}
-	_ = server.SetWriteDeadline(time.Time{})
-	return n, nil
 }

@@ -20,14 +20,18 @@ type running struct {
 	stop func() error // cancel Serve and return its result
 }
 
-// startServer runs a Server for cfg on listen ("127.0.0.1:0", "[::1]:0") until the test ends.
-func startServer(t testing.TB, listen string, cfg Config) *running {
+// startServer runs a Server for cfg on listen ("127.0.0.1:0", "[::1]:0") until the test
+// ends. The setup functions run on the Server before it serves.
+func startServer(t testing.TB, listen string, cfg Config, setup ...func(*Server)) *running {
 	t.Helper()
 	lb := fwdtest.NewLogBuf()
 	cfg.Log = connlog.New(lb)
 	s, warn, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
+	}
+	for _, f := range setup {
+		f(s)
 	}
 	ln := fwdtest.Listen(t, listen)
 	ctx, cancel := context.WithCancel(context.Background())

@@ -1,19 +1,17 @@
 package forward
 
 import (
-	"context"
 	"errors"
-	"fmt"
 	"io"
 	"net"
-	"os"
 	"runtime"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
-	"shd-tcp-tools/internal/endpoint"
+	"golang.org/x/sys/unix"
+
 	"shd-tcp-tools/internal/forward/fwdtest"
 )
 
@@ -136,37 +134,55 @@ func TestBackoff(t *testing.T) {
 	}
 }
 
-// A connection that cannot be dialled for lack of descriptors is reset and logged, and
-// accepting pauses (with one log line, not one per failure) until a connection is served
-// again. The Dial seam plays the shortage.
-func TestDialShortagePausesAccept(t *testing.T) {
+// A connection whose outgoing socket cannot be created for lack of descriptors waits,
+// still connected, while accepting pauses (with one log line, not one per failure), and is
+// served as soon as a socket can be had. The socket seam plays the shortage.
+func TestSocketShortageWaits(t *testing.T) {
 	t.Parallel()
 	be := fwdtest.StartBackend(t, "127.0.0.1:0", fwdtest.Echo)
 	var calls atomic.Int64
-	dialer := (&endpoint.Dialer{Timeout: 5 * time.Second}).DialFirst
-	short := func(ctx context.Context, eps []endpoint.Endpoint) (*net.TCPConn, int, []endpoint.Failure, error) {
+	short := func(domain, typ, proto int) (int, error) {
 		if calls.Add(1) <= 3 {
-			err := fmt.Errorf("connecting to %s: %w", eps[0], os.NewSyscallError("socket", syscall.EMFILE))
-			return nil, -1, []endpoint.Failure{{Endpoint: eps[0], Err: err}}, err
+			return -1, syscall.EMFILE
 		}
-		return dialer(ctx, eps)
+		return unix.Socket(domain, typ, proto)
 	}
-	pf := startServer(t, "127.0.0.1:0", Config{Dest: dest(t, be.Addr()), Dial: short})
-	for i := range 3 {
-		c, err := net.DialTimeout("tcp", pf.addr, 5*time.Second)
-		if err == nil {
-			_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
-			_, err = c.Read(make([]byte, 1))
-			c.Close()
-		}
-		if !errors.Is(err, syscall.ECONNRESET) {
-			t.Errorf("client %d: %v, want a reset", i+1, err)
-		}
-	}
+	pf := startServer(t, "127.0.0.1:0", Config{Dest: dest(t, be.Addr())}, func(s *Server) { s.socket = short })
 	fwdtest.RoundTrip(t, fwdtest.Dial(t, pf.addr), 1, 1000)
-	pf.log.WaitFor(t, `failed #3 \S+ -> \S+: socket: too many open files$`, 1, time.Second)
+	if n := calls.Load(); n != 4 {
+		t.Errorf("%d socket calls, want 3 failed and 1 served", n)
+	}
+	pf.log.WaitFor(t, `out of descriptors or memory \(socket: too many open files\): pausing accept for 5ms`, 1, time.Second)
 	pf.log.WaitFor(t, `serving again after 3 failures for lack of descriptors or memory$`, 1, time.Second)
 	if n := pf.log.Count(`out of descriptors or memory`); n != 1 {
 		t.Errorf("%d back-off lines for 3 failures in well under a second, want 1:\n%s", n, pf.log.String())
 	}
+	if pf.log.Count(`failed #`) != 0 {
+		t.Errorf("a connection that waited for a descriptor was logged as failed:\n%s", pf.log.String())
+	}
+}
+
+// When the shortage outlasts the connect timeout, the client is reset and the failure
+// logged, and accepting goes on.
+func TestSocketShortageGivesUp(t *testing.T) {
+	t.Parallel()
+	be := fwdtest.StartBackend(t, "127.0.0.1:0", fwdtest.Echo)
+	var failing atomic.Bool
+	failing.Store(true)
+	short := func(domain, typ, proto int) (int, error) {
+		if failing.Load() {
+			return -1, syscall.EMFILE
+		}
+		return unix.Socket(domain, typ, proto)
+	}
+	pf := startServer(t, "127.0.0.1:0", Config{Dest: dest(t, be.Addr()), ConnectTimeout: 300 * time.Millisecond},
+		func(s *Server) { s.socket = short })
+	c := fwdtest.Dial(t, pf.addr)
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("client: %v, want a reset", err)
+	}
+	pf.log.WaitFor(t, `failed #1 \S+ -> \S+: socket: too many open files$`, 1, time.Second)
+	failing.Store(false)
+	fwdtest.RoundTrip(t, fwdtest.Dial(t, pf.addr), 1, 1000)
 }

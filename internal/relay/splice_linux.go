@@ -44,6 +44,10 @@ var pipes = sync.Pool{New: func() any {
 // No byte is in flight then: Copy goes on without splice.
 var errNoPipe = errors.New("creating a splice pipe: too many open files or no memory")
 
+// ErrNoPipe is returned by Splicer.Fill when no pipe can be created (out of descriptors
+// or pipe memory); no byte has moved then.
+var ErrNoPipe = errNoPipe
+
 func getPipe() (*kpipe, error) {
 	p, _ := pipes.Get().(*kpipe)
 	if p == nil {
@@ -168,5 +172,76 @@ func spliceCopy(ctx context.Context, dst, src *net.TCPConn, o CopyOptions) (writ
 				o.Progress(int64(m))
 			}
 		}
+	}
+}
+
+// Splicer moves bytes from one non-blocking socket to another through a pooled kernel
+// pipe, one step at a time, for callers that run their own event loop. It holds a pipe
+// only while bytes are in it. The zero value is ready to use; call Release when done.
+type Splicer struct {
+	p      *kpipe
+	inPipe int
+}
+
+// Fill splices up to max bytes from the socket src into the pipe. It returns the bytes
+// moved; 0 with a nil error is src's EOF; unix.EAGAIN means src has nothing now (and the
+// pipe, if empty, has gone back to the pool).
+func (s *Splicer) Fill(src, max int) (int, error) {
+	if s.p == nil {
+		p, err := getPipe()
+		if err != nil {
+			return 0, ErrNoPipe
+		}
+		s.p = p
+	}
+	for {
+		n, err := unix.Splice(src, nil, s.p.w, nil, max, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+		switch err {
+		case nil:
+			s.inPipe += int(n)
+			return int(n), nil
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			if s.inPipe == 0 {
+				putPipe(s.p, true)
+				s.p = nil
+			}
+		}
+		return 0, err
+	}
+}
+
+// Drain splices what the pipe holds into the socket dst and returns the bytes moved;
+// unix.EAGAIN means dst cannot take more now.
+func (s *Splicer) Drain(dst int) (int, error) {
+	if s.inPipe == 0 {
+		return 0, nil
+	}
+	for {
+		n, err := unix.Splice(s.p.r, nil, dst, nil, s.inPipe, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return 0, err
+		}
+		s.inPipe -= int(n)
+		if s.inPipe == 0 {
+			putPipe(s.p, true)
+			s.p = nil
+		}
+		return int(n), nil
+	}
+}
+
+// Pending returns the bytes in the pipe, read from the source and not yet written.
+func (s *Splicer) Pending() int { return s.inPipe }
+
+// Release gives the pipe back (or closes it, when bytes are left in it).
+func (s *Splicer) Release() {
+	if s.p != nil {
+		putPipe(s.p, s.inPipe == 0)
+		s.p, s.inPipe = nil, 0
 	}
 }

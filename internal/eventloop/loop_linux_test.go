@@ -1,0 +1,278 @@
+package eventloop
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+const waitLimit = 5 * time.Second
+
+// start runs l in a goroutine until the test ends.
+func start(t *testing.T, l *Loop) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- l.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := recv(t, done, "Run to return"); err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+}
+
+func newLoop(t *testing.T) *Loop {
+	t.Helper()
+	l, err := New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// recv waits for a value on ch, failing the test after waitLimit.
+func recv[T any](t *testing.T, ch <-chan T, what string) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(waitLimit):
+		t.Fatalf("timed out waiting for %s", what)
+		panic("unreachable")
+	}
+}
+
+// socketpair returns a connected non-blocking pair closed when the test ends.
+func socketpair(t *testing.T) [2]int {
+	t.Helper()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fds[0]); unix.Close(fds[1]) })
+	return fds
+}
+
+func write(t *testing.T, fd int, s string) {
+	t.Helper()
+	if _, err := unix.Write(fd, []byte(s)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestReadiness(t *testing.T) {
+	l := newLoop(t)
+	sp := socketpair(t)
+	got := make(chan string, 1)
+	err := l.Add(sp[0], unix.EPOLLIN|unix.EPOLLET, func(events uint32) {
+		buf := make([]byte, 64)
+		n, err := unix.Read(sp[0], buf)
+		if err != nil {
+			t.Errorf("read: %v", err)
+			return
+		}
+		got <- string(buf[:n])
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start(t, l)
+	write(t, sp[1], "hello")
+	if s := recv(t, got, "readiness callback"); s != "hello" {
+		t.Errorf("read %q, want %q", s, "hello")
+	}
+}
+
+func TestModifyKeepsCallback(t *testing.T) {
+	l := newLoop(t)
+	sp := socketpair(t)
+	got := make(chan uint32, 1)
+	if err := l.Add(sp[0], unix.EPOLLET, func(events uint32) { got <- events }); err != nil {
+		t.Fatal(err)
+	}
+	start(t, l)
+	modified := make(chan error, 1)
+	l.Post(func() { modified <- l.Modify(sp[0], unix.EPOLLIN|unix.EPOLLET) })
+	if err := recv(t, modified, "Modify"); err != nil {
+		t.Fatal(err)
+	}
+	write(t, sp[1], "x")
+	if ev := recv(t, got, "callback after Modify"); ev&unix.EPOLLIN == 0 {
+		t.Errorf("events %#x, want EPOLLIN", ev)
+	}
+	l.Post(func() { modified <- l.Modify(1<<20, unix.EPOLLIN) })
+	if err := recv(t, modified, "Modify"); !errors.Is(err, unix.ENOENT) {
+		t.Errorf("Modify of unregistered fd: %v, want ENOENT", err)
+	}
+}
+
+func TestPostFromManyGoroutines(t *testing.T) {
+	const goroutines, perGoroutine = 8, 100
+	l := newLoop(t)
+	start(t, l)
+
+	count := 0 // touched only on the loop
+	loopTID, otherTID := 0, false
+	onLoop := func() {
+		tid := unix.Gettid()
+		if loopTID == 0 {
+			loopTID = tid
+		}
+		otherTID = otherTID || tid != loopTID
+	}
+	var wg sync.WaitGroup
+	for range goroutines {
+		wg.Go(func() {
+			for range perGoroutine {
+				l.Post(func() { onLoop(); count++ })
+			}
+		})
+	}
+	wg.Wait()
+	got := make(chan int, 1)
+	l.Post(func() { onLoop(); got <- count })
+	if n := recv(t, got, "final Post"); n != goroutines*perGoroutine {
+		t.Errorf("ran %d posted funcs, want %d", n, goroutines*perGoroutine)
+	}
+	if otherTID {
+		t.Error("posted funcs ran on more than one OS thread")
+	}
+}
+
+func TestTimers(t *testing.T) {
+	l := newLoop(t)
+	start(t, l)
+
+	type firing struct {
+		name    string
+		elapsed time.Duration
+	}
+	fired := make(chan firing, 10)
+	stopped := make(chan bool, 1)
+	l.Post(func() {
+		t0 := l.Now()
+		at := func(name string, d time.Duration) *Timer {
+			return l.AfterFunc(d, func() { fired <- firing{name, time.Since(t0)} })
+		}
+		at("30ms", 30*time.Millisecond)
+		at("10ms", 10*time.Millisecond)
+		at("20ms", 20*time.Millisecond)
+		stopped <- at("stopped", 15*time.Millisecond).Stop()
+		at("40ms", 5*time.Millisecond).Reset(40 * time.Millisecond)
+	})
+	if !recv(t, stopped, "Stop") {
+		t.Error("Stop of a pending timer returned false")
+	}
+	want := []time.Duration{10, 20, 30, 40}
+	for _, ms := range want {
+		d := ms * time.Millisecond
+		f := recv(t, fired, d.String()+" timer")
+		if f.name != d.String() {
+			t.Fatalf("timer %s fired, want %s", f.name, d)
+		}
+		if f.elapsed < d {
+			t.Errorf("timer %s fired early, after %v", f.name, f.elapsed)
+		}
+	}
+
+	// Stop after the timer ran reports false; a zero delay still runs.
+	after := make(chan bool, 1)
+	l.Post(func() {
+		var tm *Timer
+		tm = l.AfterFunc(0, func() { after <- tm.Stop() })
+	})
+	if recv(t, after, "zero-delay timer") {
+		t.Error("Stop of a timer that ran returned true")
+	}
+	select {
+	case f := <-fired:
+		t.Errorf("unexpected timer %s fired", f.name)
+	default:
+	}
+}
+
+// TestRemoveStaleEvent checks that an event collected for a descriptor is
+// not delivered after Remove, even when the descriptor number is reused and
+// registered again within the same epoll_wait batch.
+func TestRemoveStaleEvent(t *testing.T) {
+	l := newLoop(t)
+	a, b := socketpair(t), socketpair(t)
+	write(t, a[1], "a")
+	write(t, b[1], "b")
+
+	// Both descriptors are readable before Run, so the first epoll_wait
+	// returns both. Whichever callback runs first replaces the other.
+	type result struct{ first, reused int }
+	done := make(chan result, 1)
+	var stale []string // appended only on the loop
+	handled := false
+	replace := func(self, other int) {
+		if handled {
+			stale = append(stale, "old callback")
+			return
+		}
+		handled = true
+		l.Remove(other)
+		// Dup3 closes other and puts an unreadable socket on its number.
+		fresh := socketpair(t) // nothing is written to fresh[1]
+		if err := unix.Dup3(fresh[0], other, unix.O_CLOEXEC); err != nil {
+			t.Errorf("dup3: %v", err)
+		}
+		err := l.Add(other, unix.EPOLLIN|unix.EPOLLET, func(uint32) {
+			stale = append(stale, "new callback")
+		})
+		if err != nil {
+			t.Errorf("re-add: %v", err)
+		}
+		// Posted funcs run after the whole batch has been dispatched.
+		l.Post(func() { done <- result{self, other} })
+	}
+	for _, fd := range []int{a[0], b[0]} {
+		other := a[0] + b[0] - fd
+		if err := l.Add(fd, unix.EPOLLIN|unix.EPOLLET, func(uint32) { replace(fd, other) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start(t, l)
+	recv(t, done, "batch")
+	got := make(chan []string, 1)
+	l.Post(func() { got <- stale })
+	if s := recv(t, got, "result"); len(s) > 0 {
+		t.Errorf("stale event delivered to %v", s)
+	}
+}
+
+func TestRunStopsOnCancel(t *testing.T) {
+	l := newLoop(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- l.Run(ctx) }()
+
+	ran := make(chan struct{})
+	l.Post(func() { close(ran) })
+	recv(t, ran, "loop to start")
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("Run did not return within 2s of cancel")
+	}
+
+	posted := make(chan struct{})
+	go func() {
+		l.Post(func() { t.Error("func posted after Run returned was run") })
+		close(posted)
+	}()
+	recv(t, posted, "Post after Run returned")
+	if err := l.Run(context.Background()); err == nil {
+		t.Error("second Run returned nil")
+	}
+}

@@ -1,0 +1,755 @@
+package forward
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"golang.org/x/time/rate"
+
+	"shd-tcp-tools/internal/endpoint"
+	"shd-tcp-tools/internal/eventloop"
+	"shd-tcp-tools/internal/ratelimit"
+	"shd-tcp-tools/internal/relay"
+)
+
+// The life of a connection in the event-loop engine. Every method runs on the connection's
+// loop.
+const (
+	stResolving  = iota // names being looked up off the loop
+	stConnecting        // a non-blocking connect to targets[next-1] is in flight
+	stInserting         // writing --insert to the destination
+	stRelaying          // splicing both ways
+	stClosing           // waiting for the peers to acknowledge before the close
+	stClosed
+)
+
+const (
+	up   = 0 // client to server
+	down = 1 // server to client
+
+	endStopped = relay.EndStopped
+
+	// settleFirst and settleMax are the first and the longest pause between two looks at
+	// whether a peer acknowledged everything before the close (see relay.Join).
+	settleFirst = 100 * time.Microsecond
+	settleMax   = 50 * time.Millisecond
+	settleLimit = 10 * time.Second
+)
+
+// target is one address to try: an address of candidate ep, or why the name gave none.
+type target struct {
+	ep   int
+	addr netip.AddrPort
+	err  error
+}
+
+// lconn is one client connection in the event-loop engine.
+type lconn struct {
+	ls  *loopState
+	s   *Server
+	id  uint64
+	cfd int
+	sfd int // -1 until a connect is started
+
+	from, to, host string
+	start          time.Time
+	state          int
+
+	cands      []choice
+	eps        []endpoint.Endpoint
+	targets    []target
+	next       int
+	failures   int
+	shortSince time.Time        // when connecting first found no descriptor
+	timer      *eventloop.Timer // connect or --insert deadline, or the settle poll
+
+	inserted int
+
+	dirs       [2]ldir
+	lastActive time.Time
+	idle       *eventloop.Timer
+
+	end            string
+	ending         bool // both directions are stopping
+	aborted        bool // ... because of an error, a timeout or a stop
+	reset          bool // one side was reset and the other is being reset
+	eof            [2]bool
+	settleWait     time.Duration
+	settleDeadline time.Time
+}
+
+// ldir is one direction of a relayed connection.
+type ldir struct {
+	src, dst int
+	sp       relay.Splicer
+	n        int64
+	srcEOF   bool // src ended; what is in the pipe still goes out
+	stopped  bool
+	lim      *rate.Limiter
+	step     int
+	credit   int
+	wait     *eventloop.Timer // rate limit
+	held     []byte           // read through user space when no pipe could be had
+}
+
+// begin checks the allow list and starts the connection to a destination.
+func (c *lconn) begin(client netip.AddrPort) {
+	s := c.s
+	c.from = client.String()
+	if !s.cfg.Allow.Allows(client.Addr()) {
+		unix.Close(c.cfd)
+		s.log.Refused(c.from, "not in the allow list")
+		c.state = stClosed
+		delete(c.ls.conns, c)
+		s.done()
+		return
+	}
+	c.id = s.ids.Add(1)
+	if s.bal != nil {
+		c.cands = s.bal.candidates()
+	} else {
+		c.cands = []choice{{ep: s.cfg.Dest}}
+	}
+	c.eps = make([]endpoint.Endpoint, len(c.cands))
+	names := false
+	for i, ch := range c.cands {
+		c.eps[i] = ch.ep
+		if a, err := netip.ParseAddr(ch.ep.Host); err == nil {
+			c.targets = append(c.targets, target{ep: i, addr: netip.AddrPortFrom(a.Unmap(), uint16(ch.ep.Port))})
+		} else {
+			names = true
+		}
+	}
+	if !names {
+		c.state = stConnecting
+		c.dialNext()
+		return
+	}
+	// Names are looked up off the loop; the answer comes back as a posted function.
+	c.state, c.targets = stResolving, nil
+	eps, network, lp := c.eps, c.network(), c.ls.lp
+	timeout := orDefault(s.cfg.ConnectTimeout, DefaultConnectTimeout)
+	go func() {
+		var ts []target
+		for i, ep := range eps {
+			if a, err := netip.ParseAddr(ep.Host); err == nil {
+				ts = append(ts, target{ep: i, addr: netip.AddrPortFrom(a.Unmap(), uint16(ep.Port))})
+				continue
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), timeout)
+			addrs, err := net.DefaultResolver.LookupNetIP(ctx, network, ep.Host)
+			cancel()
+			if err == nil && len(addrs) == 0 {
+				err = errors.New("no address")
+			}
+			if err != nil {
+				ts = append(ts, target{ep: i, err: err})
+				continue
+			}
+			for _, a := range addrs {
+				ts = append(ts, target{ep: i, addr: netip.AddrPortFrom(a.Unmap(), uint16(ep.Port))})
+			}
+		}
+		lp.Post(func() {
+			if c.state == stResolving {
+				c.targets, c.state = ts, stConnecting
+				c.dialNext()
+			}
+		})
+	}()
+}
+
+// network is what names resolve to: both families, or the family of the local address.
+func (c *lconn) network() string {
+	switch l := c.s.cfg.Local; {
+	case l == nil:
+		return "ip"
+	case l.To4() != nil:
+		return "ip4"
+	default:
+		return "ip6"
+	}
+}
+
+// dialNext starts a connection to the next target, logging each one that fails at once;
+// when none is left the client is reset.
+func (c *lconn) dialNext() {
+	for c.next < len(c.targets) {
+		t := c.targets[c.next]
+		c.next++
+		if t.err != nil {
+			c.failed(t, t.err)
+			continue
+		}
+		if err := c.connect(t.addr); err != nil {
+			if shortage(err) && c.waitForDescriptor(err) {
+				c.next-- // the same target again, once descriptors free up
+				return
+			}
+			c.failed(t, err)
+			continue
+		}
+		timeout := orDefault(c.s.cfg.ConnectTimeout, DefaultConnectTimeout)
+		c.timer = c.ls.lp.AfterFunc(timeout, func() {
+			c.timer = nil
+			c.connectFailed(errTimedOut)
+		})
+		return
+	}
+	c.s.bal.settleIfAny(c.cands, -1)
+	if c.failures == 0 {
+		c.s.log.Failed(c.id, c.from, "-", errors.New("no host to connect to"))
+	}
+	_ = unix.SetsockoptLinger(c.cfd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+	unix.Close(c.cfd)
+	c.state = stClosed
+	delete(c.ls.conns, c)
+	c.s.done()
+}
+
+var errTimedOut = errors.New("connection timed out")
+
+// waitForDescriptor handles a connect that found no descriptor or memory for its socket:
+// the client stays connected and waits, while accepting pauses, and the same target is
+// tried again after the back-off, until the connect timeout since the first shortage.
+// It reports false when that time is up.
+func (c *lconn) waitForDescriptor(err error) bool {
+	now := c.ls.lp.Now()
+	if c.shortSince.IsZero() {
+		c.shortSince = now
+	}
+	if now.Sub(c.shortSince) >= orDefault(c.s.cfg.ConnectTimeout, DefaultConnectTimeout) {
+		return false
+	}
+	c.s.shorted(err)
+	c.ls.pause()
+	wait := max(c.s.back.pause(c.s.cfg.now()), minBackoff)
+	c.timer = c.ls.lp.AfterFunc(wait, func() {
+		c.timer = nil
+		c.dialNext()
+	})
+	return true
+}
+
+// connect opens a socket and starts a non-blocking connect to addr.
+func (c *lconn) connect(addr netip.AddrPort) error {
+	cfg := &c.s.cfg
+	family := unix.AF_INET6
+	if addr.Addr().Is4() {
+		family = unix.AF_INET
+	}
+	if l := cfg.Local; l != nil && (l.To4() != nil) != addr.Addr().Is4() {
+		return errors.New("address family differs from the local address (INADDR_DEFAULT)")
+	}
+	socket := c.s.socket
+	if socket == nil {
+		socket = unix.Socket
+	}
+	fd, err := socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return os.NewSyscallError("socket", err)
+	}
+	fail := func(call string, err error) error {
+		unix.Close(fd)
+		return os.NewSyscallError(call, err)
+	}
+	if err := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1); err != nil {
+		return fail("setsockopt", err)
+	}
+	if ka := orDefault(cfg.KeepAlive, DefaultKeepAlive); ka > 0 {
+		secs := max(int(ka/time.Second), 1)
+		for _, o := range [...]struct{ level, name, value int }{
+			{unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1},
+			{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, secs},
+			{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, secs},
+			{unix.IPPROTO_TCP, unix.TCP_KEEPCNT, 9},
+		} {
+			if err := unix.SetsockoptInt(fd, o.level, o.name, o.value); err != nil {
+				return fail("setsockopt", err)
+			}
+		}
+	}
+	if l := cfg.Local; l != nil {
+		la, _ := netip.AddrFromSlice(l)
+		if err := unix.Bind(fd, sockaddr(netip.AddrPortFrom(la.Unmap(), 0))); err != nil {
+			return fail("bind", err)
+		}
+	}
+	err = unix.Connect(fd, sockaddr(addr))
+	if err != nil && !errors.Is(err, unix.EINPROGRESS) {
+		return fail("connect", err)
+	}
+	if err := c.ls.lp.Add(fd, unix.EPOLLIN|unix.EPOLLOUT|unix.EPOLLRDHUP|unix.EPOLLET, c.serverReady); err != nil {
+		return fail("epoll_ctl", err)
+	}
+	c.sfd = fd
+	return nil
+}
+
+// failed logs one target that could not be reached.
+func (c *lconn) failed(t target, err error) {
+	c.failures++
+	var se *os.SyscallError
+	if errors.As(err, &se) && se.Syscall == "connect" {
+		err = se.Err // "connection refused", as the goroutine-free line has always said
+	}
+	c.s.log.Failed(c.id, c.from, c.eps[t.ep].String(), err)
+	if shortage(err) {
+		c.s.shorted(err)
+		c.ls.pause()
+	}
+}
+
+// connectFailed ends the connect in flight and tries the next target.
+func (c *lconn) connectFailed(err error) {
+	if c.timer != nil {
+		c.timer.Stop()
+		c.timer = nil
+	}
+	c.ls.lp.Remove(c.sfd)
+	unix.Close(c.sfd)
+	c.sfd = -1
+	c.failed(c.targets[c.next-1], err)
+	c.dialNext()
+}
+
+// serverReady handles the destination socket's events in every state.
+func (c *lconn) serverReady(ev uint32) {
+	switch c.state {
+	case stConnecting:
+		if ev&(unix.EPOLLOUT|unix.EPOLLERR|unix.EPOLLHUP) == 0 {
+			return
+		}
+		v, err := unix.GetsockoptInt(c.sfd, unix.SOL_SOCKET, unix.SO_ERROR)
+		switch {
+		case err != nil:
+			c.connectFailed(os.NewSyscallError("getsockopt", err))
+		case v != 0:
+			c.connectFailed(syscall.Errno(v))
+		default:
+			c.connected()
+		}
+	case stInserting:
+		if ev&(unix.EPOLLOUT|unix.EPOLLERR|unix.EPOLLHUP) != 0 {
+			c.insertMore()
+		}
+	default:
+		c.relayReady(ev, c.sfd, down)
+	}
+}
+
+// clientReady handles the client socket's events once the destination is connected.
+func (c *lconn) clientReady(ev uint32) { c.relayReady(ev, c.cfd, up) }
+
+// relayReady handles the events of fd, the source of direction in, while relaying or
+// closing.
+func (c *lconn) relayReady(ev uint32, fd, in int) {
+	switch c.state {
+	case stRelaying:
+		if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+			c.pump(in)
+		}
+		if ev&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+			c.pump(1 - in)
+		}
+	case stClosing:
+		if ev&unix.EPOLLIN != 0 {
+			discard(fd)
+		}
+	}
+}
+
+// connected logs the open and moves on to --insert or the relay.
+func (c *lconn) connected() {
+	s := c.s
+	if c.timer != nil {
+		c.timer.Stop()
+		c.timer = nil
+	}
+	idx := c.targets[c.next-1].ep
+	s.bal.settleIfAny(c.cands, idx)
+	if line := s.back.ok(); line != "" {
+		s.log.Printf("%s", line)
+	}
+	c.to = c.eps[idx].String()
+	c.host = c.cands[idx].name
+	s.log.Open(c.id, c.from, c.to)
+	if err := c.ls.lp.Add(c.cfd, unix.EPOLLIN|unix.EPOLLOUT|unix.EPOLLRDHUP|unix.EPOLLET, c.clientReady); err != nil {
+		c.endSetup("error: " + os.NewSyscallError("epoll_ctl", err).Error())
+		return
+	}
+	if len(s.cfg.Insert) == 0 {
+		c.startRelay()
+		return
+	}
+	c.state = stInserting
+	c.timer = c.ls.lp.AfterFunc(orDefault(s.cfg.ConnectTimeout, DefaultConnectTimeout), func() {
+		c.timer = nil
+		c.endSetup("error: sending the --insert data: i/o timeout")
+	})
+	c.insertMore()
+}
+
+// insertMore writes what is left of --insert; the relay starts once all of it is out.
+func (c *lconn) insertMore() {
+	ins := c.s.cfg.Insert
+	for c.inserted < len(ins) {
+		n, err := write(c.sfd, ins[c.inserted:])
+		if errors.Is(err, unix.EAGAIN) {
+			return
+		}
+		if err != nil {
+			c.endSetup("error: sending the --insert data: " + err.Error())
+			return
+		}
+		c.inserted += n
+	}
+	if c.timer != nil {
+		c.timer.Stop()
+		c.timer = nil
+	}
+	c.startRelay()
+}
+
+// endSetup ends a connection that was opened but never relayed.
+func (c *lconn) endSetup(end string) {
+	c.end, c.ending, c.aborted = end, true, true
+	c.closeNow()
+}
+
+// startRelay starts both directions.
+func (c *lconn) startRelay() {
+	cfg := &c.s.cfg
+	c.state = stRelaying
+	c.start = c.ls.lp.Now()
+	c.lastActive = c.start
+	c.dirs[up] = ldir{src: c.cfd, dst: c.sfd}
+	c.dirs[down] = ldir{src: c.sfd, dst: c.cfd}
+	for i := range c.dirs {
+		d := &c.dirs[i]
+		d.step = 1 << 20
+		if d.lim = ratelimit.New(cfg.Rate); d.lim != nil {
+			d.step = min(d.step, d.lim.Burst())
+		}
+	}
+	if cfg.IdleTimeout > 0 {
+		c.idle = c.ls.lp.AfterFunc(cfg.IdleTimeout, c.checkIdle)
+	}
+	c.pump(up)
+	c.pump(down)
+}
+
+func (c *lconn) checkIdle() {
+	c.idle = nil
+	if c.state != stRelaying {
+		return
+	}
+	quiet := c.ls.lp.Now().Sub(c.lastActive)
+	if quiet >= c.s.cfg.IdleTimeout {
+		c.abort(relay.EndIdle)
+		return
+	}
+	c.idle = c.ls.lp.AfterFunc(c.s.cfg.IdleTimeout-quiet, c.checkIdle)
+}
+
+// pump moves bytes one way until the source has none, the destination is full, the rate
+// limit makes it wait, or the direction ends.
+func (c *lconn) pump(i int) {
+	d := &c.dirs[i]
+	for c.state == stRelaying && !d.stopped && d.wait == nil {
+		if len(d.held) > 0 {
+			m, err := write(d.dst, d.held)
+			if errors.Is(err, unix.EAGAIN) {
+				return
+			}
+			if err != nil {
+				c.dirFailed(os.NewSyscallError("write", err))
+				return
+			}
+			d.held = d.held[m:]
+			c.moved(d, m)
+			continue
+		}
+		if d.sp.Pending() > 0 {
+			m, err := d.sp.Drain(d.dst)
+			if errors.Is(err, unix.EAGAIN) {
+				return
+			}
+			if err != nil {
+				c.dirFailed(os.NewSyscallError("splice", err))
+				return
+			}
+			c.moved(d, m)
+			continue
+		}
+		if d.srcEOF {
+			c.dirFinished(i)
+			return
+		}
+		max := 1 << 20
+		if d.lim != nil {
+			if d.credit < d.step {
+				now := c.ls.lp.Now()
+				r := d.lim.ReserveN(now, d.step-d.credit)
+				d.credit = d.step
+				if delay := r.DelayFrom(now); delay > 0 {
+					d.wait = c.ls.lp.AfterFunc(delay, func() { d.wait = nil; c.pump(i) })
+					return
+				}
+			}
+			max = d.credit
+		}
+		n, err := d.sp.Fill(d.src, max)
+		switch {
+		case errors.Is(err, unix.EAGAIN):
+			return
+		case errors.Is(err, relay.ErrNoPipe):
+			// Out of descriptors for a pipe: this step goes through user space, as the
+			// standard library's copy does, so the relay (and its EOF) goes on.
+			n, err = c.readThrough(d, max)
+			if errors.Is(err, unix.EAGAIN) {
+				return
+			}
+			if err != nil {
+				c.dirFailed(os.NewSyscallError("read", err))
+				return
+			}
+			if n == 0 {
+				d.srcEOF = true
+			}
+			d.credit -= n
+		case err != nil:
+			c.dirFailed(os.NewSyscallError("splice", err))
+			return
+		case n == 0:
+			d.srcEOF = true
+		default:
+			d.credit -= n
+		}
+	}
+}
+
+// moved counts m bytes written by direction d.
+func (c *lconn) moved(d *ldir, m int) {
+	d.n += int64(m)
+	c.lastActive = c.ls.lp.Now()
+	if c.s.bal != nil {
+		c.s.bal.add(c.host, int64(m))
+	}
+}
+
+// readThrough reads up to max bytes from d.src into d.held, for when no splice pipe can
+// be had; pump writes them out.
+func (c *lconn) readThrough(d *ldir, max int) (int, error) {
+	buf := make([]byte, min(max, 16<<10))
+	for {
+		n, err := unix.Read(d.src, buf)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return 0, err
+		}
+		d.held = buf[:n]
+		return n, nil
+	}
+}
+
+// dirFinished passes direction i's clean end on as a FIN and, without --lazy, ends the
+// other direction too.
+func (c *lconn) dirFinished(i int) {
+	d := &c.dirs[i]
+	d.stopped = true
+	if c.ending {
+		return
+	}
+	c.eof[i] = true
+	if c.end == "" {
+		c.end = relay.EndServerClosed
+		if i == up {
+			c.end = relay.EndClientClosed
+		}
+	}
+	_ = unix.Shutdown(d.dst, unix.SHUT_WR)
+	if !c.s.cfg.Lazy {
+		c.ending = true
+		c.closePhase()
+		return
+	}
+	if c.eof[up] && c.eof[down] {
+		c.closePhase()
+	}
+}
+
+// dirFailed ends both directions after an error; a reset is passed on as a reset.
+func (c *lconn) dirFailed(err error) {
+	if c.ending {
+		return
+	}
+	switch {
+	case isReset(c.cfd):
+		c.end, c.reset = relay.EndClientReset, true
+		linger0(c.sfd)
+	case isReset(c.sfd):
+		c.end, c.reset = relay.EndServerReset, true
+		linger0(c.cfd)
+	default:
+		c.end = "error: " + err.Error()
+	}
+	c.ending, c.aborted = true, true
+	c.closePhase()
+}
+
+// abort ends the connection now: a stop, a cut or the idle timeout.
+func (c *lconn) abort(end string) {
+	switch c.state {
+	case stResolving, stConnecting:
+		if c.timer != nil {
+			c.timer.Stop()
+			c.timer = nil
+		}
+		if c.sfd >= 0 {
+			c.ls.lp.Remove(c.sfd)
+			unix.Close(c.sfd)
+			c.sfd = -1
+		}
+		c.s.bal.settleIfAny(c.cands, -1)
+		c.s.log.Failed(c.id, c.from, "-", errors.New(end))
+		linger0(c.cfd)
+		unix.Close(c.cfd)
+		c.state = stClosed
+		delete(c.ls.conns, c)
+		c.s.done()
+	case stInserting:
+		c.endSetup(end)
+	case stRelaying:
+		if !c.ending {
+			c.end, c.ending, c.aborted = end, true, true
+			c.closePhase()
+		}
+	case stClosing:
+		c.closeNow()
+	}
+}
+
+// closePhase stops both directions and closes the sockets, after waiting (bounded) for a
+// peer we stopped reading to acknowledge everything written to it, as relay.Join does.
+func (c *lconn) closePhase() {
+	c.state = stClosing
+	for i := range c.dirs {
+		d := &c.dirs[i]
+		d.stopped = true
+		if d.wait != nil {
+			d.wait.Stop()
+			d.wait = nil
+		}
+		d.sp.Release() // bytes still in a stopped direction's pipe are dropped
+	}
+	if c.idle != nil {
+		c.idle.Stop()
+		c.idle = nil
+	}
+	c.settleWait = settleFirst
+	c.settleDeadline = c.ls.lp.Now().Add(settleLimit)
+	c.settle()
+}
+
+// settle closes once no side we stopped reading has unacknowledged bytes, or at the limit.
+func (c *lconn) settle() {
+	c.timer = nil
+	waiting := false
+	for _, side := range [...]struct {
+		fd  int
+		eof bool
+	}{{c.cfd, c.eof[up]}, {c.sfd, c.eof[down]}} {
+		switch {
+		case c.reset || side.eof:
+		case c.aborted:
+			discard(side.fd)
+		default:
+			discard(side.fd)
+			if unacked(side.fd) > 0 {
+				waiting = true
+			}
+		}
+	}
+	if !waiting || !c.ls.lp.Now().Before(c.settleDeadline) {
+		c.closeNow()
+		return
+	}
+	c.timer = c.ls.lp.AfterFunc(c.settleWait, c.settle)
+	c.settleWait = min(2*c.settleWait, settleMax)
+}
+
+// closeNow closes both sockets, logs the close and settles the counts.
+func (c *lconn) closeNow() {
+	if c.timer != nil {
+		c.timer.Stop()
+		c.timer = nil
+	}
+	for i := range c.dirs {
+		c.dirs[i].sp.Release()
+	}
+	c.ls.lp.Remove(c.cfd)
+	unix.Close(c.cfd)
+	if c.sfd >= 0 {
+		c.ls.lp.Remove(c.sfd)
+		unix.Close(c.sfd)
+	}
+	c.state = stClosed
+	delete(c.ls.conns, c)
+	s := c.s
+	dur := c.ls.lp.Now().Sub(c.start)
+	s.log.Close(c.id, c.from, c.to, uint64(c.dirs[up].n)+uint64(c.inserted), uint64(c.dirs[down].n), dur, c.end)
+	if s.bal != nil {
+		s.bal.add(c.host, int64(c.inserted))
+		s.bal.release(c.host)
+	}
+	s.done()
+}
+
+// write writes to the non-blocking fd, again after an interrupted call; unix.EAGAIN means
+// fd is full.
+func write(fd int, b []byte) (int, error) {
+	for {
+		n, err := unix.Write(fd, b)
+		if !errors.Is(err, unix.EINTR) {
+			return n, err
+		}
+	}
+}
+
+func linger0(fd int) {
+	_ = unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+}
+
+// isReset reports whether fd's peer reset the connection (TCP_CLOSE, see relay.Join).
+func isReset(fd int) bool {
+	info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+	return err == nil && info.State == unix.BPF_TCP_CLOSE
+}
+
+// unacked returns the bytes and FIN written to fd that the peer has not acknowledged.
+func unacked(fd int) int {
+	n, err := unix.IoctlGetInt(fd, unix.SIOCOUTQ)
+	if err != nil {
+		return -1
+	}
+	return n
+}
+
+// discard drops, without copying, what the peer has already sent.
+func discard(fd int) {
+	for range 64 {
+		n, _, errno := unix.Syscall6(unix.SYS_RECVFROM, uintptr(fd), 0, 1<<20, unix.MSG_TRUNC|unix.MSG_DONTWAIT, 0, 0)
+		if errno != 0 || int(n) <= 0 {
+			return
+		}
+	}
+}

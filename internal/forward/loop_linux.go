@@ -1,0 +1,187 @@
+package forward
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"sync"
+
+	"golang.org/x/sys/unix"
+
+	"shd-tcp-tools/internal/eventloop"
+)
+
+// The event-loop engine: one loop per CPU, each on its own thread, accepts from the shared
+// listening socket and runs every connection it accepted as a state machine (connect,
+// --insert, splice both ways, close) on raw non-blocking sockets. A connection costs no
+// goroutine, and the standard library's per-connection work (address look-ups, goroutine
+// wake-ups, stack growth) is gone; what is left is the system calls the relay needs.
+
+// engine is the set of loops serving one listener.
+type engine struct {
+	s     *Server
+	lfd   int
+	loops []*loopState
+	fatal chan error // an accept error that is not a shortage; buffered, first one kept
+}
+
+// loopState is what one loop owns: its connections and whether it accepts.
+type loopState struct {
+	e         *engine
+	lp        *eventloop.Loop
+	conns     map[*lconn]struct{}
+	accepting bool
+	paused    *eventloop.Timer // accept back-off
+}
+
+// serveLoops accepts on ln with one event loop per CPU until ctx is cancelled, then stops
+// accepting (before returning, so ln can be closed) and returns. The loops keep running the
+// open connections until stop is called: cut ends those still open, and stop ends the loops.
+func (s *Server) serveLoops(ctx context.Context, ln *net.TCPListener) (cut func(), stop func(), err error) {
+	raw, err := ln.SyscallConn()
+	if err != nil {
+		return nil, nil, err
+	}
+	e := &engine{s: s, fatal: make(chan error, 1)}
+	if err := raw.Control(func(fd uintptr) { e.lfd = int(fd) }); err != nil {
+		return nil, nil, err
+	}
+	// Every loop exists before any accepts: a loop that cannot be made for lack of
+	// descriptors is a start-up error, not one with connections already in flight.
+	runCtx, end := context.WithCancel(context.WithoutCancel(ctx))
+	for range runtime.GOMAXPROCS(0) {
+		lp, err := eventloop.New()
+		if err != nil {
+			end()
+			for _, ls := range e.loops {
+				_ = ls.lp.Run(runCtx) // returns at once, releasing the loop's descriptors
+			}
+			return nil, nil, fmt.Errorf("starting an event loop: %w", err)
+		}
+		e.loops = append(e.loops, &loopState{e: e, lp: lp, conns: map[*lconn]struct{}{}})
+	}
+	var running sync.WaitGroup
+	for _, ls := range e.loops {
+		ls.lp.Post(func() {
+			if err := ls.startAccepting(); err != nil {
+				e.fail(fmt.Errorf("accepting on %s: %w", ln.Addr(), err))
+			}
+		})
+		running.Go(func() { _ = ls.lp.Run(runCtx) })
+	}
+	select {
+	case <-ctx.Done():
+	case err = <-e.fatal:
+	}
+	e.onEachLoop(func(ls *loopState) { ls.stopAccepting() })
+	cut = func() {
+		e.onEachLoop(func(ls *loopState) {
+			for c := range ls.conns {
+				c.abort(endStopped)
+			}
+		})
+	}
+	stop = func() { end(); running.Wait() }
+	return cut, stop, err
+}
+
+// onEachLoop runs f on every loop and waits until all have.
+func (e *engine) onEachLoop(f func(*loopState)) {
+	var wg sync.WaitGroup
+	for _, ls := range e.loops {
+		wg.Add(1)
+		ls.lp.Post(func() { f(ls); wg.Done() })
+	}
+	wg.Wait()
+}
+
+func (ls *loopState) startAccepting() error {
+	ls.accepting = true
+	return ls.lp.Add(ls.e.lfd, unix.EPOLLIN|unix.EPOLLEXCLUSIVE, func(uint32) { ls.accept() })
+}
+
+func (ls *loopState) stopAccepting() {
+	if ls.paused != nil {
+		ls.paused.Stop()
+		ls.paused = nil
+	}
+	if ls.accepting {
+		ls.accepting = false
+		ls.lp.Remove(ls.e.lfd)
+	}
+}
+
+// pause stops accepting on this loop for the back-off's current pause.
+func (ls *loopState) pause() {
+	d := ls.e.s.back.pause(ls.e.s.cfg.now())
+	if d <= 0 || !ls.accepting {
+		return
+	}
+	ls.stopAccepting()
+	ls.paused = ls.lp.AfterFunc(d, func() {
+		ls.paused = nil
+		if err := ls.startAccepting(); err != nil {
+			ls.e.fail(err)
+		}
+	})
+}
+
+func (e *engine) fail(err error) {
+	select {
+	case e.fatal <- err:
+	default:
+	}
+}
+
+// accept takes the waiting clients, a bounded number at a time so that the other loops
+// and this loop's connections get their turn.
+func (ls *loopState) accept() {
+	s := ls.e.s
+	for range 64 {
+		if !ls.accepting {
+			return
+		}
+		fd, sa, err := unix.Accept4(ls.e.lfd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+		switch {
+		case err == nil:
+		case errors.Is(err, unix.EAGAIN):
+			return
+		case errors.Is(err, unix.EINTR), errors.Is(err, unix.ECONNABORTED):
+			continue
+		case shortage(err):
+			s.shorted(os.NewSyscallError("accept4", err))
+			ls.pause()
+			return
+		default:
+			ls.e.fail(os.NewSyscallError("accept4", err))
+			ls.stopAccepting()
+			return
+		}
+		s.wg.Add(1)
+		s.open.Add(1)
+		c := &lconn{ls: ls, s: s, cfd: fd, sfd: -1, start: ls.lp.Now()}
+		ls.conns[c] = struct{}{}
+		c.begin(addrPort(sa))
+	}
+}
+
+func addrPort(sa unix.Sockaddr) netip.AddrPort {
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port))
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(a.Addr).Unmap(), uint16(a.Port))
+	}
+	return netip.AddrPort{}
+}
+
+func sockaddr(a netip.AddrPort) unix.Sockaddr {
+	if a.Addr().Is4() {
+		return &unix.SockaddrInet4{Port: int(a.Port()), Addr: a.Addr().As4()}
+	}
+	return &unix.SockaddrInet6{Port: int(a.Port()), Addr: a.Addr().As16()}
+}
