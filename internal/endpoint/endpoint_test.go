@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestParsePort(t *testing.T) {
@@ -157,5 +159,46 @@ func TestListenError(t *testing.T) {
 	defer ln2.Close()
 	if got := ln2.Addr().(*net.TCPAddr).IP.String(); got != "127.0.0.4" {
 		t.Fatalf("listening on %s", got)
+	}
+}
+
+// The listener's options reach every accepted socket without a system call per connection:
+// TCP_NODELAY and keepalive are read back from a socket accepted with accept4(2) itself,
+// not through net, which would set them again.
+func TestListenerOptionsInherited(t *testing.T) {
+	ln, err := Listen(context.Background(), Endpoint{Host: "127.0.0.1"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.DialTimeout("tcp", ln.Addr().String(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	raw, err := ln.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The dial has returned, so the handshake is done and the connection is queued: one
+	// accept takes it (a listener's RawConn supports only Control).
+	nfd, aerr := -1, error(nil)
+	if err := raw.Control(func(fd uintptr) { nfd, _, aerr = unix.Accept4(int(fd), unix.SOCK_CLOEXEC) }); err != nil || aerr != nil {
+		t.Fatal(err, aerr)
+	}
+	defer unix.Close(nfd)
+	for _, o := range []struct {
+		name       string
+		level, opt int
+		want       int
+	}{
+		{"TCP_NODELAY", unix.IPPROTO_TCP, unix.TCP_NODELAY, 1},
+		{"SO_KEEPALIVE", unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1},
+		{"TCP_KEEPIDLE", unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, int(ListenKeepAlive / time.Second)},
+		{"TCP_KEEPCNT", unix.IPPROTO_TCP, unix.TCP_KEEPCNT, 9},
+	} {
+		if v, err := unix.GetsockoptInt(nfd, o.level, o.opt); err != nil || v != o.want {
+			t.Errorf("%s on an accepted socket: %d, %v; want %d", o.name, v, err, o.want)
+		}
 	}
 }

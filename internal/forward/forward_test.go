@@ -8,6 +8,7 @@ import (
 	"os"
 	"regexp"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -530,4 +531,48 @@ func blackhole(t testing.TB) string {
 		}
 	}
 	return addr
+}
+
+// A destination given by name is looked up off the event loop; every address it has is
+// tried in turn, and a name that does not resolve is logged and the client reset.
+func TestDestinationByName(t *testing.T) {
+	t.Parallel()
+	be := fwdtest.StartBackend(t, "127.0.0.1:0", fwdtest.Echo)
+	port := be.Addr()[strings.LastIndexByte(be.Addr(), ':')+1:]
+	pf := startServer(t, "127.0.0.1:0", Config{Dest: dest(t, "localhost:"+port)})
+	fwdtest.RoundTrip(t, fwdtest.Dial(t, pf.addr), 3, 100000)
+	pf.log.WaitFor(t, `open #1 \S+ -> localhost:`+port+`$`, 1, 5*time.Second)
+
+	bad := startServer(t, "127.0.0.1:0", Config{Dest: endpoint.Endpoint{Host: "no-such-host.invalid", Port: 80}})
+	c := fwdtest.Dial(t, bad.addr)
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("client of an unknown name: %v, want a reset", err)
+	}
+	bad.log.WaitFor(t, `failed #1 \S+ -> no-such-host\.invalid:80: .*no such host`, 1, time.Second)
+}
+
+// --insert to a destination that reads nothing ends at the connect timeout with the
+// error logged, and the bytes that did go out counted.
+func TestInsertTimeout(t *testing.T) {
+	t.Parallel()
+	// A backend that accepts and never reads: its receive buffer fills, then ours.
+	ln := fwdtest.Listen(t, "127.0.0.1:0")
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			t.Cleanup(func() { c.Close() })
+		}
+	}()
+	big := make([]byte, 64<<20)
+	pf := startServer(t, "127.0.0.1:0", Config{Dest: dest(t, ln.Addr().String()), Insert: big, ConnectTimeout: 500 * time.Millisecond})
+	c := fwdtest.Dial(t, pf.addr)
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if n, err := c.Read(make([]byte, 1)); n != 0 || err == nil {
+		t.Errorf("client: read %d bytes, %v; want the connection closed", n, err)
+	}
+	pf.log.WaitFor(t, `close #1 \S+ -> \S+ up=[1-9]\d* .*end="error: sending the --insert data: i/o timeout"$`, 1, 5*time.Second)
 }
