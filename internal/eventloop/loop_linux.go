@@ -208,6 +208,17 @@ func (l *Loop) Remove(fd int) {
 	l.handlers[fd] = handler{}
 }
 
+// CloseFD forgets fd's callback and closes fd, which takes it out of the epoll set: one
+// system call instead of Remove's two and a close. Events for fd still in the current batch
+// are not delivered. fd must not have been duplicated (a duplicate would keep it in the
+// set).
+func (l *Loop) CloseFD(fd int) error {
+	if fd >= 0 && fd < len(l.handlers) {
+		l.handlers[fd] = handler{}
+	}
+	return unix.Close(fd)
+}
+
 // Now returns the time read at the start of the current loop iteration, or
 // the current time before Run starts.
 func (l *Loop) Now() time.Time {

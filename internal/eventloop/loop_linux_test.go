@@ -200,6 +200,19 @@ func TestTimers(t *testing.T) {
 // not delivered after Remove, even when the descriptor number is reused and
 // registered again within the same epoll_wait batch.
 func TestRemoveStaleEvent(t *testing.T) {
+	t.Run("Remove", func(t *testing.T) { testStaleEvent(t, func(l *Loop, fd int) { l.Remove(fd) }) })
+	t.Run("CloseFD", func(t *testing.T) {
+		testStaleEvent(t, func(l *Loop, fd int) {
+			if err := l.CloseFD(fd); err != nil {
+				t.Errorf("CloseFD: %v", err)
+			}
+		})
+	})
+}
+
+// testStaleEvent drops a descriptor with drop while an event for it is pending in the same
+// batch, puts another socket on its number and checks that neither callback sees the event.
+func testStaleEvent(t *testing.T, drop func(l *Loop, fd int)) {
 	l := newLoop(t)
 	a, b := socketpair(t), socketpair(t)
 	write(t, a[1], "a")
@@ -217,9 +230,9 @@ func TestRemoveStaleEvent(t *testing.T) {
 			return
 		}
 		handled = true
-		l.Remove(other)
-		// Dup3 closes other and puts an unreadable socket on its number.
 		fresh := socketpair(t) // nothing is written to fresh[1]
+		drop(l, other)
+		// Dup3 (closing other if drop did not) puts an unreadable socket on its number.
 		if err := unix.Dup3(fresh[0], other, unix.O_CLOEXEC); err != nil {
 			t.Errorf("dup3: %v", err)
 		}

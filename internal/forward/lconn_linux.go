@@ -312,8 +312,7 @@ func (c *lconn) connectFailed(err error) {
 		c.timer.Stop()
 		c.timer = nil
 	}
-	c.ls.lp.Remove(c.sfd)
-	unix.Close(c.sfd)
+	_ = c.ls.lp.CloseFD(c.sfd)
 	c.sfd = -1
 	c.failed(c.targets[c.next-1], err)
 	c.dialNext()
@@ -323,7 +322,10 @@ func (c *lconn) connectFailed(err error) {
 func (c *lconn) serverReady(ev uint32) {
 	switch c.state {
 	case stConnecting:
-		if ev&(unix.EPOLLOUT|unix.EPOLLERR|unix.EPOLLHUP) == 0 {
+		if ev&(unix.EPOLLERR|unix.EPOLLHUP) == 0 {
+			if ev&unix.EPOLLOUT != 0 {
+				c.connected() // writable without an error: the connect succeeded
+			}
 			return
 		}
 		v, err := unix.GetsockoptInt(c.sfd, unix.SOL_SOCKET, unix.SO_ERROR)
@@ -615,8 +617,7 @@ func (c *lconn) abort(end string) {
 			c.timer = nil
 		}
 		if c.sfd >= 0 {
-			c.ls.lp.Remove(c.sfd)
-			unix.Close(c.sfd)
+			_ = c.ls.lp.CloseFD(c.sfd)
 			c.sfd = -1
 		}
 		c.s.bal.settleIfAny(c.cands, -1)
@@ -696,11 +697,9 @@ func (c *lconn) closeNow() {
 	for i := range c.dirs {
 		c.dirs[i].sp.Release()
 	}
-	c.ls.lp.Remove(c.cfd)
-	unix.Close(c.cfd)
+	_ = c.ls.lp.CloseFD(c.cfd)
 	if c.sfd >= 0 {
-		c.ls.lp.Remove(c.sfd)
-		unix.Close(c.sfd)
+		_ = c.ls.lp.CloseFD(c.sfd)
 	}
 	c.state = stClosed
 	delete(c.ls.conns, c)
