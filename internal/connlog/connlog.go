@@ -8,6 +8,7 @@
 package connlog
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"sync"
@@ -22,10 +23,40 @@ type Logger struct {
 	mu  sync.Mutex
 	out io.Writer
 	now func() time.Time
+
+	parent  *Logger      // set for a Buffer: where Flush writes
+	pending bytes.Buffer // a Buffer's lines not yet flushed
 }
 
 // New returns a Logger writing to out.
 func New(out io.Writer) *Logger { return &Logger{out: out, now: time.Now} }
+
+// Buffer returns a Logger that keeps its lines until Flush writes all of them to l in one
+// write: for an event loop, which logs the events of a round and flushes before it waits.
+func (l *Logger) Buffer() *Logger {
+	if l == nil {
+		return nil
+	}
+	return &Logger{now: l.now, parent: l}
+}
+
+// Flush writes the lines a Buffer holds to its parent Logger. It does nothing for a Logger
+// that is not a Buffer.
+func (l *Logger) Flush() {
+	if l == nil || l.parent == nil {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.pending.Len() == 0 {
+		return
+	}
+	p := l.parent
+	p.mu.Lock()
+	_, _ = p.out.Write(l.pending.Bytes())
+	p.mu.Unlock()
+	l.pending.Reset()
+}
 
 // Printf writes one free-form event line.
 func (l *Logger) Printf(format string, args ...any) {
@@ -35,7 +66,11 @@ func (l *Logger) Printf(format string, args ...any) {
 	msg := fmt.Sprintf(format, args...)
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	fmt.Fprintf(l.out, "%s %s\n", l.now().UTC().Format("2006-01-02T15:04:05.000Z"), msg)
+	var out io.Writer = &l.pending
+	if l.parent == nil {
+		out = l.out
+	}
+	fmt.Fprintf(out, "%s %s\n", l.now().UTC().Format("2006-01-02T15:04:05.000Z"), msg)
 }
 
 // Open logs a relayed connection being set up: client -> dest.

@@ -31,3 +31,33 @@ func TestLines(t *testing.T) {
 	var nilLogger *Logger
 	nilLogger.Open(1, "a", "b") // must not panic
 }
+
+// writes records each Write call separately.
+type writes struct{ calls []string }
+
+func (w *writes) Write(p []byte) (int, error) {
+	w.calls = append(w.calls, string(p))
+	return len(p), nil
+}
+
+// A Buffer keeps its lines until Flush, which hands all of them to the parent in one write.
+func TestBuffer(t *testing.T) {
+	w := &writes{}
+	l := New(w)
+	l.now = func() time.Time { return time.Date(2026, 11, 26, 5, 39, 10, 0, time.UTC) }
+	b := l.Buffer()
+	b.Open(1, "a", "b")
+	b.Refused("c", "why")
+	if len(w.calls) != 0 {
+		t.Fatalf("written before Flush: %q", w.calls)
+	}
+	b.Flush()
+	b.Flush() // nothing pending: no write
+	want := "2026-11-26T05:39:10.000Z open #1 a -> b\n2026-11-26T05:39:10.000Z refused c: why\n"
+	if len(w.calls) != 1 || w.calls[0] != want {
+		t.Fatalf("writes %q, want one: %q", w.calls, want)
+	}
+	l.Flush() // not a Buffer: nothing happens
+	var nilLogger *Logger
+	nilLogger.Buffer().Flush() // must not panic
+}

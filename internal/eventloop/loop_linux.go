@@ -30,6 +30,7 @@ type Loop struct {
 	seq      uint64 // arming order, to keep equal deadlines FIFO
 	now      time.Time
 	stop     bool
+	idle     func() // run before each wait, see BeforeWait
 
 	mu     sync.Mutex
 	posted []func()
@@ -78,7 +79,13 @@ func (l *Loop) Run(ctx context.Context) error {
 	defer stopWake()
 
 	events := make([]unix.EpollEvent, 256)
+	if l.idle != nil {
+		defer l.idle()
+	}
 	for !l.stop {
+		if l.idle != nil {
+			l.idle()
+		}
 		armed := l.seq // timers armed after this wait for the next iteration
 		n, err := unix.EpollWait(l.epfd, events, l.timeout())
 		if err == unix.EINTR {
@@ -104,6 +111,10 @@ func (l *Loop) Run(ctx context.Context) error {
 	}
 	return nil
 }
+
+// BeforeWait sets f to run on the loop before each wait for events and once more when Run
+// returns: the place to flush what the callbacks of one round have buffered.
+func (l *Loop) BeforeWait(f func()) { l.idle = f }
 
 // timeout returns the epoll_wait timeout in milliseconds.
 func (l *Loop) timeout() int {

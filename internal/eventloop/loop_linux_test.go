@@ -289,3 +289,32 @@ func TestRunStopsOnCancel(t *testing.T) {
 		t.Error("second Run returned nil")
 	}
 }
+
+// BeforeWait runs before every wait, after the callbacks of the round before, and once
+// more when Run returns.
+func TestBeforeWait(t *testing.T) {
+	l := newLoop(t)
+	var rounds, seen int // loop-only
+	l.BeforeWait(func() { rounds++ })
+	done := make(chan int, 1)
+	l.Post(func() {
+		seen = rounds
+		l.Post(func() { done <- rounds - seen })
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	finished := make(chan error, 1)
+	go func() { finished <- l.Run(ctx) }()
+	if d := recv(t, done, "second post"); d < 1 {
+		t.Errorf("no BeforeWait between two rounds (%d)", d)
+	}
+	before := make(chan int, 1)
+	l.Post(func() { before <- rounds })
+	n := recv(t, before, "count")
+	cancel()
+	if err := recv(t, finished, "Run to return"); err != nil {
+		t.Fatal(err)
+	}
+	if rounds <= n {
+		t.Errorf("BeforeWait not run when Run returned (%d, %d)", rounds, n)
+	}
+}

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"shd-tcp-tools/internal/connlog"
 )
 
 // Accept back-off, as net/http does it: each shortage pauses accepting for 5 ms, doubling
@@ -87,10 +89,10 @@ func shortage(err error) bool {
 		errors.Is(err, syscall.ENOBUFS) || errors.Is(err, syscall.ENOMEM)
 }
 
-// shorted records a shortage in the back-off and logs it when due.
-func (s *Server) shorted(err error) {
+// shorted records a shortage in the back-off and logs it on log when due.
+func (s *Server) shorted(log *connlog.Logger, err error) {
 	if line := s.back.fail(s.cfg.now(), err); line != "" {
-		s.log.Printf("%s", line)
+		log.Printf("%s", line)
 	}
 }
 

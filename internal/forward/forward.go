@@ -62,6 +62,10 @@ type Config struct {
 	// Local (INADDR_DEFAULT) is the local address of outgoing connections; nil is any.
 	Local net.IP
 
+	// Loops is how many event loops, each on its own thread, serve the connections; zero
+	// means GOMAXPROCS.
+	Loops int
+
 	// Log receives the event lines; nil discards them.
 	Log *connlog.Logger
 	// Now is the clock for accept back-off logging; nil is time.Now.

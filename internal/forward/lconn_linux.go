@@ -104,7 +104,7 @@ func (c *lconn) begin(client netip.AddrPort) {
 	c.from = client.String()
 	if !s.cfg.Allow.Allows(client.Addr()) {
 		unix.Close(c.cfd)
-		s.log.Refused(c.from, "not in the allow list")
+		c.ls.log.Refused(c.from, "not in the allow list")
 		c.state = stClosed
 		delete(c.ls.conns, c)
 		s.done()
@@ -204,7 +204,7 @@ func (c *lconn) dialNext() {
 	}
 	c.s.bal.settleIfAny(c.cands, -1)
 	if c.failures == 0 {
-		c.s.log.Failed(c.id, c.from, "-", errors.New("no host to connect to"))
+		c.ls.log.Failed(c.id, c.from, "-", errors.New("no host to connect to"))
 	}
 	_ = unix.SetsockoptLinger(c.cfd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
 	unix.Close(c.cfd)
@@ -227,7 +227,7 @@ func (c *lconn) waitForDescriptor(err error) bool {
 	if now.Sub(c.shortSince) >= orDefault(c.s.cfg.ConnectTimeout, DefaultConnectTimeout) {
 		return false
 	}
-	c.s.shorted(err)
+	c.s.shorted(c.ls.log, err)
 	c.ls.pause()
 	wait := max(c.s.back.pause(c.s.cfg.now()), minBackoff)
 	c.timer = c.ls.lp.AfterFunc(wait, func() {
@@ -299,9 +299,9 @@ func (c *lconn) failed(t target, err error) {
 	if errors.As(err, &se) && se.Syscall == "connect" {
 		err = se.Err // "connection refused", as the goroutine-free line has always said
 	}
-	c.s.log.Failed(c.id, c.from, c.eps[t.ep].String(), err)
+	c.ls.log.Failed(c.id, c.from, c.eps[t.ep].String(), err)
 	if shortage(err) {
-		c.s.shorted(err)
+		c.s.shorted(c.ls.log, err)
 		c.ls.pause()
 	}
 }
@@ -377,11 +377,11 @@ func (c *lconn) connected() {
 	idx := c.targets[c.next-1].ep
 	s.bal.settleIfAny(c.cands, idx)
 	if line := s.back.ok(); line != "" {
-		s.log.Printf("%s", line)
+		c.ls.log.Printf("%s", line)
 	}
 	c.to = c.eps[idx].String()
 	c.host = c.cands[idx].name
-	s.log.Open(c.id, c.from, c.to)
+	c.ls.log.Open(c.id, c.from, c.to)
 	if err := c.ls.lp.Add(c.cfd, unix.EPOLLIN|unix.EPOLLOUT|unix.EPOLLRDHUP|unix.EPOLLET, c.clientReady); err != nil {
 		c.endSetup("error: " + os.NewSyscallError("epoll_ctl", err).Error())
 		return
@@ -621,7 +621,7 @@ func (c *lconn) abort(end string) {
 			c.sfd = -1
 		}
 		c.s.bal.settleIfAny(c.cands, -1)
-		c.s.log.Failed(c.id, c.from, "-", errors.New(end))
+		c.ls.log.Failed(c.id, c.from, "-", errors.New(end))
 		linger0(c.cfd)
 		unix.Close(c.cfd)
 		c.state = stClosed
@@ -705,7 +705,7 @@ func (c *lconn) closeNow() {
 	delete(c.ls.conns, c)
 	s := c.s
 	dur := c.ls.lp.Now().Sub(c.start)
-	s.log.Close(c.id, c.from, c.to, uint64(c.dirs[up].n)+uint64(c.inserted), uint64(c.dirs[down].n), dur, c.end)
+	c.ls.log.Close(c.id, c.from, c.to, uint64(c.dirs[up].n)+uint64(c.inserted), uint64(c.dirs[down].n), dur, c.end)
 	if s.bal != nil {
 		s.bal.add(c.host, int64(c.inserted))
 		s.bal.release(c.host)

@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"shd-tcp-tools/internal/connlog"
 	"shd-tcp-tools/internal/eventloop"
 )
 
@@ -33,6 +34,7 @@ type engine struct {
 type loopState struct {
 	e         *engine
 	lp        *eventloop.Loop
+	log       *connlog.Logger // the server's log, flushed before each wait
 	conns     map[*lconn]struct{}
 	accepting bool
 	paused    *eventloop.Timer // accept back-off
@@ -53,7 +55,11 @@ func (s *Server) serveLoops(ctx context.Context, ln *net.TCPListener) (cut func(
 	// Every loop exists before any accepts: a loop that cannot be made for lack of
 	// descriptors is a start-up error, not one with connections already in flight.
 	runCtx, end := context.WithCancel(context.WithoutCancel(ctx))
-	for range runtime.GOMAXPROCS(0) {
+	n := s.cfg.Loops
+	if n <= 0 {
+		n = runtime.GOMAXPROCS(0)
+	}
+	for range n {
 		lp, err := eventloop.New()
 		if err != nil {
 			end()
@@ -62,7 +68,10 @@ func (s *Server) serveLoops(ctx context.Context, ln *net.TCPListener) (cut func(
 			}
 			return nil, nil, fmt.Errorf("starting an event loop: %w", err)
 		}
-		e.loops = append(e.loops, &loopState{e: e, lp: lp, conns: map[*lconn]struct{}{}})
+		ls := &loopState{e: e, lp: lp, log: s.log.Buffer(), conns: map[*lconn]struct{}{}}
+		// A round's log lines go out in one write, before the loop waits again.
+		lp.BeforeWait(ls.log.Flush)
+		e.loops = append(e.loops, ls)
 	}
 	var running sync.WaitGroup
 	for _, ls := range e.loops {
@@ -153,7 +162,7 @@ func (ls *loopState) accept() {
 		case errors.Is(err, unix.EINTR), errors.Is(err, unix.ECONNABORTED):
 			continue
 		case shortage(err):
-			s.shorted(os.NewSyscallError("accept4", err))
+			s.shorted(ls.log, os.NewSyscallError("accept4", err))
 			ls.pause()
 			return
 		default:
