@@ -262,19 +262,6 @@ func (c *lconn) connect(addr netip.AddrPort) error {
 	if err := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1); err != nil {
 		return fail("setsockopt", err)
 	}
-	if ka := orDefault(cfg.KeepAlive, DefaultKeepAlive); ka > 0 {
-		secs := max(int(ka/time.Second), 1)
-		for _, o := range [...]struct{ level, name, value int }{
-			{unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1},
-			{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, secs},
-			{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, secs},
-			{unix.IPPROTO_TCP, unix.TCP_KEEPCNT, 9},
-		} {
-			if err := unix.SetsockoptInt(fd, o.level, o.name, o.value); err != nil {
-				return fail("setsockopt", err)
-			}
-		}
-	}
 	if l := cfg.Local; l != nil {
 		la, _ := netip.AddrFromSlice(l)
 		if err := unix.Bind(fd, sockaddr(netip.AddrPortFrom(la.Unmap(), 0))); err != nil {
@@ -382,6 +369,7 @@ func (c *lconn) connected() {
 	c.to = c.eps[idx].String()
 	c.host = c.cands[idx].name
 	c.ls.log.Open(c.id, c.from, c.to)
+	c.ls.keepAliveLater(c)
 	if err := c.ls.lp.Add(c.cfd, unix.EPOLLIN|unix.EPOLLOUT|unix.EPOLLRDHUP|unix.EPOLLET, c.clientReady); err != nil {
 		c.endSetup("error: " + os.NewSyscallError("epoll_ctl", err).Error())
 		return
@@ -722,6 +710,24 @@ func write(fd int, b []byte) (int, error) {
 			return n, err
 		}
 	}
+}
+
+// setKeepAlive turns TCP keepalive on for fd with the given period: the first probe after
+// that long without traffic, then one every period, and the connection dropped after 9
+// unanswered.
+func setKeepAlive(fd int, period time.Duration) error {
+	secs := max(int(period/time.Second), 1)
+	for _, o := range [...]struct{ level, name, value int }{
+		{unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1},
+		{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, secs},
+		{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, secs},
+		{unix.IPPROTO_TCP, unix.TCP_KEEPCNT, 9},
+	} {
+		if err := unix.SetsockoptInt(fd, o.level, o.name, o.value); err != nil {
+			return os.NewSyscallError("setsockopt", err)
+		}
+	}
+	return nil
 }
 
 func linger0(fd int) {

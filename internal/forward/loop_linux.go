@@ -8,7 +8,9 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"strconv"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -38,6 +40,38 @@ type loopState struct {
 	conns     map[*lconn]struct{}
 	accepting bool
 	paused    *eventloop.Timer // accept back-off
+
+	young     []*lconn         // connected since the last keepalive round
+	keepalive *eventloop.Timer // the next keepalive round, while young is not empty
+}
+
+// keepAliveDelay is how often a loop turns keepalive on for the destination sockets of
+// the connections made since its last round that are still open. Keepalive only matters
+// for a connection idle for its whole period (15 s by default), so short connections are
+// spared four system calls, and a long one gets its first probe at most this much later.
+const keepAliveDelay = time.Second
+
+// keepAliveLater has keepalive set on c's destination socket in the next round, if c is
+// still open then.
+func (ls *loopState) keepAliveLater(c *lconn) {
+	period := orDefault(ls.e.s.cfg.KeepAlive, DefaultKeepAlive)
+	if period <= 0 {
+		return
+	}
+	ls.young = append(ls.young, c)
+	if ls.keepalive != nil {
+		return
+	}
+	ls.keepalive = ls.lp.AfterFunc(keepAliveDelay, func() {
+		ls.keepalive = nil
+		for _, c := range ls.young {
+			if c.state == stInserting || c.state == stRelaying {
+				_ = setKeepAlive(c.sfd, period)
+			}
+		}
+		clear(ls.young)
+		ls.young = ls.young[:0]
+	})
 }
 
 // serveLoops accepts on ln with one event loop per CPU until ctx is cancelled, then stops
@@ -103,7 +137,11 @@ func (e *engine) onEachLoop(f func(*loopState)) {
 	var wg sync.WaitGroup
 	for _, ls := range e.loops {
 		wg.Add(1)
-		ls.lp.Post(func() { f(ls); wg.Done() })
+		ls.lp.Post(func() {
+			f(ls)
+			ls.log.Flush() // before the caller goes on to log lines of its own
+			wg.Done()
+		})
 	}
 	wg.Wait()
 }
@@ -192,5 +230,13 @@ func sockaddr(a netip.AddrPort) unix.Sockaddr {
 	if a.Addr().Is4() {
 		return &unix.SockaddrInet4{Port: int(a.Port()), Addr: a.Addr().As4()}
 	}
-	return &unix.SockaddrInet6{Port: int(a.Port()), Addr: a.Addr().As16()}
+	sa := &unix.SockaddrInet6{Port: int(a.Port()), Addr: a.Addr().As16()}
+	if zone := a.Addr().Zone(); zone != "" { // fe80::1%eth0
+		if ifi, err := net.InterfaceByName(zone); err == nil {
+			sa.ZoneId = uint32(ifi.Index)
+		} else if n, err := strconv.Atoi(zone); err == nil {
+			sa.ZoneId = uint32(n)
+		}
+	}
+	return sa
 }
