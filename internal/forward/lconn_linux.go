@@ -329,16 +329,16 @@ func (c *lconn) serverReady(ev uint32) {
 			c.insertMore()
 		}
 	default:
-		c.relayReady(ev, c.sfd, down)
+		c.relayReady(ev, down)
 	}
 }
 
 // clientReady handles the client socket's events once the destination is connected.
-func (c *lconn) clientReady(ev uint32) { c.relayReady(ev, c.cfd, up) }
+func (c *lconn) clientReady(ev uint32) { c.relayReady(ev, up) }
 
-// relayReady handles the events of fd, the source of direction in, while relaying or
-// closing.
-func (c *lconn) relayReady(ev uint32, fd, in int) {
+// relayReady handles the events of the socket that is the source of direction in, while
+// relaying or closing.
+func (c *lconn) relayReady(ev uint32, in int) {
 	switch c.state {
 	case stRelaying:
 		if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
@@ -348,9 +348,7 @@ func (c *lconn) relayReady(ev uint32, fd, in int) {
 			c.pump(1 - in)
 		}
 	case stClosing:
-		if ev&unix.EPOLLIN != 0 {
-			discard(fd)
-		}
+		c.settle(false) // the peer answered: maybe the acknowledgement we wait for
 	}
 }
 
@@ -646,12 +644,18 @@ func (c *lconn) closePhase() {
 	}
 	c.settleWait = settleFirst
 	c.settleDeadline = c.ls.lp.Now().Add(settleLimit)
-	c.settle()
+	c.settle(true)
 }
 
-// settle closes once no side we stopped reading has unacknowledged bytes, or at the limit.
-func (c *lconn) settle() {
-	c.timer = nil
+// settle closes once no side we stopped reading has unacknowledged bytes (discarding what
+// it sends meanwhile), or at the limit. It runs when the close phase starts (first), on
+// every event of the connection's sockets after that, and on a timer backing off from
+// settleFirst to settleMax in case no event comes.
+func (c *lconn) settle(first bool) {
+	if c.timer != nil {
+		c.timer.Stop()
+		c.timer = nil
+	}
 	waiting := false
 	for _, side := range [...]struct {
 		fd  int
@@ -663,7 +667,9 @@ func (c *lconn) settle() {
 			discard(side.fd)
 		default:
 			discard(side.fd)
-			if unacked(side.fd) > 0 {
+			// When the close phase starts, the FIN just sent to this side cannot have
+			// been acknowledged yet: wait for the peer's answer instead of asking now.
+			if first || unacked(side.fd) > 0 {
 				waiting = true
 			}
 		}
@@ -672,7 +678,10 @@ func (c *lconn) settle() {
 		c.closeNow()
 		return
 	}
-	c.timer = c.ls.lp.AfterFunc(c.settleWait, c.settle)
+	c.timer = c.ls.lp.AfterFunc(c.settleWait, func() {
+		c.timer = nil
+		c.settle(false)
+	})
 	c.settleWait = min(2*c.settleWait, settleMax)
 }
 

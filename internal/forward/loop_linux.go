@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"sync"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -192,7 +193,7 @@ func (ls *loopState) accept() {
 		if !ls.accepting {
 			return
 		}
-		fd, sa, err := unix.Accept4(ls.e.lfd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+		fd, client, err := accept4(ls.e.lfd)
 		switch {
 		case err == nil:
 		case errors.Is(err, unix.EAGAIN):
@@ -212,18 +213,37 @@ func (ls *loopState) accept() {
 		s.open.Add(1)
 		c := &lconn{ls: ls, s: s, cfd: fd, sfd: -1, start: ls.lp.Now()}
 		ls.conns[c] = struct{}{}
-		c.begin(addrPort(sa))
+		c.begin(client)
 	}
 }
 
-func addrPort(sa unix.Sockaddr) netip.AddrPort {
-	switch a := sa.(type) {
-	case *unix.SockaddrInet4:
-		return netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port))
-	case *unix.SockaddrInet6:
-		return netip.AddrPortFrom(netip.AddrFrom16(a.Addr).Unmap(), uint16(a.Port))
+// accept4 accepts a connection on the listening socket lfd, non-blocking, and returns its
+// descriptor and the client's address. It is unix.Accept4 without the getsockopt
+// (SO_PROTOCOL) that x/sys/unix adds to every IPv4 and IPv6 accept to tell L2TP sockets
+// apart: one system call less per connection.
+func accept4(lfd int) (int, netip.AddrPort, error) {
+	var rsa unix.RawSockaddrAny
+	n := uint32(unix.SizeofSockaddrAny)
+	fd, _, errno := unix.Syscall6(unix.SYS_ACCEPT4, uintptr(lfd), uintptr(unsafe.Pointer(&rsa)),
+		uintptr(unsafe.Pointer(&n)), unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0, 0)
+	if errno != 0 {
+		return -1, netip.AddrPort{}, errno
 	}
-	return netip.AddrPort{}
+	switch rsa.Addr.Family {
+	case unix.AF_INET:
+		sa := (*unix.RawSockaddrInet4)(unsafe.Pointer(&rsa))
+		return int(fd), netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), netPort(&sa.Port)), nil
+	case unix.AF_INET6:
+		sa := (*unix.RawSockaddrInet6)(unsafe.Pointer(&rsa))
+		return int(fd), netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), netPort(&sa.Port)), nil
+	}
+	return int(fd), netip.AddrPort{}, nil
+}
+
+// netPort reads a port stored in network byte order.
+func netPort(p *uint16) uint16 {
+	b := (*[2]byte)(unsafe.Pointer(p))
+	return uint16(b[0])<<8 | uint16(b[1])
 }
 
 func sockaddr(a netip.AddrPort) unix.Sockaddr {
