@@ -40,6 +40,13 @@ const (
 	settleFirst = 100 * time.Microsecond
 	settleMax   = 50 * time.Millisecond
 	settleLimit = 10 * time.Second
+
+	// pumpBudget is how many steps (a splice into the pipe or out of it) one direction
+	// takes before the loop turns to its other connections: at most 1 MiB moved. With one
+	// loop relaying two bulk streams, short connections through it measured p50/p99 of
+	// 3.0/7.6 ms with 2 steps, 5.1/10.5 ms with 4, 8.4/26.5 ms with 16, and 9.1/57 ms with
+	// no budget (the goroutine engine before: 5.0/17.9 ms); the streams kept their rate.
+	pumpBudget = 2
 )
 
 // target is one address to try: an address of candidate ep, or why the name gave none.
@@ -94,7 +101,7 @@ type ldir struct {
 	lim      *rate.Limiter
 	step     int
 	credit   int
-	wait     *eventloop.Timer // rate limit
+	wait     *eventloop.Timer // rate limit, or the next round after a spent budget
 	held     []byte           // read through user space when no pipe could be had
 }
 
@@ -450,7 +457,13 @@ func (c *lconn) checkIdle() {
 // limit makes it wait, or the direction ends.
 func (c *lconn) pump(i int) {
 	d := &c.dirs[i]
-	for c.state == stRelaying && !d.stopped && d.wait == nil {
+	for budget := pumpBudget; c.state == stRelaying && !d.stopped && d.wait == nil; budget-- {
+		if budget == 0 {
+			// A stream that never runs dry would keep the loop from its other
+			// connections: go on in the next round.
+			d.wait = c.ls.lp.AfterFunc(0, func() { d.wait = nil; c.pump(i) })
+			return
+		}
 		if len(d.held) > 0 {
 			m, err := write(d.dst, d.held)
 			if errors.Is(err, unix.EAGAIN) {
