@@ -12,10 +12,10 @@
 #
 # Relays: direct (no relay), tcp-pf, HAProxy in tcp mode twice (option splice-auto, and
 # splice forced with 1 MiB pipes), socat, rinetd, relayfwd (a plain Go io.Copy
-# forwarder, the floor) and epollfwd (a bare epoll loop per CPU with no features: what any
-# relay design can reach here, the ceiling). A missing peer is installed with
+# forwarder, the floor) and epollfwd (a bare epoll loop per CPU with none of tcp-pf's
+# features: what an event loop in Go costs by itself). A missing peer is installed with
 # apt-get when running as root, and skipped (and said so) otherwise. Every run is bounded
-# with timeout(1); the default run takes about 4 minutes.
+# with timeout(1); the default run takes about 6 minutes.
 set -euo pipefail
 
 rounds=3 secs=2 idle_n=1000 soak=0 install=1
@@ -193,6 +193,16 @@ for round in $(seq "$rounds"); do
 			printf '%s\t%s\t%s\t%s\n' "$round" "$r" cpuus \
 				"$(awk -v t=$((t1 - t0)) -v hz="$hz" -v n="$(field conns <<<"$out")" 'BEGIN {if (n > 0) printf "%.0f", t * 1e6 / hz / n}')" >>"$results"
 		fi
+		# Short connections while 2 bulk streams go through the same relay: does bulk
+		# traffic hold the others up? (one worker, so its latency is the relay's delay)
+		run "$load" stream -c "$addr" -P 2 -t "$(awk -v s="$secs" 'BEGIN {print s + 1}')" >"$work/bulk.out" &
+		bulk=$!
+		sleep 0.5
+		out=$(run "$load" cps -c "$addr" -P 1 -t "$secs") || { say "$r: cps under load failed"; wait $bulk || true; continue; }
+		wait $bulk || say "$r: bulk streams under load failed"
+		for k in p50us p99us failures; do
+			printf '%s\t%s\t%s\t%s\n' "$round" "$r" "mixed$k" "$(field $k <<<"$out")" >>"$results"
+		done
 	done
 	say "round $round done"
 done
@@ -248,25 +258,25 @@ ratio() { # median over rounds of tcp-pf's metric (or $3's) over $1's in the sam
 echo
 echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), $(uname -sr); ${rounds} rounds of ${secs} s; medians"
 echo
-echo "| relay | 1 stream MiB/s | 4 streams MiB/s | conn/s (8 at a time) | p50 µs | p99 µs | relay CPU µs per conn | RSS Δ per $idle_n idle (MiB) | PSS Δ (MiB) |"
-echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| relay | 1 stream MiB/s | 4 streams MiB/s | conn/s (8 at a time) | p50 µs | p99 µs | relay CPU µs per conn | beside 2 streams: p50 µs | p99 µs | RSS Δ per $idle_n idle (MiB) | PSS Δ (MiB) |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 for r in "${relays[@]}"; do
 	rd=$(val "$r" rssdelta) pd=$(val "$r" pssdelta)
 	[ "$rd" != - ] && rd=$(awk -v k="$rd" 'BEGIN {printf "%.1f", k / 1024}')
 	[ "$pd" != - ] && pd=$(awk -v k="$pd" 'BEGIN {printf "%.1f", k / 1024}')
-	printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$r" "$(val "$r" s1)" "$(val "$r" s4)" "$(val "$r" cps)" \
-		"$(val "$r" p50us)" "$(val "$r" p99us)" "$(val "$r" cpuus)" "$rd" "$pd"
+	printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$r" "$(val "$r" s1)" "$(val "$r" s4)" "$(val "$r" cps)" \
+		"$(val "$r" p50us)" "$(val "$r" p99us)" "$(val "$r" cpuus)" "$(val "$r" mixedp50us)" "$(val "$r" mixedp99us)" "$rd" "$pd"
 done
 echo
 if have haproxy; then
 	for h in haproxy haproxy-splice; do
 		echo "tcp-pf / $h, median of per-round ratios: 1 stream $(ratio $h s1), 4 streams $(ratio $h s4), conn/s $(ratio $h cps), CPU per conn $(ratio $h cpuus)"
 	done
-	echo "epollfwd (the ceiling) / haproxy, median of per-round ratios: conn/s $(ratio haproxy cps epollfwd), CPU per conn $(ratio haproxy cpuus epollfwd)"
+	echo "epollfwd (bare loop) / haproxy, median of per-round ratios: conn/s $(ratio haproxy cps epollfwd), CPU per conn $(ratio haproxy cpuus epollfwd)"
 fi
 echo "tcp-pf / relayfwd (plain io.Copy), median of per-round ratios: 1 stream $(ratio relayfwd s1), 4 streams $(ratio relayfwd s4), conn/s $(ratio relayfwd cps), CPU per conn $(ratio relayfwd cpuus)"
 echo "tcp-pf / epollfwd (bare epoll loops), median of per-round ratios: conn/s $(ratio epollfwd cps), CPU per conn $(ratio epollfwd cpuus)"
-fails=$(awk -F'\t' '$3 == "failures" {s += $4} END {print s + 0}' "$results")
+fails=$(awk -F'\t' '$3 == "failures" || $3 == "mixedfailures" {s += $4} END {print s + 0}' "$results")
 echo "failed short connections, all relays and rounds: $fails"
 [ "$soak" -gt 0 ] && echo "soak: $soak_line"
 exit 0

@@ -1,6 +1,6 @@
 // Command epollfwd is a reference point of bench/relay.sh, not a tool: the barest event-loop
-// TCP forwarder that Go allows, to show how many short connections per second any relay
-// design can reach on the machine the bench runs on. Each of -n OS threads (one per CPU by
+// TCP forwarder in Go, to show what an event loop costs by itself, without any of a real
+// relay's work, on the machine the bench runs on. Each of -n OS threads (one per CPU by
 // default, like HAProxy's threads) runs an edge-triggered epoll loop over its own listening
 // socket (SO_REUSEPORT) and raw non-blocking sockets: accept, connect, read into one shared
 // buffer, write, close. It has none of tcp-pf's work per connection (allow list, host choice,

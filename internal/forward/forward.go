@@ -96,6 +96,8 @@ type Server struct {
 	back backoff
 	// socket creates the outgoing sockets; nil is unix.Socket (a test seam for shortages).
 	socket func(domain, typ, proto int) (int, error)
+	// noPipes makes every splice find no pipe, as when descriptors run out (a test seam).
+	noPipes bool
 
 	ids  atomic.Uint64
 	open atomic.Int64

@@ -576,3 +576,21 @@ func TestInsertTimeout(t *testing.T) {
 	}
 	pf.log.WaitFor(t, `close #1 \S+ -> \S+ up=[1-9]\d* .*end="error: sending the --insert data: i/o timeout"$`, 1, 5*time.Second)
 }
+
+// When no splice pipe can be had (out of descriptors), bytes go through a buffer instead:
+// every one arrives, in order, both ways, with a rate limit too, and the counts are exact.
+func TestRelayWithoutPipes(t *testing.T) {
+	t.Parallel()
+	for _, rate := range []int64{0, 64 << 20} {
+		t.Run(fmt.Sprintf("rate=%d", rate), func(t *testing.T) {
+			t.Parallel()
+			be := fwdtest.StartBackend(t, "127.0.0.1:0", fwdtest.Echo)
+			pf := startServer(t, "127.0.0.1:0", Config{Dest: dest(t, be.Addr()), Rate: rate},
+				func(s *Server) { s.noPipes = true })
+			c := fwdtest.Dial(t, pf.addr)
+			fwdtest.RoundTrip(t, c, 9, 8<<20)
+			c.Close()
+			pf.log.WaitFor(t, `close #1 .* up=8388608 .* down=8388608 `, 1, 5*time.Second)
+		})
+	}
+}

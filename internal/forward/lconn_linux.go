@@ -103,6 +103,7 @@ type ldir struct {
 	credit   int
 	wait     *eventloop.Timer // rate limit, or the next round after a spent budget
 	held     []byte           // read through user space when no pipe could be had
+	heldBuf  []byte           // where held is read into
 }
 
 // begin checks the allow list and starts the connection to a destination.
@@ -506,7 +507,10 @@ func (c *lconn) pump(i int) {
 			}
 			max = d.credit
 		}
-		n, err := d.sp.Fill(d.src, max)
+		n, err := 0, relay.ErrNoPipe
+		if !c.s.noPipes {
+			n, err = d.sp.Fill(d.src, max)
+		}
 		switch {
 		case errors.Is(err, unix.EAGAIN):
 			return
@@ -548,7 +552,10 @@ func (c *lconn) moved(d *ldir, m int) {
 // readThrough reads up to max bytes from d.src into d.held, for when no splice pipe can
 // be had; pump writes them out.
 func (c *lconn) readThrough(d *ldir, max int) (int, error) {
-	buf := make([]byte, min(max, 16<<10))
+	if d.heldBuf == nil {
+		d.heldBuf = make([]byte, 16<<10) // once per direction; held is empty when we get here
+	}
+	buf := d.heldBuf[:min(max, len(d.heldBuf))]
 	for {
 		n, err := unix.Read(d.src, buf)
 		if errors.Is(err, unix.EINTR) {
