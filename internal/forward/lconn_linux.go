@@ -101,7 +101,8 @@ type ldir struct {
 	lim      *rate.Limiter
 	step     int
 	credit   int
-	wait     *eventloop.Timer // rate limit, or the next round after a spent budget
+	waiting  bool             // for resume: the rate limit, or the next round after a spent budget
+	resume   *eventloop.Timer // made on first use and reset after, so a wait allocates nothing
 	held     []byte           // read through user space when no pipe could be had
 	heldBuf  []byte           // where held is read into
 }
@@ -458,11 +459,11 @@ func (c *lconn) checkIdle() {
 // limit makes it wait, or the direction ends.
 func (c *lconn) pump(i int) {
 	d := &c.dirs[i]
-	for budget := pumpBudget; c.state == stRelaying && !d.stopped && d.wait == nil; budget-- {
+	for budget := pumpBudget; c.state == stRelaying && !d.stopped && !d.waiting; budget-- {
 		if budget == 0 {
 			// A stream that never runs dry would keep the loop from its other
 			// connections: go on in the next round.
-			d.wait = c.ls.lp.AfterFunc(0, func() { d.wait = nil; c.pump(i) })
+			c.pumpLater(i, 0)
 			return
 		}
 		if len(d.held) > 0 {
@@ -501,7 +502,7 @@ func (c *lconn) pump(i int) {
 				r := d.lim.ReserveN(now, d.step-d.credit)
 				d.credit = d.step
 				if delay := r.DelayFrom(now); delay > 0 {
-					d.wait = c.ls.lp.AfterFunc(delay, func() { d.wait = nil; c.pump(i) })
+					c.pumpLater(i, delay)
 					return
 				}
 			}
@@ -538,6 +539,20 @@ func (c *lconn) pump(i int) {
 			d.credit -= n
 		}
 	}
+}
+
+// pumpLater has direction i pumped again after delay (0: in the loop's next round).
+func (c *lconn) pumpLater(i int, delay time.Duration) {
+	d := &c.dirs[i]
+	d.waiting = true
+	if d.resume != nil {
+		d.resume.Reset(delay)
+		return
+	}
+	d.resume = c.ls.lp.AfterFunc(delay, func() {
+		d.waiting = false
+		c.pump(i)
+	})
 }
 
 // moved counts m bytes written by direction d.
@@ -652,10 +667,10 @@ func (c *lconn) closePhase() {
 	for i := range c.dirs {
 		d := &c.dirs[i]
 		d.stopped = true
-		if d.wait != nil {
-			d.wait.Stop()
-			d.wait = nil
+		if d.resume != nil {
+			d.resume.Stop()
 		}
+		d.waiting = false
 		d.sp.Release() // bytes still in a stopped direction's pipe are dropped
 	}
 	if c.idle != nil {
