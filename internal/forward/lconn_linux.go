@@ -293,7 +293,7 @@ func (c *lconn) failed(t target, err error) {
 	c.failures++
 	var se *os.SyscallError
 	if errors.As(err, &se) && se.Syscall == "connect" {
-		err = se.Err // "connection refused", as the goroutine-free line has always said
+		err = se.Err // "connection refused": the line names the address already
 	}
 	c.ls.log.Failed(c.id, c.from, c.eps[t.ep].String(), err)
 	if shortage(err) {
