@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -171,7 +172,7 @@ func TestLazyDelayedReply(t *testing.T) {
 			t.Parallel()
 			dr := &delayedReply{delay: delay, replyN: 300 << 10, request: make(chan fwdtest.Digest, 1), wrote: make(chan error, 1)}
 			be := fwdtest.StartBackend(t, "127.0.0.1:0", dr.handle)
-			pf := startServer(t, "127.0.0.1:0", Config{Dest: dest(t, be.Addr()), Lazy: true})
+			pf := startServer(t, "127.0.0.1:0", Config{Dest: dest(t, be.Addr()), Lazy: true, Grace: -1})
 			c := fwdtest.Dial(t, pf.addr)
 			sent, err := fwdtest.Send(c, 7, 200<<10)
 			if err != nil {
@@ -592,5 +593,48 @@ func TestRelayWithoutPipes(t *testing.T) {
 			c.Close()
 			pf.log.WaitFor(t, `close #1 .* up=8388608 .* down=8388608 `, 1, 5*time.Second)
 		})
+	}
+}
+
+// Connections that moved bytes and now wait, idle or half-closed (--lazy), hold no splice
+// pipe: two descriptors each, as the warning at start says, not six.
+func TestWaitingConnectionsHoldNoPipe(t *testing.T) {
+	// Not parallel: it counts this process's pipes.
+	pipes := func() int {
+		ents, err := os.ReadDir("/proc/self/fd")
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, e := range ents {
+			if l, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && strings.HasPrefix(l, "pipe:") {
+				n++
+			}
+		}
+		return n
+	}
+	base := pipes()
+	// The backend echoes, and after the client's end stays open without a word.
+	hold := make(chan struct{})
+	be := fwdtest.StartBackend(t, "127.0.0.1:0", func(c *net.TCPConn) {
+		_, _ = io.Copy(struct{ io.Writer }{c}, c) // a plain copy: no splice pipe of its own
+		<-hold
+	})
+	t.Cleanup(func() { close(hold) })
+	pf := startServer(t, "127.0.0.1:0", Config{Dest: dest(t, be.Addr()), Lazy: true, Grace: -1})
+	const n = 20
+	for i := range n {
+		c := fwdtest.Dial(t, pf.addr)
+		fwdtest.RoundTrip(t, c, uint64(i), 256<<10)
+		if i%2 == 1 {
+			_ = c.CloseWrite() // half-closed: the other direction stays open
+		}
+	}
+	fwdtest.WaitUntil(t, 10*time.Second, "the idle connections' pipes back", func() bool {
+		runtime.GC() // the pool of empty pipes is emptied by the collector
+		return pipes() <= base
+	})
+	if pf.Open() != n {
+		t.Fatalf("%d connections open, want %d", pf.Open(), n)
 	}
 }

@@ -199,6 +199,10 @@ func (s *Splicer) Fill(src, max int) (int, error) {
 		switch err {
 		case nil:
 			s.inPipe += int(n)
+			if s.inPipe == 0 { // src's end: nothing will come to wait for
+				putPipe(s.p, true)
+				s.p = nil
+			}
 			return int(n), nil
 		case unix.EINTR:
 			continue
