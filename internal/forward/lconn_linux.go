@@ -616,10 +616,10 @@ func (c *lconn) dirFailed(err error) {
 		return
 	}
 	switch {
-	case isReset(c.cfd):
+	case relay.PeerReset(c.cfd):
 		c.end, c.reset = relay.EndClientReset, true
 		linger0(c.sfd)
-	case isReset(c.sfd):
+	case relay.PeerReset(c.sfd):
 		c.end, c.reset = relay.EndServerReset, true
 		linger0(c.cfd)
 	default:
@@ -699,12 +699,12 @@ func (c *lconn) settle(first bool) {
 		switch {
 		case c.reset || side.eof:
 		case c.aborted:
-			discard(side.fd)
+			relay.Discard(side.fd)
 		default:
-			discard(side.fd)
+			relay.Discard(side.fd)
 			// When the close phase starts, the FIN just sent to this side cannot have
 			// been acknowledged yet: wait for the peer's answer instead of asking now.
-			if first || unacked(side.fd) > 0 {
+			if first || relay.Unacked(side.fd) > 0 {
 				waiting = true
 			}
 		}
@@ -776,29 +776,4 @@ func setKeepAlive(fd int, period time.Duration) error {
 
 func linger0(fd int) {
 	_ = unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
-}
-
-// isReset reports whether fd's peer reset the connection (TCP_CLOSE, see relay.Join).
-func isReset(fd int) bool {
-	info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
-	return err == nil && info.State == unix.BPF_TCP_CLOSE
-}
-
-// unacked returns the bytes and FIN written to fd that the peer has not acknowledged.
-func unacked(fd int) int {
-	n, err := unix.IoctlGetInt(fd, unix.SIOCOUTQ)
-	if err != nil {
-		return -1
-	}
-	return n
-}
-
-// discard drops, without copying, what the peer has already sent.
-func discard(fd int) {
-	for range 64 {
-		n, _, errno := unix.Syscall6(unix.SYS_RECVFROM, uintptr(fd), 0, 1<<20, unix.MSG_TRUNC|unix.MSG_DONTWAIT, 0, 0)
-		if errno != 0 || int(n) <= 0 {
-			return
-		}
-	}
 }

@@ -273,14 +273,22 @@ func discard(c *net.TCPConn) int {
 		return 0
 	}
 	total := 0
-	_ = raw.Control(func(fd uintptr) {
-		for i := 0; i < 64; i++ {
-			n, err := recvDiscard(int(fd), 1<<20)
-			if n <= 0 || err != nil {
-				return
-			}
-			total += n
+	_ = raw.Control(func(fd uintptr) { total = Discard(int(fd)) })
+	return total
+}
+
+// Discard drops, without blocking and without copying, what the peer of the TCP socket fd
+// has already sent (at most 64 MiB a call), and returns how many bytes that was: what a
+// relay does to a side it stopped reading before it closes it, so the close is a FIN and
+// not a reset.
+func Discard(fd int) int {
+	total := 0
+	for range 64 {
+		n, err := recvDiscard(fd, 1<<20)
+		if n <= 0 || err != nil {
+			break
 		}
-	})
+		total += n
+	}
 	return total
 }

@@ -6,22 +6,26 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// isReset reports whether c's peer reset the connection: the kernel moves such a socket
-// straight to TCP_CLOSE, which no clean end we have not caused yet reaches.
+// isReset reports whether c's peer reset the connection (see PeerReset).
 func isReset(c *net.TCPConn) bool {
-	raw, err := c.SyscallConn()
-	if err != nil {
-		return false
+	reset := false
+	control(c, func(fd int) { reset = PeerReset(fd) })
+	return reset
+}
+
+// PeerReset reports whether the peer of the TCP socket fd reset the connection: the kernel
+// moves such a socket straight to TCP_CLOSE, which no clean end we have not caused yet
+// reaches.
+func PeerReset(fd int) bool {
+	info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+	return err == nil && info.State == unix.BPF_TCP_CLOSE
+}
+
+// control runs f with c's descriptor, if it has one.
+func control(c *net.TCPConn, f func(fd int)) {
+	if raw, err := c.SyscallConn(); err == nil {
+		_ = raw.Control(func(fd uintptr) { f(int(fd)) })
 	}
-	var state uint8
-	ok := false
-	_ = raw.Control(func(fd uintptr) {
-		info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
-		if err == nil {
-			state, ok = info.State, true
-		}
-	})
-	return ok && state == unix.BPF_TCP_CLOSE
 }
 
 // recvDiscard drops up to max received bytes: for TCP, MSG_TRUNC discards them in the
@@ -35,18 +39,19 @@ func recvDiscard(fd, max int) (int, error) {
 	return int(n), nil
 }
 
-// unacked returns the bytes (and FIN) written to c that its peer has not acknowledged, or
-// -1 when the kernel cannot tell.
+// unacked returns Unacked for c's descriptor, or -1.
 func unacked(c *net.TCPConn) int {
-	raw, err := c.SyscallConn()
+	n := -1
+	control(c, func(fd int) { n = Unacked(fd) })
+	return n
+}
+
+// Unacked returns the bytes (and FIN) written to the TCP socket fd that its peer has not
+// acknowledged, or -1 when the kernel cannot tell.
+func Unacked(fd int) int {
+	n, err := unix.IoctlGetInt(fd, unix.SIOCOUTQ)
 	if err != nil {
 		return -1
 	}
-	n := -1
-	_ = raw.Control(func(fd uintptr) {
-		if v, err := unix.IoctlGetInt(int(fd), unix.SIOCOUTQ); err == nil {
-			n = v
-		}
-	})
 	return n
 }
