@@ -114,9 +114,7 @@ func (c *lconn) begin(client netip.AddrPort) {
 	if !s.cfg.Allow.Allows(client.Addr()) {
 		unix.Close(c.cfd)
 		c.ls.log.Refused(c.from, "not in the allow list")
-		c.state = stClosed
-		delete(c.ls.conns, c)
-		s.done()
+		c.release()
 		return
 	}
 	c.id = s.ids.Add(1)
@@ -129,42 +127,25 @@ func (c *lconn) begin(client netip.AddrPort) {
 	names := false
 	for i, ch := range c.cands {
 		c.eps[i] = ch.ep
-		if a, err := netip.ParseAddr(ch.ep.Host); err == nil {
-			c.targets = append(c.targets, target{ep: i, addr: netip.AddrPortFrom(a.Unmap(), uint16(ch.ep.Port))})
-		} else {
+		if _, err := netip.ParseAddr(ch.ep.Host); err != nil {
 			names = true
 		}
 	}
 	if !names {
-		c.state = stConnecting
+		c.targets, c.state = targetsOf(c.eps, nil), stConnecting
 		c.dialNext()
 		return
 	}
 	// Names are looked up off the loop; the answer comes back as a posted function.
-	c.state, c.targets = stResolving, nil
+	c.state = stResolving
 	eps, network, lp := c.eps, c.network(), c.ls.lp
 	timeout := orDefault(s.cfg.ConnectTimeout, DefaultConnectTimeout)
 	go func() {
-		var ts []target
-		for i, ep := range eps {
-			if a, err := netip.ParseAddr(ep.Host); err == nil {
-				ts = append(ts, target{ep: i, addr: netip.AddrPortFrom(a.Unmap(), uint16(ep.Port))})
-				continue
-			}
+		ts := targetsOf(eps, func(host string) ([]netip.Addr, error) {
 			ctx, cancel := context.WithTimeout(context.Background(), timeout)
-			addrs, err := net.DefaultResolver.LookupNetIP(ctx, network, ep.Host)
-			cancel()
-			if err == nil && len(addrs) == 0 {
-				err = errors.New("no address")
-			}
-			if err != nil {
-				ts = append(ts, target{ep: i, err: err})
-				continue
-			}
-			for _, a := range addrs {
-				ts = append(ts, target{ep: i, addr: netip.AddrPortFrom(a.Unmap(), uint16(ep.Port))})
-			}
-		}
+			defer cancel()
+			return net.DefaultResolver.LookupNetIP(ctx, network, host)
+		})
 		lp.Post(func() {
 			if c.state == stResolving {
 				c.targets, c.state = ts, stConnecting
@@ -172,6 +153,35 @@ func (c *lconn) begin(client netip.AddrPort) {
 			}
 		})
 	}()
+}
+
+// targetsOf returns the addresses to try for eps, in order: an IP literal as it is, and a
+// name as every address lookup gives for it, or the lookup's error. With a nil lookup every
+// host must be a literal.
+func targetsOf(eps []endpoint.Endpoint, lookup func(host string) ([]netip.Addr, error)) []target {
+	ts := make([]target, 0, len(eps))
+	for i, ep := range eps {
+		port := uint16(ep.Port)
+		if a, err := netip.ParseAddr(ep.Host); err == nil {
+			ts = append(ts, target{ep: i, addr: netip.AddrPortFrom(a.Unmap(), port)})
+			continue
+		}
+		var addrs []netip.Addr
+		err := errors.New("not an IP address")
+		if lookup != nil {
+			if addrs, err = lookup(ep.Host); err == nil && len(addrs) == 0 {
+				err = errors.New("no address")
+			}
+		}
+		if err != nil {
+			ts = append(ts, target{ep: i, err: err})
+			continue
+		}
+		for _, a := range addrs {
+			ts = append(ts, target{ep: i, addr: netip.AddrPortFrom(a.Unmap(), port)})
+		}
+	}
+	return ts
 }
 
 // network is what names resolve to: both families, or the family of the local address.
@@ -211,12 +221,35 @@ func (c *lconn) dialNext() {
 		})
 		return
 	}
-	c.s.bal.settleIfAny(c.cands, -1)
+	var why error // each target that failed has a line already
 	if c.failures == 0 {
-		c.ls.log.Failed(c.id, c.from, "-", errors.New("no host to connect to"))
+		why = errors.New("no host to connect to")
 	}
-	_ = unix.SetsockoptLinger(c.cfd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+	c.resetClient(why)
+}
+
+// resetClient ends a connection that never reached a destination: the client is reset, so
+// that it knows it was not served, and why, when not nil, is logged.
+func (c *lconn) resetClient(why error) {
+	if c.timer != nil {
+		c.timer.Stop()
+		c.timer = nil
+	}
+	if c.sfd >= 0 {
+		_ = c.ls.lp.CloseFD(c.sfd)
+		c.sfd = -1
+	}
+	c.s.bal.settleIfAny(c.cands, -1)
+	if why != nil {
+		c.ls.log.Failed(c.id, c.from, "-", why)
+	}
+	linger0(c.cfd)
 	unix.Close(c.cfd)
+	c.release()
+}
+
+// release ends the connection's life in its loop and in the server.
+func (c *lconn) release() {
 	c.state = stClosed
 	delete(c.ls.conns, c)
 	c.s.done()
@@ -633,21 +666,7 @@ func (c *lconn) dirFailed(err error) {
 func (c *lconn) abort(end string) {
 	switch c.state {
 	case stResolving, stConnecting:
-		if c.timer != nil {
-			c.timer.Stop()
-			c.timer = nil
-		}
-		if c.sfd >= 0 {
-			_ = c.ls.lp.CloseFD(c.sfd)
-			c.sfd = -1
-		}
-		c.s.bal.settleIfAny(c.cands, -1)
-		c.ls.log.Failed(c.id, c.from, "-", errors.New(end))
-		linger0(c.cfd)
-		unix.Close(c.cfd)
-		c.state = stClosed
-		delete(c.ls.conns, c)
-		c.s.done()
+		c.resetClient(errors.New(end))
 	case stInserting:
 		c.endSetup(end)
 	case stRelaying:
@@ -733,16 +752,13 @@ func (c *lconn) closeNow() {
 	if c.sfd >= 0 {
 		_ = c.ls.lp.CloseFD(c.sfd)
 	}
-	c.state = stClosed
-	delete(c.ls.conns, c)
-	s := c.s
 	dur := c.ls.lp.Now().Sub(c.start)
 	c.ls.log.Close(c.id, c.from, c.to, uint64(c.dirs[up].n)+uint64(c.inserted), uint64(c.dirs[down].n), dur, c.end)
-	if s.bal != nil {
-		s.bal.add(c.host, int64(c.inserted))
-		s.bal.release(c.host)
+	if b := c.s.bal; b != nil {
+		b.add(c.host, int64(c.inserted))
+		b.release(c.host)
 	}
-	s.done()
+	c.release()
 }
 
 // write writes to the non-blocking fd, again after an interrupted call; unix.EAGAIN means
