@@ -32,7 +32,10 @@ func Parse(ctx context.Context, r Resolver, values []string) (*List, error) {
 			if err != nil {
 				return nil, fmt.Errorf("allow %q: not a valid ADDR/PREFIX block", v)
 			}
-			l.prefixes = append(l.prefixes, p.Masked())
+			if m := p.Masked(); m != p {
+				return nil, fmt.Errorf("allow %q: host bits set; did you mean %s?", v, m)
+			}
+			l.prefixes = append(l.prefixes, unmapPrefix(p))
 			continue
 		}
 		if a, err := netip.ParseAddr(strings.Trim(v, "[]")); err == nil {
@@ -52,6 +55,15 @@ func Parse(ctx context.Context, r Resolver, values []string) (*List, error) {
 		}
 	}
 	return l, nil
+}
+
+// unmapPrefix turns a block of IPv4-mapped IPv6 addresses (::ffff:10.0.0.0/104) into its
+// IPv4 form (10.0.0.0/8), since Allows compares clients in their IPv4 form.
+func unmapPrefix(p netip.Prefix) netip.Prefix {
+	if a := p.Addr(); a.Is4In6() && p.Bits() >= 96 {
+		return netip.PrefixFrom(a.Unmap(), p.Bits()-96)
+	}
+	return p
 }
 
 // Empty reports whether the list has no entry, that is, allows every client.
