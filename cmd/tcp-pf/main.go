@@ -21,7 +21,7 @@ import (
 
 const tool = "tcp-pf"
 
-const help = `Usage: tcp-pf -s [ADDR:]PORT (-d HOST:PORT | -l FILE -p PORT) [OPTION]...
+const help = `Usage: tcp-pf -s [ADDR:]PORT (-d HOST:PORT | -l FILE [-p PORT]) [OPTION]...
 
 Listen on -s and relay every connection, both ways, to one destination (-d) or to the
 host of a host file that has moved the fewest bytes (-l). Any number of connections are
@@ -36,9 +36,10 @@ Options:
                                 connections, then to the earlier line; a host that
                                 refuses or times out is skipped for the next one
   -p, --port PORT               the destination port of -l entries that name none
-                                (an entry HOST:PORT or [V6]:PORT names its own)
-  -i, --interval SECS           write the counts back to FILE every SECS seconds
-                                (default 512), and on exit
+                                (an entry HOST:PORT or [V6]:PORT names its own);
+                                without -p, every entry must name its own
+  -i, --interval SECS           with -l: write the counts back to FILE every SECS
+                                seconds (default 512), and on exit
   -a, --allow HOST|ADDR/PREFIX  serve only clients from HOST (a name is resolved at
                                 start) or from the CIDR block; repeatable; any other
                                 client is closed at once and logged
@@ -67,6 +68,9 @@ Every connection has TCP keepalive on both sides. On SIGINT or SIGTERM, tcp-pf s
 accepting, lets open connections finish for --grace seconds, cuts the rest, writes the
 counts to the host file and exits 0. When it runs out of file descriptors, it backs off
 accepting (5 ms doubling to 1 s) and serves again once descriptors are freed.
+
+An option that would do nothing with the others given (-p or -i without -l) is an
+error, not ignored.
 
 Environment: INADDR_DEFAULT, an address or host name, is the local address of the
 listener (when -s names none) and of every outgoing connection.
@@ -145,6 +149,10 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	for _, w := range warn {
 		fmt.Fprintf(stderr, "%s: warning: %v\n", tool, w)
 	}
+	var noPort *forward.NoPortError
+	if errors.As(err, &noPort) {
+		return cli.AsUsage(err) // a missing -p, found in the file
+	}
 	if err != nil {
 		return err
 	}
@@ -172,11 +180,10 @@ func configure(ctx context.Context, o *options, flags *cli.FlagSet) (endpoint.En
 	case o.dest != "" && o.hostFile != "":
 		return listen, cfg, cli.Usagef("-d and -l exclude each other: give one destination or a host file")
 	case o.dest == "" && o.hostFile == "":
-		return listen, cfg, cli.Usagef("missing destination: give -d HOST:PORT or -l FILE -p PORT")
-	case o.hostFile != "" && o.port == "":
-		return listen, cfg, cli.Usagef("-l needs -p PORT, the port of entries that name none")
-	case o.hostFile == "" && o.port != "":
-		return listen, cfg, cli.Usagef("-p goes with -l FILE; with -d, put the port in HOST:PORT")
+		return listen, cfg, cli.Usagef("missing destination: give -d HOST:PORT or -l FILE [-p PORT]")
+	}
+	if err := checkUseless(o, flags); err != nil {
+		return listen, cfg, err
 	}
 	if o.dest != "" {
 		if cfg.Dest, err = endpoint.ParseHostPort(o.dest); err != nil {
@@ -184,8 +191,10 @@ func configure(ctx context.Context, o *options, flags *cli.FlagSet) (endpoint.En
 		}
 	} else {
 		cfg.HostFile = o.hostFile
-		if cfg.Port, err = endpoint.ParsePort(o.port); err != nil {
-			return listen, cfg, cli.Usagef("-p: %v", err)
+		if o.port != "" {
+			if cfg.Port, err = endpoint.ParsePort(o.port); err != nil {
+				return listen, cfg, cli.Usagef("-p: %v", err)
+			}
 		}
 	}
 	if o.interval.D <= 0 {
@@ -210,6 +219,23 @@ func configure(ctx context.Context, o *options, flags *cli.FlagSet) (endpoint.En
 		return listen, cfg, cli.AsUsage(err)
 	}
 	return listen, cfg, nil
+}
+
+// checkUseless refuses options that would do nothing with the others given, saying why: an
+// option given in vain is most likely a mistake about what the command does.
+func checkUseless(o *options, flags *cli.FlagSet) error {
+	for _, r := range []struct {
+		useless bool
+		why     string
+	}{
+		{o.hostFile == "" && o.port != "", "-p goes with -l FILE; with -d, put the port in HOST:PORT"},
+		{o.hostFile == "" && flags.Changed("interval"), "-i goes with -l FILE: with -d there are no counts to write back"},
+	} {
+		if r.useless {
+			return cli.Usagef("%s", r.why)
+		}
+	}
+	return nil
 }
 
 // fileError names the option and file a read failed on: "--insert /x/y: no such file or

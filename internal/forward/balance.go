@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 
 	"shd-tcp-tools/internal/endpoint"
@@ -46,11 +47,27 @@ func newBalancer(path string, port int) (*balancer, []error, error) {
 	if port == 0 {
 		for _, e := range b.entries {
 			if e.Port == 0 {
-				return nil, warn, fmt.Errorf("host file %s: %s names no port and no port was given", path, e.Name)
+				return nil, warn, &NoPortError{File: path, Line: e.Line, Host: e.Host}
 			}
 		}
 	}
 	return b, warn, nil
+}
+
+// NoPortError is New's error for a host-file entry that names no port when Config.Port is
+// zero: with no -p, every entry must name its own.
+type NoPortError struct {
+	File string
+	Line int
+	Host string
+}
+
+func (e *NoPortError) Error() string {
+	with := e.Host
+	if strings.Contains(with, ":") {
+		with = "[" + with + "]"
+	}
+	return fmt.Sprintf("%s:%d: %s names no port: give -p PORT, or write it as %s:PORT", e.File, e.Line, e.Host, with)
 }
 
 // setEntries keeps the first entry of every name; a later duplicate never gets a count.

@@ -34,7 +34,8 @@ type Config struct {
 	// Dest is the single destination (-d). Ignored when HostFile is set.
 	Dest endpoint.Endpoint
 	// HostFile (-l) is the host file to balance over: each connection goes to the entry
-	// with the fewest bytes. Port (-p) is the port of entries that name none.
+	// with the fewest bytes. Port (-p) is the port of entries that name none; with zero,
+	// every entry must name its own (New returns a *NoPortError otherwise).
 	HostFile string
 	Port     int
 	// Interval (-i) is how often the counts are written back to HostFile.
