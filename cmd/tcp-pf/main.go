@@ -46,7 +46,8 @@ Options:
   -r, --rate RATE               limit each connection to RATE bytes per second in each
                                 direction; suffixes K/KiB, M/MiB, G/GiB (powers of 1024)
       --insert FILE             send FILE's content to the destination first on every
-                                connection (read once, at start)
+                                connection (read once, at start); its bytes count as
+                                sent and against -r
       --lazy                    pass a client's or server's half-close (FIN) on and keep
                                 the other direction flowing until it ends too
       --connect-timeout SECS    give up on a destination after SECS (default 10)

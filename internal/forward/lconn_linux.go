@@ -414,24 +414,40 @@ func (c *lconn) connected() {
 		c.endSetup("error: " + os.NewSyscallError("epoll_ctl", err).Error())
 		return
 	}
+	c.start = c.ls.lp.Now() // the close line's time and rates count from the open
+	c.initDirs()
 	if len(s.cfg.Insert) == 0 {
 		c.startRelay()
 		return
 	}
 	c.state = stInserting
-	c.timer = c.ls.lp.AfterFunc(orDefault(s.cfg.ConnectTimeout, DefaultConnectTimeout), func() {
-		c.timer = nil
-		c.endSetup("error: sending the --insert data: i/o timeout")
-	})
 	c.insertMore()
 }
 
-// insertMore writes what is left of --insert; the relay starts once all of it is out.
+// insertMore writes what is left of --insert, paying the up direction's rate limit like
+// relayed bytes; the relay starts once all of it is out. The destination may take no byte
+// of it for at most the connect timeout at a time.
 func (c *lconn) insertMore() {
 	ins := c.s.cfg.Insert
-	for c.inserted < len(ins) {
-		n, err := write(c.sfd, ins[c.inserted:])
+	d := &c.dirs[up]
+	for !d.waiting && c.inserted < len(ins) {
+		n := len(ins) - c.inserted
+		if d.lim != nil {
+			allowed, delay := d.take(c.ls.lp.Now())
+			if delay > 0 {
+				c.pumpLater(up, delay) // resumes insertMore while inserting
+				return
+			}
+			n = min(n, allowed)
+		}
+		n, err := write(c.sfd, ins[c.inserted:c.inserted+n])
 		if errors.Is(err, unix.EAGAIN) {
+			if c.timer == nil {
+				c.timer = c.ls.lp.AfterFunc(orDefault(c.s.cfg.ConnectTimeout, DefaultConnectTimeout), func() {
+					c.timer = nil
+					c.endSetup("error: sending the --insert data: i/o timeout")
+				})
+			}
 			return
 		}
 		if err != nil {
@@ -439,12 +455,15 @@ func (c *lconn) insertMore() {
 			return
 		}
 		c.inserted += n
+		d.credit -= n
+		if c.timer != nil { // it moved: the stall, if any, is over
+			c.timer.Stop()
+			c.timer = nil
+		}
 	}
-	if c.timer != nil {
-		c.timer.Stop()
-		c.timer = nil
+	if c.inserted == len(ins) && !d.waiting {
+		c.startRelay()
 	}
-	c.startRelay()
 }
 
 // endSetup ends a connection that was opened but never relayed.
@@ -453,21 +472,25 @@ func (c *lconn) endSetup(end string) {
 	c.closeNow()
 }
 
-// startRelay starts both directions.
-func (c *lconn) startRelay() {
-	cfg := &c.s.cfg
-	c.state = stRelaying
-	c.start = c.ls.lp.Now()
-	c.lastActive = c.start
+// initDirs sets both directions up, with their rate limits, once the destination is
+// connected: --insert pays the up direction's.
+func (c *lconn) initDirs() {
 	c.dirs[up] = ldir{src: c.cfd, dst: c.sfd}
 	c.dirs[down] = ldir{src: c.sfd, dst: c.cfd}
 	for i := range c.dirs {
 		d := &c.dirs[i]
 		d.step = 1 << 20
-		if d.lim = ratelimit.New(cfg.Rate); d.lim != nil {
+		if d.lim = ratelimit.New(c.s.cfg.Rate); d.lim != nil {
 			d.step = min(d.step, d.lim.Burst())
 		}
 	}
+}
+
+// startRelay starts both directions.
+func (c *lconn) startRelay() {
+	cfg := &c.s.cfg
+	c.state = stRelaying
+	c.lastActive = c.ls.lp.Now()
 	if cfg.IdleTimeout > 0 {
 		c.idle = c.ls.lp.AfterFunc(cfg.IdleTimeout, c.checkIdle)
 	}
@@ -530,16 +553,11 @@ func (c *lconn) pump(i int) {
 		}
 		max := 1 << 20
 		if d.lim != nil {
-			if d.credit < d.step {
-				now := c.ls.lp.Now()
-				r := d.lim.ReserveN(now, d.step-d.credit)
-				d.credit = d.step
-				if delay := r.DelayFrom(now); delay > 0 {
-					c.pumpLater(i, delay)
-					return
-				}
+			var delay time.Duration
+			if max, delay = d.take(c.ls.lp.Now()); delay > 0 {
+				c.pumpLater(i, delay)
+				return
 			}
-			max = d.credit
 		}
 		n, err := 0, relay.ErrNoPipe
 		if !c.s.noPipes {
@@ -574,7 +592,22 @@ func (c *lconn) pump(i int) {
 	}
 }
 
-// pumpLater has direction i pumped again after delay (0: in the loop's next round).
+// take returns how many bytes direction d may move now under its rate limit, or how long
+// to wait for them. Tokens are reserved a step at a time and what a short move leaves is
+// carried over as credit (the mover lowers it by what it moved), so no token is wasted.
+func (d *ldir) take(now time.Time) (int, time.Duration) {
+	if d.credit < d.step {
+		r := d.lim.ReserveN(now, d.step-d.credit)
+		d.credit = d.step
+		if delay := r.DelayFrom(now); delay > 0 {
+			return 0, delay
+		}
+	}
+	return d.credit, 0
+}
+
+// pumpLater has direction i pumped again after delay (0: in the loop's next round), or,
+// while --insert is going out, the insert written on.
 func (c *lconn) pumpLater(i int, delay time.Duration) {
 	d := &c.dirs[i]
 	d.waiting = true
@@ -584,6 +617,10 @@ func (c *lconn) pumpLater(i int, delay time.Duration) {
 	}
 	d.resume = c.ls.lp.AfterFunc(delay, func() {
 		d.waiting = false
+		if c.state == stInserting {
+			c.insertMore()
+			return
+		}
 		c.pump(i)
 	})
 }
@@ -746,7 +783,11 @@ func (c *lconn) closeNow() {
 		c.timer = nil
 	}
 	for i := range c.dirs {
-		c.dirs[i].sp.Release()
+		d := &c.dirs[i]
+		if d.resume != nil {
+			d.resume.Stop() // a wait for tokens during --insert
+		}
+		d.sp.Release()
 	}
 	_ = c.ls.lp.CloseFD(c.cfd)
 	if c.sfd >= 0 {
