@@ -34,7 +34,8 @@ Options:
                                 count plus the bytes this process moved since it last
                                 wrote FILE; ties go to the host with fewer open
                                 connections, then to the earlier line; a host that
-                                refuses or times out is skipped for the next one
+                                refuses or times out is skipped for the next one, and
+                                set aside (see Hosts that fail)
   -p, --port PORT               the destination port of -l entries that name none
                                 (an entry HOST:PORT or [V6]:PORT names its own);
                                 without -p, every entry must name its own
@@ -65,6 +66,16 @@ protocols. With --lazy, each side's end is passed on as a half-close and the con
 closes when both directions have ended. A reset (RST) from either side is passed on as a
 reset to the other, in both modes.
 
+Hosts that fail (-l): a host that refuses, times out or whose name does not resolve is
+set aside at its first failure: it is tried only after the other hosts, so clients do
+not wait for it, until a background TCP connect to it succeeds (checked 1 s after the
+failure, then doubling up to every 30 s). One line is logged when it is set aside and
+one when it is back. When every host is set aside, all are still tried, in order.
+
+Names (-d, -l) are looked up only when their host is tried, off the data path; an
+answer is cached for 30 s, a failure for 5 s, and one lookup serves every connection
+waiting for the name. A -d name that does not resolve at start is logged as a warning.
+
 Every connection has TCP keepalive on both sides. On SIGINT or SIGTERM, tcp-pf stops
 accepting, lets open connections finish for --grace seconds, cuts the rest, writes the
 counts to the host file and exits 0. When it runs out of file descriptors, it backs off
@@ -78,7 +89,8 @@ listener (when -s names none) and of every outgoing connection.
 
 Log (stderr), one line per event: listening, open (client -> destination), close (bytes
 and average rate each way, duration, and who closed or reset), refused (allow list),
-failed (one line per destination that refused or timed out).
+failed (one line per destination that refused or timed out), a host set aside and
+back in service.
 
 Examples:
   tcp-pf -s 8080 -d 192.0.2.10:80

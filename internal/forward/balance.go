@@ -8,6 +8,7 @@ import (
 	"sync"
 
 	"shd-tcp-tools/internal/endpoint"
+	"shd-tcp-tools/internal/health"
 	"shd-tcp-tools/internal/hostfile"
 )
 
@@ -30,6 +31,9 @@ type balancer struct {
 	mu      sync.Mutex
 	entries []hostfile.Entry // as last read or written, one per name, in file order
 	open    map[string]int
+
+	// health, when set, knows the hosts set aside: they rank after all the others.
+	health *health.Tracker
 }
 
 // newBalancer reads path. A file that cannot be read or has no usable entry is an error;
@@ -89,6 +93,7 @@ func (b *balancer) candidates() []choice {
 	defer b.mu.Unlock()
 	type ranked struct {
 		c     choice
+		aside bool
 		bytes uint64
 		open  int
 	}
@@ -98,14 +103,21 @@ func (b *balancer) candidates() []choice {
 		if port == 0 {
 			port = b.port
 		}
+		ep := endpoint.Endpoint{Host: e.Host, Port: port}
 		rs[i] = ranked{
-			c:     choice{name: e.Name, ep: endpoint.Endpoint{Host: e.Host, Port: port}},
+			c:     choice{name: e.Name, ep: ep},
+			aside: b.health.Aside(ep),
 			bytes: hostfile.SaturatingAdd(e.Bytes, b.ledger.Pending(e.Name)),
 			open:  b.open[e.Name],
 		}
 	}
 	slices.SortStableFunc(rs, func(x, y ranked) int {
 		switch {
+		case x.aside != y.aside:
+			if y.aside {
+				return -1
+			}
+			return 1
 		case x.bytes != y.bytes:
 			if x.bytes < y.bytes {
 				return -1
@@ -180,5 +192,20 @@ func (b *balancer) flush() error {
 		return errors.New("no usable entry left; keeping the previous hosts")
 	}
 	b.setEntries(es)
+	b.health.Retain(b.has) // a host gone from the file is checked no more
 	return nil
+}
+
+// has reports whether ep is the address of one of the entries. mu is held.
+func (b *balancer) has(ep endpoint.Endpoint) bool {
+	for _, e := range b.entries {
+		port := e.Port
+		if port == 0 {
+			port = b.port
+		}
+		if e.Host == ep.Host && port == ep.Port {
+			return true
+		}
+	}
+	return false
 }

@@ -15,7 +15,9 @@ import (
 
 	"shd-tcp-tools/internal/allow"
 	"shd-tcp-tools/internal/connlog"
+	"shd-tcp-tools/internal/dnscache"
 	"shd-tcp-tools/internal/endpoint"
+	"shd-tcp-tools/internal/health"
 )
 
 // Defaults for the Config fields whose zero value means "the default".
@@ -95,6 +97,10 @@ type Server struct {
 	log  *connlog.Logger
 	bal  *balancer // nil with a single destination
 	back backoff
+	// single is the one candidate of a single destination, shared by its connections.
+	single []choice
+	names  *dnscache.Cache
+	health *health.Tracker // nil with a single destination
 	// socket creates the outgoing sockets; nil is unix.Socket (a test seam for shortages).
 	socket func(domain, typ, proto int) (int, error)
 	// noPipes makes every splice find no pipe, as when descriptors run out (a test seam).
@@ -117,10 +123,12 @@ func New(cfg Config) (*Server, []error, error) {
 			return nil, warn, err
 		}
 		s.bal = b
+		s.newHosts()
 		return s, warn, nil
 	case cfg.Dest.Host == "" || cfg.Dest.Port == 0:
 		return nil, nil, errors.New("no destination: give a HOST:PORT or a host file")
 	}
+	s.newHosts()
 	return s, nil, nil
 }
 
@@ -139,6 +147,10 @@ func (s *Server) Serve(ctx context.Context, ln *net.TCPListener) error {
 	}
 
 	stopFlush := s.startWriteBack()
+	warnCtx, stopWarn := context.WithCancel(ctx)
+	warned := s.warnUnresolved(warnCtx)
+	defer func() { stopWarn(); warned() }()
+	defer s.health.Close()
 	// Connections are state machines on one event loop per CPU (see loop_linux.go).
 	cut, stopLoops, acceptErr := s.serveLoops(ctx, ln)
 	if stopLoops == nil { // the loops did not start: nothing to cut or stop

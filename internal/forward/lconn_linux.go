@@ -1,9 +1,7 @@
 package forward
 
 import (
-	"context"
 	"errors"
-	"net"
 	"net/netip"
 	"os"
 	"syscall"
@@ -12,7 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 	"golang.org/x/time/rate"
 
-	"shd-tcp-tools/internal/endpoint"
+	"shd-tcp-tools/internal/dnscache"
 	"shd-tcp-tools/internal/eventloop"
 	"shd-tcp-tools/internal/ratelimit"
 	"shd-tcp-tools/internal/relay"
@@ -21,7 +19,7 @@ import (
 // The life of a connection in the event-loop engine. Every method runs on the connection's
 // loop.
 const (
-	stResolving  = iota // names being looked up off the loop
+	stResolving  = iota // a name being looked up off the loop
 	stConnecting        // a non-blocking connect to targets[next-1] is in flight
 	stInserting         // writing --insert to the destination
 	stRelaying          // splicing both ways
@@ -49,13 +47,6 @@ const (
 	pumpBudget = 2
 )
 
-// target is one address to try: an address of candidate ep, or why the name gave none.
-type target struct {
-	ep   int
-	addr netip.AddrPort
-	err  error
-}
-
 // lconn is one client connection in the event-loop engine.
 type lconn struct {
 	ls  *loopState
@@ -69,9 +60,11 @@ type lconn struct {
 	state          int
 
 	cands      []choice
-	eps        []endpoint.Endpoint
-	targets    []target
-	next       int
+	cand       int          // the candidate being tried, an index in cands
+	addrs      []netip.Addr // its addresses (shared with the name cache: read only) ...
+	next       int          // ... and the next one to try
+	lit        [1]netip.Addr
+	lastErr    error // why the last address tried failed
 	failures   int
 	shortSince time.Time        // when connecting first found no descriptor
 	timer      *eventloop.Timer // connect or --insert deadline, or the settle poll
@@ -121,97 +114,96 @@ func (c *lconn) begin(client netip.AddrPort) {
 	if s.bal != nil {
 		c.cands = s.bal.candidates()
 	} else {
-		c.cands = []choice{{ep: s.cfg.Dest}}
+		c.cands = s.single
 	}
-	c.eps = make([]endpoint.Endpoint, len(c.cands))
-	names := false
-	for i, ch := range c.cands {
-		c.eps[i] = ch.ep
-		if _, err := netip.ParseAddr(ch.ep.Host); err != nil {
-			names = true
-		}
-	}
-	if !names {
-		c.targets, c.state = targetsOf(c.eps, nil), stConnecting
-		c.dialNext()
-		return
-	}
-	// Names are looked up off the loop; the answer comes back as a posted function.
-	c.state = stResolving
-	eps, network, lp := c.eps, c.network(), c.ls.lp
-	timeout := orDefault(s.cfg.ConnectTimeout, DefaultConnectTimeout)
-	go func() {
-		ts := targetsOf(eps, func(host string) ([]netip.Addr, error) {
-			ctx, cancel := context.WithTimeout(context.Background(), timeout)
-			defer cancel()
-			return net.DefaultResolver.LookupNetIP(ctx, network, host)
-		})
-		lp.Post(func() {
-			if c.state == stResolving {
-				c.targets, c.state = ts, stConnecting
-				c.dialNext()
-			}
-		})
-	}()
+	c.cand, c.state = -1, stConnecting
+	c.dialNext()
 }
 
-// targetsOf returns the addresses to try for eps, in order: an IP literal as it is, and a
-// name as every address lookup gives for it, or the lookup's error. With a nil lookup every
-// host must be a literal.
-func targetsOf(eps []endpoint.Endpoint, lookup func(host string) ([]netip.Addr, error)) []target {
-	ts := make([]target, 0, len(eps))
-	for i, ep := range eps {
-		port := uint16(ep.Port)
+// nextHost moves on to the next candidate and takes its addresses: an IP literal as it is,
+// a name from the cache. It reports false when there are none to try now: the name is
+// being looked up (off the loop; Resolved goes on), or no candidate is left (the client
+// is reset).
+func (c *lconn) nextHost() bool {
+	s := c.s
+	for {
+		if c.cand >= 0 && c.lastErr != nil && !shortage(c.lastErr) {
+			if line := s.health.Failed(c.cands[c.cand].ep, c.lastErr); line != "" {
+				c.ls.log.Printf("%s", line)
+			}
+		}
+		c.cand++
+		c.addrs, c.next, c.lastErr = nil, 0, nil
+		if c.cand >= len(c.cands) {
+			var why error // each host that failed has a line already
+			if c.failures == 0 {
+				why = errors.New("no host to connect to")
+			}
+			c.resetClient(why)
+			return false
+		}
+		ep := c.cands[c.cand].ep
 		if a, err := netip.ParseAddr(ep.Host); err == nil {
-			ts = append(ts, target{ep: i, addr: netip.AddrPortFrom(a.Unmap(), port)})
+			c.lit[0] = a.Unmap()
+			c.addrs = c.lit[:]
+			return true
+		}
+		// Only a host that is tried is looked up, and a cached answer costs no wait.
+		ans, ok := s.names.Get(s.network(), ep.Host, c)
+		if !ok {
+			c.state = stResolving
+			return false
+		}
+		if !c.take(ans) {
 			continue
 		}
-		var addrs []netip.Addr
-		err := errors.New("not an IP address")
-		if lookup != nil {
-			if addrs, err = lookup(ep.Host); err == nil && len(addrs) == 0 {
-				err = errors.New("no address")
-			}
-		}
-		if err != nil {
-			ts = append(ts, target{ep: i, err: err})
-			continue
-		}
-		for _, a := range addrs {
-			ts = append(ts, target{ep: i, addr: netip.AddrPortFrom(a.Unmap(), port)})
-		}
-	}
-	return ts
-}
-
-// network is what names resolve to: both families, or the family of the local address.
-func (c *lconn) network() string {
-	switch l := c.s.cfg.Local; {
-	case l == nil:
-		return "ip"
-	case l.To4() != nil:
-		return "ip4"
-	default:
-		return "ip6"
+		return true
 	}
 }
 
-// dialNext starts a connection to the next target, logging each one that fails at once;
-// when none is left the client is reset.
+// take takes the addresses of a lookup for the current candidate, or logs why there are
+// none and reports false.
+func (c *lconn) take(ans dnscache.Answer) bool {
+	if ans.Err != nil {
+		c.failed(ans.Err)
+		return false
+	}
+	c.addrs = ans.Addrs
+	return true
+}
+
+// Resolved is told the answer of the lookup the connection waits for, off the loop, and
+// goes on on the loop.
+func (c *lconn) Resolved(ans dnscache.Answer) {
+	c.ls.lp.Post(func() {
+		if c.state != stResolving { // stopped meanwhile
+			return
+		}
+		c.state = stConnecting
+		c.take(ans)
+		c.dialNext()
+	})
+}
+
+// dialNext starts a connection to the next address of the current candidate, or of the
+// next candidate, logging each one that fails at once; when none is left the client is
+// reset.
 func (c *lconn) dialNext() {
-	for c.next < len(c.targets) {
-		t := c.targets[c.next]
-		c.next++
-		if t.err != nil {
-			c.failed(t, t.err)
-			continue
-		}
-		if err := c.connect(t.addr); err != nil {
-			if shortage(err) && c.waitForDescriptor(err) {
-				c.next-- // the same target again, once descriptors free up
+	for {
+		if c.next >= len(c.addrs) {
+			if !c.nextHost() {
 				return
 			}
-			c.failed(t, err)
+			continue
+		}
+		addr := netip.AddrPortFrom(c.addrs[c.next], uint16(c.cands[c.cand].ep.Port))
+		c.next++
+		if err := c.connect(addr); err != nil {
+			if shortage(err) && c.waitForDescriptor(err) {
+				c.next-- // the same address again, once descriptors free up
+				return
+			}
+			c.failed(err)
 			continue
 		}
 		timeout := orDefault(c.s.cfg.ConnectTimeout, DefaultConnectTimeout)
@@ -221,11 +213,6 @@ func (c *lconn) dialNext() {
 		})
 		return
 	}
-	var why error // each target that failed has a line already
-	if c.failures == 0 {
-		why = errors.New("no host to connect to")
-	}
-	c.resetClient(why)
 }
 
 // resetClient ends a connection that never reached a destination: the client is reset, so
@@ -321,14 +308,16 @@ func (c *lconn) connect(addr netip.AddrPort) error {
 	return nil
 }
 
-// failed logs one target that could not be reached.
-func (c *lconn) failed(t target, err error) {
+// failed logs an address of the current candidate that could not be reached, or a name
+// that gave none.
+func (c *lconn) failed(err error) {
 	c.failures++
 	var se *os.SyscallError
 	if errors.As(err, &se) && se.Syscall == "connect" {
 		err = se.Err // "connection refused": the line names the address already
 	}
-	c.ls.log.Failed(c.id, c.from, c.eps[t.ep].String(), err)
+	c.lastErr = err
+	c.ls.log.Failed(c.id, c.from, c.cands[c.cand].ep.String(), err)
 	if shortage(err) {
 		c.s.shorted(c.ls.log, err)
 		c.ls.pause()
@@ -343,7 +332,7 @@ func (c *lconn) connectFailed(err error) {
 	}
 	_ = c.ls.lp.CloseFD(c.sfd)
 	c.sfd = -1
-	c.failed(c.targets[c.next-1], err)
+	c.failed(err)
 	c.dialNext()
 }
 
@@ -401,12 +390,15 @@ func (c *lconn) connected() {
 		c.timer.Stop()
 		c.timer = nil
 	}
-	idx := c.targets[c.next-1].ep
+	idx := c.cand
 	s.bal.settleIfAny(c.cands, idx)
+	if line := s.health.OK(c.cands[idx].ep); line != "" {
+		c.ls.log.Printf("%s", line)
+	}
 	if line := s.back.ok(); line != "" {
 		c.ls.log.Printf("%s", line)
 	}
-	c.to = c.eps[idx].String()
+	c.to = c.cands[idx].ep.String()
 	c.host = c.cands[idx].name
 	c.ls.log.Open(c.id, c.from, c.to)
 	c.ls.keepAliveLater(c)

@@ -120,7 +120,13 @@ func (b *Backend) Port() int { return b.ln.Addr().(*net.TCPAddr).Port }
 // connection when handler returns.
 func StartBackend(t testing.TB, listen string, handler func(c *net.TCPConn)) *Backend {
 	t.Helper()
-	b := &Backend{ln: Listen(t, listen)}
+	return Serve(t, Listen(t, listen), handler)
+}
+
+// Serve is StartBackend on a listener the test opened (in a network namespace, say).
+func Serve(t testing.TB, ln *net.TCPListener, handler func(c *net.TCPConn)) *Backend {
+	t.Helper()
+	b := &Backend{ln: ln}
 	b.wg.Go(func() {
 		for {
 			c, err := b.ln.AcceptTCP()

@@ -1,0 +1,254 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/net/dns/dnsmessage"
+
+	"shd-tcp-tools/internal/forward/fwdtest"
+	"shd-tcp-tools/test/netns/nstest"
+)
+
+// These tests run the real tcp-pf inside a network namespace of their own ("ip netns exec"),
+// where the test controls the resolver (a UDP socket on the namespace's 127.0.0.1:53) and
+// the firewall, and opens its backends and clients inside the namespace too.
+
+// startPFIn runs tcp-pf inside ns, listening on 127.0.0.1 there.
+func startPFIn(t *testing.T, ns *nstest.NS, args ...string) *proc {
+	t.Helper()
+	return startPF(t, "127.0.0.1", "exec ip netns exec "+ns.Name, args...)
+}
+
+// hostFile writes text to a new host file and returns its path.
+func hostFile(t *testing.T, text string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "hosts")
+	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// dnsServer answers (or, silent, only reads) the DNS queries that come to pc, and counts
+// them by type and name ("A backend1.example."). An A query for a name of answers gets that
+// address; an AAAA query for it an empty answer; any other name NXDOMAIN.
+type dnsServer struct {
+	mu      sync.Mutex
+	queries map[string]int
+}
+
+func serveDNS(t *testing.T, pc *net.UDPConn, silent bool, answers map[string]netip.Addr) *dnsServer {
+	d := &dnsServer{queries: map[string]int{}}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		buf := make([]byte, 1500)
+		for {
+			n, from, err := pc.ReadFromUDP(buf)
+			if err != nil {
+				return
+			}
+			var p dnsmessage.Parser
+			h, err := p.Start(buf[:n])
+			if err != nil {
+				continue
+			}
+			q, err := p.Question()
+			if err != nil {
+				continue
+			}
+			d.mu.Lock()
+			d.queries[q.Type.String()[4:]+" "+q.Name.String()]++
+			d.mu.Unlock()
+			if silent {
+				continue
+			}
+			if out, err := answer(h.ID, q, answers); err == nil {
+				_, _ = pc.WriteToUDP(out, from)
+			}
+		}
+	})
+	t.Cleanup(func() { pc.Close(); wg.Wait() })
+	return d
+}
+
+func answer(id uint16, q dnsmessage.Question, answers map[string]netip.Addr) ([]byte, error) {
+	addr, known := answers[q.Name.String()]
+	h := dnsmessage.Header{ID: id, Response: true, Authoritative: true}
+	if !known {
+		h.RCode = dnsmessage.RCodeNameError
+	}
+	b := dnsmessage.NewBuilder(nil, h)
+	b.EnableCompression()
+	if err := b.StartQuestions(); err != nil {
+		return nil, err
+	}
+	if err := b.Question(q); err != nil {
+		return nil, err
+	}
+	if err := b.StartAnswers(); err != nil {
+		return nil, err
+	}
+	if known && q.Type == dnsmessage.TypeA {
+		rh := dnsmessage.ResourceHeader{Name: q.Name, Type: dnsmessage.TypeA, Class: dnsmessage.ClassINET, TTL: 300}
+		if err := b.AResource(rh, dnsmessage.AResource{A: addr.As4()}); err != nil {
+			return nil, err
+		}
+	}
+	return b.Finish()
+}
+
+func (d *dnsServer) count(key string) int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.queries[key]
+}
+
+func (d *dnsServer) String() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return fmt.Sprint(d.queries)
+}
+
+// served connects to tcp-pf from inside ns and waits, up to bound, for the backend to close
+// the relayed connection cleanly (EOF, not the reset of a client tcp-pf could not serve).
+// It returns how long that took.
+func served(t *testing.T, ns *nstest.NS, addr string, bound time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
+	c, err := ns.Dial(addr, bound)
+	if err != nil {
+		t.Fatalf("connecting to tcp-pf: %v", err)
+	}
+	defer c.Close()
+	_ = c.SetReadDeadline(start.Add(bound))
+	n, err := c.Read(make([]byte, 1))
+	if n != 0 || !errors.Is(err, io.EOF) {
+		t.Fatalf("after %v: want the backend's clean close within %v, got %d bytes, %v", time.Since(start).Round(time.Millisecond), bound, n, err)
+	}
+	return time.Since(start)
+}
+
+// A host-file name is looked up only when its entry is tried: with a resolver that never
+// answers, connections to the literal host with the fewest bytes are served at once, and
+// the name is not even asked for. A -d name that does not resolve is one warning at start.
+func TestNetnsSilentResolver(t *testing.T) {
+	t.Parallel()
+	ns := nstest.New(t)
+	dns := serveDNS(t, ns.ListenUDP(t, "127.0.0.1:53"), true, nil)
+	ns.ResolvConf(t, "nameserver 127.0.0.1\n")
+	// The backend closes at once: no byte moves, so the literal keeps the fewest bytes.
+	be := fwdtest.Serve(t, ns.Listen(t, "127.0.0.1:0"), func(*net.TCPConn) {})
+	path := hostFile(t, "127.0.0.1 0\nbackend1.example 10\n")
+	p := startPFIn(t, ns, "-l", path, "-p", strconv.Itoa(be.Port()))
+	const n = 5
+	for i := range n {
+		// Looked up on every connection, the name held each one for the connect
+		// timeout (10 s).
+		d := served(t, ns, p.addr, 2*time.Second)
+		t.Logf("connection %d served in %v", i+1, d.Round(time.Millisecond))
+	}
+	if got := be.Accepts.Load(); got != n {
+		t.Errorf("backend accepted %d connections, want %d", got, n)
+	}
+	if q := dns.count("A backend1.example."); q != 0 {
+		t.Errorf("%d queries for a name never tried (%v)", q, dns)
+	}
+
+	d := startPFIn(t, ns, "-d", "backend1.example:80", "--connect-timeout", "1")
+	d.log.WaitFor(t, `warning: destination backend1\.example:80 does not resolve`, 1, 10*time.Second)
+	if c := d.log.Count(`^.*backend1\.example.*$`); c != 2 { // the listening line and the warning
+		t.Errorf("%d lines name backend1.example, want the listening line and one warning:\n%s", c, d.log)
+	}
+}
+
+// Answers are cached for a bounded time, and one lookup serves every connection that needs
+// the name: ten connections through a name, one query.
+func TestNetnsResolverCache(t *testing.T) {
+	t.Parallel()
+	ns := nstest.New(t)
+	dns := serveDNS(t, ns.ListenUDP(t, "127.0.0.1:53"), false,
+		map[string]netip.Addr{"backend1.example.": netip.MustParseAddr("127.0.0.1")})
+	ns.ResolvConf(t, "nameserver 127.0.0.1\n")
+	be := fwdtest.Serve(t, ns.Listen(t, "127.0.0.1:0"), fwdtest.Echo)
+	path := hostFile(t, "backend1.example 0\n")
+	p := startPFIn(t, ns, "-l", path, "-p", strconv.Itoa(be.Port()))
+	const n = 10
+	relay := func(i int) {
+		c, err := ns.Dial(p.addr, 5*time.Second)
+		if err != nil {
+			t.Errorf("connecting to tcp-pf: %v", err)
+			return
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		fwdtest.RoundTrip(t, c, uint64(i), 10000)
+	}
+	var wg sync.WaitGroup
+	for i := range n / 2 { // at once: they share one lookup
+		wg.Go(func() { relay(i) })
+	}
+	wg.Wait()
+	for i := n / 2; i < n; i++ { // one after the other: the answer is cached
+		relay(i)
+	}
+	if got := be.Accepts.Load(); got != n {
+		t.Errorf("backend accepted %d connections, want %d", got, n)
+	}
+	if q := dns.count("A backend1.example."); q != 1 {
+		t.Errorf("%d A queries for %d connections within the validity time, want 1 (%v)", q, n, dns)
+	}
+}
+
+// A host that drops SYNs and holds the fewest bytes costs one connection the connect
+// timeout; then it is set aside and the others go to the healthy host at once. Once it
+// answers again, a background connect check brings it back.
+func TestNetnsSilentHost(t *testing.T) {
+	t.Parallel()
+	ns := nstest.New(t)
+	ns.Run(t, "ip", "addr", "add", "192.0.2.9/32", "dev", "lo")
+	ns.Nft(t, `table inet silent {
+	chain input {
+		type filter hook input priority 0;
+		ip daddr 192.0.2.9 tcp dport 7 drop
+	}
+}
+`)
+	be := fwdtest.Serve(t, ns.Listen(t, "127.0.0.1:0"), func(*net.TCPConn) {})
+	path := hostFile(t, fmt.Sprintf("192.0.2.9:7 0\n127.0.0.1:%d 1000000\n", be.Port()))
+	const timeout = 3 * time.Second
+	p := startPFIn(t, ns, "-l", path, "-p", "9", "--connect-timeout", "3")
+
+	if d := served(t, ns, p.addr, timeout+3*time.Second); d < timeout {
+		t.Errorf("the first connection was served in %v, before the connect timeout to the silent host", d)
+	}
+	p.log.WaitFor(t, `failed #1 .* -> 192\.0\.2\.9:7: connection timed out`, 1, time.Second)
+	for range 4 { // each waited the whole connect timeout
+		served(t, ns, p.addr, timeout/2)
+	}
+	if c := p.log.Count(`failed #`); c != 1 {
+		t.Errorf("%d failed lines, want 1 (the first connection's):\n%s", c, p.log)
+	}
+	p.log.WaitFor(t, `host 192\.0\.2\.9:7 set aside`, 1, time.Second)
+
+	// The host answers again: the check brings it back, and it gets the next connection.
+	ok := fwdtest.Serve(t, ns.Listen(t, "192.0.2.9:7"), func(*net.TCPConn) {})
+	ns.Run(t, "nft", "delete", "table", "inet", "silent")
+	p.log.WaitFor(t, `host 192\.0\.2\.9:7 back in service`, 1, 15*time.Second)
+	served(t, ns, p.addr, timeout/2)
+	if ok.Accepts.Load() < 2 { // the check's and the client's
+		t.Errorf("the host back in service got %d connections, want the check's and a client's", ok.Accepts.Load())
+	}
+	if c := p.log.Count(`set aside|back in service`); c != 2 {
+		t.Errorf("%d set-aside and back lines, want one each:\n%s", c, p.log)
+	}
+}

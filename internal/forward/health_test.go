@@ -1,0 +1,116 @@
+package forward
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"shd-tcp-tools/internal/endpoint"
+	"shd-tcp-tools/internal/forward/fwdtest"
+	"shd-tcp-tools/internal/health"
+)
+
+// A host that refuses holds the fewest bytes: the first connection fails over from it and
+// sets it aside, with one line; the next ones go to the healthy host without trying it.
+// When it listens again, the background check brings it back (one line) within the first
+// back-off, and it gets connections again.
+func TestRefusingHostSetAside(t *testing.T) {
+	t.Parallel()
+	for _, host := range []string{"127.0.0.1", "::1"} {
+		t.Run(host, func(t *testing.T) {
+			t.Parallel()
+			good := fwdtest.StartBackend(t, net.JoinHostPort(host, "0"), fwdtest.Echo)
+			ln := fwdtest.Listen(t, net.JoinHostPort(host, "0"))
+			dead := ln.Addr().String()
+			ln.Close() // nothing listens there now
+			path := writeFile(t, fmt.Sprintf("%s 0\n%s 1000000\n", dead, good.Addr()))
+			pf := startServer(t, "127.0.0.1:0", Config{HostFile: path, Port: 9})
+			const n = 6
+			for i := range n {
+				fwdtest.RoundTrip(t, fwdtest.Dial(t, pf.addr), uint64(i), 5000)
+				if got := openedTo(t, pf, i+1); got != good.Addr() {
+					t.Fatalf("connection %d went to %s, want %s", i+1, got, good.Addr())
+				}
+			}
+			q := regexp.QuoteMeta(dead)
+			if c := pf.log.Count(`failed #\d+ \S+ -> ` + q + `: connection refused$`); c != 1 {
+				t.Errorf("%d failed lines for %s, want 1: the host is tried once, then set aside:\n%s", c, dead, pf.log)
+			}
+			pf.log.WaitFor(t, `host `+q+` set aside \(connection refused\)`, 1, time.Second)
+
+			back := fwdtest.Serve(t, fwdtest.Listen(t, dead), fwdtest.Echo)
+			pf.log.WaitFor(t, `host `+q+` back in service`, 1, 5*time.Second)
+			fwdtest.RoundTrip(t, fwdtest.Dial(t, pf.addr), n, 5000)
+			if got := openedTo(t, pf, n+1); got != dead {
+				t.Errorf("after its return, the host with the fewest bytes did not get the connection (%s did)", got)
+			}
+			if back.Accepts.Load() < 2 {
+				t.Errorf("the returned host accepted %d connections, want the check's and a client's", back.Accepts.Load())
+			}
+			if c := pf.log.Count(`host ` + q + ` (set aside|back in service)`); c != 2 {
+				t.Errorf("%d set-aside and back lines, want one each:\n%s", c, pf.log)
+			}
+		})
+	}
+}
+
+// Hosts set aside rank after all the others, in their usual order among themselves; when
+// every host is set aside, every one is still a candidate.
+func TestAsideRanksLast(t *testing.T) {
+	t.Parallel()
+	path := writeFile(t, "192.0.2.1 0\n192.0.2.2 10\n[2001:db8::3]:81 20\n192.0.2.4 30\n")
+	b, _, err := newBalancer(path, 80)
+	if err != nil {
+		t.Fatal(err)
+	}
+	never := func(context.Context, endpoint.Endpoint) error { return errors.New("refused") }
+	b.health = health.New(never, func(string, ...any) {})
+	defer b.health.Close()
+	order := func() string {
+		cs := b.candidates()
+		b.settle(cs, -1)
+		var names []string
+		for _, c := range cs {
+			names = append(names, c.ep.String())
+		}
+		return strings.Join(names, " ")
+	}
+	for _, tc := range []struct {
+		fail string // the host that fails next, "" for none
+		want string
+	}{
+		{"", "192.0.2.1:80 192.0.2.2:80 [2001:db8::3]:81 192.0.2.4:80"},
+		{"192.0.2.1:80", "192.0.2.2:80 [2001:db8::3]:81 192.0.2.4:80 192.0.2.1:80"},
+		{"[2001:db8::3]:81", "192.0.2.2:80 192.0.2.4:80 192.0.2.1:80 [2001:db8::3]:81"},
+		{"192.0.2.2:80", "192.0.2.4:80 192.0.2.1:80 192.0.2.2:80 [2001:db8::3]:81"},
+		{"192.0.2.4:80", "192.0.2.1:80 192.0.2.2:80 [2001:db8::3]:81 192.0.2.4:80"},
+	} {
+		if tc.fail != "" {
+			ep, err := endpoint.ParseHostPort(tc.fail)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b.health.Failed(ep, errors.New("refused"))
+		}
+		if got := order(); got != tc.want {
+			t.Errorf("after %q failed: candidates %s, want %s", tc.fail, got, tc.want)
+		}
+	}
+	// A host removed from the file is forgotten at the next reread.
+	if err := os.WriteFile(path, []byte("192.0.2.1 0\n192.0.2.2 10\n[2001:db8::3]:81 20\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.flush(); err != nil {
+		t.Fatal(err)
+	}
+	gone := endpoint.Endpoint{Host: "192.0.2.4", Port: 80}
+	if b.health.Aside(gone) || !b.health.Aside(endpoint.Endpoint{Host: "192.0.2.1", Port: 80}) {
+		t.Errorf("after the reread: %v aside %v, want only the hosts still in the file aside", gone, b.health.Aside(gone))
+	}
+}
