@@ -82,25 +82,37 @@ func (n *NS) ResolvConf(t testing.TB, conf string) {
 
 // Do runs f on an OS thread that has joined the namespace: the sockets f creates belong to
 // the namespace for their whole life, whichever thread uses them later. The thread is
-// never given back to other goroutines; it ends with f.
+// never given back to other goroutines; it ends with f. It is never the process's main
+// thread, whose namespace /proc/self/net (and so /proc/net/tcp) shows.
 func (n *NS) Do(f func() error) error {
 	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // no UnlockOSThread: the thread dies with this goroutine
-		fd, err := unix.Open(filepath.Join("/run/netns", n.Name), unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			errc <- fmt.Errorf("opening namespace %s: %w", n.Name, err)
-			return
-		}
-		err = unix.Setns(fd, unix.CLONE_NEWNET)
-		unix.Close(fd)
-		if err != nil {
-			errc <- fmt.Errorf("joining namespace %s: %w", n.Name, err)
-			return
-		}
-		errc <- f()
-	}()
+	go n.inThread(f, errc)
 	return <-errc
+}
+
+func (n *NS) inThread(f func() error, errc chan<- error) {
+	runtime.LockOSThread()
+	if unix.Gettid() == unix.Getpid() {
+		// The main thread: hold it while another goroutine, so on another thread, goes in.
+		defer runtime.UnlockOSThread()
+		done := make(chan error, 1)
+		go n.inThread(f, done)
+		errc <- <-done
+		return
+	}
+	// No UnlockOSThread from here on: the thread dies with this goroutine.
+	fd, err := unix.Open(filepath.Join("/run/netns", n.Name), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		errc <- fmt.Errorf("opening namespace %s: %w", n.Name, err)
+		return
+	}
+	err = unix.Setns(fd, unix.CLONE_NEWNET)
+	unix.Close(fd)
+	if err != nil {
+		errc <- fmt.Errorf("joining namespace %s: %w", n.Name, err)
+		return
+	}
+	errc <- f()
 }
 
 // Listen opens a TCP listener inside the namespace on addr ("127.0.0.1:0", "[::1]:0") and
