@@ -49,8 +49,14 @@ Host files hold one "HOST BYTES" entry a line (HOST may be HOST:PORT or [V6]:POR
 Environment:
   INADDR_DEFAULT   local address (IP or name) for every socket, unless -b is given
 
+When SOURCE ends, a socket DESTINATION gets a FIN and tcppipe waits until its peer has
+acknowledged every byte before it closes (it gives up after 10 s without progress). A
+transfer cut short (a signal, a reset, an error) resets the connection, so that its peer
+never takes a partial stream for a complete one.
+
 Exit status: 0 all bytes delivered; 1 a runtime failure (connect, bind, read a file,
-transfer cut short: stderr says how many bytes went through); 2 a usage error.
+transfer cut short or not acknowledged: stderr says which end failed and how many bytes
+went through); 2 a usage error.
 
 Examples:
   tcppipe :9000 - > backup.tar                 receive on port 9000 into a file

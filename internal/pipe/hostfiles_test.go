@@ -227,7 +227,7 @@ func TestPeriodicWriteBack(t *testing.T) {
 	e.cancel() // SIGTERM
 	err := e.wait(t)
 	var cut *CutShortError
-	if !errors.As(err, &cut) || !strings.HasSuffix(err.Error(), ": interrupted by signal") {
+	if !errors.As(err, &cut) || !errors.Is(err, errInterrupted) {
 		t.Fatalf("Run = %v; want a transfer cut short by the signal", err)
 	}
 	got := <-received

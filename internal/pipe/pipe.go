@@ -4,12 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"golang.org/x/sys/unix"
 	"io"
 	"net"
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"shd-tcp-tools/internal/endpoint"
@@ -22,29 +22,13 @@ import (
 // DefaultInterval is how often host-file counts are written back while a transfer runs.
 const DefaultInterval = 512 * time.Second
 
-// copyChunk is the most bytes one step of an unlimited copy to a socket or a regular file
-// moves between two counts (a limited copy moves one burst). Each step is a sendfile or
-// splice call of its own plus some bookkeeping: at loopback speeds, 1 MiB steps cost about
-// a tenth more CPU than one long copy, 16 MiB steps nothing measurable, and a fast
-// transfer is still counted many times a second. A slow socket source is cut every second
-// by relay.Copy's Tick, and a file source is followed by its position (followPosition).
-// To a pipe or a terminal, which may be read slowly and whose writes nothing can cut
-// short, steps stay at relay.DefaultChunk, so that a stalled step hides less from -p and
-// from the count a signal reports. Other devices (/dev/null) never hold a write up.
-const copyChunk = 16 << 20
+// fileChunk is the most bytes one step of a copy between two regular files moves between
+// two counts: copy_file_range does not stall, and one step is a few milliseconds.
+const fileChunk = 16 << 20
 
-// chunkFor returns the step size for an unlimited copy to dst (see copyChunk).
-func chunkFor(dst io.Writer) int64 {
-	switch d := dst.(type) {
-	case *net.TCPConn:
-		return copyChunk
-	case *os.File:
-		if !mayStall(d) {
-			return copyChunk
-		}
-	}
-	return relay.DefaultChunk
-}
+// insertStep is the most --insert bytes one write carries, so that a destination that
+// holds writes up hides at most that much from the count.
+const insertStep = 64 << 10
 
 // Config is a validated tcppipe invocation. Main builds it from flags; tests build it directly.
 type Config struct {
@@ -59,6 +43,10 @@ type Config struct {
 	Wait        time.Duration // -w: pause after accepting a connection, before using it
 	Local       net.IP        // INADDR_DEFAULT, resolved; -b overrides it
 	DialTimeout time.Duration // per connection attempt; zero means endpoint.DefaultDialTimeout
+	// CloseTimeout is how long a socket destination may acknowledge nothing more, once
+	// every byte is written, before delivery is given up as unconfirmed; zero means
+	// relay.SettleTimeout.
+	CloseTimeout time.Duration
 
 	Stdin  *os.File
 	Stdout *os.File
@@ -78,6 +66,13 @@ func (c *Config) interval() time.Duration {
 	return DefaultInterval
 }
 
+func (c *Config) closeTimeout() time.Duration {
+	if c.CloseTimeout > 0 {
+		return c.CloseTimeout
+	}
+	return relay.SettleTimeout
+}
+
 func (c *Config) tool() string {
 	if c.Tool != "" {
 		return c.Tool
@@ -85,22 +80,35 @@ func (c *Config) tool() string {
 	return "tcppipe"
 }
 
-// CutShortError reports a transfer that ended before its source did.
+// CutShortError reports a transfer that ended before its source did, or whose delivery
+// could not be confirmed.
 type CutShortError struct {
-	Bytes int64 // bytes delivered to the destination
-	Err   error
+	// Bytes went through: written to a file, or acknowledged by a socket's peer.
+	Bytes int64
+	// Sent, when more than Bytes, is what was written to a socket whose peer did not
+	// acknowledge it all.
+	Sent int64
+	Err  error // what happened, in words, naming the end that failed
 }
 
 func (e *CutShortError) Error() string {
-	return fmt.Sprintf("transfer cut short after %d bytes (%s): %v", e.Bytes, meter.Size(uint64(max(e.Bytes, 0))), e.Err)
+	size := meter.Size(uint64(max(e.Bytes, 0)))
+	if e.Sent > e.Bytes {
+		return fmt.Sprintf("%v: %d of %d bytes acknowledged (%s)", e.Err, e.Bytes, e.Sent, size)
+	}
+	return fmt.Sprintf("%v after %d bytes (%s)", e.Err, e.Bytes, size)
 }
 
 func (e *CutShortError) Unwrap() error { return e.Err }
+
+// errInterrupted is the cause of a transfer that a signal ended.
+var errInterrupted = errors.New("interrupted by signal")
 
 // accounts are the host-file entries that the bytes of this transfer are added to.
 type accounts struct {
 	mu      sync.Mutex
 	entries []account
+	added   int64 // the bytes added to every entry so far
 }
 
 type account struct {
@@ -114,19 +122,16 @@ func (a *accounts) add(l *hostfile.Ledger, name string) {
 	a.entries = append(a.entries, account{l, name})
 }
 
-func (a *accounts) count(n int64) {
-	if n <= 0 {
-		return
-	}
+// flush brings every entry up to total bytes, the transfer's count so far, and writes the
+// counts back.
+func (a *accounts) flush(total int64) error {
 	a.mu.Lock()
-	defer a.mu.Unlock()
-	for _, e := range a.entries {
-		e.ledger.Add(e.name, uint64(n))
+	if total > a.added {
+		for _, e := range a.entries {
+			e.ledger.Add(e.name, uint64(total-a.added))
+		}
+		a.added = total
 	}
-}
-
-func (a *accounts) flush() error {
-	a.mu.Lock()
 	entries := append([]account(nil), a.entries...)
 	a.mu.Unlock()
 	var errs []error
@@ -208,35 +213,37 @@ func Run(ctx context.Context, cfg Config) (err error) {
 
 	var src io.Reader = cfg.Stdin
 	var dst io.Writer = cfg.Stdout
-	var srcConn, dstConn *net.TCPConn
+	t := &transfer{srcName: "stdin", dstName: "stdout"}
+	t.final.Store(-1)
 	if cfg.Source.Network() {
-		if srcConn, err = open(cfg.Source); err != nil {
+		if t.srcConn, err = open(cfg.Source); err != nil {
 			return err
 		}
-		defer srcConn.Close()
-		src = srcConn
+		src, t.srcName = t.srcConn, "SOURCE "+t.srcConn.RemoteAddr().String()
 	}
 	if cfg.Destination.Network() {
-		if dstConn, err = open(cfg.Destination); err != nil {
+		if t.dstConn, err = open(cfg.Destination); err != nil {
 			return err
 		}
-		defer dstConn.Close()
-		dst = dstConn
+		dst, t.dstName = t.dstConn, "DESTINATION "+t.dstConn.RemoteAddr().String()
 	}
+	// A socket is closed cleanly only after an acknowledged end; any other end resets it,
+	// so that the peer never takes a partial transfer for a complete one.
+	defer t.closeSockets()
 
 	// Write counts back every interval while the transfer runs, and once at the end.
 	flushDone := make(chan struct{})
 	stopFlush := make(chan struct{})
 	go func() {
 		defer close(flushDone)
-		t := time.NewTicker(cfg.interval())
-		defer t.Stop()
+		tk := time.NewTicker(cfg.interval())
+		defer tk.Stop()
 		for {
 			select {
 			case <-stopFlush:
 				return
-			case <-t.C:
-				if err := acct.flush(); err != nil {
+			case <-tk.C:
+				if err := acct.flush(t.delivered()); err != nil {
 					warn("%v", err)
 				}
 			}
@@ -245,143 +252,215 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	defer func() {
 		close(stopFlush)
 		<-flushDone
-		if ferr := acct.flush(); ferr != nil && err == nil {
+		if ferr := acct.flush(t.delivered()); ferr != nil && err == nil {
 			err = ferr
 		}
 	}()
 
-	var prog *meter.Progress
 	if cfg.Progress {
-		prog = &meter.Progress{Out: cfg.Stderr, Terminal: cfg.Terminal, Prefix: cfg.tool() + ":"}
+		t.prog = &meter.Progress{Out: cfg.Stderr, Terminal: cfg.Terminal, Prefix: cfg.tool() + ":"}
 		pctx, stop := context.WithCancel(ctx)
 		reported := make(chan struct{})
 		go func() {
 			defer close(reported)
-			prog.Run(pctx)
+			t.prog.Run(pctx)
 		}()
 		// The summary is the last line: wait for the reporter before printing it.
-		defer func() { stop(); <-reported; prog.Finish() }()
+		defer func() { stop(); <-reported; t.prog.Finish() }()
 	}
-	var moved atomic.Int64
-	var shown shownCount
-	count := func(n int64) {
-		total := moved.Add(n)
-		acct.count(n)
-		shown.upTo(prog, total)
-	}
-	if len(insert) > 0 {
-		n, err := dst.Write(insert)
-		count(int64(n))
-		if err != nil {
-			return &CutShortError{Bytes: moved.Load(), Err: fmt.Errorf("writing --insert: %w", err)}
-		}
-	}
-	// Where the kernel cannot move the bytes itself, count every write as it happens:
-	// relay.Copy reports whole chunks, and a chunk from a slow pipe can take minutes.
-	copyDst, perWrite := dst, userSpaceCopy(src, dst)
-	if perWrite {
-		copyDst = countingWriter{dst, count}
-	}
-	if prog != nil && !perWrite {
-		// A chunk of a file sent over a slow network can take longer than a second; the
-		// file's position moves as sendfile goes, so -p follows that between chunks.
-		if f, ok := src.(*os.File); ok && isRegular(f) {
-			stop := followPosition(f, moved.Load(), func(total int64) { shown.upTo(prog, total) })
-			defer stop()
-		}
-	}
-	limiter := ratelimit.New(cfg.Rate)
-	widened := false // touched only on the copying goroutine
+
 	copied := make(chan error, 1)
-	go func() {
-		_, err := relay.Copy(ctx, copyDst, src, relay.CopyOptions{
-			Limiter: limiter,
-			Progress: func(n int64) {
-				if !widened {
-					// The copy has taken its chunk size from the burst: let the bucket
-					// grow, so time lost to a busy machine is made up.
-					ratelimit.Widen(limiter, cfg.Rate)
-					widened = true
-				}
-				if !perWrite {
-					count(n)
-				}
-			},
-			Tick:  time.Second,
-			Chunk: chunkFor(dst),
-		})
-		copied <- err
-	}()
+	go func() { copied <- t.copy(ctx, dst, src, insert, cfg.Rate) }()
 	select {
 	case err = <-copied:
 	case <-ctx.Done():
-		// A signal ends the transfer: closing the sockets wakes a copy blocked in the
-		// kernel. A read from stdin cannot be woken; the process exits without it.
-		for _, c := range []*net.TCPConn{srcConn, dstConn} {
-			if c != nil {
-				c.Close()
-			}
-		}
-		t := time.NewTimer(time.Second)
-		defer t.Stop()
+		// A signal ends the transfer: deadlines in the past wake a copy waiting on a
+		// socket, and a wait for stdout sees ctx. A read from stdin cannot be woken; the
+		// process exits without it.
+		t.stopSockets()
+		tm := time.NewTimer(time.Second)
+		defer tm.Stop()
 		select {
 		case <-copied:
-		case <-t.C:
+		case <-tm.C:
 		}
-		return &CutShortError{Bytes: moved.Load(), Err: errors.New("interrupted by signal")}
+		return t.cut(errInterrupted)
 	}
 	if err != nil {
-		if ctx.Err() != nil {
-			err = errors.New("interrupted by signal")
-		}
-		return &CutShortError{Bytes: moved.Load(), Err: err}
+		return t.cut(t.cause(ctx, err))
 	}
-	if dstConn != nil {
-		// Every byte is written: send FIN, and close.
-		if err := dstConn.CloseWrite(); err != nil {
-			return &CutShortError{Bytes: moved.Load(), Err: err}
+	if t.dstConn != nil {
+		// Every byte is written: send FIN, and wait until the peer has acknowledged it
+		// all before closing, reading and dropping what it sends meanwhile.
+		if err := t.dstConn.CloseWrite(); err != nil {
+			return t.cut(t.cause(ctx, err))
+		}
+		t.finSent.Store(true)
+		left := relay.Settle(ctx, t.dstConn, cfg.closeTimeout())
+		switch {
+		case ctx.Err() != nil:
+			return t.cut(errInterrupted)
+		case left > 0:
+			cut := t.cut(fmt.Errorf("delivery not confirmed: %s acknowledged nothing more for %v", t.dstName, cfg.closeTimeout()))
+			cut.Sent = t.moved.Load()
+			return cut
 		}
 	}
+	t.final.Store(t.moved.Load())
+	t.clean = true
 	return nil
 }
 
-// userSpaceCopy reports whether copying src to dst goes through a buffer in this process
-// whatever we do. The kernel moves bytes from a socket to any file or socket (splice), from
-// a regular file to a socket (sendfile) and between regular files (copy_file_range); not
-// from a pipe, a terminal or a socket given as stdin, nor from a file to a pipe.
-func userSpaceCopy(src io.Reader, dst io.Writer) bool {
-	if _, ok := src.(*net.TCPConn); ok {
-		return false
-	}
-	f, ok := src.(*os.File)
-	if !ok || !isRegular(f) {
-		return true
-	}
-	switch d := dst.(type) {
-	case *net.TCPConn:
-		return false
-	case *os.File:
-		return !isRegular(d)
-	}
-	return true
+// transfer is the state of one Run once its ends are open.
+type transfer struct {
+	srcConn, dstConn *net.TCPConn // the socket end, if any (nil for stdio)
+	srcName, dstName string       // the ends in words, for messages
+	prog             *meter.Progress
+
+	moved   atomic.Int64 // bytes written to the destination
+	finSent atomic.Bool  // the destination socket has its FIN queued
+	final   atomic.Int64 // the bytes that went through, once known; -1 before
+	clean   bool         // the run ended with every byte acknowledged
 }
 
-// mayStall reports whether writes to f can wait on a reader: a pipe, a socket, a
-// terminal, or what cannot be told.
-func mayStall(f *os.File) bool {
-	fi, err := f.Stat()
-	if err != nil {
-		return true
+// progress counts n more bytes written to the destination.
+func (t *transfer) progress(n int64) {
+	t.moved.Add(n)
+	if t.prog != nil {
+		t.prog.Add(n)
 	}
-	m := fi.Mode()
+}
+
+// delivered returns the bytes that went through so far: those written to a file, or, for
+// a socket, acknowledged by its peer.
+func (t *transfer) delivered() int64 {
+	if n := t.final.Load(); n >= 0 {
+		return n
+	}
+	n := t.moved.Load()
+	if t.dstConn != nil {
+		u := int64(relay.ConnUnacked(t.dstConn))
+		if t.finSent.Load() && u > 0 {
+			u-- // the FIN
+		}
+		n -= max(u, 0)
+	}
+	return max(n, 0)
+}
+
+// copy writes insert and then the source to the destination, paying insert's bytes from
+// the same rate bucket as the copy's.
+func (t *transfer) copy(ctx context.Context, dst io.Writer, src io.Reader, insert []byte, rate int64) error {
+	limiter := ratelimit.New(rate)
+	for len(insert) > 0 {
+		k := min(len(insert), insertStep)
+		if limiter != nil {
+			k = min(k, limiter.Burst())
+			if err := limiter.WaitN(ctx, k); err != nil {
+				return err
+			}
+		}
+		n, err := dst.Write(insert[:k])
+		t.progress(int64(n))
+		if err != nil {
+			return &relay.WriteError{Err: err}
+		}
+		insert = insert[n:]
+	}
+	// Where relay.Copy does not count every system call itself, and the standard library
+	// copies through a buffer anyway, count every write as it happens.
+	copyDst, perWrite := dst, !relay.Exact(dst, src) && !bothRegular(dst, src)
+	if perWrite {
+		copyDst = countingWriter{dst, t.progress}
+	}
+	widened := false // touched only on this goroutine
+	_, err := relay.Copy(ctx, copyDst, src, relay.CopyOptions{
+		Limiter: limiter,
+		Progress: func(n int64) {
+			if !widened {
+				// The copy has taken its step size from the burst: let the bucket grow,
+				// so time lost to a busy machine is made up.
+				ratelimit.Widen(limiter, rate)
+				widened = true
+			}
+			if !perWrite {
+				t.progress(n)
+			}
+		},
+		Tick:  time.Second,
+		Chunk: fileChunk,
+	})
+	return err
+}
+
+// stopSockets wakes a copy waiting on a socket end.
+func (t *transfer) stopSockets() {
+	past := time.Unix(1, 0)
+	for _, c := range []*net.TCPConn{t.srcConn, t.dstConn} {
+		if c != nil {
+			_ = c.SetDeadline(past)
+		}
+	}
+}
+
+// cut fixes the count at what went through and describes the end as cut short.
+func (t *transfer) cut(cause error) *CutShortError {
+	n := t.delivered()
+	t.final.Store(n)
+	return &CutShortError{Bytes: n, Err: cause}
+}
+
+// closeSockets closes the socket ends: cleanly after an acknowledged end, with a reset
+// (SO_LINGER 0) otherwise.
+func (t *transfer) closeSockets() {
+	for _, c := range []*net.TCPConn{t.srcConn, t.dstConn} {
+		if c == nil {
+			continue
+		}
+		if !t.clean {
+			_ = c.SetLinger(0)
+		}
+		_ = c.Close()
+	}
+}
+
+// cause says in words what ended the transfer early and at which end.
+func (t *transfer) cause(ctx context.Context, err error) error {
+	var we *relay.WriteError
 	switch {
-	case m.IsRegular():
-		return false
-	case m&os.ModeCharDevice != 0:
-		_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
-		return err == nil // a terminal
+	case ctx.Err() != nil:
+		return errInterrupted
+	case t.srcConn != nil && relay.ConnReset(t.srcConn):
+		return resetError(t.srcName)
+	case t.dstConn != nil && relay.ConnReset(t.dstConn):
+		return resetError(t.dstName)
+	case errors.As(err, &we):
+		return fmt.Errorf("writing to %s: %w", t.dstName, sysErr(we.Err))
 	}
-	return true
+	return fmt.Errorf("reading from %s: %w", t.srcName, sysErr(err))
+}
+
+// resetError is an end whose peer reset the connection; it matches syscall.ECONNRESET.
+type resetError string
+
+func (e resetError) Error() string        { return string(e) + " reset by peer" }
+func (e resetError) Is(target error) bool { return target == syscall.ECONNRESET }
+
+// sysErr returns the system's error number inside err, whose text says what happened
+// without the layers of operation names and addresses the caller words itself.
+func sysErr(err error) error {
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		return errno
+	}
+	return err
+}
+
+// bothRegular reports whether dst and src are regular files (copy_file_range).
+func bothRegular(dst io.Writer, src io.Reader) bool {
+	d, ok1 := dst.(*os.File)
+	s, ok2 := src.(*os.File)
+	return ok1 && ok2 && isRegular(d) && isRegular(s)
 }
 
 func isRegular(f *os.File) bool {
@@ -390,9 +469,9 @@ func isRegular(f *os.File) bool {
 }
 
 // countingWriter counts every write as it completes. It hides the destination's
-// ReadFrom, so it is only used where the copy goes through a buffer anyway (see
-// userSpaceCopy): there it costs nothing, and it lets -p report a slow pipe every second
-// and a signal count the bytes of an unfinished chunk.
+// ReadFrom, so it is only used where the copy goes through a buffer anyway: there it
+// costs nothing, and it lets -p report a slow pipe every second and a signal count the
+// bytes of an unfinished chunk. Its write errors are *relay.WriteError.
 type countingWriter struct {
 	w     io.Writer
 	count func(int64)
@@ -401,56 +480,10 @@ type countingWriter struct {
 func (c countingWriter) Write(p []byte) (int, error) {
 	n, err := c.w.Write(p)
 	c.count(int64(n))
-	return n, err
-}
-
-// shownCount is what -p has been told so far. Two counts feed it, the bytes of finished
-// chunks and a file's position, and it passes on whichever is ahead, once.
-type shownCount struct {
-	mu sync.Mutex
-	n  int64
-}
-
-func (s *shownCount) upTo(p *meter.Progress, total int64) {
-	if p == nil {
-		return
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if total > s.n {
-		p.Add(total - s.n)
-		s.n = total
-	}
-}
-
-// positionPoll is how often followPosition looks at the file's position.
-const positionPoll = 250 * time.Millisecond
-
-// followPosition calls report with base plus how far f's position has moved, every
-// positionPoll, until the returned stop is called. sendfile and copy_file_range move the
-// position as they go, so this sees a chunk's progress before the chunk is done.
-func followPosition(f *os.File, base int64, report func(int64)) (stop func()) {
-	start, err := f.Seek(0, io.SeekCurrent)
 	if err != nil {
-		return func() {}
+		return n, &relay.WriteError{Err: err}
 	}
-	quit, done := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(done)
-		t := time.NewTicker(positionPoll)
-		defer t.Stop()
-		for {
-			select {
-			case <-quit:
-				return
-			case <-t.C:
-				if pos, err := f.Seek(0, io.SeekCurrent); err == nil && pos > start {
-					report(base + pos - start)
-				}
-			}
-		}
-	}()
-	return func() { close(quit); <-done }
+	return n, nil
 }
 
 func cmp(port, fallback int) int {

@@ -3,6 +3,7 @@ package pipe
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -260,8 +261,8 @@ func TestCutShortByReset(t *testing.T) {
 	if cut.Bytes < 256<<10 || cut.Bytes >= int64(len(data)) || !isReset(err) {
 		t.Errorf("Run = %v (%d bytes); want a reset after 256 KiB to %d bytes", err, cut.Bytes, len(data))
 	}
-	if msg := err.Error(); !strings.HasPrefix(msg, "transfer cut short after ") || strings.Contains(msg, "\n") {
-		t.Errorf("error %q: want one line saying how many bytes went through", msg)
+	if msg, want := err.Error(), fmt.Sprintf("DESTINATION %s reset by peer after %d bytes (", c.LocalAddr(), cut.Bytes); !strings.HasPrefix(msg, want) || strings.Contains(msg, "\n") {
+		t.Errorf("error %q: want one line starting %q", msg, want)
 	}
 	if got := hostCount(t, bind, "127.0.0.1"); got != 7+uint64(cut.Bytes) {
 		t.Errorf("bind file count %d; want 7 + %d", got, cut.Bytes)

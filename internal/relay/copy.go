@@ -38,32 +38,81 @@ type CopyOptions struct {
 
 type readDeadliner interface{ SetReadDeadline(time.Time) error }
 
+// WriteError is how Copy reports a failure of its destination, where it can tell the two
+// ends apart (its own zero-copy loops); any other error is the source's or ctx's.
+type WriteError struct{ Err error }
+
+func (e *WriteError) Error() string { return e.Err.Error() }
+func (e *WriteError) Unwrap() error { return e.Err }
+
 // Copy copies from src to dst until src ends (io.EOF, which is not an error) or a read or
 // write fails, and returns the bytes written. Pass raw *net.TCPConn and *os.File values:
-// any wrapper hides them from the kernel's zero-copy paths. Between two TCP connections
-// the bytes move with splice through a pipe held only while bytes are in flight, and
-// Progress hears of every splice; elsewhere the standard library's sendfile and splice
-// paths are used, in chunks when Progress or Limiter is set. A cancelled ctx stops a rate
-// limited or metered copy between chunks; to stop a copy blocked in the kernel, cancel ctx and
-// set a read deadline in the past on src (a tick may delay that by up to Tick), or close a
+// any wrapper hides them from the kernel's zero-copy paths. Copy runs its own zero-copy
+// loops, which report every system call to Progress, so that a count is exact to the byte
+// at every moment: from a connection to a connection or to a file (splice through a pipe
+// held only while bytes are in flight), and from a regular file to a connection
+// (sendfile). Elsewhere the standard library copies (copy_file_range between regular
+// files, a buffer otherwise), in chunks when Progress or Limiter is set. A cancelled ctx
+// stops a rate limited or metered copy between chunks, and a wait for a file destination
+// within a tenth of a second; to stop a copy blocked on a connection, cancel ctx and set
+// a read deadline in the past on src (a tick may delay that by up to Tick), or close a
 // connection.
 func Copy(ctx context.Context, dst io.Writer, src io.Reader, o CopyOptions) (int64, error) {
-	if d, ok := dst.(*net.TCPConn); ok {
-		if s, ok := src.(*net.TCPConn); ok {
-			n, err := spliceCopy(ctx, d, s, o)
-			if errors.Is(err, errNoPipe) {
-				// Out of descriptors: the standard library's copy falls back to a
-				// user-space buffer where it cannot get a pipe either.
-				m, err := chunkedCopy(ctx, dst, src, o)
-				return n + m, err
+	var out sink
+	var err error
+	switch d := dst.(type) {
+	case *net.TCPConn:
+		switch s := src.(type) {
+		case *net.TCPConn:
+			out, err = tcpSink(d)
+		case *os.File:
+			if isRegular(s) {
+				if n, handled, err := fileToSocket(ctx, d, s, o); handled {
+					return n, err
+				}
 			}
-			return n, err
 		}
+	case *os.File:
+		if _, ok := src.(*net.TCPConn); ok && spliceable(d) {
+			out, err = fileSink(ctx, d)
+		}
+	}
+	if s, ok := src.(*net.TCPConn); ok && out.write != nil && err == nil {
+		n, err := spliceCopy(ctx, out, s, o)
+		if errors.Is(err, errNoPipe) {
+			// Out of descriptors: the standard library's copy falls back to a
+			// user-space buffer where it cannot get a pipe either.
+			m, err := chunkedCopy(ctx, dst, src, o)
+			return n + m, err
+		}
+		return n, err
 	}
 	if o.Limiter == nil && o.Progress == nil {
 		return io.Copy(dst, src)
 	}
 	return chunkedCopy(ctx, dst, src, o)
+}
+
+// Exact reports whether Copy moves src to dst with a loop of its own that reports every
+// system call to Progress (see Copy): then a count taken from Progress is exact to the
+// byte at every moment, even while the destination holds a write up.
+func Exact(dst io.Writer, src io.Reader) bool {
+	if !ownLoops {
+		return false
+	}
+	switch d := dst.(type) {
+	case *net.TCPConn:
+		switch s := src.(type) {
+		case *net.TCPConn:
+			return true
+		case *os.File:
+			return isRegular(s)
+		}
+	case *os.File:
+		_, ok := src.(*net.TCPConn)
+		return ok && spliceable(d)
+	}
+	return false
 }
 
 // chunkedCopy is Copy for files and other writers: io.CopyN steps, each of which the

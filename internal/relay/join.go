@@ -123,7 +123,7 @@ func Join(ctx context.Context, client, server *net.TCPConn, o Options) Result {
 		case j.aborted:
 			discard(side.c)
 		default:
-			settle(ctx, side.c, settleTimeout)
+			Settle(ctx, side.c, SettleTimeout)
 		}
 	}
 	_ = client.Close()
@@ -236,59 +236,4 @@ func classify(client, server *net.TCPConn, err error) (string, *net.TCPConn) {
 		return EndStopped, nil
 	}
 	return "error: " + err.Error(), nil
-}
-
-// settleTimeout bounds how long a close waits for the peer to acknowledge what was
-// written to it.
-const settleTimeout = 10 * time.Second
-
-// settle waits until the peer of c has acknowledged every byte and the FIN written to c,
-// discarding what it sends meanwhile, for at most limit or until ctx ends.
-func settle(ctx context.Context, c *net.TCPConn, limit time.Duration) {
-	// Nothing unread right now is not enough to close at once: the peer may send more in
-	// the next microsecond, and a close then resets. Only an acknowledged tail is safe.
-	deadline := time.Now().Add(limit)
-	wait := 100 * time.Microsecond
-	for {
-		discard(c)
-		if unacked(c) <= 0 || time.Now().After(deadline) || ctx.Err() != nil {
-			return
-		}
-		t := time.NewTimer(wait)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-			return
-		}
-		wait = min(2*wait, 50*time.Millisecond)
-	}
-}
-
-// discard drops, without blocking and without copying, what the peer has already sent,
-// and returns how many bytes that was.
-func discard(c *net.TCPConn) int {
-	raw, err := c.SyscallConn()
-	if err != nil {
-		return 0
-	}
-	total := 0
-	_ = raw.Control(func(fd uintptr) { total = Discard(int(fd)) })
-	return total
-}
-
-// Discard drops, without blocking and without copying, what the peer of the TCP socket fd
-// has already sent (at most 64 MiB a call), and returns how many bytes that was: what a
-// relay does to a side it stopped reading before it closes it, so the close is a FIN and
-// not a reset.
-func Discard(fd int) int {
-	total := 0
-	for range 64 {
-		n, err := recvDiscard(fd, 1<<20)
-		if n <= 0 || err != nil {
-			break
-		}
-		total += n
-	}
-	return total
 }

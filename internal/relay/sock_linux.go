@@ -6,6 +6,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// ConnReset reports whether c's peer reset the connection (see PeerReset).
+func ConnReset(c *net.TCPConn) bool { return isReset(c) }
+
 // isReset reports whether c's peer reset the connection (see PeerReset).
 func isReset(c *net.TCPConn) bool {
 	reset := false
@@ -21,13 +24,6 @@ func PeerReset(fd int) bool {
 	return err == nil && info.State == unix.BPF_TCP_CLOSE
 }
 
-// control runs f with c's descriptor, if it has one.
-func control(c *net.TCPConn, f func(fd int)) {
-	if raw, err := c.SyscallConn(); err == nil {
-		_ = raw.Control(func(fd uintptr) { f(int(fd)) })
-	}
-}
-
 // recvDiscard drops up to max received bytes: for TCP, MSG_TRUNC discards them in the
 // kernel without copying, so no buffer is passed.
 func recvDiscard(fd, max int) (int, error) {
@@ -38,6 +34,9 @@ func recvDiscard(fd, max int) (int, error) {
 	}
 	return int(n), nil
 }
+
+// ConnUnacked returns Unacked for c's descriptor, or -1.
+func ConnUnacked(c *net.TCPConn) int { return unacked(c) }
 
 // unacked returns Unacked for c's descriptor, or -1.
 func unacked(c *net.TCPConn) int {

@@ -67,16 +67,32 @@ func putPipe(p *kpipe, empty bool) {
 	unix.Close(p.w)
 }
 
-// spliceCopy moves bytes from src to dst with splice(2) through a pipe, without them
-// entering user space. It reports every splice to o.Progress, honours o.Limiter with at
-// most one burst per splice, and stops on src's EOF, an error, or a deadline on either
-// connection (how Join stops a direction).
-func spliceCopy(ctx context.Context, dst, src *net.TCPConn, o CopyOptions) (written int64, err error) {
-	srcRaw, err := src.SyscallConn()
+// sink is what a splice loop writes to: write runs an attempt on the descriptor until it
+// returns true, waiting between attempts until the descriptor takes more; fail names a
+// splice into it that failed.
+type sink struct {
+	write func(attempt func(fd uintptr) bool) error
+	fail  func(err error) error
+}
+
+// tcpSink is a connection as a splice destination, waited for by the runtime's poller.
+func tcpSink(c *net.TCPConn) (sink, error) {
+	raw, err := c.SyscallConn()
 	if err != nil {
-		return 0, err
+		return sink{}, err
 	}
-	dstRaw, err := dst.SyscallConn()
+	return sink{write: raw.Write, fail: func(err error) error {
+		return &net.OpError{Op: "splice", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("splice", err)}
+	}}, nil
+}
+
+// spliceCopy moves bytes from src to dst with splice(2) through a pipe, without them
+// entering user space. It reports every splice out of the pipe to o.Progress, so a count
+// is exact at every moment, honours o.Limiter with at most one burst per splice, and
+// stops on src's EOF, an error, or a deadline on either connection (how Join stops a
+// direction). Failures of dst are *WriteError.
+func spliceCopy(ctx context.Context, dst sink, src *net.TCPConn, o CopyOptions) (written int64, err error) {
+	srcRaw, err := src.SyscallConn()
 	if err != nil {
 		return 0, err
 	}
@@ -146,7 +162,7 @@ func spliceCopy(ctx context.Context, dst, src *net.TCPConn, o CopyOptions) (writ
 		credit -= n
 		for inPipe > 0 {
 			var m int
-			werr := dstRaw.Write(func(fd uintptr) bool {
+			werr := dst.write(func(fd uintptr) bool {
 				for {
 					var k int64
 					k, serr = unix.Splice(p.r, nil, int(fd), nil, inPipe, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
@@ -161,10 +177,10 @@ func spliceCopy(ctx context.Context, dst, src *net.TCPConn, o CopyOptions) (writ
 				}
 			})
 			if werr != nil {
-				return written, werr
+				return written, &WriteError{werr}
 			}
 			if serr != nil {
-				return written, &net.OpError{Op: "splice", Net: "tcp", Source: dst.LocalAddr(), Addr: dst.RemoteAddr(), Err: os.NewSyscallError("splice", serr)}
+				return written, &WriteError{dst.fail(serr)}
 			}
 			inPipe -= m
 			written += int64(m)

@@ -1,0 +1,163 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// resetAfter is the receiver's message for a sender that reset the connection.
+var resetAfter = regexp.MustCompile(`(?m)^tcppipe: SOURCE \S+ reset by peer after (\d+) bytes \([0-9.]+ [KMG]?i?B\)\n\z`)
+
+// signalled is a process's message for SIGTERM mid-transfer.
+var signalled = regexp.MustCompile(`(?m)^tcppipe: interrupted by signal after (\d+) bytes \([0-9.]+ [KMG]?i?B\)\n\z`)
+
+func fileSize(path string) int64 {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return 0
+	}
+	return fi.Size()
+}
+
+// TestSenderCutShortResets: a sender stopped by SIGTERM before its SOURCE ended resets
+// the connection, so the receiving tcppipe exits 1 saying so and how many bytes came,
+// rather than 0 with a partial file. Both shapes: the sender connects, and it listens.
+// The bytes the receiver wrote are exactly those it says, and those the sender says.
+func TestSenderCutShortResets(t *testing.T) {
+	t.Parallel()
+	in, data := randomFile(t, 20<<20)
+	for _, tc := range []struct {
+		name          string
+		senderListens bool
+		senderArgs    func(port int) []string
+		receiverArgs  func(port int) []string
+	}{
+		{"sender-connects", false,
+			func(p int) []string { return []string{"-l", "1M", "-", "127.0.0.1", strconv.Itoa(p)} },
+			func(p int) []string { return []string{":" + strconv.Itoa(p), "-"} }},
+		{"sender-listens", true,
+			func(p int) []string { return []string{"-l", "1M", "-", ":" + strconv.Itoa(p)} },
+			func(p int) []string { return []string{"::1", strconv.Itoa(p), "-"} }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			if tc.senderListens && !hasIPv6() {
+				t.Skip("no IPv6 loopback")
+			}
+			out := filepath.Join(t.TempDir(), "out")
+			var send, recv *proc
+			if tc.senderListens {
+				var port int
+				send, port = startListening(t, open(t, in), nil, tc.senderArgs)
+				recv = start(t, nil, create(t, out), tc.receiverArgs(port)...)
+			} else {
+				var port int
+				recv, port = startListening(t, nil, create(t, out), tc.receiverArgs)
+				send = start(t, open(t, in), nil, tc.senderArgs(port)...)
+			}
+			waitFor(t, timeout, "bytes to flow", func() bool { return fileSize(out) >= 256<<10 })
+			if err := send.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+				t.Fatal(err)
+			}
+			code, stderr := send.wait(t)
+			m := signalled.FindStringSubmatch(stderr)
+			if code != 1 || m == nil {
+				t.Fatalf("sender: exit %d, stderr %q; want 1, interrupted after N bytes", code, stderr)
+			}
+			code, rstderr := recv.wait(t)
+			r := resetAfter.FindStringSubmatch(rstderr)
+			if code != 1 || r == nil {
+				t.Fatalf("receiver: exit %d, stderr %q; want 1, reset by peer after N bytes", code, rstderr)
+			}
+			got, err := os.ReadFile(out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if strconv.Itoa(len(got)) != r[1] || r[1] != m[1] || len(got) >= len(data) {
+				t.Errorf("receiver wrote %d bytes and says %s; sender says %s; of %d", len(got), r[1], m[1], len(data))
+			}
+			checkSame(t, "received", got, data[:len(got)])
+		})
+	}
+}
+
+// TestStdinReadErrorResets: a read error on stdin is no clean end either: the connection
+// is reset, and the receiver says so.
+func TestStdinReadErrorResets(t *testing.T) {
+	t.Parallel()
+	out := filepath.Join(t.TempDir(), "out")
+	recv, port := startListening(t, nil, create(t, out), func(p int) []string { return []string{":" + strconv.Itoa(p), "-"} })
+	send := start(t, open(t, t.TempDir()), nil, "-", "127.0.0.1", strconv.Itoa(port)) // read(2) on a directory: EISDIR
+	if code, stderr := send.wait(t); code != 1 || !strings.Contains(stderr, "is a directory") {
+		t.Errorf("sender: exit %d, stderr %q; want 1 and the read error", code, stderr)
+	}
+	if code, stderr := recv.wait(t); code != 1 || !resetAfter.MatchString(stderr) {
+		t.Errorf("receiver: exit %d, stderr %q; want 1, reset by peer after 0 bytes", code, stderr)
+	}
+}
+
+// pipeHolds returns the bytes waiting in the pipe whose read end is r.
+func pipeHolds(t testing.TB, r *os.File) int {
+	t.Helper()
+	n, err := unix.IoctlGetInt(int(r.Fd()), unix.TIOCINQ) // FIONREAD
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// TestSignalCountIsExact: tcppipe writing to a stdout pipe that nobody drains, signalled,
+// reports the bytes that are in the pipe, to the byte, and adds exactly those to its -b
+// entry (not 0 because a 1 MiB step had not finished).
+func TestSignalCountIsExact(t *testing.T) {
+	t.Parallel()
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pr.Close()
+	defer pw.Close()
+	bind := filepath.Join(t.TempDir(), "bind")
+	if err := os.WriteFile(bind, []byte("127.0.0.1 5\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	in, _ := randomFile(t, 4<<20)
+	recv, port := startListening(t, nil, pw, func(p int) []string { return []string{"-b", bind, ":" + strconv.Itoa(p), "-"} })
+	pw.Close()
+	send := start(t, open(t, in), nil, "-", "127.0.0.1", strconv.Itoa(port))
+	// The pipe fills and stays full: nothing reads it.
+	var held int
+	waitFor(t, timeout, "the pipe to fill", func() bool {
+		n := pipeHolds(t, pr)
+		full := n > 0 && n == held
+		held = n
+		return full
+	})
+	if err := recv.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	code, stderr := recv.wait(t)
+	m := signalled.FindStringSubmatch(stderr)
+	if code != 1 || m == nil {
+		t.Fatalf("exit %d, stderr %q; want 1, interrupted after N bytes", code, stderr)
+	}
+	held = pipeHolds(t, pr)
+	if m[1] != strconv.Itoa(held) {
+		t.Errorf("tcppipe says %s bytes went through; the pipe holds %d", m[1], held)
+	}
+	want := fmt.Sprintf("127.0.0.1 %d\n", 5+held)
+	if b, _ := os.ReadFile(bind); string(b) != want {
+		t.Errorf("bind file %q; want %q", b, want)
+	}
+	send.wait(t)
+	_ = time.Second
+}

@@ -1,0 +1,78 @@
+package relay
+
+import (
+	"context"
+	"net"
+	"time"
+)
+
+// SettleTimeout is how long Settle waits, at most, for the peer's acknowledgements to
+// move on: a peer that acknowledges nothing more for this long is taken as gone.
+const SettleTimeout = 10 * time.Second
+
+// Settle is the acknowledged close: it waits until the peer of c has acknowledged every
+// byte and the FIN written to c, discarding what the peer sends meanwhile (without
+// copying), so that c can then be closed without Linux resetting it and dropping the tail
+// it still queues. It gives up when the count of unacknowledged bytes has not gone down
+// for stall, or when ctx ends, and returns that count: 0 when the peer has everything,
+// -1 when the kernel cannot tell. Call it after CloseWrite.
+func Settle(ctx context.Context, c *net.TCPConn, stall time.Duration) int {
+	// Nothing unread right now is not enough to close at once: the peer may send more in
+	// the next microsecond, and a close then resets. Only an acknowledged tail is safe.
+	deadline := time.Now().Add(stall)
+	wait := 100 * time.Microsecond
+	last := -1
+	for {
+		discard(c)
+		n := unacked(c)
+		if n <= 0 || ctx.Err() != nil {
+			return n
+		}
+		now := time.Now()
+		if last < 0 || n < last {
+			last, deadline = n, now.Add(stall)
+		} else if now.After(deadline) {
+			return n
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			discard(c)
+			return unacked(c)
+		}
+		wait = min(2*wait, 50*time.Millisecond)
+	}
+}
+
+// discard drops, without blocking and without copying, what the peer of c has already
+// sent, and returns how many bytes that was.
+func discard(c *net.TCPConn) int {
+	total := 0
+	control(c, func(fd int) { total = Discard(fd) })
+	return total
+}
+
+// Discard drops, without blocking and without copying, what the peer of the TCP socket fd
+// has already sent (at most 64 MiB a call), and returns how many bytes that was: what a
+// relay does to a side it stopped reading before it closes it, so the close is a FIN and
+// not a reset.
+func Discard(fd int) int {
+	total := 0
+	for range 64 {
+		n, err := recvDiscard(fd, 1<<20)
+		if n <= 0 || err != nil {
+			break
+		}
+		total += n
+	}
+	return total
+}
+
+// control runs f with c's descriptor, if it has one.
+func control(c *net.TCPConn, f func(fd int)) {
+	if raw, err := c.SyscallConn(); err == nil {
+		_ = raw.Control(func(fd uintptr) { f(int(fd)) })
+	}
+}
