@@ -35,6 +35,7 @@ Options:
   -i SECS                  write host-file counts back every SECS while the transfer
                            runs (default 512), and always at the end
       --insert FILE        send FILE's content to DESTINATION before any SOURCE byte
+                           (its bytes count against -l like any other)
   -l, --limit RATE         at most RATE bytes per second; K, M, G (or KiB, MiB, GiB)
                            multiply by 1024, 1024^2, 1024^3
   -p                       print throughput on stderr once a second and a summary

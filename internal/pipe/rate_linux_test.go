@@ -78,3 +78,34 @@ func TestRateLimitOverLoopback(t *testing.T) {
 	t.Logf("average %.0f B/s (%+.2f%%) over %v; largest 1 s window %d B; largest 100 ms window %.2f x its share",
 		avg, 100*(avg/rate-1), span, pipetest.MaxWindow(arr, time.Second), float64(pipetest.MaxWindow(arr, 100*time.Millisecond))/(rate/10))
 }
+
+// TestInsertCountsAgainstLimit: --insert's bytes are paid from the same bucket as the
+// copy's, so 1 MiB of insert at -l 512K does not all go out in the first second: no
+// 1-second window carries more than 1.05 x rate + 64 KiB. Not parallel, as above.
+func TestInsertCountsAgainstLimit(t *testing.T) {
+	const rate = 512 << 10
+	insert := randomData(1 << 20)
+	data := randomData(256 << 10)
+	ln := listen(t, "127.0.0.1")
+	if err := pipetest.SetTimestamps(ln); err != nil {
+		t.Fatal(err)
+	}
+	e := start(t, Config{Source: stdio, Destination: connectEnd("127.0.0.1", port(ln)),
+		Stdin: openFile(t, writeFile(t, "in", data)), InsertFile: writeFile(t, "insert", insert), Rate: rate})
+	arr, _, err := receiveBoosted(accept(t, ln), time.Now().Add(testTimeout))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.wait(t); err != nil {
+		t.Fatal(err)
+	}
+	if want := int64(len(insert) + len(data)); len(arr) == 0 || arr[len(arr)-1].Total != want {
+		t.Fatalf("received %d reads; want all %d bytes", len(arr), want)
+	}
+	bound := 1.05*rate + 64<<10
+	most := pipetest.MaxWindow(arr, time.Second)
+	if float64(most) > bound {
+		t.Errorf("a 1 s window carried %d bytes; the bound is %.0f", most, bound)
+	}
+	t.Logf("largest 1 s window %d B (bound %.0f); %d bytes in %v", most, bound, arr[len(arr)-1].Total, arr[len(arr)-1].At.Sub(arr[0].At))
+}
