@@ -161,3 +161,33 @@ func TestSignalCountIsExact(t *testing.T) {
 	send.wait(t)
 	_ = time.Second
 }
+
+// TestInputIsOutput: "tcppipe - - < f >> f" would grow f without end; like cat, tcppipe
+// refuses at once, with one line and exit 1, and leaves f as it was. Devices such as
+// /dev/null on both sides are fine.
+func TestInputIsOutput(t *testing.T) {
+	t.Parallel()
+	f, data := randomFile(t, 64<<10)
+	out, err := os.OpenFile(f, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	// -l bounds the harm should the check be missing: the file grows 1 MiB a second.
+	p := start(t, open(t, f), out, "-l", "1M", "-", "-")
+	waitFor(t, 10*time.Second, "tcppipe to refuse", p.exited)
+	code, stderr := p.wait(t)
+	if code != 1 || stderr != "tcppipe: input file is output file: stdin and stdout are the same regular file\n" {
+		t.Errorf("exit %d, stderr %q; want 1, input file is output file", code, stderr)
+	}
+	checkOutFile(t, f, data)
+
+	devnull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer devnull.Close()
+	if code, stderr := start(t, devnull, devnull, "-", "-").wait(t); code != 0 || stderr != "" {
+		t.Errorf("/dev/null to itself: exit %d, stderr %q; want 0", code, stderr)
+	}
+}

@@ -25,7 +25,8 @@ Move bytes one way, from SOURCE to DESTINATION, until SOURCE ends. Each is one o
   :PORT          listen on PORT, accept one connection and use it
   HOST PORT      connect to HOST (name, IPv4 or IPv6 literal) on PORT;
                  HOST "." is the host with the fewest bytes in the -n file
-SOURCE and DESTINATION cannot both be network ends. "- -" copies stdin to stdout.
+SOURCE and DESTINATION cannot both be network ends. "- -" copies stdin to stdout
+(but, as cat, refuses to copy a regular file onto itself: "- - < f >> f").
 
 Options:
   -b, --bind-file FILE     use the entry of FILE with the fewest bytes as the local

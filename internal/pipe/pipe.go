@@ -150,6 +150,9 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	warn := func(format string, args ...any) {
 		fmt.Fprintf(cfg.Stderr, "%s: "+format+"\n", append([]any{cfg.tool()}, args...)...)
 	}
+	if !cfg.Source.Network() && !cfg.Destination.Network() && sameFile(cfg.Stdin, cfg.Stdout) {
+		return errors.New("input file is output file: stdin and stdout are the same regular file")
+	}
 	var insert []byte
 	if cfg.InsertFile != "" {
 		if insert, err = os.ReadFile(cfg.InsertFile); err != nil {
@@ -461,6 +464,22 @@ func bothRegular(dst io.Writer, src io.Reader) bool {
 	d, ok1 := dst.(*os.File)
 	s, ok2 := src.(*os.File)
 	return ok1 && ok2 && isRegular(d) && isRegular(s)
+}
+
+// sameFile reports whether stdin and stdout are one regular file and stdin is not at its
+// end: copying would then read what it writes, without end ("- - < f >> f"). It is cat's
+// "input file is output file" rule.
+func sameFile(in, out *os.File) bool {
+	if in == nil || out == nil {
+		return false
+	}
+	a, err1 := in.Stat()
+	b, err2 := out.Stat()
+	if err1 != nil || err2 != nil || !a.Mode().IsRegular() || !os.SameFile(a, b) {
+		return false
+	}
+	pos, err := in.Seek(0, io.SeekCurrent)
+	return err != nil || pos < a.Size()
 }
 
 func isRegular(f *os.File) bool {
