@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"math/rand/v2"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/gofrs/flock"
@@ -14,8 +16,12 @@ import (
 // LockSuffix is appended to a host file's path to name its lock file.
 const LockSuffix = ".lock"
 
-// newFileMode is the mode of a host file that Update creates.
-const newFileMode fs.FileMode = 0o644
+// newFileMode is the mode asked for a host file (and a lock file) that Update creates;
+// the kernel takes the umask off it, as for any file a shell command creates.
+const newFileMode fs.FileMode = 0o666
+
+// maxLinks is how many symbolic links resolve follows before it gives up, as the kernel.
+const maxLinks = 40
 
 // Read reads and parses the host file at path. It takes no lock: writers replace the file
 // with a rename, so a reader always sees a complete old or new version. The error, for a
@@ -53,7 +59,8 @@ func pathError(verb, path string, err error) error {
 //
 // The lock is on a separate file because the data file's inode is replaced by every write:
 // a lock held on it would not exclude a process that opened the new one. If path is a
-// symbolic link, the file it points to is updated and the link kept.
+// symbolic link, the file it points to is updated (or, for a dangling link and create,
+// created) and the link kept.
 //
 // Once the rename has succeeded, Update reports success: a failure to sync the directory
 // afterwards cannot be undone and must not make a caller apply its change a second time.
@@ -65,7 +72,6 @@ func Update(path string, create bool, fn func(*File) error) error {
 	}
 	defer lk.Unlock()
 
-	mode := newFileMode
 	var old fs.FileInfo
 	data, err := os.ReadFile(path)
 	switch {
@@ -73,7 +79,6 @@ func Update(path string, create bool, fn func(*File) error) error {
 		if old, err = os.Stat(path); err != nil {
 			return pathError("reading", path, err)
 		}
-		mode = old.Mode().Perm()
 	case errors.Is(err, fs.ErrNotExist) && create:
 	default:
 		return pathError("reading", path, err)
@@ -85,17 +90,27 @@ func Update(path string, create bool, fn func(*File) error) error {
 	if !f.Changed() && old != nil {
 		return nil
 	}
-	return replace(path, f.Format(), mode, old)
+	return replace(path, f.Format(), old)
 }
 
-// resolve follows symbolic links so that a link to a host file stays a link. A path that
-// does not resolve (a missing file) is used as it is.
+// resolve follows symbolic links so that a link to a host file stays a link: it returns
+// the path of the file the link chain ends at, which need not exist (a dangling link's
+// target is where a new file goes). A path that is no link is returned as it is.
 func resolve(path string) string {
-	if fi, err := os.Lstat(path); err != nil || fi.Mode()&fs.ModeSymlink == 0 {
-		return path
-	}
-	if real, err := filepath.EvalSymlinks(path); err == nil {
-		return real
+	for range maxLinks {
+		fi, err := os.Lstat(path)
+		if err != nil || fi.Mode()&fs.ModeSymlink == 0 {
+			return path
+		}
+		target, err := os.Readlink(path)
+		if err != nil {
+			return path
+		}
+		if !filepath.IsAbs(target) {
+			// Not filepath.Join: its lexical ".." would be wrong below a linked directory.
+			target = filepath.Dir(path) + string(filepath.Separator) + target
+		}
+		path = target
 	}
 	return path
 }
@@ -105,12 +120,12 @@ func resolve(path string) string {
 // writer that crashed.
 func tempPrefix(path string) string { return "." + filepath.Base(path) + ".tmp-" }
 
-// replace writes data to path atomically (see Update). old is the replaced file's info, nil
-// for a new file.
-func replace(path string, data []byte, mode fs.FileMode, old fs.FileInfo) error {
+// replace writes data to path atomically (see Update). old is the replaced file's info,
+// whose mode and owner the new file takes; nil for a new file.
+func replace(path string, data []byte, old fs.FileInfo) error {
 	dir := filepath.Dir(path)
 	removeStaleTemps(dir, tempPrefix(path))
-	tmp, err := os.CreateTemp(dir, tempPrefix(path)+"*")
+	tmp, err := createTemp(dir, tempPrefix(path))
 	if err != nil {
 		return pathError("writing", path, err)
 	}
@@ -127,10 +142,10 @@ func replace(path string, data []byte, mode fs.FileMode, old fs.FileInfo) error 
 	if err := tmp.Sync(); err != nil {
 		return pathError("writing", path, err)
 	}
-	if err := tmp.Chmod(mode); err != nil {
-		return pathError("writing", path, err)
-	}
 	if old != nil {
+		if err := tmp.Chmod(old.Mode().Perm()); err != nil {
+			return pathError("writing", path, err)
+		}
 		chown(tmp, old)
 	}
 	if err := tmp.Close(); err != nil {
@@ -146,6 +161,19 @@ func replace(path string, data []byte, mode fs.FileMode, old fs.FileInfo) error 
 	ok = true
 	syncDir(dir)
 	return nil
+}
+
+// createTemp creates a new file in dir named prefix and a random suffix, asking for
+// newFileMode, so that the kernel applies the umask (os.CreateTemp asks for 0600).
+func createTemp(dir, prefix string) (*os.File, error) {
+	for range 100 {
+		name := filepath.Join(dir, prefix+strconv.FormatUint(rand.Uint64(), 36))
+		f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_EXCL, newFileMode)
+		if !errors.Is(err, fs.ErrExist) {
+			return f, err
+		}
+	}
+	return nil, errors.New("no unused temporary name")
 }
 
 // removeStaleTemps deletes temporary files left in dir by a writer that crashed. It is

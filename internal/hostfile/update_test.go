@@ -497,3 +497,55 @@ func TestCrashSafety(t *testing.T) {
 		t.Errorf("directory holds %q, want %q", got, want)
 	}
 }
+
+// TestUpdateCreateHonoursUmask: a new host file, and its lock file, get 0666 less the
+// umask, as any file a shell command creates: 0600 under umask 077, not 0644. Not
+// parallel: the umask is the process's.
+func TestUpdateCreateHonoursUmask(t *testing.T) {
+	for _, mask := range []int{0o077, 0o022, 0o002} {
+		old := syscall.Umask(mask)
+		path := filepath.Join(t.TempDir(), "hosts")
+		err := Update(path, true, func(f *File) error { f.Add("a", 1); return nil })
+		syscall.Umask(old)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := fs.FileMode(0o666 &^ mask)
+		for _, p := range []string{path, path + LockSuffix} {
+			if st, err := os.Stat(p); err != nil || st.Mode().Perm() != want {
+				t.Errorf("umask %03o: %s: %v %v; want mode %v", mask, p, st.Mode().Perm(), err, want)
+			}
+		}
+	}
+}
+
+// TestUpdateCreatesDanglingLinkTarget: a host file given as a symbolic link whose target
+// does not exist yet gets the target created; the link stays a link, through a chain of
+// links too.
+func TestUpdateCreatesDanglingLinkTarget(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.Mkdir(filepath.Join(dir, "sub"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(dir, "link")   // -> sub/hosts, which does not exist
+	chain := filepath.Join(dir, "chain") // -> link
+	if err := os.Symlink(filepath.Join("sub", "hosts"), link); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("link", chain); err != nil {
+		t.Fatal(err)
+	}
+	for i, p := range []string{chain, link} {
+		if err := Update(p, true, func(f *File) error { f.Add("a", 1); return nil }); err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range []string{chain, link} {
+			if fi, err := os.Lstat(l); err != nil || fi.Mode()&fs.ModeSymlink == 0 {
+				t.Errorf("Update(%s): %s is no longer a link: %v %v", p, l, fi, err)
+			}
+		}
+		if got, want := readFile(t, filepath.Join(dir, "sub", "hosts")), fmt.Sprintf("a %d\n", i+1); got != want {
+			t.Errorf("Update(%s): target = %q; want %q", p, got, want)
+		}
+	}
+}
