@@ -191,3 +191,24 @@ func TestInputIsOutput(t *testing.T) {
 		t.Errorf("/dev/null to itself: exit %d, stderr %q; want 0", code, stderr)
 	}
 }
+
+// TestNoSpaceMessage: a destination that is full says so ("no space left on device"),
+// not splice's "invalid argument", whether the source is a socket or a file.
+func TestNoSpaceMessage(t *testing.T) {
+	t.Parallel()
+	in, _ := randomFile(t, 1<<20)
+	full, err := os.OpenFile("/dev/full", os.O_WRONLY, 0)
+	if err != nil {
+		t.Skip(err)
+	}
+	defer full.Close()
+	const want = "tcppipe: writing to stdout: no space left on device after 0 bytes (0 B)\n"
+	recv, port := startListening(t, nil, full, func(p int) []string { return []string{":" + strconv.Itoa(p), "-"} })
+	start(t, open(t, in), nil, "-", "127.0.0.1", strconv.Itoa(port)) // ends by itself when recv does
+	if code, stderr := recv.wait(t); code != 1 || stderr != want {
+		t.Errorf("socket to /dev/full: exit %d, stderr %q; want 1, %q", code, stderr, want)
+	}
+	if code, stderr := start(t, open(t, in), full, "-", "-").wait(t); code != 1 || stderr != want {
+		t.Errorf("file to /dev/full: exit %d, stderr %q; want 1, %q", code, stderr, want)
+	}
+}

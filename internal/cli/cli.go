@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -107,7 +108,7 @@ func (f *FlagSet) Parse(args []string) error {
 			fmt.Fprint(f.stdout, f.help)
 			return ErrHelp
 		}
-		return AsUsage(err)
+		return AsUsage(numberWords(err))
 	}
 	if *f.showHlp {
 		fmt.Fprint(f.stdout, f.help)
@@ -118,6 +119,31 @@ func (f *FlagSet) Parse(args []string) error {
 		return ErrHelp
 	}
 	return nil
+}
+
+// numberWords rewords pflag's error for a number flag given something else: strconv's
+// text ("strconv.ParseInt: parsing "x": invalid syntax") becomes a person's words, the
+// flag and the value staying as pflag names them.
+func numberWords(err error) error {
+	var iv *pflag.InvalidValueError
+	var ne *strconv.NumError
+	if !errors.As(err, &iv) || !errors.As(err, &ne) {
+		return err
+	}
+	words := "not a whole number"
+	switch {
+	case errors.Is(ne.Err, strconv.ErrRange):
+		words = "out of range"
+	case strings.HasPrefix(ne.Func, "ParseFloat"):
+		words = "not a number"
+	case strings.HasPrefix(ne.Func, "ParseBool"):
+		words = "not true or false"
+	}
+	name := "--" + iv.GetFlag().Name
+	if sh := iv.GetFlag().Shorthand; sh != "" {
+		name = "-" + sh + ", " + name
+	}
+	return fmt.Errorf("invalid argument %q for %q flag: %s", iv.GetValue(), name, words)
 }
 
 // SignalContext returns a context that is cancelled on the first SIGINT or SIGTERM.

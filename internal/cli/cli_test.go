@@ -64,3 +64,22 @@ func TestSeconds(t *testing.T) {
 		t.Fatalf("default shown as %q, want 1.5", d)
 	}
 }
+
+// TestNumberFlagWords: a whole-number flag given something else says so in words, not
+// with strconv's "strconv.ParseInt: parsing ...: invalid syntax".
+func TestNumberFlagWords(t *testing.T) {
+	for _, c := range []struct{ arg, want string }{
+		{"x", `invalid argument "x" for "--pool" flag: not a whole number`},
+		{"1.5", `invalid argument "1.5" for "--pool" flag: not a whole number`},
+		{"99999999999999999999", `invalid argument "99999999999999999999" for "--pool" flag: out of range`},
+	} {
+		var out bytes.Buffer
+		fs := NewFlagSet("tool", "HELP\n", &out)
+		var n int
+		fs.IntVar(&n, "pool", 2, "")
+		err := fs.Parse([]string{"--pool", c.arg})
+		if Code(err) != ExitUsage || err.Error() != c.want {
+			t.Errorf("--pool %s: %v (exit %d); want %q, exit 2", c.arg, err, Code(err), c.want)
+		}
+	}
+}

@@ -94,8 +94,7 @@ func checkName(s string) error {
 		if l[0] == '-' || l[len(l)-1] == '-' {
 			return errors.New("not a valid host name (a label starts or ends with '-')")
 		}
-		for i := 0; i < len(l); i++ {
-			c := l[i]
+		for _, c := range l { // runes, so that a character is named as it was typed
 			ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_'
 			if !ok {
 				return fmt.Errorf("not a valid host name (character %q)", c)
