@@ -115,6 +115,43 @@ func Exact(dst io.Writer, src io.Reader) bool {
 	return false
 }
 
+// credit is what a zero-copy loop has paid its limiter for: each system call moves at
+// most that, and a short one wastes none, the rest being carried over to the next.
+type credit struct {
+	limiter *rate.Limiter
+	most    int // the most one call moves: a system call's limit, or one burst
+	paid    int // tokens paid for and not yet used
+}
+
+func newCredit(l *rate.Limiter, most int) *credit {
+	if l != nil {
+		most = min(most, l.Burst())
+	}
+	return &credit{limiter: l, most: most}
+}
+
+// next waits until a step is paid for (at once when unlimited) and returns the most bytes
+// the next call may move.
+func (c *credit) next(ctx context.Context) (int, error) {
+	if c.limiter == nil {
+		return c.most, nil
+	}
+	if c.paid < c.most {
+		if err := c.limiter.WaitN(ctx, c.most-c.paid); err != nil {
+			return 0, err
+		}
+		c.paid = c.most
+	}
+	return c.paid, nil
+}
+
+// used records n bytes moved.
+func (c *credit) used(n int) {
+	if c.limiter != nil {
+		c.paid -= n
+	}
+}
+
 // chunkedCopy is Copy for files and other writers: io.CopyN steps, each of which the
 // standard library still serves with sendfile or splice where it can.
 func chunkedCopy(ctx context.Context, dst io.Writer, src io.Reader, o CopyOptions) (int64, error) {

@@ -103,23 +103,13 @@ func fileToSocket(ctx context.Context, dst *net.TCPConn, src *os.File, o CopyOpt
 	if err != nil {
 		return 0, false, nil
 	}
-	step := maxSendfile
-	if o.Limiter != nil {
-		step = min(step, o.Limiter.Burst())
-	}
+	pay := newCredit(o.Limiter, maxSendfile)
 	handled = true
 	cerr := srcRaw.Control(func(sfd uintptr) {
-		credit := 0
 		for {
-			if o.Limiter != nil && credit < step {
-				if err = o.Limiter.WaitN(ctx, step-credit); err != nil {
-					return
-				}
-				credit = step
-			}
-			max := maxSendfile
-			if o.Limiter != nil {
-				max = credit
+			var max int
+			if max, err = pay.next(ctx); err != nil {
+				return
 			}
 			var n int
 			var serr error
@@ -152,7 +142,7 @@ func fileToSocket(ctx context.Context, dst *net.TCPConn, src *os.File, o CopyOpt
 				return // EOF
 			}
 			written += int64(n)
-			credit -= n
+			pay.used(n)
 			if o.Progress != nil {
 				o.Progress(int64(n))
 			}

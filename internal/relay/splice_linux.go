@@ -96,10 +96,7 @@ func spliceCopy(ctx context.Context, dst sink, src *net.TCPConn, o CopyOptions) 
 	if err != nil {
 		return 0, err
 	}
-	step := maxSplice
-	if o.Limiter != nil {
-		step = min(step, o.Limiter.Burst())
-	}
+	pay := newCredit(o.Limiter, maxSplice)
 	var p *kpipe
 	inPipe := 0
 	defer func() {
@@ -107,17 +104,10 @@ func spliceCopy(ctx context.Context, dst sink, src *net.TCPConn, o CopyOptions) 
 			putPipe(p, inPipe == 0)
 		}
 	}()
-	credit := 0 // tokens paid for and not yet used: a short splice wastes none
 	for {
-		if o.Limiter != nil && credit < step {
-			if err := o.Limiter.WaitN(ctx, step-credit); err != nil {
-				return written, err
-			}
-			credit = step
-		}
-		max := maxSplice
-		if o.Limiter != nil {
-			max = credit
+		max, err := pay.next(ctx)
+		if err != nil {
+			return written, err
 		}
 		var n int
 		var serr error
@@ -159,7 +149,7 @@ func spliceCopy(ctx context.Context, dst sink, src *net.TCPConn, o CopyOptions) 
 			return written, nil // EOF
 		}
 		inPipe = n
-		credit -= n
+		pay.used(n)
 		for inPipe > 0 {
 			var m int
 			werr := dst.write(func(fd uintptr) bool {
