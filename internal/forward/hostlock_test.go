@@ -1,0 +1,166 @@
+package forward
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"shd-tcp-tools/internal/forward/fwdtest"
+	"shd-tcp-tools/internal/hostfile"
+)
+
+// holdLock takes the exclusive lock on path's lock file, as `flock FILE.lock sleep N` does,
+// until the returned function (or the end of the test) releases it.
+func holdLock(t testing.TB, path string) (release func()) {
+	t.Helper()
+	f, err := os.OpenFile(path+hostfile.LockSuffix, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	release = func() {
+		once.Do(func() {
+			_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+			f.Close()
+		})
+	}
+	t.Cleanup(release)
+	return release
+}
+
+// stream keeps bytes flowing both ways on c and records the longest pause between two
+// reads of the echo.
+type stream struct {
+	sent    atomic.Int64
+	got     atomic.Int64
+	lastNs  atomic.Int64 // time of the last read, UnixNano
+	maxGap  atomic.Int64 // the longest pause between reads, ns
+	stopped atomic.Bool
+	done    chan struct{}
+	err     error // why reading ended early; valid after done
+}
+
+func startStream(c *net.TCPConn) *stream {
+	s := &stream{done: make(chan struct{})}
+	s.lastNs.Store(time.Now().UnixNano())
+	go func() {
+		buf := make([]byte, 16<<10)
+		for !s.stopped.Load() {
+			n, err := c.Write(buf)
+			s.sent.Add(int64(n))
+			if err != nil {
+				return
+			}
+		}
+		_ = c.CloseWrite()
+	}()
+	go func() {
+		defer close(s.done)
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := c.Read(buf)
+			now := time.Now().UnixNano()
+			if gap := now - s.lastNs.Swap(now); gap > s.maxGap.Load() && !s.stopped.Load() {
+				s.maxGap.Store(gap)
+			}
+			s.got.Add(int64(n))
+			if err == io.EOF {
+				return
+			}
+			if err != nil {
+				s.err = err
+				return
+			}
+		}
+	}()
+	return s
+}
+
+// A host-file lock held by another process (flock FILE.lock sleep N) stops neither the
+// relaying nor new connections: the write-back waits off the loops, logs once that the
+// file is locked, keeps the counts, and writes them all once the lock is free.
+func TestHeldLockDoesNotStall(t *testing.T) {
+	t.Parallel()
+	a := fwdtest.StartBackend(t, "127.0.0.1:0", fwdtest.Echo)
+	b := fwdtest.StartBackend(t, "[::1]:0", fwdtest.Echo)
+	path := writeFile(t, fmt.Sprintf("# pool\n%s 0\n%s 0\n", a.Addr(), b.Addr()))
+	pf := startServer(t, "127.0.0.1:0", Config{HostFile: path, Port: 9, Interval: 20 * time.Millisecond, Grace: -1})
+
+	// Two streams, one to each host (the second goes to the host with fewer open).
+	var streams []*stream
+	for range 2 {
+		streams = append(streams, startStream(fwdtest.Dial(t, pf.addr)))
+	}
+	fwdtest.WaitUntil(t, 5*time.Second, "both streams flowing", func() bool {
+		return streams[0].got.Load() > 0 && streams[1].got.Load() > 0
+	})
+	release := holdLock(t, path)
+
+	// For a second and more (dozens of write-back intervals), every new connection is
+	// served at once and the streams never pause for long.
+	start := time.Now()
+	var moved int64
+	shorts := 0
+	for i := 0; time.Since(start) < 1200*time.Millisecond; i++ {
+		t0 := time.Now()
+		c, err := net.DialTimeout("tcp", pf.addr, 2*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+		fwdtest.RoundTrip(t, c, uint64(i), 1000)
+		c.Close()
+		moved += 2000
+		shorts++
+		if d := time.Since(t0); d > time.Second {
+			t.Fatalf("connection %d took %v while the host file was locked", i, d)
+		}
+	}
+	for i, s := range streams {
+		if gap := time.Duration(s.maxGap.Load()); gap > time.Second {
+			t.Errorf("stream %d paused for %v while the host file was locked", i, gap)
+		}
+	}
+	pf.log.WaitFor(t, `host file .* is locked by another process`, 1, 2*time.Second)
+
+	// Once free, the counts are written and it is said once; the episode was logged once.
+	release()
+	pf.log.WaitFor(t, `wrote counts to .* after it was locked for `, 1, 5*time.Second)
+	if n := pf.log.Count(`is locked by another process`); n != 1 {
+		t.Errorf("%d lines about the lock, want 1 for the episode:\n%s", n, pf.log.String())
+	}
+	for _, s := range streams {
+		s.stopped.Store(true)
+	}
+	for i, s := range streams {
+		<-s.done
+		if s.err != nil {
+			t.Fatalf("stream %d: %v", i, s.err)
+		}
+		moved += s.sent.Load() + s.got.Load()
+	}
+	pf.log.WaitFor(t, `close #`, shorts+2, 5*time.Second)
+	if err := pf.stop(); err != nil {
+		t.Fatal(err)
+	}
+	f, _, err := hostfile.Read(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var total uint64
+	for _, e := range f.Entries() {
+		total += e.Bytes
+	}
+	if total != uint64(moved) {
+		t.Errorf("file counts add up to %d, want %d bytes moved", total, moved)
+	}
+}
