@@ -106,7 +106,15 @@ func main() {
 func run(args []string, stdout, stderr io.Writer) int {
 	ctx, cancel := cli.SignalContext(context.Background())
 	defer cancel()
-	return cli.Report(stderr, tool, serve(ctx, args, stdout, stderr))
+	err := serve(ctx, args, stdout, stderr)
+	code := cli.Report(stderr, tool, err)
+	// Counts that could not be written at the stop: ready-to-run lines that add them.
+	if uw, ok := errors.AsType[*forward.UnwrittenError](err); ok {
+		for _, line := range uw.Commands() {
+			fmt.Fprintln(stderr, line)
+		}
+	}
+	return code
 }
 
 // options holds the flags as typed, before they are checked.

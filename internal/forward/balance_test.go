@@ -1,6 +1,7 @@
 package forward
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -50,7 +51,7 @@ func TestLeastBytes(t *testing.T) {
 		t.Fatalf("first connection went to %s, want %s (100 bytes)", got, b)
 	}
 	fwdtest.RoundTrip(t, c1, 1, 100) // B: 100 + 200 moved = 300, still open
-	fwdtest.WaitUntil(t, 5*time.Second, "the live count of B", func() bool { return pf.bal.ledger.Pending(b) == 200 })
+	fwdtest.WaitUntil(t, 5*time.Second, "the live count of B", func() bool { return pf.bal.pendingOf(b) == 200 })
 	fwdtest.Dial(t, pf.addr)
 	if got := openedTo(t, pf, 2); got != c {
 		t.Fatalf("second connection went to %s, want %s (250 bytes, B has 300 live)", got, c)
@@ -95,9 +96,7 @@ func TestFailover(t *testing.T) {
 		t.Errorf("opened to %s, want %s", got, good.Addr())
 	}
 	// The open connection was moved to the host that answered.
-	pf.bal.mu.Lock()
-	open := fmt.Sprint(pf.bal.open)
-	pf.bal.mu.Unlock()
+	open := fmt.Sprint(pf.bal.openCounts())
 	if want := fmt.Sprintf("map[%s:1]", good.Addr()); open != want {
 		t.Errorf("open connections %s, want %s", open, want)
 	}
@@ -167,14 +166,14 @@ func TestWriteBack(t *testing.T) {
 // A host-file Flush also takes up counts that other processes wrote.
 func TestFlushRefreshesCounts(t *testing.T) {
 	path := writeFile(t, "a.example:1 10\nb.example:1 20\n")
-	b, _, err := newBalancer(path, 9)
+	b, _, err := newBalancer(hostfile.NewStore(path), 9)
 	if err != nil {
 		t.Fatal(err)
 	}
 	first := func() string {
-		cs := b.candidates()
-		b.settle(cs, -1)
-		return cs[0].name
+		e := b.pick(nil)
+		b.release(e)
+		return e.name
 	}
 	if got := first(); got != "a.example:1" {
 		t.Fatalf("picked %s", got)
@@ -185,16 +184,14 @@ func TestFlushRefreshesCounts(t *testing.T) {
 	if got := first(); got != "a.example:1" {
 		t.Fatalf("picked %s before the refresh", got)
 	}
-	if err := b.flush(); err != nil {
+	if _, err := b.writeBack(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	if got := first(); got != "b.example:1" {
 		t.Fatalf("picked %s after the refresh, want b.example:1", got)
 	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if len(b.open) != 0 {
-		t.Errorf("open counts left: %v", b.open)
+	if open := b.openCounts(); len(open) != 0 {
+		t.Errorf("open counts left: %v", open)
 	}
 }
 
@@ -204,12 +201,12 @@ func TestBalancerErrors(t *testing.T) {
 		{"", "no usable entry"},
 	} {
 		path := writeFile(t, tc.text)
-		_, _, err := newBalancer(path, 9)
+		_, _, err := newBalancer(hostfile.NewStore(path), 9)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%q: %v, want %q", tc.text, err, tc.want)
 		}
 	}
-	_, _, err := newBalancer(filepath.Join(t.TempDir(), "missing"), 9)
+	_, _, err := newBalancer(hostfile.NewStore(filepath.Join(t.TempDir(), "missing")), 9)
 	if err == nil || !strings.Contains(err.Error(), "no such file") {
 		t.Errorf("missing file: %v", err)
 	}

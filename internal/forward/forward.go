@@ -18,6 +18,7 @@ import (
 	"shd-tcp-tools/internal/dnscache"
 	"shd-tcp-tools/internal/endpoint"
 	"shd-tcp-tools/internal/health"
+	"shd-tcp-tools/internal/hostfile"
 )
 
 // Defaults for the Config fields whose zero value means "the default".
@@ -96,9 +97,10 @@ type Server struct {
 	cfg  Config
 	log  *connlog.Logger
 	bal  *balancer // nil with a single destination
+	keep *keeper   // writes and rereads the host file; nil with a single destination
 	back backoff
 	// single is the one candidate of a single destination, shared by its connections.
-	single []choice
+	single []*hostEntry
 	names  *dnscache.Cache
 	health *health.Tracker // nil with a single destination
 	// socket creates the outgoing sockets; nil is unix.Socket (a test seam for shortages).
@@ -118,11 +120,12 @@ func New(cfg Config) (*Server, []error, error) {
 	s := &Server{cfg: cfg, log: cfg.Log}
 	switch {
 	case cfg.HostFile != "":
-		b, warn, err := newBalancer(cfg.HostFile, cfg.Port)
+		b, warn, err := newBalancer(hostfile.NewStore(cfg.HostFile), cfg.Port)
 		if err != nil {
 			return nil, warn, err
 		}
 		s.bal = b
+		s.keep = newKeeper(s, warn)
 		s.newHosts()
 		return s, warn, nil
 	case cfg.Dest.Host == "" || cfg.Dest.Port == 0:
@@ -137,7 +140,8 @@ func (s *Server) Open() int { return int(s.open.Load()) }
 
 // Serve accepts connections on ln and relays each until ctx is cancelled. Then it closes ln,
 // lets open connections finish for the grace period, cuts those still open, writes the
-// host-file counts and returns nil; or the error of that last write. It also returns when
+// host-file counts and returns nil; or, when that last write fails (another process held
+// the file's lock for ExitLockWait), an *UnwrittenError with the counts. It also returns when
 // accepting fails for a reason other than a shortage of descriptors or memory, which it
 // rides out by backing off.
 func (s *Server) Serve(ctx context.Context, ln *net.TCPListener) error {
@@ -146,7 +150,7 @@ func (s *Server) Serve(ctx context.Context, ln *net.TCPListener) error {
 		s.log.Printf("warning: open file limit (ulimit -n) is %d; each connection needs 2 descriptors, and 4 more while bytes move (splice pipes): raise it to serve many connections", n)
 	}
 
-	stopFlush := s.startWriteBack()
+	stopKeeper := s.keep.start()
 	warnCtx, stopWarn := context.WithCancel(ctx)
 	warned := s.warnUnresolved(warnCtx)
 	defer func() { stopWarn(); warned() }()
@@ -167,13 +171,17 @@ func (s *Server) Serve(ctx context.Context, ln *net.TCPListener) error {
 		cut()
 		s.wg.Wait()
 	}
-	stopFlush()
-	flushErr := s.flush(true)
+	stopKeeper()
+	writeErr := s.keep.final()
 	if acceptErr != nil {
-		return acceptErr
+		return errors.Join(acceptErr, writeErr)
 	}
-	return flushErr
+	return writeErr
 }
+
+// Reload rereads the host file now, as a change of it does, and returns at once; the
+// counts not yet written are kept. It does nothing with a single destination.
+func (s *Server) Reload() { s.keep.reload() }
 
 // waitOpen waits up to d for every connection to end and reports whether they did.
 func (s *Server) waitOpen(d time.Duration) bool {
@@ -202,45 +210,6 @@ func (s *Server) destName() string {
 		return fmt.Sprintf("the least used host of %s (port %d)", s.cfg.HostFile, s.cfg.Port)
 	}
 	return s.cfg.Dest.String()
-}
-
-// startWriteBack writes the host-file counts every Interval until the returned function is
-// called.
-func (s *Server) startWriteBack() (stop func()) {
-	if s.bal == nil {
-		return func() {}
-	}
-	done := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		t := time.NewTicker(s.cfg.interval())
-		defer t.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-t.C:
-				_ = s.flush(false)
-			}
-		}
-	})
-	return func() { close(done); wg.Wait() }
-}
-
-// flush writes the pending counts to the host file and logs a failure. final also logs
-// success, for the line at exit.
-func (s *Server) flush(final bool) error {
-	if s.bal == nil {
-		return nil
-	}
-	err := s.bal.flush()
-	switch {
-	case err != nil:
-		s.log.Printf("writing counts to %s: %v (kept for the next write)", s.cfg.HostFile, err)
-	case final:
-		s.log.Printf("wrote counts to %s", s.cfg.HostFile)
-	}
-	return err
 }
 
 // done ends the connection's life in the server.

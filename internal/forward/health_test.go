@@ -14,6 +14,7 @@ import (
 	"shd-tcp-tools/internal/endpoint"
 	"shd-tcp-tools/internal/forward/fwdtest"
 	"shd-tcp-tools/internal/health"
+	"shd-tcp-tools/internal/hostfile"
 )
 
 // A host that refuses holds the fewest bytes: the first connection fails over from it and
@@ -65,19 +66,22 @@ func TestRefusingHostSetAside(t *testing.T) {
 func TestAsideRanksLast(t *testing.T) {
 	t.Parallel()
 	path := writeFile(t, "192.0.2.1 0\n192.0.2.2 10\n[2001:db8::3]:81 20\n192.0.2.4 30\n")
-	b, _, err := newBalancer(path, 80)
+	b, _, err := newBalancer(hostfile.NewStore(path), 80)
 	if err != nil {
 		t.Fatal(err)
 	}
 	never := func(context.Context, endpoint.Endpoint) error { return errors.New("refused") }
 	b.health = health.New(never, func(string, ...any) {})
 	defer b.health.Close()
-	order := func() string {
-		cs := b.candidates()
-		b.settle(cs, -1)
+	order := func() string { // a connection's failover order: the best host not tried, until none
+		var tried []*hostEntry
+		for e := b.pick(nil); e != nil; e = b.pick(tried) {
+			tried = append(tried, e)
+			b.release(e)
+		}
 		var names []string
-		for _, c := range cs {
-			names = append(names, c.ep.String())
+		for _, e := range tried {
+			names = append(names, e.ep.String())
 		}
 		return strings.Join(names, " ")
 	}
@@ -106,7 +110,7 @@ func TestAsideRanksLast(t *testing.T) {
 	if err := os.WriteFile(path, []byte("192.0.2.1 0\n192.0.2.2 10\n[2001:db8::3]:81 20\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := b.flush(); err != nil {
+	if _, err := b.writeBack(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	gone := endpoint.Endpoint{Host: "192.0.2.4", Port: 80}

@@ -18,7 +18,7 @@ import (
 // newHosts sets up the name cache and, for a host file, the health tracker.
 func (s *Server) newHosts() {
 	s.names = &dnscache.Cache{Timeout: orDefault(s.cfg.ConnectTimeout, DefaultConnectTimeout)}
-	s.single = []choice{{ep: s.cfg.Dest}}
+	s.single = []*hostEntry{{ep: s.cfg.Dest, idx: -1}}
 	if s.bal != nil {
 		s.health = health.New(s.checkHost, s.log.Printf)
 		s.bal.health = s.health

@@ -55,11 +55,12 @@ type lconn struct {
 	cfd int
 	sfd int // -1 until a connect is started
 
-	from, to, host string
-	start          time.Time
-	state          int
+	from, to string
+	start    time.Time
+	state    int
 
-	cands      []choice
+	cands      []*hostEntry // the hosts tried so far, in order (with a host file: picked one by one)
+	held       bool         // the balancer counts this connection open on the last of cands
 	cand       int          // the candidate being tried, an index in cands
 	addrs      []netip.Addr // its addresses (shared with the name cache: read only) ...
 	next       int          // ... and the next one to try
@@ -111,11 +112,9 @@ func (c *lconn) begin(client netip.AddrPort) {
 		return
 	}
 	c.id = s.ids.Add(1)
-	if s.bal != nil {
-		c.cands = s.bal.candidates()
-	} else {
+	if s.bal == nil {
 		c.cands = s.single
-	}
+	} // with a host file, nextHost picks them one by one
 	c.cand, c.state = -1, stConnecting
 	c.dialNext()
 }
@@ -134,7 +133,7 @@ func (c *lconn) nextHost() bool {
 		}
 		c.cand++
 		c.addrs, c.next, c.lastErr = nil, 0, nil
-		if c.cand >= len(c.cands) {
+		if c.cand >= len(c.cands) && !c.pickNext() {
 			var why error // each host that failed has a line already
 			if c.failures == 0 {
 				why = errors.New("no host to connect to")
@@ -158,6 +157,31 @@ func (c *lconn) nextHost() bool {
 			continue
 		}
 		return true
+	}
+}
+
+// pickNext adds the best host not tried yet to cands, and moves the connection's open
+// count to it from the host tried before. It reports false when every host was tried, or
+// with a single destination.
+func (c *lconn) pickNext() bool {
+	b := c.s.bal
+	if b == nil {
+		return false
+	}
+	c.releaseHost()
+	e := b.pick(c.cands)
+	if e == nil {
+		return false
+	}
+	c.cands, c.held = append(c.cands, e), true
+	return true
+}
+
+// releaseHost ends the balancer's count of this connection on its host.
+func (c *lconn) releaseHost() {
+	if c.held {
+		c.s.bal.release(c.cands[len(c.cands)-1])
+		c.held = false
 	}
 }
 
@@ -226,7 +250,7 @@ func (c *lconn) resetClient(why error) {
 		_ = c.ls.lp.CloseFD(c.sfd)
 		c.sfd = -1
 	}
-	c.s.bal.settleIfAny(c.cands, -1)
+	c.releaseHost()
 	if why != nil {
 		c.ls.log.Failed(c.id, c.from, "-", why)
 	}
@@ -391,7 +415,6 @@ func (c *lconn) connected() {
 		c.timer = nil
 	}
 	idx := c.cand
-	s.bal.settleIfAny(c.cands, idx)
 	if line := s.health.OK(c.cands[idx].ep); line != "" {
 		c.ls.log.Printf("%s", line)
 	}
@@ -399,7 +422,6 @@ func (c *lconn) connected() {
 		c.ls.log.Printf("%s", line)
 	}
 	c.to = c.cands[idx].ep.String()
-	c.host = c.cands[idx].name
 	c.ls.log.Open(c.id, c.from, c.to)
 	c.ls.keepAliveLater(c)
 	if err := c.ls.lp.Add(c.cfd, unix.EPOLLIN|unix.EPOLLOUT|unix.EPOLLRDHUP|unix.EPOLLET, c.clientReady); err != nil {
@@ -622,7 +644,7 @@ func (c *lconn) moved(d *ldir, m int) {
 	d.n += int64(m)
 	c.lastActive = c.ls.lp.Now()
 	if c.s.bal != nil {
-		c.s.bal.add(c.host, int64(m))
+		c.s.bal.add(c.cands[c.cand], int64(m))
 	}
 }
 
@@ -788,8 +810,8 @@ func (c *lconn) closeNow() {
 	dur := c.ls.lp.Now().Sub(c.start)
 	c.ls.log.Close(c.id, c.from, c.to, uint64(c.dirs[up].n)+uint64(c.inserted), uint64(c.dirs[down].n), dur, c.end)
 	if b := c.s.bal; b != nil {
-		b.add(c.host, int64(c.inserted))
-		b.release(c.host)
+		b.add(c.cands[c.cand], int64(c.inserted))
+		c.releaseHost()
 	}
 	c.release()
 }

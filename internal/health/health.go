@@ -41,8 +41,9 @@ type Tracker struct {
 	hosts map[endpoint.Endpoint]*host
 	// aside is the set of hosts set aside, replaced (never changed) under mu, so that
 	// readers take no lock.
-	aside  atomic.Pointer[map[endpoint.Endpoint]struct{}]
-	closed bool
+	aside   atomic.Pointer[map[endpoint.Endpoint]struct{}]
+	version atomic.Uint64 // one more at every change of aside
+	closed  bool
 }
 
 // host is one host set aside.
@@ -71,6 +72,16 @@ func (t *Tracker) Aside(ep endpoint.Endpoint) bool {
 	}
 	_, ok := (*set)[ep]
 	return ok
+}
+
+// Version returns a number that changes whenever a host is set aside or returns, so that
+// a caller that keeps its own order of the hosts (tcp-pf's balancer) knows when to look
+// at Aside again. One atomic load; a nil Tracker's version is always 0.
+func (t *Tracker) Version() uint64 {
+	if t == nil {
+		return 0
+	}
+	return t.version.Load()
 }
 
 // Failed records that a connection to ep failed with err: a host not yet set aside is set
@@ -203,4 +214,5 @@ func (t *Tracker) publish() {
 		set[ep] = struct{}{}
 	}
 	t.aside.Store(&set)
+	t.version.Add(1)
 }

@@ -1,8 +1,7 @@
 package hostfile
 
 import (
-	"maps"
-	"slices"
+	"context"
 	"sync"
 )
 
@@ -72,20 +71,7 @@ func (l *Ledger) Flush() ([]Entry, error) {
 		return f.Entries(), nil
 	}
 
-	var written []Entry
-	err := Update(l.path, false, func(f *File) error {
-		present := make(map[string]bool)
-		for _, e := range f.Entries() {
-			present[e.Name] = true
-		}
-		for _, name := range slices.Sorted(maps.Keys(batch)) {
-			if present[name] {
-				f.Add(name, batch[name])
-			}
-		}
-		written = f.Entries()
-		return nil
-	})
+	written, err := NewStore(l.path).Add(context.Background(), batch)
 	if err != nil {
 		return nil, err
 	}

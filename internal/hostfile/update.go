@@ -1,6 +1,7 @@
 package hostfile
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -9,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/gofrs/flock"
 )
@@ -22,6 +24,13 @@ const newFileMode fs.FileMode = 0o666
 
 // maxLinks is how many symbolic links resolve follows before it gives up, as the kernel.
 const maxLinks = 40
+
+// ErrLocked is matched by the error of a Store.Add that gave up waiting for the lock
+// that another process holds.
+var ErrLocked = errors.New("held by another process")
+
+// lockPoll is how often update tries again for a lock that another process holds.
+const lockPoll = 10 * time.Millisecond
 
 // Read reads and parses the host file at path. It takes no lock: writers replace the file
 // with a rename, so a reader always sees a complete old or new version. The error, for a
@@ -65,12 +74,23 @@ func pathError(verb, path string, err error) error {
 // Once the rename has succeeded, Update reports success: a failure to sync the directory
 // afterwards cannot be undone and must not make a caller apply its change a second time.
 func Update(path string, create bool, fn func(*File) error) error {
+	return update(context.Background(), path, create, fn, nil)
+}
+
+// update is Update that waits for the lock only until ctx ends: then it returns an error
+// that matches ErrLocked ("locking hosts.lock: held by another process") and leaves the
+// file alone; with a ctx that never ends it blocks in flock(2), as Update does. locked,
+// when not nil, runs at the end while the lock is still held, with the path as updated.
+func update(ctx context.Context, path string, create bool, fn func(*File) error, locked func(path string)) error {
 	path = resolve(path)
 	lk := flock.New(path+LockSuffix, flock.SetPermissions(newFileMode))
-	if err := lk.Lock(); err != nil {
+	if err := lock(ctx, lk); err != nil {
 		return pathError("locking", path+LockSuffix, err)
 	}
 	defer lk.Unlock()
+	if locked != nil {
+		defer locked(path)
+	}
 
 	var old fs.FileInfo
 	data, err := os.ReadFile(path)
@@ -91,6 +111,25 @@ func Update(path string, create bool, fn func(*File) error) error {
 		return nil
 	}
 	return replace(path, f.Format(), old)
+}
+
+// lock takes lk, blocking in flock(2) when ctx can never end, and trying every lockPoll
+// until ctx ends otherwise.
+func lock(ctx context.Context, lk *flock.Flock) error {
+	if ctx.Done() == nil {
+		return lk.Lock()
+	}
+	if ok, err := lk.TryLock(); ok || err != nil {
+		return err
+	}
+	ok, err := lk.TryLockContext(ctx, lockPoll)
+	switch {
+	case ok:
+		return nil
+	case err == nil, errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+		return ErrLocked
+	}
+	return err
 }
 
 // resolve follows symbolic links so that a link to a host file stays a link: it returns
