@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -209,5 +210,125 @@ func TestBalancerErrors(t *testing.T) {
 	_, _, err := newBalancer(hostfile.NewStore(filepath.Join(t.TempDir(), "missing")), 9)
 	if err == nil || !strings.Contains(err.Error(), "no such file") {
 		t.Errorf("missing file: %v", err)
+	}
+}
+
+// The index picks as a sort of the whole file would: fewest bytes (file count plus pending),
+// then fewest open connections, then file order; a failover asks for the best host not
+// tried yet; bytes added without the lock are seen by the next pick.
+func TestPickOrder(t *testing.T) {
+	path := writeFile(t, "a:1 30\nb:1 10\nc:1 10\nd:1 20\n# end\nb:1 0\n")
+	b, _, err := newBalancer(hostfile.NewStore(path), 9)
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := func(e *hostEntry) string {
+		if e == nil {
+			return "none"
+		}
+		return e.name
+	}
+	byName := func(n string) *hostEntry { return b.byName[n] }
+
+	// b and c tie on 10 bytes: file order (the duplicate b line counts for nothing).
+	e1 := b.pick(nil)
+	if name(e1) != "b:1" {
+		t.Fatalf("first pick %s, want b:1", name(e1))
+	}
+	// b has one open connection now: c, same bytes, fewer open.
+	e2 := b.pick(nil)
+	if name(e2) != "c:1" {
+		t.Fatalf("second pick %s, want c:1", name(e2))
+	}
+	b.release(e2)
+	// Bytes moved through b (no lock): 10+15 = 25 > d's 20 > c's 10.
+	b.add(e1, 15)
+	for i, want := range []string{"c:1", "d:1", "b:1", "a:1", "none"} {
+		tried := []*hostEntry{}
+		for _, n := range []string{"c:1", "d:1", "b:1", "a:1"}[:i] {
+			tried = append(tried, byName(n))
+		}
+		e := b.pick(tried)
+		if name(e) != want {
+			t.Fatalf("pick after %d tried: %s, want %s", i, name(e), want)
+		}
+		if e != nil {
+			b.release(e)
+		}
+	}
+	// A set-aside host (a health rank above 0) comes after every healthy one, whatever its
+	// bytes, and is still picked when every host is set aside.
+	b.setRank(byName("c:1"), 1)
+	if e := b.pick(nil); name(e) != "d:1" {
+		t.Errorf("with c set aside: %s, want d:1", name(e))
+	} else {
+		b.release(e)
+	}
+	for _, n := range []string{"a:1", "b:1", "d:1"} {
+		b.setRank(byName(n), 1)
+	}
+	if e := b.pick(nil); name(e) != "c:1" {
+		t.Errorf("with every host set aside: %s, want c:1 (fewest bytes)", name(e))
+	} else {
+		b.release(e)
+	}
+	b.release(e1)
+	if open := b.openCounts(); len(open) != 0 {
+		t.Errorf("open counts left: %v", open)
+	}
+}
+
+// The index against a plain sort of every host, over random counts, moves and picks.
+func TestPickMatchesSort(t *testing.T) {
+	var sb strings.Builder
+	const n = 200
+	for i := range n {
+		fmt.Fprintf(&sb, "h%d:1 %d\n", i, (i*7919)%13)
+	}
+	path := writeFile(t, sb.String())
+	b, _, err := newBalancer(hostfile.NewStore(path), 9)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var all []*hostEntry
+	for i := range n {
+		all = append(all, b.byName[fmt.Sprintf("h%d:1", i)])
+	}
+	want := func(tried []*hostEntry) *hostEntry {
+		var best *hostEntry
+		for _, e := range all {
+			if triedIn(tried, e) {
+				continue
+			}
+			if best == nil || e.bytes() < best.bytes() || e.bytes() == best.bytes() && (e.open < best.open || e.open == best.open && e.order < best.order) {
+				best = e
+			}
+		}
+		return best
+	}
+	var held []*hostEntry
+	seed := uint64(1)
+	rnd := func(m int) int { seed = seed*6364136223846793005 + 1442695040888963407; return int(seed>>33) % m }
+	for step := range 5000 {
+		switch r := rnd(10); {
+		case r < 4:
+			b.add(all[rnd(n)], int64(rnd(5)))
+		case r < 7 || len(held) == 0:
+			var tried []*hostEntry
+			for range rnd(3) {
+				tried = append(tried, all[rnd(n)])
+			}
+			w := want(tried)
+			got := b.pick(tried)
+			if got != w {
+				t.Fatalf("step %d: picked %s (%d bytes, %d open), a sort gives %s (%d bytes, %d open)",
+					step, got.name, got.bytes(), got.open, w.name, w.bytes(), w.open)
+			}
+			held = append(held, got)
+		default:
+			i := rnd(len(held))
+			b.release(held[i])
+			held = slices.Delete(held, i, i+1)
+		}
 	}
 }

@@ -2,14 +2,17 @@ package forward
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
 	"shd-tcp-tools/internal/connlog"
 	"shd-tcp-tools/internal/forward/fwdtest"
+	"shd-tcp-tools/internal/hostfile"
 )
 
 // benchServer runs a Server for cfg on 127.0.0.1 with the log discarded.
@@ -69,13 +72,20 @@ func BenchmarkStream(b *testing.B) {
 	}
 }
 
-// BenchmarkConnect is one short connection per op: connect, a 64-byte echo, close.
+// BenchmarkConnect is one short connection per op: connect, a 64-byte echo, close; through
+// the forwarder with one destination, and with host files of 3 and 10,000 entries (the
+// backend's among them, the others never picked), which should cost the same.
 func BenchmarkConnect(b *testing.B) {
 	be := fwdtest.StartBackend(b, "127.0.0.1:0", fwdtest.Echo)
 	for _, tg := range []struct {
 		name string
 		cfg  *Config
-	}{{"direct", nil}, {"forward", &Config{Dest: dest(b, be.Addr())}}} {
+	}{
+		{"direct", nil},
+		{"forward", &Config{Dest: dest(b, be.Addr())}},
+		{"hostfile-3", &Config{HostFile: bigHostFile(b, 3, []string{be.Addr()}), Port: 9}},
+		{"hostfile-10000", &Config{HostFile: bigHostFile(b, 10000, []string{be.Addr()}), Port: 9}},
+	} {
 		b.Run(tg.name, func(b *testing.B) {
 			addr := be.Addr()
 			if tg.cfg != nil {
@@ -136,5 +146,28 @@ func BenchmarkIdleMemory(b *testing.B) {
 		for _, c := range cs {
 			c.Close()
 		}
+	}
+}
+
+// BenchmarkPick is the balancer's part of one connection: a pick, the bytes it moves, and
+// its release, with host files of 3 and 10,000 entries of equal counts.
+func BenchmarkPick(b *testing.B) {
+	for _, n := range []int{3, 10000} {
+		b.Run(fmt.Sprintf("entries-%d", n), func(b *testing.B) {
+			var sb strings.Builder
+			for i := range n {
+				fmt.Fprintf(&sb, "192.0.2.%d:%d 0\n", i%250+1, 1000+i/250)
+			}
+			bal, _, err := newBalancer(hostfile.NewStore(writeFile(b, sb.String())), 9)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				e := bal.pick(nil)
+				bal.add(e, 4096)
+				bal.release(e)
+			}
+		})
 	}
 }
