@@ -76,10 +76,17 @@ Names (-d, -l) are looked up only when their host is tried, off the data path; a
 answer is cached for 30 s, a failure for 5 s, and one lookup serves every connection
 waiting for the name. A -d name that does not resolve at start is logged as a warning.
 
+The host file (-l) is followed live: a host added to it, removed from it or given a new
+count (tcppipe-least --add, --remove, --set, an editor) is taken at once. A lock on it
+held by another process never holds up a connection: the counts wait, and are written
+once the lock is free.
+
 Every connection has TCP keepalive on both sides. On SIGINT or SIGTERM, tcp-pf stops
 accepting, lets open connections finish for --grace seconds, cuts the rest, writes the
-counts to the host file and exits 0. When it runs out of file descriptors, it backs off
-accepting (5 ms doubling to 1 s) and serves again once descriptors are freed.
+counts to the host file and exits 0; if another process holds the file's lock for 3 s
+more, it prints the counts as "tcppipe-least --add HOST BYTES FILE" lines and exits 1.
+When it runs out of file descriptors, it backs off accepting (5 ms doubling to 1 s) and
+serves again once descriptors are freed.
 
 An option that would do nothing with the others given (-p or -i without -l) is an
 error, not ignored.

@@ -40,9 +40,10 @@ type keeper struct {
 	wake chan struct{} // a reread is asked for; buffered
 
 	// Of the keeper's goroutine only (and of final, after it ended):
-	lockedSince time.Time // the start of an episode of a lock held by another process
-	warned      string    // the store's warnings as last logged
-	readFailed  string    // the last reread error logged
+	lockedSince  time.Time // the start of an episode of a lock held by another process
+	warned       string    // the store's warnings as last logged
+	readFailed   string    // the last reread error logged
+	noPortWarned string    // the entries without a port as last logged
 }
 
 func newKeeper(s *Server, startWarnings []error) *keeper {
@@ -150,8 +151,11 @@ func (k *keeper) reread() {
 }
 
 func (k *keeper) logChange(ch change) {
-	for _, err := range ch.noPort {
-		k.s.log.Printf("warning: %v; not used", err)
+	if w := joinErrors(ch.noPort); w != k.noPortWarned {
+		k.noPortWarned = w
+		for _, err := range ch.noPort {
+			k.s.log.Printf("warning: %v; not used", err)
+		}
 	}
 	if len(ch.added) > 0 {
 		k.s.log.Printf("host file %s: %s added", k.b.store, someNames(ch.added))
