@@ -37,8 +37,8 @@ func holdLock(t testing.TB, path string) (release func()) {
 	return release
 }
 
-// stream keeps bytes flowing both ways on c and records the longest pause between two
-// reads of the echo.
+// stream keeps bytes flowing both ways on c, 16 KiB every 2 ms, and records the longest
+// pause between two reads of the echo.
 type stream struct {
 	sent    atomic.Int64
 	got     atomic.Int64
@@ -54,7 +54,9 @@ func startStream(c *net.TCPConn) *stream {
 	s.lastNs.Store(time.Now().UnixNano())
 	go func() {
 		buf := make([]byte, 16<<10)
-		for !s.stopped.Load() {
+		pace := time.NewTicker(2 * time.Millisecond) // the load's pace (8 MiB/s), not a synchronisation
+		defer pace.Stop()
+		for ; !s.stopped.Load(); <-pace.C {
 			n, err := c.Write(buf)
 			s.sent.Add(int64(n))
 			if err != nil {
