@@ -2,6 +2,7 @@ package forward
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -12,7 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"shd-tcp-tools/internal/endpoint"
 	"shd-tcp-tools/internal/forward/fwdtest"
+	"shd-tcp-tools/internal/health"
 	"shd-tcp-tools/internal/hostfile"
 )
 
@@ -256,16 +259,18 @@ func TestPickOrder(t *testing.T) {
 			b.release(e)
 		}
 	}
-	// A set-aside host (a health rank above 0) comes after every healthy one, whatever its
+	// A host set aside by the health tracker comes after every healthy one, whatever its
 	// bytes, and is still picked when every host is set aside.
-	b.setRank(byName("c:1"), 1)
+	b.health = health.New(func(context.Context, endpoint.Endpoint) error { return errors.New("refused") }, func(string, ...any) {})
+	defer b.health.Close()
+	b.health.Failed(byName("c:1").ep, errors.New("refused"))
 	if e := b.pick(nil); name(e) != "d:1" {
 		t.Errorf("with c set aside: %s, want d:1", name(e))
 	} else {
 		b.release(e)
 	}
 	for _, n := range []string{"a:1", "b:1", "d:1"} {
-		b.setRank(byName(n), 1)
+		b.health.Failed(byName(n).ep, errors.New("refused"))
 	}
 	if e := b.pick(nil); name(e) != "c:1" {
 		t.Errorf("with every host set aside: %s, want c:1 (fewest bytes)", name(e))
