@@ -105,6 +105,11 @@ func parse(ctx context.Context, args []string, stdout, stderr io.Writer) (tunnel
 	if cfg.Local, err = endpoint.ResolveLocal(ctx, os.Getenv(endpoint.EnvLocal)); err != nil {
 		return cfg, cli.AsUsage(err)
 	}
+	for _, ep := range []endpoint.Endpoint{cfg.Relay, cfg.Service} {
+		if err := endpoint.CheckFamily(endpoint.EnvLocal, cfg.Local, ep.Host); err != nil {
+			return cfg, cli.AsUsage(err)
+		}
+	}
 	if err := cfg.Validate(); err != nil {
 		return cfg, err
 	}

@@ -243,6 +243,9 @@ func configure(ctx context.Context, o *options, flags *cli.FlagSet) (endpoint.En
 	if cfg.Local, err = endpoint.ResolveLocal(ctx, os.Getenv(endpoint.EnvLocal)); err != nil {
 		return listen, cfg, cli.AsUsage(err)
 	}
+	if err := endpoint.CheckFamily(endpoint.EnvLocal, cfg.Local, cfg.Dest.Host); err != nil {
+		return listen, cfg, cli.AsUsage(err)
+	}
 	if cfg.Allow, err = allow.Parse(ctx, nil, o.allow); err != nil {
 		return listen, cfg, cli.AsUsage(err)
 	}

@@ -49,7 +49,9 @@ Host files hold one "HOST BYTES" entry a line (HOST may be HOST:PORT or [V6]:POR
 # starts a comment. They are updated under a lock (FILE.lock) and replaced atomically.
 
 Environment:
-  INADDR_DEFAULT   local address (IP or name) for every socket, unless -b is given
+  INADDR_DEFAULT   local address (IP or name) for every socket, unless -b is given;
+                   a link-local IPv6 address takes its zone (fe80::1%eth0); a HOST
+                   of the other IP family is refused at start
 
 When SOURCE ends, a socket DESTINATION gets a FIN and tcppipe waits until its peer has
 acknowledged every byte before it closes (it gives up after 10 s without progress). A
@@ -128,6 +130,13 @@ func parse(ctx context.Context, args []string, stdout io.Writer, getenv func(str
 	cfg.Interval, cfg.Rate = interval.D, rate.BytesPerSecond
 	if cfg.Local, err = endpoint.ResolveLocal(ctx, getenv(endpoint.EnvLocal)); err != nil {
 		return cfg, cli.AsUsage(err)
+	}
+	for _, e := range []pipe.End{src, dst} {
+		if e.Kind == pipe.Connect && !e.Least {
+			if err := endpoint.CheckFamily(endpoint.EnvLocal, cfg.Local, e.Endpoint.Host); err != nil {
+				return cfg, cli.AsUsage(err)
+			}
+		}
 	}
 	return cfg, nil
 }

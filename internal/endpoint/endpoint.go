@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 )
@@ -95,42 +96,89 @@ func ParseListen(s string) (Endpoint, error) {
 // EnvLocal is the environment variable that names the local address for every socket.
 const EnvLocal = "INADDR_DEFAULT"
 
-// ResolveLocal turns the value of INADDR_DEFAULT (an IP literal or a host name) into an IP.
-// An empty value gives nil: no local address is forced. A value that does not resolve is an
-// error naming the variable.
-func ResolveLocal(ctx context.Context, value string) (net.IP, error) {
+// ResolveLocal turns the value of INADDR_DEFAULT (an IP literal, with its zone for a
+// link-local IPv6 address such as fe80::1%eth0, or a host name) into an address. An empty
+// value gives the zero Addr: no local address is forced. A value that does not resolve is
+// an error naming the variable. An IPv4-mapped IPv6 address is taken as the IPv4 one.
+func ResolveLocal(ctx context.Context, value string) (netip.Addr, error) {
 	if value == "" {
-		return nil, nil
+		return netip.Addr{}, nil
 	}
 	ip, err := ResolveIP(ctx, value)
 	if err != nil {
-		return nil, fmt.Errorf("%s=%s: %w", EnvLocal, value, err)
+		return netip.Addr{}, fmt.Errorf("%s=%s: %w", EnvLocal, value, err)
 	}
 	return ip, nil
 }
 
-// ResolveIP returns the first address of host (an IP literal or a name), preferring IPv4
-// for names that have both, as getaddrinfo does for most resolvers.
-func ResolveIP(ctx context.Context, host string) (net.IP, error) {
+// ResolveIP returns the first address of host (an IP literal, brackets and zone allowed,
+// or a name), preferring IPv4 for names that have both, as getaddrinfo does for most
+// resolvers. IPv4-mapped addresses come back as IPv4.
+func ResolveIP(ctx context.Context, host string) (netip.Addr, error) {
 	h := strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
-	if ip := net.ParseIP(h); ip != nil {
-		return ip, nil
+	if ip, err := netip.ParseAddr(h); err == nil {
+		return ip.Unmap(), nil
 	}
-	ips, err := net.DefaultResolver.LookupIP(ctx, "ip", h)
+	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", h)
 	if err != nil {
 		var dnsErr *net.DNSError
 		if errors.As(err, &dnsErr) && dnsErr.IsNotFound {
-			return nil, fmt.Errorf("host %q not found", h)
+			return netip.Addr{}, fmt.Errorf("host %q not found", h)
 		}
-		return nil, fmt.Errorf("resolving %q: %w", h, err)
+		return netip.Addr{}, fmt.Errorf("resolving %q: %w", h, err)
 	}
 	if len(ips) == 0 {
-		return nil, fmt.Errorf("host %q has no address", h)
+		return netip.Addr{}, fmt.Errorf("host %q has no address", h)
 	}
 	for _, ip := range ips {
-		if ip.To4() != nil {
-			return ip, nil
+		if ip.Unmap().Is4() {
+			return ip.Unmap(), nil
 		}
 	}
 	return ips[0], nil
+}
+
+// FamilyError is a local address that cannot reach a destination of the other IP
+// family: a socket bound to an IPv4 address cannot connect to an IPv6 one, nor the other
+// way round.
+type FamilyError struct {
+	What  string // how the local address was given: "INADDR_DEFAULT", "the local address"
+	Local netip.Addr
+	Dest  netip.Addr
+}
+
+func (e *FamilyError) Error() string {
+	local := e.Local.String()
+	if e.What == EnvLocal {
+		local = EnvLocal + "=" + local
+	} else if e.What != "" {
+		local = e.What + " " + local
+	}
+	return fmt.Sprintf("%s is an %s address: it cannot reach the %s address %s", local, family(e.Local), family(e.Dest), e.Dest)
+}
+
+func family(a netip.Addr) string {
+	if a.Is4() {
+		return "IPv4"
+	}
+	return "IPv6"
+}
+
+// CheckFamily returns a *FamilyError when host is an IP literal of the other family than
+// local, given as what ("INADDR_DEFAULT"). A host name passes (only its lookup, when
+// connecting, tells), and so does any host when local is the zero Addr. Every tool checks
+// the destinations it is given on the command line at start, before any socket opens.
+func CheckFamily(what string, local netip.Addr, host string) error {
+	if !local.IsValid() {
+		return nil
+	}
+	dest, err := netip.ParseAddr(strings.TrimSuffix(strings.TrimPrefix(host, "["), "]"))
+	if err != nil {
+		return nil
+	}
+	dest = dest.Unmap()
+	if dest.Is4() != local.Is4() {
+		return &FamilyError{What: what, Local: local, Dest: dest}
+	}
+	return nil
 }

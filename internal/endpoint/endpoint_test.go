@@ -3,13 +3,17 @@ package endpoint
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
+	"net/netip"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"shd-tcp-tools/test/netns/nstest"
 )
 
 func TestParsePort(t *testing.T) {
@@ -66,11 +70,17 @@ func TestParseListen(t *testing.T) {
 
 func TestResolveLocal(t *testing.T) {
 	ctx := context.Background()
-	if ip, err := ResolveLocal(ctx, ""); ip != nil || err != nil {
+	if ip, err := ResolveLocal(ctx, ""); ip.IsValid() || err != nil {
 		t.Fatalf("empty: %v %v", ip, err)
 	}
-	if ip, err := ResolveLocal(ctx, "127.0.0.2"); err != nil || !ip.Equal(net.ParseIP("127.0.0.2")) {
+	if ip, err := ResolveLocal(ctx, "127.0.0.2"); err != nil || ip != netip.MustParseAddr("127.0.0.2") {
 		t.Fatalf("literal: %v %v", ip, err)
+	}
+	if ip, err := ResolveLocal(ctx, "::ffff:127.0.0.2"); err != nil || ip != netip.MustParseAddr("127.0.0.2") {
+		t.Fatalf("mapped: %v %v", ip, err)
+	}
+	if ip, err := ResolveLocal(ctx, "fe80::1%lo"); err != nil || ip.Zone() != "lo" {
+		t.Fatalf("zone: %v %v", ip, err)
 	}
 	if ip, err := ResolveLocal(ctx, "localhost"); err != nil || !ip.IsLoopback() {
 		t.Fatalf("localhost: %v %v", ip, err)
@@ -83,7 +93,7 @@ func TestResolveLocal(t *testing.T) {
 
 func listen(t *testing.T, addr string) *net.TCPListener {
 	t.Helper()
-	ln, err := Listen(context.Background(), Endpoint{Host: addr}, nil)
+	ln, err := Listen(context.Background(), Endpoint{Host: addr}, netip.Addr{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,7 +113,7 @@ func closedPort(t *testing.T, host string) int {
 
 func TestDialFromLocalAddress(t *testing.T) {
 	ln := listen(t, "127.0.0.1")
-	d := Dialer{Local: net.ParseIP("127.0.0.3"), Timeout: 5 * time.Second}
+	d := Dialer{Local: netip.MustParseAddr("127.0.0.3"), Timeout: 5 * time.Second}
 	c, err := d.Dial(context.Background(), Endpoint{"127.0.0.1", port(ln)})
 	if err != nil {
 		t.Fatal(err)
@@ -147,12 +157,12 @@ func TestDialFirstAllFail(t *testing.T) {
 
 func TestListenError(t *testing.T) {
 	ln := listen(t, "127.0.0.1")
-	_, err := Listen(context.Background(), Endpoint{"127.0.0.1", port(ln)}, nil)
+	_, err := Listen(context.Background(), Endpoint{"127.0.0.1", port(ln)}, netip.Addr{})
 	if err == nil || !strings.Contains(err.Error(), ln.Addr().String()) || !errors.Is(err, syscall.EADDRINUSE) {
 		t.Fatalf("second listen: %v", err)
 	}
 	// An empty host with a local address listens there.
-	ln2, err := Listen(context.Background(), Endpoint{Port: closedPort(t, "127.0.0.1")}, net.ParseIP("127.0.0.4"))
+	ln2, err := Listen(context.Background(), Endpoint{Port: closedPort(t, "127.0.0.1")}, netip.MustParseAddr("127.0.0.4"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -166,7 +176,7 @@ func TestListenError(t *testing.T) {
 // TCP_NODELAY and keepalive are read back from a socket accepted with accept4(2) itself,
 // not through net, which would set them again.
 func TestListenerOptionsInherited(t *testing.T) {
-	ln, err := Listen(context.Background(), Endpoint{Host: "127.0.0.1"}, nil)
+	ln, err := Listen(context.Background(), Endpoint{Host: "127.0.0.1"}, netip.Addr{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -200,5 +210,67 @@ func TestListenerOptionsInherited(t *testing.T) {
 		if v, err := unix.GetsockoptInt(nfd, o.level, o.opt); err != nil || v != o.want {
 			t.Errorf("%s on an accepted socket: %d, %v; want %d", o.name, v, err, o.want)
 		}
+	}
+}
+
+// TestLocalZone: INADDR_DEFAULT=fe80::1%lo keeps its zone, without which a link-local
+// address cannot be bound ("invalid argument"): a listener and a connection from it work,
+// in a namespace of the test's own whose loopback has fe80::1.
+func TestLocalZone(t *testing.T) {
+	ns := nstest.New(t)
+	ns.Run(t, "ip", "addr", "add", "fe80::1/64", "dev", "lo", "nodad")
+	ctx := context.Background()
+	local, err := ResolveLocal(ctx, "fe80::1%lo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = ns.Do(func() error {
+		ln, err := Listen(ctx, Endpoint{}, local)
+		if err != nil {
+			return err
+		}
+		defer ln.Close()
+		d := Dialer{Local: local, Timeout: 5 * time.Second}
+		c, err := d.Dial(ctx, Endpoint{Host: "fe80::1%lo", Port: port(ln)})
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		if a := c.LocalAddr().(*net.TCPAddr); a.IP.String() != "fe80::1" || a.Zone != "lo" {
+			return fmt.Errorf("connection from %v; want [fe80::1%%lo]", a)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestCheckFamily: a local address of one family cannot reach a literal of the other; a
+// name, or no local address, always passes; an IPv4-mapped literal is IPv4.
+func TestCheckFamily(t *testing.T) {
+	v4, v6 := netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("::1")
+	for _, c := range []struct {
+		local netip.Addr
+		host  string
+		want  string
+	}{
+		{v6, "127.0.0.1", "INADDR_DEFAULT=::1 is an IPv6 address: it cannot reach the IPv4 address 127.0.0.1"},
+		{v6, "::ffff:192.0.2.1", "INADDR_DEFAULT=::1 is an IPv6 address: it cannot reach the IPv4 address 192.0.2.1"},
+		{v4, "[2001:db8::1]", "INADDR_DEFAULT=127.0.0.1 is an IPv4 address: it cannot reach the IPv6 address 2001:db8::1"},
+		{v4, "192.0.2.1", ""},
+		{v6, "2001:db8::1", ""},
+		{v6, "localhost", ""},
+		{netip.Addr{}, "::1", ""},
+	} {
+		err := CheckFamily(EnvLocal, c.local, c.host)
+		if got := fmt.Sprint(err); (c.want == "" && err != nil) || (c.want != "" && got != c.want) {
+			t.Errorf("CheckFamily(%v, %q) = %v; want %q", c.local, c.host, err, c.want)
+		}
+	}
+	d := Dialer{Local: v6}
+	if _, err := d.Dial(context.Background(), Endpoint{"127.0.0.1", 9}); err == nil ||
+		err.Error() != "connecting to 127.0.0.1:9: the local address ::1 is an IPv6 address: it cannot reach the IPv4 address 127.0.0.1" {
+		t.Errorf("Dial from ::1 to 127.0.0.1: %v", err)
 	}
 }

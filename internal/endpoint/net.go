@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"strconv"
 	"syscall"
@@ -17,8 +18,9 @@ const DefaultDialTimeout = 10 * time.Second
 // Dialer opens outgoing TCP connections from an optional local address.
 // The zero value dials from any local address with DefaultDialTimeout.
 type Dialer struct {
-	// Local, when set, is the local IP every connection is bound to (INADDR_DEFAULT, -b).
-	Local net.IP
+	// Local, when valid, is the local address every connection is bound to
+	// (INADDR_DEFAULT, -b), with its zone for a link-local IPv6 address.
+	Local netip.Addr
 	// Timeout bounds each connection attempt; zero means DefaultDialTimeout.
 	Timeout time.Duration
 	// KeepAlive is the TCP keepalive period; zero means the net package's default (15 s),
@@ -38,17 +40,24 @@ func (d *Dialer) timeout() time.Duration {
 func (d *Dialer) Dial(ctx context.Context, ep Endpoint) (*net.TCPConn, error) {
 	nd := net.Dialer{Timeout: d.timeout(), KeepAlive: d.KeepAlive}
 	network := "tcp"
-	if d.Local != nil {
-		nd.LocalAddr = &net.TCPAddr{IP: d.Local}
+	if d.Local.IsValid() {
 		// A local address pins the family: a v4 source cannot reach a v6 destination.
-		if d.Local.To4() != nil {
+		if err := CheckFamily("the local address", d.Local, ep.Host); err != nil {
+			return nil, fmt.Errorf("connecting to %s: %w", ep, err)
+		}
+		nd.LocalAddr = &net.TCPAddr{IP: d.Local.AsSlice(), Zone: d.Local.Zone()}
+		network = "tcp6"
+		if d.Local.Is4() {
 			network = "tcp4"
-		} else {
-			network = "tcp6"
 		}
 	}
 	c, err := nd.DialContext(ctx, network, ep.String())
 	if err != nil {
+		var ae *net.AddrError
+		if errors.As(err, &ae) && d.Local.IsValid() && ae.Err == "no suitable address found" {
+			// A name with addresses of the other family only.
+			return nil, fmt.Errorf("connecting to %s: no %s address, which the local address %s needs", ep, family(d.Local), d.Local)
+		}
 		return nil, fmt.Errorf("connecting to %s: %w", ep, unwrapOp(err))
 	}
 	return c.(*net.TCPConn), nil
@@ -85,11 +94,12 @@ func (d *Dialer) DialFirst(ctx context.Context, candidates []Endpoint) (*net.TCP
 	}
 }
 
-// Listen opens a TCP listener on ep. An empty ep.Host listens on local when it is set
-// (INADDR_DEFAULT, -b) and on every address otherwise. The error names the address.
-func Listen(ctx context.Context, ep Endpoint, local net.IP) (*net.TCPListener, error) {
+// Listen opens a TCP listener on ep. An empty ep.Host listens on local when it is valid
+// (INADDR_DEFAULT, -b; its zone kept) and on every address otherwise. The error names the
+// address.
+func Listen(ctx context.Context, ep Endpoint, local netip.Addr) (*net.TCPListener, error) {
 	host := ep.Host
-	if host == "" && local != nil {
+	if host == "" && local.IsValid() {
 		host = local.String()
 	}
 	addr := net.JoinHostPort(host, strconv.Itoa(ep.Port))

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -63,8 +64,9 @@ type Config struct {
 	// KeepAlive is the TCP keepalive period of outgoing connections (accepted ones get it
 	// from their listener); negative disables it.
 	KeepAlive time.Duration
-	// Local (INADDR_DEFAULT) is the local address of outgoing connections; nil is any.
-	Local net.IP
+	// Local (INADDR_DEFAULT) is the local address of outgoing connections, with its zone
+	// for a link-local IPv6 address; the zero Addr is any.
+	Local netip.Addr
 
 	// Loops is how many event loops, each on its own thread, serve the connections; zero
 	// means GOMAXPROCS.

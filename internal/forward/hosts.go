@@ -28,9 +28,9 @@ func (s *Server) newHosts() {
 // network is what names resolve to: both families, or the family of the local address.
 func (s *Server) network() string {
 	switch l := s.cfg.Local; {
-	case l == nil:
+	case !l.IsValid():
 		return "ip"
-	case l.To4() != nil:
+	case l.Is4():
 		return "ip4"
 	default:
 		return "ip6"
@@ -57,8 +57,8 @@ func (s *Server) checkHost(ctx context.Context, ep endpoint.Endpoint) error {
 		return err
 	}
 	var d net.Dialer
-	if s.cfg.Local != nil {
-		d.LocalAddr = &net.TCPAddr{IP: s.cfg.Local}
+	if l := s.cfg.Local; l.IsValid() {
+		d.LocalAddr = &net.TCPAddr{IP: l.AsSlice(), Zone: l.Zone()}
 	}
 	for _, a := range addrs {
 		var c net.Conn

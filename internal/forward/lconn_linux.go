@@ -297,7 +297,7 @@ func (c *lconn) connect(addr netip.AddrPort) error {
 	if addr.Addr().Is4() {
 		family = unix.AF_INET
 	}
-	if l := cfg.Local; l != nil && (l.To4() != nil) != addr.Addr().Is4() {
+	if l := cfg.Local; l.IsValid() && l.Is4() != addr.Addr().Is4() {
 		return errors.New("address family differs from the local address (INADDR_DEFAULT)")
 	}
 	socket := c.s.socket
@@ -315,9 +315,8 @@ func (c *lconn) connect(addr netip.AddrPort) error {
 	if err := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1); err != nil {
 		return fail("setsockopt", err)
 	}
-	if l := cfg.Local; l != nil {
-		la, _ := netip.AddrFromSlice(l)
-		if err := unix.Bind(fd, sockaddr(netip.AddrPortFrom(la.Unmap(), 0))); err != nil {
+	if l := cfg.Local; l.IsValid() {
+		if err := unix.Bind(fd, sockaddr(netip.AddrPortFrom(l, 0))); err != nil {
 			return fail("bind", err)
 		}
 	}

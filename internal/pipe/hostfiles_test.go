@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -244,7 +245,7 @@ func TestPeriodicWriteBack(t *testing.T) {
 // it, and a ":PORT" end listens on it only.
 func TestLocalAddress(t *testing.T) {
 	t.Parallel()
-	local := net.ParseIP("127.0.0.5")
+	local := netip.MustParseAddr("127.0.0.5")
 	data := []byte("from a chosen local address")
 	t.Run("connect", func(t *testing.T) {
 		t.Parallel()
@@ -252,7 +253,7 @@ func TestLocalAddress(t *testing.T) {
 		e := start(t, Config{Source: stdio, Destination: connectEnd("localhost", port(ln)),
 			Stdin: openFile(t, writeFile(t, "in", data)), Local: local})
 		c := accept(t, ln)
-		if ip := c.RemoteAddr().(*net.TCPAddr).IP; !ip.Equal(local) {
+		if ip := c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap(); ip != local {
 			t.Errorf("peer address %s; want %s", ip, local)
 		}
 		if got, err := readAll(c); err != nil || string(got) != string(data) {
@@ -267,7 +268,7 @@ func TestLocalAddress(t *testing.T) {
 		out, outPath := createFile(t)
 		e := start(t, Config{Source: listenEnd(), Destination: stdio, Stdout: out, Local: local})
 		a := e.addr(t)
-		if !a.IP.Equal(local) {
+		if a.AddrPort().Addr().Unmap() != local {
 			t.Errorf("listening on %s; want %s only", a, local)
 		}
 		c, err := net.Dial("tcp", a.String())

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -41,7 +42,7 @@ type Config struct {
 	Rate        int64         // -l: bytes per second, zero for unlimited
 	Progress    bool          // -p: throughput reports on Stderr
 	Wait        time.Duration // -w: pause after accepting a connection, before using it
-	Local       net.IP        // INADDR_DEFAULT, resolved; -b overrides it
+	Local       netip.Addr    // INADDR_DEFAULT, resolved (zero: none); -b overrides it
 	DialTimeout time.Duration // per connection attempt; zero means endpoint.DefaultDialTimeout
 	// CloseTimeout is how long a socket destination may acknowledge nothing more, once
 	// every byte is written, before delivery is given up as unconfirmed; zero means
@@ -535,7 +536,7 @@ func leastOf(path, flag string, warn func(string, ...any)) ([]hostfile.Entry, *h
 
 // acceptOne listens on ep, accepts a single connection, closes the listener, and waits
 // cfg.Wait before handing the connection over.
-func acceptOne(ctx context.Context, ep endpoint.Endpoint, local net.IP, cfg Config) (*net.TCPConn, error) {
+func acceptOne(ctx context.Context, ep endpoint.Endpoint, local netip.Addr, cfg Config) (*net.TCPConn, error) {
 	ln, err := endpoint.Listen(ctx, ep, local)
 	if err != nil {
 		return nil, err

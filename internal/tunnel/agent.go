@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -33,8 +34,8 @@ const firstRead = 16 << 10
 type AgentConfig struct {
 	// Relay is listentwo's link port (-s); Service is the hidden service (-d).
 	Relay, Service endpoint.Endpoint
-	// Local is the INADDR_DEFAULT address, or nil.
-	Local net.IP
+	// Local is the INADDR_DEFAULT address, or the zero Addr.
+	Local netip.Addr
 	// Hello expects a PROXY v1 header on each taken link (--hello-from-src).
 	Hello bool
 	// SendProxy passes that header on to the service (--send-proxy); needs Hello.

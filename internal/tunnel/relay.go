@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -34,8 +35,8 @@ type RelayConfig struct {
 	// Clients is where clients connect (-s); Links is where connecttwo's links connect (-d).
 	// An empty Host listens on every address, or on Local when it is set.
 	Clients, Links endpoint.Endpoint
-	// Local is the INADDR_DEFAULT address, or nil.
-	Local net.IP
+	// Local is the INADDR_DEFAULT address, or the zero Addr.
+	Local netip.Addr
 	// Hello sends each taken link a PROXY v1 header naming the client (--hello-dst).
 	Hello bool
 	// Allow is the client allow list (-a); nil or empty serves everyone.
