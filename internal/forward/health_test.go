@@ -118,3 +118,34 @@ func TestAsideRanksLast(t *testing.T) {
 		t.Errorf("after the reread: %v aside %v, want only the hosts still in the file aside", gone, b.health.Aside(gone))
 	}
 }
+
+// When every host is set aside, a client is still tried on all of them: the one that
+// listens again serves it at once, before any check, and is back in service.
+func TestAllAsideStillTried(t *testing.T) {
+	t.Parallel()
+	a := closedPort(t)
+	ln := fwdtest.Listen(t, "[::1]:0")
+	b := ln.Addr().(*net.TCPAddr).Port
+	ln.Close() // nothing listens there now
+	path := writeFile(t, fmt.Sprintf("127.0.0.1:%d 0\n[::1]:%d 10\n", a, b))
+	pf := startServer(t, "127.0.0.1:0", Config{HostFile: path, Port: 9})
+	// The client is reset; on loopback that can happen before its connect call returns.
+	if c, err := net.DialTimeout("tcp", pf.addr, 5*time.Second); err == nil {
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); err == nil {
+			t.Fatal("a client was served with every host down")
+		}
+		c.Close()
+	}
+	pf.log.WaitFor(t, `host \S+ set aside`, 2, 5*time.Second)
+
+	back := fwdtest.StartBackend(t, fmt.Sprintf("[::1]:%d", b), fwdtest.Echo)
+	fwdtest.RoundTrip(t, fwdtest.Dial(t, pf.addr), 1, 5000)
+	if got, want := openedTo(t, pf, 2), fmt.Sprintf("[::1]:%d", b); got != want {
+		t.Errorf("with every host set aside, the client went to %s, want %s, the one listening", got, want)
+	}
+	pf.log.WaitFor(t, fmt.Sprintf(`host \[::1\]:%d back in service`, b), 1, 5*time.Second)
+	if back.Accepts.Load() < 1 {
+		t.Error("the host that listens again accepted nothing")
+	}
+}
