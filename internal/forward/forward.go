@@ -28,6 +28,7 @@ const (
 	DefaultConnectTimeout = 10 * time.Second  // one connection attempt (--connect-timeout)
 	DefaultGrace          = 5 * time.Second   // open connections may finish after a stop (--grace)
 	DefaultKeepAlive      = 15 * time.Second  // TCP keepalive period on both sides
+	DefaultHeaderTimeout  = 5 * time.Second   // a client's PROXY header (--accept-proxy-timeout)
 	// LowNoFile is the open-file limit under which Serve warns at start.
 	LowNoFile = 4096
 )
@@ -53,6 +54,18 @@ type Config struct {
 	Insert []byte
 	// Lazy (--lazy) passes a half-close on instead of closing both connections.
 	Lazy bool
+	// SendProxy (--send-proxy, --send-proxy-v2) is the version of the PROXY protocol
+	// header that goes to the destination before anything else (Insert included), naming
+	// the client and the address it connected to; 0 sends none. The header is not counted
+	// in the byte counts, nor paced by Rate.
+	SendProxy int
+	// AcceptProxy (--accept-proxy) reads a PROXY protocol header, version 1 or 2, from every
+	// client before anything else: the addresses it names are the client and the address
+	// it connected to from then on (in the log, for Allow, in what SendProxy sends). A
+	// client whose header is malformed, or does not come within AcceptProxyTimeout
+	// (default DefaultHeaderTimeout), is refused and logged.
+	AcceptProxy        bool
+	AcceptProxyTimeout time.Duration
 	// ConnectTimeout bounds each connection attempt to a destination.
 	ConnectTimeout time.Duration
 	// IdleTimeout closes a connection when neither direction moved a byte for this long;
@@ -109,6 +122,9 @@ type Server struct {
 	socket func(domain, typ, proto int) (int, error)
 	// noPipes makes every splice find no pipe, as when descriptors run out (a test seam).
 	noPipes bool
+	// partialHeader, when set, is called on the loop each time a client's PROXY header is
+	// found incomplete (a test seam).
+	partialHeader func()
 
 	ids  atomic.Uint64
 	open atomic.Int64
@@ -120,6 +136,9 @@ type Server struct {
 // with an error, name the host file's malformed lines ("hosts:3: malformed entry: ...").
 func New(cfg Config) (*Server, []error, error) {
 	s := &Server{cfg: cfg, log: cfg.Log}
+	if cfg.SendProxy != 0 && cfg.SendProxy != 1 && cfg.SendProxy != 2 {
+		return nil, nil, fmt.Errorf("PROXY protocol version %d: want 1 or 2", cfg.SendProxy)
+	}
 	switch {
 	case cfg.HostFile != "":
 		b, warn, err := newBalancer(hostfile.NewStore(cfg.HostFile), cfg.Port)

@@ -25,6 +25,7 @@ const (
 	stRelaying          // splicing both ways
 	stClosing           // waiting for the peers to acknowledge before the close
 	stClosed
+	stHeader // reading the client's PROXY header (--accept-proxy); see proxy_linux.go
 )
 
 const (
@@ -58,6 +59,11 @@ type lconn struct {
 	from, to string
 	start    time.Time
 	state    int
+
+	// client is the client's address: the socket's peer, or what its PROXY header named;
+	// local is the address it connected to, once known (for --send-proxy).
+	client, local netip.AddrPort
+	pre           []byte // the --send-proxy header, what is left of it to send
 
 	cands      []*hostEntry // the hosts tried so far, in order (with a host file: picked one by one)
 	held       bool         // the balancer counts this connection open on the last of cands
@@ -106,7 +112,7 @@ func (c *lconn) begin(client netip.AddrPort) {
 	s := c.s
 	c.from = client.String()
 	if !s.cfg.Allow.Allows(client.Addr()) {
-		unix.Close(c.cfd)
+		_ = c.ls.lp.CloseFD(c.cfd) // registered already with --accept-proxy
 		c.ls.log.Refused(c.from, "not in the allow list")
 		c.release()
 		return
@@ -255,7 +261,7 @@ func (c *lconn) resetClient(why error) {
 		c.ls.log.Failed(c.id, c.from, "-", why)
 	}
 	linger0(c.cfd)
-	unix.Close(c.cfd)
+	_ = c.ls.lp.CloseFD(c.cfd)
 	c.release()
 }
 
@@ -387,8 +393,16 @@ func (c *lconn) serverReady(ev uint32) {
 	}
 }
 
-// clientReady handles the client socket's events once the destination is connected.
-func (c *lconn) clientReady(ev uint32) { c.relayReady(ev, up) }
+// clientReady handles the client socket's events: its PROXY header, then the relay.
+func (c *lconn) clientReady(ev uint32) {
+	if c.state == stHeader {
+		if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+			c.readHeader(ev)
+		}
+		return
+	}
+	c.relayReady(ev, up)
+}
 
 // relayReady handles the events of the socket that is the source of direction in, while
 // relaying or closing.
@@ -423,13 +437,23 @@ func (c *lconn) connected() {
 	c.to = c.cands[idx].ep.String()
 	c.ls.log.Open(c.id, c.from, c.to)
 	c.ls.keepAliveLater(c)
-	if err := c.ls.lp.Add(c.cfd, unix.EPOLLIN|unix.EPOLLOUT|unix.EPOLLRDHUP|unix.EPOLLET, c.clientReady); err != nil {
-		c.endSetup("error: " + os.NewSyscallError("epoll_ctl", err).Error())
-		return
+	if !s.cfg.AcceptProxy { // with it, registered since the accept
+		if err := c.ls.lp.Add(c.cfd, unix.EPOLLIN|unix.EPOLLOUT|unix.EPOLLRDHUP|unix.EPOLLET, c.clientReady); err != nil {
+			c.endSetup("error: " + os.NewSyscallError("epoll_ctl", err).Error())
+			return
+		}
 	}
 	c.start = c.ls.lp.Now() // the close line's time and rates count from the open
 	c.initDirs()
-	if len(s.cfg.Insert) == 0 {
+	if s.cfg.SendProxy != 0 {
+		pre, err := c.proxyHeader()
+		if err != nil {
+			c.endSetup("error: " + err.Error())
+			return
+		}
+		c.pre = pre
+	}
+	if len(s.cfg.Insert) == 0 && len(c.pre) == 0 {
 		c.startRelay()
 		return
 	}
@@ -437,16 +461,29 @@ func (c *lconn) connected() {
 	c.insertMore()
 }
 
-// insertMore writes what is left of --insert, paying the up direction's rate limit like
-// relayed bytes; the relay starts once all of it is out. The destination may take no byte
-// of it for at most the connect timeout at a time.
+// insertMore writes what is left of the --send-proxy header, then of --insert, paying the
+// up direction's rate limit for the insert like relayed bytes; the relay starts once all
+// of it is out. The destination may take no byte of it for at most the connect timeout at
+// a time.
 func (c *lconn) insertMore() {
+	for len(c.pre) > 0 {
+		n, err := write(c.sfd, c.pre)
+		if errors.Is(err, unix.EAGAIN) {
+			c.stalled("sending the PROXY protocol header")
+			return
+		}
+		if err != nil {
+			c.endSetup("error: sending the PROXY protocol header: " + err.Error())
+			return
+		}
+		c.pre = c.pre[n:]
+	}
 	ins := c.s.cfg.Insert
 	d := &c.dirs[up]
 	for !d.waiting && c.inserted < len(ins) {
 		n := len(ins) - c.inserted
 		if d.lim != nil {
-			allowed, delay := d.take(c.ls.lp.Now())
+			allowed, delay := d.allowance(c.ls.lp.Now())
 			if delay > 0 {
 				c.pumpLater(up, delay) // resumes insertMore while inserting
 				return
@@ -455,12 +492,7 @@ func (c *lconn) insertMore() {
 		}
 		n, err := write(c.sfd, ins[c.inserted:c.inserted+n])
 		if errors.Is(err, unix.EAGAIN) {
-			if c.timer == nil {
-				c.timer = c.ls.lp.AfterFunc(orDefault(c.s.cfg.ConnectTimeout, DefaultConnectTimeout), func() {
-					c.timer = nil
-					c.endSetup("error: sending the --insert data: i/o timeout")
-				})
-			}
+			c.stalled("sending the --insert data")
 			return
 		}
 		if err != nil {
@@ -476,6 +508,17 @@ func (c *lconn) insertMore() {
 	}
 	if c.inserted == len(ins) && !d.waiting {
 		c.startRelay()
+	}
+}
+
+// stalled starts the connect timeout, unless it runs already, for a destination that takes
+// no byte of what goes before the relay: doing is what was being sent.
+func (c *lconn) stalled(doing string) {
+	if c.timer == nil {
+		c.timer = c.ls.lp.AfterFunc(orDefault(c.s.cfg.ConnectTimeout, DefaultConnectTimeout), func() {
+			c.timer = nil
+			c.endSetup("error: " + doing + ": i/o timeout")
+		})
 	}
 }
 
@@ -567,7 +610,7 @@ func (c *lconn) pump(i int) {
 		max := 1 << 20
 		if d.lim != nil {
 			var delay time.Duration
-			if max, delay = d.take(c.ls.lp.Now()); delay > 0 {
+			if max, delay = d.allowance(c.ls.lp.Now()); delay > 0 {
 				c.pumpLater(i, delay)
 				return
 			}
@@ -605,10 +648,10 @@ func (c *lconn) pump(i int) {
 	}
 }
 
-// take returns how many bytes direction d may move now under its rate limit, or how long
+// allowance returns how many bytes direction d may move now under its rate limit, or how long
 // to wait for them. Tokens are reserved a step at a time and what a short move leaves is
 // carried over as credit (the mover lowers it by what it moved), so no token is wasted.
-func (d *ldir) take(now time.Time) (int, time.Duration) {
+func (d *ldir) allowance(now time.Time) (int, time.Duration) {
 	if d.credit < d.step {
 		r := d.lim.ReserveN(now, d.step-d.credit)
 		d.credit = d.step
@@ -715,6 +758,8 @@ func (c *lconn) dirFailed(err error) {
 // abort ends the connection now: a stop, a cut or the idle timeout.
 func (c *lconn) abort(end string) {
 	switch c.state {
+	case stHeader:
+		c.refuseHeader(end + " before its PROXY protocol header came")
 	case stResolving, stConnecting:
 		c.resetClient(errors.New(end))
 	case stInserting:

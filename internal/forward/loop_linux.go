@@ -44,6 +44,8 @@ type loopState struct {
 
 	young     []*lconn         // connected since the last keepalive round
 	keepalive *eventloop.Timer // the next keepalive round, while young is not empty
+
+	hdr *headerReader // clients' PROXY headers (--accept-proxy), made on first use
 }
 
 // keepAliveDelay is how often a loop turns keepalive on for the destination sockets of
@@ -220,7 +222,7 @@ func (ls *loopState) accept() {
 		s.open.Add(1)
 		c := &lconn{ls: ls, s: s, cfd: fd, sfd: -1, start: ls.lp.Now()}
 		ls.conns[c] = struct{}{}
-		c.begin(client)
+		c.accepted(client)
 	}
 }
 
