@@ -56,6 +56,16 @@ Options:
                                 (default 0: never)
       --grace SECS              on SIGINT/SIGTERM, let open connections go on for SECS
                                 before cutting them (default 5; 0 cuts them at once)
+      --send-proxy              send the destination a PROXY protocol version 1 header
+                                naming the client, before anything else (--insert too)
+      --send-proxy-v2           the same with a version 2 (binary) header
+      --accept-proxy            read a PROXY protocol header (version 1 or 2) from each
+                                client first: the client it names is the client in
+                                the log, for -a and for --send-proxy; a client without
+                                a valid one is refused and logged
+      --accept-proxy-timeout SECS
+                                how long a client may take to send its header
+                                (default 5)
   -h, --help                    print this help and exit
   -v, --version                 print the version and exit
 
@@ -88,8 +98,13 @@ more, it prints the counts as "tcppipe-least --add HOST BYTES FILE" lines and ex
 When it runs out of file descriptors, it backs off accepting (5 ms doubling to 1 s) and
 serves again once descriptors are freed.
 
-An option that would do nothing with the others given (-p or -i without -l) is an
-error, not ignored.
+An option that would do nothing with the others given (-p or -i without -l,
+--accept-proxy-timeout without --accept-proxy) is an error, not ignored.
+
+PROXY protocol headers are not counted in the byte counts (log, host file) and not
+paced by -r. With --accept-proxy, a LOCAL or UNKNOWN header (a proxy's health check)
+keeps the socket's own address as the client's. Anyone who can connect can name any
+client: restrict who may connect (a firewall) when -a matters.
 
 Environment: INADDR_DEFAULT, an address or host name, is the local address of the
 listener (when -s names none) and of every outgoing connection.
@@ -104,6 +119,7 @@ Examples:
   tcp-pf -s '[::1]:2222' -d backend.example:22 -a 10.0.0.0/8 -a 2001:db8::/32
   tcp-pf -s 8080 -l hosts.txt -p 80 -i 60       # hosts.txt: "web1 0", "web2:8081 0", ...
   tcp-pf -s 7000 -d 127.0.0.1:7001 --lazy -r 1MiB
+  tcp-pf -s 8443 -d 127.0.0.1:443 --accept-proxy --send-proxy-v2  # behind HAProxy
 `
 
 func main() {
@@ -131,7 +147,9 @@ type options struct {
 	rate                                 cli.Rate
 	interval, connectTimeout             cli.Seconds
 	idleTimeout, grace                   cli.Seconds
+	headerTimeout                        cli.Seconds
 	lazy                                 bool
+	sendProxy, sendProxyV2, acceptProxy  bool
 }
 
 func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -139,6 +157,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	o.interval.D = forward.DefaultInterval
 	o.connectTimeout.D = forward.DefaultConnectTimeout
 	o.grace.D = forward.DefaultGrace
+	o.headerTimeout.D = forward.DefaultHeaderTimeout
 	flags := cli.NewFlagSet(tool, help, stdout)
 	flags.StringVarP(&o.source, "source", "s", "", "")
 	flags.StringVarP(&o.dest, "destination", "d", "", "")
@@ -152,6 +171,10 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	flags.Var(&o.connectTimeout, "connect-timeout", "")
 	flags.Var(&o.idleTimeout, "idle-timeout", "")
 	flags.Var(&o.grace, "grace", "")
+	flags.BoolVar(&o.sendProxy, "send-proxy", false, "")
+	flags.BoolVar(&o.sendProxyV2, "send-proxy-v2", false, "")
+	flags.BoolVar(&o.acceptProxy, "accept-proxy", false, "")
+	flags.Var(&o.headerTimeout, "accept-proxy-timeout", "")
 	if err := flags.Parse(args); err != nil {
 		return err
 	}
@@ -231,6 +254,17 @@ func configure(ctx context.Context, o *options, flags *cli.FlagSet) (endpoint.En
 	if o.connectTimeout.D <= 0 {
 		return listen, cfg, cli.Usagef("--connect-timeout %s: must be more than 0 seconds", o.connectTimeout.String())
 	}
+	if o.headerTimeout.D <= 0 {
+		return listen, cfg, cli.Usagef("--accept-proxy-timeout %s: must be more than 0 seconds", o.headerTimeout.String())
+	}
+	switch {
+	case o.sendProxy:
+		cfg.SendProxy = 1
+	case o.sendProxyV2:
+		cfg.SendProxy = 2
+	}
+	cfg.AcceptProxy = o.acceptProxy
+	cfg.AcceptProxyTimeout = o.headerTimeout.D
 	cfg.Interval = o.interval.D
 	cfg.ConnectTimeout = o.connectTimeout.D
 	cfg.IdleTimeout = o.idleTimeout.D
@@ -261,6 +295,8 @@ func checkUseless(o *options, flags *cli.FlagSet) error {
 	}{
 		{o.hostFile == "" && o.port != "", "-p goes with -l FILE; with -d, put the port in HOST:PORT"},
 		{o.hostFile == "" && flags.Changed("interval"), "-i goes with -l FILE: with -d there are no counts to write back"},
+		{!o.acceptProxy && flags.Changed("accept-proxy-timeout"), "--accept-proxy-timeout goes with --accept-proxy: without it no PROXY header is read"},
+		{o.sendProxy && o.sendProxyV2, "--send-proxy and --send-proxy-v2 exclude each other: the destination reads one header"},
 	} {
 		if r.useless {
 			return cli.Usagef("%s", r.why)

@@ -11,11 +11,16 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"regexp"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"shd-tcp-tools/internal/pipe/pipetest"
 )
 
 // LogBuf collects a log and lets a test wait for lines. Safe for simultaneous use.
@@ -265,5 +270,80 @@ func RoundTrip(t testing.TB, c net.Conn, seed uint64, n int64) {
 	}
 	if got != s.d || got.N != n {
 		t.Fatalf("echo: got %v, sent %v", got, s.d)
+	}
+}
+
+// NeedProgram returns the path of the installed program name (searched in PATH, then in
+// /usr/sbin and /usr/local/sbin, where Debian puts daemons), or skips the test, saying so,
+// when it is not installed.
+func NeedProgram(t testing.TB, name string) string {
+	t.Helper()
+	if p, err := exec.LookPath(name); err == nil {
+		return p
+	}
+	for _, dir := range []string{"/usr/sbin", "/usr/local/sbin"} {
+		p := filepath.Join(dir, name)
+		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
+			return p
+		}
+	}
+	t.Skipf("%s is not installed", name)
+	return ""
+}
+
+// FreePort returns a loopback TCP port (on host, "127.0.0.1" or "::1") that was free a
+// moment ago, for a program that cannot be handed a listener.
+func FreePort(t testing.TB, host string) int {
+	t.Helper()
+	ln := Listen(t, net.JoinHostPort(host, "0"))
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// Program is a program a test runs (HAProxy, nginx): its stdout and stderr go to Out.
+type Program struct {
+	Out    *LogBuf
+	exited chan struct{}
+}
+
+// StartProgram runs path with args until the test ends; then it is killed (by its pid).
+func StartProgram(t testing.TB, path string, args ...string) *Program {
+	t.Helper()
+	p := &Program{Out: NewLogBuf(), exited: make(chan struct{})}
+	cmd := exec.Command(path, args...)
+	cmd.Stdout, cmd.Stderr = p.Out, p.Out
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting %s: %v", path, err)
+	}
+	go func() { _ = cmd.Wait(); close(p.exited) }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-p.exited
+	})
+	return p
+}
+
+// WaitListening waits until a socket listens on port, failing the test after 10 s or when
+// the program exits first. It asks the kernel (sock_diag) rather than connecting, so the
+// program sees no connection of ours.
+func (p *Program) WaitListening(t testing.TB, port int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, ok, err := pipetest.ListenQueue(port)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok {
+			return
+		}
+		select {
+		case <-p.exited:
+			t.Fatalf("the program meant to listen on port %d exited:\n%s", port, p.Out)
+		case <-time.After(10 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("nothing listening on port %d after 10s:\n%s", port, p.Out)
+		}
 	}
 }
