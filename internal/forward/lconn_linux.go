@@ -467,13 +467,8 @@ func (c *lconn) connected() {
 // a time.
 func (c *lconn) insertMore() {
 	for len(c.pre) > 0 {
-		n, err := write(c.sfd, c.pre)
-		if errors.Is(err, unix.EAGAIN) {
-			c.stalled("sending the PROXY protocol header")
-			return
-		}
-		if err != nil {
-			c.endSetup("error: sending the PROXY protocol header: " + err.Error())
+		n, ok := c.sendFirst(c.pre, "sending the PROXY protocol header")
+		if !ok {
 			return
 		}
 		c.pre = c.pre[n:]
@@ -490,25 +485,37 @@ func (c *lconn) insertMore() {
 			}
 			n = min(n, allowed)
 		}
-		n, err := write(c.sfd, ins[c.inserted:c.inserted+n])
-		if errors.Is(err, unix.EAGAIN) {
-			c.stalled("sending the --insert data")
-			return
-		}
-		if err != nil {
-			c.endSetup("error: sending the --insert data: " + err.Error())
+		n, ok := c.sendFirst(ins[c.inserted:c.inserted+n], "sending the --insert data")
+		if !ok {
 			return
 		}
 		c.inserted += n
 		d.credit -= n
-		if c.timer != nil { // it moved: the stall, if any, is over
-			c.timer.Stop()
-			c.timer = nil
-		}
 	}
 	if c.inserted == len(ins) && !d.waiting {
 		c.startRelay()
 	}
+}
+
+// sendFirst writes some of b, which goes to the destination before the relay (doing says
+// what it is), and returns how much went. It returns false when the caller must stop: the
+// destination takes nothing now (the stall timer runs until it does), or the connection
+// ended on an error.
+func (c *lconn) sendFirst(b []byte, doing string) (int, bool) {
+	n, err := write(c.sfd, b)
+	switch {
+	case errors.Is(err, unix.EAGAIN):
+		c.stalled(doing)
+		return 0, false
+	case err != nil:
+		c.endSetup("error: " + doing + ": " + err.Error())
+		return 0, false
+	}
+	if c.timer != nil { // it moved: the stall, if any, is over
+		c.timer.Stop()
+		c.timer = nil
+	}
+	return n, true
 }
 
 // stalled starts the connect timeout, unless it runs already, for a destination that takes

@@ -1,7 +1,6 @@
 package forward
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"io"
@@ -21,44 +20,6 @@ import (
 	"shd-tcp-tools/internal/proxyhdr"
 )
 
-// proxied is what a destination behind --send-proxy got: the header, as go-proxyproto reads
-// it (not our parser), and the digest of every byte after it.
-type proxied struct {
-	h   *proxyproto.Header
-	d   fwdtest.Digest
-	err error
-}
-
-// proxyBackend starts a destination that reads a PROXY header and then everything after
-// it, and reports each connection on the returned channel.
-func proxyBackend(t *testing.T, listen string) (*fwdtest.Backend, <-chan proxied) {
-	got := make(chan proxied, 16)
-	be := fwdtest.StartBackend(t, listen, func(c *net.TCPConn) {
-		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
-		r := bufio.NewReader(c)
-		h, err := proxyproto.Read(r)
-		if err != nil {
-			got <- proxied{err: err}
-			return
-		}
-		d, err := fwdtest.Receive(r)
-		got <- proxied{h: h, d: d, err: err}
-	})
-	return be, got
-}
-
-// waitProxied returns the next connection a proxyBackend reports, failing after 10 s.
-func waitProxied(t *testing.T, got <-chan proxied) proxied {
-	t.Helper()
-	select {
-	case r := <-got:
-		return r
-	case <-time.After(10 * time.Second):
-		t.Fatal("the destination got no connection within 10s")
-		return proxied{}
-	}
-}
-
 func addrPort(t testing.TB, a net.Addr) netip.AddrPort {
 	t.Helper()
 	ap, err := netip.ParseAddrPort(a.String())
@@ -68,12 +29,12 @@ func addrPort(t testing.TB, a net.Addr) netip.AddrPort {
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }
 
-func wantHeader(t *testing.T, got proxied, version byte, src, dst netip.AddrPort) {
+func wantHeader(t *testing.T, got fwdtest.Proxied, version byte, src, dst netip.AddrPort) {
 	t.Helper()
-	if got.err != nil {
-		t.Fatalf("destination: %v", got.err)
+	if got.Err != nil {
+		t.Fatalf("destination: %v", got.Err)
 	}
-	h := got.h
+	h := got.Header
 	s, d, ok := h.TCPAddrs()
 	if !ok || h.Version != version || h.Command != proxyproto.PROXY {
 		t.Fatalf("destination got a v%d %v header %v -> %v, want v%d PROXY", h.Version, h.Command, h.SourceAddr, h.DestinationAddr, version)
@@ -93,7 +54,7 @@ func TestSendProxy(t *testing.T) {
 		for _, version := range []int{1, 2} {
 			t.Run(fmt.Sprintf("%s/v%d", fam, version), func(t *testing.T) {
 				t.Parallel()
-				be, got := proxyBackend(t, fam)
+				be := fwdtest.StartProxyBackend(t, fam)
 				pf := startServer(t, fam, Config{Dest: dest(t, be.Addr()), SendProxy: version, Insert: insert})
 				c := fwdtest.Dial(t, pf.addr)
 				const n = 1 << 20
@@ -102,13 +63,13 @@ func TestSendProxy(t *testing.T) {
 					t.Fatal(err)
 				}
 				_ = c.CloseWrite()
-				r := waitProxied(t, got)
+				r := be.Next(t)
 				wantHeader(t, r, byte(version), addrPort(t, c.LocalAddr()), addrPort(t, c.RemoteAddr()))
 				d := fwdtest.NewDigester()
 				d.Write(insert)
 				_, _ = io.Copy(d, io.LimitReader(fwdtest.NewStream(11), n))
-				if want := d.Digest(); r.d != want {
-					t.Fatalf("after the header: %v, want the insert then the client's %v", r.d, sent)
+				if want := d.Digest(); r.Digest != want {
+					t.Fatalf("after the header: %v, want the insert then the client's %v", r.Digest, sent)
 				}
 				pf.log.WaitFor(t, fmt.Sprintf(`close #1 .*up=%d `, n+len(insert)), 1, 5*time.Second)
 			})
@@ -163,7 +124,7 @@ func TestAcceptProxy(t *testing.T) {
 				pf.log.WaitFor(t, fmt.Sprintf(`close #1 %s -> .* up=%d .* down=%d `, regexp.QuoteMeta(src.String()), 1<<20+12, 1<<20+12), 1, 5*time.Second)
 
 				// With --send-proxy too, the header's addresses are passed on.
-				be, got := proxyBackend(t, fam)
+				be := fwdtest.StartProxyBackend(t, fam)
 				pf2 := startServer(t, fam, Config{Dest: dest(t, be.Addr()), AcceptProxy: true, SendProxy: 3 - tc.version})
 				c2 := fwdtest.Dial(t, pf2.addr)
 				if _, err := c2.Write(headerFor(t, tc.version, tc.src, tc.dst)); err != nil {
@@ -171,10 +132,10 @@ func TestAcceptProxy(t *testing.T) {
 				}
 				sent, _ := fwdtest.Send(c2, 4, 5000)
 				_ = c2.CloseWrite()
-				r := waitProxied(t, got)
+				r := be.Next(t)
 				wantHeader(t, r, byte(3-tc.version), src, netip.MustParseAddrPort(tc.dst))
-				if r.d != sent {
-					t.Fatalf("after the header: %v, want %v", r.d, sent)
+				if r.Digest != sent {
+					t.Fatalf("after the header: %v, want %v", r.Digest, sent)
 				}
 			})
 		}
@@ -188,7 +149,7 @@ func TestAcceptProxyInPieces(t *testing.T) {
 	for _, version := range []int{1, 2} {
 		t.Run(fmt.Sprintf("v%d", version), func(t *testing.T) {
 			t.Parallel()
-			be, got := proxyBackend(t, "127.0.0.1:0")
+			be := fwdtest.StartProxyBackend(t, "127.0.0.1:0")
 			partial := make(chan struct{}, 64)
 			pf := startServer(t, "127.0.0.1:0", Config{Dest: dest(t, be.Addr()), AcceptProxy: true, SendProxy: 1},
 				func(s *Server) { s.partialHeader = func() { partial <- struct{}{} } })
@@ -213,10 +174,10 @@ func TestAcceptProxyInPieces(t *testing.T) {
 				t.Fatal(err)
 			}
 			_ = c.CloseWrite()
-			r := waitProxied(t, got)
+			r := be.Next(t)
 			wantHeader(t, r, 1, netip.MustParseAddrPort("192.0.2.7:1234"), netip.MustParseAddrPort("192.0.2.8:80"))
-			if want := fwdtest.Expected(5, 3000); r.d != want {
-				t.Fatalf("after the header: %v, want %v", r.d, want)
+			if want := fwdtest.Expected(5, 3000); r.Digest != want {
+				t.Fatalf("after the header: %v, want %v", r.Digest, want)
 			}
 			pf.log.WaitFor(t, `close #1 192\.0\.2\.7:1234 -> .* up=3000 `, 1, 5*time.Second)
 		})
@@ -314,17 +275,17 @@ func TestAcceptProxyLocal(t *testing.T) {
 	for name, h := range map[string][]byte{"v2 local": local, "v1 unknown": []byte("PROXY UNKNOWN\r\n")} {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			be, got := proxyBackend(t, "[::1]:0")
+			be := fwdtest.StartProxyBackend(t, "[::1]:0")
 			pf := startServer(t, "[::1]:0", Config{Dest: dest(t, be.Addr()), AcceptProxy: true, SendProxy: 2})
 			c := fwdtest.Dial(t, pf.addr)
 			if _, err := c.Write(append(h, "after"...)); err != nil {
 				t.Fatal(err)
 			}
 			_ = c.CloseWrite()
-			r := waitProxied(t, got)
+			r := be.Next(t)
 			wantHeader(t, r, 2, addrPort(t, c.LocalAddr()), addrPort(t, c.RemoteAddr()))
-			if want := (fwdtest.Digest{N: 5}); r.d.N != want.N {
-				t.Fatalf("after the header: %v, want 5 bytes", r.d)
+			if want := (fwdtest.Digest{N: 5}); r.Digest.N != want.N {
+				t.Fatalf("after the header: %v, want 5 bytes", r.Digest)
 			}
 			pf.log.WaitFor(t, `open #1 `+regexp.QuoteMeta(c.LocalAddr().String())+` -> `, 1, 5*time.Second)
 		})

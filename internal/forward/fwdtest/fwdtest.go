@@ -4,6 +4,7 @@
 package fwdtest
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/sha256"
 	"fmt"
@@ -19,6 +20,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/pires/go-proxyproto"
 
 	"shd-tcp-tools/internal/pipe/pipetest"
 )
@@ -345,5 +348,49 @@ func (p *Program) WaitListening(t testing.TB, port int) {
 		if time.Now().After(deadline) {
 			t.Fatalf("nothing listening on port %d after 10s:\n%s", port, p.Out)
 		}
+	}
+}
+
+// Proxied is what a ProxyBackend got on one connection: the PROXY header, as go-proxyproto
+// reads it, and the digest of every byte after it.
+type Proxied struct {
+	Header *proxyproto.Header
+	Digest Digest
+	Err    error
+}
+
+// ProxyBackend is a destination that reads a PROXY header and then everything after it.
+type ProxyBackend struct {
+	*Backend
+	got chan Proxied
+}
+
+// StartProxyBackend starts a ProxyBackend on listen until the test ends.
+func StartProxyBackend(t testing.TB, listen string) *ProxyBackend {
+	t.Helper()
+	pb := &ProxyBackend{got: make(chan Proxied, 16)}
+	pb.Backend = StartBackend(t, listen, func(c *net.TCPConn) {
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		r := bufio.NewReader(c)
+		h, err := proxyproto.Read(r)
+		if err != nil {
+			pb.got <- Proxied{Err: err}
+			return
+		}
+		d, err := Receive(r)
+		pb.got <- Proxied{Header: h, Digest: d, Err: err}
+	})
+	return pb
+}
+
+// Next returns what the next connection brought, failing the test after 10 s.
+func (pb *ProxyBackend) Next(t testing.TB) Proxied {
+	t.Helper()
+	select {
+	case p := <-pb.got:
+		return p
+	case <-time.After(10 * time.Second):
+		t.Fatal("the destination got no connection within 10s")
+		return Proxied{}
 	}
 }
