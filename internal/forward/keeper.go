@@ -69,7 +69,7 @@ func (k *keeper) start() (stop func()) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	if err := k.b.store.Watch(ctx, k.reload); err != nil {
-		k.s.log.Printf("warning: not following %s live (%v): it is reread every -i and on SIGHUP", k.b.store, err)
+		k.s.log.Printf("warning: not following %s live (%v): it is reread at every -i", k.b.store, err)
 	}
 	var wg sync.WaitGroup
 	wg.Go(func() { k.run(ctx) })
