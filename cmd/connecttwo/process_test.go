@@ -1,0 +1,133 @@
+package main
+
+import (
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"shd-tcp-tools/internal/forward/fwdtest"
+	"shd-tcp-tools/internal/tunnel/tunneltest"
+)
+
+// TestPoolBound: a --pool past the documented maximum is a usage error, one line, exit 2,
+// before any connection is made.
+func TestPoolBound(t *testing.T) {
+	bins := tunneltest.Build(t)
+	relay := fwdtest.StartBackend(t, "127.0.0.1:0", func(c *net.TCPConn) { _, _ = io.Copy(io.Discard, c) })
+	for _, n := range []string{"1025", "20000000", "99999999999"} {
+		p := tunneltest.Start(t, bins["connecttwo"], "-s", relay.Addr(), "-d", "127.0.0.1:9", "--pool", n)
+		code, _ := p.Exit(t, 2*time.Second)
+		out := p.Log.String()
+		if code != 2 || strings.Count(out, "\n") != 1 || !strings.HasPrefix(out, "connecttwo: --pool "+n+": at most 1024") {
+			t.Errorf("--pool %s: exit %d, stderr %q; want exit 2 and one line 'connecttwo: --pool %s: at most 1024...'", n, code, out, n)
+		}
+	}
+	if n := relay.Accepts.Load(); n != 0 {
+		t.Errorf("the relay saw %d connections from rejected command lines", n)
+	}
+}
+
+// TestStopsWithinASecond: SIGTERM or SIGINT ends connecttwo with status 0 within a second
+// in every phase: connecting to a relay that never completes a connect, in the handshake
+// with a relay that accepts and never answers (the largest pool, while it opens), in a
+// backoff sleep, and while relaying a client.
+func TestStopsWithinASecond(t *testing.T) {
+	bins := tunneltest.Build(t)
+	svc := fwdtest.StartBackend(t, "127.0.0.1:0", fwdtest.Echo)
+	stop := func(t *testing.T, p *tunneltest.Proc, sig syscall.Signal) {
+		t.Helper()
+		took := p.Stop(t, sig, 5*time.Second)
+		t.Logf("stopped %v after %v", sig, took.Round(time.Millisecond))
+		if took > time.Second {
+			t.Errorf("connecttwo took %v to stop after %v, want at most 1s", took, sig)
+		}
+	}
+
+	t.Run("handshake with a silent relay", func(t *testing.T) {
+		relay := fwdtest.StartBackend(t, "127.0.0.1:0", func(c *net.TCPConn) { _, _ = io.Copy(io.Discard, c) })
+		p := tunneltest.Start(t, bins["connecttwo"], "-s", relay.Addr(), "-d", svc.Addr(), "--pool", "1024")
+		p.WaitLog(t, `keeping 1024 links open`, 1, tunneltest.Timeout)
+		fwdtest.WaitUntil(t, tunneltest.Timeout, "the first links", func() bool { return relay.Accepts.Load() >= 16 })
+		// Links are opened at most 32 at a time: a relay that does not answer sees no
+		// more than that many while their handshakes wait (5 s), not the whole pool.
+		window := time.Now().Add(300 * time.Millisecond)
+		for time.Now().Before(window) {
+			if n := relay.Accepts.Load(); n > 32 {
+				t.Fatalf("the silent relay got %d connections at once from --pool 1024, want at most 32", n)
+			}
+			time.Sleep(5 * time.Millisecond) // observing for the window, not waiting for an event
+		}
+		stop(t, p, syscall.SIGTERM)
+		t.Logf("the relay had accepted %d links", relay.Accepts.Load())
+	})
+
+	t.Run("connect to a relay that never accepts", func(t *testing.T) {
+		addr := fullListener(t)
+		p := tunneltest.Start(t, bins["connecttwo"], "-s", addr, "-d", svc.Addr(), "--pool", "4")
+		p.WaitLog(t, `keeping 4 links open`, 1, tunneltest.Timeout)
+		// Each link is a socket waiting for its connect to complete.
+		fwdtest.WaitUntil(t, tunneltest.Timeout, "connects under way", func() bool { return p.Sockets(t) >= 4 })
+		stop(t, p, syscall.SIGTERM)
+	})
+
+	t.Run("backoff", func(t *testing.T) {
+		addr := "127.0.0.1:" + tunneltest.FreePort(t, "127.0.0.1") // nothing listens there
+		p := tunneltest.Start(t, bins["connecttwo"], "-s", addr, "-d", svc.Addr(), "--pool", "2")
+		p.Log.WaitFor(t, `connection refused; retry 2 in`, 1, tunneltest.Timeout)
+		stop(t, p, syscall.SIGINT)
+	})
+
+	t.Run("relaying", func(t *testing.T) {
+		bin := bins["listentwo"]
+		clients := "127.0.0.1:" + tunneltest.FreePort(t, "127.0.0.1")
+		links := "127.0.0.1:" + tunneltest.FreePort(t, "127.0.0.1")
+		relay := tunneltest.Start(t, bin, "-s", clients, "-d", links)
+		relay.Log.WaitFor(t, `listening for clients`, 1, tunneltest.Timeout)
+		p := tunneltest.Start(t, bins["connecttwo"], "-s", links, "-d", svc.Addr(), "--pool", "2")
+		relay.Log.WaitFor(t, `link #\d+ up `, 2, tunneltest.Timeout)
+		c := fwdtest.Dial(t, clients)
+		fwdtest.RoundTrip(t, c, 1, 100<<10) // the connection stays open through the stop
+		stop(t, p, syscall.SIGTERM)
+		relay.Stop(t, syscall.SIGTERM, 5*time.Second)
+	})
+}
+
+// fullListener returns the address of a loopback listener whose accept queue is full and
+// never drained, so that further connects to it wait in SYN-SENT.
+func fullListener(t *testing.T) string {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(sa.(*unix.SockaddrInet4).Port))
+	// Fill the queue (backlog 0 holds one connection) and wait until a further connect
+	// hangs, which shows the queue is full.
+	for i := 0; ; i++ {
+		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+		if err != nil {
+			return addr
+		}
+		t.Cleanup(func() { c.Close() })
+		if i > 8 {
+			t.Fatal("the accept queue of a backlog-0 listener does not fill")
+		}
+	}
+}
