@@ -23,7 +23,8 @@ const help = `Usage: connecttwo -s HOST:PORT -d HOST:PORT [--hello-from-src] [--
 Hidden end of a reverse tunnel. Keeps --pool idle links open to listentwo's link port -s;
 when a client takes one, connects to the service -d and relays the two both ways, then
 opens a replacement link at once. If the relay cannot be reached or a link drops, it
-reconnects with exponential backoff (up to 30 s, with jitter); it never exits for that.
+reconnects with exponential backoff (up to 30 s, with jitter); a link cut during its
+handshake is retried within a second. It never exits for either.
 
 Options:
   -s, --relay HOST:PORT    listentwo's link port (its -d)
@@ -32,7 +33,8 @@ Options:
                            then connect (listentwo must use --hello-dst; both or neither)
       --send-proxy         pass that header on to the service (for servers that read
                            PROXY headers: nginx, HAProxy); needs --hello-from-src
-      --pool N             idle links to keep open (default 2)
+      --pool N             idle links to keep open (default 2, at most 1024); they are
+                           opened at most 32 at a time
       --secret-file FILE   prove to listentwo, and check that it proves, the first line
                            of FILE (HMAC-SHA256 challenge; listentwo needs the same file)
   -h, --help               print this help and exit
@@ -101,6 +103,9 @@ func parse(ctx context.Context, args []string, stdout, stderr io.Writer) (tunnel
 	}
 	if cfg.Pool < 1 {
 		return cfg, cli.Usagef("--pool %d: must be at least 1", cfg.Pool)
+	}
+	if cfg.Pool > tunnel.MaxPool {
+		return cfg, cli.Usagef("--pool %d: at most %d", cfg.Pool, tunnel.MaxPool)
 	}
 	if cfg.Local, err = endpoint.ResolveLocal(ctx, os.Getenv(endpoint.EnvLocal)); err != nil {
 		return cfg, cli.AsUsage(err)

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"shd-tcp-tools/internal/cli"
@@ -18,8 +19,17 @@ import (
 	"shd-tcp-tools/internal/relay"
 )
 
-// DefaultPool is how many idle links connecttwo keeps open (--pool).
-const DefaultPool = 2
+// DefaultPool is how many idle links connecttwo keeps open (--pool), and MaxPool the most
+// it accepts.
+const (
+	DefaultPool = 2
+	MaxPool     = 1024
+)
+
+// maxOpening is how many links connecttwo connects and handshakes at once: a large pool
+// opens in steps of this many, not all at once, and a relay that does not answer holds at
+// most this many of its connection attempts.
+const maxOpening = 32
 
 // stableLink is how long a link must have stayed up for its loss to reset the backoff, so
 // that a relay which accepts links and drops them at once is not hammered.
@@ -49,8 +59,10 @@ type AgentConfig struct {
 	HandshakeTimeout time.Duration
 	// DialTimeout bounds each connection attempt; zero means endpoint.DefaultDialTimeout.
 	DialTimeout time.Duration
-	// BackoffBase and BackoffMax shape the reconnect delays; zero means the defaults.
-	BackoffBase, BackoffMax time.Duration
+	// BackoffBase and BackoffMax shape the reconnect delays; zero means the defaults. A
+	// link cut or refused during its handshake, which strangers on the relay can cause,
+	// waits at most RefusedMax (zero: DefaultRefusedMax) before the next try.
+	BackoffBase, BackoffMax, RefusedMax time.Duration
 	// Dial opens connections to the relay and the service; nil dials from Local.
 	Dial func(ctx context.Context, ep endpoint.Endpoint) (*net.TCPConn, error)
 	// Log receives one line per event; nil discards them.
@@ -70,11 +82,13 @@ func (c *AgentConfig) Validate() error {
 		return cli.Usagef("-d: missing or bad address; give the service's HOST:PORT")
 	case c.Pool < 1:
 		return cli.Usagef("--pool must be at least 1")
+	case c.Pool > MaxPool:
+		return cli.Usagef("--pool must be at most %d", MaxPool)
 	case c.SendProxy && !c.Hello:
 		return cli.Usagef("--send-proxy passes on the hello: it needs --hello-from-src")
 	case c.Secret != nil && len(c.Secret) == 0:
 		return cli.Usagef("--secret-file: the secret is empty")
-	case c.HandshakeTimeout < 0, c.DialTimeout < 0, c.BackoffBase < 0, c.BackoffMax < 0:
+	case c.HandshakeTimeout < 0, c.DialTimeout < 0, c.BackoffBase < 0, c.BackoffMax < 0, c.RefusedMax < 0:
 		return cli.Usagef("timeouts must not be negative")
 	}
 	return nil
@@ -83,11 +97,12 @@ func (c *AgentConfig) Validate() error {
 // Agent is connecttwo's engine: it keeps Pool idle links open to the relay and, when one is
 // taken, connects to the service and relays the two, opening a replacement link at once.
 type Agent struct {
-	cfg   AgentConfig
-	idle  *gauge
-	conns atomic.Uint64 // ids for log lines
-	links atomic.Uint64
-	wg    sync.WaitGroup
+	cfg     AgentConfig
+	idle    *gauge
+	opening chan struct{} // one token per link being connected and handshaken
+	conns   atomic.Uint64 // ids for log lines
+	links   atomic.Uint64
+	wg      sync.WaitGroup
 }
 
 // NewAgent checks cfg and returns an agent ready to Run.
@@ -110,7 +125,10 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 	} else {
 		cfg.dialService = cfg.Dial
 	}
-	return &Agent{cfg: cfg, idle: newGauge()}, nil
+	if cfg.RefusedMax == 0 {
+		cfg.RefusedMax = DefaultRefusedMax
+	}
+	return &Agent{cfg: cfg, idle: newGauge(), opening: make(chan struct{}, maxOpening)}, nil
 }
 
 // IdleLinks returns the number of links open and waiting to be taken.
@@ -125,7 +143,7 @@ func (a *Agent) WaitIdle(ctx context.Context, n int) error {
 // goroutines and returns nil. Failures to reach the relay are logged and retried with
 // backoff; they never end Run.
 func (a *Agent) Run(ctx context.Context) error {
-	for i := 0; i < a.cfg.Pool; i++ {
+	for i := 0; i < a.cfg.Pool && ctx.Err() == nil; i++ {
 		a.wg.Add(1)
 		go func() {
 			defer a.wg.Done()
@@ -139,13 +157,20 @@ func (a *Agent) Run(ctx context.Context) error {
 // slot keeps one idle link open: it connects, waits until the link is taken or dies, hands
 // a taken link to serve, and starts over.
 func (a *Agent) slot(ctx context.Context) {
-	bo := Backoff{Base: a.cfg.BackoffBase, Max: a.cfg.BackoffMax}
+	// A relay that cannot be reached is retried with the full backoff; a link cut during
+	// its handshake (as when strangers crowd the relay's link port) with a short one.
+	unreachable := Backoff{Base: a.cfg.BackoffBase, Max: a.cfg.BackoffMax}
+	cut := Backoff{Base: a.cfg.BackoffBase, Max: min(a.cfg.RefusedMax, unreachable.max())}
 	for ctx.Err() == nil {
 		id := a.links.Add(1)
 		link, rest, err := a.openLink(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
 				return
+			}
+			bo := &unreachable
+			if isCut(err) {
+				bo = &cut
 			}
 			d := bo.Next()
 			a.cfg.Log.Printf("link #%d to %s failed: %v; retry %d in %.3fs", id, a.cfg.Relay, err, bo.Failures(), d.Seconds())
@@ -166,11 +191,13 @@ func (a *Agent) slot(ctx context.Context) {
 			}
 			a.cfg.Log.Printf("link #%d down %s: %v", id, addr, err)
 			if time.Since(up) >= stableLink {
-				bo.Reset()
+				unreachable.Reset()
+				cut.Reset()
 			}
 			continue
 		}
-		bo.Reset()
+		unreachable.Reset()
+		cut.Reset()
 		dialed := make(chan struct{})
 		a.wg.Add(1)
 		go func() {
@@ -187,9 +214,18 @@ func (a *Agent) slot(ctx context.Context) {
 	}
 }
 
-// openLink connects to the relay and runs the handshake.
+// openLink connects to the relay and runs the handshake, at most maxOpening at once.
 func (a *Agent) openLink(ctx context.Context) (*net.TCPConn, []byte, error) {
+	select {
+	case a.opening <- struct{}{}:
+	case <-ctx.Done():
+		return nil, nil, ctx.Err()
+	}
+	defer func() { <-a.opening }()
 	c, err := a.cfg.Dial(ctx, a.cfg.Relay)
+	if errors.Is(err, syscall.ECONNRESET) {
+		err = &cutError{err} // accepted and reset at once: the relay is there
+	}
 	if err != nil {
 		return nil, nil, err
 	}

@@ -11,6 +11,8 @@ import (
 const (
 	DefaultBackoffBase = 500 * time.Millisecond
 	DefaultBackoffMax  = 30 * time.Second
+	// DefaultRefusedMax caps the delay after a link cut or refused during its handshake.
+	DefaultRefusedMax = time.Second
 )
 
 // Backoff computes reconnect delays: Base after the first failure, doubling after each

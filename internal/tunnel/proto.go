@@ -24,9 +24,14 @@ import (
 // The link handshake, run once on every new link before it joins the pool; each message is
 // one LF-terminated ASCII line:
 //
-//	B -> A  greeting  "SHD-LINK/1 hello=proxy|none auth=hmac-sha256|none nonce=<64 hex>\n"
-//	A -> B  reply     "SHD-LINK/1 hello=proxy|none auth=hmac-sha256|none nonce=<64 hex> mac=<64 hex>|-\n"
+//	A -> B  opening   "SHD-LINK/2\n"
+//	B -> A  greeting  "SHD-LINK/2 hello=proxy|none auth=hmac-sha256|none nonce=<64 hex>\n"
+//	A -> B  reply     "SHD-LINK/2 hello=proxy|none auth=hmac-sha256|none nonce=<64 hex> mac=<64 hex>|-\n"
 //	B -> A  verdict   "OK mac=<64 hex>|-\n"  or  "ERR <reason>\n" (then B closes)
+//
+// A speaks first, as soon as its connect completes, so that B can tell a real agent from a
+// stranger that connects and stays silent before it spends anything on it: B sends no
+// greeting until the opening has arrived.
 //
 // With a secret K on both sides, the reply's mac is
 // HMAC-SHA256(K, "shd-tcp-tools link v1 client\x00" || greeting || reply up to " mac=") and the
@@ -34,7 +39,8 @@ import (
 // B's nonce is fresh for every link, so a recorded reply proves nothing on a new link; A's
 // nonce is fresh too, so a recorded verdict cannot fool A into trusting a fake relay.
 const (
-	protoName   = "SHD-LINK/1"
+	protoName   = "SHD-LINK/2"
+	opening     = protoName + "\n"
 	labelClient = "shd-tcp-tools link v1 client\x00"
 	labelServer = "shd-tcp-tools link v1 server\x00"
 	nonceLen    = 32
@@ -45,8 +51,25 @@ const (
 	maxHello = 107
 )
 
-// DefaultHandshakeTimeout bounds the whole link handshake and the read of a hello.
+// DefaultHandshakeTimeout bounds the link handshake after its opening, and the read of a
+// hello.
 const DefaultHandshakeTimeout = 5 * time.Second
+
+// errNotOpening is what the relay finds when a link's first line is not the opening.
+var errNotOpening = errors.New("not a link: its first line is not the opening")
+
+// cutError is a link that ended, was reset or timed out in the middle of a handshake: the
+// peer went away, rather than disagreeing with what it was sent.
+type cutError struct{ err error }
+
+func (e *cutError) Error() string { return e.err.Error() }
+func (e *cutError) Unwrap() error { return e.err }
+
+// isCut reports whether err is a handshake cut short (see cutError).
+func isCut(err error) bool {
+	var c *cutError
+	return errors.As(err, &c)
+}
 
 // linkParams are one side's settings for the handshake.
 type linkParams struct {
@@ -54,6 +77,17 @@ type linkParams struct {
 	secret  []byte    // nil: no authentication
 	rand    io.Reader // nonce source
 	timeout time.Duration
+	// openBy, on the relay, is when the opening must have arrived; zero: within timeout.
+	openBy time.Time
+}
+
+// serverHooks are what serverHandshake asks the relay along the way. opened is called once
+// the opening has arrived, before the greeting; admit, once the peer has proved itself,
+// decides whether the link may join the pool; release undoes a successful admit when the
+// verdict cannot be sent. An error from opened or admit refuses the link.
+type serverHooks struct {
+	opened, admit func() error
+	release       func()
 }
 
 // offer is the mode and nonce part shared by the greeting and the reply.
@@ -170,9 +204,9 @@ func readLine(c net.Conn, pre []byte, max int) (line, rest []byte, err error) {
 				continue
 			}
 			if errors.Is(err, io.EOF) {
-				return nil, nil, errors.New("connection closed during handshake")
+				return nil, nil, &cutError{errors.New("connection closed during handshake")}
 			}
-			return nil, nil, readErr(err)
+			return nil, nil, &cutError{readErr(err)}
 		}
 	}
 }
@@ -217,11 +251,32 @@ func modeName(hello bool, flag string) string {
 // pool already holds its maximum.
 var ErrPoolFull = errors.New("idle link pool is full")
 
-// serverHandshake runs listentwo's side on a new link: greeting, reply, verdict. admit is
-// asked, once the peer has proved itself, whether the link may join the pool; release undoes
-// a successful admit when the verdict cannot be sent. A nil error means the link is ready.
-func serverHandshake(c net.Conn, p linkParams, admit func() error, release func()) error {
-	if err := c.SetDeadline(time.Now().Add(p.timeout)); err != nil {
+// serverHandshake runs listentwo's side on a new link: opening, greeting, reply, verdict,
+// calling h along the way. A nil error means the link is ready.
+func serverHandshake(c net.Conn, p linkParams, h serverHooks) error {
+	deadline := time.Now().Add(p.timeout)
+	openBy := deadline
+	if !p.openBy.IsZero() && p.openBy.Before(deadline) {
+		openBy = p.openBy
+	}
+	if err := c.SetDeadline(openBy); err != nil {
+		return fmt.Errorf("setting handshake deadline: %w", err)
+	}
+	open, extra, err := readLine(c, nil, maxLine)
+	switch {
+	case err != nil:
+		return fmt.Errorf("reading opening: %w", err)
+	case string(open) != opening:
+		return fmt.Errorf("%w (%q)", errNotOpening, clip(string(open)))
+	case len(extra) != 0:
+		return errors.New("unexpected data after the opening")
+	}
+	if h.opened != nil {
+		if err := h.opened(); err != nil {
+			return err
+		}
+	}
+	if err := c.SetDeadline(deadline); err != nil {
 		return fmt.Errorf("setting handshake deadline: %w", err)
 	}
 	g := offer{hello: p.hello, auth: p.secret != nil}
@@ -263,7 +318,7 @@ func serverHandshake(c net.Conn, p linkParams, admit func() error, release func(
 	case mac != nil:
 		return refuse(errors.New("malformed reply: mac without authentication"))
 	}
-	if err := admit(); err != nil {
+	if err := h.admit(); err != nil {
 		return refuse(err)
 	}
 	var proof []byte
@@ -271,11 +326,11 @@ func serverHandshake(c net.Conn, p linkParams, admit func() error, release func(
 		proof = linkMAC(p.secret, labelServer, greeting, line)
 	}
 	if _, err := c.Write([]byte("OK mac=" + macText(proof) + "\n")); err != nil {
-		release()
+		h.release()
 		return fmt.Errorf("sending verdict: %w", readErr(err))
 	}
 	if err := c.SetDeadline(time.Time{}); err != nil {
-		release()
+		h.release()
 		return fmt.Errorf("clearing handshake deadline: %w", err)
 	}
 	return nil
@@ -287,6 +342,9 @@ func serverHandshake(c net.Conn, p linkParams, admit func() error, release func(
 func clientHandshake(c net.Conn, p linkParams) (rest []byte, err error) {
 	if err := c.SetDeadline(time.Now().Add(p.timeout)); err != nil {
 		return nil, fmt.Errorf("setting handshake deadline: %w", err)
+	}
+	if _, err := io.WriteString(c, opening); err != nil {
+		return nil, fmt.Errorf("sending opening: %w", &cutError{readErr(err)})
 	}
 	greeting, extra, err := readLine(c, nil, maxLine)
 	if err != nil {
@@ -320,7 +378,7 @@ func clientHandshake(c net.Conn, p linkParams) (rest []byte, err error) {
 	}
 	reply := append(body, []byte(" mac="+macText(mac)+"\n")...)
 	if _, err := c.Write(reply); err != nil {
-		return nil, fmt.Errorf("sending reply: %w", readErr(err))
+		return nil, fmt.Errorf("sending reply: %w", &cutError{readErr(err)})
 	}
 	if mismatch != nil {
 		// The reply told the relay our mode so it logs the mismatch too; we stop here.

@@ -63,7 +63,7 @@ func TestHandshake(t *testing.T) {
 			admitted := 0
 			serr := make(chan error, 1)
 			go func() {
-				serr <- serverHandshake(s, tc.server, func() error { admitted++; return nil }, func() { admitted-- })
+				serr <- serverHandshake(s, tc.server, serverHooks{admit: func() error { admitted++; return nil }, release: func() { admitted-- }})
 			}()
 			rest, cerr := clientHandshake(c, tc.client)
 			sErr := <-serr
@@ -99,7 +99,7 @@ func TestHandshakeReplay(t *testing.T) {
 	var fromServer, fromClient bytes.Buffer
 	serr := make(chan error, 1)
 	go func() {
-		serr <- serverHandshake(teeConn{s, &fromServer}, params(false, secret), func() error { return nil }, func() {})
+		serr <- serverHandshake(teeConn{s, &fromServer}, params(false, secret), admitAll)
 	}()
 	if _, err := clientHandshake(teeConn{c, &fromClient}, params(false, secret)); err != nil {
 		t.Fatalf("honest exchange: %v", err)
@@ -110,7 +110,10 @@ func TestHandshakeReplay(t *testing.T) {
 	greeting, verdict, _ := strings.Cut(fromServer.String(), "\n")
 	greeting += "\n"
 	verdict = strings.TrimSuffix(verdict, "\n")
-	reply := fromClient.String()
+	open, reply, _ := strings.Cut(fromClient.String(), "\n")
+	if open+"\n" != opening {
+		t.Fatalf("agent opened with %q", open)
+	}
 	if !strings.HasPrefix(verdict, "OK mac=") || !strings.Contains(reply, " mac=") {
 		t.Fatalf("recorded exchange looks wrong: %q %q %q", greeting, reply, verdict)
 	}
@@ -123,9 +126,12 @@ func TestHandshakeReplay(t *testing.T) {
 		s, c := tcpPair(t, "127.0.0.1")
 		serr := make(chan error, 1)
 		go func() {
-			serr <- serverHandshake(s, params(false, secret), func() error { return nil }, func() {})
+			serr <- serverHandshake(s, params(false, secret), admitAll)
 		}()
 		_ = c.SetDeadline(time.Now().Add(testTimeout))
+		if _, err := io.WriteString(c, opening); err != nil {
+			t.Fatal(err)
+		}
 		fresh, err := readLineConn(c)
 		if err != nil {
 			t.Fatal(err)
@@ -151,6 +157,10 @@ func TestHandshakeReplay(t *testing.T) {
 		go func() {
 			// A fake relay without the secret replays the recorded greeting and verdict.
 			_ = s.SetDeadline(time.Now().Add(testTimeout))
+			if _, err := readLineConn(s); err != nil {
+				fake <- err
+				return
+			}
 			if _, err := io.WriteString(s, greeting); err != nil {
 				fake <- err
 				return
@@ -172,6 +182,9 @@ func TestHandshakeReplay(t *testing.T) {
 	})
 }
 
+// admitAll lets every link that passes the handshake into the pool.
+var admitAll = serverHooks{admit: func() error { return nil }, release: func() {}}
+
 type teeConn struct {
 	net.Conn
 	w io.Writer
@@ -186,13 +199,18 @@ func TestHandshakeStrangers(t *testing.T) {
 	tests := []struct {
 		name, send string
 		want       string
+		atOnce     bool // send everything in one write, not the reply after the greeting
 	}{
-		{"garbage", "HELLO THERE\n", "malformed reply"},
-		{"http", "GET / HTTP/1.0\r\n\r\n", "unexpected data"},
-		{"long line", strings.Repeat("x", 1000), "line longer than"},
-		{"silence", "", "handshake timed out"},
-		{"extra data", "SHD-LINK/1 hello=none auth=none nonce=" + strings.Repeat("00", 32) + " mac=-\nmore", "unexpected data"},
-		{"mac without auth", "SHD-LINK/1 hello=none auth=none nonce=" + strings.Repeat("00", 32) + " mac=" + strings.Repeat("ab", 32) + "\n", "mac without authentication"},
+		{"garbage", "HELLO THERE\n", "not a link", false},
+		{"http", "GET / HTTP/1.0\r\n\r\n", "not a link", false},
+		{"old version", "SHD-LINK/1\n", "not a link", false},
+		{"long line", strings.Repeat("x", 1000), "line longer than", false},
+		{"silence", "", "handshake timed out", false},
+		{"opening and more", opening + "more\n", "unexpected data after the opening", true},
+		{"silent after the opening", opening, "reading reply: handshake timed out", false},
+		{"garbage reply", opening + "HELLO THERE\n", "malformed reply", false},
+		{"extra data", opening + "SHD-LINK/2 hello=none auth=none nonce=" + strings.Repeat("00", 32) + " mac=-\nmore", "unexpected data after the reply", false},
+		{"mac without auth", opening + "SHD-LINK/2 hello=none auth=none nonce=" + strings.Repeat("00", 32) + " mac=" + strings.Repeat("ab", 32) + "\n", "mac without authentication", false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -201,10 +219,29 @@ func TestHandshakeStrangers(t *testing.T) {
 			p.timeout = 300 * time.Millisecond
 			admitted := false
 			serr := make(chan error, 1)
-			go func() { serr <- serverHandshake(s, p, func() error { admitted = true; return nil }, func() {}) }()
+			go func() {
+				serr <- serverHandshake(s, p, serverHooks{admit: func() error { admitted = true; return nil }, release: func() {}})
+			}()
 			if tc.send != "" {
-				if _, err := io.WriteString(c, tc.send); err != nil {
+				// The reply goes after the greeting, as a peer that speaks the protocol
+				// would send it; anything else is sent at once.
+				first, second, ok := strings.Cut(tc.send, "\n")
+				if !ok || first+"\n" != opening || second == "" || tc.atOnce {
+					first, second = tc.send, ""
+				} else {
+					first += "\n"
+				}
+				if _, err := io.WriteString(c, first); err != nil {
 					t.Fatal(err)
+				}
+				if second != "" {
+					_ = c.SetReadDeadline(time.Now().Add(testTimeout))
+					if _, err := readLineConn(c); err != nil {
+						t.Fatalf("no greeting: %v", err)
+					}
+					if _, err := io.WriteString(c, second); err != nil {
+						t.Fatal(err)
+					}
 				}
 			}
 			err := <-serr
@@ -322,8 +359,8 @@ func FuzzParseHello(f *testing.F) {
 // FuzzServerHandshake feeds arbitrary replies to the relay's side: it must never admit a
 // link without the secret's MAC, and never panic.
 func FuzzServerHandshake(f *testing.F) {
-	f.Add([]byte("SHD-LINK/1 hello=none auth=hmac-sha256 nonce=" + strings.Repeat("00", 32) + " mac=" + strings.Repeat("00", 32) + "\n"))
-	f.Add([]byte("SHD-LINK/1 hello=none auth=none nonce=" + strings.Repeat("00", 32) + " mac=-\n"))
+	f.Add([]byte("SHD-LINK/2 hello=none auth=hmac-sha256 nonce=" + strings.Repeat("00", 32) + " mac=" + strings.Repeat("00", 32) + "\n"))
+	f.Add([]byte("SHD-LINK/2 hello=none auth=none nonce=" + strings.Repeat("00", 32) + " mac=-\n"))
 	f.Add([]byte("\n"))
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -343,8 +380,15 @@ func FuzzServerHandshake(f *testing.F) {
 		defer s.Close()
 		p := params(false, "s3cret")
 		p.timeout = 200 * time.Millisecond
-		go func() { c.Write(reply); c.(*net.TCPConn).CloseWrite() }()
-		err = serverHandshake(s, p, func() error { return nil }, func() {})
+		go func() {
+			// The opening, then the reply once the greeting is there.
+			_ = c.SetDeadline(time.Now().Add(testTimeout))
+			c.Write([]byte(opening))
+			readLineConn(c)
+			c.Write(reply)
+			c.(*net.TCPConn).CloseWrite()
+		}()
+		err = serverHandshake(s, p, admitAll)
 		if err == nil {
 			t.Fatalf("admitted a link with reply %q", reply)
 		}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -25,8 +26,28 @@ const (
 	DefaultWait = 30 * time.Second
 	// DefaultMaxLinks caps the idle links the relay keeps (--max-links).
 	DefaultMaxLinks = 64
-	// DefaultMaxHandshakes caps the links in handshake at once; more are closed at once.
-	DefaultMaxHandshakes = 64
+	// DefaultMaxHandshakes caps the links that have not finished their handshake: waiting
+	// for their opening or in the exchange. A newcomer past it pushes the oldest silent one
+	// out (see room).
+	DefaultMaxHandshakes = 256
+	// DefaultFirstByte is how long a new link has to send its opening.
+	DefaultFirstByte = 2 * time.Second
+	// DefaultMaxSilentClients caps the clients that wait for their first byte (without
+	// hellos), and DefaultMaxSilentPerSource the share of one source address (an IPv6 /64).
+	DefaultMaxSilentClients   = 1024
+	DefaultMaxSilentPerSource = 64
+	// strangerBurst lines of each kind of refusal are logged one by one per
+	// strangerInterval; the rest are summarised at the end of the interval.
+	strangerBurst    = 10
+	strangerInterval = 10 * time.Second
+)
+
+// Kinds of refusal, each with its own burst of log lines (see connlog.Summary).
+const (
+	kindSilentLink   = "links refused before their opening"
+	kindLink         = "links refused"
+	kindSilentClient = "clients refused before their first byte"
+	kindClient       = "clients refused"
 )
 
 // RelayConfig is listentwo's configuration. Build it from flags, check it with Validate,
@@ -47,10 +68,19 @@ type RelayConfig struct {
 	Secret []byte
 	// MaxLinks caps the idle pool (--max-links); zero means DefaultMaxLinks.
 	MaxLinks int
-	// MaxHandshakes caps the links in handshake at once; zero means DefaultMaxHandshakes.
+	// MaxHandshakes caps the links that have not finished their handshake; zero means
+	// DefaultMaxHandshakes.
 	MaxHandshakes int
-	// HandshakeTimeout bounds a link's handshake; zero means DefaultHandshakeTimeout.
+	// FirstByte is how long a new link has to send its opening; zero means
+	// DefaultFirstByte. Without hellos, it is also how long a client has to send its first
+	// byte when Wait is zero.
+	FirstByte time.Duration
+	// HandshakeTimeout bounds a link's handshake after its opening; zero means
+	// DefaultHandshakeTimeout.
 	HandshakeTimeout time.Duration
+	// MaxSilentClients and MaxSilentPerSource cap the clients waiting for their first
+	// byte (without hellos), in all and per source; zero means the defaults.
+	MaxSilentClients, MaxSilentPerSource int
 	// Log receives one line per event; nil discards them.
 	Log *connlog.Logger
 	// Rand is the nonce source; nil means crypto/rand.
@@ -72,8 +102,10 @@ func (c *RelayConfig) Validate() error {
 		return cli.Usagef("--max-links must be at least 1")
 	case c.MaxHandshakes < 0:
 		return cli.Usagef("the handshake limit must be at least 1")
-	case c.HandshakeTimeout < 0:
-		return cli.Usagef("the handshake timeout must not be negative")
+	case c.HandshakeTimeout < 0, c.FirstByte < 0:
+		return cli.Usagef("the handshake timeouts must not be negative")
+	case c.MaxSilentClients < 0, c.MaxSilentPerSource < 0:
+		return cli.Usagef("the silent client limits must be at least 1")
 	case c.Secret != nil && len(c.Secret) == 0:
 		return cli.Usagef("--secret-file: the secret is empty")
 	}
@@ -83,9 +115,13 @@ func (c *RelayConfig) Validate() error {
 // Relay is listentwo's engine: it accepts clients and links, pools the links that pass the
 // handshake, pairs each client with the oldest idle link, and relays the two.
 type Relay struct {
-	cfg   RelayConfig
-	pool  *pool[*idleLink]
-	slots chan struct{} // one token per link in handshake
+	cfg  RelayConfig
+	pool *pool[*idleLink]
+	// linkRoom holds the links before their handshake is done; clientRoom, without
+	// hellos, the clients before their first byte.
+	linkRoom, clientRoom *room
+	// strangers logs refusals, summarised when they come in floods.
+	strangers *connlog.Summary
 
 	conns, links atomic.Uint64 // ids for log lines
 	wg           sync.WaitGroup
@@ -115,13 +151,24 @@ func NewRelay(cfg RelayConfig) (*Relay, error) {
 	if cfg.HandshakeTimeout == 0 {
 		cfg.HandshakeTimeout = DefaultHandshakeTimeout
 	}
+	if cfg.FirstByte == 0 {
+		cfg.FirstByte = DefaultFirstByte
+	}
+	if cfg.MaxSilentClients == 0 {
+		cfg.MaxSilentClients = DefaultMaxSilentClients
+	}
+	if cfg.MaxSilentPerSource == 0 {
+		cfg.MaxSilentPerSource = DefaultMaxSilentPerSource
+	}
 	if cfg.Rand == nil {
 		cfg.Rand = rand.Reader
 	}
 	return &Relay{
-		cfg:   cfg,
-		pool:  newPool[*idleLink](cfg.MaxLinks),
-		slots: make(chan struct{}, cfg.MaxHandshakes),
+		cfg:        cfg,
+		pool:       newPool[*idleLink](cfg.MaxLinks),
+		linkRoom:   newRoom(cfg.MaxHandshakes, cfg.MaxHandshakes),
+		clientRoom: newRoom(cfg.MaxSilentClients, cfg.MaxSilentPerSource),
+		strangers:  cfg.Log.Summarise(strangerBurst, strangerInterval),
 	}, nil
 }
 
@@ -152,16 +199,21 @@ func (r *Relay) Serve(ctx context.Context, clients, links net.Listener) error {
 	})
 	defer stop()
 
+	// Links always speak first; clients do without hellos.
+	if !r.cfg.Hello {
+		deferAccept(clients)
+	}
+	deferAccept(links)
 	errs := make(chan error, 2)
 	var accepting sync.WaitGroup
 	accepting.Add(2)
 	go func() {
 		defer accepting.Done()
-		errs <- r.accept(ctx, clients, "client", r.serveClient)
+		errs <- r.accept(ctx, clients, "client", r.admitClient)
 	}()
 	go func() {
 		defer accepting.Done()
-		errs <- r.accept(ctx, links, "link", r.serveLink)
+		errs <- r.accept(ctx, links, "link", r.admitLink)
 	}()
 	err := <-errs
 	cancel()
@@ -173,6 +225,7 @@ func (r *Relay) Serve(ctx context.Context, clients, links net.Listener) error {
 		l.conn.Close()
 		r.cfg.Log.Printf("link #%d down %s: relay stopping", l.id, l.addr)
 	}
+	r.strangers.Flush()
 	if ctx.Err() != nil && errors.Is(err, net.ErrClosed) {
 		return nil
 	}
@@ -190,8 +243,12 @@ func (r *Relay) WaitIdle(ctx context.Context, n int) error {
 	return r.pool.waitUntil(ctx, func(k, _ int) bool { return k == n })
 }
 
-// accept runs serve on each connection ln accepts, until ln fails for good.
-func (r *Relay) accept(ctx context.Context, ln net.Listener, what string, serve func(context.Context, *net.TCPConn)) error {
+// accept hands each connection ln accepts to admit, until ln fails for good. admit runs on
+// the accepting goroutine, so the next connection is not accepted before it has decided
+// (and a room has made its place: the rooms bound the connections held, not only those
+// admitted); it returns the rest of the connection's service, run on a goroutine of its
+// own, or nil when it has closed the connection.
+func (r *Relay) accept(ctx context.Context, ln net.Listener, what string, admit func(context.Context, *net.TCPConn) func()) error {
 	var delay time.Duration
 	for {
 		c, err := ln.Accept()
@@ -217,11 +274,13 @@ func (r *Relay) accept(ctx context.Context, ln net.Listener, what string, serve 
 			c.Close()
 			return fmt.Errorf("accepting %ss: %T is not a TCP connection", what, c)
 		}
-		r.wg.Add(1)
-		go func() {
-			defer r.wg.Done()
-			serve(ctx, tc)
-		}()
+		if serve := admit(ctx, tc); serve != nil {
+			r.wg.Add(1)
+			go func() {
+				defer r.wg.Done()
+				serve()
+			}()
+		}
 	}
 }
 
@@ -230,31 +289,77 @@ func isTemporary(err error) bool {
 	return errors.As(err, &te) && te.Temporary()
 }
 
-// serveLink runs the handshake on a new link and pools it.
-func (r *Relay) serveLink(ctx context.Context, c *net.TCPConn) {
+// admitLink makes a new link a guest of linkRoom, which may push it out to make room for
+// newcomers until its handshake is done, and returns the rest of its service. A link whose
+// opening is already there (as it usually is: the listener defers accepts until data comes)
+// enters as engaged, after every stranger that has not sent one.
+func (r *Relay) admitLink(ctx context.Context, c *net.TCPConn) func() {
+	cl := silent
+	switch first := peekNow(c, len(opening)); {
+	case string(first) == opening:
+		cl = engaged
+	case len(first) > 0:
+		cl = spoke
+	}
+	g, _ := r.linkRoom.enter(c, cl)
+	return func() { r.serveLink(ctx, c, g) }
+}
+
+// serveLink waits for a new link's opening, runs the handshake and pools the link.
+func (r *Relay) serveLink(ctx context.Context, c *net.TCPConn, g *guest) {
 	id := r.links.Add(1)
 	addr := c.RemoteAddr().String()
-	select {
-	case r.slots <- struct{}{}:
-	default:
-		c.SetLinger(0)
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	refuse := func(err error) {
+		stop()
+		r.linkRoom.leave(g)
+		_ = c.SetLinger(0)
 		c.Close()
-		r.cfg.Log.Printf("link #%d refused %s: %d links already in handshake", id, addr, cap(r.slots))
+		if ctx.Err() != nil {
+			return
+		}
+		// Strangers that never sent an opening are counted apart from links that failed
+		// the exchange, so that a flood of them cannot hide an agent's misconfiguration.
+		kind := kindLink
+		var pe errPushedOut
+		if errors.As(err, &pe) && class(pe) < engaged || errors.Is(err, errNotOpening) ||
+			errors.Is(err, errSilent) || errors.Is(err, errClosedEarly) {
+			kind = kindSilentLink
+		}
+		r.strangers.Event(kind, reasonOf(err), sourceName(g.source), "link #%d refused %s: %v", id, addr, err)
+	}
+	openBy := time.Now().Add(r.cfg.FirstByte)
+	if err := r.waitFirstByte(c, g, r.linkRoom, r.cfg.FirstByte); err != nil {
+		refuse(err)
 		return
 	}
-	stop := context.AfterFunc(ctx, func() { c.Close() })
 	err := serverHandshake(c, linkParams{
 		hello: r.cfg.Hello, secret: r.cfg.Secret, rand: r.cfg.Rand, timeout: r.cfg.HandshakeTimeout,
-	}, r.pool.reserve, r.pool.unreserve)
-	<-r.slots
+		openBy: openBy,
+	}, serverHooks{
+		opened: func() error {
+			if !r.linkRoom.advance(g, engaged) {
+				return r.pushedErr(g)
+			}
+			return nil
+		},
+		admit: func() error {
+			if !r.linkRoom.leave(g) {
+				return r.pushedErr(g)
+			}
+			return r.pool.reserve()
+		},
+		release: r.pool.unreserve,
+	})
 	if !stop() || err != nil {
-		c.Close()
-		if err != nil && ctx.Err() == nil {
-			r.cfg.Log.Printf("link #%d refused %s: %v", id, addr, err)
-		}
 		if err == nil {
 			r.pool.unreserve()
+			err = ctx.Err()
 		}
+		if pushed, ok := r.linkRoom.pushedOut(g); ok {
+			err = errPushedOut(pushed)
+		}
+		refuse(err)
 		return
 	}
 	// Accepted connections already have the net package's keepalive (15 s), which is
@@ -262,6 +367,56 @@ func (r *Relay) serveLink(ctx context.Context, c *net.TCPConn) {
 	l := &idleLink{id: id, conn: c, addr: addr}
 	r.pool.put(l, func(l *idleLink) { r.startWatch(ctx, l) })
 	r.cfg.Log.Printf("link #%d up %s", id, addr)
+}
+
+// errPushedOut is why a guest of a room ended: newer connections needed its place. Its text
+// says how far the guest had got.
+type errPushedOut class
+
+func (e errPushedOut) Error() string {
+	switch class(e) {
+	case silent:
+		return "pushed out by newer connections while silent"
+	case spoke:
+		return "pushed out by newer connections before it sent an opening"
+	default:
+		return "pushed out by newer connections during its handshake"
+	}
+}
+
+// waitFirstByte waits up to d for c's first byte, consuming nothing, and records in rm that
+// guest g spoke. It returns why not: silence, an early end, or g pushed out of rm.
+func (r *Relay) waitFirstByte(c *net.TCPConn, g *guest, rm *room, d time.Duration) error {
+	err := c.SetReadDeadline(time.Now().Add(d))
+	if err == nil {
+		err = waitFirstByte(c)
+	}
+	if pushed, ok := rm.pushedOut(g); ok || err == nil && !rm.advance(g, spoke) {
+		return errPushedOut(pushed)
+	}
+	if errors.Is(err, errSilent) {
+		return fmt.Errorf("%w within %v", errSilent, d)
+	}
+	if err != nil {
+		return err
+	}
+	return c.SetReadDeadline(time.Time{})
+}
+
+// pushedErr says how far g had got when the link room pushed it out.
+func (r *Relay) pushedErr(g *guest) error {
+	pushed, _ := r.linkRoom.pushedOut(g)
+	return errPushedOut(pushed)
+}
+
+// reasonOf names the class of a refusal for a summary: the error text up to its first
+// colon (the rest often quotes the peer).
+func reasonOf(err error) string {
+	s := err.Error()
+	if i := strings.Index(s, ":"); i >= 0 {
+		s = s[:i]
+	}
+	return clip(s)
 }
 
 // startWatch starts the goroutine that notices an idle link dying and drops it; the end of
@@ -297,10 +452,9 @@ func (r *Relay) stopWatch(l *idleLink) error {
 	return l.cause
 }
 
-// takeLink returns the oldest idle link that is still alive, waiting up to the configured
-// wait. Dead links it meets on the way are closed and logged.
-func (r *Relay) takeLink(ctx context.Context) (*idleLink, error) {
-	deadline := time.Now().Add(r.cfg.Wait)
+// takeLink returns the oldest idle link that is still alive, waiting until deadline.
+// Dead links it meets on the way are closed and logged.
+func (r *Relay) takeLink(ctx context.Context, deadline time.Time) (*idleLink, error) {
 	front := false
 	for {
 		l, err := r.pool.get(ctx, time.Until(deadline), front)
@@ -320,17 +474,55 @@ func (r *Relay) takeLink(ctx context.Context) (*idleLink, error) {
 	}
 }
 
-// serveClient pairs one client with a link and relays them.
-func (r *Relay) serveClient(ctx context.Context, c *net.TCPConn) {
-	client := c.RemoteAddr().String()
+// admitClient closes a client that the allow list refuses. Without hellos the client must
+// speak first, so it is paired only once its first byte has arrived: until then it is a
+// guest of clientRoom, which may push it out to make room for newcomers. It returns the
+// rest of the client's service.
+func (r *Relay) admitClient(ctx context.Context, c *net.TCPConn) func() {
 	if !r.cfg.Allow.AllowsConn(c) {
 		c.SetLinger(0)
 		c.Close()
-		r.cfg.Log.Refused(client, "not in the allow list")
-		return
+		client := c.RemoteAddr().String()
+		r.strangers.Event(kindClient, "not in the allow list", sourceName(sourceOf(c.RemoteAddr())), "refused %s: not in the allow list", client)
+		return nil
+	}
+	var g *guest
+	if !r.cfg.Hello && !pending(c) {
+		g, _ = r.clientRoom.enter(c, silent)
+	}
+	start := time.Now()
+	return func() { r.serveClient(ctx, c, g, start) }
+}
+
+// serveClient pairs one client with a link and relays them. g is the client's place in
+// clientRoom while it waits for its first byte: nil with hellos, or when the byte was
+// there at once.
+func (r *Relay) serveClient(ctx context.Context, c *net.TCPConn, g *guest, start time.Time) {
+	client := c.RemoteAddr().String()
+	if g != nil {
+		first := r.cfg.Wait
+		if first == 0 {
+			first = r.cfg.FirstByte
+		}
+		stop := context.AfterFunc(ctx, func() { c.Close() })
+		err := r.waitFirstByte(c, g, r.clientRoom, first)
+		if !stop() {
+			err = ctx.Err()
+		}
+		if !r.clientRoom.leave(g) && err == nil {
+			err = errPushedOut(silent)
+		}
+		if err != nil {
+			_ = c.SetLinger(0)
+			c.Close()
+			if ctx.Err() == nil {
+				r.strangers.Event(kindSilentClient, reasonOf(err), sourceName(g.source), "refused %s: %v", client, err)
+			}
+			return
+		}
 	}
 	id := r.conns.Add(1)
-	l, err := r.takeLink(ctx)
+	l, err := r.takeLink(ctx, start.Add(r.cfg.Wait))
 	if err != nil {
 		c.Close()
 		if errors.Is(err, errNoLink) {

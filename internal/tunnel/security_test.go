@@ -8,14 +8,17 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"runtime"
+	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"shd-tcp-tools/internal/cli"
 	"shd-tcp-tools/internal/endpoint"
+	"shd-tcp-tools/internal/forward/fwdtest"
+	"shd-tcp-tools/internal/tunnel/tunneltest"
 )
 
 // TestSecrets runs whole tunnels with the secret right, wrong and on one side only. A link
@@ -170,72 +173,76 @@ func retryDelays(log string) []float64 {
 	return out
 }
 
-// TestStrangers: connections to the link port that send garbage, nothing, or come in a
-// flood never become links, never get a client, and hold at most MaxHandshakes slots for
-// at most HandshakeTimeout; a real agent still gets through afterwards.
+// TestStrangers: connections to the link port that send garbage or nothing never get a
+// greeting, never become links and never get a client. A flood of silent ones holds at
+// most MaxHandshakes connections, each for at most FirstByte, newcomers pushing the oldest
+// out; a real agent gets through during the flood.
 func TestStrangers(t *testing.T) {
 	svc := startService(t, "127.0.0.1", echoMode)
 	var tn tunnel
+	const firstByte = 300 * time.Millisecond
 	startRelay(t, "127.0.0.1", RelayConfig{
 		Secret: []byte("s3cret"), Wait: 200 * time.Millisecond,
-		MaxHandshakes: 4, HandshakeTimeout: 500 * time.Millisecond,
+		MaxHandshakes: 4, FirstByte: firstByte, HandshakeTimeout: 500 * time.Millisecond,
 	}, &tn)
 
 	garbage := dial(t, tn.links)
 	io.WriteString(garbage, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
 	_ = garbage.SetReadDeadline(time.Now().Add(testTimeout))
-	if got, _ := io.ReadAll(garbage); !strings.HasPrefix(string(got), "SHD-LINK/1 ") || !strings.Contains(string(got), "\nERR unexpected data") {
+	if got, _ := io.ReadAll(garbage); len(got) != 0 {
 		t.Errorf("a stranger sending garbage got %q", got)
 	}
-	tn.relayLog.wait(`refused .*unexpected data after the reply`)
+	tn.relayLog.wait(`link #\d+ refused 127\.0\.0\.1:\d+: not a link: its first line is not the opening \("GET / HTTP/1\.1\?\?"\)`)
 
-	// A flood of silent connections: 4 get a greeting and hold a slot until their
-	// handshake times out; the others are closed at once.
+	// 20 silent connections: all but the last 4 are pushed out by the newer ones at once,
+	// the last 4 are closed after FirstByte; none gets a byte.
 	const flood = 20
 	var conns []net.Conn
-	greeted, closed := 0, 0
-	for i := 0; i < flood; i++ {
+	for range flood {
 		c, err := net.DialTimeout("tcp", tn.links.Addr().String(), testTimeout)
 		if err != nil {
-			if !errors.Is(err, syscall.ECONNRESET) {
-				t.Fatalf("dial: %v", err)
-			}
-			closed++ // reset before the dial even returned
-			continue
+			t.Fatalf("dial: %v", err)
 		}
 		defer c.Close()
 		conns = append(conns, c)
 	}
 	start := time.Now()
 	for _, c := range conns {
-		_ = c.SetReadDeadline(time.Now().Add(testTimeout))
-		line, err := readLineConn(c)
-		if err == nil && strings.HasPrefix(line, "SHD-LINK/1 ") {
-			greeted++
-			expectClosed(t, c) // the handshake timeout ends it
-		} else {
-			closed++
-		}
+		expectClosed(t, c)
 	}
-	if greeted > 4 || greeted == 0 {
-		t.Errorf("%d of %d silent strangers got a handshake slot, want 1..4", greeted, flood)
+	if took := time.Since(start); took > firstByte+2*time.Second {
+		t.Errorf("the flood held its connections for %v", took)
 	}
-	if took := time.Since(start); took > 3*time.Second {
-		t.Errorf("the flood held slots for %v", took)
+	// The first strangerBurst refusals are logged one by one, the rest summarised.
+	fwdtest.WaitUntil(t, testTimeout, "every refusal counted", func() bool {
+		return tn.relay.strangers.Count(kindSilentLink) == 1+flood
+	})
+	if n := tn.relay.linkRoom.len(); n != 0 {
+		t.Errorf("%d strangers still held", n)
 	}
-	tn.relayLog.waitCount(`refused .*: \d+ links already in handshake`, 1)
-	tn.relayLog.waitCount(`refused .*handshake timed out`, greeted)
+	tn.relay.strangers.Flush()
+	logged := tn.relayLog.count(`link #\d+ refused 127\.0\.0\.1:\d+: `)
+	tn.relayLog.wait(`summary: \d+ more "links refused before their opening" in the last \d+s: pushed out by newer connections while silent x\d+, sent nothing within 300ms x4; from 127\.0\.0\.1 x\d+$`)
+	summarised, _ := strconv.Atoi(regexp.MustCompile(`summary: (\d+) more`).FindStringSubmatch(tn.relayLog.String())[1])
+	if logged != strangerBurst || logged+summarised != 1+flood {
+		t.Errorf("%d refusals logged and %d summarised, want %d and %d", logged, summarised, strangerBurst, 1+flood-strangerBurst)
+	}
 
 	// No stranger became a link or got a client.
 	if tn.relay.IdleLinks() != 0 {
 		t.Fatalf("strangers in the pool: %d", tn.relay.IdleLinks())
 	}
-	dialExpectClosed(t, tn.clients)
+	c := dial(t, tn.clients)
+	io.WriteString(c, "x")
+	expectClosed(t, c)
 	tn.relayLog.wait(`failed #1 .*no idle link`)
 
-	// The relay still serves a real agent.
+	// A real agent joins while silent strangers keep coming back.
+	f := tunneltest.StartFlood(t, "127.0.0.1", tn.links.Addr().String(), 20, 20000, nil)
+	fwdtest.WaitUntil(t, testTimeout, "the flood", func() bool { return f.Dials.Load() >= 40 })
 	startAgent(t, AgentConfig{Service: svc.ep(t), Pool: 1, Secret: []byte("s3cret")}, &tn)
 	tn.waitPools(t, 1, 1)
+	f.Stop()
 	if _, err := roundTrip(dial(t, tn.clients), 10<<10, 0); err != nil {
 		t.Fatal(err)
 	}

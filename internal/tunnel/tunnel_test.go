@@ -299,19 +299,30 @@ func TestPoolHitCostsOnlyHello(t *testing.T) {
 	}
 }
 
-// TestWaitExpiry: with no link, a client waits --wait, then is closed and logged.
+// TestWaitExpiry: with no link, a client waits --wait, then is closed and logged. Without
+// hellos, a client that sends nothing is closed after --wait too, without ever waiting for
+// a link.
 func TestWaitExpiry(t *testing.T) {
 	var tn tunnel
 	const wait = 300 * time.Millisecond
 	startRelay(t, "127.0.0.1", RelayConfig{Wait: wait}, &tn)
-	c := dial(t, tn.clients)
-	took := expectClosed(t, c)
-	if took < wait-50*time.Millisecond {
-		t.Errorf("client closed after %v, before its wait of %v", took, wait)
+	for _, speak := range []bool{true, false} {
+		c := dial(t, tn.clients)
+		if speak {
+			io.WriteString(c, "x")
+		}
+		took := expectClosed(t, c)
+		if took < wait-50*time.Millisecond {
+			t.Errorf("client closed after %v, before its wait of %v", took, wait)
+		}
 	}
 	tn.relayLog.wait(`failed #1 127\.0\.0\.1:\d+ -> link: no idle link within 300ms`)
+	tn.relayLog.wait(`refused 127\.0\.0\.1:\d+: sent nothing within 300ms`)
 	if n := tn.relay.WaitingClients(); n != 0 {
 		t.Errorf("%d clients still waiting", n)
+	}
+	if tn.relayLog.count(`failed #2 `) != 0 {
+		t.Errorf("the silent client waited for a link:\n%s", tn.relayLog)
 	}
 }
 
@@ -322,11 +333,12 @@ func TestClientWaitsForLink(t *testing.T) {
 	var tn tunnel
 	startRelay(t, "127.0.0.1", RelayConfig{Wait: testTimeout}, &tn)
 	c := dial(t, tn.clients)
+	io.WriteString(c, "x") // without hellos, a client waits for a link once it has spoken
 	if err := tn.relay.pool.waitUntil(ctxT(t), func(_, w int) bool { return w == 1 }); err != nil {
 		t.Fatal("client never started waiting")
 	}
 	startAgent(t, AgentConfig{Service: svc.ep(t), Pool: 1}, &tn)
-	if _, err := roundTrip(c, 50<<10, 0); err != nil {
+	if _, err := roundTrip(c, 50<<10, 1); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -421,6 +433,7 @@ func TestIdleLinkDeath(t *testing.T) {
 	tn.waitPools(t, 0, 0)
 	tn.relayLog.waitCount(`link #\d+ down 127\.0\.0\.1:\d+: (closed by connecttwo|reset by connecttwo)`, 3)
 	c := dial(t, tn.clients)
+	io.WriteString(c, "x")
 	expectClosed(t, c)
 	tn.relayLog.wait(`failed #1 .* no idle link within`)
 	if n := svc.accepted.Load(); n != 0 {

@@ -94,3 +94,79 @@ func waitReadable(c *net.TCPConn) error {
 		return !block
 	})
 }
+
+// Why a peer that had to speak first did not.
+var (
+	errSilent      = errors.New("sent nothing")
+	errClosedEarly = errors.New("closed without sending anything")
+)
+
+// waitFirstByte blocks, holding no buffer and consuming nothing, until c has data to read,
+// and returns nil then. It returns errSilent when c's read deadline passes first,
+// errClosedEarly when the peer ends or resets the connection first, and net.ErrClosed when
+// c is closed under it.
+func waitFirstByte(c *net.TCPConn) error {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var res error
+	err = raw.Read(func(fd uintptr) bool {
+		var block bool
+		block, res = peek(fd)
+		return !block
+	})
+	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return errSilent
+	case err != nil:
+		return err
+	case errors.Is(res, errLinkData):
+		return nil
+	default:
+		return errClosedEarly
+	}
+}
+
+// pending reports whether c has data waiting to be read, without blocking.
+func pending(c *net.TCPConn) bool { return len(peekNow(c, 1)) > 0 }
+
+// peekNow returns up to n bytes waiting to be read on c, without consuming them or
+// blocking; nothing when none are there (or c has ended).
+func peekNow(c *net.TCPConn, n int) []byte {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	b := make([]byte, n)
+	got := 0
+	if raw.Control(func(fd uintptr) {
+		k, _, err := unix.Recvfrom(int(fd), b, unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		if err == nil {
+			got = k
+		}
+	}) != nil {
+		return nil
+	}
+	return b[:got]
+}
+
+// deferAccept asks the kernel to hand ln's connections to accept only once their first
+// data has arrived, or after about a second (TCP_DEFER_ACCEPT): peers that must speak first
+// and stay silent wait that long in the kernel's queue of half-open connections, costing
+// no descriptor, and do not stand in the accept queue before one that spoke. Those that
+// come through silent are what the rooms deal with. A listener that is not TCP, or a
+// kernel without the option, just goes without.
+func deferAccept(ln net.Listener) {
+	tl, ok := ln.(*net.TCPListener)
+	if !ok {
+		return
+	}
+	raw, err := tl.SyscallConn()
+	if err != nil {
+		return
+	}
+	_ = raw.Control(func(fd uintptr) {
+		_ = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_DEFER_ACCEPT, 1)
+	})
+}

@@ -1,0 +1,234 @@
+package tunnel
+
+import (
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+)
+
+// room holds the peers of one port that have not proved anything yet: links before their
+// handshake is done, clients (without hellos) before their first byte. It never turns a
+// newcomer away; when it is full, or the newcomer's source holds its share, it pushes one
+// guest out (a reset) to make room, so strangers can hold at most its capacity and can
+// never keep a peer that speaks from getting in:
+//
+//   - guests that have made less progress go first: silent ones (nothing received yet),
+//     then those that sent something but have not yet proved it is the start of the
+//     protocol, then those in the middle of it (see class);
+//   - a silent guest whose bytes have arrived (but not yet been seen by its own goroutine)
+//     is not silent: the room looks at its socket before pushing it out;
+//   - within a class, the victim is the oldest guest of the source holding the most guests
+//     of that class (of the newcomer's own source when that source is at its share), so a
+//     flood from one address only pushes out its own connections.
+//
+// Sources are IPv4 addresses and IPv6 /64 prefixes (what one host usually holds). Safe for
+// simultaneous use.
+type room struct {
+	max, perSource int
+
+	mu      sync.Mutex
+	n       int
+	seq     uint64
+	sources map[netip.Prefix]*sourceGuests
+}
+
+// class is how far a guest has got; the room pushes out the lower classes first.
+type class int
+
+const (
+	silent  class = iota // nothing received
+	spoke                // bytes received, not yet known to be the protocol
+	engaged              // in the protocol's exchange (a link past its opening)
+	classes
+)
+
+// sourceGuests are one source's guests, by class, oldest first.
+type sourceGuests struct {
+	in [classes][]*guest
+}
+
+func (s *sourceGuests) len() int {
+	n := 0
+	for _, l := range s.in {
+		n += len(l)
+	}
+	return n
+}
+
+// guest is one peer in a room.
+type guest struct {
+	conn    *net.TCPConn
+	source  netip.Prefix
+	seq     uint64 // arrival order
+	class   class
+	out     bool // no longer in the room: left or pushed out
+	evicted bool // pushed out to make room
+}
+
+func newRoom(max, perSource int) *room {
+	return &room{max: max, perSource: min(perSource, max), sources: make(map[netip.Prefix]*sourceGuests)}
+}
+
+// sourceOf names the source that a peer address counts against.
+func sourceOf(a net.Addr) netip.Prefix {
+	ap, ok := a.(*net.TCPAddr)
+	if !ok {
+		return netip.Prefix{}
+	}
+	ip, _ := netip.AddrFromSlice(ap.IP)
+	ip = ip.Unmap()
+	bits := 32
+	if ip.Is6() {
+		bits = 64
+	}
+	p, _ := ip.Prefix(bits)
+	return p
+}
+
+// sourceName is how a source appears in log lines: an address, or a /64 prefix.
+func sourceName(p netip.Prefix) string {
+	if p.Addr().Is4() {
+		return p.Addr().String()
+	}
+	return p.String()
+}
+
+// enter admits c as a guest of class cl. When that takes the room past its capacity, or
+// c's source past its share, another guest is pushed out first: its connection is reset and
+// closed, and it is returned so the caller can count it.
+func (r *room) enter(c *net.TCPConn, cl class) (g, pushed *guest) {
+	g = &guest{conn: c, source: sourceOf(c.RemoteAddr()), class: cl}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := r.sources[g.source]
+	switch {
+	case s != nil && s.len() >= r.perSource:
+		pushed = r.victim(s)
+	case r.n >= r.max:
+		pushed = r.victim(nil)
+	}
+	if pushed != nil {
+		r.drop(pushed)
+		pushed.evicted = true
+		_ = pushed.conn.SetLinger(0)
+		pushed.conn.Close()
+	}
+	if s = r.sources[g.source]; s == nil {
+		s = &sourceGuests{}
+		r.sources[g.source] = s
+	}
+	r.seq++
+	g.seq = r.seq
+	s.in[cl] = append(s.in[cl], g)
+	r.n++
+	return g, pushed
+}
+
+// victim picks the guest to push out, from source s or, when s is nil, from the source
+// with the most guests of the lowest class present; r.mu is held.
+func (r *room) victim(s *sourceGuests) *guest {
+	for {
+		from, c := s, silent
+		if from == nil {
+			from, c = r.busiest()
+		} else {
+			for c < classes-1 && len(from.in[c]) == 0 {
+				c++
+			}
+		}
+		if from == nil || len(from.in[c]) == 0 {
+			return nil
+		}
+		g := from.in[c][0]
+		if c != silent || !pending(g.conn) {
+			return g
+		}
+		// Its first bytes are there: it spoke, it just has not been seen doing so.
+		r.move(from, g, spoke)
+	}
+}
+
+// busiest returns the source with the most guests of the lowest class present, and that
+// class; ties go to the source whose first guest of the class is the oldest. r.mu is held.
+func (r *room) busiest() (*sourceGuests, class) {
+	for c := range classes {
+		var best *sourceGuests
+		for _, s := range r.sources {
+			l := s.in[c]
+			if len(l) == 0 {
+				continue
+			}
+			if b := best; b == nil || len(l) > len(b.in[c]) || len(l) == len(b.in[c]) && l[0].seq < b.in[c][0].seq {
+				best = s
+			}
+		}
+		if best != nil {
+			return best, c
+		}
+	}
+	return nil, silent
+}
+
+// move puts g, a guest of s, into class c; r.mu is held.
+func (r *room) move(s *sourceGuests, g *guest, c class) {
+	if c <= g.class {
+		return
+	}
+	if i := slices.Index(s.in[g.class], g); i >= 0 {
+		s.in[g.class] = slices.Delete(s.in[g.class], i, i+1)
+	}
+	s.in[c] = append(s.in[c], g)
+	g.class = c
+}
+
+// drop takes g out of the room; r.mu is held.
+func (r *room) drop(g *guest) {
+	s := r.sources[g.source]
+	if i := slices.Index(s.in[g.class], g); i >= 0 {
+		s.in[g.class] = slices.Delete(s.in[g.class], i, i+1)
+	}
+	if s.len() == 0 {
+		delete(r.sources, g.source)
+	}
+	g.out = true
+	r.n--
+}
+
+// advance records that g has got as far as class c. It returns false when g was pushed
+// out before (its connection is closed).
+func (r *room) advance(g *guest, c class) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if g.out {
+		return false
+	}
+	r.move(r.sources[g.source], g, c)
+	return true
+}
+
+// leave takes g out of the room for good: it has proved itself, or failed. It returns
+// false when g had been pushed out before (its connection is closed).
+func (r *room) leave(g *guest) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if g.out {
+		return !g.evicted
+	}
+	r.drop(g)
+	return true
+}
+
+// pushedOut reports whether g was pushed out to make room, and its class then.
+func (r *room) pushedOut(g *guest) (class, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return g.class, g.evicted
+}
+
+// len returns the number of guests.
+func (r *room) len() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.n
+}
