@@ -49,10 +49,17 @@ Example: reach sshd on A, which accepts no connections, from C through B:
   on A:  connecttwo -s B:1235 -d 127.0.0.1:22 --hello-from-src
   on C:  ssh -p 1234 user@B
 Without hellos (leave out both flags) a link is taken by the client's first byte, so only
-protocols where the client speaks first work.
+protocols where the client speaks first work; a client is paired only once that byte has
+arrived, within --wait (2 s with --wait 0).
+
+Strangers: a link must send its opening within 2 s; at most 256 links are held before
+their handshake is done, and without hellos at most 1024 clients (64 per source address)
+before their first byte. A newcomer past a limit pushes out the one that has made the
+least progress, never one that speaks.
 
 Logs go to stderr: links up and down with the reason, each pairing, each close with bytes
-and bandwidth each way, and clients that waited in vain. SIGINT or SIGTERM stops cleanly.
+and bandwidth each way, and clients that waited in vain. Refusals beyond 10 of a kind per
+10 s are summed up in one line. SIGINT or SIGTERM stops cleanly.
 `
 
 func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }

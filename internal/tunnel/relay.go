@@ -48,6 +48,7 @@ const (
 	kindLink         = "links refused"
 	kindSilentClient = "clients refused before their first byte"
 	kindClient       = "clients refused"
+	kindNoLink       = "clients given up without a link"
 )
 
 // RelayConfig is listentwo's configuration. Build it from flags, check it with Validate,
@@ -526,7 +527,8 @@ func (r *Relay) serveClient(ctx context.Context, c *net.TCPConn, g *guest, start
 	if err != nil {
 		c.Close()
 		if errors.Is(err, errNoLink) {
-			r.cfg.Log.Failed(id, client, "link", fmt.Errorf("no idle link within %v", r.cfg.Wait))
+			why := fmt.Sprintf("no idle link within %v", r.cfg.Wait)
+			r.strangers.Event(kindNoLink, why, sourceName(sourceOf(c.RemoteAddr())), "failed #%d %s -> link: %s", id, client, why)
 		}
 		return
 	}
