@@ -3,13 +3,10 @@ package main
 import (
 	"io"
 	"net"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"shd-tcp-tools/internal/forward/fwdtest"
 	"shd-tcp-tools/internal/tunnel/tunneltest"
@@ -68,7 +65,7 @@ func TestStopsWithinASecond(t *testing.T) {
 	})
 
 	t.Run("connect to a relay that never accepts", func(t *testing.T) {
-		addr := fullListener(t)
+		addr := fwdtest.Blackhole(t)
 		p := tunneltest.Start(t, bins["connecttwo"], "-s", addr, "-d", svc.Addr(), "--pool", "4")
 		p.WaitLog(t, `keeping 4 links open`, 1, tunneltest.Timeout)
 		// Each link is a socket waiting for its connect to complete.
@@ -96,38 +93,4 @@ func TestStopsWithinASecond(t *testing.T) {
 		stop(t, p, syscall.SIGTERM)
 		relay.Stop(t, syscall.SIGTERM, 5*time.Second)
 	})
-}
-
-// fullListener returns the address of a loopback listener whose accept queue is full and
-// never drained, so that further connects to it wait in SYN-SENT.
-func fullListener(t *testing.T) string {
-	t.Helper()
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Close(fd) })
-	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Listen(fd, 0); err != nil {
-		t.Fatal(err)
-	}
-	sa, err := unix.Getsockname(fd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(sa.(*unix.SockaddrInet4).Port))
-	// Fill the queue (backlog 0 holds one connection) and wait until a further connect
-	// hangs, which shows the queue is full.
-	for i := 0; ; i++ {
-		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
-		if err != nil {
-			return addr
-		}
-		t.Cleanup(func() { c.Close() })
-		if i > 8 {
-			t.Fatal("the accept queue of a backlog-0 listener does not fill")
-		}
-	}
 }

@@ -85,7 +85,7 @@ func TestFailover(t *testing.T) {
 	t.Parallel()
 	good := fwdtest.StartBackend(t, "127.0.0.1:0", fwdtest.Echo)
 	refused := fmt.Sprintf("127.0.0.1:%d", closedPort(t))
-	silent := blackhole(t)
+	silent := fwdtest.Blackhole(t)
 	path := writeFile(t, fmt.Sprintf("%s 0\n%s 1\n%s 2\n", refused, silent, good.Addr()))
 	pf := startServer(t, "127.0.0.1:0", Config{HostFile: path, Port: 9, ConnectTimeout: 300 * time.Millisecond})
 	start := time.Now()

@@ -53,16 +53,7 @@ func alive(c *net.TCPConn) error {
 // data, all of which make it unusable) and returns why, or returns nil when a read deadline
 // in the past stops the watch. Nothing is consumed, so a link stopped that way is intact.
 func watchIdle(c *net.TCPConn) error {
-	raw, err := c.SyscallConn()
-	if err != nil {
-		return err
-	}
-	var res error
-	err = raw.Read(func(fd uintptr) bool {
-		var block bool
-		block, res = peek(fd)
-		return !block
-	})
+	res, err := waitPeek(c)
 	if err != nil {
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			return nil
@@ -75,6 +66,22 @@ func watchIdle(c *net.TCPConn) error {
 	return res
 }
 
+// waitPeek blocks, holding no buffer and consuming nothing, until c has data or an end to
+// read, and returns what peek found then (res); err is what ended the wait otherwise (a
+// read deadline, a close).
+func waitPeek(c *net.TCPConn) (res, err error) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	err = raw.Read(func(fd uintptr) bool {
+		var block bool
+		block, res = peek(fd)
+		return !block
+	})
+	return res, err
+}
+
 // setKeepAlive turns on TCP keepalive with probes frequent enough that a link whose peer
 // vanished (power loss, a NAT that forgot it) is noticed within about a minute.
 func setKeepAlive(c *net.TCPConn) {
@@ -85,14 +92,8 @@ func setKeepAlive(c *net.TCPConn) {
 // deadline passes. An idle link spends its life here, so a pooled link costs only its
 // socket and a parked goroutine.
 func waitReadable(c *net.TCPConn) error {
-	raw, err := c.SyscallConn()
-	if err != nil {
-		return err
-	}
-	return raw.Read(func(fd uintptr) bool {
-		block, _ := peek(fd)
-		return !block
-	})
+	_, err := waitPeek(c)
+	return err
 }
 
 // Why a peer that had to speak first did not.
@@ -106,16 +107,7 @@ var (
 // errClosedEarly when the peer ends or resets the connection first, and net.ErrClosed when
 // c is closed under it.
 func waitFirstByte(c *net.TCPConn) error {
-	raw, err := c.SyscallConn()
-	if err != nil {
-		return err
-	}
-	var res error
-	err = raw.Read(func(fd uintptr) bool {
-		var block bool
-		block, res = peek(fd)
-		return !block
-	})
+	res, err := waitPeek(c)
 	switch {
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		return errSilent
