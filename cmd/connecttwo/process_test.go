@@ -3,6 +3,7 @@ package main
 import (
 	"io"
 	"net"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -74,7 +75,7 @@ func TestStopsWithinASecond(t *testing.T) {
 	})
 
 	t.Run("backoff", func(t *testing.T) {
-		addr := "127.0.0.1:" + tunneltest.FreePort(t, "127.0.0.1") // nothing listens there
+		addr := "127.0.0.1:" + strconv.Itoa(fwdtest.FreePort(t, "127.0.0.1")) // nothing listens there
 		p := tunneltest.Start(t, bins["connecttwo"], "-s", addr, "-d", svc.Addr(), "--pool", "2")
 		p.Log.WaitFor(t, `connection refused; retry 2 in`, 1, tunneltest.Timeout)
 		stop(t, p, syscall.SIGINT)
@@ -82,8 +83,8 @@ func TestStopsWithinASecond(t *testing.T) {
 
 	t.Run("relaying", func(t *testing.T) {
 		bin := bins["listentwo"]
-		clients := "127.0.0.1:" + tunneltest.FreePort(t, "127.0.0.1")
-		links := "127.0.0.1:" + tunneltest.FreePort(t, "127.0.0.1")
+		clients := "127.0.0.1:" + strconv.Itoa(fwdtest.FreePort(t, "127.0.0.1"))
+		links := "127.0.0.1:" + strconv.Itoa(fwdtest.FreePort(t, "127.0.0.1"))
 		relay := tunneltest.Start(t, bin, "-s", clients, "-d", links)
 		relay.Log.WaitFor(t, `listening for clients`, 1, tunneltest.Timeout)
 		p := tunneltest.Start(t, bins["connecttwo"], "-s", links, "-d", svc.Addr(), "--pool", "2")

@@ -4,6 +4,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -39,8 +40,8 @@ func clientThrough(t *testing.T, local, addr string, seed uint64, n int64) time.
 // startRelay runs listentwo on free loopback ports and returns it with its two addresses.
 func startRelay(t *testing.T, bin string, args ...string) (p *tunneltest.Proc, clients, links string) {
 	t.Helper()
-	clients = "127.0.0.1:" + tunneltest.FreePort(t, "127.0.0.1")
-	links = "127.0.0.1:" + tunneltest.FreePort(t, "127.0.0.1")
+	clients = "127.0.0.1:" + strconv.Itoa(fwdtest.FreePort(t, "127.0.0.1"))
+	links = "127.0.0.1:" + strconv.Itoa(fwdtest.FreePort(t, "127.0.0.1"))
 	p = tunneltest.Start(t, bin, append([]string{"-s", clients, "-d", links}, args...)...)
 	p.Log.WaitFor(t, `listening for clients`, 1, tunneltest.Timeout)
 	return p, clients, links

@@ -147,17 +147,6 @@ func (p *Proc) Sockets(t testing.TB) int {
 	return n
 }
 
-// FreePort returns a loopback port on host that was free a moment ago.
-func FreePort(t testing.TB, host string) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
-}
-
 // Flood holds connections to an address that say nothing (or a few bytes, then nothing):
 // each of its workers connects and connects again as soon as the peer closes or resets the
 // connection. It is what a stranger does to lock a port: bounded by a number of workers, a
