@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -210,5 +211,17 @@ func TestNoSpaceMessage(t *testing.T) {
 	}
 	if code, stderr := start(t, open(t, in), full, "-", "-").wait(t); code != 1 || stderr != want {
 		t.Errorf("file to /dev/full: exit %d, stderr %q; want 1, %q", code, stderr, want)
+	}
+}
+
+// TestBindFileOverridesDefaultFamily: -b chooses the local address, so INADDR_DEFAULT's
+// family does not matter then, and is not checked against HOST.
+func TestBindFileOverridesDefaultFamily(t *testing.T) {
+	getenv := func(k string) string { return map[string]string{"INADDR_DEFAULT": "::1"}[k] }
+	if _, err := parse(t.Context(), []string{"-b", "bind", "-", "127.0.0.1", "9"}, io.Discard, getenv); err != nil {
+		t.Errorf("-b with INADDR_DEFAULT=::1 and 127.0.0.1: %v", err)
+	}
+	if _, err := parse(t.Context(), []string{"-", "127.0.0.1", "9"}, io.Discard, getenv); err == nil {
+		t.Error("INADDR_DEFAULT=::1 and 127.0.0.1 without -b: accepted")
 	}
 }

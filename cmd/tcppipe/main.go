@@ -132,7 +132,7 @@ func parse(ctx context.Context, args []string, stdout io.Writer, getenv func(str
 		return cfg, cli.AsUsage(err)
 	}
 	for _, e := range []pipe.End{src, dst} {
-		if e.Kind == pipe.Connect && !e.Least {
+		if e.Kind == pipe.Connect && !e.Least && cfg.BindFile == "" { // -b overrides INADDR_DEFAULT
 			if err := endpoint.CheckFamily(endpoint.EnvLocal, cfg.Local, e.Endpoint.Host); err != nil {
 				return cfg, cli.AsUsage(err)
 			}

@@ -2,8 +2,10 @@ package pipe
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -108,5 +110,49 @@ func TestUnacknowledgedClose(t *testing.T) {
 	checkBytes(t, "received", got, data[:len(got)])
 	if msg := err.Error(); !strings.Contains(msg, "acknowledged") || strings.Contains(msg, "\n") {
 		t.Errorf("error %q: want one line saying how many bytes were acknowledged", msg)
+	}
+}
+
+// finWait reports whether the local socket on port has sent its FIN and waits for its
+// acknowledgement (FIN_WAIT1 in /proc/net/tcp).
+func finWait(t testing.TB, port int) bool {
+	t.Helper()
+	data, err := os.ReadFile("/proc/net/tcp")
+	if err != nil {
+		t.Skip(err)
+	}
+	want := fmt.Sprintf(":%04X", port)
+	for _, line := range strings.Split(string(data), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) > 3 && strings.HasSuffix(f[1], want) && f[3] == "04" {
+			return true
+		}
+	}
+	return false
+}
+
+// TestResetWhileSettling: a peer that resets while tcppipe waits for its
+// acknowledgements ends the wait at once, as a reset, not after CloseTimeout.
+func TestResetWhileSettling(t *testing.T) {
+	t.Parallel()
+	data := randomData(256 << 10)
+	ln := listen(t, "127.0.0.1")
+	if err := setReadBuffer(ln, 4<<10); err != nil {
+		t.Fatal(err)
+	}
+	e := start(t, Config{Source: stdio, Destination: connectEnd("127.0.0.1", port(ln)),
+		Stdin: openFile(t, writeFile(t, "in", data)), CloseTimeout: time.Minute})
+	c := accept(t, ln)
+	if _, err := c.Write([]byte("220 ready\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	engine := c.RemoteAddr().(*net.TCPAddr).Port
+	waitFor(t, testTimeout, "tcppipe's FIN", func() bool { return finWait(t, engine) })
+	began := time.Now()
+	reset(c)
+	err := e.wait(t)
+	var cut *CutShortError
+	if !errors.As(err, &cut) || !isReset(err) || time.Since(began) > 10*time.Second {
+		t.Fatalf("Run = %v, %v after the reset; want a reset, at once", err, time.Since(began))
 	}
 }

@@ -304,6 +304,8 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		switch {
 		case ctx.Err() != nil:
 			return t.cut(errInterrupted)
+		case relay.ConnReset(t.dstConn):
+			return t.cut(resetError(t.dstName))
 		case left > 0:
 			cut := t.cut(fmt.Errorf("delivery not confirmed: %s acknowledged nothing more for %v", t.dstName, cfg.closeTimeout()))
 			cut.Sent = t.moved.Load()

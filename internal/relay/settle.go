@@ -14,8 +14,8 @@ const SettleTimeout = 10 * time.Second
 // byte and the FIN written to c, discarding what the peer sends meanwhile (without
 // copying), so that c can then be closed without Linux resetting it and dropping the tail
 // it still queues. It gives up when the count of unacknowledged bytes has not gone down
-// for stall, or when ctx ends, and returns that count: 0 when the peer has everything,
-// -1 when the kernel cannot tell. Call it after CloseWrite.
+// for stall, when the peer resets, or when ctx ends, and returns that count: 0 when the
+// peer has everything, -1 when the kernel cannot tell. Call it after CloseWrite.
 func Settle(ctx context.Context, c *net.TCPConn, stall time.Duration) int {
 	// Nothing unread right now is not enough to close at once: the peer may send more in
 	// the next microsecond, and a close then resets. Only an acknowledged tail is safe.
@@ -25,7 +25,7 @@ func Settle(ctx context.Context, c *net.TCPConn, stall time.Duration) int {
 	for {
 		discard(c)
 		n := unacked(c)
-		if n <= 0 || ctx.Err() != nil {
+		if n <= 0 || ctx.Err() != nil || isReset(c) {
 			return n
 		}
 		now := time.Now()
