@@ -18,7 +18,8 @@ func isReset(c *net.TCPConn) bool {
 
 // PeerReset reports whether the peer of the TCP socket fd reset the connection: the kernel
 // moves such a socket straight to TCP_CLOSE, which no clean end we have not caused yet
-// reaches.
+// reaches. (A clean end where both FINs are acknowledged reaches it too, through
+// TIME_WAIT: ask only while something is still unacknowledged or unfinished.)
 func PeerReset(fd int) bool {
 	info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
 	return err == nil && info.State == unix.BPF_TCP_CLOSE
