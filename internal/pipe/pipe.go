@@ -413,6 +413,10 @@ func (t *transfer) stopSockets() {
 
 // cut fixes the count at what went through and describes the end as cut short.
 func (t *transfer) cut(cause error) *CutShortError {
+	if t.dstConn != nil {
+		// What the peer's kernel has but has not acknowledged yet is delivered too.
+		relay.AwaitInFlight(t.dstConn, time.Second)
+	}
 	n := t.delivered()
 	t.final.Store(n)
 	return &CutShortError{Bytes: n, Err: cause}

@@ -76,3 +76,26 @@ func control(c *net.TCPConn, f func(fd int)) {
 		_ = raw.Control(func(fd uintptr) { f(int(fd)) })
 	}
 }
+
+// AwaitInFlight waits, for at most limit, until nothing sent on c is in flight any more:
+// every segment sent has been acknowledged, or is not going to be before a retransmission.
+// Then ConnUnacked counts exactly the bytes the peer does not have. Call it, with nothing
+// more being written, before resetting a connection whose count matters: bytes that the
+// peer's kernel had but whose acknowledgement had not come back yet would be missed.
+func AwaitInFlight(c *net.TCPConn, limit time.Duration) {
+	deadline := time.Now().Add(limit)
+	wait := 50 * time.Microsecond
+	last := -1
+	for {
+		n := inFlight(c)
+		if n <= 0 || isReset(c) || time.Now().After(deadline) {
+			return
+		}
+		if n == last && wait >= 10*time.Millisecond {
+			return // unchanged for a while: lost or held back, not on its way
+		}
+		last = n
+		time.Sleep(wait) // a bounded poll of the kernel's counters, not a synchronisation
+		wait = min(2*wait, 10*time.Millisecond)
+	}
+}

@@ -55,3 +55,17 @@ func Unacked(fd int) int {
 	}
 	return n
 }
+
+// inFlight returns the bytes (and FIN) sent on c and not yet acknowledged, beyond those
+// still waiting in its queue unsent, or -1 when the kernel cannot tell.
+func inFlight(c *net.TCPConn) int {
+	n := -1
+	control(c, func(fd int) {
+		queued, err1 := unix.IoctlGetInt(fd, unix.SIOCOUTQ)
+		unsent, err2 := unix.IoctlGetInt(fd, unix.SIOCOUTQNSD)
+		if err1 == nil && err2 == nil {
+			n = queued - unsent
+		}
+	})
+	return n
+}

@@ -42,3 +42,5 @@ func ConnReset(c *net.TCPConn) bool { return false }
 // ConnUnacked returns the bytes written to c that its peer has not acknowledged: -1, not
 // known here.
 func ConnUnacked(c *net.TCPConn) int { return -1 }
+
+func inFlight(*net.TCPConn) int { return -1 }
