@@ -33,17 +33,21 @@ const (
 	LowNoFile = 4096
 )
 
-// Config is what a Server does. Zero durations mean the defaults above; Dest or HostFile
-// must be set.
+// Config is what a Server does. Zero durations mean the defaults above; Dest, HostFile or
+// Store must be set.
 type Config struct {
-	// Dest is the single destination (-d). Ignored when HostFile is set.
+	// Dest is the single destination (-d). Ignored when HostFile or Store is set.
 	Dest endpoint.Endpoint
 	// HostFile (-l) is the host file to balance over: each connection goes to the entry
 	// with the fewest bytes. Port (-p) is the port of entries that name none; with zero,
 	// every entry must name its own (New returns a *NoPortError otherwise).
 	HostFile string
 	Port     int
-	// Interval (-i) is how often the counts are written back to HostFile.
+	// Store, when set, is where the counts to balance over live, in place of HostFile's
+	// file (hostfile.NewStore(HostFile)): another implementation of Store, such as one
+	// shared by several machines, changes nothing else.
+	Store Store
+	// Interval (-i) is how often the counts are written back to the store.
 	Interval time.Duration
 
 	// Allow is the client allow list (-a); nil or empty allows every client.
@@ -139,9 +143,13 @@ func New(cfg Config) (*Server, []error, error) {
 	if cfg.SendProxy != 0 && cfg.SendProxy != 1 && cfg.SendProxy != 2 {
 		return nil, nil, fmt.Errorf("PROXY protocol version %d: want 1 or 2", cfg.SendProxy)
 	}
+	if cfg.Store == nil && cfg.HostFile != "" {
+		cfg.Store = hostfile.NewStore(cfg.HostFile)
+		s.cfg.Store = cfg.Store
+	}
 	switch {
-	case cfg.HostFile != "":
-		b, warn, err := newBalancer(hostfile.NewStore(cfg.HostFile), cfg.Port)
+	case cfg.Store != nil:
+		b, warn, err := newBalancer(cfg.Store, cfg.Port)
 		if err != nil {
 			return nil, warn, err
 		}
@@ -200,8 +208,9 @@ func (s *Server) Serve(ctx context.Context, ln *net.TCPListener) error {
 	return writeErr
 }
 
-// Reload rereads the host file now, as a change of it does, and returns at once; the
-// counts not yet written are kept. It does nothing with a single destination.
+// Reload rereads the host file (the store) now, as a change of it does, and returns at
+// once; the counts not yet written are kept. tcp-pf calls it on SIGHUP. It does nothing
+// with a single destination.
 func (s *Server) Reload() { s.keep.reload() }
 
 // waitOpen waits up to d for every connection to end and reports whether they did.
@@ -228,7 +237,7 @@ func (s *Server) waitOpen(d time.Duration) bool {
 
 func (s *Server) destName() string {
 	if s.bal != nil {
-		return fmt.Sprintf("the least used host of %s (port %d)", s.cfg.HostFile, s.cfg.Port)
+		return fmt.Sprintf("the least used host of %s (port %d)", s.bal.store, s.cfg.Port)
 	}
 	return s.cfg.Dest.String()
 }
