@@ -11,6 +11,7 @@ import (
 	"io/fs"
 	"os"
 	"runtime"
+	"syscall"
 
 	"shd-tcp-tools/internal/allow"
 	"shd-tcp-tools/internal/cli"
@@ -87,7 +88,8 @@ answer is cached for 30 s, a failure for 5 s, and one lookup serves every connec
 waiting for the name. A -d name that does not resolve at start is logged as a warning.
 
 The host file (-l) is followed live: a host added to it, removed from it or given a new
-count (tcppipe-least --add, --remove, --set, an editor) is taken at once. A lock on it
+count (tcppipe-least --add, --remove, --set, an editor) is taken at once; SIGHUP
+rereads it too (nothing with -d), keeping the counts not yet written. A lock on it
 held by another process never holds up a connection: the counts wait, and are written
 once the lock is free.
 
@@ -211,6 +213,11 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	// SIGHUP rereads the host file (nothing with -d), also in the grace period after a
+	// SIGTERM: it never ends the process, whose counts are not written yet.
+	hup, stopHup := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopHup()
+	cli.OnSignal(hup, srv.Reload, syscall.SIGHUP)
 	return srv.Serve(ctx, ln)
 }
 

@@ -146,6 +146,25 @@ func numberWords(err error) error {
 	return fmt.Errorf("invalid argument %q for %q flag: %s", iv.GetValue(), name, words)
 }
 
+// OnSignal calls fn, from a goroutine of its own, each time one of sigs arrives, until ctx
+// ends; while it runs, those signals no longer have their default effect (SIGHUP's is to
+// end the process).
+func OnSignal(ctx context.Context, fn func(), sigs ...os.Signal) {
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, sigs...)
+	go func() {
+		defer signal.Stop(ch)
+		for {
+			select {
+			case <-ch:
+				fn()
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+}
+
 // SignalContext returns a context that is cancelled on the first SIGINT or SIGTERM.
 // After that first signal the default handling is restored, so a second one kills.
 func SignalContext(parent context.Context) (context.Context, context.CancelFunc) {
