@@ -2,6 +2,7 @@
 # bench/relay.sh: tcp-pf against other TCP relays on this machine's loopback.
 #
 # Usage: bench/relay.sh [-r ROUNDS] [-t SECS] [-n IDLE] [--soak [N]] [--no-install]
+#                       [--against BIN] [--only RELAY,...] [--host-file N]
 #
 #   -r ROUNDS    interleaved rounds (default 3); medians and per-round ratios over them
 #   -t SECS      length of each throughput and connection-rate run (default 2)
@@ -9,6 +10,11 @@
 #   --soak [N]   also hold N (default 10000) connections through tcp-pf and check that
 #                every one still echoes afterwards
 #   --no-install do not apt-get missing peers, even as root
+#   --against BIN also run BIN, another tcp-pf (built from an earlier commit, say), as
+#                relay "against", with tcp-pf's arguments; its ratios are reported
+#   --only LIST  run only these relays (comma-separated; "direct" is always run)
+#   --host-file N  run tcp-pf (and BIN) with -l: a host file of N entries, the backend
+#                at 0 bytes in the middle, the others unused addresses with more bytes
 #
 # Relays: direct (no relay), tcp-pf, HAProxy in tcp mode twice (option splice-auto, and
 # splice forced with 1 MiB pipes), socat, rinetd, relayfwd (a plain Go io.Copy
@@ -18,7 +24,7 @@
 # with timeout(1); the default run takes about 6 minutes.
 set -euo pipefail
 
-rounds=3 secs=2 idle_n=1000 soak=0 install=1
+rounds=3 secs=2 idle_n=1000 soak=0 install=1 against="" only="" hosts_n=0
 while [ $# -gt 0 ]; do
 	case $1 in
 	-r) rounds=$2; shift 2 ;;
@@ -28,7 +34,10 @@ while [ $# -gt 0 ]; do
 		soak=10000; shift
 		if [ $# -gt 0 ] && [[ $1 =~ ^[0-9]+$ ]]; then soak=$1; shift; fi ;;
 	--no-install) install=0; shift ;;
-	-h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+	--against) against=$(realpath "$2"); shift 2 ;;
+	--only) only=",$2,"; shift 2 ;;
+	--host-file) hosts_n=$2; shift 2 ;;
+	-h|--help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
 	*) echo "relay.sh: unknown argument $1" >&2; exit 2 ;;
 	esac
 done
@@ -74,7 +83,23 @@ be=$base
 port_of() { # the listening port of each relay
 	case $1 in direct) echo $be ;; tcp-pf) echo $((base + 1)) ;; haproxy) echo $((base + 2)) ;;
 	socat) echo $((base + 3)) ;; rinetd) echo $((base + 4)) ;; relayfwd) echo $((base + 5)) ;;
-	haproxy-splice) echo $((base + 6)) ;; epollfwd) echo $((base + 7)) ;; esac
+	haproxy-splice) echo $((base + 6)) ;; epollfwd) echo $((base + 7)) ;; against) echo $((base + 8)) ;; esac
+}
+
+pf_dest() { # the destination arguments of tcp-pf and against ($1): -d, or -l FILE
+	if [ "$hosts_n" -gt 0 ]; then
+		# A fresh copy for each start: a stopped relay wrote its counts to its own.
+		awk -v n="$hosts_n" -v be="$be" 'BEGIN {
+			for (i = 0; i < n - 1; i++) {
+				if (i == int((n - 1) / 2)) print "127.0.0.1:" be, 0
+				printf "198.51.%d.%d:%d 1000000000000\n", int(i / 250) % 250, i % 250 + 1, 1000 + int(i / 62500)
+			}
+			if (n == 1) print "127.0.0.1:" be, 0
+		}' >"$work/$1.hosts"
+		echo "-l $work/$1.hosts -p $be"
+	else
+		echo "-d 127.0.0.1:$be"
+	fi
 }
 
 wait_port() { # wait up to 5 s for 127.0.0.1:$1 to accept
@@ -92,7 +117,10 @@ start_relay() { # start relay $1 in the background and record its pid
 	p=$(port_of "$name")
 	case $name in
 	direct) return 0 ;;
-	tcp-pf) "$work/tcp-pf" -s 127.0.0.1:$p -d 127.0.0.1:$be 2>>"$work/tcp-pf.log" & ;;
+	# shellcheck disable=SC2046 # pf_dest's words are meant to split
+	tcp-pf) "$work/tcp-pf" -s 127.0.0.1:$p $(pf_dest tcp-pf) 2>>"$work/tcp-pf.log" & ;;
+	# shellcheck disable=SC2046
+	against) "$against" -s 127.0.0.1:$p $(pf_dest against) 2>>"$work/against.log" & ;;
 	relayfwd) "$work/relayfwd" -l 127.0.0.1:$p -d 127.0.0.1:$be & ;;
 	epollfwd) "$work/epollfwd" -l 127.0.0.1:$p -d 127.0.0.1:$be & ;;
 	socat) socat TCP-LISTEN:$p,bind=127.0.0.1,fork,reuseaddr,backlog=4096 TCP:127.0.0.1:$be & ;;
@@ -158,6 +186,12 @@ for p in haproxy socat rinetd; do
 done
 have haproxy && relays+=(haproxy-splice)
 relays+=(relayfwd epollfwd)
+[ -n "$against" ] && relays+=(against)
+if [ -n "$only" ]; then
+	kept=(direct)
+	for r in "${relays[@]}"; do [[ $only == *",$r,"* ]] && kept+=("$r"); done
+	relays=("${kept[@]}")
+fi
 for r in "${relays[@]}"; do start_relay "$r"; done
 
 results=$work/results.tsv # round relay metric value
@@ -256,6 +290,7 @@ ratio() { # median over rounds of tcp-pf's metric (or $3's) over $1's in the sam
 		awk '$1 == "-" {print; next} {printf "%.2f\n", $1}'
 }
 echo
+[ "$hosts_n" -gt 0 ] && echo "tcp-pf${against:+ and against} with -l: a host file of $hosts_n entries"
 echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), $(uname -sr); ${rounds} rounds of ${secs} s; medians"
 echo
 echo "| relay | 1 stream MiB/s | 4 streams MiB/s | conn/s (8 at a time) | p50 µs | p99 µs | relay CPU µs per conn | beside 2 streams: p50 µs | p99 µs | RSS Δ per $idle_n idle (MiB) | PSS Δ (MiB) |"
@@ -276,6 +311,7 @@ if have haproxy; then
 fi
 echo "tcp-pf / relayfwd (plain io.Copy), median of per-round ratios: 1 stream $(ratio relayfwd s1), 4 streams $(ratio relayfwd s4), conn/s $(ratio relayfwd cps), CPU per conn $(ratio relayfwd cpuus)"
 echo "tcp-pf / epollfwd (bare epoll loops), median of per-round ratios: conn/s $(ratio epollfwd cps), CPU per conn $(ratio epollfwd cpuus)"
+[ -n "$against" ] && echo "tcp-pf / against ($against), median of per-round ratios: 1 stream $(ratio against s1), 4 streams $(ratio against s4), conn/s $(ratio against cps), CPU per conn $(ratio against cpuus), beside 2 streams p99 $(ratio against mixedp99us)"
 fails=$(awk -F'\t' '$3 == "failures" || $3 == "mixedfailures" {s += $4} END {print s + 0}' "$results")
 echo "failed short connections, all relays and rounds: $fails"
 [ "$soak" -gt 0 ] && echo "soak: $soak_line"
