@@ -48,8 +48,8 @@ Options:
   -r, --rate RATE               limit each connection to RATE bytes per second in each
                                 direction; suffixes K/KiB, M/MiB, G/GiB (powers of 1024)
       --insert FILE             send FILE's content to the destination first on every
-                                connection (read once, at start); its bytes count as
-                                sent and against -r
+                                connection (read once, at start; at most 64 MiB); its
+                                bytes count as sent and against -r
       --lazy                    pass a client's or server's half-close (FIN) on and keep
                                 the other direction flowing until it ends too
       --connect-timeout SECS    give up on a destination after SECS (default 10)
@@ -187,9 +187,9 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 	// Files next (exit 1), still before any socket.
 	if o.insert != "" {
-		data, err := os.ReadFile(o.insert)
+		data, err := readInsert(o.insert)
 		if err != nil {
-			return fileError("--insert", o.insert, err)
+			return err
 		}
 		cfg.Insert = data
 	}
@@ -310,6 +310,28 @@ func checkUseless(o *options, flags *cli.FlagSet) error {
 		}
 	}
 	return nil
+}
+
+// maxInsert bounds --insert: the content is kept in memory and sent on every connection,
+// and a file without end (/dev/zero, a FIFO that never closes) would otherwise be read
+// until the machine runs out of memory.
+const maxInsert = 64 << 20
+
+// readInsert reads the --insert file, refusing one larger than maxInsert.
+func readInsert(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fileError("--insert", path, err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxInsert+1))
+	if err != nil {
+		return nil, fileError("--insert", path, err)
+	}
+	if len(data) > maxInsert {
+		return nil, fmt.Errorf("--insert %s: larger than %d MiB; tcp-pf keeps it in memory for every connection", path, maxInsert>>20)
+	}
+	return data, nil
 }
 
 // fileError names the option and file a read failed on: "--insert /x/y: no such file or
