@@ -97,3 +97,47 @@ func TestFollowsHostFile(t *testing.T) {
 		t.Errorf("host file:\n%s\nwant:\n%s\nlog:\n%s", got, want, pf.log.String())
 	}
 }
+
+// A host removed from the file while a connection to it is open: the connection finishes,
+// moving every byte, and no new one goes there; its bytes, counted in its close line, are not
+// written (that would put the host back in the file) but named at the stop, and the others'
+// counts are written exactly.
+func TestRemovedHostFinishes(t *testing.T) {
+	t.Parallel()
+	a := fwdtest.StartBackend(t, "127.0.0.1:0", fwdtest.Echo)
+	b := fwdtest.StartBackend(t, "[::1]:0", fwdtest.Echo)
+	nameB := fmt.Sprintf("[::1]:%d", b.Port())
+	path := writeFile(t, fmt.Sprintf("%s 0\n%s 100000\n", a.Addr(), nameB))
+	pf := startServer(t, "[::1]:0", Config{HostFile: path, Port: 9, Interval: time.Hour, Grace: -1})
+
+	c1 := fwdtest.Dial(t, pf.addr)
+	fwdtest.RoundTrip(t, c1, 1, 1000)
+	if got := openedTo(t, pf, 1); got != a.Addr() {
+		t.Fatalf("connection 1 went to %s", got)
+	}
+	update(t, path, func(f *hostfile.File) { f.Remove(a.Addr()) })
+	pf.log.WaitFor(t, `host file .*: `+regexp.QuoteMeta(a.Addr())+` removed: no new connections`, 1, time.Second)
+	for id := 2; id <= 4; id++ {
+		c := fwdtest.Dial(t, pf.addr)
+		fwdtest.RoundTrip(t, c, uint64(id), 100)
+		c.Close()
+		if got := openedTo(t, pf, id); got != nameB {
+			t.Fatalf("connection %d went to %s after %s was removed", id, got, a.Addr())
+		}
+	}
+	fwdtest.RoundTrip(t, c1, 5, 4000) // the open one goes on
+	c1.Close()
+	pf.log.WaitFor(t, `close #1 .* up=5000 .* down=5000 `, 1, 5*time.Second)
+	pf.log.WaitFor(t, `close #4 `, 1, 5*time.Second)
+	if err := pf.stop(); err != nil {
+		t.Fatal(err)
+	}
+	pf.log.WaitFor(t, `not written to .*, which no longer has these hosts: `+regexp.QuoteMeta(a.Addr())+` 10000$`, 1, time.Second)
+	got, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := fmt.Sprintf("%s %d\n", nameB, 100000+3*200); string(got) != want {
+		t.Errorf("host file:\n%s\nwant:\n%s", got, want)
+	}
+}
