@@ -303,15 +303,16 @@ for r in "${relays[@]}"; do
 		"$(val "$r" p50us)" "$(val "$r" p99us)" "$(val "$r" cpuus)" "$(val "$r" mixedp50us)" "$(val "$r" mixedp99us)" "$rd" "$pd"
 done
 echo
-if have haproxy; then
+ran() { awk -F'\t' -v r="$1" '$2 == r {f = 1} END {exit !f}' "$results"; }
+if ran haproxy; then
 	for h in haproxy haproxy-splice; do
 		echo "tcp-pf / $h, median of per-round ratios: 1 stream $(ratio $h s1), 4 streams $(ratio $h s4), conn/s $(ratio $h cps), CPU per conn $(ratio $h cpuus)"
 	done
 	echo "epollfwd (bare loop) / haproxy, median of per-round ratios: conn/s $(ratio haproxy cps epollfwd), CPU per conn $(ratio haproxy cpuus epollfwd)"
 fi
-echo "tcp-pf / relayfwd (plain io.Copy), median of per-round ratios: 1 stream $(ratio relayfwd s1), 4 streams $(ratio relayfwd s4), conn/s $(ratio relayfwd cps), CPU per conn $(ratio relayfwd cpuus)"
-echo "tcp-pf / epollfwd (bare epoll loops), median of per-round ratios: conn/s $(ratio epollfwd cps), CPU per conn $(ratio epollfwd cpuus)"
-[ -n "$against" ] && echo "tcp-pf / against ($against), median of per-round ratios: 1 stream $(ratio against s1), 4 streams $(ratio against s4), conn/s $(ratio against cps), CPU per conn $(ratio against cpuus), beside 2 streams p99 $(ratio against mixedp99us)"
+ran relayfwd && echo "tcp-pf / relayfwd (plain io.Copy), median of per-round ratios: 1 stream $(ratio relayfwd s1), 4 streams $(ratio relayfwd s4), conn/s $(ratio relayfwd cps), CPU per conn $(ratio relayfwd cpuus)"
+ran epollfwd && echo "tcp-pf / epollfwd (bare epoll loops), median of per-round ratios: conn/s $(ratio epollfwd cps), CPU per conn $(ratio epollfwd cpuus)"
+ran against && echo "tcp-pf / against ($against), median of per-round ratios: 1 stream $(ratio against s1), 4 streams $(ratio against s4), conn/s $(ratio against cps), CPU per conn $(ratio against cpuus), beside 2 streams p99 $(ratio against mixedp99us)"
 fails=$(awk -F'\t' '$3 == "failures" || $3 == "mixedfailures" {s += $4} END {print s + 0}' "$results")
 echo "failed short connections, all relays and rounds: $fails"
 [ "$soak" -gt 0 ] && echo "soak: $soak_line"
