@@ -78,7 +78,10 @@ load=$work/relayload
 # More descriptors, when allowed: 1,000 idle connections need about 6,000 in tcp-pf.
 ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-base=$((20000 + RANDOM % 20000))
+# Ports below the ephemeral range: there, the clients of other jobs on the machine hold
+# ports at random, and a listener failed with "address already in use".
+low=$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+base=$((10000 + RANDOM % (low > 10100 ? low - 10100 : 1)))
 be=$base
 port_of() { # the listening port of each relay
 	case $1 in direct) echo $be ;; tcp-pf) echo $((base + 1)) ;; haproxy) echo $((base + 2)) ;;
