@@ -13,6 +13,7 @@ import (
 	"shd-tcp-tools/internal/cli"
 	"shd-tcp-tools/internal/connlog"
 	"shd-tcp-tools/internal/endpoint"
+	"shd-tcp-tools/internal/systemd"
 	"shd-tcp-tools/internal/tunnel"
 )
 
@@ -93,6 +94,12 @@ func parse(ctx context.Context, args []string, stdout, stderr io.Writer) (tunnel
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}
+	svc, err := systemd.New(ctx, systemd.Socket{Flag: "-s", Name: "clients"}, systemd.Socket{Flag: "-d", Name: "links"})
+	if err != nil {
+		return cfg, err
+	}
+	*clients, *links = svc.Default("clients", *clients), svc.Default("links", *links) // socket-activated: may be left out
+	cfg.Listen, cfg.Ready, cfg.Stopped = svc.Listen, svc.Ready, svc.Close
 	if fs.NArg() > 0 {
 		return cfg, cli.Usagef("unexpected argument %q; see --help", fs.Arg(0))
 	}
@@ -102,7 +109,6 @@ func parse(ctx context.Context, args []string, stdout, stderr io.Writer) (tunnel
 	if *links == "" {
 		return cfg, cli.Usagef("missing -d [ADDR:]PORT, where connecttwo's links connect")
 	}
-	var err error
 	if cfg.Clients, err = endpoint.ParseListen(*clients); err != nil {
 		return cfg, cli.Usagef("-s: %v", err)
 	}

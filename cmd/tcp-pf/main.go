@@ -18,6 +18,7 @@ import (
 	"shd-tcp-tools/internal/connlog"
 	"shd-tcp-tools/internal/endpoint"
 	"shd-tcp-tools/internal/forward"
+	"shd-tcp-tools/internal/systemd"
 )
 
 const tool = "tcp-pf"
@@ -180,6 +181,12 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := flags.Parse(args); err != nil {
 		return err
 	}
+	svc, err := systemd.New(ctx, systemd.Socket{Flag: "-s", Name: "source"})
+	if err != nil {
+		return err
+	}
+	defer svc.Close()
+	o.source = svc.Default("source", o.source) // socket-activated: -s may be left out
 	listen, cfg, err := configure(ctx, &o, flags)
 	if err != nil {
 		return err
@@ -209,7 +216,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	ln, err := endpoint.Listen(ctx, listen, cfg.Local)
+	ln, err := svc.Listen(ctx, "source", listen, cfg.Local)
 	if err != nil {
 		return err
 	}
@@ -218,6 +225,9 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	hup, stopHup := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopHup()
 	cli.OnSignal(hup, srv.Reload, syscall.SIGHUP)
+	if err := svc.Ready(); err != nil {
+		fmt.Fprintf(stderr, "%s: warning: %v\n", tool, err)
+	}
 	return srv.Serve(ctx, ln)
 }
 

@@ -113,6 +113,19 @@ func Listen(ctx context.Context, ep Endpoint, local netip.Addr) (*net.TCPListene
 	return ln.(*net.TCPListener), nil
 }
 
+// Adopt gives a socket that is already listening (one systemd passed) the options that
+// Listen sets on its own: keepalive and TCP_NODELAY for the sockets it accepts.
+func Adopt(ln *net.TCPListener) error {
+	rc, err := ln.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("setting options on %s: %w", ln.Addr(), err)
+	}
+	if err := listenerOptions("", "", rc); err != nil {
+		return fmt.Errorf("setting options on %s: %w", ln.Addr(), err)
+	}
+	return nil
+}
+
 // ListenKeepAlive is the TCP keepalive of accepted connections: the first probe after 15 s
 // of silence, then one every 15 s, and the connection is dropped after 9 unanswered.
 const ListenKeepAlive = 15 * time.Second

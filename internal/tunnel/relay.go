@@ -84,6 +84,14 @@ type RelayConfig struct {
 	MaxSilentClients, MaxSilentPerSource int
 	// Log receives one line per event; nil discards them.
 	Log *connlog.Logger
+	// Listen opens the listener for Clients (name "clients") and for Links ("links");
+	// nil means endpoint.Listen. listentwo takes the sockets systemd passed this way.
+	Listen func(ctx context.Context, name string, ep endpoint.Endpoint, local netip.Addr) (*net.TCPListener, error)
+	// Ready, when set, is called once both listeners are open, and Stopped when
+	// ListenAndServe returns (listentwo tells systemd); an error from Ready is logged as a
+	// warning.
+	Ready   func() error
+	Stopped func()
 	// Rand is the nonce source; nil means crypto/rand.
 	Rand io.Reader
 }
@@ -173,18 +181,33 @@ func NewRelay(cfg RelayConfig) (*Relay, error) {
 	}, nil
 }
 
-// ListenAndServe opens the client and link listeners and serves until ctx ends.
+// ListenAndServe opens the client and link listeners (through Listen, when set), calls
+// Ready, and serves until ctx ends; then it calls Stopped.
 func (r *Relay) ListenAndServe(ctx context.Context) error {
-	clients, err := endpoint.Listen(ctx, r.cfg.Clients, r.cfg.Local)
+	if r.cfg.Stopped != nil {
+		defer r.cfg.Stopped()
+	}
+	listen := r.cfg.Listen
+	if listen == nil {
+		listen = func(ctx context.Context, _ string, ep endpoint.Endpoint, local netip.Addr) (*net.TCPListener, error) {
+			return endpoint.Listen(ctx, ep, local)
+		}
+	}
+	clients, err := listen(ctx, "clients", r.cfg.Clients, r.cfg.Local)
 	if err != nil {
 		return err
 	}
-	links, err := endpoint.Listen(ctx, r.cfg.Links, r.cfg.Local)
+	links, err := listen(ctx, "links", r.cfg.Links, r.cfg.Local)
 	if err != nil {
 		clients.Close()
 		return err
 	}
 	r.cfg.Log.Printf("listening for clients on %s and for links on %s", clients.Addr(), links.Addr())
+	if r.cfg.Ready != nil {
+		if err := r.cfg.Ready(); err != nil {
+			r.cfg.Log.Printf("warning: %v", err)
+		}
+	}
 	return r.Serve(ctx, clients, links)
 }
 
