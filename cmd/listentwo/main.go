@@ -45,6 +45,14 @@ Options:
 Environment:
   INADDR_DEFAULT   listen on this address when -s or -d gives no ADDR
 
+Under systemd: started with two listening sockets (socket activation: LISTEN_FDS,
+LISTEN_PID), listentwo serves them instead of binding: the one named "clients"
+(FileDescriptorName=) for -s and the one named "links" for -d; sockets without those
+names go, in order, to -s, then -d. -s and -d may then be left out, and if given must
+agree with their sockets. Any other number of sockets is a usage error. With
+NOTIFY_SOCKET set (Type=notify), it sends READY=1 once both listen and STOPPING=1 when
+it stops. See man listentwo.
+
 Example: reach sshd on A, which accepts no connections, from C through B:
   on B:  listentwo -s 1234 -d 1235 --hello-dst
   on A:  connecttwo -s B:1235 -d 127.0.0.1:22 --hello-from-src

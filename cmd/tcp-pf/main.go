@@ -112,6 +112,12 @@ client: restrict who may connect (a firewall) when -a matters.
 Environment: INADDR_DEFAULT, an address or host name, is the local address of the
 listener (when -s names none) and of every outgoing connection.
 
+Under systemd: started with a listening socket (socket activation: LISTEN_FDS,
+LISTEN_PID), tcp-pf serves that socket instead of binding one; -s may then be left out,
+and if given must agree with it. Anything but exactly one listening TCP socket is a
+usage error. With NOTIFY_SOCKET set (Type=notify), it sends READY=1 once it listens and
+STOPPING=1 when it stops. Examples: contrib/systemd/; man tcp-pf.
+
 Log (stderr), one line per event: listening, open (client -> destination), close (bytes
 and average rate each way, duration, and who closed or reset), refused (allow list),
 failed (one line per destination that refused or timed out), a host set aside and
