@@ -18,6 +18,7 @@ import (
 
 	"shd-tcp-tools/internal/cli"
 	"shd-tcp-tools/internal/endpoint"
+	"shd-tcp-tools/internal/systemd/sdtest"
 )
 
 // helperEnv makes the test binary a small tool (see TestMain) that takes the sockets named
@@ -362,63 +363,43 @@ func freePort(t *testing.T) int {
 }
 
 // READY=1 goes to $NOTIFY_SOCKET when Ready is called, STOPPING=1 when the context ends,
-// each once; a path and an abstract socket name both work.
+// each once.
 func TestNotify(t *testing.T) {
-	for _, name := range []string{filepath.Join(t.TempDir(), "notify"), "@shd-tcp-tools-test-" + fmt.Sprint(os.Getpid())} {
-		t.Run(name, func(t *testing.T) {
-			sock, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: name, Net: "unixgram"})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer sock.Close()
-			t.Setenv("NOTIFY_SOCKET", name)
-			ctx, cancel := context.WithCancel(context.Background())
-			defer cancel()
-			svc, err := New(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := svc.Ready(); err != nil {
-				t.Fatal(err)
-			}
-			if err := svc.Ready(); err != nil { // a second call tells nothing more
-				t.Fatal(err)
-			}
-			if got := recv(t, sock); got != "READY=1" {
-				t.Fatalf("first message %q, want READY=1", got)
-			}
-			cancel()
-			if got := recv(t, sock); got != "STOPPING=1" {
-				t.Fatalf("second message %q, want STOPPING=1", got)
-			}
-			svc.Close()
-			_ = sock.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
-			if n, _, err := sock.ReadFrom(make([]byte, 100)); err == nil {
-				t.Fatalf("a third message of %d bytes", n)
-			}
-		})
+	notify := sdtest.NewNotify(t)
+	t.Setenv("NOTIFY_SOCKET", notify.Path)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	svc, err := New(ctx)
+	if err != nil {
+		t.Fatal(err)
 	}
+	for range 2 { // a second call tells nothing more
+		if err := svc.Ready(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := notify.Next(t); got != "READY=1" {
+		t.Fatalf("first message %q, want READY=1", got)
+	}
+	cancel()
+	if got := notify.Next(t); got != "STOPPING=1" {
+		t.Fatalf("second message %q, want STOPPING=1", got)
+	}
+	svc.Close()
+	notify.None(t, 100*time.Millisecond)
 }
 
 // Close sends STOPPING=1 when the context never ended (the tool stopped on an error), and
 // nothing when Ready was never called.
 func TestNotifyAtClose(t *testing.T) {
-	name := filepath.Join(t.TempDir(), "notify")
-	sock, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: name, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sock.Close()
-	t.Setenv("NOTIFY_SOCKET", name)
+	notify := sdtest.NewNotify(t)
+	t.Setenv("NOTIFY_SOCKET", notify.Path)
 	svc, err := New(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
 	svc.Close()
-	_ = sock.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
-	if n, _, err := sock.ReadFrom(make([]byte, 100)); err == nil {
-		t.Fatalf("a message of %d bytes before Ready", n)
-	}
+	notify.None(t, 100*time.Millisecond)
 	svc, err = New(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -429,7 +410,7 @@ func TestNotifyAtClose(t *testing.T) {
 	svc.Close()
 	var got []string
 	for range 2 {
-		got = append(got, recv(t, sock))
+		got = append(got, notify.Next(t))
 	}
 	if want := []string{"READY=1", "STOPPING=1"}; !reflect.DeepEqual(got, want) {
 		t.Fatalf("messages %q, want %q", got, want)
@@ -448,17 +429,6 @@ func TestNotifyFails(t *testing.T) {
 	if err := svc.Ready(); err == nil || !strings.Contains(err.Error(), "telling systemd READY=1 through NOTIFY_SOCKET="+name) {
 		t.Fatalf("Ready: %v", err)
 	}
-}
-
-func recv(t *testing.T, sock *net.UnixConn) string {
-	t.Helper()
-	_ = sock.SetReadDeadline(time.Now().Add(5 * time.Second))
-	b := make([]byte, 4096)
-	n, _, err := sock.ReadFrom(b)
-	if err != nil {
-		t.Fatalf("no message: %v", err)
-	}
-	return string(b[:n])
 }
 
 func TestAssign(t *testing.T) {
