@@ -131,6 +131,9 @@ func TestThousandConcurrentConnections(t *testing.T) {
 		t.Errorf("%d connections open at once, want %d", open, conns)
 	}
 	fwdtest.WaitUntil(t, 20*time.Second, "every relay to end", func() bool { return pf.Open() == 0 })
+	// A loop writes its log lines after the round that closed the connections, and the
+	// writing goes on off the loop: wait for the lines, not for the open count.
+	pf.log.WaitFor(t, `close #`, conns, 20*time.Second)
 	if got := pf.log.Count(`close #`); got != conns {
 		t.Errorf("%d close lines, want %d", got, conns)
 	}
