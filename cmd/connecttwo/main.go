@@ -58,7 +58,7 @@ reached, that client's link is closed at once and logged. SIGINT or SIGTERM stop
 func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
 
 func run(args []string, stdout, stderr io.Writer) int {
-	ctx, cancel := cli.SignalContext(context.Background())
+	ctx, reload, cancel := cli.ServiceContext(context.Background())
 	defer cancel()
 	cfg, err := parse(ctx, args, stdout, stderr)
 	if err != nil {
@@ -69,7 +69,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cli.Report(stderr, tool, err)
 	}
 	cfg.Log.Printf("keeping %d links open to %s for %s", cfg.Pool, cfg.Relay, cfg.Service)
-	return cli.Report(stderr, tool, a.Run(ctx))
+	go cli.OnReload(ctx, reload, a.Reload)
+	err = a.Run(ctx)
+	cfg.Log.Drain() // the last lines, and any count of dropped ones, before the exit
+	return cli.Report(stderr, tool, err)
 }
 
 // parse turns the command line into a checked configuration; nothing is opened yet.
@@ -126,7 +129,7 @@ func parse(ctx context.Context, args []string, stdout, stderr io.Writer) (tunnel
 		if warning != "" {
 			fmt.Fprintf(stderr, "%s: %s\n", tool, warning)
 		}
-		cfg.Secret = secret
+		cfg.Secret, cfg.SecretFile = secret, *secretFile
 	}
 	cfg.Log = connlog.New(stderr)
 	return cfg, nil

@@ -74,7 +74,7 @@ and bandwidth each way, and clients that waited in vain. Refusals beyond 10 of a
 func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
 
 func run(args []string, stdout, stderr io.Writer) int {
-	ctx, cancel := cli.SignalContext(context.Background())
+	ctx, reload, cancel := cli.ServiceContext(context.Background())
 	defer cancel()
 	cfg, err := parse(ctx, args, stdout, stderr)
 	if err != nil {
@@ -84,7 +84,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return cli.Report(stderr, tool, err)
 	}
-	return cli.Report(stderr, tool, r.ListenAndServe(ctx))
+	go cli.OnReload(ctx, reload, r.Reload)
+	err = r.ListenAndServe(ctx)
+	cfg.Log.Drain() // the last lines, and any count of dropped ones, before the exit
+	return cli.Report(stderr, tool, err)
 }
 
 // parse turns the command line into a checked configuration; nothing is opened yet.
@@ -144,7 +147,7 @@ func parse(ctx context.Context, args []string, stdout, stderr io.Writer) (tunnel
 		if warning != "" {
 			fmt.Fprintf(stderr, "%s: %s\n", tool, warning)
 		}
-		cfg.Secret = secret
+		cfg.Secret, cfg.SecretFile = secret, *secretFile
 	}
 	cfg.Log = connlog.New(stderr)
 	return cfg, nil

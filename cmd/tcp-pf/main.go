@@ -11,7 +11,6 @@ import (
 	"io/fs"
 	"os"
 	"runtime"
-	"syscall"
 
 	"shd-tcp-tools/internal/allow"
 	"shd-tcp-tools/internal/cli"
@@ -136,9 +135,9 @@ func main() {
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
-	ctx, cancel := cli.SignalContext(context.Background())
+	ctx, reload, cancel := cli.ServiceContext(context.Background())
 	defer cancel()
-	err := serve(ctx, args, stdout, stderr)
+	err := serve(ctx, reload, args, stdout, stderr)
 	code := cli.Report(stderr, tool, err)
 	// Counts that could not be written at the stop: ready-to-run lines that add them.
 	if uw, ok := errors.AsType[*forward.UnwrittenError](err); ok {
@@ -161,7 +160,7 @@ type options struct {
 	sendProxy, sendProxyV2, acceptProxy  bool
 }
 
-func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+func serve(ctx context.Context, reload <-chan struct{}, args []string, stdout, stderr io.Writer) error {
 	var o options
 	o.interval.D = forward.DefaultInterval
 	o.connectTimeout.D = forward.DefaultConnectTimeout
@@ -207,6 +206,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		cfg.Insert = data
 	}
 	cfg.Log = connlog.New(stderr)
+	defer cfg.Log.Drain() // the last lines, and any count of dropped ones, before the exit
 	// One event loop per CPU, and one more P than loops: then Go's sysmon does not hand a
 	// waiting loop's P to another thread every round (about 8% less CPU per connection).
 	cfg.Loops = runtime.GOMAXPROCS(0)
@@ -230,7 +230,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	// SIGTERM: it never ends the process, whose counts are not written yet.
 	hup, stopHup := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopHup()
-	cli.OnSignal(hup, srv.Reload, syscall.SIGHUP)
+	go cli.OnReload(hup, reload, srv.Reload)
 	if err := svc.Ready(); err != nil {
 		fmt.Fprintf(stderr, "%s: warning: %v\n", tool, err)
 	}

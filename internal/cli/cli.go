@@ -1,6 +1,7 @@
 // Package cli holds what the five command-line tools share at their edge: exit codes,
 // one-line error reporting, GNU-style flag sets with -h/--help and -v/--version, flag value
-// types for ports, rates and seconds, and a context that ends on SIGINT or SIGTERM.
+// types for ports, rates and seconds, and the signal handling: a context that ends on
+// SIGINT or SIGTERM, reload requests on SIGHUP, and SIGPIPE ignored.
 package cli
 
 import (
@@ -146,38 +147,84 @@ func numberWords(err error) error {
 	return fmt.Errorf("invalid argument %q for %q flag: %s", iv.GetValue(), name, words)
 }
 
-// OnSignal calls fn, from a goroutine of its own, each time one of sigs arrives, until ctx
-// ends; while it runs, those signals no longer have their default effect (SIGHUP's is to
-// end the process).
-func OnSignal(ctx context.Context, fn func(), sigs ...os.Signal) {
-	ch := make(chan os.Signal, 1)
-	signal.Notify(ch, sigs...)
+// SignalContext returns a context that is cancelled on the first SIGINT, SIGTERM or
+// SIGHUP: for a tool with nothing to reread (tcppipe), a hangup is one more way to say
+// stop. After that first signal the default handling is restored, so a second one kills.
+// SIGPIPE is ignored from then on (see ignoreSIGPIPE).
+func SignalContext(parent context.Context) (context.Context, context.CancelFunc) {
+	ctx, _, cancel := signalContext(parent, false)
+	return ctx, cancel
+}
+
+// ServiceContext is SignalContext for the long-running tools (tcp-pf, listentwo,
+// connecttwo): SIGINT and SIGTERM cancel the context, and each SIGHUP is a request, on
+// reload, to reread the tool's files and go on (see OnReload). A request waits there
+// until taken, and SIGHUPs that come meanwhile are merged into it. SIGHUP stays handled,
+// and requests keep coming, until cancel is called, also after ctx ended: a hangup while
+// the tool stops does not kill it, and can still reload it.
+func ServiceContext(parent context.Context) (ctx context.Context, reload <-chan struct{}, cancel context.CancelFunc) {
+	return signalContext(parent, true)
+}
+
+// OnReload calls f for each request on reload until ctx ends. Run it on its own goroutine
+// once the engine that f reloads exists; a request made before then is kept for it. To
+// reload while the tool stops, give it a ctx that ends when the engine has stopped.
+func OnReload(ctx context.Context, reload <-chan struct{}, f func()) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-reload:
+			f()
+		}
+	}
+}
+
+func signalContext(parent context.Context, reloads bool) (context.Context, <-chan struct{}, context.CancelFunc) {
+	ignoreSIGPIPE()
+	ctx, cancel := context.WithCancel(parent)
+	stop := make(chan os.Signal, 1)
+	hup := make(chan os.Signal, 1)
+	reload := make(chan struct{}, 1)
+	if reloads {
+		signal.Notify(stop, syscall.SIGINT, syscall.SIGTERM)
+		signal.Notify(hup, syscall.SIGHUP)
+	} else {
+		signal.Notify(stop, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	}
+	done, quit := make(chan struct{}), make(chan struct{})
 	go func() {
-		defer signal.Stop(ch)
+		defer close(done)
+		defer signal.Stop(stop)
 		for {
 			select {
-			case <-ch:
-				fn()
-			case <-ctx.Done():
+			case <-stop:
+				cancel()
+				// The default handling is back, so a second signal kills; SIGHUPs still
+				// come as requests while the tool stops (tcp-pf's --grace).
+				signal.Stop(stop)
+				stop = nil
+			case <-hup:
+				select {
+				case reload <- struct{}{}:
+				default: // one is waiting already
+				}
+			case <-quit:
 				return
 			}
 		}
 	}()
+	return ctx, reload, func() {
+		cancel()
+		close(quit)
+		<-done
+		signal.Stop(hup)
+	}
 }
 
-// SignalContext returns a context that is cancelled on the first SIGINT or SIGTERM.
-// After that first signal the default handling is restored, so a second one kills.
-func SignalContext(parent context.Context) (context.Context, context.CancelFunc) {
-	ctx, cancel := context.WithCancel(parent)
-	ch := make(chan os.Signal, 1)
-	signal.Notify(ch, syscall.SIGINT, syscall.SIGTERM)
-	go func() {
-		defer signal.Stop(ch)
-		select {
-		case <-ch:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
-	return ctx, cancel
-}
+// ignoreSIGPIPE makes a write to a pipe whose reader is gone fail with EPIPE instead of
+// killing the process. Go kills a program that writes to a broken pipe on stdout or
+// stderr unless SIGPIPE is ignored or notified (os/signal, "SIGPIPE"); for our tools a
+// log reader that went away (tcp-pf 2>&1 | head -1) must stop the logging, not the
+// service and its counts. Other descriptors get EPIPE in any case.
+func ignoreSIGPIPE() { signal.Ignore(syscall.SIGPIPE) }

@@ -5,57 +5,85 @@
 //	2026-11-26T05:39:10.123Z open #7 192.0.2.9:51234 -> 127.0.0.1:22
 //	2026-11-26T05:39:12.456Z close #7 192.0.2.9:51234 -> 127.0.0.1:22 up=1048576 (1.00 MiB, 512.00 KiB/s) down=2048 (2.00 KiB, 1.00 KiB/s) time=2.333s end="client closed"
 //	2026-11-26T05:39:13.000Z refused 198.51.100.7:40000: not in the allow list
+//
+// Logging never holds up the caller: lines go into a bounded queue that one goroutine
+// writes out, so an event loop or a relay never waits for stderr. When the queue is full
+// (stderr not read, or slower than the events), lines are dropped and counted, and the
+// count is reported in one line as soon as a write succeeds again, and by Drain. A broken
+// pipe (the reader went away) stops the writing for good; the tools ignore SIGPIPE (see
+// cli), so that is an error here, not the death of the process.
 package connlog
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"sync"
+	"syscall"
 	"time"
 
 	"shd-tcp-tools/internal/meter"
 )
 
-// Logger writes one line per event, prefixed with a timestamp. Safe for simultaneous use.
-// A nil *Logger discards everything.
+// Logger writes one line per event, prefixed with a timestamp, without blocking. Safe for
+// simultaneous use. A nil *Logger discards everything.
 type Logger struct {
 	mu  sync.Mutex
-	out io.Writer
 	now func() time.Time
+	q   *queue // where the lines go, shared by a Logger and its Buffers
 
-	parent  *Logger      // set for a Buffer: where Flush writes
-	pending bytes.Buffer // a Buffer's lines not yet flushed
+	buffer  bool         // a Buffer: lines wait in pending until Flush
+	pending bytes.Buffer // lines not yet queued
 }
 
-// New returns a Logger writing to out.
-func New(out io.Writer) *Logger { return &Logger{out: out, now: time.Now} }
+// MaxQueued bounds the bytes of log lines waiting to be written; lines beyond it are
+// dropped and counted. With a line of about 200 bytes that is some 650 lines: several
+// rounds of a busy event loop, so a stderr that keeps up never loses one.
+const MaxQueued = 128 << 10
 
-// Buffer returns a Logger that keeps its lines until Flush writes all of them to l in one
-// write: for an event loop, which logs the events of a round and flushes before it waits.
+// DrainWait bounds how long Drain waits for the queued lines to be written.
+const DrainWait = time.Second
+
+// New returns a Logger writing to out from a goroutine of its own, which runs while
+// there are lines to write. Writes to out must be safe to make from that goroutine; they
+// may block (a full pipe) without holding up the Logger's callers.
+func New(out io.Writer) *Logger {
+	return &Logger{now: time.Now, q: &queue{out: out, max: MaxQueued}}
+}
+
+// Buffer returns a Logger that keeps its lines until Flush queues all of them in one go:
+// for an event loop, which logs the events of a round and flushes before it waits.
 func (l *Logger) Buffer() *Logger {
 	if l == nil {
 		return nil
 	}
-	return &Logger{now: l.now, parent: l}
+	return &Logger{now: l.now, q: l.q, buffer: true}
 }
 
-// Flush writes the lines a Buffer holds to its parent Logger. It does nothing for a Logger
-// that is not a Buffer.
+// Flush queues the lines a Buffer holds; they go out in one write unless some must be
+// dropped. It does nothing for a Logger that is not a Buffer, and never blocks.
 func (l *Logger) Flush() {
-	if l == nil || l.parent == nil {
+	if l == nil || !l.buffer {
 		return
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.pending.Len() == 0 {
+	if l.pending.Len() > 0 {
+		l.q.add(l.pending.Bytes(), l.now)
+		l.pending.Reset()
+	}
+}
+
+// Drain waits, at most DrainWait, until every queued line is written and a count of
+// dropped lines, if any, is reported: what a tool does before it exits. The Logger stays
+// usable. Called on a Buffer, it flushes it first.
+func (l *Logger) Drain() {
+	if l == nil {
 		return
 	}
-	p := l.parent
-	p.mu.Lock()
-	_, _ = p.out.Write(l.pending.Bytes())
-	p.mu.Unlock()
-	l.pending.Reset()
+	l.Flush()
+	l.q.drain(l.now, DrainWait)
 }
 
 // Printf writes one free-form event line.
@@ -66,12 +94,14 @@ func (l *Logger) Printf(format string, args ...any) {
 	msg := fmt.Sprintf(format, args...)
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	var out io.Writer = &l.pending
-	if l.parent == nil {
-		out = l.out
+	fmt.Fprintf(&l.pending, "%s %s\n", stamp(l.now()), msg)
+	if !l.buffer {
+		l.q.add(l.pending.Bytes(), l.now)
+		l.pending.Reset()
 	}
-	fmt.Fprintf(out, "%s %s\n", l.now().UTC().Format("2006-01-02T15:04:05.000Z"), msg)
 }
+
+func stamp(t time.Time) string { return t.UTC().Format("2006-01-02T15:04:05.000Z") }
 
 // Open logs a relayed connection being set up: client -> dest.
 func (l *Logger) Open(id uint64, client, dest string) {
@@ -94,3 +124,111 @@ func (l *Logger) Refused(client, why string) {
 func (l *Logger) Failed(id uint64, client, dest string, err error) {
 	l.Printf("failed #%d %s -> %s: %v", id, client, dest, err)
 }
+
+// queue holds the lines waiting to be written to out, and runs the one goroutine that
+// writes them. Safe for simultaneous use.
+type queue struct {
+	out io.Writer
+	max int
+
+	mu      sync.Mutex
+	lines   []byte        // whole lines, in order
+	spare   []byte        // the buffer of the last write, reused
+	dropped uint64        // lines dropped and not yet reported
+	gone    bool          // out's reader went away (EPIPE): nothing more is written
+	idle    chan struct{} // closed when the running writer ends; nil when none runs
+}
+
+// add queues the whole lines in p, as many as fit, and counts the rest as dropped.
+func (q *queue) add(p []byte, now func() time.Time) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.gone {
+		q.dropped += lines(p)
+		return
+	}
+	if room := q.max - len(q.lines); len(p) > room {
+		keep := bytes.LastIndexByte(p[:max(room, 0)], '\n') + 1
+		q.dropped += lines(p[keep:])
+		p = p[:keep]
+	}
+	q.lines = append(q.lines, p...)
+	q.startLocked(now)
+}
+
+// startLocked starts the writer if there is something to write and none runs.
+func (q *queue) startLocked(now func() time.Time) {
+	if q.idle != nil || q.gone || (len(q.lines) == 0 && q.dropped == 0) {
+		return
+	}
+	q.idle = make(chan struct{})
+	go q.write(now)
+}
+
+// write writes the queued lines, then the count of those dropped while it could not, until
+// nothing is left; then it ends, and the next line starts it again. A failed write loses
+// its lines (counted); the next batch is still tried, but a count alone is not retried
+// until more lines come or Drain asks.
+func (q *queue) write(now func() time.Time) {
+	failed := false
+	for {
+		q.mu.Lock()
+		batch, dropped := q.lines, q.dropped
+		if q.gone || (len(batch) == 0 && (dropped == 0 || failed)) {
+			close(q.idle)
+			q.idle = nil
+			q.mu.Unlock()
+			return
+		}
+		q.lines, q.spare, q.dropped = q.spare[:0], nil, 0
+		q.mu.Unlock()
+
+		n, err := q.out.Write(batch)
+		lost := lines(batch[min(max(n, 0), len(batch)):]) + dropped
+		if err == nil && dropped > 0 {
+			// Every line of batch came before every dropped one: the count goes after it.
+			lost = 0
+			report := fmt.Sprintf("%s dropped %d log lines: stderr could not take them (not read, or a write failed)\n", stamp(now()), dropped)
+			if _, err = io.WriteString(q.out, report); err != nil {
+				lost = dropped
+			}
+		}
+
+		q.mu.Lock()
+		failed = err != nil
+		if failed {
+			q.dropped += lost
+			if errors.Is(err, syscall.EPIPE) {
+				q.gone = true
+				q.dropped += lines(q.lines)
+				q.lines = q.lines[:0]
+			}
+		} else if cap(batch) <= 2*q.max {
+			q.spare = batch[:0]
+		}
+		q.mu.Unlock()
+	}
+}
+
+// drain starts the writer for what is left (a count of dropped lines included) and waits
+// up to d for it to end; a writer that ended on a failed write is given one more try.
+func (q *queue) drain(now func() time.Time, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	for range 2 {
+		q.mu.Lock()
+		q.startLocked(now)
+		idle := q.idle
+		q.mu.Unlock()
+		if idle == nil {
+			return
+		}
+		select {
+		case <-idle:
+		case <-t.C:
+			return
+		}
+	}
+}
+
+func lines(p []byte) uint64 { return uint64(bytes.Count(p, []byte("\n"))) }

@@ -52,8 +52,10 @@ type AgentConfig struct {
 	SendProxy bool
 	// Pool is how many idle links to keep open (--pool).
 	Pool int
-	// Secret, when set, is the shared secret links prove (--secret-file).
-	Secret []byte
+	// Secret, when set, is the shared secret links prove (--secret-file), and SecretFile
+	// the file it was read from, which Reload rereads.
+	Secret     []byte
+	SecretFile string
 	// HandshakeTimeout bounds a link's handshake and the read of a hello; zero means
 	// DefaultHandshakeTimeout.
 	HandshakeTimeout time.Duration
@@ -98,6 +100,7 @@ func (c *AgentConfig) Validate() error {
 // taken, connects to the service and relays the two, opening a replacement link at once.
 type Agent struct {
 	cfg     AgentConfig
+	secret  *secretBox
 	idle    *gauge
 	opening chan struct{} // one token per link being connected and handshaken
 	conns   atomic.Uint64 // ids for log lines
@@ -128,8 +131,14 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 	if cfg.RefusedMax == 0 {
 		cfg.RefusedMax = DefaultRefusedMax
 	}
-	return &Agent{cfg: cfg, idle: newGauge(), opening: make(chan struct{}, maxOpening)}, nil
+	return &Agent{cfg: cfg, secret: newSecretBox(cfg.Secret, cfg.SecretFile), idle: newGauge(), opening: make(chan struct{}, maxOpening)}, nil
 }
+
+// Reload rereads the secret file (SecretFile) and logs it: links opened from now on prove
+// the new secret; links already up stay (listentwo closes its idle ones when its own
+// secret changes). A file that cannot be read or holds no secret keeps the secret in use.
+// connecttwo calls it on SIGHUP. Safe to call at any time, also while Run runs.
+func (a *Agent) Reload() { a.secret.reload(a.cfg.Log) }
 
 // IdleLinks returns the number of links open and waiting to be taken.
 func (a *Agent) IdleLinks() int { return a.idle.get() }
@@ -232,7 +241,7 @@ func (a *Agent) openLink(ctx context.Context) (*net.TCPConn, []byte, error) {
 	setKeepAlive(c)
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	rest, err := clientHandshake(c, linkParams{
-		hello: a.cfg.Hello, secret: a.cfg.Secret, rand: a.cfg.Rand, timeout: a.cfg.HandshakeTimeout,
+		hello: a.cfg.Hello, secret: a.secret.get(), rand: a.cfg.Rand, timeout: a.cfg.HandshakeTimeout,
 	})
 	if !stop() && err == nil {
 		err = ctx.Err()

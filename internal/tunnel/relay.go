@@ -65,8 +65,10 @@ type RelayConfig struct {
 	Allow *allow.List
 	// Wait is how long a client waits for an idle link (--wait); zero: not at all.
 	Wait time.Duration
-	// Secret, when set, is the shared secret every link must prove (--secret-file).
-	Secret []byte
+	// Secret, when set, is the shared secret every link must prove (--secret-file), and
+	// SecretFile the file it was read from, which Reload rereads.
+	Secret     []byte
+	SecretFile string
 	// MaxLinks caps the idle pool (--max-links); zero means DefaultMaxLinks.
 	MaxLinks int
 	// MaxHandshakes caps the links that have not finished their handshake; zero means
@@ -124,8 +126,9 @@ func (c *RelayConfig) Validate() error {
 // Relay is listentwo's engine: it accepts clients and links, pools the links that pass the
 // handshake, pairs each client with the oldest idle link, and relays the two.
 type Relay struct {
-	cfg  RelayConfig
-	pool *pool[*idleLink]
+	cfg    RelayConfig
+	secret *secretBox
+	pool   *pool[*idleLink]
 	// linkRoom holds the links before their handshake is done; clientRoom, without
 	// hellos, the clients before their first byte.
 	linkRoom, clientRoom *room
@@ -174,6 +177,7 @@ func NewRelay(cfg RelayConfig) (*Relay, error) {
 	}
 	return &Relay{
 		cfg:        cfg,
+		secret:     newSecretBox(cfg.Secret, cfg.SecretFile),
 		pool:       newPool[*idleLink](cfg.MaxLinks),
 		linkRoom:   newRoom(cfg.MaxHandshakes, cfg.MaxHandshakes),
 		clientRoom: newRoom(cfg.MaxSilentClients, cfg.MaxSilentPerSource),
@@ -244,16 +248,32 @@ func (r *Relay) Serve(ctx context.Context, clients, links net.Listener) error {
 	accepting.Wait()
 	// The cancelled ctx ends every handshake, wait, relay and idle-link watch.
 	r.wg.Wait()
-	for _, l := range r.pool.drain() {
-		r.stopWatch(l)
-		l.conn.Close()
-		r.cfg.Log.Printf("link #%d down %s: relay stopping", l.id, l.addr)
-	}
+	r.closeIdle("relay stopping")
 	r.strangers.Flush()
 	if ctx.Err() != nil && errors.Is(err, net.ErrClosed) {
 		return nil
 	}
 	return err
+}
+
+// closeIdle closes every idle link, logging why.
+func (r *Relay) closeIdle(why string) {
+	for _, l := range r.pool.drain() {
+		r.stopWatch(l)
+		l.conn.Close()
+		r.cfg.Log.Printf("link #%d down %s: %s", l.id, l.addr, why)
+	}
+}
+
+// Reload rereads the secret file (SecretFile) and logs it. When the secret changed, links
+// that connect from now on must prove the new one, and the idle links, which proved the
+// old one, are closed: connecttwo reconnects them and proves the new secret, or is
+// refused. A file that cannot be read or holds no secret keeps the secret in use.
+// listentwo calls it on SIGHUP. Safe to call at any time, also while Serve runs.
+func (r *Relay) Reload() {
+	if r.secret.reload(r.cfg.Log) {
+		r.closeIdle("the secret changed")
+	}
 }
 
 // IdleLinks returns the number of links waiting in the pool.
@@ -358,7 +378,7 @@ func (r *Relay) serveLink(ctx context.Context, c *net.TCPConn, g *guest) {
 		return
 	}
 	err := serverHandshake(c, linkParams{
-		hello: r.cfg.Hello, secret: r.cfg.Secret, rand: r.cfg.Rand, timeout: r.cfg.HandshakeTimeout,
+		hello: r.cfg.Hello, secret: r.secret.get(), rand: r.cfg.Rand, timeout: r.cfg.HandshakeTimeout,
 		openBy: openBy,
 	}, serverHooks{
 		opened: func() error {

@@ -8,8 +8,10 @@ import (
 	"io"
 	"os"
 	"strings"
+	"sync/atomic"
 
 	"shd-tcp-tools/internal/cli"
+	"shd-tcp-tools/internal/connlog"
 )
 
 // LoadSecret reads the shared link secret: the first line of the file at path, without its
@@ -53,4 +55,51 @@ func unwrapPath(err error) error {
 		return fmt.Errorf("%s", strings.TrimSpace(pe.Err.Error()))
 	}
 	return err
+}
+
+// secretBox holds the secret a relay or an agent proves now, which a reload may replace.
+// Safe for simultaneous use.
+type secretBox struct {
+	file string // where the secret was read (--secret-file), for reload; "" for none
+	p    atomic.Pointer[[]byte]
+}
+
+func newSecretBox(secret []byte, file string) *secretBox {
+	b := &secretBox{file: file}
+	if secret != nil {
+		b.p.Store(&secret)
+	}
+	return b
+}
+
+// get returns the secret in use, nil for none.
+func (b *secretBox) get() []byte {
+	if p := b.p.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// reload rereads the secret file and logs what came of it. A file that cannot be read or
+// has no secret keeps the secret in use. It reports whether the secret changed.
+func (b *secretBox) reload(log *connlog.Logger) bool {
+	if b.file == "" || b.get() == nil {
+		log.Printf("reload: nothing to reread (no --secret-file)")
+		return false
+	}
+	secret, warning, err := LoadSecret(b.file)
+	if err != nil {
+		log.Printf("rereading %v; keeping the secret in use", err)
+		return false
+	}
+	if warning != "" {
+		log.Printf("%s", warning)
+	}
+	if bytes.Equal(secret, b.get()) {
+		log.Printf("reread --secret-file %s: the secret is unchanged", b.file)
+		return false
+	}
+	b.p.Store(&secret)
+	log.Printf("reread --secret-file %s: links must prove the new secret from now on", b.file)
+	return true
 }

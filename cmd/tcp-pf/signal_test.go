@@ -1,0 +1,257 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"shd-tcp-tools/internal/forward/fwdtest"
+)
+
+// startPFPipe runs tcp-pf with args after "-s 127.0.0.1:PORT" and its stderr the write end
+// of a pipe that holds only 4 KiB (one page, the least Linux allows), and waits until it
+// accepts connections. It returns the process and the pipe's read end, which the test
+// reads, closes or leaves alone. The process is killed, by its pid, if the test ends with
+// it running.
+func startPFPipe(t *testing.T, args ...string) (*proc, *os.File) {
+	t.Helper()
+	for try := 0; ; try++ {
+		r, w, err := os.Pipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := unix.FcntlInt(w.Fd(), unix.F_SETPIPE_SZ, 4096); err != nil {
+			t.Fatal(err)
+		}
+		ln := fwdtest.Listen(t, "127.0.0.1:0")
+		addr := ln.Addr().String()
+		ln.Close() // a free port for tcp-pf, which rejects port 0
+		p := &proc{cmd: exec.Command("tcp-pf", append([]string{"-s", addr}, args...)...),
+			log: fwdtest.NewLogBuf(), addr: addr, done: make(chan struct{})}
+		p.cmd.Stderr = w // the process's own fd 2, not a copy through this process
+		if err := p.cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		w.Close()
+		go func() { p.err = p.cmd.Wait(); close(p.done) }()
+		t.Cleanup(func() {
+			select {
+			case <-p.done:
+			default:
+				_ = p.cmd.Process.Kill()
+				<-p.done
+			}
+			r.Close()
+		})
+		if accepting(p, 10*time.Second) {
+			return p, r
+		}
+		if try >= 3 {
+			t.Fatalf("tcp-pf not accepting on %s: exit %v", addr, p.err)
+		}
+		r.Close() // exited: another test may have taken the port in between
+	}
+}
+
+// accepting waits up to d until p accepts a connection, and reports whether it did before
+// it exited. The probe connection is relayed and logged like any other.
+func accepting(p *proc, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for time.Now().Before(deadline) {
+		if c, err := net.DialTimeout("tcp", p.addr, time.Second); err == nil {
+			c.Close()
+			return true
+		}
+		select {
+		case <-p.done:
+			return false
+		case <-tick.C:
+		}
+	}
+	return false
+}
+
+// echoOnce sends n bytes of stream seed to addr through a new connection and checks that
+// the same bytes come back, all within d.
+func echoOnce(addr string, seed uint64, n int64, d time.Duration) error {
+	c, err := net.DialTimeout("tcp", addr, d)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(d))
+	sent := make(chan error, 1)
+	go func() { _, err := fwdtest.Send(c, seed, n); sent <- err }()
+	got, err := fwdtest.Receive(io.LimitReader(c, n))
+	if err := <-sent; err != nil {
+		return fmt.Errorf("sending: %w", err)
+	}
+	if err != nil {
+		return fmt.Errorf("reading the echo: %w", err)
+	}
+	if want := fwdtest.Expected(seed, n); got != want {
+		return fmt.Errorf("echo %v, want %v", got, want)
+	}
+	return nil
+}
+
+// hostCount returns the count of host in the host file at path, or -1.
+func hostCount(t *testing.T, path, host string) int64 {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(host) + ` (\d+)\r?$`).FindSubmatch(b)
+	if m == nil {
+		return -1
+	}
+	n, _ := strconv.ParseInt(string(m[1]), 10, 64)
+	return n
+}
+
+// A log reader that goes away (tcp-pf 2>&1 | head -1) stops the logging, not the service:
+// tcp-pf goes on relaying every byte and writes the exact counts on SIGTERM.
+func TestLogReaderGone(t *testing.T) {
+	t.Parallel()
+	be := fwdtest.StartBackend(t, "127.0.0.1:0", fwdtest.Echo)
+	path := filepath.Join(t.TempDir(), "hosts")
+	if err := os.WriteFile(path, []byte(be.Addr()+" 0\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p, r := startPFPipe(t, "-l", path, "-p", "9", "--grace", "0.2")
+	_ = r.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if line, err := bufio.NewReader(r).ReadString('\n'); err != nil || !strings.Contains(line, "listening on ") {
+		t.Fatalf("first line %q (%v), want the listening line", line, err)
+	}
+	r.Close() // as head -1 does
+	const conns, size = 200, 10000
+	for i := range conns {
+		if err := echoOnce(p.addr, uint64(i), size, 10*time.Second); err != nil {
+			t.Fatalf("connection %d after the log reader left: %v", i, err)
+		}
+	}
+	p.stop(t, syscall.SIGTERM, 10*time.Second)
+	// Every relayed byte both ways, the start-up probe's none.
+	if got, want := hostCount(t, path, be.Addr()), int64(2*conns*size); got != want {
+		t.Errorf("host file count %d after SIGTERM, want %d", got, want)
+	}
+}
+
+// A log reader that stops reading (a full stderr pipe) holds up no connection: 1,000 short
+// ones are all served while nobody reads, and once the reader reads again, a line reports
+// how many lines were dropped; kept and dropped make up every open and close.
+func TestLogReaderStalls(t *testing.T) {
+	t.Parallel()
+	be := fwdtest.StartBackend(t, "127.0.0.1:0", fwdtest.Echo)
+	p, r := startPFPipe(t, "-d", be.Addr())
+	const conns, workers = 1000, 20
+	var next, failed atomic.Int64
+	errs := make(chan error, workers)
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for {
+				i := next.Add(1) - 1
+				if i >= conns {
+					return
+				}
+				if err := echoOnce(p.addr, uint64(i), 1000, 5*time.Second); err != nil {
+					failed.Add(1)
+					errs <- fmt.Errorf("connection %d: %w", i, err)
+					return // one failure per worker is enough to know
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if n := failed.Load(); n > 0 {
+		t.Fatalf("%d connections failed while stderr was not read", n)
+	}
+	// The reader comes back.
+	read := make(chan struct{})
+	go func() {
+		defer close(read)
+		_, _ = io.Copy(p.log, r)
+	}()
+	p.log.WaitFor(t, `dropped \d+ log lines: stderr could not take them`, 1, 10*time.Second)
+	p.stop(t, syscall.SIGTERM, 10*time.Second)
+	<-read
+	dropped := 0
+	for _, m := range regexp.MustCompile(`(?m) dropped (\d+) log lines`).FindAllStringSubmatch(p.log.String(), -1) {
+		n, _ := strconv.Atoi(m[1])
+		dropped += n
+	}
+	// The probe of startPFPipe is one more connection.
+	kept := p.log.Count(` open #`) + p.log.Count(` close #`)
+	if kept+dropped != 2*(conns+1) || dropped == 0 {
+		t.Errorf("%d open and close lines kept and %d dropped, want %d in all", kept, dropped, 2*(conns+1))
+	}
+}
+
+// SIGHUP makes tcp-pf reread its host file and go on: the process keeps running, and new
+// connections follow the edited file.
+func TestSIGHUPRereadsHostFile(t *testing.T) {
+	t.Parallel()
+	a := fwdtest.StartBackend(t, "127.0.0.1:0", fwdtest.Echo)
+	b := fwdtest.StartBackend(t, "[::1]:0", fwdtest.Echo)
+	path := filepath.Join(t.TempDir(), "hosts")
+	if err := os.WriteFile(path, []byte("# pool\n"+a.Addr()+" 0\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := startPF(t, "127.0.0.1", "", "-l", path, "-p", "9")
+	c := fwdtest.Dial(t, p.addr)
+	fwdtest.RoundTrip(t, c, 1, 1000)
+	c.Close()
+	if a.Accepts.Load() != 1 {
+		t.Fatalf("first backend accepted %d, want 1", a.Accepts.Load())
+	}
+	// The operator swaps the pool for the IPv6 backend and sends SIGHUP.
+	if err := os.WriteFile(path, []byte(fmt.Sprintf("# pool\n[::1]:%d 0\n", b.Port())), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	reread := `reread ` + regexp.QuoteMeta(path) + `$`
+	fwdtest.WaitUntil(t, 10*time.Second, "the reread line", func() bool {
+		select {
+		case <-p.done:
+			t.Fatalf("tcp-pf exited on SIGHUP: %v\n%s", p.err, p.log.String())
+		default:
+		}
+		return p.log.Count(reread) == 1
+	})
+	for i := range 3 {
+		c := fwdtest.Dial(t, p.addr)
+		fwdtest.RoundTrip(t, c, uint64(10+i), 100000)
+		c.Close()
+	}
+	if a.Accepts.Load() != 1 || b.Accepts.Load() != 3 {
+		t.Errorf("after the reload: %d connections to the removed host, %d to the new one; want 0 and 3", a.Accepts.Load()-1, b.Accepts.Load())
+	}
+	p.stop(t, syscall.SIGTERM, 10*time.Second)
+	if got := hostCount(t, path, fmt.Sprintf("[::1]:%d", b.Port())); got != 600000 {
+		t.Errorf("new host's count %d after SIGTERM, want 600000", got)
+	}
+}
