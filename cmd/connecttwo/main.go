@@ -52,7 +52,12 @@ protocols where the client speaks first work.
 
 Logs go to stderr: links up and down with the reason, retries, each connection to the
 service and its close with bytes and bandwidth each way. If the service cannot be
-reached, that client's link is closed at once and logged. SIGINT or SIGTERM stops cleanly.
+reached, that client's link is closed at once and logged. If stderr is not read or is
+gone, lines are dropped (never the service) and the count is logged when it can be.
+
+Signals: SIGINT or SIGTERM stops; open relays are cut, their link and service connection
+reset, so no one takes a cut transfer for a complete one. SIGHUP rereads --secret-file:
+links opened from then on prove the new secret.
 `
 
 func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }

@@ -1,15 +1,22 @@
 package main
 
 import (
+	"context"
 	"io"
 	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"shd-tcp-tools/internal/connlog"
+	"shd-tcp-tools/internal/endpoint"
 	"shd-tcp-tools/internal/forward/fwdtest"
+	"shd-tcp-tools/internal/tunnel"
 	"shd-tcp-tools/internal/tunnel/tunneltest"
 )
 
@@ -94,4 +101,79 @@ func TestStopsWithinASecond(t *testing.T) {
 		stop(t, p, syscall.SIGTERM)
 		relay.Stop(t, syscall.SIGTERM, 5*time.Second)
 	})
+}
+
+// SIGHUP makes connecttwo reread --secret-file and go on: an agent whose secret the relay
+// refuses is accepted once the file holds the relay's secret and connecttwo was told to
+// reread it, and then serves clients.
+func TestSIGHUPRereadsSecret(t *testing.T) {
+	t.Parallel()
+	clients := fwdtest.Listen(t, "127.0.0.1:0")
+	links := fwdtest.Listen(t, "[::1]:0")
+	relayLog := fwdtest.NewLogBuf()
+	r, err := tunnel.NewRelay(tunnel.RelayConfig{
+		Clients: addrEndpoint(clients), Links: addrEndpoint(links),
+		Secret: []byte("new secret"), Wait: 10 * time.Second, Log: connlog.New(relayLog),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan struct{})
+	go func() { defer close(served); _ = r.Serve(ctx, clients, links) }()
+	t.Cleanup(func() { cancel(); <-served })
+	svc := fwdtest.StartBackend(t, "127.0.0.1:0", fwdtest.Echo)
+
+	secret := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(secret, []byte("old secret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	log := fwdtest.NewLogBuf()
+	cmd := exec.Command("connecttwo", "-s", links.Addr().String(), "-d", svc.Addr(), "--pool", "1", "--secret-file", secret)
+	cmd.Stderr = log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill() // by pid; a no-op once it has exited
+		<-done
+	})
+	relayLog.WaitFor(t, `link #\d+ refused \S+: .*authentication failed`, 1, 10*time.Second)
+
+	if err := os.WriteFile(secret, []byte("new secret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	log.WaitFor(t, `reread --secret-file `+secret+`: links must prove the new secret from now on$`, 1, 10*time.Second)
+	wait, stop := context.WithTimeout(context.Background(), 20*time.Second)
+	defer stop()
+	if err := r.WaitIdle(wait, 1); err != nil {
+		t.Fatalf("no link with the new secret: %v\n%s", err, log.String())
+	}
+	c := fwdtest.Dial(t, clients.Addr().String())
+	fwdtest.RoundTrip(t, c, 1, 100000)
+	c.Close()
+
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		done <- err
+		if err != nil {
+			t.Fatalf("connecttwo exited with %v after SIGTERM:\n%s", err, log.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("connecttwo still running 10s after SIGTERM")
+	}
+}
+
+// addrEndpoint returns ln's address as an endpoint.
+func addrEndpoint(ln *net.TCPListener) endpoint.Endpoint {
+	a := ln.Addr().(*net.TCPAddr)
+	return endpoint.Endpoint{Host: a.IP.String(), Port: a.Port}
 }

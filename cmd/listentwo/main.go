@@ -68,7 +68,12 @@ least progress, never one that speaks.
 
 Logs go to stderr: links up and down with the reason, each pairing, each close with bytes
 and bandwidth each way, and clients that waited in vain. Refusals beyond 10 of a kind per
-10 s are summed up in one line. SIGINT or SIGTERM stops cleanly.
+10 s are summed up in one line. If stderr is not read or is gone, lines are dropped
+(never the service) and the count is logged when it can be.
+
+Signals: SIGINT or SIGTERM stops; open relays are cut, their client and link reset, so
+no one takes a cut transfer for a complete one. SIGHUP rereads --secret-file: links must
+prove the new secret from then on, and idle links that proved the old one are closed.
 `
 
 func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }

@@ -53,8 +53,8 @@ Options:
       --lazy                    pass a client's or server's half-close (FIN) on and keep
                                 the other direction flowing until it ends too
       --connect-timeout SECS    give up on a destination after SECS (default 10)
-      --idle-timeout SECS       close a connection that moved no byte for SECS
-                                (default 0: never)
+      --idle-timeout SECS       cut (reset both sides of) a connection that moved no
+                                byte for SECS (default 0: never)
       --grace SECS              on SIGINT/SIGTERM, let open connections go on for SECS
                                 before cutting them (default 5; 0 cuts them at once)
       --send-proxy              send the destination a PROXY protocol version 1 header
@@ -94,11 +94,14 @@ held by another process never holds up a connection: the counts wait, and are wr
 once the lock is free.
 
 Every connection has TCP keepalive on both sides. On SIGINT or SIGTERM, tcp-pf stops
-accepting, lets open connections finish for --grace seconds, cuts the rest, writes the
-counts to the host file and exits 0; if another process holds the file's lock for 3 s
-more, it prints the counts as "tcppipe-least --add HOST BYTES FILE" lines and exits 1.
-When it runs out of file descriptors, it backs off accepting (5 ms doubling to 1 s) and
-serves again once descriptors are freed.
+accepting, lets open connections finish for --grace seconds, cuts the rest (both sides
+get a reset, so no one takes a cut transfer for a complete one), writes the counts to
+the host file and exits 0; if another process holds the file's lock for 3 s more, it
+prints the counts as "tcppipe-least --add HOST BYTES FILE" lines and exits 1. On
+SIGHUP, it rereads the host file at once (where following it live is not possible, the
+file is otherwise reread every -i) and goes on. When it runs out of file descriptors,
+it backs off accepting (5 ms doubling to 1 s) and serves again once descriptors are
+freed.
 
 An option that would do nothing with the others given (-p or -i without -l,
 --accept-proxy-timeout without --accept-proxy) is an error, not ignored.
@@ -120,7 +123,8 @@ STOPPING=1 when it stops. Examples: contrib/systemd/; man tcp-pf.
 Log (stderr), one line per event: listening, open (client -> destination), close (bytes
 and average rate each way, duration, and who closed or reset), refused (allow list),
 failed (one line per destination that refused or timed out), a host set aside and
-back in service.
+back in service. Logging never holds up a connection: if stderr is not read or is gone,
+lines are dropped, and the count is logged when stderr takes lines again, and at exit.
 
 Examples:
   tcp-pf -s 8080 -d 192.0.2.10:80

@@ -61,6 +61,8 @@ never takes a partial stream for a complete one.
 Exit status: 0 all bytes delivered; 1 a runtime failure (connect, bind, read a file,
 transfer cut short or not acknowledged: stderr says which end failed and how many bytes
 went through); 2 a usage error.
+SIGINT, SIGTERM and SIGHUP cut a transfer short: the counts of what went through are
+written to the host files, stderr says how many bytes that was, and the exit status is 1.
 
 Examples:
   tcppipe :9000 - > backup.tar                 receive on port 9000 into a file

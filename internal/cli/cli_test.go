@@ -2,9 +2,13 @@ package cli
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
+	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -81,5 +85,57 @@ func TestNumberFlagWords(t *testing.T) {
 		if Code(err) != ExitUsage || err.Error() != c.want {
 			t.Errorf("--pool %s: %v (exit %d); want %q, exit 2", c.arg, err, Code(err), c.want)
 		}
+	}
+}
+
+// A service's context ends on SIGTERM, not on SIGHUP: each SIGHUP is one reload request,
+// and those that come while one waits merge into it. SIGPIPE is ignored from then on.
+// The signals go to this test process, whose handlers are installed before each is sent.
+func TestServiceContext(t *testing.T) {
+	ctx, reload, cancel := ServiceContext(context.Background())
+	defer cancel()
+	if !signal.Ignored(syscall.SIGPIPE) {
+		t.Error("SIGPIPE is not ignored")
+	}
+	for range 3 {
+		if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case <-reload:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no reload request after SIGHUP")
+	}
+	if ctx.Err() != nil {
+		t.Fatal("SIGHUP ended the context")
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		OnReload(ctx, reload, func() {}) // takes a request that may still be waiting
+	}()
+	if err := syscall.Kill(os.Getpid(), syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-ctx.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("SIGTERM did not end the context")
+	}
+	<-done // OnReload returns with the context
+}
+
+// A tool with nothing to reload (tcppipe) stops on SIGHUP as on SIGTERM.
+func TestSignalContextStopsOnSIGHUP(t *testing.T) {
+	ctx, cancel := SignalContext(context.Background())
+	defer cancel()
+	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-ctx.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("SIGHUP did not end the context")
 	}
 }

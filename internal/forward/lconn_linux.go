@@ -818,9 +818,7 @@ func (c *lconn) settle(first bool) {
 		eof bool
 	}{{c.cfd, c.eof[up]}, {c.sfd, c.eof[down]}} {
 		switch {
-		case c.reset || side.eof:
-		case c.aborted:
-			relay.Discard(side.fd)
+		case c.reset || c.aborted || side.eof: // an abort is reset at the close
 		default:
 			relay.Discard(side.fd)
 			// When the close phase starts, the FIN just sent to this side cannot have
@@ -841,11 +839,19 @@ func (c *lconn) settle(first bool) {
 	c.settleWait = min(2*c.settleWait, settleMax)
 }
 
-// closeNow closes both sockets, logs the close and settles the counts.
+// closeNow closes both sockets, logs the close and settles the counts. After an abort
+// (an error, the idle timeout, a cut) both sockets are reset, as relay.Join does, so that
+// no peer takes the end of a cut transfer for a complete one.
 func (c *lconn) closeNow() {
 	if c.timer != nil {
 		c.timer.Stop()
 		c.timer = nil
+	}
+	if c.aborted && !c.reset {
+		linger0(c.cfd)
+		if c.sfd >= 0 {
+			linger0(c.sfd)
+		}
 	}
 	for i := range c.dirs {
 		d := &c.dirs[i]

@@ -34,8 +34,10 @@ const (
 	EndServerClosed = "server closed"
 	EndClientReset  = "reset by client"
 	EndServerReset  = "reset by server"
-	EndIdle         = "idle timeout"
-	EndStopped      = "stopped"
+	// The ends a relay decides on its own are "cut": both connections are reset, so that
+	// neither peer takes the end for a complete transfer.
+	EndIdle    = "cut: idle timeout"
+	EndStopped = "cut: stopped"
 )
 
 // Result is what Join returns: the bytes each way and how the relay ended.
@@ -50,7 +52,9 @@ type Result struct {
 // Join relays client <-> server until both directions are done, then closes both
 // connections. The two *net.TCPConn values are used raw so that splice applies. When one
 // side resets, the other is closed with a reset too (SO_LINGER 0), so a backend never
-// mistakes an aborted upload for a complete one. Cancelling ctx stops the relay.
+// mistakes an aborted upload for a complete one; so are both when Join ends the relay
+// itself (an error, the idle timeout, or ctx cancelled: End is then EndIdle or
+// EndStopped). Cancelling ctx stops the relay.
 //
 // Join runs the client-to-server direction on the calling goroutine and one more
 // goroutine for the other; ends are handled as they happen, without a third goroutine, to
@@ -112,16 +116,18 @@ func Join(ctx context.Context, client, server *net.TCPConn, o Options) Result {
 	defer j.mu.Unlock()
 	// Closing a socket with unread bytes makes the kernel send a reset and drop whatever
 	// it still queues for that peer. After a clean end, a side we stopped reading first
-	// gets every byte written to it acknowledged (its input discarded meanwhile); after an
-	// abort its input is just discarded, so the close is a FIN where it can be.
+	// gets every byte written to it acknowledged (its input discarded meanwhile). After an
+	// abort (an error, the idle timeout, a stop) both sides are reset: a FIN would tell a
+	// peer that the transfer was complete when it was cut.
 	for _, side := range []struct {
 		c   *net.TCPConn
 		eof bool
 	}{{client, j.eof[up]}, {server, j.eof[down]}} {
 		switch {
-		case j.reset || side.eof:
+		case j.reset: // passed on already
 		case j.aborted:
-			discard(side.c)
+			_ = side.c.SetLinger(0)
+		case side.eof:
 		default:
 			Settle(ctx, side.c, SettleTimeout)
 		}

@@ -556,6 +556,6 @@ func TestShutdown(t *testing.T) {
 	tn.stopRelay()
 	waitDone(t, "Relay.Serve", tn.relayDone)
 	expectClosed(t, c)
-	tn.relayLog.wait(`close #1 .*end="stopped"`)
+	tn.relayLog.wait(`close #1 .*end="cut: stopped"`)
 	tn.relayLog.waitCount(`link #\d+ down .*relay stopping`, 2)
 }

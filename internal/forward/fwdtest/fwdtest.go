@@ -431,3 +431,22 @@ func Blackhole(t testing.TB) string {
 	}
 	return addr
 }
+
+// ReadEnd is how a Sink's connection ended: the bytes read and the error that ended the
+// reading (io.EOF for a clean end, syscall.ECONNRESET for a reset).
+type ReadEnd struct {
+	N   int64
+	Err error
+}
+
+// Sink returns a Backend handler that reads a connection until it ends, sending nothing,
+// and then reports on ends how that was. ends should have room for every connection.
+func Sink(ends chan<- ReadEnd) func(c *net.TCPConn) {
+	return func(c *net.TCPConn) {
+		n, err := io.Copy(io.Discard, c)
+		if err == nil {
+			err = io.EOF
+		}
+		ends <- ReadEnd{n, err}
+	}
+}
