@@ -131,15 +131,8 @@ func TestSIGHUPRereadsSecret(t *testing.T) {
 	log := fwdtest.NewLogBuf()
 	cmd := exec.Command("connecttwo", "-s", links.Addr().String(), "-d", svc.Addr(), "--pool", "1", "--secret-file", secret)
 	cmd.Stderr = log
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill() // by pid; a no-op once it has exited
-		<-done
-	})
+	var exit error
+	done := fwdtest.StartProcess(t, cmd, &exit)
 	relayLog.WaitFor(t, `link #\d+ refused \S+: .*authentication failed`, 1, 10*time.Second)
 
 	if err := os.WriteFile(secret, []byte("new secret\n"), 0o600); err != nil {
@@ -162,10 +155,9 @@ func TestSIGHUPRereadsSecret(t *testing.T) {
 		t.Fatal(err)
 	}
 	select {
-	case err := <-done:
-		done <- err
-		if err != nil {
-			t.Fatalf("connecttwo exited with %v after SIGTERM:\n%s", err, log.String())
+	case <-done:
+		if exit != nil {
+			t.Fatalf("connecttwo exited with %v after SIGTERM:\n%s", exit, log.String())
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("connecttwo still running 10s after SIGTERM")

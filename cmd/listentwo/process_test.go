@@ -22,8 +22,8 @@ import (
 type relayProc struct {
 	cmd            *exec.Cmd
 	clients, links endpoint.Endpoint
-	done           chan struct{} // closed when it has exited
-	err            error         // its exit, valid after done
+	done           <-chan struct{} // closed when it has exited
+	err            error           // its exit, valid after done
 }
 
 // startRelay runs listentwo on two free loopback ports with args after -s and -d, its
@@ -39,23 +39,11 @@ func startRelay(t *testing.T, stderr *os.File, args ...string) *relayProc {
 	p := &relayProc{
 		clients: endpoint.Endpoint{Host: "127.0.0.1", Port: port()},
 		links:   endpoint.Endpoint{Host: "127.0.0.1", Port: port()},
-		done:    make(chan struct{}),
 	}
 	argv := append([]string{"-s", p.clients.String(), "-d", p.links.String()}, args...)
 	p.cmd = exec.Command("listentwo", argv...)
 	p.cmd.Stderr = stderr
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { p.err = p.cmd.Wait(); close(p.done) }()
-	t.Cleanup(func() {
-		select {
-		case <-p.done:
-		default:
-			_ = p.cmd.Process.Kill()
-			<-p.done
-		}
-	})
+	p.done = fwdtest.StartProcess(t, p.cmd, &p.err)
 	return p
 }
 

@@ -23,7 +23,7 @@ type proc struct {
 	cmd  *exec.Cmd
 	log  *fwdtest.LogBuf // its stderr
 	addr string          // where it listens
-	done chan struct{}   // closed when it has exited
+	done <-chan struct{} // closed when it has exited
 	err  error           // its exit, valid after done
 }
 
@@ -41,20 +41,9 @@ attempts:
 		if prefix != "" {
 			argv = append([]string{"sh", "-c", prefix + ` "$@"`, "sh"}, argv...)
 		}
-		p := &proc{cmd: exec.Command(argv[0], argv[1:]...), log: fwdtest.NewLogBuf(), addr: addr, done: make(chan struct{})}
+		p := &proc{cmd: exec.Command(argv[0], argv[1:]...), log: fwdtest.NewLogBuf(), addr: addr}
 		p.cmd.Stderr = p.log
-		if err := p.cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		go func() { p.err = p.cmd.Wait(); close(p.done) }()
-		t.Cleanup(func() {
-			select {
-			case <-p.done:
-			default:
-				_ = p.cmd.Process.Kill()
-				<-p.done
-			}
-		})
+		p.done = fwdtest.StartProcess(t, p.cmd, &p.err)
 		deadline := time.After(10 * time.Second)
 		for {
 			if p.log.Count(`listening on `) > 0 {

@@ -40,23 +40,11 @@ func startPFPipe(t *testing.T, args ...string) (*proc, *os.File) {
 		ln := fwdtest.Listen(t, "127.0.0.1:0")
 		addr := ln.Addr().String()
 		ln.Close() // a free port for tcp-pf, which rejects port 0
-		p := &proc{cmd: exec.Command("tcp-pf", append([]string{"-s", addr}, args...)...),
-			log: fwdtest.NewLogBuf(), addr: addr, done: make(chan struct{})}
+		p := &proc{cmd: exec.Command("tcp-pf", append([]string{"-s", addr}, args...)...), log: fwdtest.NewLogBuf(), addr: addr}
 		p.cmd.Stderr = w // the process's own fd 2, not a copy through this process
-		if err := p.cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
+		p.done = fwdtest.StartProcess(t, p.cmd, &p.err)
 		w.Close()
-		go func() { p.err = p.cmd.Wait(); close(p.done) }()
-		t.Cleanup(func() {
-			select {
-			case <-p.done:
-			default:
-				_ = p.cmd.Process.Kill()
-				<-p.done
-			}
-			r.Close()
-		})
+		t.Cleanup(func() { r.Close() })
 		if accepting(p, 10*time.Second) {
 			return p, r
 		}

@@ -347,20 +347,7 @@ func TestSIGTERMMidTransfer(t *testing.T) {
 	if p.exited() {
 		t.Fatalf("tcppipe exited before the signal: %s", p.stderr)
 	}
-	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	code, stderr := p.wait(t)
-	m := cutShort.FindStringSubmatch(stderr)
-	if code != 1 || m == nil || m[1] != "interrupted by signal" {
-		t.Fatalf("exit %d, stderr %q; want 1 and the bytes-through message last", code, stderr)
-	}
-	n, _ := strconv.Atoi(m[2])
-	got := <-received
-	if len(got) != n || n >= len(data) {
-		t.Errorf("the receiver got %d bytes; tcppipe says %d of %d went through", len(got), n, len(data))
-	}
-	checkSame(t, "received", got, data[:len(got)])
+	n, stderr := interrupt(t, p, syscall.SIGTERM, received, data)
 	want := strings.Replace(file, "127.0.0.1 10\n", fmt.Sprintf("127.0.0.1 %d\n", 10+n), 1)
 	if b, _ := os.ReadFile(hosts); string(b) != want {
 		t.Errorf("hosts file:\n%s\nwant:\n%s", b, want)

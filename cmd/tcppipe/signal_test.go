@@ -52,21 +52,31 @@ func TestSIGHUPMidTransfer(t *testing.T) {
 		received <- b.Bytes()
 	}()
 	waitFor(t, 10*time.Second, "100 KB received", func() bool { return got.Load() >= 100000 })
-	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+	n, _ := interrupt(t, p, syscall.SIGHUP, received, data)
+	if f, _ := os.ReadFile(hosts); string(f) != fmt.Sprintf("127.0.0.1 %d\n", 10+n) {
+		t.Errorf("hosts file %q, want the %d bytes added", f, n)
+	}
+}
+
+// interrupt sends sig to p in the middle of sending data and checks what a cut-short
+// transfer must give: exit 1, the bytes-through message last, and the receiver (which
+// sends what it got on received) holding exactly that many bytes, the first of data. It
+// returns that count and p's stderr.
+func interrupt(t *testing.T, p *proc, sig syscall.Signal, received <-chan []byte, data []byte) (int, string) {
+	t.Helper()
+	if err := p.cmd.Process.Signal(sig); err != nil {
 		t.Fatal(err)
 	}
 	code, stderr := p.wait(t)
 	m := cutShort.FindStringSubmatch(stderr)
-	if code != 1 || m == nil || m[2] != "interrupted by signal" {
-		t.Fatalf("exit %d, stderr %q; want 1 and the bytes-through message", code, stderr)
+	if code != 1 || m == nil || m[1] != "interrupted by signal" {
+		t.Fatalf("exit %d after %v, stderr %q; want 1 and the bytes-through message last", code, sig, stderr)
 	}
-	n, _ := strconv.Atoi(m[1])
-	b := <-received
-	if len(b) != n || n >= len(data) {
-		t.Errorf("the receiver got %d bytes; tcppipe says %d of %d went through", len(b), n, len(data))
+	n, _ := strconv.Atoi(m[2])
+	got := <-received
+	if len(got) != n || n >= len(data) {
+		t.Errorf("the receiver got %d bytes; tcppipe says %d of %d went through", len(got), n, len(data))
 	}
-	checkSame(t, "received", b, data[:len(b)])
-	if f, _ := os.ReadFile(hosts); string(f) != fmt.Sprintf("127.0.0.1 %d\n", 10+n) {
-		t.Errorf("hosts file %q, want the %d bytes added", f, n)
-	}
+	checkSame(t, "received", got, data[:len(got)])
+	return n, stderr
 }

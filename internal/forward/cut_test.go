@@ -1,8 +1,6 @@
 package forward
 
 import (
-	"errors"
-	"syscall"
 	"testing"
 	"time"
 
@@ -41,18 +39,7 @@ func TestCutIsReset(t *testing.T) {
 			if tc.stop {
 				go func() { _ = pf.stop() }()
 			}
-			_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
-			if n, err := c.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
-				t.Errorf("client: read %d, %v; want a reset", n, err)
-			}
-			select {
-			case end := <-ends:
-				if !errors.Is(end.Err, syscall.ECONNRESET) || end.N > size {
-					t.Errorf("backend: read %d bytes, then %v; want a reset", end.N, end.Err)
-				}
-			case <-time.After(10 * time.Second):
-				t.Fatal("the backend's connection did not end")
-			}
+			fwdtest.WantReset(t, c, ends, size, 10*time.Second)
 			pf.log.WaitFor(t, `close #1 .* end="`+tc.end+`"$`, 1, 5*time.Second)
 		})
 	}

@@ -1,10 +1,7 @@
 package tunnel
 
 import (
-	"errors"
-	"syscall"
 	"testing"
-	"time"
 
 	"shd-tcp-tools/internal/endpoint"
 	"shd-tcp-tools/internal/forward/fwdtest"
@@ -39,18 +36,7 @@ func TestStopResetsOpenRelay(t *testing.T) {
 				tn.stopAgent()
 				stopper = tn.agentLog
 			}
-			_ = c.SetReadDeadline(time.Now().Add(testTimeout))
-			if n, err := c.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
-				t.Errorf("client: read %d, %v; want a reset", n, err)
-			}
-			select {
-			case end := <-ends:
-				if !errors.Is(end.Err, syscall.ECONNRESET) || end.N > size {
-					t.Errorf("service: read %d bytes, then %v; want a reset", end.N, end.Err)
-				}
-			case <-time.After(testTimeout):
-				t.Fatal("the service's connection did not end")
-			}
+			fwdtest.WantReset(t, c, ends, size, testTimeout)
 			stopper.wait(`close #1 .* end="cut: stopped"$`)
 		})
 	}

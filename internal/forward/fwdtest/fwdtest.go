@@ -7,6 +7,7 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"hash"
 	"io"
@@ -19,6 +20,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -308,23 +310,17 @@ func FreePort(t testing.TB, host string) int {
 // Program is a program a test runs (HAProxy, nginx): its stdout and stderr go to Out.
 type Program struct {
 	Out    *LogBuf
-	exited chan struct{}
+	exited <-chan struct{}
+	exit   error // valid once exited is closed
 }
 
 // StartProgram runs path with args until the test ends; then it is killed (by its pid).
 func StartProgram(t testing.TB, path string, args ...string) *Program {
 	t.Helper()
-	p := &Program{Out: NewLogBuf(), exited: make(chan struct{})}
+	p := &Program{Out: NewLogBuf()}
 	cmd := exec.Command(path, args...)
 	cmd.Stdout, cmd.Stderr = p.Out, p.Out
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("starting %s: %v", path, err)
-	}
-	go func() { _ = cmd.Wait(); close(p.exited) }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-p.exited
-	})
+	p.exited = StartProcess(t, cmd, &p.exit)
 	return p
 }
 
@@ -449,4 +445,44 @@ func Sink(ends chan<- ReadEnd) func(c *net.TCPConn) {
 		}
 		ends <- ReadEnd{n, err}
 	}
+}
+
+// WantReset checks, within d, that the client end c and the Sink connection that reports
+// on ends were both reset: c's next read and the Sink's reading end with ECONNRESET, not a
+// clean end, and the Sink read at most max bytes.
+func WantReset(t testing.TB, c net.Conn, ends <-chan ReadEnd, max int64, d time.Duration) {
+	t.Helper()
+	_ = c.SetReadDeadline(time.Now().Add(d))
+	if n, err := c.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("client: read %d, %v; want a reset", n, err)
+	}
+	select {
+	case end := <-ends:
+		if !errors.Is(end.Err, syscall.ECONNRESET) || end.N > max {
+			t.Errorf("backend: read %d bytes, then %v; want at most %d, then a reset", end.N, end.Err, max)
+		}
+	case <-time.After(d):
+		t.Fatalf("the backend's connection did not end within %v", d)
+	}
+}
+
+// StartProcess starts cmd and returns a channel that is closed once it has exited; *exit
+// holds how it exited by then. A process still running when the test ends is killed, by
+// its pid.
+func StartProcess(t testing.TB, cmd *exec.Cmd, exit *error) <-chan struct{} {
+	t.Helper()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { *exit = cmd.Wait(); close(done) }()
+	t.Cleanup(func() {
+		select {
+		case <-done:
+		default:
+			_ = cmd.Process.Kill()
+			<-done
+		}
+	})
+	return done
 }
