@@ -221,8 +221,8 @@ func TestSIGHUPRereadsHostFile(t *testing.T) {
 	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
-	reread := `reread ` + regexp.QuoteMeta(path) + `$`
-	fwdtest.WaitUntil(t, 10*time.Second, "the reread line", func() bool {
+	reread := `host file ` + regexp.QuoteMeta(path) + `: \[::1\]:\d+ added$`
+	fwdtest.WaitUntil(t, 10*time.Second, "the reread's line", func() bool {
 		select {
 		case <-p.done:
 			t.Fatalf("tcp-pf exited on SIGHUP: %v\n%s", p.err, p.log.String())
