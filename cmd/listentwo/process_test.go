@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -31,14 +30,9 @@ type relayProc struct {
 // running.
 func startRelay(t *testing.T, stderr *os.File, args ...string) *relayProc {
 	t.Helper()
-	port := func() int {
-		ln := fwdtest.Listen(t, "127.0.0.1:0")
-		defer ln.Close() // a free port for listentwo, which rejects port 0
-		return ln.Addr().(*net.TCPAddr).Port
-	}
-	p := &relayProc{
-		clients: endpoint.Endpoint{Host: "127.0.0.1", Port: port()},
-		links:   endpoint.Endpoint{Host: "127.0.0.1", Port: port()},
+	p := &relayProc{ // listentwo rejects port 0
+		clients: endpoint.Endpoint{Host: "127.0.0.1", Port: fwdtest.FreePort(t, "127.0.0.1")},
+		links:   endpoint.Endpoint{Host: "127.0.0.1", Port: fwdtest.FreePort(t, "127.0.0.1")},
 	}
 	argv := append([]string{"-s", p.clients.String(), "-d", p.links.String()}, args...)
 	p.cmd = exec.Command("listentwo", argv...)

@@ -37,9 +37,7 @@ func startPFPipe(t *testing.T, args ...string) (*proc, *os.File) {
 		if _, err := unix.FcntlInt(w.Fd(), unix.F_SETPIPE_SZ, 4096); err != nil {
 			t.Fatal(err)
 		}
-		ln := fwdtest.Listen(t, "127.0.0.1:0")
-		addr := ln.Addr().String()
-		ln.Close() // a free port for tcp-pf, which rejects port 0
+		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(fwdtest.FreePort(t, "127.0.0.1"))) // tcp-pf rejects port 0
 		p := &proc{cmd: exec.Command("tcp-pf", append([]string{"-s", addr}, args...)...), log: fwdtest.NewLogBuf(), addr: addr}
 		p.cmd.Stderr = w // the process's own fd 2, not a copy through this process
 		p.done = fwdtest.StartProcess(t, p.cmd, &p.err)

@@ -340,7 +340,7 @@ func (p *Program) WaitListening(t testing.TB, port int) {
 		}
 		select {
 		case <-p.exited:
-			t.Fatalf("the program meant to listen on port %d exited:\n%s", port, p.Out)
+			t.Fatalf("the program meant to listen on port %d exited (%v):\n%s", port, p.exit, p.Out)
 		case <-time.After(10 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
