@@ -766,6 +766,7 @@ func (c *lconn) dirFailed(err error) {
 func (c *lconn) abort(end string) {
 	switch c.state {
 	case stHeader:
+		linger0(c.cfd) // a cut, as below: not a FIN
 		c.refuseHeader(end + " before its PROXY protocol header came")
 	case stResolving, stConnecting:
 		c.resetClient(errors.New(end))
