@@ -25,10 +25,10 @@ type relayProc struct {
 	err            error           // its exit, valid after done
 }
 
-// startRelay runs listentwo on two free loopback ports with args after -s and -d, its
+// startRelayTo runs listentwo on two free loopback ports with args after -s and -d, its
 // stderr going to stderr. The process is killed, by its pid, if the test ends with it
 // running.
-func startRelay(t *testing.T, stderr *os.File, args ...string) *relayProc {
+func startRelayTo(t *testing.T, stderr *os.File, args ...string) *relayProc {
 	t.Helper()
 	p := &relayProc{ // listentwo rejects port 0
 		clients: endpoint.Endpoint{Host: "127.0.0.1", Port: fwdtest.FreePort(t, "127.0.0.1")},
@@ -92,7 +92,7 @@ func TestLogReaderGone(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer r.Close()
-	p := startRelay(t, w)
+	p := startRelayTo(t, w)
 	w.Close()
 	_ = r.SetReadDeadline(time.Now().Add(10 * time.Second))
 	if line, err := bufio.NewReader(r).ReadString('\n'); err != nil || !strings.Contains(line, "listening for clients") {
@@ -123,7 +123,7 @@ func TestSIGHUPRereadsSecret(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := startRelay(t, lw, "--secret-file", secret, "--wait", "5")
+	p := startRelayTo(t, lw, "--secret-file", secret, "--wait", "5")
 	lw.Close()
 	go func() { defer lr.Close(); _, _ = lr.WriteTo(log) }()
 	svc := fwdtest.StartBackend(t, "127.0.0.1:0", fwdtest.Echo)

@@ -144,12 +144,12 @@ func (q *queue) add(p []byte, now func() time.Time) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if q.gone {
-		q.dropped += lines(p)
+		q.dropped += countLines(p)
 		return
 	}
 	if room := q.max - len(q.lines); len(p) > room {
 		keep := bytes.LastIndexByte(p[:max(room, 0)], '\n') + 1
-		q.dropped += lines(p[keep:])
+		q.dropped += countLines(p[keep:])
 		p = p[:keep]
 	}
 	q.lines = append(q.lines, p...)
@@ -184,7 +184,7 @@ func (q *queue) write(now func() time.Time) {
 		q.mu.Unlock()
 
 		n, err := q.out.Write(batch)
-		lost := lines(batch[min(max(n, 0), len(batch)):]) + dropped
+		lost := countLines(batch[min(max(n, 0), len(batch)):]) + dropped
 		if err == nil && dropped > 0 {
 			// Every line of batch came before every dropped one: the count goes after it.
 			lost = 0
@@ -200,7 +200,7 @@ func (q *queue) write(now func() time.Time) {
 			q.dropped += lost
 			if errors.Is(err, syscall.EPIPE) {
 				q.gone = true
-				q.dropped += lines(q.lines)
+				q.dropped += countLines(q.lines)
 				q.lines = q.lines[:0]
 			}
 		} else if cap(batch) <= 2*q.max {
@@ -231,4 +231,4 @@ func (q *queue) drain(now func() time.Time, d time.Duration) {
 	}
 }
 
-func lines(p []byte) uint64 { return uint64(bytes.Count(p, []byte("\n"))) }
+func countLines(p []byte) uint64 { return uint64(bytes.Count(p, []byte("\n"))) }
