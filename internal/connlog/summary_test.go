@@ -10,8 +10,10 @@ import (
 	"shd-tcp-tools/internal/forward/fwdtest"
 )
 
-// lines splits what was written to out into lines.
+// lines splits what was written to out into lines, once the Logger's writer, which runs
+// in the test's bubble, has written what was logged.
 func lines(out *fwdtest.LogBuf) []string {
+	synctest.Wait()
 	s := strings.TrimSuffix(out.String(), "\n")
 	if s == "" {
 		return nil
