@@ -36,7 +36,11 @@ func startServer(t testing.TB, listen string, cfg Config, setup ...func(*Server)
 	ln := fwdtest.Listen(t, listen)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- s.Serve(ctx, ln) }()
+	go func() {
+		err := s.Serve(ctx, ln)
+		cfg.Log.Drain() // as tcp-pf does before it exits: every line written once Serve returned
+		done <- err
+	}()
 	var once sync.Once
 	var result error
 	stop := func() error {

@@ -224,7 +224,7 @@ func startRelay(t testing.TB, host string, cfg RelayConfig, tn *tunnel) {
 	tn.stopRelay = cancel
 	done := make(chan struct{})
 	tn.relayDone = done
-	go func() { tn.relayErr = r.Serve(ctx, tn.clients, tn.links); close(done) }()
+	go func() { tn.relayErr = r.Serve(ctx, tn.clients, tn.links); cfg.Log.Drain(); close(done) }()
 	t.Cleanup(func() {
 		cancel()
 		waitDone(t, "Relay.Serve", done)
@@ -253,7 +253,7 @@ func startAgent(t testing.TB, cfg AgentConfig, tn *tunnel) {
 	tn.stopAgent = cancel
 	done := make(chan struct{})
 	tn.agentDone = done
-	go func() { tn.agentErr = a.Run(ctx); close(done) }()
+	go func() { tn.agentErr = a.Run(ctx); cfg.Log.Drain(); close(done) }()
 	t.Cleanup(func() {
 		cancel()
 		waitDone(t, "Agent.Run", done)

@@ -221,8 +221,9 @@ func TestStrangers(t *testing.T) {
 		t.Errorf("%d strangers still held", n)
 	}
 	tn.relay.strangers.Flush()
-	logged := tn.relayLog.count(`link #\d+ refused 127\.0\.0\.1:\d+: `)
 	tn.relayLog.wait(`summary: \d+ more "links refused before their opening" in the last \d+s: pushed out by newer connections while silent x\d+, sent nothing within 300ms x4; from 127\.0\.0\.1 x\d+$`)
+	// The summary is written after the lines it follows: count those once it is there.
+	logged := tn.relayLog.count(`link #\d+ refused 127\.0\.0\.1:\d+: `)
 	summarised, _ := strconv.Atoi(regexp.MustCompile(`summary: (\d+) more`).FindStringSubmatch(tn.relayLog.String())[1])
 	if logged != strangerBurst || logged+summarised != 1+flood {
 		t.Errorf("%d refusals logged and %d summarised, want %d and %d", logged, summarised, strangerBurst, 1+flood-strangerBurst)
