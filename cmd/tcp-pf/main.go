@@ -97,11 +97,9 @@ Every connection has TCP keepalive on both sides. On SIGINT or SIGTERM, tcp-pf s
 accepting, lets open connections finish for --grace seconds, cuts the rest (both sides
 get a reset, so no one takes a cut transfer for a complete one), writes the counts to
 the host file and exits 0; if another process holds the file's lock for 3 s more, it
-prints the counts as "tcppipe-least --add HOST BYTES FILE" lines and exits 1. On
-SIGHUP, it rereads the host file at once (where following it live is not possible, the
-file is otherwise reread every -i) and goes on. When it runs out of file descriptors,
-it backs off accepting (5 ms doubling to 1 s) and serves again once descriptors are
-freed.
+prints the counts as "tcppipe-least --add HOST BYTES FILE" lines and exits 1. SIGHUP
+never ends it (see the host file, above). When it runs out of file descriptors, it
+backs off accepting (5 ms doubling to 1 s) and serves again once descriptors are freed.
 
 An option that would do nothing with the others given (-p or -i without -l,
 --accept-proxy-timeout without --accept-proxy) is an error, not ignored.

@@ -89,7 +89,7 @@ func TestNumberFlagWords(t *testing.T) {
 }
 
 // A service's context ends on SIGTERM, not on SIGHUP: each SIGHUP is one reload request,
-// and those that come while one waits merge into it. SIGPIPE is ignored from then on.
+// and those that come while one waits merge into it, also after SIGTERM. SIGPIPE is ignored from then on.
 // The signals go to this test process, whose handlers are installed before each is sent.
 func TestServiceContext(t *testing.T) {
 	ctx, reload, cancel := ServiceContext(context.Background())
@@ -124,6 +124,15 @@ func TestServiceContext(t *testing.T) {
 		t.Fatal("SIGTERM did not end the context")
 	}
 	<-done // OnReload returns with the context
+	// While the tool stops (tcp-pf's --grace), a SIGHUP is still a request, not a kill.
+	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-reload:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no reload request after SIGHUP once stopping")
+	}
 }
 
 // A tool with nothing to reload (tcppipe) stops on SIGHUP as on SIGTERM.
