@@ -1,8 +1,6 @@
 package main
 
 import (
-	"bytes"
-	"io"
 	"testing"
 
 	"shd-tcp-tools/internal/cli/mantest"
@@ -10,10 +8,4 @@ import (
 )
 
 // The man page documents exactly the options --help lists.
-func TestManPage(t *testing.T) {
-	var help bytes.Buffer
-	if code := least.Main([]string{"--help"}, &help, io.Discard); code != 0 {
-		t.Fatalf("--help: exit %d", code)
-	}
-	mantest.Check(t, help.String(), "../../docs/man/tcppipe-least.1")
-}
+func TestManPage(t *testing.T) { mantest.CheckRun(t, least.Main, "../../docs/man/tcppipe-least.1") }

@@ -3,6 +3,8 @@
 package mantest
 
 import (
+	"bytes"
+	"io"
 	"os"
 	"regexp"
 	"slices"
@@ -95,4 +97,15 @@ func Check(t testing.TB, help, path string) {
 			t.Errorf("%s is in OPTIONS of %s but not in --help", o, path)
 		}
 	}
+}
+
+// CheckRun runs a tool's run function (args, stdout, stderr; the exit status) with
+// --help and checks its output against the man page at path, as Check does.
+func CheckRun(t testing.TB, run func(args []string, stdout, stderr io.Writer) int, path string) {
+	t.Helper()
+	var help bytes.Buffer
+	if code := run([]string{"--help"}, &help, io.Discard); code != 0 {
+		t.Fatalf("--help: exit %d", code)
+	}
+	Check(t, help.String(), path)
 }
