@@ -344,3 +344,22 @@ func TestKeepAliveBothSides(t *testing.T) {
 		return dialled == "02"
 	})
 }
+
+// The listening line names the port of -p only when there is one: with -l alone every
+// entry names its own, and "(port 0)" would name a port that is never used.
+func TestListeningLineWithoutPort(t *testing.T) {
+	t.Parallel()
+	file := filepath.Join(t.TempDir(), "hosts")
+	if err := os.WriteFile(file, []byte("127.0.0.1:9 0\n[::1]:9 0\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p := startPF(t, "127.0.0.1", "", "-l", file)
+	line := p.log.Find(`listening on .*`)[0]
+	if strings.Contains(line, "port 0") || !strings.HasSuffix(line, "least used host of "+file+" (each entry names its port)") {
+		t.Errorf("listening line %q, want it to end %q", line, "least used host of "+file+" (each entry names its port)")
+	}
+	withPort := startPF(t, "127.0.0.1", "", "-l", file, "-p", "80")
+	if got := withPort.log.Count(`least used host of .* \(port 80\)$`); got != 1 {
+		t.Errorf("with -p 80: %q", withPort.log.String())
+	}
+}

@@ -236,6 +236,9 @@ func (s *Server) waitOpen(d time.Duration) bool {
 }
 
 func (s *Server) destName() string {
+	if s.bal != nil && s.cfg.Port == 0 {
+		return fmt.Sprintf("the least used host of %s (each entry names its port)", s.bal.store)
+	}
 	if s.bal != nil {
 		return fmt.Sprintf("the least used host of %s (port %d)", s.bal.store, s.cfg.Port)
 	}
