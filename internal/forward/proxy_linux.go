@@ -97,13 +97,15 @@ func (c *lconn) readHeader(ev uint32) {
 	c.begin(c.client)
 }
 
-// refuseHeader turns away a client whose PROXY header could not be had, and logs why.
+// refuseHeader turns away a client whose PROXY header could not be had, and logs why. The
+// client is reset: ending it is tcp-pf's decision, never a clean end.
 func (c *lconn) refuseHeader(why string) {
 	if c.timer != nil {
 		c.timer.Stop()
 		c.timer = nil
 	}
 	c.ls.log.Refused(c.from, why)
+	linger0(c.cfd)
 	_ = c.ls.lp.CloseFD(c.cfd)
 	c.release()
 }

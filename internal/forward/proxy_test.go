@@ -197,7 +197,8 @@ func TestAcceptProxyRefused(t *testing.T) {
 	}{
 		{"http", "GET / HTTP/1.1\r\nHost: x\r\n\r\n", false, "not a PROXY protocol header"},
 		{"too long", "PROXY TCP4 " + strings.Repeat("1", 200), false, "PROXY protocol header too long: no line end in the first 107 bytes"},
-		{"malformed", "PROXY TCP4 192.0.2.1 192.0.2.300 1 2\r\n", false, "bad PROXY protocol header: "},
+		{"malformed", "PROXY TCP4 192.0.2.1 192.0.2.300 1 2\r\n", false, "bad PROXY protocol header: invalid address"},
+		{"port out of range", "PROXY TCP4 192.0.2.1 192.0.2.3 99999 2\r\n", false, "bad PROXY protocol header: invalid port number\n"},
 		{"v2 huge", string(proxyproto.SIGV2) + "\x21\x11\xff\xff", false, "PROXY protocol header too long: "},
 		{"cut off", "PROXY TCP4 192.0.2.1", true, "closed in the middle of its PROXY protocol header"},
 		{"nothing then end", "", true, "closed before sending a PROXY protocol header"},
@@ -216,15 +217,21 @@ func TestAcceptProxyRefused(t *testing.T) {
 				_ = c.CloseWrite()
 			}
 			_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
-			if n, err := c.Read(make([]byte, 1)); n != 0 || (err != io.EOF && !errors.Is(err, syscall.ECONNRESET)) {
-				t.Errorf("refused client read %d, %v; want the connection closed", n, err)
+			// A refusal is tcp-pf's own decision: a reset, never a FIN that looks like a
+			// clean end.
+			if n, err := c.Read(make([]byte, 1)); n != 0 || !errors.Is(err, syscall.ECONNRESET) {
+				t.Errorf("refused client read %d, %v; want a reset", n, err)
 			}
 			if tc.name == "nothing" {
 				if d := time.Since(start); d < 250*time.Millisecond {
 					t.Errorf("closed after %v, before the 300ms timeout", d)
 				}
 			}
-			pf.log.WaitFor(t, `refused `+regexp.QuoteMeta(c.LocalAddr().String())+`: `+regexp.QuoteMeta(tc.why), 1, 5*time.Second)
+			why := regexp.QuoteMeta(strings.TrimSuffix(tc.why, "\n"))
+			if strings.HasSuffix(tc.why, "\n") {
+				why += "$" // the whole reason, in words: no parser's text after it
+			}
+			pf.log.WaitFor(t, `refused `+regexp.QuoteMeta(c.LocalAddr().String())+`: `+why, 1, 5*time.Second)
 			fwdtest.WaitUntil(t, 5*time.Second, "the refused connection to end", func() bool { return pf.Open() == 0 })
 			if n := be.Accepts.Load(); n != 0 {
 				t.Errorf("destination accepted %d connections of a refused client", n)

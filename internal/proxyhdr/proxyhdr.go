@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 
 	"github.com/pires/go-proxyproto"
 )
@@ -104,7 +105,7 @@ func (p *Parser) Parse(b []byte) (Header, error) {
 	}
 	h, err := proxyproto.Read(p.r)
 	if err != nil {
-		return Header{}, fmt.Errorf("bad PROXY protocol header: %w", err)
+		return Header{}, fmt.Errorf("bad PROXY protocol header: %w", inWords(err))
 	}
 	if p.r.Buffered() != 0 || p.src.Len() != 0 {
 		return Header{}, errors.New("bad PROXY protocol header: its length does not match its content")
@@ -155,4 +156,28 @@ func Format(version int, src, dst netip.AddrPort) ([]byte, error) {
 		return nil, fmt.Errorf("formatting a PROXY protocol header for %s -> %s: %w", src, dst, err)
 	}
 	return b, nil
+}
+
+// proxyprotoErrs are go-proxyproto's reasons for refusing a header. Some come wrapped
+// with the text of a Go parser (strconv, netip), which tells a person nothing more.
+var proxyprotoErrs = []error{
+	proxyproto.ErrInvalidAddress, proxyproto.ErrInvalidPortNumber, proxyproto.ErrInvalidLength,
+	proxyproto.ErrLineMustEndWithCrlf, proxyproto.ErrVersion1HeaderTooLong,
+	proxyproto.ErrCantReadVersion1Header, proxyproto.ErrUnknownProxyProtocolVersion,
+	proxyproto.ErrUnsupportedProtocolVersionAndCommand, proxyproto.ErrUnsupportedAddressFamilyAndProtocol,
+	proxyproto.ErrCantReadProtocolVersionAndCommand, proxyproto.ErrCantReadAddressFamilyAndProtocol,
+	proxyproto.ErrCantReadLength, proxyproto.ErrTruncatedTLV, proxyproto.ErrMalformedTLV,
+	proxyproto.ErrIncompatibleTLV, proxyproto.ErrNoProxyProtocol,
+}
+
+// inWords returns go-proxyproto's reason for err without its "proxyproto: " prefix and
+// without the parser text it may wrap ("invalid port number", not "...: strconv.ParseUint:
+// parsing ..."); any other error as it is.
+func inWords(err error) error {
+	for _, e := range proxyprotoErrs {
+		if errors.Is(err, e) {
+			return errors.New(strings.TrimPrefix(e.Error(), "proxyproto: "))
+		}
+	}
+	return err
 }
