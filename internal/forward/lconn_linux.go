@@ -258,7 +258,11 @@ func (c *lconn) resetClient(why error) {
 	}
 	c.releaseHost()
 	if why != nil {
-		c.ls.log.Failed(c.id, c.from, "-", why)
+		dest := "-" // every host failed, and each has its line already
+		if c.cand < len(c.cands) {
+			dest = c.cands[c.cand].ep.String() // cut while this one was tried
+		}
+		c.ls.log.Failed(c.id, c.from, dest, why)
 	}
 	linger0(c.cfd)
 	_ = c.ls.lp.CloseFD(c.cfd)
@@ -766,7 +770,6 @@ func (c *lconn) dirFailed(err error) {
 func (c *lconn) abort(end string) {
 	switch c.state {
 	case stHeader:
-		linger0(c.cfd) // a cut, as below: not a FIN
 		c.refuseHeader(end + " before its PROXY protocol header came")
 	case stResolving, stConnecting:
 		c.resetClient(errors.New(end))

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"regexp"
 	"runtime"
 	"sync/atomic"
 	"syscall"
@@ -70,6 +71,21 @@ func TestGracefulStop(t *testing.T) {
 		}
 		pf.log.WaitFor(t, `cutting 1 connections$`, 1, time.Second)
 		pf.log.WaitFor(t, `close #1 .*end="cut: stopped"$`, 1, time.Second)
+	})
+	t.Run("cut while connecting", func(t *testing.T) {
+		silent := fwdtest.Blackhole(t)
+		pf := startServer(t, "127.0.0.1:0", Config{Dest: dest(t, silent), Grace: 300 * time.Millisecond})
+		c := fwdtest.Dial(t, pf.addr)
+		fwdtest.WaitUntil(t, 5*time.Second, "the connection to be open", func() bool { return pf.Open() == 1 })
+		if err := pf.stop(); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadAll(c); !errors.Is(err, syscall.ECONNRESET) {
+			t.Errorf("reading the cut connection: %v, want a reset", err)
+		}
+		// The line names the destination that was being tried, not "-".
+		pf.log.WaitFor(t, `failed #1 127\.0\.0\.1:\d+ -> `+regexp.QuoteMeta(silent)+`: cut: stopped$`, 1, time.Second)
 	})
 	fwdtest.WaitUntil(t, 10*time.Second, "goroutines back to the baseline", func() bool {
 		return runtime.NumGoroutine() <= base
