@@ -49,7 +49,7 @@ const DrainWait = time.Second
 // there are lines to write. Writes to out must be safe to make from that goroutine; they
 // may block (a full pipe) without holding up the Logger's callers.
 func New(out io.Writer) *Logger {
-	return &Logger{now: time.Now, q: &queue{out: out, max: MaxQueued}}
+	return &Logger{now: time.Now, q: &queue{out: out, max: MaxQueued, direct: directWriter(out)}}
 }
 
 // Buffer returns a Logger that keeps its lines until Flush queues all of them in one go:
@@ -130,6 +130,8 @@ func (l *Logger) Failed(id uint64, client, dest string, err error) {
 type queue struct {
 	out io.Writer
 	max int
+	// direct writes at once what cannot block (see directWriter); nil when out may block.
+	direct func(p []byte) (n int, tried bool)
 
 	mu      sync.Mutex
 	lines   []byte        // whole lines, in order
@@ -151,6 +153,12 @@ func (q *queue) add(p []byte, now func() time.Time) {
 		keep := bytes.LastIndexByte(p[:max(room, 0)], '\n') + 1
 		q.dropped += countLines(p[keep:])
 		p = p[:keep]
+	}
+	if q.direct != nil && q.idle == nil && len(q.lines) == 0 && q.dropped == 0 {
+		// Nothing waits before p: write it now if that cannot block, and queue only
+		// what is left (a short or failed write), for the writer to try and account.
+		n, _ := q.direct(p)
+		p = p[n:]
 	}
 	q.lines = append(q.lines, p...)
 	q.startLocked(now)
