@@ -197,6 +197,18 @@ func (l *Loop) Add(fd int, events uint32, ready func(events uint32)) error {
 	return nil
 }
 
+// Handle gives the registered fd a new callback, keeping its registration (no system
+// call): how a descriptor is handed from one state machine to another on the loop, such as
+// a connection's sockets to its relay once set up. It reports false when fd is not
+// registered.
+func (l *Loop) Handle(fd int, ready func(events uint32)) bool {
+	if fd < 0 || fd >= len(l.handlers) || l.handlers[fd].gen == 0 {
+		return false
+	}
+	l.handlers[fd].ready = ready
+	return true
+}
+
 // Modify changes the events fd is registered for, keeping its callback.
 func (l *Loop) Modify(fd int, events uint32) error {
 	if fd < 0 || fd >= len(l.handlers) || l.handlers[fd].gen == 0 {

@@ -111,6 +111,36 @@ func TestModifyKeepsCallback(t *testing.T) {
 	}
 }
 
+// Handle hands a registered descriptor to a new callback, and the old one hears no more.
+func TestHandleSwapsCallback(t *testing.T) {
+	l := newLoop(t)
+	sp := socketpair(t)
+	old, got := make(chan uint32, 8), make(chan string, 1)
+	if err := l.Add(sp[0], unix.EPOLLIN|unix.EPOLLET, func(events uint32) { old <- events }); err != nil {
+		t.Fatal(err)
+	}
+	start(t, l)
+	handled := make(chan [2]bool, 1)
+	l.Post(func() {
+		ok := l.Handle(sp[0], func(uint32) {
+			buf := make([]byte, 64)
+			n, _ := unix.Read(sp[0], buf)
+			got <- string(buf[:n])
+		})
+		handled <- [2]bool{ok, l.Handle(1<<20, func(uint32) {})}
+	})
+	if h := recv(t, handled, "Handle"); !h[0] || h[1] {
+		t.Fatalf("Handle reported %v for the registered fd and %v for an unregistered one, want true, false", h[0], h[1])
+	}
+	write(t, sp[1], "moved")
+	if s := recv(t, got, "the new callback"); s != "moved" {
+		t.Errorf("new callback read %q, want %q", s, "moved")
+	}
+	if len(old) != 0 {
+		t.Errorf("the old callback was called %d times after Handle", len(old))
+	}
+}
+
 func TestPostFromManyGoroutines(t *testing.T) {
 	const goroutines, perGoroutine = 8, 100
 	l := newLoop(t)

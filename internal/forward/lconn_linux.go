@@ -8,11 +8,9 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-	"golang.org/x/time/rate"
 
 	"shd-tcp-tools/internal/dnscache"
 	"shd-tcp-tools/internal/eventloop"
-	"shd-tcp-tools/internal/ratelimit"
 	"shd-tcp-tools/internal/relay"
 )
 
@@ -22,8 +20,7 @@ const (
 	stResolving  = iota // a name being looked up off the loop
 	stConnecting        // a non-blocking connect to targets[next-1] is in flight
 	stInserting         // writing --insert to the destination
-	stRelaying          // splicing both ways
-	stClosing           // waiting for the peers to acknowledge before the close
+	stRelaying          // handed to a relay.Pair, until it ends
 	stClosed
 	stHeader // reading the client's PROXY header (--accept-proxy); see proxy_linux.go
 )
@@ -33,22 +30,12 @@ const (
 	down = 1 // server to client
 
 	endStopped = relay.EndStopped
-
-	// settleFirst and settleMax are the first and the longest pause between two looks at
-	// whether a peer acknowledged everything before the close (see relay.Join).
-	settleFirst = 100 * time.Microsecond
-	settleMax   = 50 * time.Millisecond
-	settleLimit = 10 * time.Second
-
-	// pumpBudget is how many steps (a splice into the pipe or out of it) one direction
-	// takes before the loop turns to its other connections: at most 1 MiB moved. With one
-	// loop relaying two bulk streams, short connections through it measured p50/p99 of
-	// 3.0/7.6 ms with 2 steps, 5.1/10.5 ms with 4, 8.4/26.5 ms with 16, and 9.1/57 ms with
-	// no budget (the goroutine engine before: 5.0/17.9 ms); the streams kept their rate.
-	pumpBudget = 2
 )
 
-// lconn is one client connection in the event-loop engine.
+// lconn is one client connection in the event-loop engine, from the accept until its
+// sockets are a connected pair: the allow list, the choice of a host (failing over to the
+// next address and the next host), the connect, --send-proxy and --insert. Then a
+// relay.Pair relays the two sockets until the end, which lconn logs and counts.
 type lconn struct {
 	ls  *loopState
 	s   *Server
@@ -76,35 +63,12 @@ type lconn struct {
 	shortSince time.Time        // when connecting first found no descriptor
 	timer      *eventloop.Timer // connect or --insert deadline, or the settle poll
 
-	inserted int
+	inserted  int
+	pace      [2]*relay.Pacer  // each direction's rate limit; --insert pays up's
+	paceWait  *eventloop.Timer // --insert waiting for up's tokens (made on first use)
+	insertDue bool             // ... and paceWait is armed
 
-	dirs       [2]ldir
-	lastActive time.Time
-	idle       *eventloop.Timer
-
-	end            string
-	ending         bool // both directions are stopping
-	aborted        bool // ... because of an error, a timeout or a stop
-	reset          bool // one side was reset and the other is being reset
-	eof            [2]bool
-	settleWait     time.Duration
-	settleDeadline time.Time
-}
-
-// ldir is one direction of a relayed connection.
-type ldir struct {
-	src, dst int
-	sp       relay.Splicer
-	n        int64
-	srcEOF   bool // src ended; what is in the pipe still goes out
-	stopped  bool
-	lim      *rate.Limiter
-	step     int
-	credit   int
-	waiting  bool             // for resume: the rate limit, or the next round after a spent budget
-	resume   *eventloop.Timer // made on first use and reset after, so a wait allocates nothing
-	held     []byte           // read through user space when no pipe could be had
-	heldBuf  []byte           // where held is read into
+	pair *relay.Pair // while stRelaying
 }
 
 // begin checks the allow list and starts the connection to a destination.
@@ -392,35 +356,16 @@ func (c *lconn) serverReady(ev uint32) {
 		if ev&(unix.EPOLLOUT|unix.EPOLLERR|unix.EPOLLHUP) != 0 {
 			c.insertMore()
 		}
-	default:
-		c.relayReady(ev, down)
 	}
 }
 
-// clientReady handles the client socket's events: its PROXY header, then the relay.
+// clientReady handles the client socket's events until the relay takes it over: its
+// PROXY header; what comes later is the relay's, which pumps both ways when it starts.
 func (c *lconn) clientReady(ev uint32) {
 	if c.state == stHeader {
 		if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 			c.readHeader(ev)
 		}
-		return
-	}
-	c.relayReady(ev, up)
-}
-
-// relayReady handles the events of the socket that is the source of direction in, while
-// relaying or closing.
-func (c *lconn) relayReady(ev uint32, in int) {
-	switch c.state {
-	case stRelaying:
-		if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-			c.pump(in)
-		}
-		if ev&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-			c.pump(1 - in)
-		}
-	case stClosing:
-		c.settle(false) // the peer answered: maybe the acknowledgement we wait for
 	}
 }
 
@@ -448,7 +393,7 @@ func (c *lconn) connected() {
 		}
 	}
 	c.start = c.ls.lp.Now() // the close line's time and rates count from the open
-	c.initDirs()
+	c.pace = [2]*relay.Pacer{relay.NewPacer(s.cfg.Rate), relay.NewPacer(s.cfg.Rate)}
 	if s.cfg.SendProxy != 0 {
 		pre, err := c.proxyHeader()
 		if err != nil {
@@ -478,13 +423,13 @@ func (c *lconn) insertMore() {
 		c.pre = c.pre[n:]
 	}
 	ins := c.s.cfg.Insert
-	d := &c.dirs[up]
-	for !d.waiting && c.inserted < len(ins) {
+	pace := c.pace[up]
+	for !c.insertDue && c.inserted < len(ins) {
 		n := len(ins) - c.inserted
-		if d.lim != nil {
-			allowed, delay := d.allowance(c.ls.lp.Now())
+		if pace != nil {
+			allowed, delay := pace.Allow(c.ls.lp.Now())
 			if delay > 0 {
-				c.pumpLater(up, delay) // resumes insertMore while inserting
+				c.insertLater(delay)
 				return
 			}
 			n = min(n, allowed)
@@ -494,11 +439,26 @@ func (c *lconn) insertMore() {
 			return
 		}
 		c.inserted += n
-		d.credit -= n
+		pace.Used(n)
 	}
-	if c.inserted == len(ins) && !d.waiting {
+	if c.inserted == len(ins) && !c.insertDue {
 		c.startRelay()
 	}
+}
+
+// insertLater writes the --insert data on after delay, once the rate limit allows.
+func (c *lconn) insertLater(delay time.Duration) {
+	c.insertDue = true
+	if c.paceWait != nil {
+		c.paceWait.Reset(delay)
+		return
+	}
+	c.paceWait = c.ls.lp.AfterFunc(delay, func() {
+		c.insertDue = false
+		if c.state == stInserting {
+			c.insertMore()
+		}
+	})
 }
 
 // sendFirst writes some of b, which goes to the destination before the relay (doing says
@@ -533,237 +493,44 @@ func (c *lconn) stalled(doing string) {
 	}
 }
 
-// endSetup ends a connection that was opened but never relayed.
+// endSetup ends a connection that was opened but never relayed: both sockets are reset,
+// since the end is tcp-pf's decision.
 func (c *lconn) endSetup(end string) {
-	c.end, c.ending, c.aborted = end, true, true
-	c.closeNow()
-}
-
-// initDirs sets both directions up, with their rate limits, once the destination is
-// connected: --insert pays the up direction's.
-func (c *lconn) initDirs() {
-	c.dirs[up] = ldir{src: c.cfd, dst: c.sfd}
-	c.dirs[down] = ldir{src: c.sfd, dst: c.cfd}
-	for i := range c.dirs {
-		d := &c.dirs[i]
-		d.step = 1 << 20
-		if d.lim = ratelimit.New(c.s.cfg.Rate); d.lim != nil {
-			d.step = min(d.step, d.lim.Burst())
-		}
+	if c.timer != nil {
+		c.timer.Stop()
+		c.timer = nil
 	}
+	if c.paceWait != nil {
+		c.paceWait.Stop()
+	}
+	linger0(c.cfd)
+	linger0(c.sfd)
+	_ = c.ls.lp.CloseFD(c.cfd)
+	_ = c.ls.lp.CloseFD(c.sfd)
+	c.ended(relay.Result{End: end})
 }
 
-// startRelay starts both directions.
+// startRelay hands both sockets to a relay.Pair on the loop.
 func (c *lconn) startRelay() {
 	cfg := &c.s.cfg
-	c.state = stRelaying
-	c.lastActive = c.ls.lp.Now()
-	if cfg.IdleTimeout > 0 {
-		c.idle = c.ls.lp.AfterFunc(cfg.IdleTimeout, c.checkIdle)
+	o := relay.PairOptions{
+		HalfClose:   cfg.Lazy,
+		Pace:        c.pace,
+		IdleTimeout: cfg.IdleTimeout,
+		OnEnd:       c.ended,
+		NoPipes:     c.s.noPipes,
 	}
-	c.pump(up)
-	c.pump(down)
-}
-
-func (c *lconn) checkIdle() {
-	c.idle = nil
-	if c.state != stRelaying {
+	if b := c.s.bal; b != nil {
+		host := c.cands[c.cand]
+		o.Progress = func(_ bool, n int64) { b.add(host, n) }
+	}
+	c.state = stRelaying // before the start: the pair may end in it
+	p, err := relay.StartPair(c.ls.lp, c.cfd, c.sfd, o)
+	if err != nil {
+		c.endSetup("error: " + err.Error())
 		return
 	}
-	quiet := c.ls.lp.Now().Sub(c.lastActive)
-	if quiet >= c.s.cfg.IdleTimeout {
-		c.abort(relay.EndIdle)
-		return
-	}
-	c.idle = c.ls.lp.AfterFunc(c.s.cfg.IdleTimeout-quiet, c.checkIdle)
-}
-
-// pump moves bytes one way until the source has none, the destination is full, the rate
-// limit makes it wait, or the direction ends.
-func (c *lconn) pump(i int) {
-	d := &c.dirs[i]
-	for budget := pumpBudget; c.state == stRelaying && !d.stopped && !d.waiting; budget-- {
-		if budget == 0 {
-			// A stream that never runs dry would keep the loop from its other
-			// connections: go on in the next round.
-			c.pumpLater(i, 0)
-			return
-		}
-		if len(d.held) > 0 {
-			m, err := write(d.dst, d.held)
-			if errors.Is(err, unix.EAGAIN) {
-				return
-			}
-			if err != nil {
-				c.dirFailed(os.NewSyscallError("write", err))
-				return
-			}
-			d.held = d.held[m:]
-			c.moved(d, m)
-			continue
-		}
-		if d.sp.Pending() > 0 {
-			m, err := d.sp.Drain(d.dst)
-			if errors.Is(err, unix.EAGAIN) {
-				return
-			}
-			if err != nil {
-				c.dirFailed(os.NewSyscallError("splice", err))
-				return
-			}
-			c.moved(d, m)
-			continue
-		}
-		if d.srcEOF {
-			c.dirFinished(i)
-			return
-		}
-		max := 1 << 20
-		if d.lim != nil {
-			var delay time.Duration
-			if max, delay = d.allowance(c.ls.lp.Now()); delay > 0 {
-				c.pumpLater(i, delay)
-				return
-			}
-		}
-		n, err := 0, relay.ErrNoPipe
-		if !c.s.noPipes {
-			n, err = d.sp.Fill(d.src, max)
-		}
-		switch {
-		case errors.Is(err, unix.EAGAIN):
-			return
-		case errors.Is(err, relay.ErrNoPipe):
-			// Out of descriptors for a pipe: this step goes through user space, as the
-			// standard library's copy does, so the relay (and its EOF) goes on.
-			n, err = c.readThrough(d, max)
-			if errors.Is(err, unix.EAGAIN) {
-				return
-			}
-			if err != nil {
-				c.dirFailed(os.NewSyscallError("read", err))
-				return
-			}
-			if n == 0 {
-				d.srcEOF = true
-			}
-			d.credit -= n
-		case err != nil:
-			c.dirFailed(os.NewSyscallError("splice", err))
-			return
-		case n == 0:
-			d.srcEOF = true
-		default:
-			d.credit -= n
-		}
-	}
-}
-
-// allowance returns how many bytes direction d may move now under its rate limit, or how long
-// to wait for them. Tokens are reserved a step at a time and what a short move leaves is
-// carried over as credit (the mover lowers it by what it moved), so no token is wasted.
-func (d *ldir) allowance(now time.Time) (int, time.Duration) {
-	if d.credit < d.step {
-		r := d.lim.ReserveN(now, d.step-d.credit)
-		d.credit = d.step
-		if delay := r.DelayFrom(now); delay > 0 {
-			return 0, delay
-		}
-	}
-	return d.credit, 0
-}
-
-// pumpLater has direction i pumped again after delay (0: in the loop's next round), or,
-// while --insert is going out, the insert written on.
-func (c *lconn) pumpLater(i int, delay time.Duration) {
-	d := &c.dirs[i]
-	d.waiting = true
-	if d.resume != nil {
-		d.resume.Reset(delay)
-		return
-	}
-	d.resume = c.ls.lp.AfterFunc(delay, func() {
-		d.waiting = false
-		if c.state == stInserting {
-			c.insertMore()
-			return
-		}
-		c.pump(i)
-	})
-}
-
-// moved counts m bytes written by direction d.
-func (c *lconn) moved(d *ldir, m int) {
-	d.n += int64(m)
-	c.lastActive = c.ls.lp.Now()
-	if c.s.bal != nil {
-		c.s.bal.add(c.cands[c.cand], int64(m))
-	}
-}
-
-// readThrough reads up to max bytes from d.src into d.held, for when no splice pipe can
-// be had; pump writes them out.
-func (c *lconn) readThrough(d *ldir, max int) (int, error) {
-	if d.heldBuf == nil {
-		d.heldBuf = make([]byte, 16<<10) // once per direction; held is empty when we get here
-	}
-	buf := d.heldBuf[:min(max, len(d.heldBuf))]
-	for {
-		n, err := unix.Read(d.src, buf)
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
-		if err != nil {
-			return 0, err
-		}
-		d.held = buf[:n]
-		return n, nil
-	}
-}
-
-// dirFinished passes direction i's clean end on as a FIN and, without --lazy, ends the
-// other direction too.
-func (c *lconn) dirFinished(i int) {
-	d := &c.dirs[i]
-	d.stopped = true
-	if c.ending {
-		return
-	}
-	c.eof[i] = true
-	if c.end == "" {
-		c.end = relay.EndServerClosed
-		if i == up {
-			c.end = relay.EndClientClosed
-		}
-	}
-	_ = unix.Shutdown(d.dst, unix.SHUT_WR)
-	if !c.s.cfg.Lazy {
-		c.ending = true
-		c.closePhase()
-		return
-	}
-	if c.eof[up] && c.eof[down] {
-		c.closePhase()
-	}
-}
-
-// dirFailed ends both directions after an error; a reset is passed on as a reset.
-func (c *lconn) dirFailed(err error) {
-	if c.ending {
-		return
-	}
-	switch {
-	case relay.PeerReset(c.cfd):
-		c.end, c.reset = relay.EndClientReset, true
-		linger0(c.sfd)
-	case relay.PeerReset(c.sfd):
-		c.end, c.reset = relay.EndServerReset, true
-		linger0(c.cfd)
-	default:
-		c.end = "error: " + err.Error()
-	}
-	c.ending, c.aborted = true, true
-	c.closePhase()
+	c.pair = p
 }
 
 // abort ends the connection now: a stop, a cut or the idle timeout.
@@ -776,100 +543,15 @@ func (c *lconn) abort(end string) {
 	case stInserting:
 		c.endSetup(end)
 	case stRelaying:
-		if !c.ending {
-			c.end, c.ending, c.aborted = end, true, true
-			c.closePhase()
-		}
-	case stClosing:
-		c.closeNow()
+		c.pair.Abort(end)
 	}
 }
 
-// closePhase stops both directions and closes the sockets, after waiting (bounded) for a
-// peer we stopped reading to acknowledge everything written to it, as relay.Join does.
-func (c *lconn) closePhase() {
-	c.state = stClosing
-	for i := range c.dirs {
-		d := &c.dirs[i]
-		d.stopped = true
-		if d.resume != nil {
-			d.resume.Stop()
-		}
-		d.waiting = false
-		d.sp.Release() // bytes still in a stopped direction's pipe are dropped
-	}
-	if c.idle != nil {
-		c.idle.Stop()
-		c.idle = nil
-	}
-	c.settleWait = settleFirst
-	c.settleDeadline = c.ls.lp.Now().Add(settleLimit)
-	c.settle(true)
-}
-
-// settle closes once no side we stopped reading has unacknowledged bytes (discarding what
-// it sends meanwhile), or at the limit. It runs when the close phase starts (first), on
-// every event of the connection's sockets after that, and on a timer backing off from
-// settleFirst to settleMax in case no event comes.
-func (c *lconn) settle(first bool) {
-	if c.timer != nil {
-		c.timer.Stop()
-		c.timer = nil
-	}
-	waiting := false
-	for _, side := range [...]struct {
-		fd  int
-		eof bool
-	}{{c.cfd, c.eof[up]}, {c.sfd, c.eof[down]}} {
-		switch {
-		case c.reset || c.aborted || side.eof: // an abort is reset at the close
-		default:
-			relay.Discard(side.fd)
-			// When the close phase starts, the FIN just sent to this side cannot have
-			// been acknowledged yet: wait for the peer's answer instead of asking now.
-			if first || relay.Unacked(side.fd) > 0 {
-				waiting = true
-			}
-		}
-	}
-	if !waiting || !c.ls.lp.Now().Before(c.settleDeadline) {
-		c.closeNow()
-		return
-	}
-	c.timer = c.ls.lp.AfterFunc(c.settleWait, func() {
-		c.timer = nil
-		c.settle(false)
-	})
-	c.settleWait = min(2*c.settleWait, settleMax)
-}
-
-// closeNow closes both sockets, logs the close and settles the counts. After an abort
-// (an error, the idle timeout, a cut) both sockets are reset, as relay.Join does, so that
-// no peer takes the end of a cut transfer for a complete one.
-func (c *lconn) closeNow() {
-	if c.timer != nil {
-		c.timer.Stop()
-		c.timer = nil
-	}
-	if c.aborted && !c.reset {
-		linger0(c.cfd)
-		if c.sfd >= 0 {
-			linger0(c.sfd)
-		}
-	}
-	for i := range c.dirs {
-		d := &c.dirs[i]
-		if d.resume != nil {
-			d.resume.Stop() // a wait for tokens during --insert
-		}
-		d.sp.Release()
-	}
-	_ = c.ls.lp.CloseFD(c.cfd)
-	if c.sfd >= 0 {
-		_ = c.ls.lp.CloseFD(c.sfd)
-	}
+// ended logs the close of a connection that was opened, with its sockets closed, and
+// settles its counts: res is the relay's, or empty when it never started.
+func (c *lconn) ended(res relay.Result) {
 	dur := c.ls.lp.Now().Sub(c.start)
-	c.ls.log.Close(c.id, c.from, c.to, uint64(c.dirs[up].n)+uint64(c.inserted), uint64(c.dirs[down].n), dur, c.end)
+	c.ls.log.Close(c.id, c.from, c.to, uint64(res.Up)+uint64(c.inserted), uint64(res.Down), dur, res.End)
 	if b := c.s.bal; b != nil {
 		b.add(c.cands[c.cand], int64(c.inserted))
 		c.releaseHost()
@@ -906,6 +588,4 @@ func setKeepAlive(fd int, period time.Duration) error {
 	return nil
 }
 
-func linger0(fd int) {
-	_ = unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
-}
+func linger0(fd int) { relay.Linger0(fd) }

@@ -68,7 +68,7 @@ func (ls *loopState) keepAliveLater(c *lconn) {
 	ls.keepalive = ls.lp.AfterFunc(keepAliveDelay, func() {
 		ls.keepalive = nil
 		for _, c := range ls.young {
-			if c.state == stInserting || c.state == stRelaying {
+			if c.state == stInserting || c.state == stRelaying && !c.pair.Closing() {
 				_ = setKeepAlive(c.sfd, period)
 			}
 		}

@@ -1,7 +1,9 @@
 package relay
 
 import (
+	"fmt"
 	"net"
+	"os"
 
 	"golang.org/x/sys/unix"
 )
@@ -68,4 +70,24 @@ func inFlight(c *net.TCPConn) int {
 		}
 	})
 	return n
+}
+
+// Detach takes the socket of c out of the standard library's hands, for an event loop: it
+// returns a new descriptor of the same socket (close-on-exec, and non-blocking as c's is)
+// and closes c, so the socket lives on only through the descriptor returned, which the
+// caller owns. The socket itself is not touched: no byte, FIN or option changes.
+func Detach(c *net.TCPConn) (int, error) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return -1, fmt.Errorf("detaching a connection: %w", err)
+	}
+	fd, derr := -1, error(nil)
+	if err := raw.Control(func(s uintptr) { fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+		return -1, fmt.Errorf("detaching a connection: %w", err)
+	}
+	if derr != nil {
+		return -1, fmt.Errorf("detaching a connection: %w", os.NewSyscallError("fcntl", derr))
+	}
+	_ = c.Close()
+	return fd, nil
 }
