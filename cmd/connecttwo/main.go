@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -124,10 +125,13 @@ func parse(ctx context.Context, args []string, stdout, stderr io.Writer) (tunnel
 		}
 	}
 	if err := cfg.Validate(); err != nil {
-		return cfg, err
+		return cfg, cli.AsUsage(err)
 	}
 	if fs.Changed("secret-file") {
 		secret, warning, err := tunnel.LoadSecret(*secretFile)
+		if errors.Is(err, tunnel.ErrEmptySecret) {
+			return cfg, cli.AsUsage(err)
+		}
 		if err != nil {
 			return cfg, err
 		}

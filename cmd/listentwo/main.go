@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -83,15 +84,24 @@ func run(args []string, stdout, stderr io.Writer) int {
 	defer cancel()
 	cfg, err := parse(ctx, args, stdout, stderr)
 	if err != nil {
-		return cli.Report(stderr, tool, err)
+		return report(stderr, err)
 	}
 	r, err := tunnel.NewRelay(cfg)
 	if err != nil {
-		return cli.Report(stderr, tool, err)
+		return report(stderr, err)
 	}
 	go cli.OnReload(ctx, reload, r.Reload)
 	err = r.ListenAndServe(ctx)
 	cfg.Log.Drain() // the last lines, and any count of dropped ones, before the exit
+	return report(stderr, err)
+}
+
+// report prints err and returns the exit status: 2 for a usage error, also for what
+// systemd passed when it disagrees with the command line.
+func report(stderr io.Writer, err error) int {
+	if _, ok := errors.AsType[*systemd.SetupError](err); ok {
+		err = cli.AsUsage(err)
+	}
 	return cli.Report(stderr, tool, err)
 }
 
@@ -142,10 +152,13 @@ func parse(ctx context.Context, args []string, stdout, stderr io.Writer) (tunnel
 		return cfg, cli.AsUsage(err)
 	}
 	if err := cfg.Validate(); err != nil {
-		return cfg, err
+		return cfg, cli.AsUsage(err)
 	}
 	if fs.Changed("secret-file") {
 		secret, warning, err := tunnel.LoadSecret(*secretFile)
+		if errors.Is(err, tunnel.ErrEmptySecret) {
+			return cfg, cli.AsUsage(err)
+		}
 		if err != nil {
 			return cfg, err
 		}

@@ -14,6 +14,7 @@ import (
 
 	"shd-tcp-tools/internal/forward/fwdtest"
 	"shd-tcp-tools/internal/hostfile"
+	"shd-tcp-tools/internal/testkit"
 )
 
 // SIGTERM while another process holds the host file's lock (flock FILE.lock sleep N): tcp-pf
@@ -79,8 +80,11 @@ func TestSIGTERMWithHostFileLocked(t *testing.T) {
 		t.Fatalf("%d add lines, want 1 or 2:\n%s", len(cmds), p.log.String())
 	}
 	unlock()
+	bin := testkit.Build(t, "shd-tcp-tools/cmd/tcppipe-least")[""]
 	for _, c := range cmds {
-		if out, err := exec.Command("sh", "-c", c).CombinedOutput(); err != nil {
+		sh := exec.Command("sh", "-c", c)
+		sh.Env = append(os.Environ(), "PATH="+bin+string(os.PathListSeparator)+os.Getenv("PATH"))
+		if out, err := sh.CombinedOutput(); err != nil {
 			t.Fatalf("%s: %v\n%s", c, err, out)
 		}
 	}

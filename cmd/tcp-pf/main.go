@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"runtime"
 
@@ -17,6 +16,7 @@ import (
 	"shd-tcp-tools/internal/connlog"
 	"shd-tcp-tools/internal/endpoint"
 	"shd-tcp-tools/internal/forward"
+	"shd-tcp-tools/internal/patherr"
 	"shd-tcp-tools/internal/systemd"
 )
 
@@ -140,6 +140,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	ctx, reload, cancel := cli.ServiceContext(context.Background())
 	defer cancel()
 	err := serve(ctx, reload, args, stdout, stderr)
+	if _, ok := errors.AsType[*systemd.SetupError](err); ok {
+		err = cli.AsUsage(err) // the unit and the command line disagree
+	}
 	code := cli.Report(stderr, tool, err)
 	// Counts that could not be written at the stop: ready-to-run lines that add them.
 	if uw, ok := errors.AsType[*forward.UnwrittenError](err); ok {
@@ -339,25 +342,15 @@ const maxInsert = 64 << 20
 func readInsert(path string) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, fileError("--insert", path, err)
+		return nil, patherr.Wrap("--insert", path, err)
 	}
 	defer f.Close()
 	data, err := io.ReadAll(io.LimitReader(f, maxInsert+1))
 	if err != nil {
-		return nil, fileError("--insert", path, err)
+		return nil, patherr.Wrap("--insert", path, err)
 	}
 	if len(data) > maxInsert {
 		return nil, fmt.Errorf("--insert %s: larger than %d MiB; tcp-pf keeps it in memory for every connection", path, maxInsert>>20)
 	}
 	return data, nil
-}
-
-// fileError names the option and file a read failed on: "--insert /x/y: no such file or
-// directory".
-func fileError(opt, path string, err error) error {
-	var pe *fs.PathError
-	if errors.As(err, &pe) {
-		err = pe.Err
-	}
-	return fmt.Errorf("%s %s: %w", opt, path, err)
 }

@@ -4,25 +4,18 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/rogpeppe/go-internal/testscript"
-
-	"shd-tcp-tools/internal/least"
 )
 
-// TestMain makes the test binary double as tcp-pf (and tcppipe-least, for the lines tcp-pf
-// prints when it cannot write its counts): scripts and the process tests below run it as a
-// separate program, with real signals and limits.
+// TestMain makes the test binary double as tcp-pf: scripts and the process tests below run
+// it as a separate program, with real signals and limits.
 func TestMain(m *testing.M) {
-	testscript.Main(m, map[string]func(){
-		"tcp-pf":        main,
-		"tcppipe-least": func() { os.Exit(least.Main(os.Args[1:], os.Stdout, os.Stderr)) },
-	})
+	testscript.Main(m, map[string]func(){"tcp-pf": main})
 }
 
 // TestScripts runs testdata/*.txtar: usage, bad arguments and files, exit codes.

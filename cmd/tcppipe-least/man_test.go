@@ -4,8 +4,7 @@ import (
 	"testing"
 
 	"shd-tcp-tools/internal/cli/mantest"
-	"shd-tcp-tools/internal/least"
 )
 
 // The man page documents exactly the options --help lists.
-func TestManPage(t *testing.T) { mantest.CheckRun(t, least.Main, "../../docs/man/tcppipe-least.1") }
+func TestManPage(t *testing.T) { mantest.CheckRun(t, run, "../../docs/man/tcppipe-least.1") }

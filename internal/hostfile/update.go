@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/gofrs/flock"
+
+	"shd-tcp-tools/internal/patherr"
 )
 
 // LockSuffix is appended to a host file's path to name its lock file.
@@ -39,20 +41,10 @@ const lockPoll = 10 * time.Millisecond
 func Read(path string) (*File, []error, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, nil, pathError("reading", path, err)
+		return nil, nil, patherr.Wrap("reading", path, err)
 	}
 	f, warns := Parse(path, data)
 	return f, warns, nil
-}
-
-// pathError wraps err as "VERB PATH: reason", dropping the *fs.PathError layer that would
-// repeat the path.
-func pathError(verb, path string, err error) error {
-	var pe *fs.PathError
-	if errors.As(err, &pe) {
-		err = pe.Err
-	}
-	return fmt.Errorf("%s %s: %w", verb, path, err)
 }
 
 // Update changes the host file at path under an exclusive lock: it locks the sidecar file
@@ -85,7 +77,7 @@ func update(ctx context.Context, path string, create bool, fn func(*File) error,
 	path = resolve(path)
 	lk := flock.New(path+LockSuffix, flock.SetPermissions(newFileMode))
 	if err := lock(ctx, lk); err != nil {
-		return pathError("locking", path+LockSuffix, err)
+		return patherr.Wrap("locking", path+LockSuffix, err)
 	}
 	defer lk.Unlock()
 	if locked != nil {
@@ -97,11 +89,11 @@ func update(ctx context.Context, path string, create bool, fn func(*File) error,
 	switch {
 	case err == nil:
 		if old, err = os.Stat(path); err != nil {
-			return pathError("reading", path, err)
+			return patherr.Wrap("reading", path, err)
 		}
 	case errors.Is(err, fs.ErrNotExist) && create:
 	default:
-		return pathError("reading", path, err)
+		return patherr.Wrap("reading", path, err)
 	}
 	f, _ := Parse(path, data)
 	if err := fn(f); err != nil {
@@ -166,7 +158,7 @@ func replace(path string, data []byte, old fs.FileInfo) error {
 	removeStaleTemps(dir, tempPrefix(path))
 	tmp, err := createTemp(dir, tempPrefix(path))
 	if err != nil {
-		return pathError("writing", path, err)
+		return patherr.Wrap("writing", path, err)
 	}
 	ok := false
 	defer func() {
@@ -176,19 +168,19 @@ func replace(path string, data []byte, old fs.FileInfo) error {
 		}
 	}()
 	if _, err := tmp.Write(data); err != nil {
-		return pathError("writing", path, err)
+		return patherr.Wrap("writing", path, err)
 	}
 	if err := tmp.Sync(); err != nil {
-		return pathError("writing", path, err)
+		return patherr.Wrap("writing", path, err)
 	}
 	if old != nil {
 		if err := tmp.Chmod(old.Mode().Perm()); err != nil {
-			return pathError("writing", path, err)
+			return patherr.Wrap("writing", path, err)
 		}
 		chown(tmp, old)
 	}
 	if err := tmp.Close(); err != nil {
-		return pathError("writing", path, err)
+		return patherr.Wrap("writing", path, err)
 	}
 	if err := os.Rename(tmp.Name(), path); err != nil {
 		var le *os.LinkError

@@ -2,97 +2,35 @@ package least
 
 import (
 	"bytes"
-	"errors"
-	"math"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-
-	"shd-tcp-tools/internal/cli"
 )
 
-func TestParseArgs(t *testing.T) {
-	tests := []struct {
-		args []string
-		want Config
-	}{
-		{[]string{"f"}, Config{Mode: ModeLeast, N: 1, File: "f"}},
-		{[]string{"-n", "3", "f"}, Config{Mode: ModeLeast, N: 3, File: "f"}},
-		{[]string{"f", "--number=2"}, Config{Mode: ModeLeast, N: 2, File: "f"}},
-		{[]string{"--list", "f"}, Config{Mode: ModeList, N: 1, File: "f"}},
-		{[]string{"--add", "h:80", "5", "f"}, Config{Mode: ModeAdd, N: 1, Host: "h:80", Bytes: 5, File: "f"}},
-		{[]string{"--set", "::1", "18446744073709551615", "f"}, Config{Mode: ModeSet, N: 1, Host: "::1", Bytes: math.MaxUint64, File: "f"}},
-		{[]string{"--remove", "[::1]:22", "f"}, Config{Mode: ModeRemove, N: 1, Host: "[::1]:22", File: "f"}},
-		{[]string{"h", "--add", "0", "f"}, Config{Mode: ModeAdd, N: 1, Host: "h", File: "f"}},
+// Run hands back a malformed line as a warning, names the hosts of the others, and keeps
+// the line when it edits the file.
+func TestRunWarnings(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "hosts")
+	if err := os.WriteFile(path, []byte("b 2\na b c\na 1\n"), 0o644); err != nil {
+		t.Fatal(err)
 	}
-	for _, tt := range tests {
-		got, err := ParseArgs(tt.args, &bytes.Buffer{})
-		if err != nil || got != tt.want {
-			t.Errorf("ParseArgs(%q) = %+v, %v; want %+v", tt.args, got, err, tt.want)
-		}
-	}
-
-	bad := [][]string{
-		{},
-		{"a", "b"},
-		{"-n", "0", "f"},
-		{"-n", "-2", "f"},
-		{"-n", "two", "f"},
-		{"-n", "1", "--list", "f"},
-		{"--list", "--remove", "h", "f"},
-		{"--add", "h", "f"},
-		{"--add", "h", "1", "f", "g"},
-		{"--add", "h", "1k", "f"},
-		{"--add", "h", "18446744073709551616", "f"},
-		{"--set", "h:0", "1", "f"},
-		{"--set", "[::1]", "1", "f"},
-		{"--remove", "a b", "f"},
-		{"--remove", "h", ""},
-		{"--nope", "f"},
-	}
-	for _, args := range bad {
-		_, err := ParseArgs(args, &bytes.Buffer{})
-		if cli.Code(err) != cli.ExitUsage {
-			t.Errorf("ParseArgs(%q) = %v, want a usage error", args, err)
-		}
-	}
-
 	var out bytes.Buffer
-	if _, err := ParseArgs([]string{"--help"}, &out); !errors.Is(err, cli.ErrHelp) || !strings.Contains(out.String(), "FILE.lock") {
-		t.Errorf("--help: %v, %q", err, out.String())
+	warns, err := Run(Config{Mode: ModeList, N: 1, File: path}, &out)
+	if err != nil || out.String() != "a 1\nb 2\n" {
+		t.Fatalf("--list: %q, %v", out.String(), err)
 	}
-}
-
-func TestMainStatuses(t *testing.T) {
-	dir := t.TempDir()
-	path := filepath.Join(dir, "hosts")
-	run := func(args ...string) (int, string, string) {
-		var stdout, stderr bytes.Buffer
-		code := Main(args, &stdout, &stderr)
-		return code, stdout.String(), stderr.String()
+	if len(warns) != 1 || !strings.Contains(warns[0].Error(), path+":2") {
+		t.Errorf("--list warnings %v, want one naming %s:2", warns, path)
 	}
-
-	if code, _, errs := run("--add", "b", "2", path); code != 0 || errs != "" {
-		t.Fatalf("--add: %d %q", code, errs)
+	warns, err = Run(Config{Mode: ModeRemove, Host: "c", File: path}, &out)
+	if err == nil || !strings.Contains(err.Error(), "no entry for c") || len(warns) != 1 {
+		t.Errorf("--remove absent: %v, warnings %v; want the error and the warning", err, warns)
 	}
-	if code, _, _ := run("--add", "a", "1", path); code != 0 {
-		t.Fatalf("--add: %d", code)
+	if _, err := Run(Config{Mode: ModeAdd, Host: "a", Bytes: 5, File: path}, &out); err != nil {
+		t.Fatal(err)
 	}
-	if code, out, _ := run(path); code != 0 || out != "a\n" {
-		t.Errorf("least: %d %q", code, out)
-	}
-	if code, out, _ := run("--list", path); code != 0 || out != "a 1\nb 2\n" {
-		t.Errorf("--list: %d %q", code, out)
-	}
-	if code, _, errs := run("--remove", "c", path); code != 1 || errs != "tcppipe-least: "+path+": no entry for c\n" {
-		t.Errorf("--remove absent: %d %q", code, errs)
-	}
-	if code, _, errs := run("--set", "c", "x", path); code != 2 || !strings.HasPrefix(errs, "tcppipe-least: BYTES") {
-		t.Errorf("bad BYTES: %d %q", code, errs)
-	}
-	data, err := os.ReadFile(path)
-	if err != nil || string(data) != "b 2\na 1\n" {
-		t.Errorf("file = %q, %v", data, err)
+	if data, err := os.ReadFile(path); err != nil || string(data) != "b 2\na b c\na 6\n" {
+		t.Errorf("after --add: %q, %v", data, err)
 	}
 }

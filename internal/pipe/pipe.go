@@ -16,6 +16,7 @@ import (
 	"shd-tcp-tools/internal/endpoint"
 	"shd-tcp-tools/internal/hostfile"
 	"shd-tcp-tools/internal/meter"
+	"shd-tcp-tools/internal/patherr"
 	"shd-tcp-tools/internal/ratelimit"
 	"shd-tcp-tools/internal/relay"
 )
@@ -157,7 +158,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	var insert []byte
 	if cfg.InsertFile != "" {
 		if insert, err = os.ReadFile(cfg.InsertFile); err != nil {
-			return fmt.Errorf("--insert %s: %w", cfg.InsertFile, pathErr(err))
+			return patherr.Wrap("--insert", cfg.InsertFile, err)
 		}
 	}
 	var acct accounts
@@ -573,13 +574,4 @@ func acceptOne(ctx context.Context, ep endpoint.Endpoint, local netip.Addr, cfg 
 		}
 	}
 	return c, nil
-}
-
-// pathErr drops the *PathError op and path, which the caller's message already names.
-func pathErr(err error) error {
-	var pe *os.PathError
-	if errors.As(err, &pe) {
-		return pe.Err
-	}
-	return err
 }

@@ -19,9 +19,20 @@ import (
 	"github.com/coreos/go-systemd/v22/daemon"
 	"golang.org/x/sys/unix"
 
-	"shd-tcp-tools/internal/cli"
 	"shd-tcp-tools/internal/endpoint"
 )
+
+// SetupError is New's and Listen's error for what systemd passed, or its disagreement
+// with the command line: a mistake in the unit or the options (the tools exit 2 for it),
+// not a failure at run time.
+type SetupError struct{ Err error }
+
+func (e *SetupError) Error() string { return e.Err.Error() }
+func (e *SetupError) Unwrap() error { return e.Err }
+
+func setupf(format string, args ...any) error {
+	return &SetupError{Err: fmt.Errorf(format, args...)}
+}
 
 // Socket is one listening socket a tool takes. Flag is the option that names it without
 // systemd ("-s"); Name is that option's long name ("source", "clients"), which is also
@@ -48,7 +59,7 @@ type Service struct {
 // the passed sockets, one for each of sockets: a socket whose FileDescriptorName is a
 // Socket's Name goes to it, the others fill the rest in order. A count that does not fit,
 // a malformed variable, or a descriptor that is not a listening TCP socket is a
-// cli.UsageError. LISTEN_FDS=0, or LISTEN_PID naming another process, means none passed,
+// *SetupError. LISTEN_FDS=0, or LISTEN_PID naming another process, means none passed,
 // as sd_listen_fds(3) has it.
 //
 // STOPPING=1 is sent when ctx ends, once READY=1 was sent (see Ready). On an error no
@@ -71,7 +82,7 @@ func New(ctx context.Context, sockets ...Socket) (*Service, error) {
 		return s, nil
 	}
 	if n != len(sockets) {
-		return nil, cli.Usagef("LISTEN_FDS=%d: systemd passed %d %s, %s", n, n, plural(n, "socket"), takes(sockets))
+		return nil, setupf("LISTEN_FDS=%d: systemd passed %d %s, %s", n, n, plural(n, "socket"), takes(sockets))
 	}
 	order, err := assign(strings.Split(names, ":"), sockets)
 	if err != nil {
@@ -82,7 +93,7 @@ func New(ctx context.Context, sockets ...Socket) (*Service, error) {
 		ln, err := listener(f)
 		if err != nil {
 			s.Close()
-			return nil, cli.Usagef("socket %d from systemd (%s): %w", i+3, sockets[order[i]].Flag, err)
+			return nil, setupf("socket %d from systemd (%s): %w", i+3, sockets[order[i]].Flag, err)
 		}
 		s.passed[sockets[order[i]].Name] = ln
 	}
@@ -98,14 +109,14 @@ func count(pid, fds string) (int, error) {
 	}
 	p, err := strconv.Atoi(pid)
 	if err != nil || p < 1 {
-		return 0, cli.Usagef("LISTEN_PID=%q: not a process id", pid)
+		return 0, setupf("LISTEN_PID=%q: not a process id", pid)
 	}
 	if p != os.Getpid() {
 		return 0, nil // meant for another process, such as a parent shell
 	}
 	n, err := strconv.Atoi(fds)
 	if err != nil || n < 0 || n > 1<<16 {
-		return 0, cli.Usagef("LISTEN_FDS=%q: not a count of sockets", fds)
+		return 0, setupf("LISTEN_FDS=%q: not a count of sockets", fds)
 	}
 	return n, nil
 }
@@ -127,7 +138,7 @@ func assign(names []string, sockets []Socket) ([]int, error) {
 				continue
 			}
 			if used[j] {
-				return nil, cli.Usagef("LISTEN_FDNAMES=%s: two sockets are named %q", strings.Join(names, ":"), sk.Name)
+				return nil, setupf("LISTEN_FDNAMES=%s: two sockets are named %q", strings.Join(names, ":"), sk.Name)
 			}
 			order[i], used[j] = j, true
 		}
@@ -191,7 +202,7 @@ func (s *Service) Default(name, given string) string {
 
 // Listen returns the listener of the Socket named name: the socket systemd passed, when it
 // did, or a new one on ep (endpoint.Listen). A passed socket must be what ep names: its
-// port, and its address when ep gives an IP address; otherwise it is a cli.UsageError
+// port, and its address when ep gives an IP address; otherwise it is a *SetupError
 // (the unit and the command line disagree). Its signature fits tunnel.RelayConfig.Listen.
 func (s *Service) Listen(ctx context.Context, name string, ep endpoint.Endpoint, local netip.Addr) (*net.TCPListener, error) {
 	ln := s.passed[name]
@@ -204,7 +215,7 @@ func (s *Service) Listen(ctx context.Context, name string, ep endpoint.Endpoint,
 	addr := ln.Addr().(*net.TCPAddr).AddrPort()
 	ip, err := netip.ParseAddr(ep.Host)
 	if addr.Port() != uint16(ep.Port) || (err == nil && ip.Unmap() != addr.Addr().Unmap()) {
-		return nil, cli.Usagef("%s %s: systemd passed the socket %s for it; leave %s out or make them agree", s.flag(name), ep, addr, s.flag(name))
+		return nil, setupf("%s %s: systemd passed the socket %s for it; leave %s out or make them agree", s.flag(name), ep, addr, s.flag(name))
 	}
 	return ln, nil
 }

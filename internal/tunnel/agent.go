@@ -13,7 +13,6 @@ import (
 	"syscall"
 	"time"
 
-	"shd-tcp-tools/internal/cli"
 	"shd-tcp-tools/internal/connlog"
 	"shd-tcp-tools/internal/endpoint"
 	"shd-tcp-tools/internal/relay"
@@ -75,23 +74,23 @@ type AgentConfig struct {
 	dialService func(ctx context.Context, ep endpoint.Endpoint) (*net.TCPConn, error)
 }
 
-// Validate reports a configuration no agent can run with, as a cli.UsageError.
+// Validate reports a configuration no agent can run with, as an error that names the option.
 func (c *AgentConfig) Validate() error {
 	switch {
 	case c.Relay.Host == "" || c.Relay.Port < 1 || c.Relay.Port > 65535:
-		return cli.Usagef("-s: missing or bad address; give the relay's HOST:PORT")
+		return errors.New("-s: missing or bad address; give the relay's HOST:PORT")
 	case c.Service.Host == "" || c.Service.Port < 1 || c.Service.Port > 65535:
-		return cli.Usagef("-d: missing or bad address; give the service's HOST:PORT")
+		return errors.New("-d: missing or bad address; give the service's HOST:PORT")
 	case c.Pool < 1:
-		return cli.Usagef("--pool must be at least 1")
+		return errors.New("--pool must be at least 1")
 	case c.Pool > MaxPool:
-		return cli.Usagef("--pool must be at most %d", MaxPool)
+		return fmt.Errorf("--pool must be at most %d", MaxPool)
 	case c.SendProxy && !c.Hello:
-		return cli.Usagef("--send-proxy passes on the hello: it needs --hello-from-src")
+		return errors.New("--send-proxy passes on the hello: it needs --hello-from-src")
 	case c.Secret != nil && len(c.Secret) == 0:
-		return cli.Usagef("--secret-file: the secret is empty")
+		return errors.New("--secret-file: the secret is empty")
 	case c.HandshakeTimeout < 0, c.DialTimeout < 0, c.BackoffBase < 0, c.BackoffMax < 0, c.RefusedMax < 0:
-		return cli.Usagef("timeouts must not be negative")
+		return errors.New("timeouts must not be negative")
 	}
 	return nil
 }

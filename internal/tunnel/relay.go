@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"shd-tcp-tools/internal/allow"
-	"shd-tcp-tools/internal/cli"
 	"shd-tcp-tools/internal/connlog"
 	"shd-tcp-tools/internal/endpoint"
 	"shd-tcp-tools/internal/relay"
@@ -98,27 +97,27 @@ type RelayConfig struct {
 	Rand io.Reader
 }
 
-// Validate reports a configuration no relay can run with, as a cli.UsageError.
+// Validate reports a configuration no relay can run with, as an error that names the option.
 func (c *RelayConfig) Validate() error {
 	switch {
 	case c.Clients.Port < 1 || c.Clients.Port > 65535:
-		return cli.Usagef("-s: missing or bad port; give [ADDR:]PORT")
+		return errors.New("-s: missing or bad port; give [ADDR:]PORT")
 	case c.Links.Port < 1 || c.Links.Port > 65535:
-		return cli.Usagef("-d: missing or bad port; give [ADDR:]PORT")
+		return errors.New("-d: missing or bad port; give [ADDR:]PORT")
 	case c.Clients == c.Links:
-		return cli.Usagef("-s and -d are the same address %s", c.Clients)
+		return fmt.Errorf("-s and -d are the same address %s", c.Clients)
 	case c.Wait < 0:
-		return cli.Usagef("--wait must not be negative")
+		return errors.New("--wait must not be negative")
 	case c.MaxLinks < 0:
-		return cli.Usagef("--max-links must be at least 1")
+		return errors.New("--max-links must be at least 1")
 	case c.MaxHandshakes < 0:
-		return cli.Usagef("the handshake limit must be at least 1")
+		return errors.New("the handshake limit must be at least 1")
 	case c.HandshakeTimeout < 0, c.FirstByte < 0:
-		return cli.Usagef("the handshake timeouts must not be negative")
+		return errors.New("the handshake timeouts must not be negative")
 	case c.MaxSilentClients < 0, c.MaxSilentPerSource < 0:
-		return cli.Usagef("the silent client limits must be at least 1")
+		return errors.New("the silent client limits must be at least 1")
 	case c.Secret != nil && len(c.Secret) == 0:
-		return cli.Usagef("--secret-file: the secret is empty")
+		return errors.New("--secret-file: the secret is empty")
 	}
 	return nil
 }

@@ -7,25 +7,28 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strings"
 	"sync/atomic"
 
-	"shd-tcp-tools/internal/cli"
 	"shd-tcp-tools/internal/connlog"
+	"shd-tcp-tools/internal/patherr"
 )
 
+// ErrEmptySecret is wrapped by LoadSecret's error when the file's first line is empty: a
+// mistake in what the user gave, where any other error is the file's.
+var ErrEmptySecret = errors.New("the first line is empty; put the shared secret there")
+
 // LoadSecret reads the shared link secret: the first line of the file at path, without its
-// line ending. A file that cannot be read is a runtime error; an empty first line is a
-// usage error (cli.UsageError). warning is non-empty when every user may read the file.
+// line ending. A file that cannot be read is an error; an empty first line is an error
+// wrapping ErrEmptySecret. warning is non-empty when every user may read the file.
 func LoadSecret(path string) (secret []byte, warning string, err error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, "", fmt.Errorf("--secret-file %s: %w", path, unwrapPath(err))
+		return nil, "", patherr.Wrap("--secret-file", path, err)
 	}
 	defer f.Close()
 	st, err := f.Stat()
 	if err != nil {
-		return nil, "", fmt.Errorf("--secret-file %s: %w", path, unwrapPath(err))
+		return nil, "", patherr.Wrap("--secret-file", path, err)
 	}
 	if st.IsDir() {
 		return nil, "", fmt.Errorf("--secret-file %s: is a directory", path)
@@ -37,24 +40,16 @@ func LoadSecret(path string) (secret []byte, warning string, err error) {
 	case errors.Is(err, bufio.ErrBufferFull):
 		return nil, "", fmt.Errorf("--secret-file %s: first line longer than %d bytes", path, r.Size())
 	case err != nil && !errors.Is(err, io.EOF):
-		return nil, "", fmt.Errorf("--secret-file %s: %w", path, unwrapPath(err))
+		return nil, "", patherr.Wrap("--secret-file", path, err)
 	}
 	line = bytes.TrimRight(line, "\r\n")
 	if len(bytes.TrimSpace(line)) == 0 {
-		return nil, "", cli.Usagef("--secret-file %s: the first line is empty; put the shared secret there", path)
+		return nil, "", fmt.Errorf("--secret-file %s: %w", path, ErrEmptySecret)
 	}
 	if st.Mode().Perm()&0o004 != 0 {
 		warning = fmt.Sprintf("warning: --secret-file %s is readable by every user; chmod 600 it", path)
 	}
 	return bytes.Clone(line), warning, nil
-}
-
-// unwrapPath drops *fs.PathError's repetition of the path we already name.
-func unwrapPath(err error) error {
-	if pe, ok := err.(*os.PathError); ok {
-		return fmt.Errorf("%s", strings.TrimSpace(pe.Err.Error()))
-	}
-	return err
 }
 
 // secretBox holds the secret a relay or an agent proves now, which a reload may replace.

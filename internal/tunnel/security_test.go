@@ -15,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"shd-tcp-tools/internal/cli"
 	"shd-tcp-tools/internal/endpoint"
 	"shd-tcp-tools/internal/forward/fwdtest"
 	"shd-tcp-tools/internal/tunnel/tunneltest"
@@ -286,15 +285,13 @@ func TestLoadSecret(t *testing.T) {
 	}
 	for _, empty := range []string{"", "\n", "   \nsecret on line 2\n"} {
 		_, _, err = LoadSecret(write("empty", empty, 0o600))
-		var u *cli.UsageError
-		if !errors.As(err, &u) || !strings.Contains(err.Error(), "first line is empty") {
-			t.Errorf("empty %q: %v, want a usage error", empty, err)
+		if !errors.Is(err, ErrEmptySecret) || !strings.Contains(err.Error(), "first line is empty") {
+			t.Errorf("empty %q: %v, want ErrEmptySecret (a usage error for the tools)", empty, err)
 		}
 	}
 	_, _, err = LoadSecret(filepath.Join(dir, "missing"))
-	var u *cli.UsageError
-	if err == nil || errors.As(err, &u) || !strings.Contains(err.Error(), "no such file") {
-		t.Errorf("missing file: %v, want a runtime error", err)
+	if err == nil || errors.Is(err, ErrEmptySecret) || !strings.Contains(err.Error(), "no such file") {
+		t.Errorf("missing file: %v, want the file's error", err)
 	}
 	_, _, err = LoadSecret(write("long", strings.Repeat("x", 5000), 0o600))
 	if err == nil || !strings.Contains(err.Error(), "longer than") {
@@ -313,8 +310,8 @@ func TestValidate(t *testing.T) {
 		"neg wait":  {Clients: ep(1), Links: ep(2), Wait: -1},
 		"empty sec": {Clients: ep(1), Links: ep(2), Secret: []byte{}},
 	} {
-		if err := c.Validate(); cli.Code(err) != cli.ExitUsage {
-			t.Errorf("%s: %v, want a usage error", name, err)
+		if err := c.Validate(); err == nil {
+			t.Errorf("%s: valid, want an error", name)
 		}
 	}
 	a := AgentConfig{Relay: hep(1), Service: hep(2), Pool: 1}
@@ -327,8 +324,8 @@ func TestValidate(t *testing.T) {
 		"no host":         {Relay: ep(1), Service: hep(2), Pool: 1},
 		"proxy, no hello": {Relay: hep(1), Service: hep(2), Pool: 1, SendProxy: true},
 	} {
-		if err := c.Validate(); cli.Code(err) != cli.ExitUsage {
-			t.Errorf("%s: %v, want a usage error", name, err)
+		if err := c.Validate(); err == nil {
+			t.Errorf("%s: valid, want an error", name)
 		}
 	}
 }
