@@ -6,6 +6,12 @@
 //	2026-11-26T05:39:12.456Z close #7 192.0.2.9:51234 -> 127.0.0.1:22 up=1048576 (1.00 MiB, 512.00 KiB/s) down=2048 (2.00 KiB, 1.00 KiB/s) time=2.333s end="client closed"
 //	2026-11-26T05:39:13.000Z refused 198.51.100.7:40000: not in the allow list
 //
+// With Options.Format JSON, each event is one JSON object a line instead, with the same
+// fields under stable names (docs/logging.md); with Options.Quiet, only lines of level
+// Warning and Error are written. A line is formatted by appending to a buffer the Logger
+// reuses (no fmt, no time.Format): an event loop's Buffer, stamped with the loop's time of
+// the round, formats its lines without allocating.
+//
 // Logging never holds up the caller: lines go into a bounded queue that one goroutine
 // writes out, so an event loop or a relay never waits for stderr. When the queue is full
 // (stderr not read, or slower than the events), lines are dropped and counted, and the
@@ -19,6 +25,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -26,15 +33,67 @@ import (
 	"shd-tcp-tools/internal/meter"
 )
 
+// Level is how much a line matters. A quiet Logger (Options.Quiet, the tools' -q) writes
+// Warning and Error lines only.
+type Level uint8
+
+// The levels, from the least to the most important.
+const (
+	Info    Level = iota // an event of normal service: open, close, refused, listening
+	Warning              // something an operator should look at: a host set aside, a lock held
+	Error                // a connection that failed
+)
+
+// String returns the level's name as JSON lines give it: "info", "warning", "error".
+func (v Level) String() string {
+	switch v {
+	case Info:
+		return "info"
+	case Warning:
+		return "warning"
+	default:
+		return "error"
+	}
+}
+
+// Format is how a Logger writes its lines.
+type Format uint8
+
+// The formats: Text is the default.
+const (
+	Text Format = iota // one line of words per event, as in the package comment
+	JSON               // one JSON object per event, one a line (see docs/logging.md)
+)
+
+// ParseFormat returns the Format named by s, "text" or "json", as --log-format takes it.
+func ParseFormat(s string) (Format, error) {
+	switch s {
+	case "text":
+		return Text, nil
+	case "json":
+		return JSON, nil
+	}
+	return Text, fmt.Errorf("log format %q: want text or json", s)
+}
+
+// Options says what a Logger writes and how; the zero value is every line, as text.
+type Options struct {
+	Format Format
+	Quiet  bool // Warning and Error lines only
+}
+
 // Logger writes one line per event, prefixed with a timestamp, without blocking. Safe for
 // simultaneous use. A nil *Logger discards everything.
 type Logger struct {
 	mu  sync.Mutex
 	now func() time.Time
 	q   *queue // where the lines go, shared by a Logger and its Buffers
+	opt Options
 
-	buffer  bool         // a Buffer: lines wait in pending until Flush
-	pending bytes.Buffer // lines not yet queued
+	buffer  bool       // a Buffer: lines wait in pending until Flush
+	pending []byte     // the lines not yet queued (a Buffer), or the one being written
+	scratch []byte     // a free-form message before it is quoted for JSON
+	stamp   stampCache // the text of the last timestamp written
 }
 
 // MaxQueued bounds the bytes of log lines waiting to be written; lines beyond it are
@@ -45,11 +104,14 @@ const MaxQueued = 128 << 10
 // DrainWait bounds how long Drain waits for the queued lines to be written.
 const DrainWait = time.Second
 
-// New returns a Logger writing to out from a goroutine of its own, which runs while
-// there are lines to write. Writes to out must be safe to make from that goroutine; they
-// may block (a full pipe) without holding up the Logger's callers.
-func New(out io.Writer) *Logger {
-	return &Logger{now: time.Now, q: &queue{out: out, max: MaxQueued, direct: directWriter(out)}}
+// New returns a Logger writing every line as text to out; see NewWith.
+func New(out io.Writer) *Logger { return NewWith(out, Options{}) }
+
+// NewWith returns a Logger writing to out, as o says, from a goroutine of its own, which
+// runs while there are lines to write. Writes to out must be safe to make from that
+// goroutine; they may block (a full pipe) without holding up the Logger's callers.
+func NewWith(out io.Writer, o Options) *Logger {
+	return &Logger{now: time.Now, opt: o, q: &queue{out: out, max: MaxQueued, direct: directWriter(out), format: o.Format}}
 }
 
 // Buffer returns a Logger that keeps its lines until Flush queues all of them in one go:
@@ -58,7 +120,22 @@ func (l *Logger) Buffer() *Logger {
 	if l == nil {
 		return nil
 	}
-	return &Logger{now: l.now, q: l.q, buffer: true}
+	return l.BufferAt(l.now)
+}
+
+// BufferAt returns a Buffer whose lines are stamped with the time now gives: an event
+// loop's time of the round, read once for all the lines of the round.
+func (l *Logger) BufferAt(now func() time.Time) *Logger {
+	if l == nil {
+		return nil
+	}
+	return &Logger{now: now, q: l.q, opt: l.opt, buffer: true}
+}
+
+// Enabled reports whether l writes lines of level v: false for a nil Logger, and for Info
+// when l is quiet. A caller may use it to skip the work of preparing a line.
+func (l *Logger) Enabled(v Level) bool {
+	return l != nil && (v >= Warning || !l.opt.Quiet)
 }
 
 // Flush queues the lines a Buffer holds; they go out in one write unless some must be
@@ -69,9 +146,9 @@ func (l *Logger) Flush() {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.pending.Len() > 0 {
-		l.q.add(l.pending.Bytes(), l.now)
-		l.pending.Reset()
+	if len(l.pending) > 0 {
+		l.q.add(l.pending, l.now)
+		l.pending = l.pending[:0]
 	}
 }
 
@@ -86,43 +163,150 @@ func (l *Logger) Drain() {
 	l.q.drain(l.now, DrainWait)
 }
 
-// Printf writes one free-form event line.
-func (l *Logger) Printf(format string, args ...any) {
-	if l == nil {
-		return
-	}
-	msg := fmt.Sprintf(format, args...)
+// begin locks l and starts a line for event at level v: the timestamp, and in JSON the
+// fields every object has. The text words of the event follow, then end.
+func (l *Logger) begin(v Level, event string) {
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	fmt.Fprintf(&l.pending, "%s %s\n", stamp(l.now()), msg)
-	if !l.buffer {
-		l.q.add(l.pending.Bytes(), l.now)
-		l.pending.Reset()
+	if l.opt.Format == JSON {
+		b := append(l.pending, `{"time":"`...)
+		b = l.stamp.append(b, l.now())
+		b = append(b, `","level":"`...)
+		b = append(b, v.String()...)
+		b = append(b, `","event":"`...)
+		b = append(b, event...)
+		l.pending = append(b, '"')
+	} else {
+		l.pending = append(l.stamp.append(l.pending, l.now()), ' ')
 	}
 }
 
-func stamp(t time.Time) string { return t.UTC().Format("2006-01-02T15:04:05.000Z") }
+// end finishes the line begin started, queues it unless l is a Buffer, and unlocks l.
+func (l *Logger) end() {
+	if l.opt.Format == JSON {
+		l.pending = append(l.pending, '}')
+	}
+	l.pending = append(l.pending, '\n')
+	if !l.buffer {
+		l.q.add(l.pending, l.now)
+		l.pending = l.pending[:0]
+	}
+	l.mu.Unlock()
+}
+
+// Printf writes one free-form line of level Info.
+func (l *Logger) Printf(format string, args ...any) { l.Logf(Info, format, args...) }
+
+// Warnf writes one free-form line of level Warning.
+func (l *Logger) Warnf(format string, args ...any) { l.Logf(Warning, format, args...) }
+
+// Logf writes one free-form line of level v: in JSON, its text is the "msg" field.
+func (l *Logger) Logf(v Level, format string, args ...any) {
+	if !l.Enabled(v) {
+		return
+	}
+	l.begin(v, "message")
+	if l.opt.Format == JSON {
+		l.scratch = fmt.Appendf(l.scratch[:0], format, args...)
+		l.pending = jsonStr(l.pending, "msg", string(l.scratch))
+	} else {
+		l.pending = fmt.Appendf(l.pending, format, args...)
+	}
+	l.end()
+}
 
 // Open logs a relayed connection being set up: client -> dest.
 func (l *Logger) Open(id uint64, client, dest string) {
-	l.Printf("open #%d %s -> %s", id, client, dest)
+	if !l.Enabled(Info) {
+		return
+	}
+	l.begin(Info, "open")
+	if l.opt.Format == JSON {
+		l.pending = jsonUint(l.pending, "id", id)
+		l.pending = jsonStr(l.pending, "client", client)
+		l.pending = jsonStr(l.pending, "dest", dest)
+	} else {
+		l.pending = l.appendConn(append(l.pending, "open #"...), id, client, dest)
+	}
+	l.end()
+}
+
+// appendConn appends the words "ID CLIENT -> DEST" of a text line.
+func (l *Logger) appendConn(b []byte, id uint64, client, dest string) []byte {
+	b = strconv.AppendUint(b, id, 10)
+	b = append(append(b, ' '), client...)
+	b = append(append(b, " -> "...), dest...)
+	return b
 }
 
 // Close logs the end of a relayed connection with the bytes and average rate of each
 // direction (up: client to dest, down: dest to client), its duration, and how it ended.
 func (l *Logger) Close(id uint64, client, dest string, up, down uint64, d time.Duration, end string) {
-	l.Printf("close #%d %s -> %s up=%d (%s, %s) down=%d (%s, %s) time=%.3fs end=%q",
-		id, client, dest, up, meter.Size(up), meter.Rate(up, d), down, meter.Size(down), meter.Rate(down, d), d.Seconds(), end)
+	if !l.Enabled(Info) {
+		return
+	}
+	l.begin(Info, "close")
+	if l.opt.Format == JSON {
+		l.pending = jsonUint(l.pending, "id", id)
+		l.pending = jsonStr(l.pending, "client", client)
+		l.pending = jsonStr(l.pending, "dest", dest)
+		l.pending = jsonUint(l.pending, "up", up)
+		l.pending = jsonFloat(l.pending, "up_rate", meter.BytesPerSecond(up, d), 0)
+		l.pending = jsonUint(l.pending, "down", down)
+		l.pending = jsonFloat(l.pending, "down_rate", meter.BytesPerSecond(down, d), 0)
+		l.pending = jsonFloat(l.pending, "seconds", d.Seconds(), 3)
+		l.pending = jsonStr(l.pending, "end", end)
+	} else {
+		b := l.appendConn(append(l.pending, "close #"...), id, client, dest)
+		b = appendDir(append(b, " up="...), up, d)
+		b = appendDir(append(b, " down="...), down, d)
+		b = strconv.AppendFloat(append(b, " time="...), d.Seconds(), 'f', 3, 64)
+		b = appendQuote(append(b, "s end="...), end)
+		l.pending = b
+	}
+	l.end()
+}
+
+// appendDir appends a direction's "N (SIZE, RATE)".
+func appendDir(b []byte, n uint64, d time.Duration) []byte {
+	b = append(strconv.AppendUint(b, n, 10), " ("...)
+	b = append(meter.AppendSize(b, n), ", "...)
+	return append(meter.AppendRate(b, n, d), ')')
 }
 
 // Refused logs a client turned away before anything was relayed.
 func (l *Logger) Refused(client, why string) {
-	l.Printf("refused %s: %s", client, why)
+	if !l.Enabled(Info) {
+		return
+	}
+	l.begin(Info, "refused")
+	if l.opt.Format == JSON {
+		l.pending = jsonStr(l.pending, "client", client)
+		l.pending = jsonStr(l.pending, "reason", why)
+	} else {
+		l.pending = append(append(append(append(l.pending, "refused "...), client...), ": "...), why...)
+	}
+	l.end()
 }
 
 // Failed logs a connection attempt that did not succeed, with the reason.
 func (l *Logger) Failed(id uint64, client, dest string, err error) {
-	l.Printf("failed #%d %s -> %s: %v", id, client, dest, err)
+	if !l.Enabled(Error) {
+		return
+	}
+	why := "<nil>" // as fmt prints a nil error
+	if err != nil {
+		why = err.Error()
+	}
+	l.begin(Error, "failed")
+	if l.opt.Format == JSON {
+		l.pending = jsonUint(l.pending, "id", id)
+		l.pending = jsonStr(l.pending, "client", client)
+		l.pending = jsonStr(l.pending, "dest", dest)
+		l.pending = jsonStr(l.pending, "error", why)
+	} else {
+		l.pending = append(append(l.appendConn(append(l.pending, "failed #"...), id, client, dest), ": "...), why...)
+	}
+	l.end()
 }
 
 // queue holds the lines waiting to be written to out, and runs the one goroutine that
@@ -132,6 +316,7 @@ type queue struct {
 	max int
 	// direct writes at once what cannot block (see directWriter); nil when out may block.
 	direct func(p []byte) (n int, tried bool)
+	format Format // of the count of dropped lines
 
 	mu      sync.Mutex
 	lines   []byte        // whole lines, in order
@@ -196,8 +381,7 @@ func (q *queue) write(now func() time.Time) {
 		if err == nil && dropped > 0 {
 			// Every line of batch came before every dropped one: the count goes after it.
 			lost = 0
-			report := fmt.Sprintf("%s dropped %d log lines: stderr could not take them (not read, or a write failed)\n", stamp(now()), dropped)
-			if _, err = io.WriteString(q.out, report); err != nil {
+			if _, err = q.out.Write(appendDropped(nil, q.format, now(), dropped)); err != nil {
 				lost = dropped
 			}
 		}
@@ -237,6 +421,20 @@ func (q *queue) drain(now func() time.Time, d time.Duration) {
 			return
 		}
 	}
+}
+
+// appendDropped appends the line that reports n dropped lines, a warning.
+func appendDropped(b []byte, f Format, t time.Time, n uint64) []byte {
+	var c stampCache
+	const why = "stderr could not take them (not read, or a write failed)"
+	if f == JSON {
+		b = c.append(append(b, `{"time":"`...), t)
+		b = append(b, `","level":"warning","event":"dropped"`...)
+		b = jsonUint(b, "count", n)
+		return append(jsonStr(b, "reason", why), "}\n"...)
+	}
+	b = append(strconv.AppendUint(append(c.append(b, t), " dropped "...), n, 10), " log lines: "...)
+	return append(append(b, why...), '\n')
 }
 
 func countLines(p []byte) uint64 { return uint64(bytes.Count(p, []byte("\n"))) }

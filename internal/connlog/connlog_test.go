@@ -73,12 +73,17 @@ func TestBuffer(t *testing.T) {
 
 // gate is a writer whose writes wait until it is opened, as a pipe that nobody reads.
 type gate struct {
-	open chan struct{}
-	mu   sync.Mutex
-	buf  bytes.Buffer
+	open    chan struct{}
+	entered chan struct{} // closed when the first write waits
+	once    sync.Once
+	mu      sync.Mutex
+	buf     bytes.Buffer
 }
 
+func newGate() *gate { return &gate{open: make(chan struct{}), entered: make(chan struct{})} }
+
 func (g *gate) Write(p []byte) (int, error) {
+	g.once.Do(func() { close(g.entered) })
 	<-g.open
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -95,14 +100,18 @@ func (g *gate) String() string {
 // queue is dropped and counted, and once writes go through again the count follows the
 // lines that were kept, so kept plus dropped is every line logged.
 func TestBlockedWriterDropsAndCounts(t *testing.T) {
-	g := &gate{open: make(chan struct{})}
+	g := newGate()
 	l := New(g)
 	b := l.Buffer()
 	const total = 5000
+	// The writer is stuck on the first line before the others come, so that every line
+	// dropped is dropped while it waits, and the count comes once, after the kept ones.
+	l.Printf("line 0")
+	<-g.entered
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		for i := range total {
+		for i := 1; i < total; i++ {
 			if i%2 == 0 {
 				l.Printf("line %d", i)
 			} else {

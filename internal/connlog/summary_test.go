@@ -1,7 +1,7 @@
 package connlog
 
 import (
-	"fmt"
+	"net/netip"
 	"strings"
 	"testing"
 	"testing/synctest"
@@ -29,20 +29,20 @@ func TestSummary(t *testing.T) {
 		l := New(out)
 		s := l.Summarise(3, 10*time.Second)
 		for i := range 5000 {
-			src := "192.0.2.1"
+			src := netip.MustParsePrefix("192.0.2.1/32")
 			switch {
 			case i%10 == 0:
-				src = "192.0.2.2"
+				src = netip.MustParsePrefix("192.0.2.2/32")
 			case i%100 == 1:
-				src = fmt.Sprintf("198.51.100.%d", i/100) // 50 sources, more than are tracked
+				src = netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 51, 100, byte(i / 100)}), 32) // 50 sources, more than are tracked
 			}
 			reason := "silent"
 			if i%4 == 0 {
 				reason = "pushed out"
 			}
-			s.Event("link refused", reason, src, "link #%d refused %s: %s", i, src, reason)
+			s.Event("link refused", Warning, reason, src, "link #%d refused %s: %s", i, SourceName(src), reason)
 		}
-		s.Event("client refused", "allow", "203.0.113.9", "refused 203.0.113.9: not in the allow list")
+		s.Event("client refused", Info, "allow", netip.MustParsePrefix("203.0.113.9/32"), "refused 203.0.113.9: not in the allow list")
 		if n := s.Count("link refused"); n != 5000 {
 			t.Errorf("Count: %d, want 5000", n)
 		}
@@ -61,7 +61,7 @@ func TestSummary(t *testing.T) {
 			t.Errorf("summary line\n%s\nwant it to end\n%s", got[4], want)
 		}
 		// A new interval starts with a new burst; a kind within its burst gets no summary.
-		s.Event("link refused", "silent", "192.0.2.1", "again")
+		s.Event("link refused", Warning, "silent", netip.MustParsePrefix("192.0.2.1/32"), "again")
 		s.Flush()
 		s.Flush()
 		got = lines(out)
@@ -69,7 +69,80 @@ func TestSummary(t *testing.T) {
 			t.Errorf("second interval: %q", got[4:])
 		}
 		var none *Summary
-		none.Event("k", "r", "s", "x")
+		none.Event("k", Info, "r", netip.Prefix{}, "x")
 		none.Flush()
+	})
+}
+
+// In JSON, a summary is one object whose counts add up to the events it does not show,
+// with odd reasons quoted as any other text.
+func TestSummaryJSON(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		out := fwdtest.NewLogBuf()
+		l := NewWith(out, Options{Format: JSON})
+		s := l.Summarise(2, 10*time.Second)
+		const total = 1000
+		for i := range total {
+			src := Block(netip.AddrFrom4([4]byte{192, 0, 2, byte(i)}))
+			if i%3 == 0 {
+				src = Block(netip.MustParseAddr("2001:db8:1:2::7"))
+			}
+			reason := oddNames[i%len(oddNames)]
+			s.Event("failed -> 127.0.0.1:1", Error, reason, src, "failed #%d: %s", i, reason)
+		}
+		s.Flush()
+		synctest.Wait()
+		objs := decodeLines(t, out.String())
+		if len(objs) != 3 {
+			t.Fatalf("%d objects, want 2 lines and a summary: %v", len(objs), objs)
+		}
+		sum := objs[2]
+		if sum["event"] != "summary" || sum["level"] != "error" || sum["kind"] != "failed -> 127.0.0.1:1" || sum["count"] != float64(total-2) {
+			t.Fatalf("summary %v", sum)
+		}
+		n := 0.0
+		for _, v := range sum["reasons"].(map[string]any) {
+			n += v.(float64)
+		}
+		if n != total-2 {
+			t.Errorf("reasons add up to %v, want %d: %v", n, total-2, sum["reasons"])
+		}
+		sources := sum["sources"].(map[string]any)
+		n, _ = sum["sources_other"].(float64) // absent: none
+		for _, v := range sources {
+			n += v.(float64)
+		}
+		if n != total-2 || sources["192.0.2.0/24"] == nil || sources["2001:db8:1:2::/64"] == nil {
+			t.Errorf("sources %v and %v others, want blocks adding up to %d", sources, sum["sources_other"], total-2)
+		}
+	})
+}
+
+// Allow lets the burst's events through for their own lines and counts the rest, which
+// the summary gives: lines and counts add up to the events.
+func TestSummaryAllow(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		out := fwdtest.NewLogBuf()
+		l := New(out)
+		s := l.Summarise(3, 10*time.Second)
+		src := Block(netip.MustParseAddr("192.0.2.77"))
+		shown := 0
+		for range 100 {
+			if s.Allow("refused", Info, "not in the allow list", src) {
+				shown++
+				l.Refused("192.0.2.77:1", "not in the allow list")
+			}
+		}
+		s.Flush()
+		got := lines(out)
+		want := `summary: 97 more "refused" in the last 1s: not in the allow list x97; from 192.0.2.0/24 x97`
+		if shown != 3 || len(got) != 4 || !strings.HasSuffix(got[3], " "+want) {
+			t.Errorf("%d shown; lines %q, want 3 and the summary %q", shown, got, want)
+		}
+		s.Allow("refused", Info, "not in the allow list", src)
+		if allocs := testing.AllocsPerRun(100, func() { s.Allow("refused", Info, "not in the allow list", src) }); allocs != 0 {
+			t.Errorf("Allow: %v allocations for a kind, reason and source seen before", allocs)
+		}
+		s.Flush()
 	})
 }

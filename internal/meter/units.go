@@ -4,7 +4,7 @@
 package meter
 
 import (
-	"fmt"
+	"strconv"
 	"time"
 )
 
@@ -12,26 +12,38 @@ var units = []string{"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"}
 
 // Size formats n bytes with an IEC unit: "512 B", "1.50 KiB", "3.20 GiB". A value that
 // would round up to 1024.00 of one unit is written as 1.00 of the next.
-func Size(n uint64) string {
+func Size(n uint64) string { return string(AppendSize(nil, n)) }
+
+// AppendSize appends Size(n) to b, allocating nothing when b has room.
+func AppendSize(b []byte, n uint64) []byte {
 	if n < 1024 {
-		return fmt.Sprintf("%d B", n)
+		return append(strconv.AppendUint(b, n, 10), " B"...)
 	}
 	v, u := scale(float64(n) / 1024)
-	return fmt.Sprintf("%.2f %s", v, u)
+	return append(append(strconv.AppendFloat(b, v, 'f', 2, 64), ' '), u...)
 }
 
 // Rate formats the average rate of n bytes over d as "12.34 MiB/s". A zero or negative
 // duration gives the rate as if d were one nanosecond, never a division by zero.
-func Rate(n uint64, d time.Duration) string {
+func Rate(n uint64, d time.Duration) string { return string(AppendRate(nil, n, d)) }
+
+// AppendRate appends Rate(n, d) to b, allocating nothing when b has room.
+func AppendRate(b []byte, n uint64, d time.Duration) []byte {
+	bps := BytesPerSecond(n, d)
+	if bps < 1023.5 { // "%.0f" would print 1024 from here on
+		return append(strconv.AppendFloat(b, bps, 'f', 0, 64), " B/s"...)
+	}
+	v, u := scale(bps / 1024)
+	return append(append(append(strconv.AppendFloat(b, v, 'f', 2, 64), ' '), u...), "/s"...)
+}
+
+// BytesPerSecond is the average rate of n bytes over d, as Rate prints it: a zero or
+// negative d counts as one nanosecond.
+func BytesPerSecond(n uint64, d time.Duration) float64 {
 	if d <= 0 {
 		d = time.Nanosecond
 	}
-	bps := float64(n) / d.Seconds()
-	if bps < 1023.5 { // "%.0f" would print 1024 from here on
-		return fmt.Sprintf("%.0f B/s", bps)
-	}
-	v, u := scale(bps / 1024)
-	return fmt.Sprintf("%.2f %s/s", v, u)
+	return float64(n) / d.Seconds()
 }
 
 // scale takes v KiB and divides it by 1024 until it prints with two decimals below 1024,

@@ -363,13 +363,13 @@ func (r *Relay) serveLink(ctx context.Context, c *net.TCPConn, g *guest) {
 		}
 		// Strangers that never sent an opening are counted apart from links that failed
 		// the exchange, so that a flood of them cannot hide an agent's misconfiguration.
-		kind := kindLink
+		kind, level := kindLink, connlog.Warning
 		var pe errPushedOut
 		if errors.As(err, &pe) && class(pe) < engaged || errors.Is(err, errNotOpening) ||
 			errors.Is(err, errSilent) || errors.Is(err, errClosedEarly) {
-			kind = kindSilentLink
+			kind, level = kindSilentLink, connlog.Info
 		}
-		r.strangers.Event(kind, reasonOf(err), sourceName(g.source), "link #%d refused %s: %v", id, addr, err)
+		r.strangers.Event(kind, level, reasonOf(err), g.source, "link #%d refused %s: %v", id, addr, err)
 	}
 	openBy := time.Now().Add(r.cfg.FirstByte)
 	if err := r.waitFirstByte(c, g, r.linkRoom, r.cfg.FirstByte); err != nil {
@@ -526,7 +526,7 @@ func (r *Relay) admitClient(ctx context.Context, c *net.TCPConn) func() {
 		c.SetLinger(0)
 		c.Close()
 		client := c.RemoteAddr().String()
-		r.strangers.Event(kindClient, "not in the allow list", sourceName(sourceOf(c.RemoteAddr())), "refused %s: not in the allow list", client)
+		r.strangers.Event(kindClient, connlog.Info, "not in the allow list", sourceOf(c.RemoteAddr()), "refused %s: not in the allow list", client)
 		return nil
 	}
 	var g *guest
@@ -559,7 +559,7 @@ func (r *Relay) serveClient(ctx context.Context, c *net.TCPConn, g *guest, start
 			_ = c.SetLinger(0)
 			c.Close()
 			if ctx.Err() == nil {
-				r.strangers.Event(kindSilentClient, reasonOf(err), sourceName(g.source), "refused %s: %v", client, err)
+				r.strangers.Event(kindSilentClient, connlog.Info, reasonOf(err), g.source, "refused %s: %v", client, err)
 			}
 			return
 		}
@@ -570,7 +570,7 @@ func (r *Relay) serveClient(ctx context.Context, c *net.TCPConn, g *guest, start
 		c.Close()
 		if errors.Is(err, errNoLink) {
 			why := fmt.Sprintf("no idle link within %v", r.cfg.Wait)
-			r.strangers.Event(kindNoLink, why, sourceName(sourceOf(c.RemoteAddr())), "failed #%d %s -> link: %s", id, client, why)
+			r.strangers.Event(kindNoLink, connlog.Warning, why, sourceOf(c.RemoteAddr()), "failed #%d %s -> link: %s", id, client, why)
 		}
 		return
 	}

@@ -86,14 +86,6 @@ func sourceOf(a net.Addr) netip.Prefix {
 	return p
 }
 
-// sourceName is how a source appears in log lines: an address, or a /64 prefix.
-func sourceName(p netip.Prefix) string {
-	if p.Addr().Is4() {
-		return p.Addr().String()
-	}
-	return p.String()
-}
-
 // enter admits c as a guest of class cl. When that takes the room past its capacity, or
 // c's source past its share, another guest is pushed out first: its connection is reset and
 // closed, and it is returned so the caller can count it.

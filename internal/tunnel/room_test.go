@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"shd-tcp-tools/internal/connlog"
 )
 
 // roomPeer is one end of a real loopback connection from source, the other end entered
@@ -129,7 +131,7 @@ func TestSourceOf(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := sourceName(sourceOf(a)); got != tc.want {
+		if got := connlog.SourceName(sourceOf(a)); got != tc.want {
 			t.Errorf("%s: source %s, want %s", tc.addr, got, tc.want)
 		}
 	}
