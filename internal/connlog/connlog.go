@@ -221,13 +221,16 @@ func (l *Logger) Open(id uint64, client, dest string) {
 	}
 	l.begin(Info, "open")
 	if l.opt.Format == JSON {
-		l.pending = jsonUint(l.pending, "id", id)
-		l.pending = jsonStr(l.pending, "client", client)
-		l.pending = jsonStr(l.pending, "dest", dest)
+		l.pending = jsonConn(l.pending, id, client, dest)
 	} else {
 		l.pending = l.appendConn(append(l.pending, "open #"...), id, client, dest)
 	}
 	l.end()
+}
+
+// jsonConn appends a connection's fields: id, client, dest.
+func jsonConn(b []byte, id uint64, client, dest string) []byte {
+	return jsonStr(jsonStr(jsonUint(b, "id", id), "client", client), "dest", dest)
 }
 
 // appendConn appends the words "ID CLIENT -> DEST" of a text line.
@@ -246,9 +249,7 @@ func (l *Logger) Close(id uint64, client, dest string, up, down uint64, d time.D
 	}
 	l.begin(Info, "close")
 	if l.opt.Format == JSON {
-		l.pending = jsonUint(l.pending, "id", id)
-		l.pending = jsonStr(l.pending, "client", client)
-		l.pending = jsonStr(l.pending, "dest", dest)
+		l.pending = jsonConn(l.pending, id, client, dest)
 		l.pending = jsonUint(l.pending, "up", up)
 		l.pending = jsonFloat(l.pending, "up_rate", meter.BytesPerSecond(up, d), 0)
 		l.pending = jsonUint(l.pending, "down", down)
@@ -299,9 +300,7 @@ func (l *Logger) Failed(id uint64, client, dest string, err error) {
 	}
 	l.begin(Error, "failed")
 	if l.opt.Format == JSON {
-		l.pending = jsonUint(l.pending, "id", id)
-		l.pending = jsonStr(l.pending, "client", client)
-		l.pending = jsonStr(l.pending, "dest", dest)
+		l.pending = jsonConn(l.pending, id, client, dest)
 		l.pending = jsonStr(l.pending, "error", why)
 	} else {
 		l.pending = append(append(l.appendConn(append(l.pending, "failed #"...), id, client, dest), ": "...), why...)
