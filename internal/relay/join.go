@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -50,7 +51,12 @@ type Result struct {
 }
 
 // Join relays client <-> server until both directions are done, then closes both
-// connections. The two *net.TCPConn values are used raw so that splice applies. When one
+// connections. Each side is a *net.TCPConn, used raw so that splice applies, or a
+// connection layered on one (a *tls.Conn: a Layered whose NetConn is a *net.TCPConn),
+// copied through a buffer in user space. On a layered side a clean end is passed on as the
+// layer's own end (TLS close_notify) and then a FIN, and the resets, linger and settling
+// below act on the TCP connection under it (a reset sends no close_notify first, so a cut
+// never looks complete). When one
 // side resets, the other is closed with a reset too (SO_LINGER 0), so a backend never
 // mistakes an aborted upload for a complete one; so are both when Join ends the relay
 // itself (an error, the idle timeout, or ctx cancelled: End is then EndIdle or
@@ -59,8 +65,8 @@ type Result struct {
 // Join runs the client-to-server direction on the calling goroutine and one more
 // goroutine for the other; ends are handled as they happen, without a third goroutine, to
 // keep an idle relay small.
-func Join(ctx context.Context, client, server *net.TCPConn, o Options) Result {
-	j := &joiner{client: client, server: server, halfClose: o.HalfClose, start: time.Now()}
+func Join(ctx context.Context, client, server net.Conn, o Options) Result {
+	j := &joiner{client: sideOf(client), server: sideOf(server), halfClose: o.HalfClose, start: time.Now()}
 	jctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	j.cancel = cancel
@@ -105,10 +111,10 @@ func Join(ctx context.Context, client, server *net.TCPConn, o Options) Result {
 	downDone := make(chan struct{})
 	go func() {
 		defer close(downDone)
-		n, err := Copy(jctx, client, server, options(false))
+		n, err := Copy(jctx, j.client.c, j.server.c, options(false))
 		j.finished(false, n, err)
 	}()
-	n, err := Copy(jctx, server, client, options(true))
+	n, err := Copy(jctx, j.server.c, j.client.c, options(true))
 	j.finished(true, n, err)
 	<-downDone
 
@@ -122,7 +128,7 @@ func Join(ctx context.Context, client, server *net.TCPConn, o Options) Result {
 	for _, side := range []struct {
 		c   *net.TCPConn
 		eof bool
-	}{{client, j.eof[up]}, {server, j.eof[down]}} {
+	}{{j.client.tcp, j.eof[up]}, {j.server.tcp, j.eof[down]}} {
 		switch {
 		case j.reset: // passed on already
 		case j.aborted:
@@ -132,8 +138,10 @@ func Join(ctx context.Context, client, server *net.TCPConn, o Options) Result {
 			Settle(ctx, side.c, SettleTimeout)
 		}
 	}
-	_ = client.Close()
-	_ = server.Close()
+	// The TCP connections, not a layer over them: a layer's Close would send its own end
+	// (close_notify) after a reset was decided.
+	_ = j.client.tcp.Close()
+	_ = j.server.tcp.Close()
 	j.res.Duration = time.Since(j.start)
 	return j.res
 }
@@ -143,9 +151,48 @@ const (
 	down = 1
 )
 
+// Layered is a connection over another, such as a *tls.Conn: Join relays it through a
+// buffer and acts on the *net.TCPConn that NetConn returns for resets and settling.
+type Layered interface {
+	net.Conn
+	NetConn() net.Conn
+	// CloseWrite ends the layer's stream (TLS close_notify), not the connection under it.
+	CloseWrite() error
+}
+
+// side is one connection of a Join: what is copied (c) and the TCP connection under it,
+// the same one when there is no layer.
+type side struct {
+	c   net.Conn
+	tcp *net.TCPConn
+}
+
+// sideOf finds the TCP connection under c. Join's callers pass only *net.TCPConn values
+// and Layered ones over them, so anything else is a programming error.
+func sideOf(c net.Conn) side {
+	switch t := c.(type) {
+	case *net.TCPConn:
+		return side{c: t, tcp: t}
+	case Layered:
+		if tcp, ok := t.NetConn().(*net.TCPConn); ok {
+			return side{c: t, tcp: tcp}
+		}
+	}
+	panic(fmt.Sprintf("relay.Join: %T is neither a *net.TCPConn nor layered on one", c))
+}
+
+// closeWrite passes a clean end on: the layer's end first, when there is a layer, then
+// the FIN.
+func (s side) closeWrite() {
+	if l, ok := s.c.(Layered); ok {
+		_ = l.CloseWrite()
+	}
+	_ = s.tcp.CloseWrite()
+}
+
 // joiner is the state of one Join, shared by its two directions and its timers.
 type joiner struct {
-	client, server *net.TCPConn
+	client, server side
 	halfClose      bool
 	start          time.Time
 	cancel         context.CancelFunc
@@ -174,7 +221,7 @@ func (j *joiner) finished(isUp bool, n int64, err error) {
 		return // stopped by us: just collect
 	}
 	if err != nil {
-		end, peer := classify(j.client, j.server, err)
+		end, peer := classify(j.client.tcp, j.server.tcp, err)
 		if peer != nil {
 			_ = peer.SetLinger(0)
 			j.reset = true
@@ -188,7 +235,7 @@ func (j *joiner) finished(isUp bool, n int64, err error) {
 	}
 	// Everything the source sent has been written: pass the end on as a FIN so the
 	// destination reads all of it before any close.
-	_ = dst.CloseWrite()
+	dst.closeWrite()
 	if !j.halfClose {
 		j.ending = true
 		j.stopDirection(!isUp)
@@ -219,8 +266,8 @@ func (j *joiner) stopDirection(isUp bool) {
 	if isUp {
 		src, dst = j.client, j.server
 	}
-	_ = src.SetReadDeadline(past)
-	_ = dst.SetWriteDeadline(past)
+	_ = src.c.SetReadDeadline(past)
+	_ = dst.c.SetWriteDeadline(past)
 }
 
 func closedEnd(isUp bool) string {

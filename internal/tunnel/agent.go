@@ -3,6 +3,7 @@ package tunnel
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +17,7 @@ import (
 	"shd-tcp-tools/internal/connlog"
 	"shd-tcp-tools/internal/endpoint"
 	"shd-tcp-tools/internal/relay"
+	"shd-tcp-tools/internal/tlslink"
 )
 
 // DefaultPool is how many idle links connecttwo keeps open (--pool), and MaxPool the most
@@ -70,6 +72,9 @@ type AgentConfig struct {
 	Log *connlog.Logger
 	// Rand is the nonce source; nil means crypto/rand.
 	Rand io.Reader
+	// TLS, when set, is how links check the relay (--tls-pin, --tls-ca): every link runs
+	// TLS 1.3 before its handshake, and the relays copy through it.
+	TLS *tlslink.Client
 
 	dialService func(ctx context.Context, ep endpoint.Endpoint) (*net.TCPConn, error)
 }
@@ -98,8 +103,9 @@ func (c *AgentConfig) Validate() error {
 // Agent is connecttwo's engine: it keeps Pool idle links open to the relay and, when one is
 // taken, connects to the service and relays the two, opening a replacement link at once.
 type Agent struct {
-	cfg     AgentConfig
-	secret  *secretBox
+	cfg       AgentConfig
+	tlsConfig *tls.Config // nil: plain links
+	secret    *secretBox
 	idle    *gauge
 	opening chan struct{} // one token per link being connected and handshaken
 	conns   atomic.Uint64 // ids for log lines
@@ -130,7 +136,11 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 	if cfg.RefusedMax == 0 {
 		cfg.RefusedMax = DefaultRefusedMax
 	}
-	return &Agent{cfg: cfg, secret: newSecretBox(cfg.Secret, cfg.SecretFile), idle: newGauge(), opening: make(chan struct{}, maxOpening)}, nil
+	var tlsConfig *tls.Config
+	if cfg.TLS != nil {
+		tlsConfig = cfg.TLS.Config()
+	}
+	return &Agent{cfg: cfg, tlsConfig: tlsConfig, secret: newSecretBox(cfg.Secret, cfg.SecretFile), idle: newGauge(), opening: make(chan struct{}, maxOpening)}, nil
 }
 
 // Reload rereads the secret file (SecretFile) and logs it: links opened from now on prove
@@ -171,7 +181,7 @@ func (a *Agent) slot(ctx context.Context) {
 	cut := Backoff{Base: a.cfg.BackoffBase, Max: min(a.cfg.RefusedMax, unreachable.max())}
 	for ctx.Err() == nil {
 		id := a.links.Add(1)
-		link, rest, err := a.openLink(ctx)
+		link, rw, rest, err := a.openLink(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -189,7 +199,7 @@ func (a *Agent) slot(ctx context.Context) {
 		addr := fmt.Sprintf("%s -> %s", link.LocalAddr(), link.RemoteAddr())
 		a.idle.add(1)
 		a.cfg.Log.Printf("link #%d up %s", id, addr)
-		first, err := a.waitTaken(ctx, link, rest)
+		first, err := a.waitTaken(ctx, link, rw, rest)
 		a.idle.add(-1)
 		if err != nil {
 			link.Close()
@@ -210,7 +220,7 @@ func (a *Agent) slot(ctx context.Context) {
 		a.wg.Add(1)
 		go func() {
 			defer a.wg.Done()
-			a.serve(ctx, id, link, first, dialed)
+			a.serve(ctx, id, link, rw, first, dialed)
 		}()
 		// Open the replacement once the service connection is made (or failed): at once,
 		// but not in the way of the connection being set up on these two cores.
@@ -222,12 +232,14 @@ func (a *Agent) slot(ctx context.Context) {
 	}
 }
 
-// openLink connects to the relay and runs the handshake, at most maxOpening at once.
-func (a *Agent) openLink(ctx context.Context) (*net.TCPConn, []byte, error) {
+// openLink connects to the relay and runs the handshake (TLS first, when on), at most
+// maxOpening at once. It returns the TCP connection, what the link's bytes go through (the
+// same connection, or TLS over it) and the bytes that came after the verdict.
+func (a *Agent) openLink(ctx context.Context) (*net.TCPConn, net.Conn, []byte, error) {
 	select {
 	case a.opening <- struct{}{}:
 	case <-ctx.Done():
-		return nil, nil, ctx.Err()
+		return nil, nil, nil, ctx.Err()
 	}
 	defer func() { <-a.opening }()
 	c, err := a.cfg.Dial(ctx, a.cfg.Relay)
@@ -235,27 +247,40 @@ func (a *Agent) openLink(ctx context.Context) (*net.TCPConn, []byte, error) {
 		err = &cutError{err} // accepted and reset at once: the relay is there
 	}
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	setKeepAlive(c)
 	stop := context.AfterFunc(ctx, func() { c.Close() })
-	rest, err := clientHandshake(c, linkParams{
-		hello: a.cfg.Hello, secret: a.secret.get(), rand: a.cfg.Rand, timeout: a.cfg.HandshakeTimeout,
-	})
+	var rw net.Conn = c
+	var binding, rest []byte
+	if a.tlsConfig != nil {
+		var tc *tls.Conn
+		tc, binding, err = a.clientTLS(ctx, c)
+		rw = tc
+	}
+	if err == nil {
+		rest, err = clientHandshake(rw, linkParams{
+			hello: a.cfg.Hello, secret: a.secret.get(), rand: a.cfg.Rand, timeout: a.cfg.HandshakeTimeout,
+			binding: binding,
+		})
+	}
+	if err == nil && len(rest) == 0 && a.tlsConfig != nil {
+		rest, err = buffered(rw)
+	}
 	if !stop() && err == nil {
 		err = ctx.Err()
 	}
 	if err != nil {
-		c.Close()
-		return nil, nil, err
+		c.Close() // raw: an idle or failed link ends without close_notify
+		return nil, nil, nil, err
 	}
-	return c, rest, nil
+	return c, rw, rest, nil
 }
 
 // waitTaken blocks until the relay sends the link's first bytes (the link is taken) and
 // returns them, or returns why the link ended first. rest holds bytes that came with the
-// handshake's verdict.
-func (a *Agent) waitTaken(ctx context.Context, link *net.TCPConn, rest []byte) ([]byte, error) {
+// handshake's verdict. The wait is on the TCP connection, link; the read through rw.
+func (a *Agent) waitTaken(ctx context.Context, link *net.TCPConn, rw net.Conn, rest []byte) ([]byte, error) {
 	if len(rest) > 0 {
 		return rest, nil
 	}
@@ -265,7 +290,7 @@ func (a *Agent) waitTaken(ctx context.Context, link *net.TCPConn, rest []byte) (
 		return nil, readErr(err)
 	}
 	buf := make([]byte, firstRead)
-	n, err := link.Read(buf)
+	n, err := rw.Read(buf)
 	if n > 0 {
 		return buf[:n], nil
 	}
@@ -278,7 +303,7 @@ func (a *Agent) waitTaken(ctx context.Context, link *net.TCPConn, rest []byte) (
 // serve connects a taken link to the service and relays the two. first holds the bytes
 // read so far: a hello (when Hello is set) and possibly the client's first data.
 // dialed is closed once the service connection is made or has failed.
-func (a *Agent) serve(ctx context.Context, linkID uint64, link *net.TCPConn, first []byte, dialed chan<- struct{}) {
+func (a *Agent) serve(ctx context.Context, linkID uint64, link *net.TCPConn, rw net.Conn, first []byte, dialed chan<- struct{}) {
 	var once sync.Once
 	signal := func() { once.Do(func() { close(dialed) }) }
 	defer signal()
@@ -291,7 +316,7 @@ func (a *Agent) serve(ctx context.Context, linkID uint64, link *net.TCPConn, fir
 	// payload is the client's data read so far; replay is what the service gets first.
 	payload, replay := first, first
 	if a.cfg.Hello {
-		h, raw, rest, err := readHello(link, first, a.cfg.HandshakeTimeout)
+		h, raw, rest, err := readHello(rw, first, a.cfg.HandshakeTimeout)
 		if err != nil {
 			_ = link.SetLinger(0)
 			link.Close()
@@ -330,7 +355,7 @@ func (a *Agent) serve(ctx context.Context, linkID uint64, link *net.TCPConn, fir
 		return
 	}
 	a.cfg.Log.Open(id, client, service)
-	res := relay.Join(ctx, link, srv, relay.Options{HalfClose: true})
+	res := relay.Join(ctx, rw, srv, relay.Options{HalfClose: true})
 	up := uint64(res.Up) + uint64(len(payload))
 	a.cfg.Log.Close(id, client, service, up, uint64(res.Down), res.Duration, res.End)
 }

@@ -79,6 +79,9 @@ type linkParams struct {
 	timeout time.Duration
 	// openBy, on the relay, is when the opening must have arrived; zero: within timeout.
 	openBy time.Time
+	// binding is the TLS session's exporter value (tlslink.Exporter), mixed into both
+	// proofs so that they hold in this session only; nil without TLS.
+	binding []byte
 }
 
 // serverHooks are what serverHandshake asks the relay along the way. opened is called once
@@ -225,8 +228,10 @@ func readErr(err error) error {
 }
 
 // clip shortens text that came from the peer before it goes into a log line.
-func clip(s string) string {
-	const max = 64
+func clip(s string) string { return clipTo(s, 64) }
+
+// clipTo is clip for text of up to max characters, such as a reason the peer sends.
+func clipTo(s string, max int) string {
 	s = strings.Map(func(r rune) rune {
 		if r < 0x20 || r > 0x7e {
 			return '?'
@@ -311,8 +316,11 @@ func serverHandshake(c net.Conn, p linkParams, h serverHooks) error {
 	case p.secret == nil && r.auth:
 		return refuse(errors.New("auth mismatch: connecttwo has --secret-file, listentwo has none"))
 	case p.secret != nil:
-		want := linkMAC(p.secret, labelClient, greeting, body)
+		want := linkMAC(p.secret, labelClient, p.binding, greeting, body)
 		if mac == nil || !hmac.Equal(mac, want) {
+			if p.binding != nil {
+				return refuse(errors.New("authentication failed: wrong secret, replayed exchange, or a proof made in another TLS session (a relay in the middle)"))
+			}
 			return refuse(errors.New("authentication failed: wrong secret or replayed exchange"))
 		}
 	case mac != nil:
@@ -323,7 +331,7 @@ func serverHandshake(c net.Conn, p linkParams, h serverHooks) error {
 	}
 	var proof []byte
 	if p.secret != nil {
-		proof = linkMAC(p.secret, labelServer, greeting, line)
+		proof = linkMAC(p.secret, labelServer, p.binding, greeting, line)
 	}
 	if _, err := c.Write([]byte("OK mac=" + macText(proof) + "\n")); err != nil {
 		h.release()
@@ -350,6 +358,9 @@ func clientHandshake(c net.Conn, p linkParams) (rest []byte, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading greeting: %w", err)
 	}
+	if reason, ok := strings.CutPrefix(string(greeting), "ERR "); ok {
+		return nil, fmt.Errorf("relay refused the link: %s", clipTo(strings.TrimSuffix(reason, "\n"), maxLine))
+	}
 	if len(extra) != 0 {
 		return nil, errors.New("relay sent data after its greeting")
 	}
@@ -374,7 +385,7 @@ func clientHandshake(c net.Conn, p linkParams) (rest []byte, err error) {
 	}
 	var mac []byte
 	if mismatch == nil && p.secret != nil {
-		mac = linkMAC(p.secret, labelClient, greeting, body)
+		mac = linkMAC(p.secret, labelClient, p.binding, greeting, body)
 	}
 	reply := append(body, []byte(" mac="+macText(mac)+"\n")...)
 	if _, err := c.Write(reply); err != nil {
@@ -398,7 +409,7 @@ func clientHandshake(c net.Conn, p linkParams) (rest []byte, err error) {
 	}
 	if p.secret != nil {
 		got, err := hex.DecodeString(m)
-		if err != nil || !hmac.Equal(got, linkMAC(p.secret, labelServer, greeting, reply)) {
+		if err != nil || !hmac.Equal(got, linkMAC(p.secret, labelServer, p.binding, greeting, reply)) {
 			return nil, errors.New("relay failed to prove the secret: wrong secret or a fake relay")
 		}
 	} else if m != "-" {

@@ -3,6 +3,7 @@ package tunnel
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -17,6 +18,7 @@ import (
 	"shd-tcp-tools/internal/connlog"
 	"shd-tcp-tools/internal/endpoint"
 	"shd-tcp-tools/internal/relay"
+	"shd-tcp-tools/internal/tlslink"
 )
 
 // Defaults of listentwo's limits.
@@ -95,6 +97,9 @@ type RelayConfig struct {
 	Stopped func()
 	// Rand is the nonce source; nil means crypto/rand.
 	Rand io.Reader
+	// TLS, when set, is the relay's TLS identity (--tls-key, --tls-cert): every link runs
+	// TLS 1.3 before its handshake, and the relays copy through it.
+	TLS *tlslink.Server
 }
 
 // Validate reports a configuration no relay can run with, as an error that names the option.
@@ -125,8 +130,9 @@ func (c *RelayConfig) Validate() error {
 // Relay is listentwo's engine: it accepts clients and links, pools the links that pass the
 // handshake, pairs each client with the oldest idle link, and relays the two.
 type Relay struct {
-	cfg    RelayConfig
-	secret *secretBox
+	cfg       RelayConfig
+	tlsConfig *tls.Config // nil: plain links
+	secret    *secretBox
 	pool   *pool[*idleLink]
 	// linkRoom holds the links before their handshake is done; clientRoom, without
 	// hellos, the clients before their first byte.
@@ -142,7 +148,8 @@ type Relay struct {
 // goroutine blocks until it becomes readable, which only happens when it dies.
 type idleLink struct {
 	id    uint64
-	conn  *net.TCPConn
+	conn  *net.TCPConn // watched, checked and closed raw
+	rw    net.Conn     // what the hello and the relay go through: conn, or TLS over it
 	addr  string
 	done  chan struct{} // closed when the watcher returns; nil when never watched
 	cause error         // why the watcher returned; nil when stopped; read after done
@@ -174,8 +181,13 @@ func NewRelay(cfg RelayConfig) (*Relay, error) {
 	if cfg.Rand == nil {
 		cfg.Rand = rand.Reader
 	}
+	var tlsConfig *tls.Config
+	if cfg.TLS != nil {
+		tlsConfig = cfg.TLS.Config()
+	}
 	return &Relay{
 		cfg:        cfg,
+		tlsConfig:  tlsConfig,
 		secret:     newSecretBox(cfg.Secret, cfg.SecretFile),
 		pool:       newPool[*idleLink](cfg.MaxLinks),
 		linkRoom:   newRoom(cfg.MaxHandshakes, cfg.MaxHandshakes),
@@ -339,7 +351,7 @@ func isTemporary(err error) bool {
 func (r *Relay) admitLink(ctx context.Context, c *net.TCPConn) func() {
 	cl := silent
 	switch first := peekNow(c, len(opening)); {
-	case string(first) == opening:
+	case r.cfg.TLS == nil && string(first) == opening, r.cfg.TLS != nil && looksTLS(first):
 		cl = engaged
 	case len(first) > 0:
 		cl = spoke
@@ -376,9 +388,23 @@ func (r *Relay) serveLink(ctx context.Context, c *net.TCPConn, g *guest) {
 		refuse(err)
 		return
 	}
-	err := serverHandshake(c, linkParams{
+	if err := r.refusePlain(c); err != nil {
+		refuse(err)
+		return
+	}
+	var rw net.Conn = c
+	var binding []byte
+	if r.tlsConfig != nil {
+		tc, b, err := r.serverTLS(ctx, c)
+		if err != nil {
+			refuse(err)
+			return
+		}
+		rw, binding, openBy = tc, b, time.Now().Add(r.cfg.FirstByte)
+	}
+	err := serverHandshake(rw, linkParams{
 		hello: r.cfg.Hello, secret: r.secret.get(), rand: r.cfg.Rand, timeout: r.cfg.HandshakeTimeout,
-		openBy: openBy,
+		openBy: openBy, binding: binding,
 	}, serverHooks{
 		opened: func() error {
 			if !r.linkRoom.advance(g, engaged) {
@@ -407,7 +433,7 @@ func (r *Relay) serveLink(ctx context.Context, c *net.TCPConn, g *guest) {
 	}
 	// Accepted connections already have the net package's keepalive (15 s), which is
 	// enough on this side: connecttwo probes more often (see setKeepAlive).
-	l := &idleLink{id: id, conn: c, addr: addr}
+	l := &idleLink{id: id, conn: c, rw: rw, addr: addr}
 	r.pool.put(l, func(l *idleLink) { r.startWatch(ctx, l) })
 	r.cfg.Log.Printf("link #%d up %s", id, addr)
 }
@@ -578,9 +604,9 @@ func (r *Relay) serveClient(ctx context.Context, c *net.TCPConn, g *guest, start
 	if r.cfg.Hello {
 		hello, err := helloFor(c)
 		if err == nil {
-			_ = l.conn.SetWriteDeadline(time.Now().Add(r.cfg.HandshakeTimeout))
-			_, err = l.conn.Write(hello)
-			_ = l.conn.SetWriteDeadline(time.Time{})
+			_ = l.rw.SetWriteDeadline(time.Now().Add(r.cfg.HandshakeTimeout))
+			_, err = l.rw.Write(hello)
+			_ = l.rw.SetWriteDeadline(time.Time{})
 		}
 		if err != nil {
 			c.Close()
@@ -590,6 +616,6 @@ func (r *Relay) serveClient(ctx context.Context, c *net.TCPConn, g *guest, start
 		}
 	}
 	r.cfg.Log.Open(id, client, dest)
-	res := relay.Join(ctx, c, l.conn, relay.Options{HalfClose: true})
+	res := relay.Join(ctx, c, l.rw, relay.Options{HalfClose: true})
 	r.cfg.Log.Close(id, client, dest, uint64(res.Up), uint64(res.Down), res.Duration, res.End)
 }

@@ -1,0 +1,333 @@
+// Package tlslink holds the TLS 1.3 side of the tunnel's links: listentwo's key file (created
+// with a self-signed certificate when missing) or CA-issued certificate, connecttwo's check of
+// the relay's key against pins or of its certificate against a CA and a name, the pin's
+// spelling (sha256/BASE64 of the SubjectPublicKeyInfo), and the exporter value that binds the
+// link handshake's proofs to one TLS session.
+package tlslink
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/base64"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// PinPrefix starts every pin: the hash function, as HTTP public-key pinning spelled it.
+const PinPrefix = "sha256/"
+
+// exporterLabel names the keying material the link handshake mixes into its proofs
+// (RFC 5705, RFC 8446 section 7.5).
+const exporterLabel = "EXPORTER-shd-tcp-tools-link"
+
+// ExporterLen is the length of Exporter's value.
+const ExporterLen = 32
+
+// PinOf returns the pin of cert's public key: "sha256/" and the standard base64 of the
+// SHA-256 of its SubjectPublicKeyInfo.
+func PinOf(cert *x509.Certificate) string {
+	sum := sha256.Sum256(cert.RawSubjectPublicKeyInfo)
+	return PinPrefix + base64.StdEncoding.EncodeToString(sum[:])
+}
+
+// ParsePin checks that s is a pin as PinOf spells it and returns it unchanged.
+func ParsePin(s string) (string, error) {
+	b64, ok := strings.CutPrefix(s, PinPrefix)
+	if !ok {
+		return "", fmt.Errorf("--tls-pin %q: a pin starts with %q (what listentwo --print-pin prints)", clip(s), PinPrefix)
+	}
+	sum, err := base64.StdEncoding.Strict().DecodeString(b64)
+	if err != nil || len(sum) != sha256.Size {
+		return "", fmt.Errorf("--tls-pin %q: not %s and the base64 of 32 bytes (44 characters)", clip(s), PinPrefix)
+	}
+	return s, nil
+}
+
+func clip(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "..."
+	}
+	return s
+}
+
+// Server is listentwo's TLS identity: a certificate with its key, and the key's pin.
+type Server struct {
+	Cert tls.Certificate
+	// Pin is the pin of the certificate's key (PinOf).
+	Pin string
+	// Created tells that the key file did not exist and was made now.
+	Created bool
+	// Warning is non-empty when the key file can be read by other users.
+	Warning string
+}
+
+// LoadServer reads listentwo's identity. Without certFile, keyFile holds an ECDSA P-256 or
+// Ed25519 private key (PKCS#8 or SEC1 PEM), made (mode 0600, P-256) when it does not exist,
+// and a self-signed certificate for it is made in memory: connecttwo checks the key's pin,
+// not the certificate. With certFile, the two files are a CA-issued certificate chain and
+// its key, as tls.LoadX509KeyPair reads them.
+func LoadServer(certFile, keyFile string) (*Server, error) {
+	s := &Server{}
+	if certFile != "" {
+		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			return nil, fmt.Errorf("--tls-cert %s --tls-key %s: %w", certFile, keyFile, unwrapPath(err))
+		}
+		s.Cert = cert
+	} else {
+		key, created, err := loadOrCreateKey(keyFile)
+		if err != nil {
+			return nil, err
+		}
+		s.Created = created
+		cert, err := selfSigned(key)
+		if err != nil {
+			return nil, fmt.Errorf("--tls-key %s: making a self-signed certificate: %w", keyFile, err)
+		}
+		s.Cert = cert
+	}
+	leaf, err := x509.ParseCertificate(s.Cert.Certificate[0])
+	if err != nil {
+		return nil, fmt.Errorf("--tls-cert %s: %w", certFile, err)
+	}
+	s.Cert.Leaf = leaf
+	s.Pin = PinOf(leaf)
+	if st, err := os.Stat(keyFile); err == nil && st.Mode().Perm()&0o077 != 0 {
+		s.Warning = fmt.Sprintf("warning: --tls-key %s can be read by other users; chmod 600 it", keyFile)
+	}
+	return s, nil
+}
+
+// Config returns the relay's TLS configuration: TLS 1.3 only, no session tickets (an idle
+// link must stay silent: anything the relay sent on it would look like the link being
+// taken), no client certificates.
+func (s *Server) Config() *tls.Config {
+	return &tls.Config{
+		Certificates:           []tls.Certificate{s.Cert},
+		MinVersion:             tls.VersionTLS13,
+		MaxVersion:             tls.VersionTLS13,
+		SessionTicketsDisabled: true,
+	}
+}
+
+// loadOrCreateKey reads the private key in path, or makes a P-256 key there when path does
+// not exist. The new file appears complete or not at all (written beside it, then linked
+// into place, so that two processes starting at once share one key).
+func loadOrCreateKey(path string) (crypto.Signer, bool, error) {
+	data, err := os.ReadFile(path)
+	if err == nil {
+		key, err := parseKey(data)
+		if err != nil {
+			return nil, false, fmt.Errorf("--tls-key %s: %w", path, err)
+		}
+		return key, false, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return nil, false, fmt.Errorf("--tls-key %s: %w", path, unwrapPath(err))
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, false, fmt.Errorf("--tls-key %s: making a key: %w", path, err)
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, false, fmt.Errorf("--tls-key %s: %w", path, err)
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".new*")
+	if err != nil {
+		return nil, false, fmt.Errorf("--tls-key %s: creating it: %w", path, unwrapPath(err))
+	}
+	defer os.Remove(tmp.Name())
+	err = tmp.Chmod(0o600)
+	if err == nil {
+		err = pem.Encode(tmp, &pem.Block{Type: "PRIVATE KEY", Bytes: der})
+	}
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Link(tmp.Name(), path)
+	}
+	if errors.Is(err, os.ErrExist) {
+		return loadOrCreateKey(path) // another process made it first: use that one
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("--tls-key %s: creating it: %w", path, unwrapPath(err))
+	}
+	return key, true, nil
+}
+
+// parseKey reads the first private key PEM block of data: PKCS#8 or SEC1, ECDSA P-256 or
+// Ed25519.
+func parseKey(data []byte) (crypto.Signer, error) {
+	for {
+		var b *pem.Block
+		b, data = pem.Decode(data)
+		if b == nil {
+			return nil, errors.New("no PEM private key in the file (want an ECDSA P-256 or Ed25519 key; a missing file is created)")
+		}
+		var key any
+		var err error
+		switch b.Type {
+		case "PRIVATE KEY":
+			key, err = x509.ParsePKCS8PrivateKey(b.Bytes)
+		case "EC PRIVATE KEY":
+			key, err = x509.ParseECPrivateKey(b.Bytes)
+		default:
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("reading the private key: %w", err)
+		}
+		switch k := key.(type) {
+		case *ecdsa.PrivateKey:
+			if k.Curve != elliptic.P256() {
+				return nil, fmt.Errorf("an ECDSA key on %s; want P-256 or Ed25519", k.Curve.Params().Name)
+			}
+			return k, nil
+		case ed25519.PrivateKey:
+			return k, nil
+		default:
+			return nil, fmt.Errorf("a %T; want an ECDSA P-256 or Ed25519 key (or give a CA-issued certificate with --tls-cert)", key)
+		}
+	}
+}
+
+// selfSigned makes a certificate for key, signed by itself. Its fields carry no meaning to
+// connecttwo, which checks only the key's pin; it is valid from an hour ago for 100 years so
+// that clocks set wrong do not matter either.
+func selfSigned(key crypto.Signer) (tls.Certificate, error) {
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 62))
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial,
+		Subject:               pkix.Name{CommonName: "listentwo"},
+		NotBefore:             now.Add(-time.Hour),
+		NotAfter:              now.AddDate(100, 0, 0),
+		KeyUsage:              x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
+}
+
+// Client is how connecttwo checks the relay: its key against pins, or its certificate
+// against CA roots and a name.
+type Client struct {
+	pins  []string
+	roots *x509.CertPool
+	name  string
+}
+
+// NewPinned returns a Client that accepts a relay whose key has one of pins (each checked
+// with ParsePin), whatever its certificate says otherwise.
+func NewPinned(pins []string) (*Client, error) {
+	if len(pins) == 0 {
+		return nil, errors.New("no --tls-pin")
+	}
+	c := &Client{}
+	for _, p := range pins {
+		p, err := ParsePin(p)
+		if err != nil {
+			return nil, err
+		}
+		c.pins = append(c.pins, p)
+	}
+	return c, nil
+}
+
+// NewCA returns a Client that accepts a relay whose certificate chains to one of the PEM
+// certificates in caFile and names name (a DNS name or an IP address).
+func NewCA(caFile, name string) (*Client, error) {
+	data, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, fmt.Errorf("--tls-ca %s: %w", caFile, unwrapPath(err))
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(data) {
+		return nil, fmt.Errorf("--tls-ca %s: no PEM certificate in the file", caFile)
+	}
+	if name == "" {
+		return nil, errors.New("--tls-ca needs the name the relay's certificate must carry (--tls-name)")
+	}
+	return &Client{roots: roots, name: name}, nil
+}
+
+// Config returns connecttwo's TLS configuration: TLS 1.3 only, no session resumption (every
+// link runs a full handshake, so every link is checked), and the relay checked as c says.
+func (c *Client) Config() *tls.Config {
+	cfg := &tls.Config{MinVersion: tls.VersionTLS13, MaxVersion: tls.VersionTLS13}
+	if c.roots != nil {
+		cfg.RootCAs, cfg.ServerName = c.roots, c.name
+		return cfg
+	}
+	// The pin replaces the chain check: the certificate is self-signed.
+	cfg.InsecureSkipVerify = true
+	cfg.VerifyConnection = func(cs tls.ConnectionState) error {
+		if len(cs.PeerCertificates) == 0 {
+			return errors.New("relay presents no certificate")
+		}
+		got := PinOf(cs.PeerCertificates[0])
+		for _, p := range c.pins {
+			if p == got {
+				return nil
+			}
+		}
+		return &PinError{Got: got, Want: c.pins}
+	}
+	return cfg
+}
+
+// PinError is a relay whose key has none of the pins connecttwo was given.
+type PinError struct {
+	Got  string
+	Want []string
+}
+
+func (e *PinError) Error() string {
+	return fmt.Sprintf("relay presents %s, expected %s", e.Got, strings.Join(e.Want, " or "))
+}
+
+// Exporter returns the keying material of cs's session that the link handshake mixes into
+// its proofs (RFC 5705 and RFC 9266's use of it): both ends of one TLS session compute the
+// same value, and two sessions (as a relay in the middle that terminates TLS has) never
+// do, so a proof made in one session proves nothing in another.
+func Exporter(cs tls.ConnectionState) ([]byte, error) {
+	b, err := cs.ExportKeyingMaterial(exporterLabel, nil, ExporterLen)
+	if err != nil {
+		return nil, fmt.Errorf("TLS exporter: %w", err)
+	}
+	return b, nil
+}
+
+// unwrapPath drops *fs.PathError's repetition of the path the caller names.
+func unwrapPath(err error) error {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}
