@@ -106,11 +106,11 @@ type Agent struct {
 	cfg       AgentConfig
 	tlsConfig *tls.Config // nil: plain links
 	secret    *secretBox
-	idle    *gauge
-	opening chan struct{} // one token per link being connected and handshaken
-	conns   atomic.Uint64 // ids for log lines
-	links   atomic.Uint64
-	wg      sync.WaitGroup
+	idle      *gauge
+	opening   chan struct{} // one token per link being connected and handshaken
+	conns     atomic.Uint64 // ids for log lines
+	links     atomic.Uint64
+	wg        sync.WaitGroup
 }
 
 // NewAgent checks cfg and returns an agent ready to Run.

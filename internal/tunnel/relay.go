@@ -133,7 +133,7 @@ type Relay struct {
 	cfg       RelayConfig
 	tlsConfig *tls.Config // nil: plain links
 	secret    *secretBox
-	pool   *pool[*idleLink]
+	pool      *pool[*idleLink]
 	// linkRoom holds the links before their handshake is done; clientRoom, without
 	// hellos, the clients before their first byte.
 	linkRoom, clientRoom *room
