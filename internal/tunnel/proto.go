@@ -401,7 +401,7 @@ func clientHandshake(c net.Conn, p linkParams) (rest []byte, err error) {
 	}
 	v := strings.TrimSuffix(string(verdict), "\n")
 	if reason, ok := strings.CutPrefix(v, "ERR "); ok {
-		return nil, fmt.Errorf("relay refused the link: %s", clip(reason))
+		return nil, fmt.Errorf("relay refused the link: %s", clipTo(reason, maxLine))
 	}
 	m, ok := strings.CutPrefix(v, "OK mac=")
 	if !ok {

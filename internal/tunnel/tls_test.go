@@ -3,12 +3,14 @@ package tunnel
 import (
 	"bytes"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/binary"
 	"fmt"
 	"io"
 	"net"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -166,4 +168,222 @@ func quoteRe(s string) string {
 	return b.String()
 }
 
-var _ = net.Dial
+// startMITM runs a relay in the middle on loopback: it terminates each link's TLS with its
+// own key (mitm) and passes the plaintext on to target, over TLS checked against
+// targetPin when that is set, in the clear otherwise. seen collects what agents sent it.
+func startMITM(t testing.TB, mitm *tlslink.Server, target, targetPin string) (ln *net.TCPListener, seen *bytes.Buffer) {
+	t.Helper()
+	ln = listen(t, "127.0.0.1")
+	seen = new(bytes.Buffer)
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.AcceptTCP()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				_ = c.SetDeadline(time.Now().Add(testTimeout))
+				front := tls.Server(c, mitm.Config())
+				if front.Handshake() != nil {
+					return
+				}
+				raw, err := net.Dial("tcp", target)
+				if err != nil {
+					return
+				}
+				defer raw.Close()
+				_ = raw.SetDeadline(time.Now().Add(testTimeout))
+				var back net.Conn = raw
+				if targetPin != "" {
+					tc := tls.Client(raw, pinned(t, targetPin).Config())
+					if tc.Handshake() != nil {
+						return
+					}
+					back = tc
+				}
+				done := make(chan struct{})
+				go func() {
+					defer close(done)
+					_, _ = io.Copy(back, io.TeeReader(front, lockedWriter{&mu, seen}))
+				}()
+				_, _ = io.Copy(front, back)
+				c.Close()
+				raw.Close()
+				<-done
+			}()
+		}
+	}()
+	return ln, seen
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+// TestTLSManInTheMiddle: a relay in the middle with its own key is refused by its pin; one
+// that connecttwo trusts (its pin given by mistake, a CA that issued it a certificate) and
+// that passes the link handshake on to the real relay over a TLS session of its own cannot
+// pass the agent's proof of the secret on: the proofs are bound to the TLS session.
+func TestTLSManInTheMiddle(t *testing.T) {
+	srv, mitm := newTLSServer(t), newTLSServer(t)
+	secret := []byte("correct horse")
+	for _, tc := range []struct {
+		name       string
+		agentPin   string
+		relayLog   string
+		agentLog   string
+		withSecret bool
+	}{
+		{name: "own key", agentPin: srv.Pin,
+			agentLog: `failed: relay presents ` + quoteRe(mitm.Pin) + `, expected ` + quoteRe(srv.Pin)},
+		{name: "trusted, proof passed on", agentPin: mitm.Pin, withSecret: true,
+			relayLog: `link #\d+ refused 127\.0\.0\.1:\d+: authentication failed: wrong secret, replayed exchange, or a proof made in another TLS session`,
+			agentLog: `failed: relay refused the link: authentication failed: wrong secret, replayed exchange, or a proof made in another TLS session`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			svc := startService(t, "127.0.0.1", echoMode)
+			var tn tunnel
+			rc := RelayConfig{Hello: true, Wait: 200 * time.Millisecond, TLS: srv}
+			ac := AgentConfig{Service: svc.ep(t), Hello: true, Pool: 1, TLS: pinned(t, tc.agentPin),
+				BackoffBase: 20 * time.Millisecond, BackoffMax: 100 * time.Millisecond}
+			if tc.withSecret {
+				rc.Secret, ac.Secret = secret, secret
+			}
+			startRelay(t, "127.0.0.1", rc, &tn)
+			ln, _ := startMITM(t, mitm, tn.links.Addr().String(), srv.Pin)
+			ac.Relay = epOf(t, ln.Addr())
+			startAgent(t, ac, &tn)
+			tn.agentLog.waitCount(`link #\d+ to .* `+tc.agentLog, 3)
+			if tc.relayLog != "" {
+				tn.relayLog.waitCount(tc.relayLog, 3)
+			}
+			if tn.relay.IdleLinks() != 0 || tn.agent.IdleLinks() != 0 {
+				t.Errorf("a link through the man in the middle joined a pool: relay %d, agent %d", tn.relay.IdleLinks(), tn.agent.IdleLinks())
+			}
+			expectClosed(t, dial(t, tn.clients))
+			if svc.accepted.Load() != 0 {
+				t.Error("a client was served through the man in the middle")
+			}
+		})
+	}
+}
+
+// TestTLSOneSided: TLS on one side only fails every link, logged on both sides in words.
+func TestTLSOneSided(t *testing.T) {
+	srv := newTLSServer(t)
+	for _, tc := range []struct {
+		name               string
+		relay              *tlslink.Server
+		agent              *tlslink.Client
+		relayLog, agentLog string
+	}{
+		{"relay only", srv, nil,
+			`refused 127\.0\.0\.1:\d+: connecttwo does not use TLS \(no --tls-pin or --tls-ca\), listentwo does \(--tls-key\)`,
+			`failed: relay refused the link: listentwo uses TLS \(--tls-key\), connecttwo does not: give connecttwo --tls-pin`},
+		{"agent only", nil, pinned(t, srv.Pin),
+			`refused 127\.0\.0\.1:\d+: connecttwo uses TLS \(--tls-pin or --tls-ca\), listentwo does not \(no --tls-key\)`,
+			`failed: relay answered without TLS: connecttwo uses TLS \(--tls-pin or --tls-ca\), listentwo does not \(no --tls-key\)`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			svc := startService(t, "127.0.0.1", echoMode)
+			var tn tunnel
+			startRelay(t, "127.0.0.1", RelayConfig{Hello: true, Wait: 200 * time.Millisecond, TLS: tc.relay}, &tn)
+			startAgent(t, AgentConfig{Service: svc.ep(t), Hello: true, Pool: 1, TLS: tc.agent,
+				BackoffBase: 20 * time.Millisecond, BackoffMax: 100 * time.Millisecond}, &tn)
+			tn.relayLog.waitCount(`link #\d+ `+tc.relayLog, 3)
+			tn.agentLog.waitCount(`link #\d+ to .* `+tc.agentLog+`.*; retry \d+ in`, 3)
+			if tn.relay.IdleLinks() != 0 || tn.agent.IdleLinks() != 0 {
+				t.Errorf("a one-sided link joined a pool: relay %d, agent %d", tn.relay.IdleLinks(), tn.agent.IdleLinks())
+			}
+			expectClosed(t, dial(t, tn.clients))
+			if svc.accepted.Load() != 0 {
+				t.Error("a client was served through a one-sided link")
+			}
+		})
+	}
+}
+
+// recorder keeps what is written through it.
+type recorder struct {
+	net.Conn
+	written bytes.Buffer
+}
+
+func (r *recorder) Write(p []byte) (int, error) {
+	r.written.Write(p)
+	return r.Conn.Write(p)
+}
+
+// TestTLSSecret runs --secret-file inside TLS: links come up and serve, and an exchange
+// recorded in one TLS session (the reply with its proof) is refused when replayed in
+// another.
+func TestTLSSecret(t *testing.T) {
+	srv := newTLSServer(t)
+	secret := []byte("correct horse")
+	svc := startService(t, "127.0.0.1", echoMode)
+	var tn tunnel
+	startRelay(t, "127.0.0.1", RelayConfig{Hello: true, Wait: testTimeout, TLS: srv, Secret: secret}, &tn)
+	startAgent(t, AgentConfig{Service: svc.ep(t), Hello: true, Pool: 2, TLS: pinned(t, srv.Pin), Secret: secret}, &tn)
+	tn.waitPools(t, 2, 2)
+	if _, err := roundTrip(dial(t, tn.clients), 100<<10, 0); err != nil {
+		t.Fatal(err)
+	}
+	tn.waitPools(t, 2, 2)
+
+	// A link of our own, recorded: it proves the secret and joins the pool.
+	session := func() *tls.Conn {
+		c := dial(t, tn.links)
+		tc := tls.Client(c, pinned(t, srv.Pin).Config())
+		if err := tc.Handshake(); err != nil {
+			t.Fatal(err)
+		}
+		return tc
+	}
+	tc := session()
+	binding, err := tlslink.Exporter(tc.ConnectionState())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := &recorder{Conn: tc}
+	if _, err := clientHandshake(rec, linkParams{hello: true, secret: secret, rand: rand.Reader, timeout: testTimeout, binding: binding}); err != nil {
+		t.Fatalf("recorded exchange: %v", err)
+	}
+	tn.waitPools(t, 2, 3)
+	reply := rec.written.Bytes()[len(opening):]
+
+	// The same reply in a new session.
+	tc2 := session()
+	_ = tc2.SetDeadline(time.Now().Add(testTimeout))
+	if _, err := io.WriteString(tc2, opening); err != nil {
+		t.Fatal(err)
+	}
+	if g, err := readLineConn(tc2); err != nil || !strings.HasPrefix(g, protoName+" hello=proxy auth=hmac-sha256 ") {
+		t.Fatalf("greeting %q, %v", g, err)
+	}
+	if _, err := tc2.Write(reply); err != nil {
+		t.Fatal(err)
+	}
+	v, _ := readLineConn(tc2)
+	if !strings.HasPrefix(v, "ERR authentication failed") {
+		t.Errorf("replayed exchange: verdict %q, want ERR authentication failed", v)
+	}
+	tn.relayLog.wait(`link #\d+ refused 127\.0\.0\.1:\d+: authentication failed`)
+	if n := tn.relay.IdleLinks(); n != 3 {
+		t.Errorf("relay has %d idle links after the replay, want 3", n)
+	}
+}

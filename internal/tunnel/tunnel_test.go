@@ -233,19 +233,29 @@ func (tc *tapConn) snapshot() (toAgent, toRelay int) {
 
 // TestPoolHitCostsOnlyHello shows that serving a client from the pool costs one message
 // from relay to agent (the hello) and nothing back before the service answers: no extra
-// round trip. A tap between agent and relay records every byte of the link.
+// round trip. A tap between agent and relay records every byte of the link. With TLS the
+// TLS handshake is part of the link's handshake: a pool hit is still one record each way,
+// the hello's and the service's answer's, each 22 bytes longer than its plaintext.
 func TestPoolHitCostsOnlyHello(t *testing.T) {
-	for _, hello := range []bool{true, false} {
-		t.Run(fmt.Sprintf("hello=%v", hello), func(t *testing.T) {
+	for _, tc := range []struct{ hello, tls bool }{{true, false}, {false, false}, {true, true}, {false, true}} {
+		hello := tc.hello
+		t.Run(fmt.Sprintf("hello=%v tls=%v", hello, tc.tls), func(t *testing.T) {
 			mode := bannerMode
 			if !hello {
 				mode = echoMode
 			}
 			svc := startService(t, "127.0.0.1", mode)
 			var tn tunnel
-			startRelay(t, "127.0.0.1", RelayConfig{Hello: hello, Wait: testTimeout}, &tn)
+			rc := RelayConfig{Hello: hello, Wait: testTimeout}
+			ac := AgentConfig{Service: svc.ep(t), Hello: hello, Pool: 1}
+			if tc.tls {
+				srv := newTLSServer(t)
+				rc.TLS, ac.TLS = srv, pinned(t, srv.Pin)
+			}
+			startRelay(t, "127.0.0.1", rc, &tn)
 			tp := startTap(t, tn.links.Addr().String())
-			startAgent(t, AgentConfig{Relay: epOf(t, tp.ln.Addr()), Service: svc.ep(t), Hello: hello, Pool: 1}, &tn)
+			ac.Relay = epOf(t, tp.ln.Addr())
+			startAgent(t, ac, &tn)
 			tn.waitPools(t, 1, 1)
 			tp.mu.Lock()
 			link := tp.conns[0]
@@ -280,21 +290,32 @@ func TestPoolHitCostsOnlyHello(t *testing.T) {
 			msgs := append([]string(nil), link.messages[handshake:]...)
 			toAgent, toRelay := string(link.toAgent[a0:]), string(link.toRelay[r0:])
 			link.mu.Unlock()
-			if toAgent != first {
-				t.Errorf("after the handshake the relay sent %q, want only %q", toAgent, first)
-			}
 			wantBack := "SSH-2.0-tunneltest\r\n"
 			if !hello {
 				wantBack = first
 			}
-			if toRelay != wantBack {
+			if tc.tls {
+				// One TLS 1.3 record each way: a 5-byte header, the plaintext, its content
+				// type byte and a 16-byte tag.
+				const overhead = 5 + 1 + 16
+				if len(toAgent) != len(first)+overhead || len(toRelay) != len(wantBack)+overhead {
+					t.Errorf("after the handshake the relay sent %d bytes and the agent %d, want one record each: %d and %d",
+						len(toAgent), len(toRelay), len(first)+overhead, len(wantBack)+overhead)
+				}
+				if strings.Contains(toAgent, first) || strings.Contains(toRelay, wantBack) {
+					t.Error("the hello or the answer crossed the link in the clear")
+				}
+			} else if toAgent != first {
+				t.Errorf("after the handshake the relay sent %q, want only %q", toAgent, first)
+			}
+			if !tc.tls && toRelay != wantBack {
 				t.Errorf("after the handshake the agent sent %q, want only the service's %q", toRelay, wantBack)
 			}
 			// Order: exactly one relay->agent message, then the service's answer.
 			if len(msgs) < 2 || !strings.HasPrefix(msgs[0], "B>A:") || !strings.HasPrefix(msgs[1], "A>B:") {
 				t.Errorf("messages after the handshake: %q", msgs)
 			}
-			t.Logf("pool hit: relay->agent %q, agent->relay %q", toAgent, toRelay)
+			t.Logf("pool hit: relay->agent %d bytes, agent->relay %d bytes", len(toAgent), len(toRelay))
 		})
 	}
 }
