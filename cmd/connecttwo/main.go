@@ -13,6 +13,7 @@ import (
 	"shd-tcp-tools/internal/cli"
 	"shd-tcp-tools/internal/connlog"
 	"shd-tcp-tools/internal/endpoint"
+	"shd-tcp-tools/internal/tlslink"
 	"shd-tcp-tools/internal/tunnel"
 )
 
@@ -20,6 +21,7 @@ const tool = "connecttwo"
 
 const help = `Usage: connecttwo -s HOST:PORT -d HOST:PORT [--hello-from-src] [--pool N]
                   [--secret-file FILE] [--send-proxy]
+                  [--tls-pin sha256/BASE64]... [--tls-ca FILE [--tls-name NAME]]
 
 Hidden end of a reverse tunnel. Keeps --pool idle links open to listentwo's link port -s;
 when a client takes one, connects to the service -d and relays the two both ways, then
@@ -38,6 +40,14 @@ Options:
                            opened at most 32 at a time
       --secret-file FILE   prove to listentwo, and check that it proves, the first line
                            of FILE (HMAC-SHA256 challenge; listentwo needs the same file)
+      --tls-pin sha256/BASE64
+                           encrypt every link with TLS 1.3 and accept only a relay whose
+                           key has this pin (what listentwo --print-pin prints, and logs
+                           as "tls pin ..."); repeatable, to rotate the relay's key
+      --tls-ca FILE        encrypt every link with TLS 1.3 and accept only a relay whose
+                           certificate chains to a CA certificate in FILE (PEM)
+      --tls-name NAME      with --tls-ca: the name the relay's certificate must carry
+                           (default: the host of -s)
   -h, --help               print this help and exit
   -v, --version            print the version and exit
 
@@ -49,7 +59,10 @@ Example: reach sshd on A, which accepts no connections, from C through B:
   on A:  connecttwo -s B:1235 -d 127.0.0.1:22 --hello-from-src
   on C:  ssh -p 1234 user@B
 Without hellos (leave out both flags) a link is taken by the client's first byte, so only
-protocols where the client speaks first work.
+protocols where the client speaks first work. With the links encrypted: on B,
+listentwo --tls-key relay.key --print-pin prints the pin; add --tls-key relay.key on B
+and --tls-pin sha256/... (that pin) on A. The TLS handshake is made when a link opens,
+not when a client comes; with --secret-file the proofs are bound to the TLS session.
 
 Logs go to stderr: links up and down with the reason, retries, each connection to the
 service and its close with bytes and bandwidth each way. If the service cannot be
@@ -91,8 +104,26 @@ func parse(ctx context.Context, args []string, stdout, stderr io.Writer) (tunnel
 	fs.BoolVar(&cfg.SendProxy, "send-proxy", false, "")
 	fs.IntVar(&cfg.Pool, "pool", tunnel.DefaultPool, "")
 	secretFile := fs.String("secret-file", "", "")
+	pins := fs.StringArray("tls-pin", nil, "")
+	caFile := fs.String("tls-ca", "", "")
+	tlsName := fs.String("tls-name", "", "")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
+	}
+	switch {
+	case fs.Changed("tls-pin") && fs.Changed("tls-ca"):
+		return cfg, cli.Usagef("give --tls-pin or --tls-ca, not both")
+	case fs.Changed("tls-name") && !fs.Changed("tls-ca"):
+		return cfg, cli.Usagef("--tls-name is the name --tls-ca checks: it needs --tls-ca")
+	case fs.Changed("tls-ca") && *caFile == "":
+		return cfg, cli.Usagef("--tls-ca needs a file name")
+	}
+	if fs.Changed("tls-pin") {
+		c, err := tlslink.NewPinned(*pins)
+		if err != nil {
+			return cfg, cli.AsUsage(err)
+		}
+		cfg.TLS = c
 	}
 	if fs.NArg() > 0 {
 		return cfg, cli.Usagef("unexpected argument %q; see --help", fs.Arg(0))
@@ -139,6 +170,17 @@ func parse(ctx context.Context, args []string, stdout, stderr io.Writer) (tunnel
 			fmt.Fprintf(stderr, "%s: %s\n", tool, warning)
 		}
 		cfg.Secret, cfg.SecretFile = secret, *secretFile
+	}
+	if fs.Changed("tls-ca") {
+		name := *tlsName
+		if name == "" {
+			name = cfg.Relay.Host
+		}
+		c, err := tlslink.NewCA(*caFile, name)
+		if err != nil {
+			return cfg, err
+		}
+		cfg.TLS = c
 	}
 	cfg.Log = connlog.New(stderr)
 	return cfg, nil

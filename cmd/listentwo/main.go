@@ -15,13 +15,15 @@ import (
 	"shd-tcp-tools/internal/connlog"
 	"shd-tcp-tools/internal/endpoint"
 	"shd-tcp-tools/internal/systemd"
+	"shd-tcp-tools/internal/tlslink"
 	"shd-tcp-tools/internal/tunnel"
 )
 
 const tool = "listentwo"
 
 const help = `Usage: listentwo -s [ADDR:]PORT -d [ADDR:]PORT [--hello-dst] [-a HOST]... [--wait SECS]
-                 [--secret-file FILE] [--max-links N]
+                 [--secret-file FILE] [--max-links N] [--tls-key FILE [--tls-cert FILE]]
+       listentwo --tls-key FILE [--tls-cert FILE] --print-pin
 
 Relay end of a reverse tunnel. Clients connect to -s; connecttwo, on a machine that cannot
 accept connections, keeps idle links open to -d. Each client is paired with the oldest idle
@@ -40,6 +42,15 @@ Options:
       --secret-file FILE     links must prove they know the first line of FILE
                              (HMAC-SHA256 challenge; connecttwo needs the same file)
       --max-links N          most idle links kept in the pool (default 64)
+      --tls-key FILE         encrypt every link with TLS 1.3 under this private key
+                             (ECDSA P-256 or Ed25519, PEM); a missing FILE is created
+                             (mode 0600) with a new P-256 key. The key's pin is logged at
+                             start as "tls pin sha256/..."; give it to connecttwo's
+                             --tls-pin
+      --tls-cert FILE        with --tls-key: present this CA-issued certificate chain
+                             (PEM) instead of a self-signed one (connecttwo --tls-ca)
+      --print-pin            print the pin of --tls-key (creating the key if missing)
+                             and exit
   -h, --help                 print this help and exit
   -v, --version              print the version and exit
 
@@ -58,6 +69,8 @@ Example: reach sshd on A, which accepts no connections, from C through B:
   on B:  listentwo -s 1234 -d 1235 --hello-dst
   on A:  connecttwo -s B:1235 -d 127.0.0.1:22 --hello-from-src
   on C:  ssh -p 1234 user@B
+With the links encrypted: on B, listentwo --tls-key relay.key --print-pin prints the pin;
+add --tls-key relay.key on B and --tls-pin sha256/... (that pin) on A.
 Without hellos (leave out both flags) a link is taken by the client's first byte, so only
 protocols where the client speaks first work; a client is paired only once that byte has
 arrived, within --wait (2 s with --wait 0).
@@ -83,6 +96,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	ctx, reload, cancel := cli.ServiceContext(context.Background())
 	defer cancel()
 	cfg, err := parse(ctx, args, stdout, stderr)
+	if errors.Is(err, errPrinted) {
+		return cli.ExitOK
+	}
 	if err != nil {
 		return report(stderr, err)
 	}
@@ -117,8 +133,31 @@ func parse(ctx context.Context, args []string, stdout, stderr io.Writer) (tunnel
 	fs.Var(&wait, "wait", "")
 	secretFile := fs.String("secret-file", "", "")
 	fs.IntVar(&cfg.MaxLinks, "max-links", tunnel.DefaultMaxLinks, "")
+	tlsKey := fs.String("tls-key", "", "")
+	tlsCert := fs.String("tls-cert", "", "")
+	printPin := fs.Bool("print-pin", false, "")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
+	}
+	switch {
+	case fs.Changed("tls-cert") && !fs.Changed("tls-key"):
+		return cfg, cli.Usagef("--tls-cert needs --tls-key, the certificate's private key")
+	case *printPin && !fs.Changed("tls-key"):
+		return cfg, cli.Usagef("--print-pin prints the pin of --tls-key FILE: give it")
+	case fs.Changed("tls-key") && *tlsKey == "", fs.Changed("tls-cert") && *tlsCert == "":
+		return cfg, cli.Usagef("--tls-key and --tls-cert need a file name")
+	case *printPin && fs.NArg() > 0:
+		return cfg, cli.Usagef("unexpected argument %q; see --help", fs.Arg(0))
+	case *printPin:
+		srv, err := tlslink.LoadServer(*tlsCert, *tlsKey)
+		if err != nil {
+			return cfg, err
+		}
+		if srv.Created {
+			fmt.Fprintf(stderr, "%s: created --tls-key %s (mode 0600) with a new key\n", tool, *tlsKey)
+		}
+		fmt.Fprintln(stdout, srv.Pin)
+		return cfg, errPrinted
 	}
 	svc, err := systemd.New(ctx, systemd.Socket{Flag: "-s", Name: "clients"}, systemd.Socket{Flag: "-d", Name: "links"})
 	if err != nil {
@@ -168,5 +207,22 @@ func parse(ctx context.Context, args []string, stdout, stderr io.Writer) (tunnel
 		cfg.Secret, cfg.SecretFile = secret, *secretFile
 	}
 	cfg.Log = connlog.New(stderr)
+	if fs.Changed("tls-key") {
+		srv, err := tlslink.LoadServer(*tlsCert, *tlsKey)
+		if err != nil {
+			return cfg, err
+		}
+		if srv.Warning != "" {
+			fmt.Fprintf(stderr, "%s: %s\n", tool, srv.Warning)
+		}
+		if srv.Created {
+			cfg.Log.Printf("created --tls-key %s (mode 0600) with a new key", *tlsKey)
+		}
+		cfg.Log.Printf("tls pin %s", srv.Pin)
+		cfg.TLS = srv
+	}
 	return cfg, nil
 }
+
+// errPrinted ends a run that did what was asked by printing (--print-pin): exit 0.
+var errPrinted = errors.New("printed")
