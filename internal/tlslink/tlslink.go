@@ -24,6 +24,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"shd-tcp-tools/internal/patherr"
 )
 
 // PinPrefix starts every pin: the hash function, as HTTP public-key pinning spelled it.
@@ -84,7 +86,7 @@ func LoadServer(certFile, keyFile string) (*Server, error) {
 	if certFile != "" {
 		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
 		if err != nil {
-			return nil, fmt.Errorf("--tls-cert %s --tls-key %s: %w", certFile, keyFile, unwrapPath(err))
+			return nil, fmt.Errorf("--tls-cert %s --tls-key %s: %w", certFile, keyFile, patherr.Strip(err))
 		}
 		s.Cert = cert
 	} else {
@@ -136,7 +138,7 @@ func loadOrCreateKey(path string) (crypto.Signer, bool, error) {
 		return key, false, nil
 	}
 	if !errors.Is(err, os.ErrNotExist) {
-		return nil, false, fmt.Errorf("--tls-key %s: %w", path, unwrapPath(err))
+		return nil, false, patherr.Wrap("--tls-key", path, err)
 	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -148,7 +150,7 @@ func loadOrCreateKey(path string) (crypto.Signer, bool, error) {
 	}
 	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".new*")
 	if err != nil {
-		return nil, false, fmt.Errorf("--tls-key %s: creating it: %w", path, unwrapPath(err))
+		return nil, false, patherr.Wrap("--tls-key", path+": creating it", err)
 	}
 	defer os.Remove(tmp.Name())
 	err = tmp.Chmod(0o600)
@@ -168,7 +170,7 @@ func loadOrCreateKey(path string) (crypto.Signer, bool, error) {
 		return loadOrCreateKey(path) // another process made it first: use that one
 	}
 	if err != nil {
-		return nil, false, fmt.Errorf("--tls-key %s: creating it: %w", path, unwrapPath(err))
+		return nil, false, patherr.Wrap("--tls-key", path+": creating it", err)
 	}
 	return key, true, nil
 }
@@ -264,7 +266,7 @@ func NewPinned(pins []string) (*Client, error) {
 func NewCA(caFile, name string) (*Client, error) {
 	data, err := os.ReadFile(caFile)
 	if err != nil {
-		return nil, fmt.Errorf("--tls-ca %s: %w", caFile, unwrapPath(err))
+		return nil, patherr.Wrap("--tls-ca", caFile, err)
 	}
 	roots := x509.NewCertPool()
 	if !roots.AppendCertsFromPEM(data) {
@@ -321,13 +323,4 @@ func Exporter(cs tls.ConnectionState) ([]byte, error) {
 		return nil, fmt.Errorf("TLS exporter: %w", err)
 	}
 	return b, nil
-}
-
-// unwrapPath drops *fs.PathError's repetition of the path the caller names.
-func unwrapPath(err error) error {
-	var pe *os.PathError
-	if errors.As(err, &pe) {
-		return pe.Err
-	}
-	return err
 }

@@ -2,12 +2,19 @@ package tunnel
 
 import (
 	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/binary"
+	"encoding/pem"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -385,5 +392,97 @@ func TestTLSSecret(t *testing.T) {
 	tn.relayLog.wait(`link #\d+ refused 127\.0\.0\.1:\d+: authentication failed`)
 	if n := tn.relay.IdleLinks(); n != 3 {
 		t.Errorf("relay has %d idle links after the replay, want 3", n)
+	}
+}
+
+// testCA writes, in dir, a CA certificate (ca.pem) and for each name a certificate the CA
+// issued for it (NAME.crt, NAME.key), valid from notBefore to notAfter.
+func testCA(t *testing.T, dir string, certs map[string][2]time.Time) {
+	t.Helper()
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, caKey.Public(), caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := x509.ParseCertificate(caDER)
+	write := func(name, typ string, der []byte) {
+		if err := os.WriteFile(filepath.Join(dir, name), pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("ca.pem", "CERTIFICATE", caDER)
+	serial := int64(2)
+	for name, valid := range certs {
+		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		tmpl := &x509.Certificate{
+			SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: name},
+			DNSNames: []string{name}, NotBefore: valid[0], NotAfter: valid[1],
+			KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		}
+		serial++
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, key.Public(), caKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		write(name+".crt", "CERTIFICATE", der)
+		kd, _ := x509.MarshalPKCS8PrivateKey(key)
+		write(name+".key", "PRIVATE KEY", kd)
+	}
+}
+
+// TestTLSCA checks connecttwo --tls-ca --tls-name against certificates from a test CA:
+// the right name is served; another name, an expired certificate and a certificate from
+// another CA are refused, in words on both sides, and no client is paired.
+func TestTLSCA(t *testing.T) {
+	dir, other := t.TempDir(), t.TempDir()
+	now := time.Now()
+	valid, expired := [2]time.Time{now.Add(-time.Hour), now.Add(time.Hour)}, [2]time.Time{now.Add(-2 * time.Hour), now.Add(-time.Hour)}
+	testCA(t, dir, map[string][2]time.Time{"relay.test": valid, "old.test": expired})
+	testCA(t, other, map[string][2]time.Time{"relay.test": valid})
+	for _, tc := range []struct {
+		name, certDir, cert, tlsName string
+		agentLog                     string // "" means served
+	}{
+		{"right name", dir, "relay.test", "relay.test", ""},
+		{"other name", dir, "relay.test", "elsewhere.test", `relay's certificate refused: x509: certificate is valid for relay\.test, not elsewhere\.test`},
+		{"expired", dir, "old.test", "old.test", `relay's certificate refused: x509: certificate has expired or is not yet valid`},
+		{"other CA", other, "relay.test", "relay.test", `relay's certificate refused: x509: certificate signed by unknown authority`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv, err := tlslink.LoadServer(filepath.Join(tc.certDir, tc.cert+".crt"), filepath.Join(tc.certDir, tc.cert+".key"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			client, err := tlslink.NewCA(filepath.Join(dir, "ca.pem"), tc.tlsName)
+			if err != nil {
+				t.Fatal(err)
+			}
+			svc := startService(t, "::1", echoMode)
+			var tn tunnel
+			startRelay(t, "::1", RelayConfig{Hello: true, Wait: 200 * time.Millisecond, TLS: srv}, &tn)
+			startAgent(t, AgentConfig{Service: svc.ep(t), Hello: true, Pool: 1, TLS: client,
+				BackoffBase: 20 * time.Millisecond, BackoffMax: 100 * time.Millisecond}, &tn)
+			if tc.agentLog == "" {
+				tn.waitPools(t, 1, 1)
+				if _, err := roundTrip(dial(t, tn.clients), 100<<10, 0); err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			tn.agentLog.waitCount(`link #\d+ to .* failed: `+tc.agentLog, 2)
+			tn.relayLog.waitCount(`link #\d+ refused \[::1\]:\d+: connecttwo refused this relay's certificate \(tls: [a-z ]+\)`, 2)
+			expectClosed(t, dial(t, tn.clients))
+			if svc.accepted.Load() != 0 || tn.relay.IdleLinks() != 0 {
+				t.Error("a client was served through a refused certificate")
+			}
+		})
 	}
 }

@@ -1,0 +1,125 @@
+package tlslink
+
+import (
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/pem"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+)
+
+func TestParsePin(t *testing.T) {
+	good := "sha256/47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="
+	if p, err := ParsePin(good); err != nil || p != good {
+		t.Errorf("ParsePin(%q) = %q, %v", good, p, err)
+	}
+	for _, bad := range []string{"", "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=", "sha1/47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=",
+		"sha256/AAAA", "sha256/47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU", "sha256/47DEQpj8HBSa-_TImW-5JCeuQeRkm5NMpJWZG3hSuFU="} {
+		if _, err := ParsePin(bad); err == nil {
+			t.Errorf("ParsePin(%q) accepted", bad)
+		}
+	}
+}
+
+func writeKey(t *testing.T, typ string, der []byte) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "key.pem")
+	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// TestKeyTypes: P-256 (PKCS#8 and SEC1) and Ed25519 keys are taken, with a pin that is
+// their public key's; other keys are refused in words.
+func TestKeyTypes(t *testing.T) {
+	p256, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	p384, _ := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	_, ed, _ := ed25519.GenerateKey(rand.Reader)
+	rsaKey, _ := rsa.GenerateKey(rand.Reader, 2048)
+	pkcs8 := func(k any) []byte {
+		b, err := x509.MarshalPKCS8PrivateKey(k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	sec1, _ := x509.MarshalECPrivateKey(p256)
+	for _, tc := range []struct {
+		name, typ string
+		der       []byte
+		pub       any
+		err       string
+	}{
+		{"p256 pkcs8", "PRIVATE KEY", pkcs8(p256), &p256.PublicKey, ""},
+		{"p256 sec1", "EC PRIVATE KEY", sec1, &p256.PublicKey, ""},
+		{"ed25519", "PRIVATE KEY", pkcs8(ed), ed.Public(), ""},
+		{"p384", "PRIVATE KEY", pkcs8(p384), nil, "an ECDSA key on P-384; want P-256 or Ed25519"},
+		{"rsa", "PRIVATE KEY", pkcs8(rsaKey), nil, "want an ECDSA P-256 or Ed25519 key"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, err := LoadServer("", writeKey(t, tc.typ, tc.der))
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("err %v, want %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			spki, _ := x509.MarshalPKIXPublicKey(tc.pub)
+			if want := PinOf(&x509.Certificate{RawSubjectPublicKeyInfo: spki}); s.Pin != want || s.Created {
+				t.Errorf("pin %s created %v, want %s, false", s.Pin, s.Created, want)
+			}
+		})
+	}
+}
+
+// TestCreateOnce: processes starting at once with a missing key file share one key.
+func TestCreateOnce(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "relay.key")
+	var wg sync.WaitGroup
+	pins := make([]string, 8)
+	created := make([]bool, 8)
+	for i := range pins {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s, err := LoadServer("", path)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			pins[i], created[i] = s.Pin, s.Created
+		}()
+	}
+	wg.Wait()
+	n := 0
+	for i := range pins {
+		if pins[i] != pins[0] {
+			t.Errorf("pins differ: %v", pins)
+		}
+		if created[i] {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Errorf("%d loads say they created the key, want 1", n)
+	}
+	st, err := os.Stat(path)
+	if err != nil || st.Mode().Perm() != 0o600 {
+		t.Errorf("key file %v, %v; want mode 0600", st.Mode(), err)
+	}
+	entries, _ := os.ReadDir(filepath.Dir(path))
+	if len(entries) != 1 {
+		t.Errorf("the directory holds %d files, want only the key: temporary files left", len(entries))
+	}
+}
