@@ -16,7 +16,6 @@ import (
 
 	"shd-tcp-tools/internal/connlog"
 	"shd-tcp-tools/internal/endpoint"
-	"shd-tcp-tools/internal/relay"
 	"shd-tcp-tools/internal/tlslink"
 )
 
@@ -355,7 +354,7 @@ func (a *Agent) serve(ctx context.Context, linkID uint64, link *net.TCPConn, rw 
 		return
 	}
 	a.cfg.Log.Open(id, client, service)
-	res := relay.Join(ctx, rw, srv, relay.Options{HalfClose: true})
+	res := relayPaired(ctx, rw, srv)
 	up := uint64(res.Up) + uint64(len(payload))
 	a.cfg.Log.Close(id, client, service, up, uint64(res.Down), res.Duration, res.End)
 }

@@ -17,7 +17,6 @@ import (
 	"shd-tcp-tools/internal/allow"
 	"shd-tcp-tools/internal/connlog"
 	"shd-tcp-tools/internal/endpoint"
-	"shd-tcp-tools/internal/relay"
 	"shd-tcp-tools/internal/tlslink"
 )
 
@@ -616,6 +615,6 @@ func (r *Relay) serveClient(ctx context.Context, c *net.TCPConn, g *guest, start
 		}
 	}
 	r.cfg.Log.Open(id, client, dest)
-	res := relay.Join(ctx, c, l.rw, relay.Options{HalfClose: true})
+	res := relayPaired(ctx, c, l.rw)
 	r.cfg.Log.Close(id, client, dest, uint64(res.Up), uint64(res.Down), res.Duration, res.End)
 }

@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"shd-tcp-tools/internal/relay"
 	"shd-tcp-tools/internal/tlslink"
 )
 
@@ -154,4 +155,13 @@ func buffered(rw net.Conn) ([]byte, error) {
 	buf[0] = probe[0]
 	m, _ := rw.Read(buf[1:])
 	return buf[:1+m], nil
+}
+
+// relayPaired relays a taken link and its other end (the client on the relay, the service
+// on connecttwo) both ways, half-closes passed on, and returns the counts for the log line.
+// Either may be TLS over TCP (a link with --tls-key): relay.Join copies that through a
+// buffer in user space with the same close policy as two raw sockets. It is the one place
+// the tunnel hands a pair to a relay.
+func relayPaired(ctx context.Context, client, server net.Conn) relay.Result {
+	return relay.Join(ctx, client, server, relay.Options{HalfClose: true})
 }
