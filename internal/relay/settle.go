@@ -55,20 +55,9 @@ func discard(c *net.TCPConn) int {
 }
 
 // Discard drops, without blocking and without copying, what the peer of the TCP socket fd
-// has already sent (at most 64 MiB a call), and returns how many bytes that was: what a
-// relay does to a side it stopped reading before it closes it, so the close is a FIN and
-// not a reset.
-func Discard(fd int) int {
-	total := 0
-	for range 64 {
-		n, err := recvDiscard(fd, 1<<20)
-		if n <= 0 || err != nil {
-			break
-		}
-		total += n
-	}
-	return total
-}
+// has already sent, and returns how many bytes that was: what a relay does to a side it
+// stopped reading before it closes it, so the close is a FIN and not a reset.
+func Discard(fd int) int { return discardFD(fd) }
 
 // control runs f with c's descriptor, if it has one.
 func control(c *net.TCPConn, f func(fd int)) {

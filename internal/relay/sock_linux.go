@@ -6,6 +6,8 @@ import (
 	"os"
 
 	"golang.org/x/sys/unix"
+
+	"shd-tcp-tools/internal/sock"
 )
 
 // ConnReset reports whether c's peer reset the connection (see PeerReset).
@@ -18,25 +20,9 @@ func isReset(c *net.TCPConn) bool {
 	return reset
 }
 
-// PeerReset reports whether the peer of the TCP socket fd reset the connection: the kernel
-// moves such a socket straight to TCP_CLOSE, which no clean end we have not caused yet
-// reaches. (A clean end where both FINs are acknowledged reaches it too, through
-// TIME_WAIT: ask only while something is still unacknowledged or unfinished.)
-func PeerReset(fd int) bool {
-	info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
-	return err == nil && info.State == unix.BPF_TCP_CLOSE
-}
-
-// recvDiscard drops up to max received bytes: for TCP, MSG_TRUNC discards them in the
-// kernel without copying, so no buffer is passed.
-func recvDiscard(fd, max int) (int, error) {
-	n, _, errno := unix.Syscall6(unix.SYS_RECVFROM, uintptr(fd), 0, uintptr(max),
-		unix.MSG_TRUNC|unix.MSG_DONTWAIT, 0, 0)
-	if errno != 0 {
-		return 0, errno
-	}
-	return int(n), nil
-}
+// PeerReset reports whether the peer of the TCP socket fd reset the connection: see
+// sock.PeerReset.
+func PeerReset(fd int) bool { return sock.PeerReset(fd) }
 
 // ConnUnacked returns Unacked for c's descriptor, or -1.
 func ConnUnacked(c *net.TCPConn) int { return unacked(c) }
@@ -49,26 +35,14 @@ func unacked(c *net.TCPConn) int {
 }
 
 // Unacked returns the bytes (and FIN) written to the TCP socket fd that its peer has not
-// acknowledged, or -1 when the kernel cannot tell.
-func Unacked(fd int) int {
-	n, err := unix.IoctlGetInt(fd, unix.SIOCOUTQ)
-	if err != nil {
-		return -1
-	}
-	return n
-}
+// acknowledged, or -1 when the kernel cannot tell: see sock.Unacked.
+func Unacked(fd int) int { return sock.Unacked(fd) }
 
 // inFlight returns the bytes (and FIN) sent on c and not yet acknowledged, beyond those
 // still waiting in its queue unsent, or -1 when the kernel cannot tell.
 func inFlight(c *net.TCPConn) int {
 	n := -1
-	control(c, func(fd int) {
-		queued, err1 := unix.IoctlGetInt(fd, unix.SIOCOUTQ)
-		unsent, err2 := unix.IoctlGetInt(fd, unix.SIOCOUTQNSD)
-		if err1 == nil && err2 == nil {
-			n = queued - unsent
-		}
-	})
+	control(c, func(fd int) { n = sock.InFlight(fd) })
 	return n
 }
 
@@ -91,3 +65,6 @@ func Detach(c *net.TCPConn) (int, error) {
 	_ = c.Close()
 	return fd, nil
 }
+
+// discardFD drops what the peer of fd has sent: see sock.Discard.
+func discardFD(fd int) int { return sock.Discard(fd) }

@@ -11,6 +11,8 @@ import (
 	"sync"
 
 	"golang.org/x/sys/unix"
+
+	"shd-tcp-tools/internal/sock"
 )
 
 // maxSplice is the most bytes one splice call moves, and the size asked for each pipe (the
@@ -112,29 +114,23 @@ func spliceCopy(ctx context.Context, dst sink, src *net.TCPConn, o CopyOptions) 
 		var n int
 		var serr error
 		rerr := srcRaw.Read(func(fd uintptr) bool {
-			for {
-				n, serr = 0, nil
-				if p == nil {
-					// Take a pipe only now, inside the read: it is given back below
-					// before any wait, so an idle direction holds none.
-					if p, serr = getPipe(); serr != nil {
-						return true
-					}
+			n, serr = 0, nil
+			if p == nil {
+				// Take a pipe only now, inside the read: it is given back below
+				// before any wait, so an idle direction holds none.
+				if p, serr = getPipe(); serr != nil {
+					return true
 				}
-				var k int64
-				k, serr = unix.Splice(int(fd), nil, p.w, nil, max, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
-				n = int(k)
-				switch serr {
-				case unix.EINTR:
-					continue
-				case unix.EAGAIN:
-					// Drained for now: give the empty pipe back while we wait.
-					putPipe(p, true)
-					p = nil
-					return false
-				}
-				return true
 			}
+			// A socket into an empty pipe, both non-blocking: the call cannot block.
+			n, serr = sock.Splice(int(fd), p.w, max)
+			if serr == unix.EAGAIN {
+				// Drained for now: give the empty pipe back while we wait.
+				putPipe(p, true)
+				p = nil
+				return false
+			}
+			return true
 		})
 		if rerr != nil {
 			return written, rerr
@@ -200,26 +196,22 @@ func (s *Splicer) Fill(src, max int) (int, error) {
 		}
 		s.p = p
 	}
-	for {
-		n, err := unix.Splice(src, nil, s.p.w, nil, max, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
-		switch err {
-		case nil:
-			s.inPipe += int(n)
-			if s.inPipe == 0 { // src's end: nothing will come to wait for
-				putPipe(s.p, true)
-				s.p = nil
-			}
-			return int(n), nil
-		case unix.EINTR:
-			continue
-		case unix.EAGAIN:
-			if s.inPipe == 0 {
-				putPipe(s.p, true)
-				s.p = nil
-			}
+	n, err := sock.Splice(src, s.p.w, max)
+	switch err {
+	case nil:
+		s.inPipe += n
+		if s.inPipe == 0 { // src's end: nothing will come to wait for
+			putPipe(s.p, true)
+			s.p = nil
 		}
-		return 0, err
+		return n, nil
+	case unix.EAGAIN:
+		if s.inPipe == 0 {
+			putPipe(s.p, true)
+			s.p = nil
+		}
 	}
+	return 0, err
 }
 
 // Drain splices what the pipe holds into the socket dst and returns the bytes moved;
@@ -228,21 +220,16 @@ func (s *Splicer) Drain(dst int) (int, error) {
 	if s.inPipe == 0 {
 		return 0, nil
 	}
-	for {
-		n, err := unix.Splice(s.p.r, nil, dst, nil, s.inPipe, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return 0, err
-		}
-		s.inPipe -= int(n)
-		if s.inPipe == 0 {
-			putPipe(s.p, true)
-			s.p = nil
-		}
-		return int(n), nil
+	n, err := sock.Splice(s.p.r, dst, s.inPipe)
+	if err != nil {
+		return 0, err
 	}
+	s.inPipe -= n
+	if s.inPipe == 0 {
+		putPipe(s.p, true)
+		s.p = nil
+	}
+	return n, nil
 }
 
 // Pending returns the bytes in the pipe, read from the source and not yet written.

@@ -27,9 +27,9 @@ func fileToSocket(context.Context, *net.TCPConn, *os.File, CopyOptions) (int64, 
 	return 0, false, nil
 }
 
-func isReset(*net.TCPConn) bool            { return false }
-func recvDiscard(fd, max int) (int, error) { return 0, nil }
-func unacked(*net.TCPConn) int             { return -1 }
+func isReset(*net.TCPConn) bool { return false }
+func discardFD(int) int         { return 0 }
+func unacked(*net.TCPConn) int  { return -1 }
 
 func isRegular(f *os.File) bool {
 	fi, err := f.Stat()
