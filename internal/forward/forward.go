@@ -122,8 +122,8 @@ type Server struct {
 	single []*hostEntry
 	names  *dnscache.Cache
 	health *health.Tracker // nil with a single destination
-	// socket creates the outgoing sockets; nil is unix.Socket (a test seam for shortages).
-	socket func(domain, typ, proto int) (int, error)
+	// socket creates the outgoing sockets; nil is sock.Socket (a test seam for shortages).
+	socket func(netip.Addr) (int, error)
 	// noPipes makes every splice find no pipe, as when descriptors run out (a test seam).
 	noPipes bool
 	// partialHeader, when set, is called on the loop each time a client's PROXY header is

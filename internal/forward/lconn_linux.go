@@ -4,7 +4,6 @@ import (
 	"errors"
 	"net/netip"
 	"os"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -12,6 +11,7 @@ import (
 	"shd-tcp-tools/internal/dnscache"
 	"shd-tcp-tools/internal/eventloop"
 	"shd-tcp-tools/internal/relay"
+	"shd-tcp-tools/internal/sock"
 )
 
 // The life of a connection in the event-loop engine. Every method runs on the connection's
@@ -228,7 +228,7 @@ func (c *lconn) resetClient(why error) {
 		}
 		c.ls.log.Failed(c.id, c.from, dest, why)
 	}
-	linger0(c.cfd)
+	sock.Linger0(c.cfd)
 	_ = c.ls.lp.CloseFD(c.cfd)
 	c.release()
 }
@@ -267,18 +267,14 @@ func (c *lconn) waitForDescriptor(err error) bool {
 // connect opens a socket and starts a non-blocking connect to addr.
 func (c *lconn) connect(addr netip.AddrPort) error {
 	cfg := &c.s.cfg
-	family := unix.AF_INET6
-	if addr.Addr().Is4() {
-		family = unix.AF_INET
-	}
 	if l := cfg.Local; l.IsValid() && l.Is4() != addr.Addr().Is4() {
 		return errors.New("address family differs from the local address (INADDR_DEFAULT)")
 	}
-	socket := c.s.socket
-	if socket == nil {
-		socket = unix.Socket
+	socket := sock.Socket
+	if c.s.socket != nil {
+		socket = c.s.socket
 	}
-	fd, err := socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	fd, err := socket(addr.Addr())
 	if err != nil {
 		return os.NewSyscallError("socket", err)
 	}
@@ -286,15 +282,15 @@ func (c *lconn) connect(addr netip.AddrPort) error {
 		unix.Close(fd)
 		return os.NewSyscallError(call, err)
 	}
-	if err := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1); err != nil {
+	if err := sock.SetNoDelay(fd); err != nil {
 		return fail("setsockopt", err)
 	}
 	if l := cfg.Local; l.IsValid() {
-		if err := unix.Bind(fd, sockaddr(netip.AddrPortFrom(l, 0))); err != nil {
+		if err := sock.Bind(fd, netip.AddrPortFrom(l, 0)); err != nil {
 			return fail("bind", err)
 		}
 	}
-	err = unix.Connect(fd, sockaddr(addr))
+	err = sock.Connect(fd, addr)
 	if err != nil && !errors.Is(err, unix.EINPROGRESS) {
 		return fail("connect", err)
 	}
@@ -343,15 +339,11 @@ func (c *lconn) serverReady(ev uint32) {
 			}
 			return
 		}
-		v, err := unix.GetsockoptInt(c.sfd, unix.SOL_SOCKET, unix.SO_ERROR)
-		switch {
-		case err != nil:
-			c.connectFailed(os.NewSyscallError("getsockopt", err))
-		case v != 0:
-			c.connectFailed(syscall.Errno(v))
-		default:
-			c.connected()
+		if err := sock.Error(c.sfd); err != nil {
+			c.connectFailed(err)
+			return
 		}
+		c.connected()
 	case stInserting:
 		if ev&(unix.EPOLLOUT|unix.EPOLLERR|unix.EPOLLHUP) != 0 {
 			c.insertMore()
@@ -466,7 +458,7 @@ func (c *lconn) insertLater(delay time.Duration) {
 // destination takes nothing now (the stall timer runs until it does), or the connection
 // ended on an error.
 func (c *lconn) sendFirst(b []byte, doing string) (int, bool) {
-	n, err := write(c.sfd, b)
+	n, err := sock.Send(c.sfd, b)
 	switch {
 	case errors.Is(err, unix.EAGAIN):
 		c.stalled(doing)
@@ -503,8 +495,8 @@ func (c *lconn) endSetup(end string) {
 	if c.paceWait != nil {
 		c.paceWait.Stop()
 	}
-	linger0(c.cfd)
-	linger0(c.sfd)
+	sock.Linger0(c.cfd)
+	sock.Linger0(c.sfd)
 	_ = c.ls.lp.CloseFD(c.cfd)
 	_ = c.ls.lp.CloseFD(c.sfd)
 	c.ended(relay.Result{End: end})
@@ -558,34 +550,3 @@ func (c *lconn) ended(res relay.Result) {
 	}
 	c.release()
 }
-
-// write writes to the non-blocking fd, again after an interrupted call; unix.EAGAIN means
-// fd is full.
-func write(fd int, b []byte) (int, error) {
-	for {
-		n, err := unix.Write(fd, b)
-		if !errors.Is(err, unix.EINTR) {
-			return n, err
-		}
-	}
-}
-
-// setKeepAlive turns TCP keepalive on for fd with the given period: the first probe after
-// that long without traffic, then one every period, and the connection dropped after 9
-// unanswered.
-func setKeepAlive(fd int, period time.Duration) error {
-	secs := max(int(period/time.Second), 1)
-	for _, o := range [...]struct{ level, name, value int }{
-		{unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1},
-		{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, secs},
-		{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, secs},
-		{unix.IPPROTO_TCP, unix.TCP_KEEPCNT, 9},
-	} {
-		if err := unix.SetsockoptInt(fd, o.level, o.name, o.value); err != nil {
-			return os.NewSyscallError("setsockopt", err)
-		}
-	}
-	return nil
-}
-
-func linger0(fd int) { relay.Linger0(fd) }

@@ -5,18 +5,16 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/netip"
 	"os"
 	"runtime"
-	"strconv"
 	"sync"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
 	"shd-tcp-tools/internal/connlog"
 	"shd-tcp-tools/internal/eventloop"
+	"shd-tcp-tools/internal/sock"
 )
 
 // The event-loop engine: one loop per CPU, each on its own thread, accepts from the shared
@@ -69,7 +67,7 @@ func (ls *loopState) keepAliveLater(c *lconn) {
 		ls.keepalive = nil
 		for _, c := range ls.young {
 			if c.state == stInserting || c.state == stRelaying && !c.pair.Closing() {
-				_ = setKeepAlive(c.sfd, period)
+				_ = sock.SetKeepAlive(c.sfd, period)
 			}
 		}
 		clear(ls.young)
@@ -202,7 +200,7 @@ func (ls *loopState) accept() {
 		if !ls.accepting {
 			return
 		}
-		fd, client, err := accept4(ls.e.lfd)
+		fd, client, err := sock.Accept(ls.e.lfd)
 		switch {
 		case err == nil:
 		case errors.Is(err, unix.EAGAIN):
@@ -224,48 +222,4 @@ func (ls *loopState) accept() {
 		ls.conns[c] = struct{}{}
 		c.accepted(client)
 	}
-}
-
-// accept4 accepts a connection on the listening socket lfd, non-blocking, and returns its
-// descriptor and the client's address. It is unix.Accept4 without the getsockopt
-// (SO_PROTOCOL) that x/sys/unix adds to every IPv4 and IPv6 accept to tell L2TP sockets
-// apart: one system call less per connection.
-func accept4(lfd int) (int, netip.AddrPort, error) {
-	var rsa unix.RawSockaddrAny
-	n := uint32(unix.SizeofSockaddrAny)
-	fd, _, errno := unix.Syscall6(unix.SYS_ACCEPT4, uintptr(lfd), uintptr(unsafe.Pointer(&rsa)),
-		uintptr(unsafe.Pointer(&n)), unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0, 0)
-	if errno != 0 {
-		return -1, netip.AddrPort{}, errno
-	}
-	switch rsa.Addr.Family {
-	case unix.AF_INET:
-		sa := (*unix.RawSockaddrInet4)(unsafe.Pointer(&rsa))
-		return int(fd), netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), netPort(&sa.Port)), nil
-	case unix.AF_INET6:
-		sa := (*unix.RawSockaddrInet6)(unsafe.Pointer(&rsa))
-		return int(fd), netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), netPort(&sa.Port)), nil
-	}
-	return int(fd), netip.AddrPort{}, nil
-}
-
-// netPort reads a port stored in network byte order.
-func netPort(p *uint16) uint16 {
-	b := (*[2]byte)(unsafe.Pointer(p))
-	return uint16(b[0])<<8 | uint16(b[1])
-}
-
-func sockaddr(a netip.AddrPort) unix.Sockaddr {
-	if a.Addr().Is4() {
-		return &unix.SockaddrInet4{Port: int(a.Port()), Addr: a.Addr().As4()}
-	}
-	sa := &unix.SockaddrInet6{Port: int(a.Port()), Addr: a.Addr().As16()}
-	if zone := a.Addr().Zone(); zone != "" { // fe80::1%eth0
-		if ifi, err := net.InterfaceByName(zone); err == nil {
-			sa.ZoneId = uint32(ifi.Index)
-		} else if n, err := strconv.Atoi(zone); err == nil {
-			sa.ZoneId = uint32(n)
-		}
-	}
-	return sa
 }

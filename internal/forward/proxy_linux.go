@@ -9,6 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"shd-tcp-tools/internal/proxyhdr"
+	"shd-tcp-tools/internal/sock"
 )
 
 // The PROXY protocol on the event loop. With --accept-proxy a new client's socket is
@@ -105,7 +106,7 @@ func (c *lconn) refuseHeader(why string) {
 		c.timer = nil
 	}
 	c.ls.log.Refused(c.from, why)
-	linger0(c.cfd)
+	sock.Linger0(c.cfd)
 	_ = c.ls.lp.CloseFD(c.cfd)
 	c.release()
 }
@@ -122,40 +123,23 @@ func (ls *loopState) header() *headerReader {
 // address it connected to (the one its own header named, or this socket's).
 func (c *lconn) proxyHeader() ([]byte, error) {
 	if !c.local.IsValid() {
-		sa, err := unix.Getsockname(c.cfd)
+		a, err := sock.LocalAddr(c.cfd)
 		if err != nil {
-			return nil, os.NewSyscallError("getsockname", err)
+			return nil, fmt.Errorf("the client's socket: %w", err)
 		}
-		switch sa := sa.(type) {
-		case *unix.SockaddrInet4:
-			c.local = netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
-		case *unix.SockaddrInet6:
-			c.local = netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), uint16(sa.Port))
-		default:
-			return nil, errors.New("the client's socket has no IP address")
-		}
+		c.local = a
 	}
 	return proxyhdr.Format(c.s.cfg.SendProxy, c.client, c.local)
 }
 
 // peek reads what fd has received without consuming it.
-func peek(fd int, buf []byte) (int, error) {
-	for {
-		n, _, err := unix.Recvfrom(fd, buf, unix.MSG_PEEK)
-		if !errors.Is(err, unix.EINTR) {
-			return n, err
-		}
-	}
-}
+func peek(fd int, buf []byte) (int, error) { return sock.Recv(fd, buf, unix.MSG_PEEK) }
 
 // readFull reads len(buf) bytes that fd is known to hold (they were peeked).
 func readFull(fd int, buf []byte) (int, error) {
 	got := 0
 	for got < len(buf) {
-		n, err := unix.Read(fd, buf[got:])
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
+		n, err := sock.Recv(fd, buf[got:], 0)
 		if err != nil {
 			return got, err
 		}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/netip"
 	"regexp"
 	"runtime"
 	"sync/atomic"
@@ -11,9 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"shd-tcp-tools/internal/forward/fwdtest"
+	"shd-tcp-tools/internal/sock"
 )
 
 // On a stop, the listener closes at once, open connections go on for the grace period and
@@ -157,11 +157,11 @@ func TestSocketShortageWaits(t *testing.T) {
 	t.Parallel()
 	be := fwdtest.StartBackend(t, "127.0.0.1:0", fwdtest.Echo)
 	var calls atomic.Int64
-	short := func(domain, typ, proto int) (int, error) {
+	short := func(a netip.Addr) (int, error) {
 		if calls.Add(1) <= 3 {
 			return -1, syscall.EMFILE
 		}
-		return unix.Socket(domain, typ, proto)
+		return sock.Socket(a)
 	}
 	pf := startServer(t, "127.0.0.1:0", Config{Dest: dest(t, be.Addr())}, func(s *Server) { s.socket = short })
 	fwdtest.RoundTrip(t, fwdtest.Dial(t, pf.addr), 1, 1000)
@@ -185,11 +185,11 @@ func TestSocketShortageGivesUp(t *testing.T) {
 	be := fwdtest.StartBackend(t, "127.0.0.1:0", fwdtest.Echo)
 	var failing atomic.Bool
 	failing.Store(true)
-	short := func(domain, typ, proto int) (int, error) {
+	short := func(a netip.Addr) (int, error) {
 		if failing.Load() {
 			return -1, syscall.EMFILE
 		}
-		return unix.Socket(domain, typ, proto)
+		return sock.Socket(a)
 	}
 	pf := startServer(t, "127.0.0.1:0", Config{Dest: dest(t, be.Addr()), ConnectTimeout: 300 * time.Millisecond},
 		func(s *Server) { s.socket = short })

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"os"
 
+	"shd-tcp-tools/internal/sock"
+
 	"golang.org/x/sys/unix"
 )
 
@@ -47,7 +49,7 @@ func (m *mover) fill(src, most int) (int, error) {
 // unix.EAGAIN (unwrapped) means dst cannot take more now.
 func (m *mover) drain(dst int) (int, error) {
 	if len(m.held) > 0 {
-		n, err := write(dst, m.held)
+		n, err := sock.Send(dst, m.held)
 		switch {
 		case errors.Is(err, unix.EAGAIN):
 			return 0, err
@@ -77,26 +79,10 @@ func (m *mover) readThrough(src, most int) (int, error) {
 		m.heldBuf = make([]byte, 16<<10) // once per direction; held is empty when we get here
 	}
 	buf := m.heldBuf[:min(most, len(m.heldBuf))]
-	for {
-		n, err := unix.Read(src, buf)
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
-		if err != nil {
-			return 0, err
-		}
-		m.held = buf[:n]
-		return n, nil
+	n, err := sock.Recv(src, buf, 0)
+	if err != nil {
+		return 0, err
 	}
-}
-
-// write writes to the non-blocking fd, again after an interrupted call; unix.EAGAIN means
-// fd is full.
-func write(fd int, b []byte) (int, error) {
-	for {
-		n, err := unix.Write(fd, b)
-		if !errors.Is(err, unix.EINTR) {
-			return n, err
-		}
-	}
+	m.held = buf[:n]
+	return n, nil
 }

@@ -9,6 +9,7 @@ import (
 
 	"shd-tcp-tools/internal/eventloop"
 	"shd-tcp-tools/internal/ratelimit"
+	"shd-tcp-tools/internal/sock"
 )
 
 // A Pair relays two connected non-blocking TCP sockets on an event loop: the loop's engine
@@ -266,7 +267,7 @@ func (p *Pair) dirFinished(i int) {
 	if p.end == "" {
 		p.end = closedEnd(i == up)
 	}
-	_ = unix.Shutdown(d.dst, unix.SHUT_WR)
+	_ = sock.ShutdownWrite(d.dst)
 	if !p.o.HalfClose {
 		p.ending = true
 		p.closePhase()
@@ -283,12 +284,12 @@ func (p *Pair) dirFailed(err error) {
 		return
 	}
 	switch {
-	case PeerReset(p.fd[up]):
+	case sock.PeerReset(p.fd[up]):
 		p.end, p.reset = EndClientReset, true
-		Linger0(p.fd[down])
-	case PeerReset(p.fd[down]):
+		sock.Linger0(p.fd[down])
+	case sock.PeerReset(p.fd[down]):
 		p.end, p.reset = EndServerReset, true
-		Linger0(p.fd[up])
+		sock.Linger0(p.fd[up])
 	default:
 		p.end = "error: " + err.Error()
 	}
@@ -332,10 +333,10 @@ func (p *Pair) settle(first bool) {
 		switch {
 		case p.reset || p.aborted || p.eof[i]: // an abort is reset at the close
 		default:
-			Discard(fd)
+			sock.Discard(fd)
 			// When the close phase starts, the FIN just sent to this side cannot have
 			// been acknowledged yet: wait for the peer's answer instead of asking now.
-			if first || Unacked(fd) > 0 {
+			if first || sock.Unacked(fd) > 0 {
 				waiting = true
 			}
 		}
@@ -360,8 +361,8 @@ func (p *Pair) closeNow() {
 		p.timer = nil
 	}
 	if p.aborted && !p.reset {
-		Linger0(p.fd[up])
-		Linger0(p.fd[down])
+		sock.Linger0(p.fd[up])
+		sock.Linger0(p.fd[down])
 	}
 	for i := range p.dirs {
 		p.dirs[i].mv.release()
@@ -372,11 +373,6 @@ func (p *Pair) closeNow() {
 	if p.o.OnEnd != nil {
 		p.o.OnEnd(Result{Up: p.dirs[up].n, Down: p.dirs[down].n, Duration: p.lp.Now().Sub(p.start), End: p.end})
 	}
-}
-
-// Linger0 sets SO_LINGER 0 on the socket fd, so that its close is a reset.
-func Linger0(fd int) {
-	_ = unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
 }
 
 // Pacer is one direction's rate limit on an event loop: tokens are reserved a step at a

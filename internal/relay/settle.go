@@ -50,14 +50,9 @@ func Settle(ctx context.Context, c *net.TCPConn, stall time.Duration) int {
 // sent, and returns how many bytes that was.
 func discard(c *net.TCPConn) int {
 	total := 0
-	control(c, func(fd int) { total = Discard(fd) })
+	control(c, func(fd int) { total = discardFD(fd) })
 	return total
 }
-
-// Discard drops, without blocking and without copying, what the peer of the TCP socket fd
-// has already sent, and returns how many bytes that was: what a relay does to a side it
-// stopped reading before it closes it, so the close is a FIN and not a reset.
-func Discard(fd int) int { return discardFD(fd) }
 
 // control runs f with c's descriptor, if it has one.
 func control(c *net.TCPConn, f func(fd int)) {

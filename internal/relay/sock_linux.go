@@ -10,33 +10,25 @@ import (
 	"shd-tcp-tools/internal/sock"
 )
 
-// ConnReset reports whether c's peer reset the connection (see PeerReset).
+// ConnReset reports whether c's peer reset the connection (see sock.PeerReset).
 func ConnReset(c *net.TCPConn) bool { return isReset(c) }
 
-// isReset reports whether c's peer reset the connection (see PeerReset).
+// isReset reports whether c's peer reset the connection (see sock.PeerReset).
 func isReset(c *net.TCPConn) bool {
 	reset := false
-	control(c, func(fd int) { reset = PeerReset(fd) })
+	control(c, func(fd int) { reset = sock.PeerReset(fd) })
 	return reset
 }
 
-// PeerReset reports whether the peer of the TCP socket fd reset the connection: see
-// sock.PeerReset.
-func PeerReset(fd int) bool { return sock.PeerReset(fd) }
-
-// ConnUnacked returns Unacked for c's descriptor, or -1.
+// ConnUnacked returns sock.Unacked for c's descriptor, or -1.
 func ConnUnacked(c *net.TCPConn) int { return unacked(c) }
 
-// unacked returns Unacked for c's descriptor, or -1.
+// unacked returns sock.Unacked for c's descriptor, or -1.
 func unacked(c *net.TCPConn) int {
 	n := -1
-	control(c, func(fd int) { n = Unacked(fd) })
+	control(c, func(fd int) { n = sock.Unacked(fd) })
 	return n
 }
-
-// Unacked returns the bytes (and FIN) written to the TCP socket fd that its peer has not
-// acknowledged, or -1 when the kernel cannot tell: see sock.Unacked.
-func Unacked(fd int) int { return sock.Unacked(fd) }
 
 // inFlight returns the bytes (and FIN) sent on c and not yet acknowledged, beyond those
 // still waiting in its queue unsent, or -1 when the kernel cannot tell.

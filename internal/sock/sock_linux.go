@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"os"
 	"strconv"
 	"time"
 	"unsafe"
@@ -115,17 +116,18 @@ func Connect(fd int, a netip.AddrPort) error {
 	return errnoErr(e)
 }
 
-// LocalAddr returns the address the socket fd is bound to.
+// LocalAddr returns the address the socket fd is bound to. A failed call is an
+// *os.SyscallError.
 func LocalAddr(fd int) (netip.AddrPort, error) {
 	var rsa unix.RawSockaddrAny
 	n := uint32(unix.SizeofSockaddrAny)
 	_, _, e := unix.RawSyscall(unix.SYS_GETSOCKNAME, uintptr(fd), uintptr(unsafe.Pointer(&rsa)), uintptr(unsafe.Pointer(&n)))
 	if e != 0 {
-		return netip.AddrPort{}, e
+		return netip.AddrPort{}, os.NewSyscallError("getsockname", e)
 	}
 	a := AddrPortOf(&rsa)
 	if !a.IsValid() {
-		return a, errors.New("the socket has no IP address")
+		return a, errors.New("no IP address")
 	}
 	return a, nil
 }
@@ -153,12 +155,13 @@ func getInt(fd, level, name int) (int, error) {
 // SetNoDelay turns Nagle's algorithm off on fd (TCP_NODELAY).
 func SetNoDelay(fd int) error { return setInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1) }
 
-// Error returns the socket's pending error (SO_ERROR), which a failed non-blocking
-// connect leaves, and clears it; nil when there is none.
+// Error returns the socket's pending error (SO_ERROR, a unix.Errno), which a failed
+// non-blocking connect leaves, and clears it; nil when there is none. A failure to ask is
+// an *os.SyscallError.
 func Error(fd int) error {
 	v, err := getInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
 	if err != nil {
-		return err
+		return os.NewSyscallError("getsockopt", err)
 	}
 	return errnoErr(unix.Errno(v))
 }
