@@ -5,7 +5,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -15,7 +14,7 @@ import (
 
 	"shd-tcp-tools/internal/connlog"
 	"shd-tcp-tools/internal/endpoint"
-	"shd-tcp-tools/internal/forward/fwdtest"
+	"shd-tcp-tools/internal/testkit"
 	"shd-tcp-tools/internal/tunnel"
 	"shd-tcp-tools/internal/tunnel/tunneltest"
 )
@@ -24,9 +23,9 @@ import (
 // before any connection is made.
 func TestPoolBound(t *testing.T) {
 	bins := tunneltest.Build(t)
-	relay := fwdtest.StartBackend(t, "127.0.0.1:0", func(c *net.TCPConn) { _, _ = io.Copy(io.Discard, c) })
+	relay := testkit.StartBackend(t, "127.0.0.1:0", func(c *net.TCPConn) { _, _ = io.Copy(io.Discard, c) })
 	for _, n := range []string{"1025", "20000000", "99999999999"} {
-		p := tunneltest.Start(t, bins["connecttwo"], "-s", relay.Addr(), "-d", "127.0.0.1:9", "--pool", n)
+		p := testkit.Start(t, bins["connecttwo"], "-s", relay.Addr(), "-d", "127.0.0.1:9", "--pool", n)
 		code, _ := p.Exit(t, 2*time.Second)
 		out := p.Log.String()
 		if code != 2 || strings.Count(out, "\n") != 1 || !strings.HasPrefix(out, "connecttwo: --pool "+n+": at most 1024") {
@@ -44,8 +43,8 @@ func TestPoolBound(t *testing.T) {
 // backoff sleep, and while relaying a client.
 func TestStopsWithinASecond(t *testing.T) {
 	bins := tunneltest.Build(t)
-	svc := fwdtest.StartBackend(t, "127.0.0.1:0", fwdtest.Echo)
-	stop := func(t *testing.T, p *tunneltest.Proc, sig syscall.Signal) {
+	svc := testkit.StartBackend(t, "127.0.0.1:0", testkit.Echo)
+	stop := func(t *testing.T, p *testkit.Proc, sig syscall.Signal) {
 		t.Helper()
 		took := p.Stop(t, sig, 5*time.Second)
 		t.Logf("stopped %v after %v", sig, took.Round(time.Millisecond))
@@ -55,10 +54,10 @@ func TestStopsWithinASecond(t *testing.T) {
 	}
 
 	t.Run("handshake with a silent relay", func(t *testing.T) {
-		relay := fwdtest.StartBackend(t, "127.0.0.1:0", func(c *net.TCPConn) { _, _ = io.Copy(io.Discard, c) })
-		p := tunneltest.Start(t, bins["connecttwo"], "-s", relay.Addr(), "-d", svc.Addr(), "--pool", "1024")
+		relay := testkit.StartBackend(t, "127.0.0.1:0", func(c *net.TCPConn) { _, _ = io.Copy(io.Discard, c) })
+		p := testkit.Start(t, bins["connecttwo"], "-s", relay.Addr(), "-d", svc.Addr(), "--pool", "1024")
 		p.WaitLog(t, `keeping 1024 links open`, 1, tunneltest.Timeout)
-		fwdtest.WaitUntil(t, tunneltest.Timeout, "the first links", func() bool { return relay.Accepts.Load() >= 16 })
+		testkit.WaitUntil(t, tunneltest.Timeout, "the first links", func() bool { return relay.Accepts.Load() >= 16 })
 		// Links are opened at most 32 at a time: a relay that does not answer sees no
 		// more than that many while their handshakes wait (5 s), not the whole pool.
 		window := time.Now().Add(300 * time.Millisecond)
@@ -73,31 +72,31 @@ func TestStopsWithinASecond(t *testing.T) {
 	})
 
 	t.Run("connect to a relay that never accepts", func(t *testing.T) {
-		addr := fwdtest.Blackhole(t)
-		p := tunneltest.Start(t, bins["connecttwo"], "-s", addr, "-d", svc.Addr(), "--pool", "4")
+		addr := testkit.Blackhole(t)
+		p := testkit.Start(t, bins["connecttwo"], "-s", addr, "-d", svc.Addr(), "--pool", "4")
 		p.WaitLog(t, `keeping 4 links open`, 1, tunneltest.Timeout)
 		// Each link is a socket waiting for its connect to complete.
-		fwdtest.WaitUntil(t, tunneltest.Timeout, "connects under way", func() bool { return p.Sockets(t) >= 4 })
+		testkit.WaitUntil(t, tunneltest.Timeout, "connects under way", func() bool { return p.Sockets(t) >= 4 })
 		stop(t, p, syscall.SIGTERM)
 	})
 
 	t.Run("backoff", func(t *testing.T) {
-		addr := "127.0.0.1:" + strconv.Itoa(fwdtest.FreePort(t, "127.0.0.1")) // nothing listens there
-		p := tunneltest.Start(t, bins["connecttwo"], "-s", addr, "-d", svc.Addr(), "--pool", "2")
+		addr := "127.0.0.1:" + strconv.Itoa(testkit.FreePort(t, "127.0.0.1")) // nothing listens there
+		p := testkit.Start(t, bins["connecttwo"], "-s", addr, "-d", svc.Addr(), "--pool", "2")
 		p.Log.WaitFor(t, `connection refused; retry 2 in`, 1, tunneltest.Timeout)
 		stop(t, p, syscall.SIGINT)
 	})
 
 	t.Run("relaying", func(t *testing.T) {
 		bin := bins["listentwo"]
-		clients := "127.0.0.1:" + strconv.Itoa(fwdtest.FreePort(t, "127.0.0.1"))
-		links := "127.0.0.1:" + strconv.Itoa(fwdtest.FreePort(t, "127.0.0.1"))
-		relay := tunneltest.Start(t, bin, "-s", clients, "-d", links)
+		clients := "127.0.0.1:" + strconv.Itoa(testkit.FreePort(t, "127.0.0.1"))
+		links := "127.0.0.1:" + strconv.Itoa(testkit.FreePort(t, "127.0.0.1"))
+		relay := testkit.Start(t, bin, "-s", clients, "-d", links)
 		relay.Log.WaitFor(t, `listening for clients`, 1, tunneltest.Timeout)
-		p := tunneltest.Start(t, bins["connecttwo"], "-s", links, "-d", svc.Addr(), "--pool", "2")
+		p := testkit.Start(t, bins["connecttwo"], "-s", links, "-d", svc.Addr(), "--pool", "2")
 		relay.Log.WaitFor(t, `link #\d+ up `, 2, tunneltest.Timeout)
-		c := fwdtest.Dial(t, clients)
-		fwdtest.RoundTrip(t, c, 1, 100<<10) // the connection stays open through the stop
+		c := testkit.Dial(t, clients)
+		testkit.RoundTrip(t, c, 1, 100<<10) // the connection stays open through the stop
 		stop(t, p, syscall.SIGTERM)
 		relay.Stop(t, syscall.SIGTERM, 5*time.Second)
 	})
@@ -108,9 +107,9 @@ func TestStopsWithinASecond(t *testing.T) {
 // reread it, and then serves clients.
 func TestSIGHUPRereadsSecret(t *testing.T) {
 	t.Parallel()
-	clients := fwdtest.Listen(t, "127.0.0.1:0")
-	links := fwdtest.Listen(t, "[::1]:0")
-	relayLog := fwdtest.NewLogBuf()
+	clients := testkit.Listen(t, "127.0.0.1:0")
+	links := testkit.Listen(t, "[::1]:0")
+	relayLog := testkit.NewLogBuf()
 	r, err := tunnel.NewRelay(tunnel.RelayConfig{
 		Clients: addrEndpoint(clients), Links: addrEndpoint(links),
 		Secret: []byte("new secret"), Wait: 10 * time.Second, Log: connlog.New(relayLog),
@@ -122,46 +121,31 @@ func TestSIGHUPRereadsSecret(t *testing.T) {
 	served := make(chan struct{})
 	go func() { defer close(served); _ = r.Serve(ctx, clients, links) }()
 	t.Cleanup(func() { cancel(); <-served })
-	svc := fwdtest.StartBackend(t, "127.0.0.1:0", fwdtest.Echo)
+	svc := testkit.StartBackend(t, "127.0.0.1:0", testkit.Echo)
 
 	secret := filepath.Join(t.TempDir(), "secret")
 	if err := os.WriteFile(secret, []byte("old secret\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	log := fwdtest.NewLogBuf()
-	cmd := exec.Command("connecttwo", "-s", links.Addr().String(), "-d", svc.Addr(), "--pool", "1", "--secret-file", secret)
-	cmd.Stderr = log
-	var exit error
-	done := fwdtest.StartProcess(t, cmd, &exit)
+	p := testkit.Start(t, "connecttwo", "-s", links.Addr().String(), "-d", svc.Addr(), "--pool", "1", "--secret-file", secret)
+	log := p.Log
 	relayLog.WaitFor(t, `link #\d+ refused \S+: .*authentication failed`, 1, 10*time.Second)
 
 	if err := os.WriteFile(secret, []byte("new secret\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
-		t.Fatal(err)
-	}
+	p.Signal(t, syscall.SIGHUP)
 	log.WaitFor(t, `reread --secret-file `+secret+`: links must prove the new secret from now on$`, 1, 10*time.Second)
 	wait, stop := context.WithTimeout(context.Background(), 20*time.Second)
 	defer stop()
 	if err := r.WaitIdle(wait, 1); err != nil {
 		t.Fatalf("no link with the new secret: %v\n%s", err, log.String())
 	}
-	c := fwdtest.Dial(t, clients.Addr().String())
-	fwdtest.RoundTrip(t, c, 1, 100000)
+	c := testkit.Dial(t, clients.Addr().String())
+	testkit.RoundTrip(t, c, 1, 100000)
 	c.Close()
 
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-done:
-		if exit != nil {
-			t.Fatalf("connecttwo exited with %v after SIGTERM:\n%s", exit, log.String())
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("connecttwo still running 10s after SIGTERM")
-	}
+	p.Stop(t, syscall.SIGTERM, 10*time.Second)
 }
 
 // addrEndpoint returns ln's address as an endpoint.

@@ -13,16 +13,14 @@ import (
 
 	"shd-tcp-tools/internal/connlog"
 	"shd-tcp-tools/internal/endpoint"
-	"shd-tcp-tools/internal/forward/fwdtest"
+	"shd-tcp-tools/internal/testkit"
 	"shd-tcp-tools/internal/tunnel"
 )
 
 // relayProc is a listentwo process started by a test.
 type relayProc struct {
-	cmd            *exec.Cmd
+	*testkit.Proc
 	clients, links endpoint.Endpoint
-	done           <-chan struct{} // closed when it has exited
-	err            error           // its exit, valid after done
 }
 
 // startRelayTo runs listentwo on two free loopback ports with args after -s and -d, its
@@ -31,35 +29,25 @@ type relayProc struct {
 func startRelayTo(t *testing.T, stderr *os.File, args ...string) *relayProc {
 	t.Helper()
 	p := &relayProc{ // listentwo rejects port 0
-		clients: endpoint.Endpoint{Host: "127.0.0.1", Port: fwdtest.FreePort(t, "127.0.0.1")},
-		links:   endpoint.Endpoint{Host: "127.0.0.1", Port: fwdtest.FreePort(t, "127.0.0.1")},
+		clients: endpoint.Endpoint{Host: "127.0.0.1", Port: testkit.FreePort(t, "127.0.0.1")},
+		links:   endpoint.Endpoint{Host: "127.0.0.1", Port: testkit.FreePort(t, "127.0.0.1")},
 	}
 	argv := append([]string{"-s", p.clients.String(), "-d", p.links.String()}, args...)
-	p.cmd = exec.Command("listentwo", argv...)
-	p.cmd.Stderr = stderr
-	p.done = fwdtest.StartProcess(t, p.cmd, &p.err)
+	cmd := exec.Command("listentwo", argv...)
+	cmd.Stderr = stderr
+	p.Proc = testkit.StartCmd(t, cmd)
 	return p
 }
 
 // stop sends SIGTERM and waits for exit 0.
 func (p *relayProc) stop(t *testing.T) {
 	t.Helper()
-	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-p.done:
-	case <-time.After(10 * time.Second):
-		t.Fatal("listentwo still running 10s after SIGTERM")
-	}
-	if p.err != nil {
-		t.Fatalf("listentwo exited with %v after SIGTERM", p.err)
-	}
+	p.Stop(t, syscall.SIGTERM, 10*time.Second)
 }
 
 // startAgent runs connecttwo's engine in this process, with links to p and the echo
 // service svc, until the test ends.
-func startAgent(t *testing.T, p *relayProc, svc *fwdtest.Backend, secret string, log *fwdtest.LogBuf) *tunnel.Agent {
+func startAgent(t *testing.T, p *relayProc, svc *testkit.Backend, secret string, log *testkit.LogBuf) *tunnel.Agent {
 	t.Helper()
 	cfg := tunnel.AgentConfig{
 		Relay: p.links, Service: endpoint.Endpoint{Host: "127.0.0.1", Port: svc.Port()}, Pool: 2,
@@ -99,11 +87,11 @@ func TestLogReaderGone(t *testing.T) {
 		t.Fatalf("first line %q (%v), want the listening line", line, err)
 	}
 	r.Close() // as head -1 does
-	svc := fwdtest.StartBackend(t, "127.0.0.1:0", fwdtest.Echo)
+	svc := testkit.StartBackend(t, "127.0.0.1:0", testkit.Echo)
 	startAgent(t, p, svc, "", nil)
 	for i := range 200 {
-		c := fwdtest.Dial(t, p.clients.String())
-		fwdtest.RoundTrip(t, c, uint64(i), 10000)
+		c := testkit.Dial(t, p.clients.String())
+		testkit.RoundTrip(t, c, uint64(i), 10000)
 		c.Close()
 	}
 	p.stop(t)
@@ -118,7 +106,7 @@ func TestSIGHUPRereadsSecret(t *testing.T) {
 	if err := os.WriteFile(secret, []byte("old secret\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	log := fwdtest.NewLogBuf()
+	log := testkit.NewLogBuf()
 	lr, lw, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
@@ -126,21 +114,21 @@ func TestSIGHUPRereadsSecret(t *testing.T) {
 	p := startRelayTo(t, lw, "--secret-file", secret, "--wait", "5")
 	lw.Close()
 	go func() { defer lr.Close(); _, _ = lr.WriteTo(log) }()
-	svc := fwdtest.StartBackend(t, "127.0.0.1:0", fwdtest.Echo)
+	svc := testkit.StartBackend(t, "127.0.0.1:0", testkit.Echo)
 
-	oldLog := fwdtest.NewLogBuf()
+	oldLog := testkit.NewLogBuf()
 	old := startAgent(t, p, svc, "old secret", oldLog)
 	if err := old.WaitIdle(timeout(t), 2); err != nil {
 		t.Fatal(err)
 	}
-	c := fwdtest.Dial(t, p.clients.String())
-	fwdtest.RoundTrip(t, c, 1, 10000)
+	c := testkit.Dial(t, p.clients.String())
+	testkit.RoundTrip(t, c, 1, 10000)
 	c.Close()
 
 	if err := os.WriteFile(secret, []byte("new secret\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+	if err := p.Cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
 	log.WaitFor(t, `reread --secret-file `+secret+`: links must prove the new secret from now on$`, 1, 10*time.Second)
@@ -149,8 +137,8 @@ func TestSIGHUPRereadsSecret(t *testing.T) {
 	log.WaitFor(t, `link #\d+ refused \S+: .*authentication failed`, 1, 10*time.Second)
 	oldLog.WaitFor(t, `link #\d+ to \S+ failed: .*; retry`, 1, 10*time.Second)
 	select {
-	case <-p.done:
-		t.Fatalf("listentwo exited on SIGHUP: %v\n%s", p.err, log.String())
+	case <-p.Done():
+		t.Fatalf("listentwo exited on SIGHUP: %v\n%s", p.Err(), log.String())
 	default:
 	}
 
@@ -159,8 +147,8 @@ func TestSIGHUPRereadsSecret(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := range 3 {
-		c := fwdtest.Dial(t, p.clients.String())
-		fwdtest.RoundTrip(t, c, uint64(10+i), 100000)
+		c := testkit.Dial(t, p.clients.String())
+		testkit.RoundTrip(t, c, uint64(10+i), 100000)
 		c.Close()
 	}
 	p.stop(t)

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"shd-tcp-tools/internal/forward/fwdtest"
+	"shd-tcp-tools/internal/testkit"
 	"shd-tcp-tools/internal/tunnel/tunneltest"
 )
 
@@ -22,7 +22,7 @@ import (
 func clientThrough(t *testing.T, local, addr string, seed uint64, n int64) time.Duration {
 	t.Helper()
 	start := time.Now()
-	c := fwdtest.DialFrom(t, local, addr)
+	c := testkit.DialFrom(t, local, addr)
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
 	if _, err := c.Write([]byte{'!'}); err != nil {
@@ -33,16 +33,16 @@ func clientThrough(t *testing.T, local, addr string, seed uint64, n int64) time.
 		t.Fatalf("client %d from %q: no echo after %v: %v", seed, local, time.Since(start), err)
 	}
 	first := time.Since(start)
-	fwdtest.RoundTrip(t, c, seed, n)
+	testkit.RoundTrip(t, c, seed, n)
 	return first
 }
 
 // startRelay runs listentwo on free loopback ports and returns it with its two addresses.
-func startRelay(t *testing.T, bin string, args ...string) (p *tunneltest.Proc, clients, links string) {
+func startRelay(t *testing.T, bin string, args ...string) (p *testkit.Proc, clients, links string) {
 	t.Helper()
-	clients = "127.0.0.1:" + strconv.Itoa(fwdtest.FreePort(t, "127.0.0.1"))
-	links = "127.0.0.1:" + strconv.Itoa(fwdtest.FreePort(t, "127.0.0.1"))
-	p = tunneltest.Start(t, bin, append([]string{"-s", clients, "-d", links}, args...)...)
+	clients = "127.0.0.1:" + strconv.Itoa(testkit.FreePort(t, "127.0.0.1"))
+	links = "127.0.0.1:" + strconv.Itoa(testkit.FreePort(t, "127.0.0.1"))
+	p = testkit.Start(t, bin, append([]string{"-s", clients, "-d", links}, args...)...)
 	p.Log.WaitFor(t, `listening for clients`, 1, tunneltest.Timeout)
 	return p, clients, links
 }
@@ -78,17 +78,17 @@ func TestAgentJoinsDuringLinkFlood(t *testing.T) {
 		{"no secret, 300 sending the opening", 300, "SHD-LINK/2\n", nil, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			svc := fwdtest.StartBackend(t, "127.0.0.1:0", fwdtest.Echo)
+			svc := testkit.StartBackend(t, "127.0.0.1:0", testkit.Echo)
 			relay, clients, links := startRelay(t, bins["listentwo"], append([]string{"--wait", "5"}, tc.relay...)...)
 			flood := tunneltest.StartFlood(t, "127.0.0.1", links, tc.workers, 200000, []byte(tc.send))
 			// Start the agent when the strangers have reached listentwo (silent ones are
 			// held by the kernel for about a second first) or are being closed.
-			fwdtest.WaitUntil(t, tunneltest.Timeout, "the flood to reach listentwo", func() bool {
+			testkit.WaitUntil(t, tunneltest.Timeout, "the flood to reach listentwo", func() bool {
 				return relay.FDs(t) >= 150 || flood.Dials.Load() >= 2*int64(tc.workers)
 			})
 
 			start := time.Now()
-			agent := tunneltest.Start(t, bins["connecttwo"], append([]string{"-s", links, "-d", svc.Addr(), "--pool", "2"}, tc.agent...)...)
+			agent := testkit.Start(t, bins["connecttwo"], append([]string{"-s", links, "-d", svc.Addr(), "--pool", "2"}, tc.agent...)...)
 			agent.WaitLog(t, `link #\d+ up `, 2, tunneltest.Timeout)
 			joined := time.Since(start)
 			var slowest time.Duration
@@ -112,7 +112,7 @@ func TestAgentJoinsDuringLinkFlood(t *testing.T) {
 			lines := strings.Count(relay.Log.String(), "\n")
 			t.Logf("listentwo wrote %d log lines", lines)
 			if lines > 60 {
-				t.Errorf("listentwo wrote %d log lines for a flood of %d connects, want at most 60:\n%s", lines, dials, tunneltest.Tail(relay.Log.String(), 20))
+				t.Errorf("listentwo wrote %d log lines for a flood of %d connects, want at most 60:\n%s", lines, dials, testkit.Tail(relay.Log.String(), 20))
 			}
 		})
 	}
@@ -124,16 +124,16 @@ func TestAgentJoinsDuringLinkFlood(t *testing.T) {
 // client that speaks is served at once, and the silent ones cost bounded descriptors.
 func TestSilentClientsDoNotTakeLinks(t *testing.T) {
 	bins := tunneltest.Build(t)
-	svc := fwdtest.StartBackend(t, "127.0.0.1:0", fwdtest.Echo)
+	svc := testkit.StartBackend(t, "127.0.0.1:0", testkit.Echo)
 	relay, clients, links := startRelay(t, bins["listentwo"], "--wait", "3")
-	agent := tunneltest.Start(t, bins["connecttwo"], "-s", links, "-d", svc.Addr(), "--pool", "2")
+	agent := testkit.Start(t, bins["connecttwo"], "-s", links, "-d", svc.Addr(), "--pool", "2")
 	relay.Log.WaitFor(t, `link #\d+ up `, 2, tunneltest.Timeout)
 
 	other := tunneltest.StartFlood(t, "127.0.0.2", clients, 300, 100000, nil)
 	same := tunneltest.StartFlood(t, "127.0.0.1", clients, 100, 100000, nil)
 	// Silent clients wait in the kernel for about a second; then listentwo takes them, and
 	// pushes out 236 of those from 127.0.0.2 (beyond that source's 64) at once.
-	fwdtest.WaitUntil(t, tunneltest.Timeout, "the flood to reach listentwo", func() bool {
+	testkit.WaitUntil(t, tunneltest.Timeout, "the flood to reach listentwo", func() bool {
 		return other.Dials.Load() >= 300+100 && same.Dials.Load() >= 100
 	})
 	var slowest time.Duration
@@ -160,6 +160,6 @@ func TestSilentClientsDoNotTakeLinks(t *testing.T) {
 	lines := strings.Count(relay.Log.String(), "\n")
 	t.Logf("listentwo wrote %d log lines", lines)
 	if lines > 40+2*20 {
-		t.Errorf("listentwo wrote %d log lines, want at most 80:\n%s", lines, tunneltest.Tail(relay.Log.String(), 20))
+		t.Errorf("listentwo wrote %d log lines, want at most 80:\n%s", lines, testkit.Tail(relay.Log.String(), 20))
 	}
 }

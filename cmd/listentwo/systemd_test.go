@@ -7,8 +7,8 @@ import (
 	"syscall"
 	"testing"
 
-	"shd-tcp-tools/internal/forward/fwdtest"
 	"shd-tcp-tools/internal/systemd/sdtest"
+	"shd-tcp-tools/internal/testkit"
 	"shd-tcp-tools/internal/tunnel/tunneltest"
 )
 
@@ -18,7 +18,7 @@ import (
 // checksum), READY=1 comes once both listen and STOPPING=1 at SIGTERM.
 func TestSocketActivated(t *testing.T) {
 	bins := tunneltest.Build(t)
-	svc := fwdtest.StartBackend(t, "127.0.0.1:0", fwdtest.Echo)
+	svc := testkit.StartBackend(t, "127.0.0.1:0", testkit.Echo)
 	for _, c := range []struct {
 		name           string
 		hosts, opts    []string
@@ -32,14 +32,14 @@ func TestSocketActivated(t *testing.T) {
 			p := sdtest.Activate(t, c.hosts, append(c.opts, "-E", "NOTIFY_SOCKET="+notify.Path), bins["listentwo"])
 			clients, links := p.Addrs[c.clients], p.Addrs[c.links]
 			// connecttwo's first link starts listentwo.
-			agent := tunneltest.Start(t, bins["connecttwo"], "-s", links, "-d", svc.Addr(), "--pool", "2")
+			agent := testkit.Start(t, bins["connecttwo"], "-s", links, "-d", svc.Addr(), "--pool", "2")
 			p.Log.WaitFor(t, `listening for clients on `+regexp.QuoteMeta(clients)+` and for links on `+regexp.QuoteMeta(links)+`$`, 1, sdtest.Timeout)
 			if got := notify.Next(t); got != "READY=1" {
 				t.Fatalf("first notification %q, want READY=1", got)
 			}
 			p.Log.WaitFor(t, `link #\d+ up `, 2, sdtest.Timeout)
-			cl := fwdtest.Dial(t, clients)
-			fwdtest.RoundTrip(t, cl, 1, 1<<20)
+			cl := testkit.Dial(t, clients)
+			testkit.RoundTrip(t, cl, 1, 1<<20)
 			cl.Close()
 			p.Log.WaitFor(t, `close #\d+ `, 1, sdtest.Timeout)
 			agent.Stop(t, syscall.SIGTERM, sdtest.Timeout)

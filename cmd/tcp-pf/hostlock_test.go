@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"shd-tcp-tools/internal/forward/fwdtest"
 	"shd-tcp-tools/internal/hostfile"
 	"shd-tcp-tools/internal/testkit"
 )
@@ -22,8 +21,8 @@ import (
 // as tcppipe-least --add lines; run once the lock is free, they give the exact counts.
 func TestSIGTERMWithHostFileLocked(t *testing.T) {
 	t.Parallel()
-	a := fwdtest.StartBackend(t, "127.0.0.1:0", fwdtest.Echo)
-	b := fwdtest.StartBackend(t, "[::1]:0", fwdtest.Echo)
+	a := testkit.StartBackend(t, "127.0.0.1:0", testkit.Echo)
+	b := testkit.StartBackend(t, "[::1]:0", testkit.Echo)
 	dir := filepath.Join(t.TempDir(), "a dir") // a path the lines must quote
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		t.Fatal(err)
@@ -39,8 +38,8 @@ func TestSIGTERMWithHostFileLocked(t *testing.T) {
 	// which stays open and moves more bytes once the file is locked.
 	var want [2]int64
 	for i, n := range []int64{30000, 20000, 1000} {
-		c := fwdtest.Dial(t, p.addr)
-		fwdtest.RoundTrip(t, c, uint64(i), n)
+		c := testkit.Dial(t, p.addr)
+		testkit.RoundTrip(t, c, uint64(i), n)
 		want[min(i, 1)] += 2 * n
 		if i < 2 {
 			c.Close()
@@ -57,27 +56,27 @@ func TestSIGTERMWithHostFileLocked(t *testing.T) {
 		defer syscall.Flock(int(lk.Fd()), syscall.LOCK_UN)
 		unlock = func() { _ = syscall.Flock(int(lk.Fd()), syscall.LOCK_UN) }
 		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-		fwdtest.RoundTrip(t, c, 9, 10000) // not written yet: the file is locked
+		testkit.RoundTrip(t, c, 9, 10000) // not written yet: the file is locked
 		want[1] += 20000
 	}
 	start := time.Now()
-	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := p.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	select {
-	case <-p.done:
+	case <-p.Done():
 	case <-time.After(10 * time.Second):
-		t.Fatalf("tcp-pf still running 10s after SIGTERM with the host file locked:\n%s", p.log.String())
+		t.Fatalf("tcp-pf still running 10s after SIGTERM with the host file locked:\n%s", p.Log.String())
 	}
 	t.Logf("exited %v after SIGTERM", time.Since(start))
 	var ee *exec.ExitError
-	if !errors.As(p.err, &ee) || ee.ExitCode() != 1 {
-		t.Fatalf("exit %v, want status 1:\n%s", p.err, p.log.String())
+	if !errors.As(p.Err(), &ee) || ee.ExitCode() != 1 {
+		t.Fatalf("exit %v, want status 1:\n%s", p.Err(), p.Log.String())
 	}
-	p.log.WaitFor(t, `^tcp-pf: writing counts to .*: locking .*: held by another process .*; the lines below add them$`, 1, time.Second)
-	cmds := regexp.MustCompile(`(?m)^tcppipe-least --add .*$`).FindAllString(p.log.String(), -1)
+	p.Log.WaitFor(t, `^tcp-pf: writing counts to .*: locking .*: held by another process .*; the lines below add them$`, 1, time.Second)
+	cmds := regexp.MustCompile(`(?m)^tcppipe-least --add .*$`).FindAllString(p.Log.String(), -1)
 	if len(cmds) == 0 || len(cmds) > 2 {
-		t.Fatalf("%d add lines, want 1 or 2:\n%s", len(cmds), p.log.String())
+		t.Fatalf("%d add lines, want 1 or 2:\n%s", len(cmds), p.Log.String())
 	}
 	unlock()
 	bin := testkit.Build(t, "shd-tcp-tools/cmd/tcppipe-least")[""]

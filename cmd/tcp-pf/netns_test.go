@@ -15,7 +15,7 @@ import (
 
 	"golang.org/x/net/dns/dnsmessage"
 
-	"shd-tcp-tools/internal/forward/fwdtest"
+	"shd-tcp-tools/internal/testkit"
 	"shd-tcp-tools/test/netns/nstest"
 )
 
@@ -147,7 +147,7 @@ func TestNetnsSilentResolver(t *testing.T) {
 	dns := serveDNS(t, ns.ListenUDP(t, "127.0.0.1:53"), true, nil)
 	ns.ResolvConf(t, "nameserver 127.0.0.1\n")
 	// The backend closes at once: no byte moves, so the literal keeps the fewest bytes.
-	be := fwdtest.Serve(t, ns.Listen(t, "127.0.0.1:0"), func(*net.TCPConn) {})
+	be := testkit.Serve(t, ns.Listen(t, "127.0.0.1:0"), func(*net.TCPConn) {})
 	path := hostFile(t, "127.0.0.1 0\nbackend1.example 10\n")
 	p := startPFIn(t, ns, "-l", path, "-p", strconv.Itoa(be.Port()))
 	const n = 5
@@ -165,9 +165,9 @@ func TestNetnsSilentResolver(t *testing.T) {
 	}
 
 	d := startPFIn(t, ns, "-d", "backend1.example:80", "--connect-timeout", "1")
-	d.log.WaitFor(t, `warning: destination backend1\.example:80 does not resolve`, 1, 10*time.Second)
-	if c := d.log.Count(`^.*backend1\.example.*$`); c != 2 { // the listening line and the warning
-		t.Errorf("%d lines name backend1.example, want the listening line and one warning:\n%s", c, d.log)
+	d.Log.WaitFor(t, `warning: destination backend1\.example:80 does not resolve`, 1, 10*time.Second)
+	if c := d.Log.Count(`^.*backend1\.example.*$`); c != 2 { // the listening line and the warning
+		t.Errorf("%d lines name backend1.example, want the listening line and one warning:\n%s", c, d.Log)
 	}
 }
 
@@ -179,7 +179,7 @@ func TestNetnsResolverCache(t *testing.T) {
 	dns := serveDNS(t, ns.ListenUDP(t, "127.0.0.1:53"), false,
 		map[string]netip.Addr{"backend1.example.": netip.MustParseAddr("127.0.0.1")})
 	ns.ResolvConf(t, "nameserver 127.0.0.1\n")
-	be := fwdtest.Serve(t, ns.Listen(t, "127.0.0.1:0"), fwdtest.Echo)
+	be := testkit.Serve(t, ns.Listen(t, "127.0.0.1:0"), testkit.Echo)
 	path := hostFile(t, "backend1.example 0\n")
 	p := startPFIn(t, ns, "-l", path, "-p", strconv.Itoa(be.Port()))
 	const n = 10
@@ -191,7 +191,7 @@ func TestNetnsResolverCache(t *testing.T) {
 		}
 		defer c.Close()
 		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-		fwdtest.RoundTrip(t, c, uint64(i), 10000)
+		testkit.RoundTrip(t, c, uint64(i), 10000)
 	}
 	var wg sync.WaitGroup
 	for i := range n / 2 { // at once: they share one lookup
@@ -223,7 +223,7 @@ func TestNetnsSilentHost(t *testing.T) {
 	}
 }
 `)
-	be := fwdtest.Serve(t, ns.Listen(t, "127.0.0.1:0"), func(*net.TCPConn) {})
+	be := testkit.Serve(t, ns.Listen(t, "127.0.0.1:0"), func(*net.TCPConn) {})
 	path := hostFile(t, fmt.Sprintf("192.0.2.9:7 0\n127.0.0.1:%d 1000000\n", be.Port()))
 	const timeout = 3 * time.Second
 	p := startPFIn(t, ns, "-l", path, "-p", "9", "--connect-timeout", "3")
@@ -231,24 +231,24 @@ func TestNetnsSilentHost(t *testing.T) {
 	if d := served(t, ns, p.addr, timeout+3*time.Second); d < timeout {
 		t.Errorf("the first connection was served in %v, before the connect timeout to the silent host", d)
 	}
-	p.log.WaitFor(t, `failed #1 .* -> 192\.0\.2\.9:7: connection timed out`, 1, time.Second)
+	p.Log.WaitFor(t, `failed #1 .* -> 192\.0\.2\.9:7: connection timed out`, 1, time.Second)
 	for range 4 { // each waited the whole connect timeout
 		served(t, ns, p.addr, timeout/2)
 	}
-	if c := p.log.Count(`failed #`); c != 1 {
-		t.Errorf("%d failed lines, want 1 (the first connection's):\n%s", c, p.log)
+	if c := p.Log.Count(`failed #`); c != 1 {
+		t.Errorf("%d failed lines, want 1 (the first connection's):\n%s", c, p.Log)
 	}
-	p.log.WaitFor(t, `host 192\.0\.2\.9:7 set aside`, 1, time.Second)
+	p.Log.WaitFor(t, `host 192\.0\.2\.9:7 set aside`, 1, time.Second)
 
 	// The host answers again: the check brings it back, and it gets the next connection.
-	ok := fwdtest.Serve(t, ns.Listen(t, "192.0.2.9:7"), func(*net.TCPConn) {})
+	ok := testkit.Serve(t, ns.Listen(t, "192.0.2.9:7"), func(*net.TCPConn) {})
 	ns.Run(t, "nft", "delete", "table", "inet", "silent")
-	p.log.WaitFor(t, `host 192\.0\.2\.9:7 back in service`, 1, 15*time.Second)
+	p.Log.WaitFor(t, `host 192\.0\.2\.9:7 back in service`, 1, 15*time.Second)
 	served(t, ns, p.addr, timeout/2)
 	if ok.Accepts.Load() < 2 { // the check's and the client's
 		t.Errorf("the host back in service got %d connections, want the check's and a client's", ok.Accepts.Load())
 	}
-	if c := p.log.Count(`set aside|back in service`); c != 2 {
-		t.Errorf("%d set-aside and back lines, want one each:\n%s", c, p.log)
+	if c := p.Log.Count(`set aside|back in service`); c != 2 {
+		t.Errorf("%d set-aside and back lines, want one each:\n%s", c, p.Log)
 	}
 }

@@ -15,16 +15,13 @@ import (
 	"testing"
 	"time"
 
-	"shd-tcp-tools/internal/forward/fwdtest"
+	"shd-tcp-tools/internal/testkit"
 )
 
 // proc is a tcp-pf process started by a test.
 type proc struct {
-	cmd  *exec.Cmd
-	log  *fwdtest.LogBuf // its stderr
-	addr string          // where it listens
-	done <-chan struct{} // closed when it has exited
-	err  error           // its exit, valid after done
+	*testkit.Proc        // its stderr in Log
+	addr          string // where it listens
 }
 
 // startPF runs tcp-pf with args after "-s HOST:PORT" (a free port on host), through the
@@ -34,85 +31,65 @@ func startPF(t *testing.T, host, prefix string, args ...string) *proc {
 	t.Helper()
 attempts:
 	for try := 0; ; try++ {
-		ln := fwdtest.Listen(t, net.JoinHostPort(host, "0"))
+		ln := testkit.Listen(t, net.JoinHostPort(host, "0"))
 		addr := ln.Addr().String()
 		ln.Close() // a free port for tcp-pf, which rejects port 0
 		argv := append([]string{"tcp-pf", "-s", addr}, args...)
 		if prefix != "" {
 			argv = append([]string{"sh", "-c", prefix + ` "$@"`, "sh"}, argv...)
 		}
-		p := &proc{cmd: exec.Command(argv[0], argv[1:]...), log: fwdtest.NewLogBuf(), addr: addr}
-		p.cmd.Stderr = p.log
-		p.done = fwdtest.StartProcess(t, p.cmd, &p.err)
+		p := &proc{Proc: testkit.Start(t, argv[0], argv[1:]...), addr: addr}
 		deadline := time.After(10 * time.Second)
 		for {
-			if p.log.Count(`listening on `) > 0 {
+			if p.Log.Count(`listening on `) > 0 {
 				return p
 			}
 			select {
-			case <-p.done:
-				if strings.Contains(p.log.String(), "address already in use") && try < 3 {
+			case <-p.Done():
+				if strings.Contains(p.Log.String(), "address already in use") && try < 3 {
 					continue attempts // another test took the port in between
 				}
-				t.Fatalf("tcp-pf exited before listening: %v\n%s", p.err, p.log.String())
+				t.Fatalf("tcp-pf exited before listening: %v\n%s", p.Err(), p.Log.String())
 			case <-deadline:
-				t.Fatalf("tcp-pf not listening after 10s:\n%s", p.log.String())
+				t.Fatalf("tcp-pf not listening after 10s:\n%s", p.Log.String())
 			case <-time.After(5 * time.Millisecond):
 			}
 		}
 	}
 }
 
-// stop sends sig to the process and waits up to d for it to exit with status 0.
-func (p *proc) stop(t *testing.T, sig syscall.Signal, d time.Duration) time.Duration {
-	t.Helper()
-	start := time.Now()
-	if err := p.cmd.Process.Signal(sig); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-p.done:
-	case <-time.After(d):
-		t.Fatalf("tcp-pf still running %v after %v:\n%s", d, sig, p.log.String())
-	}
-	if p.err != nil {
-		t.Fatalf("tcp-pf exited with %v after %v:\n%s", p.err, sig, p.log.String())
-	}
-	return time.Since(start)
-}
-
 // SIGTERM writes the counts of every connection, the open one included, exactly, and keeps
 // the file's comments, blank and malformed lines.
 func TestSIGTERMWritesCounts(t *testing.T) {
 	t.Parallel()
-	a := fwdtest.StartBackend(t, "127.0.0.1:0", fwdtest.Echo)
-	b := fwdtest.StartBackend(t, "[::1]:0", fwdtest.Echo)
+	a := testkit.StartBackend(t, "127.0.0.1:0", testkit.Echo)
+	b := testkit.StartBackend(t, "[::1]:0", testkit.Echo)
 	text := "# pool\r\n%s %d\r\n\r\nnot a host line\r\n[::1]:%d %d\r\n"
 	path := filepath.Join(t.TempDir(), "hosts")
 	if err := os.WriteFile(path, []byte(fmt.Sprintf(text, a.Addr(), 0, b.Port(), 1000000)), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	p := startPF(t, "127.0.0.1", "", "-l", path, "-p", "9", "--grace", "0.2")
-	p.log.WaitFor(t, `^tcp-pf: warning: .*hosts:4: malformed entry: more than two fields$`, 1, time.Second)
+	p.Log.WaitFor(t, `^tcp-pf: warning: .*hosts:4: malformed entry: more than two fields$`, 1, time.Second)
 	var moved int64
 	for i, n := range []int64{100000, 50000, 70000} {
-		c := fwdtest.Dial(t, p.addr)
-		fwdtest.RoundTrip(t, c, uint64(i), n)
+		c := testkit.Dial(t, p.addr)
+		testkit.RoundTrip(t, c, uint64(i), n)
 		moved += 2 * n
 		if i < 2 {
 			c.Close()
 		} // the last stays open through the stop
 	}
-	p.stop(t, syscall.SIGTERM, 10*time.Second)
+	p.Stop(t, syscall.SIGTERM, 10*time.Second)
 	got, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if want := fmt.Sprintf(text, a.Addr(), moved, b.Port(), 1000000); string(got) != want {
-		t.Errorf("host file after SIGTERM:\n%q\nwant:\n%q\nlog:\n%s", got, want, p.log.String())
+		t.Errorf("host file after SIGTERM:\n%q\nwant:\n%q\nlog:\n%s", got, want, p.Log.String())
 	}
-	if !strings.Contains(p.log.String(), "wrote counts to "+path) {
-		t.Errorf("no write line:\n%s", p.log.String())
+	if !strings.Contains(p.Log.String(), "wrote counts to "+path) {
+		t.Errorf("no write line:\n%s", p.Log.String())
 	}
 	if b.Accepts.Load() != 0 {
 		t.Errorf("the host with 1000000 bytes got %d connections", b.Accepts.Load())
@@ -123,43 +100,43 @@ func TestSIGTERMWritesCounts(t *testing.T) {
 // seconds, then cuts it and exits 0.
 func TestSIGTERMWithOpenConnection(t *testing.T) {
 	t.Parallel()
-	be := fwdtest.StartBackend(t, "127.0.0.1:0", fwdtest.Echo)
+	be := testkit.StartBackend(t, "127.0.0.1:0", testkit.Echo)
 	p := startPF(t, "127.0.0.1", "", "-d", be.Addr(), "--grace", "1.5")
-	c := fwdtest.Dial(t, p.addr)
-	fwdtest.RoundTrip(t, c, 1, 10000)
+	c := testkit.Dial(t, p.addr)
+	testkit.RoundTrip(t, c, 1, 10000)
 	start := time.Now()
-	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := p.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	p.log.WaitFor(t, `stopping: 1 connections open, letting them finish for 1.5s$`, 1, 5*time.Second)
+	p.Log.WaitFor(t, `stopping: 1 connections open, letting them finish for 1.5s$`, 1, 5*time.Second)
 	if c2, err := net.DialTimeout("tcp", p.addr, 2*time.Second); err == nil {
 		c2.Close()
 		t.Error("a connection was accepted after SIGTERM")
 	}
-	fwdtest.RoundTrip(t, c, 2, 100000) // still relayed during the grace period
+	testkit.RoundTrip(t, c, 2, 100000) // still relayed during the grace period
 	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	if _, err := io.ReadAll(c); !errors.Is(err, syscall.ECONNRESET) {
 		t.Errorf("reading until the cut: %v, want a reset", err)
 	}
-	<-p.done
+	<-p.Done()
 	if d := time.Since(start); d < 1500*time.Millisecond || d > 8*time.Second {
 		t.Errorf("exited %v after SIGTERM, want a little over the 1.5s grace", d)
 	}
-	if p.err != nil {
-		t.Errorf("exit: %v", p.err)
+	if p.Err() != nil {
+		t.Errorf("exit: %v", p.Err())
 	}
-	p.log.WaitFor(t, `cutting 1 connections$`, 1, time.Second)
-	p.log.WaitFor(t, `close #1 .* up=110000 .* down=110000 .*end="cut: stopped"$`, 1, time.Second)
+	p.Log.WaitFor(t, `cutting 1 connections$`, 1, time.Second)
+	p.Log.WaitFor(t, `close #1 .* up=110000 .* down=110000 .*end="cut: stopped"$`, 1, time.Second)
 }
 
 // Out of descriptors, tcp-pf backs off accepting and logs it a bounded number of times,
 // then serves again once connections end. It warns at start that the limit is low.
 func TestOutOfDescriptors(t *testing.T) {
 	t.Parallel()
-	be := fwdtest.StartBackend(t, "127.0.0.1:0", fwdtest.Echo)
+	be := testkit.StartBackend(t, "127.0.0.1:0", testkit.Echo)
 	// sh's ulimit sets the soft and the hard limit, so Go cannot raise it at start.
 	p := startPF(t, "127.0.0.1", "ulimit -n 40; exec", "-d", be.Addr())
-	p.log.WaitFor(t, `warning: open file limit \(ulimit -n\) is 40;`, 1, time.Second)
+	p.Log.WaitFor(t, `warning: open file limit \(ulimit -n\) is 40;`, 1, time.Second)
 
 	// Hold more connections than 40 descriptors allow (each relay needs 2 to 6), and keep
 	// adding some for 1.5 s, so that the shortage lasts.
@@ -179,7 +156,7 @@ func TestOutOfDescriptors(t *testing.T) {
 	for range 30 {
 		hold()
 	}
-	p.log.WaitFor(t, `out of descriptors or memory \(.*too many open files\): pausing accept for 5ms, doubling up to 1s$`, 1, 10*time.Second)
+	p.Log.WaitFor(t, `out of descriptors or memory \(.*too many open files\): pausing accept for 5ms, doubling up to 1s$`, 1, 10*time.Second)
 	overloaded := time.Now()
 	pace := time.NewTicker(20 * time.Millisecond) // the load's pace, not a synchronisation
 	for time.Since(overloaded) < 1500*time.Millisecond {
@@ -187,17 +164,17 @@ func TestOutOfDescriptors(t *testing.T) {
 		<-pace.C
 	}
 	pace.Stop()
-	p.log.WaitFor(t, `still out of descriptors or memory \(.*too many open files\): \d+ failures since the last report`, 1, 5*time.Second)
+	p.Log.WaitFor(t, `still out of descriptors or memory \(.*too many open files\): \d+ failures since the last report`, 1, 5*time.Second)
 	// A connection relayed before the shortage still moves every byte, in order.
-	fwdtest.RoundTrip(t, held[0], 5, 1<<20)
-	p.log.WaitFor(t, `open #1 `, 1, 5*time.Second) // the first held connection was relayed
+	testkit.RoundTrip(t, held[0], 5, 1<<20)
+	p.Log.WaitFor(t, `open #1 `, 1, 5*time.Second) // the first held connection was relayed
 	for _, c := range held {
 		c.Close()
 	}
 	// Served again: a round trip through a fresh connection, retried while the backlog of
 	// closed connections drains.
 	var c *net.TCPConn
-	fwdtest.WaitUntil(t, 15*time.Second, "a connection served after the overload", func() bool {
+	testkit.WaitUntil(t, 15*time.Second, "a connection served after the overload", func() bool {
 		if c != nil {
 			c.Close()
 		}
@@ -215,54 +192,54 @@ func TestOutOfDescriptors(t *testing.T) {
 		return err == nil && string(buf) == "ping"
 	})
 	_ = c.SetDeadline(time.Time{})
-	fwdtest.RoundTrip(t, c, 3, 1<<20)
+	testkit.RoundTrip(t, c, 3, 1<<20)
 	c.Close()
-	p.log.WaitFor(t, `serving again after \d+ failures`, 1, time.Second)
+	p.Log.WaitFor(t, `serving again after \d+ failures`, 1, time.Second)
 	secs := time.Since(overloaded).Seconds()
-	if n := p.log.Count(`out of descriptors or memory`); n > int(secs)+3 {
-		t.Errorf("%d back-off lines in %.1fs of overload, want about one a second:\n%s", n, secs, p.log.String())
+	if n := p.Log.Count(`out of descriptors or memory`); n > int(secs)+3 {
+		t.Errorf("%d back-off lines in %.1fs of overload, want about one a second:\n%s", n, secs, p.Log.String())
 	}
-	p.stop(t, syscall.SIGINT, 10*time.Second)
+	p.Stop(t, syscall.SIGINT, 10*time.Second)
 }
 
 // The command end to end over IPv6 loopback: allow list, --insert and --lazy.
 func TestIPv6EndToEnd(t *testing.T) {
 	t.Parallel()
-	got := make(chan fwdtest.Digest, 1)
-	be := fwdtest.StartBackend(t, "[::1]:0", func(c *net.TCPConn) {
-		d, _ := fwdtest.Receive(c)
+	got := make(chan testkit.Digest, 1)
+	be := testkit.StartBackend(t, "[::1]:0", func(c *net.TCPConn) {
+		d, _ := testkit.Receive(c)
 		got <- d
-		_, _ = fwdtest.Send(c, 8, 3<<20) // a reply after the client's half-close
+		_, _ = testkit.Send(c, 8, 3<<20) // a reply after the client's half-close
 	})
 	insert := filepath.Join(t.TempDir(), "insert")
 	if err := os.WriteFile(insert, []byte("HELLO\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	p := startPF(t, "::1", "", "-d", be.Addr(), "-a", "::1/128", "-a", "192.0.2.0/24", "--insert", insert, "--lazy")
-	if !regexp.MustCompile(`listening on \[::1\]:\d+, forwarding to \[::1\]:` + strconv.Itoa(be.Port())).MatchString(p.log.String()) {
-		t.Errorf("listening line:\n%s", p.log.String())
+	if !regexp.MustCompile(`listening on \[::1\]:\d+, forwarding to \[::1\]:` + strconv.Itoa(be.Port())).MatchString(p.Log.String()) {
+		t.Errorf("listening line:\n%s", p.Log.String())
 	}
-	c := fwdtest.Dial(t, p.addr)
-	sent := fwdtest.NewDigester()
+	c := testkit.Dial(t, p.addr)
+	sent := testkit.NewDigester()
 	_, _ = sent.Write([]byte("HELLO\n"))
-	d, err := fwdtest.Send(c, 7, 5<<20)
+	d, err := testkit.Send(c, 7, 5<<20)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, _ = fwdtest.Send(sent, 7, 5<<20)
+	_, _ = testkit.Send(sent, 7, 5<<20)
 	_ = c.CloseWrite()
-	reply, err := fwdtest.Receive(c)
+	reply, err := testkit.Receive(c)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if g := <-got; g != sent.Digest() {
 		t.Errorf("backend got %v, want the insert then %v", g, d)
 	}
-	if want := fwdtest.Expected(8, 3<<20); reply != want {
+	if want := testkit.Expected(8, 3<<20); reply != want {
 		t.Errorf("reply %v, want %v", reply, want)
 	}
-	p.log.WaitFor(t, `close #1 \[::1\]:\d+ -> \[::1\]:\d+ up=5242886 \(5\.00 MiB, .*/s\) down=3145728 \(3\.00 MiB, .*/s\) time=\S+s end="client closed"$`, 1, 5*time.Second)
-	p.stop(t, syscall.SIGTERM, 10*time.Second)
+	p.Log.WaitFor(t, `close #1 \[::1\]:\d+ -> \[::1\]:\d+ up=5242886 \(5\.00 MiB, .*/s\) down=3145728 \(3\.00 MiB, .*/s\) time=\S+s end="client closed"$`, 1, 5*time.Second)
+	p.Stop(t, syscall.SIGTERM, 10*time.Second)
 }
 
 // INADDR_DEFAULT is the listener's address when -s names none, and the local address of the
@@ -270,16 +247,16 @@ func TestIPv6EndToEnd(t *testing.T) {
 func TestINADDRDefault(t *testing.T) {
 	t.Parallel()
 	from := make(chan string, 1)
-	be := fwdtest.StartBackend(t, "127.0.0.1:0", func(c *net.TCPConn) {
+	be := testkit.StartBackend(t, "127.0.0.1:0", func(c *net.TCPConn) {
 		from <- c.RemoteAddr().(*net.TCPAddr).IP.String()
-		fwdtest.Echo(c)
+		testkit.Echo(c)
 	})
-	ln := fwdtest.Listen(t, "127.0.0.2:0")
+	ln := testkit.Listen(t, "127.0.0.2:0")
 	port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
 	ln.Close()
 	cmd := exec.Command("tcp-pf", "-s", port, "-d", be.Addr())
 	cmd.Env = append(os.Environ(), "INADDR_DEFAULT=127.0.0.2")
-	log := fwdtest.NewLogBuf()
+	log := testkit.NewLogBuf()
 	cmd.Stderr = log
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -293,8 +270,8 @@ func TestINADDRDefault(t *testing.T) {
 		}
 	}()
 	log.WaitFor(t, `listening on 127\.0\.0\.2:`+port+`, `, 1, 10*time.Second)
-	c := fwdtest.Dial(t, "127.0.0.2:"+port)
-	fwdtest.RoundTrip(t, c, 1, 1000)
+	c := testkit.Dial(t, "127.0.0.2:"+port)
+	testkit.RoundTrip(t, c, 1, 1000)
 	if ip := <-from; ip != "127.0.0.2" {
 		t.Errorf("the destination saw the connection come from %s, want 127.0.0.2", ip)
 	}
@@ -308,10 +285,10 @@ func TestKeepAliveBothSides(t *testing.T) {
 	if _, err := os.Stat("/proc/net/tcp"); err != nil {
 		t.Skipf("no /proc/net/tcp: %v", err)
 	}
-	be := fwdtest.StartBackend(t, "127.0.0.1:0", fwdtest.Echo)
+	be := testkit.StartBackend(t, "127.0.0.1:0", testkit.Echo)
 	p := startPF(t, "127.0.0.1", "", "-d", be.Addr())
-	c := fwdtest.Dial(t, p.addr)
-	fwdtest.RoundTrip(t, c, 1, 100)
+	c := testkit.Dial(t, p.addr)
+	testkit.RoundTrip(t, c, 1, 100)
 	_, pfPort, _ := net.SplitHostPort(p.addr)
 	clientPort := c.LocalAddr().(*net.TCPAddr).Port
 	hexPort := func(p int) string { return fmt.Sprintf(":%04X", p) }
@@ -339,7 +316,7 @@ func TestKeepAliveBothSides(t *testing.T) {
 	if accepted, _ := timers(); accepted != "02" {
 		t.Errorf("keepalive timer of the accepted socket: %q, want 02 (keepalive) at once", accepted)
 	}
-	fwdtest.WaitUntil(t, 5*time.Second, "keepalive on the dialled socket", func() bool {
+	testkit.WaitUntil(t, 5*time.Second, "keepalive on the dialled socket", func() bool {
 		_, dialled := timers()
 		return dialled == "02"
 	})
@@ -354,12 +331,12 @@ func TestListeningLineWithoutPort(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := startPF(t, "127.0.0.1", "", "-l", file)
-	line := p.log.Find(`listening on .*`)[0]
+	line := p.Log.Find(`listening on .*`)[0]
 	if strings.Contains(line, "port 0") || !strings.HasSuffix(line, "least used host of "+file+" (each entry names its port)") {
 		t.Errorf("listening line %q, want it to end %q", line, "least used host of "+file+" (each entry names its port)")
 	}
 	withPort := startPF(t, "127.0.0.1", "", "-l", file, "-p", "80")
-	if got := withPort.log.Count(`least used host of .* \(port 80\)$`); got != 1 {
-		t.Errorf("with -p 80: %q", withPort.log.String())
+	if got := withPort.Log.Count(`least used host of .* \(port 80\)$`); got != 1 {
+		t.Errorf("with -p 80: %q", withPort.Log.String())
 	}
 }

@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"shd-tcp-tools/internal/forward/fwdtest"
+	"shd-tcp-tools/internal/testkit"
 )
 
 // Two tcp-pf processes in a row, as two tiers of proxies: the front one sends a version 2
@@ -14,11 +14,11 @@ import (
 // original client, over IPv6, and the back one logs it as its client.
 func TestProxyChain(t *testing.T) {
 	t.Parallel()
-	be := fwdtest.StartProxyBackend(t, "[::1]:0")
+	be := testkit.StartProxyBackend(t, "[::1]:0")
 	back := startPF(t, "::1", "", "-d", be.Addr(), "--accept-proxy", "--accept-proxy-timeout", "2", "--send-proxy", "-a", "::1")
 	front := startPF(t, "::1", "", "-d", back.addr, "--send-proxy-v2")
-	c := fwdtest.Dial(t, front.addr)
-	sent, err := fwdtest.Send(c, 6, 1<<20)
+	c := testkit.Dial(t, front.addr)
+	sent, err := testkit.Send(c, 6, 1<<20)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -34,8 +34,8 @@ func TestProxyChain(t *testing.T) {
 		t.Errorf("destination got %v after the header, want %v", s.Digest, sent)
 	}
 	client := regexp.QuoteMeta(c.LocalAddr().String())
-	back.log.WaitFor(t, `close #1 `+client+` -> .* up=1048576 `, 1, 5*time.Second)
-	front.log.WaitFor(t, `close #1 `+client+` -> .* up=1048576 `, 1, 5*time.Second)
-	front.stop(t, syscall.SIGTERM, 10*time.Second)
-	back.stop(t, syscall.SIGTERM, 10*time.Second)
+	back.Log.WaitFor(t, `close #1 `+client+` -> .* up=1048576 `, 1, 5*time.Second)
+	front.Log.WaitFor(t, `close #1 `+client+` -> .* up=1048576 `, 1, 5*time.Second)
+	front.Stop(t, syscall.SIGTERM, 10*time.Second)
+	back.Stop(t, syscall.SIGTERM, 10*time.Second)
 }

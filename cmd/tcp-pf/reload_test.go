@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"shd-tcp-tools/internal/forward/fwdtest"
+	"shd-tcp-tools/internal/testkit"
 )
 
 // SIGHUP rereads the host file, also a change that the live watch cannot see (an edit in
@@ -17,8 +17,8 @@ import (
 // stop, exactly.
 func TestSIGHUPRereads(t *testing.T) {
 	t.Parallel()
-	a := fwdtest.StartBackend(t, "127.0.0.1:0", fwdtest.Echo)
-	b := fwdtest.StartBackend(t, "[::1]:0", fwdtest.Echo)
+	a := testkit.StartBackend(t, "127.0.0.1:0", testkit.Echo)
+	b := testkit.StartBackend(t, "[::1]:0", testkit.Echo)
 	text := "# pool\n%s %d\n[::1]:%d %d\n"
 	path := filepath.Join(t.TempDir(), "hosts")
 	if err := os.WriteFile(path, []byte(fmt.Sprintf(text, a.Addr(), 90000, b.Port(), 10000)), 0o644); err != nil {
@@ -29,13 +29,13 @@ func TestSIGHUPRereads(t *testing.T) {
 	connect := func(n int64) string {
 		t.Helper()
 		id++
-		c := fwdtest.Dial(t, p.addr)
+		c := testkit.Dial(t, p.addr)
 		if n > 0 {
-			fwdtest.RoundTrip(t, c, uint64(id), n)
+			testkit.RoundTrip(t, c, uint64(id), n)
 		}
-		m := p.log.WaitFor(t, fmt.Sprintf(`open #%d \S+ -> (\S+)$`, id), 1, 5*time.Second)
+		m := p.Log.WaitFor(t, fmt.Sprintf(`open #%d \S+ -> (\S+)$`, id), 1, 5*time.Second)
 		c.Close()
-		p.log.WaitFor(t, fmt.Sprintf(`close #%d `, id), 1, 5*time.Second)
+		p.Log.WaitFor(t, fmt.Sprintf(`close #%d `, id), 1, 5*time.Second)
 		return m[1]
 	}
 	nameB := fmt.Sprintf("[::1]:%d", b.Port())
@@ -49,7 +49,7 @@ func TestSIGHUPRereads(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := p.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+	if err := p.Cmd.Process.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
 	edited := fmt.Sprintf(text, a.Addr(), 10000, b.Port(), 90000)
@@ -59,28 +59,28 @@ func TestSIGHUPRereads(t *testing.T) {
 	if err := os.Chtimes(path, fi.ModTime(), fi.ModTime()); err != nil {
 		t.Fatal(err)
 	}
-	if err := p.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+	if err := p.Cmd.Process.Signal(syscall.SIGCONT); err != nil {
 		t.Fatal(err)
 	}
-	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+	if err := p.Cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
 	// a (10000) is the best host once the file is reread (b: 90000 + 2000 moved).
 	deadline := time.Now().Add(2 * time.Second)
 	for connect(0) != a.Addr() {
 		if time.Now().After(deadline) {
-			t.Fatalf("no connection to %s within 2s of SIGHUP:\n%s", a.Addr(), p.log.String())
+			t.Fatalf("no connection to %s within 2s of SIGHUP:\n%s", a.Addr(), p.Log.String())
 		}
 	}
 	if got := connect(500); got != a.Addr() {
 		t.Fatalf("connection %d went to %s, want %s", id, got, a.Addr())
 	}
-	p.stop(t, syscall.SIGTERM, 10*time.Second)
+	p.Stop(t, syscall.SIGTERM, 10*time.Second)
 	got, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if want := fmt.Sprintf(text, a.Addr(), 10000+1000, b.Port(), 90000+2000); string(got) != want {
-		t.Errorf("host file after SIGHUP and SIGTERM:\n%s\nwant:\n%s\nlog:\n%s", got, want, p.log.String())
+		t.Errorf("host file after SIGHUP and SIGTERM:\n%s\nwant:\n%s\nlog:\n%s", got, want, p.Log.String())
 	}
 }

@@ -19,7 +19,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"shd-tcp-tools/internal/forward/fwdtest"
+	"shd-tcp-tools/internal/testkit"
 )
 
 // startPFPipe runs tcp-pf with args after "-s 127.0.0.1:PORT" and its stderr the write end
@@ -37,17 +37,17 @@ func startPFPipe(t *testing.T, args ...string) (*proc, *os.File) {
 		if _, err := unix.FcntlInt(w.Fd(), unix.F_SETPIPE_SZ, 4096); err != nil {
 			t.Fatal(err)
 		}
-		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(fwdtest.FreePort(t, "127.0.0.1"))) // tcp-pf rejects port 0
-		p := &proc{cmd: exec.Command("tcp-pf", append([]string{"-s", addr}, args...)...), log: fwdtest.NewLogBuf(), addr: addr}
-		p.cmd.Stderr = w // the process's own fd 2, not a copy through this process
-		p.done = fwdtest.StartProcess(t, p.cmd, &p.err)
+		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(testkit.FreePort(t, "127.0.0.1"))) // tcp-pf rejects port 0
+		cmd := exec.Command("tcp-pf", append([]string{"-s", addr}, args...)...)
+		cmd.Stderr = w // the process's own fd 2, not a copy through this process
+		p := &proc{Proc: testkit.StartCmd(t, cmd), addr: addr}
 		w.Close()
 		t.Cleanup(func() { r.Close() })
 		if accepting(p, 10*time.Second) {
 			return p, r
 		}
 		if try >= 3 {
-			t.Fatalf("tcp-pf not accepting on %s: exit %v", addr, p.err)
+			t.Fatalf("tcp-pf not accepting on %s: exit %v", addr, p.Err())
 		}
 		r.Close() // exited: another test may have taken the port in between
 	}
@@ -65,7 +65,7 @@ func accepting(p *proc, d time.Duration) bool {
 			return true
 		}
 		select {
-		case <-p.done:
+		case <-p.Done():
 			return false
 		case <-tick.C:
 		}
@@ -83,15 +83,15 @@ func echoOnce(addr string, seed uint64, n int64, d time.Duration) error {
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(d))
 	sent := make(chan error, 1)
-	go func() { _, err := fwdtest.Send(c, seed, n); sent <- err }()
-	got, err := fwdtest.Receive(io.LimitReader(c, n))
+	go func() { _, err := testkit.Send(c, seed, n); sent <- err }()
+	got, err := testkit.Receive(io.LimitReader(c, n))
 	if err := <-sent; err != nil {
 		return fmt.Errorf("sending: %w", err)
 	}
 	if err != nil {
 		return fmt.Errorf("reading the echo: %w", err)
 	}
-	if want := fwdtest.Expected(seed, n); got != want {
+	if want := testkit.Expected(seed, n); got != want {
 		return fmt.Errorf("echo %v, want %v", got, want)
 	}
 	return nil
@@ -116,7 +116,7 @@ func hostCount(t *testing.T, path, host string) int64 {
 // tcp-pf goes on relaying every byte and writes the exact counts on SIGTERM.
 func TestLogReaderGone(t *testing.T) {
 	t.Parallel()
-	be := fwdtest.StartBackend(t, "127.0.0.1:0", fwdtest.Echo)
+	be := testkit.StartBackend(t, "127.0.0.1:0", testkit.Echo)
 	path := filepath.Join(t.TempDir(), "hosts")
 	if err := os.WriteFile(path, []byte(be.Addr()+" 0\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -133,7 +133,7 @@ func TestLogReaderGone(t *testing.T) {
 			t.Fatalf("connection %d after the log reader left: %v", i, err)
 		}
 	}
-	p.stop(t, syscall.SIGTERM, 10*time.Second)
+	p.Stop(t, syscall.SIGTERM, 10*time.Second)
 	// Every relayed byte both ways, the start-up probe's none.
 	if got, want := hostCount(t, path, be.Addr()), int64(2*conns*size); got != want {
 		t.Errorf("host file count %d after SIGTERM, want %d", got, want)
@@ -145,7 +145,7 @@ func TestLogReaderGone(t *testing.T) {
 // how many lines were dropped; kept and dropped make up every open and close.
 func TestLogReaderStalls(t *testing.T) {
 	t.Parallel()
-	be := fwdtest.StartBackend(t, "127.0.0.1:0", fwdtest.Echo)
+	be := testkit.StartBackend(t, "127.0.0.1:0", testkit.Echo)
 	p, r := startPFPipe(t, "-d", be.Addr())
 	const conns, workers = 1000, 20
 	var next, failed atomic.Int64
@@ -178,18 +178,18 @@ func TestLogReaderStalls(t *testing.T) {
 	read := make(chan struct{})
 	go func() {
 		defer close(read)
-		_, _ = io.Copy(p.log, r)
+		_, _ = io.Copy(p.Log, r)
 	}()
-	p.log.WaitFor(t, `dropped \d+ log lines: stderr could not take them`, 1, 10*time.Second)
-	p.stop(t, syscall.SIGTERM, 10*time.Second)
+	p.Log.WaitFor(t, `dropped \d+ log lines: stderr could not take them`, 1, 10*time.Second)
+	p.Stop(t, syscall.SIGTERM, 10*time.Second)
 	<-read
 	dropped := 0
-	for _, m := range regexp.MustCompile(`(?m) dropped (\d+) log lines`).FindAllStringSubmatch(p.log.String(), -1) {
+	for _, m := range regexp.MustCompile(`(?m) dropped (\d+) log lines`).FindAllStringSubmatch(p.Log.String(), -1) {
 		n, _ := strconv.Atoi(m[1])
 		dropped += n
 	}
 	// The probe of startPFPipe is one more connection.
-	kept := p.log.Count(` open #`) + p.log.Count(` close #`)
+	kept := p.Log.Count(` open #`) + p.Log.Count(` close #`)
 	if kept+dropped != 2*(conns+1) || dropped == 0 {
 		t.Errorf("%d open and close lines kept and %d dropped, want %d in all", kept, dropped, 2*(conns+1))
 	}

@@ -8,8 +8,8 @@ import (
 	"syscall"
 	"testing"
 
-	"shd-tcp-tools/internal/forward/fwdtest"
 	"shd-tcp-tools/internal/systemd/sdtest"
+	"shd-tcp-tools/internal/testkit"
 )
 
 // tcpPF is the path of this test binary as tcp-pf, for systemd-socket-activate to exec.
@@ -35,18 +35,18 @@ func TestSocketActivated(t *testing.T) {
 	} {
 		t.Run(c.host, func(t *testing.T) {
 			t.Parallel()
-			be := fwdtest.StartBackend(t, "["+c.host+"]:0", fwdtest.Echo)
+			be := testkit.StartBackend(t, "["+c.host+"]:0", testkit.Echo)
 			notify := sdtest.NewNotify(t)
 			p := sdtest.Activate(t, []string{c.host}, []string{"-E", "NOTIFY_SOCKET=" + notify.Path},
 				tcpPF(t), append([]string{"-d", be.Addr()}, c.args...)...)
-			first := fwdtest.Dial(t, p.Addrs[0]) // systemd-socket-activate starts tcp-pf now
-			fwdtest.RoundTrip(t, first, 1, 1<<20)
+			first := testkit.Dial(t, p.Addrs[0]) // systemd-socket-activate starts tcp-pf now
+			testkit.RoundTrip(t, first, 1, 1<<20)
 			p.Log.WaitFor(t, ` listening on `+regexp.QuoteMeta(p.Addrs[0])+`, forwarding to `, 1, sdtest.Timeout)
 			if got := notify.Next(t); got != "READY=1" {
 				t.Fatalf("first notification %q, want READY=1", got)
 			}
-			second := fwdtest.Dial(t, p.Addrs[0])
-			fwdtest.RoundTrip(t, second, 2, 300000)
+			second := testkit.Dial(t, p.Addrs[0])
+			testkit.RoundTrip(t, second, 2, 300000)
 			first.Close()
 			second.Close()
 			p.Log.WaitFor(t, `close #\d+ `, 2, sdtest.Timeout)
@@ -67,7 +67,7 @@ func TestSocketActivated(t *testing.T) {
 // Passed sockets that do not fit are a usage error (exit 2) with one line saying why,
 // and nothing is served.
 func TestSocketActivatedMisfit(t *testing.T) {
-	be := fwdtest.StartBackend(t, "127.0.0.1:0", fwdtest.Echo)
+	be := testkit.StartBackend(t, "127.0.0.1:0", testkit.Echo)
 	for _, c := range []struct {
 		name  string
 		hosts []string

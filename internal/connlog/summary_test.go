@@ -7,12 +7,12 @@ import (
 	"testing/synctest"
 	"time"
 
-	"shd-tcp-tools/internal/forward/fwdtest"
+	"shd-tcp-tools/internal/testkit"
 )
 
 // lines splits what was written to out into lines, once the Logger's writer, which runs
 // in the test's bubble, has written what was logged.
-func lines(out *fwdtest.LogBuf) []string {
+func lines(out *testkit.LogBuf) []string {
 	synctest.Wait()
 	s := strings.TrimSuffix(out.String(), "\n")
 	if s == "" {
@@ -25,7 +25,7 @@ func lines(out *fwdtest.LogBuf) []string {
 // exact count, the reasons and the busiest sources.
 func TestSummary(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		out := fwdtest.NewLogBuf()
+		out := testkit.NewLogBuf()
 		l := New(out)
 		s := l.Summarise(3, 10*time.Second)
 		for i := range 5000 {

@@ -14,9 +14,9 @@ import (
 	"time"
 
 	"shd-tcp-tools/internal/endpoint"
-	"shd-tcp-tools/internal/forward/fwdtest"
 	"shd-tcp-tools/internal/health"
 	"shd-tcp-tools/internal/hostfile"
+	"shd-tcp-tools/internal/testkit"
 )
 
 func writeFile(t testing.TB, text string) string {
@@ -42,21 +42,21 @@ func openedTo(t testing.TB, pf *running, id int) string {
 // with fewer open connections, then to the earlier line.
 func TestLeastBytes(t *testing.T) {
 	t.Parallel()
-	var bes [3]*fwdtest.Backend
+	var bes [3]*testkit.Backend
 	for i := range bes {
-		bes[i] = fwdtest.StartBackend(t, "127.0.0.1:0", fwdtest.Echo)
+		bes[i] = testkit.StartBackend(t, "127.0.0.1:0", testkit.Echo)
 	}
 	a, b, c := bes[0].Addr(), bes[1].Addr(), bes[2].Addr()
 	path := writeFile(t, fmt.Sprintf("# three\n%s 300\n%s 100\n\n%s 250\n", a, b, c))
 	pf := startServer(t, "127.0.0.1:0", Config{HostFile: path, Port: 9})
 
-	c1 := fwdtest.Dial(t, pf.addr)
+	c1 := testkit.Dial(t, pf.addr)
 	if got := openedTo(t, pf, 1); got != b {
 		t.Fatalf("first connection went to %s, want %s (100 bytes)", got, b)
 	}
-	fwdtest.RoundTrip(t, c1, 1, 100) // B: 100 + 200 moved = 300, still open
-	fwdtest.WaitUntil(t, 5*time.Second, "the live count of B", func() bool { return pf.bal.pendingOf(b) == 200 })
-	fwdtest.Dial(t, pf.addr)
+	testkit.RoundTrip(t, c1, 1, 100) // B: 100 + 200 moved = 300, still open
+	testkit.WaitUntil(t, 5*time.Second, "the live count of B", func() bool { return pf.bal.pendingOf(b) == 200 })
+	testkit.Dial(t, pf.addr)
 	if got := openedTo(t, pf, 2); got != c {
 		t.Fatalf("second connection went to %s, want %s (250 bytes, B has 300 live)", got, c)
 	}
@@ -64,16 +64,16 @@ func TestLeastBytes(t *testing.T) {
 
 func TestTieByOpenConnections(t *testing.T) {
 	t.Parallel()
-	var bes [3]*fwdtest.Backend
+	var bes [3]*testkit.Backend
 	for i := range bes {
-		bes[i] = fwdtest.StartBackend(t, "127.0.0.1:0", fwdtest.Echo)
+		bes[i] = testkit.StartBackend(t, "127.0.0.1:0", testkit.Echo)
 	}
 	// The first entry uses -p; the others name their own ports.
 	path := writeFile(t, fmt.Sprintf("127.0.0.1 5\n%s 5\n%s 5\n", bes[1].Addr(), bes[2].Addr()))
 	pf := startServer(t, "127.0.0.1:0", Config{HostFile: path, Port: bes[0].Port()})
 	want := []string{bes[0].Addr(), bes[1].Addr(), bes[2].Addr(), bes[0].Addr()}
 	for i, w := range want {
-		fwdtest.Dial(t, pf.addr) // held open, idle
+		testkit.Dial(t, pf.addr) // held open, idle
 		if got := openedTo(t, pf, i+1); got != w {
 			t.Fatalf("connection %d went to %s, want %s", i+1, got, w)
 		}
@@ -83,14 +83,14 @@ func TestTieByOpenConnections(t *testing.T) {
 // A host that refuses or times out is skipped for the next one at once, with a log line each.
 func TestFailover(t *testing.T) {
 	t.Parallel()
-	good := fwdtest.StartBackend(t, "127.0.0.1:0", fwdtest.Echo)
+	good := testkit.StartBackend(t, "127.0.0.1:0", testkit.Echo)
 	refused := fmt.Sprintf("127.0.0.1:%d", closedPort(t))
-	silent := fwdtest.Blackhole(t)
+	silent := testkit.Blackhole(t)
 	path := writeFile(t, fmt.Sprintf("%s 0\n%s 1\n%s 2\n", refused, silent, good.Addr()))
 	pf := startServer(t, "127.0.0.1:0", Config{HostFile: path, Port: 9, ConnectTimeout: 300 * time.Millisecond})
 	start := time.Now()
-	c := fwdtest.Dial(t, pf.addr)
-	fwdtest.RoundTrip(t, c, 1, 5000)
+	c := testkit.Dial(t, pf.addr)
+	testkit.RoundTrip(t, c, 1, 5000)
 	if d := time.Since(start); d > 3*time.Second {
 		t.Errorf("failover took %v", d)
 	}
@@ -110,7 +110,7 @@ func TestFailover(t *testing.T) {
 // lines kept; another writer of the same file (a second tcp-pf, tcppipe-least) loses nothing.
 func TestWriteBack(t *testing.T) {
 	t.Parallel()
-	be := fwdtest.StartBackend(t, "127.0.0.1:0", fwdtest.Echo)
+	be := testkit.StartBackend(t, "127.0.0.1:0", testkit.Echo)
 	// The second host is never picked (its count is far higher); another tool adds to it.
 	text := "# backends\n%s %d\n\nbroken line here\n127.0.0.1:1 10 # three fields\n[::1]:2 %d\n"
 	path := writeFile(t, fmt.Sprintf(text, be.Addr(), 0, 1000000))
@@ -134,9 +134,9 @@ func TestWriteBack(t *testing.T) {
 	var total uint64
 	for i, pf := range pfs {
 		for j := range 3 {
-			c := fwdtest.Dial(t, pf.addr)
+			c := testkit.Dial(t, pf.addr)
 			n := int64(10000 * (i + j + 1))
-			fwdtest.RoundTrip(t, c, uint64(j), n)
+			testkit.RoundTrip(t, c, uint64(j), n)
 			total += uint64(2 * n)
 			if j < 2 {
 				c.Close()
@@ -144,7 +144,7 @@ func TestWriteBack(t *testing.T) {
 		}
 	}
 	// A periodic write-back shows up before the stop.
-	fwdtest.WaitUntil(t, 5*time.Second, "a periodic write-back", func() bool {
+	testkit.WaitUntil(t, 5*time.Second, "a periodic write-back", func() bool {
 		f, _, err := hostfile.Read(path)
 		return err == nil && f.Entries()[0].Bytes > 0
 	})

@@ -11,8 +11,8 @@ import (
 	"time"
 
 	"shd-tcp-tools/internal/connlog"
-	"shd-tcp-tools/internal/forward/fwdtest"
 	"shd-tcp-tools/internal/hostfile"
+	"shd-tcp-tools/internal/testkit"
 )
 
 // benchServer runs a Server for cfg on 127.0.0.1 with the log discarded.
@@ -23,7 +23,7 @@ func benchServer(b *testing.B, cfg Config) string {
 	if err != nil {
 		b.Fatal(err)
 	}
-	ln := fwdtest.Listen(b, "127.0.0.1:0")
+	ln := testkit.Listen(b, "127.0.0.1:0")
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { _ = s.Serve(ctx, ln); close(done) }()
@@ -35,7 +35,7 @@ func benchServer(b *testing.B, cfg Config) string {
 // /dev/null: straight to the sink, and through the forwarder in its modes.
 func BenchmarkStream(b *testing.B) {
 	got := make(chan int64, 1)
-	sink := fwdtest.StartBackend(b, "127.0.0.1:0", sinkToDevNull(b, got))
+	sink := testkit.StartBackend(b, "127.0.0.1:0", sinkToDevNull(b, got))
 	hosts := writeFile(b, sink.Addr()+" 0\n")
 	targets := []struct {
 		name string
@@ -52,7 +52,7 @@ func BenchmarkStream(b *testing.B) {
 			if tg.cfg != nil {
 				addr = benchServer(b, *tg.cfg)
 			}
-			c := fwdtest.Dial(b, addr)
+			c := testkit.Dial(b, addr)
 			buf := make([]byte, 1<<20)
 			b.SetBytes(int64(len(buf)))
 			b.ReportAllocs()
@@ -76,7 +76,7 @@ func BenchmarkStream(b *testing.B) {
 // the forwarder with one destination, and with host files of 3 and 10,000 entries (the
 // backend's among them, the others never picked), which should cost the same.
 func BenchmarkConnect(b *testing.B) {
-	be := fwdtest.StartBackend(b, "127.0.0.1:0", fwdtest.Echo)
+	be := testkit.StartBackend(b, "127.0.0.1:0", testkit.Echo)
 	for _, tg := range []struct {
 		name string
 		cfg  *Config
@@ -118,7 +118,7 @@ func BenchmarkConnect(b *testing.B) {
 func BenchmarkIdleMemory(b *testing.B) {
 	const conns = 1000
 	raiseNoFile(b, conns*10+256)
-	be := fwdtest.StartBackend(b, "127.0.0.1:0", fwdtest.Echo)
+	be := testkit.StartBackend(b, "127.0.0.1:0", testkit.Echo)
 	addr := benchServer(b, Config{Dest: dest(b, be.Addr())})
 	first := true
 	for b.Loop() {
@@ -133,7 +133,7 @@ func BenchmarkIdleMemory(b *testing.B) {
 				b.Fatal(err)
 			}
 			cs = append(cs, c)
-			fwdtest.RoundTrip(b, c, uint64(i), 8)
+			testkit.RoundTrip(b, c, uint64(i), 8)
 		}
 		runtime.GC()
 		runtime.ReadMemStats(&after)

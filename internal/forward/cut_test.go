@@ -4,7 +4,7 @@ import (
 	"testing"
 	"time"
 
-	"shd-tcp-tools/internal/forward/fwdtest"
+	"shd-tcp-tools/internal/testkit"
 )
 
 // A connection that tcp-pf cuts on its own decision, at the end of --grace after a stop
@@ -24,22 +24,22 @@ func TestCutIsReset(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			ends := make(chan fwdtest.ReadEnd, 1)
-			be := fwdtest.StartBackend(t, tc.host+":0", fwdtest.Sink(ends))
+			ends := make(chan testkit.ReadEnd, 1)
+			be := testkit.StartBackend(t, tc.host+":0", testkit.Sink(ends))
 			tc.cfg.Dest = dest(t, be.Addr())
 			pf := startServer(t, tc.host+":0", tc.cfg)
-			c := fwdtest.Dial(t, pf.addr)
+			c := testkit.Dial(t, pf.addr)
 			const size = 1 << 20
 			// The upload is sent, but not ended: no FIN, so only the client knows how
 			// much was to come.
-			if _, err := fwdtest.Send(c, 1, size); err != nil {
+			if _, err := testkit.Send(c, 1, size); err != nil {
 				t.Fatal(err)
 			}
 			pf.log.WaitFor(t, `open #1 `, 1, 5*time.Second)
 			if tc.stop {
 				go func() { _ = pf.stop() }()
 			}
-			fwdtest.WantReset(t, c, ends, size, 10*time.Second)
+			testkit.WantReset(t, c, ends, size, 10*time.Second)
 			pf.log.WaitFor(t, `close #1 .* end="`+tc.end+`"$`, 1, 5*time.Second)
 		})
 	}

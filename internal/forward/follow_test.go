@@ -7,8 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"shd-tcp-tools/internal/forward/fwdtest"
 	"shd-tcp-tools/internal/hostfile"
+	"shd-tcp-tools/internal/testkit"
 )
 
 // update changes the host file as tcppipe-least does (locked read-modify-write, atomic
@@ -27,8 +27,8 @@ func update(t *testing.T, path string, fn func(f *hostfile.File)) time.Time {
 // those of the removed host, which are written once it is back.
 func TestFollowsHostFile(t *testing.T) {
 	t.Parallel()
-	a := fwdtest.StartBackend(t, "127.0.0.1:0", fwdtest.Echo)
-	b := fwdtest.StartBackend(t, "[::1]:0", fwdtest.Echo)
+	a := testkit.StartBackend(t, "127.0.0.1:0", testkit.Echo)
+	b := testkit.StartBackend(t, "[::1]:0", testkit.Echo)
 	nameB := fmt.Sprintf("[::1]:%d", b.Port())
 	path := writeFile(t, "# pool\n"+a.Addr()+" 0\n")
 	pf := startServer(t, "127.0.0.1:0", Config{HostFile: path, Port: 9, Interval: time.Hour, Grace: -1})
@@ -38,8 +38,8 @@ func TestFollowsHostFile(t *testing.T) {
 		t.Logf("%s: taken %v after the change", what, time.Since(since).Round(time.Millisecond))
 	}
 
-	c1 := fwdtest.Dial(t, pf.addr) // to a, and open through everything below
-	fwdtest.RoundTrip(t, c1, 1, 1000)
+	c1 := testkit.Dial(t, pf.addr) // to a, and open through everything below
+	testkit.RoundTrip(t, c1, 1, 1000)
 	if got := openedTo(t, pf, 1); got != a.Addr() {
 		t.Fatalf("connection 1 went to %s", got)
 	}
@@ -47,8 +47,8 @@ func TestFollowsHostFile(t *testing.T) {
 	// Added: b (0 bytes) is the best host now.
 	at := update(t, path, func(f *hostfile.File) { f.Add(nameB, 0) })
 	within(at, "an added host", `host file .*: `+regexp.QuoteMeta(nameB)+` added$`)
-	c2 := fwdtest.Dial(t, pf.addr)
-	fwdtest.RoundTrip(t, c2, 2, 3000)
+	c2 := testkit.Dial(t, pf.addr)
+	testkit.RoundTrip(t, c2, 2, 3000)
 	if got := openedTo(t, pf, 2); got != nameB {
 		t.Fatalf("connection 2 went to %s, want the added %s", got, nameB)
 	}
@@ -56,7 +56,7 @@ func TestFollowsHostFile(t *testing.T) {
 
 	// --set: b gets far more bytes than a; a (2,000 pending, not written) is best again.
 	at = update(t, path, func(f *hostfile.File) { f.Set(nameB, 1000000) })
-	fwdtest.WaitUntil(t, time.Second, "the new count of b", func() bool {
+	testkit.WaitUntil(t, time.Second, "the new count of b", func() bool {
 		pf.bal.mu.Lock()
 		defer pf.bal.mu.Unlock()
 		return pf.bal.byName[nameB].base == 1000000
@@ -72,13 +72,13 @@ func TestFollowsHostFile(t *testing.T) {
 	// Removed: a gets no new connection; the open one goes on, and its bytes are kept.
 	at = update(t, path, func(f *hostfile.File) { f.Remove(a.Addr()) })
 	within(at, "a removed host", `host file .*: `+regexp.QuoteMeta(a.Addr())+` removed: no new connections`)
-	c3 := fwdtest.Dial(t, pf.addr)
-	fwdtest.RoundTrip(t, c3, 3, 500)
+	c3 := testkit.Dial(t, pf.addr)
+	testkit.RoundTrip(t, c3, 3, 500)
 	if got := openedTo(t, pf, 3); got != nameB {
 		t.Fatalf("connection 3 went to %s, want %s: a was removed", got, nameB)
 	}
 	c3.Close()
-	fwdtest.RoundTrip(t, c1, 4, 5000)
+	testkit.RoundTrip(t, c1, 4, 5000)
 	c1.Close()
 	pf.log.WaitFor(t, `close #1 .* up=6000 .* down=6000 `, 1, 5*time.Second)
 
@@ -104,28 +104,28 @@ func TestFollowsHostFile(t *testing.T) {
 // counts are written exactly.
 func TestRemovedHostFinishes(t *testing.T) {
 	t.Parallel()
-	a := fwdtest.StartBackend(t, "127.0.0.1:0", fwdtest.Echo)
-	b := fwdtest.StartBackend(t, "[::1]:0", fwdtest.Echo)
+	a := testkit.StartBackend(t, "127.0.0.1:0", testkit.Echo)
+	b := testkit.StartBackend(t, "[::1]:0", testkit.Echo)
 	nameB := fmt.Sprintf("[::1]:%d", b.Port())
 	path := writeFile(t, fmt.Sprintf("%s 0\n%s 100000\n", a.Addr(), nameB))
 	pf := startServer(t, "[::1]:0", Config{HostFile: path, Port: 9, Interval: time.Hour, Grace: -1})
 
-	c1 := fwdtest.Dial(t, pf.addr)
-	fwdtest.RoundTrip(t, c1, 1, 1000)
+	c1 := testkit.Dial(t, pf.addr)
+	testkit.RoundTrip(t, c1, 1, 1000)
 	if got := openedTo(t, pf, 1); got != a.Addr() {
 		t.Fatalf("connection 1 went to %s", got)
 	}
 	update(t, path, func(f *hostfile.File) { f.Remove(a.Addr()) })
 	pf.log.WaitFor(t, `host file .*: `+regexp.QuoteMeta(a.Addr())+` removed: no new connections`, 1, time.Second)
 	for id := 2; id <= 4; id++ {
-		c := fwdtest.Dial(t, pf.addr)
-		fwdtest.RoundTrip(t, c, uint64(id), 100)
+		c := testkit.Dial(t, pf.addr)
+		testkit.RoundTrip(t, c, uint64(id), 100)
 		c.Close()
 		if got := openedTo(t, pf, id); got != nameB {
 			t.Fatalf("connection %d went to %s after %s was removed", id, got, a.Addr())
 		}
 	}
-	fwdtest.RoundTrip(t, c1, 5, 4000) // the open one goes on
+	testkit.RoundTrip(t, c1, 5, 4000) // the open one goes on
 	c1.Close()
 	pf.log.WaitFor(t, `close #1 .* up=5000 .* down=5000 `, 1, 5*time.Second)
 	pf.log.WaitFor(t, `close #4 `, 1, 5*time.Second)

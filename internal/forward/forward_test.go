@@ -19,7 +19,7 @@ import (
 
 	"shd-tcp-tools/internal/allow"
 	"shd-tcp-tools/internal/endpoint"
-	"shd-tcp-tools/internal/forward/fwdtest"
+	"shd-tcp-tools/internal/testkit"
 )
 
 func dest(t testing.TB, addr string) endpoint.Endpoint {
@@ -39,10 +39,10 @@ func TestRelay64MiBBothWays(t *testing.T) {
 	for i, fam := range []string{"127.0.0.1:0", "[::1]:0"} {
 		t.Run(fam, func(t *testing.T) {
 			t.Parallel()
-			be := fwdtest.StartBackend(t, fam, fwdtest.Echo)
+			be := testkit.StartBackend(t, fam, testkit.Echo)
 			pf := startServer(t, fam, Config{Dest: dest(t, be.Addr())})
-			c := fwdtest.Dial(t, pf.addr)
-			fwdtest.RoundTrip(t, c, uint64(i+1), n)
+			c := testkit.Dial(t, pf.addr)
+			testkit.RoundTrip(t, c, uint64(i+1), n)
 			c.Close()
 			pf.log.WaitFor(t, fmt.Sprintf(`close #1 .* up=%d .* down=%d .*end="client closed"`, n, n), 1, 10*time.Second)
 			pf.log.WaitFor(t, `open #1 `+regexp.QuoteMeta(c.LocalAddr().String())+` -> `+regexp.QuoteMeta(be.Addr())+`$`, 1, time.Second)
@@ -75,7 +75,7 @@ func TestThousandConcurrentConnections(t *testing.T) {
 	// Per connection: client, accepted, dialled and backend sockets, and up to three splice
 	// pipes (two in the forwarder, one in the echo backend).
 	raiseNoFile(t, conns*10+256)
-	be := fwdtest.StartBackend(t, "127.0.0.1:0", fwdtest.Echo)
+	be := testkit.StartBackend(t, "127.0.0.1:0", testkit.Echo)
 	pf := startServer(t, "127.0.0.1:0", Config{Dest: dest(t, be.Addr())})
 
 	var echoed sync.WaitGroup
@@ -98,12 +98,12 @@ func TestThousandConcurrentConnections(t *testing.T) {
 			}
 			defer c.Close()
 			size := int64(1000 + i*7)
-			sent, err := fwdtest.Send(c, uint64(i), size)
+			sent, err := testkit.Send(c, uint64(i), size)
 			if err != nil {
 				errs <- fmt.Errorf("conn %d: sending: %w", i, err)
 				return
 			}
-			got, err := fwdtest.Receive(io.LimitReader(c, size))
+			got, err := testkit.Receive(io.LimitReader(c, size))
 			if err != nil || got != sent {
 				errs <- fmt.Errorf("conn %d: got %v (%v), want %v", i, got, err, sent)
 				return
@@ -130,7 +130,7 @@ func TestThousandConcurrentConnections(t *testing.T) {
 	if open != conns {
 		t.Errorf("%d connections open at once, want %d", open, conns)
 	}
-	fwdtest.WaitUntil(t, 20*time.Second, "every relay to end", func() bool { return pf.Open() == 0 })
+	testkit.WaitUntil(t, 20*time.Second, "every relay to end", func() bool { return pf.Open() == 0 })
 	// A loop writes its log lines after the round that closed the connections, and the
 	// writing goes on off the loop: wait for the lines, not for the open count.
 	pf.log.WaitFor(t, `close #`, conns, 20*time.Second)
@@ -146,15 +146,15 @@ func TestThousandConcurrentConnections(t *testing.T) {
 type delayedReply struct {
 	delay   time.Duration
 	replyN  int64
-	request chan fwdtest.Digest
+	request chan testkit.Digest
 	wrote   chan error
 	before  func() // called after the wait, before the reply
 }
 
 func (d *delayedReply) handle(c *net.TCPConn) {
-	got, err := fwdtest.Receive(c)
+	got, err := testkit.Receive(c)
 	if err != nil {
-		d.request <- fwdtest.Digest{N: -1}
+		d.request <- testkit.Digest{N: -1}
 		return
 	}
 	d.request <- got
@@ -162,7 +162,7 @@ func (d *delayedReply) handle(c *net.TCPConn) {
 	if d.before != nil {
 		d.before()
 	}
-	_, err = fwdtest.Send(c, 99, d.replyN)
+	_, err = testkit.Send(c, 99, d.replyN)
 	d.wrote <- err
 }
 
@@ -173,11 +173,11 @@ func TestLazyDelayedReply(t *testing.T) {
 	for _, delay := range []time.Duration{0, 2 * time.Second, 15 * time.Second} {
 		t.Run(delay.String(), func(t *testing.T) {
 			t.Parallel()
-			dr := &delayedReply{delay: delay, replyN: 300 << 10, request: make(chan fwdtest.Digest, 1), wrote: make(chan error, 1)}
-			be := fwdtest.StartBackend(t, "127.0.0.1:0", dr.handle)
+			dr := &delayedReply{delay: delay, replyN: 300 << 10, request: make(chan testkit.Digest, 1), wrote: make(chan error, 1)}
+			be := testkit.StartBackend(t, "127.0.0.1:0", dr.handle)
 			pf := startServer(t, "127.0.0.1:0", Config{Dest: dest(t, be.Addr()), Lazy: true, Grace: -1})
-			c := fwdtest.Dial(t, pf.addr)
-			sent, err := fwdtest.Send(c, 7, 200<<10)
+			c := testkit.Dial(t, pf.addr)
+			sent, err := testkit.Send(c, 7, 200<<10)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -185,14 +185,14 @@ func TestLazyDelayedReply(t *testing.T) {
 				t.Fatal(err)
 			}
 			_ = c.SetReadDeadline(time.Now().Add(delay + 20*time.Second))
-			reply, err := fwdtest.Receive(c)
+			reply, err := testkit.Receive(c)
 			if err != nil {
 				t.Fatalf("reading the reply: %v", err)
 			}
 			if got := <-dr.request; got != sent {
 				t.Errorf("server got %v, client sent %v", got, sent)
 			}
-			if want := fwdtest.Expected(99, dr.replyN); reply != want {
+			if want := testkit.Expected(99, dr.replyN); reply != want {
 				t.Errorf("reply: got %v, want %v", reply, want)
 			}
 			pf.log.WaitFor(t, `close #1 .*up=204800 .*down=307200 .*end="client closed"`, 1, 5*time.Second)
@@ -206,12 +206,12 @@ func TestDefaultModeLosesLateReply(t *testing.T) {
 	t.Parallel()
 	var pf *running
 	closed := make(chan struct{})
-	dr := &delayedReply{replyN: 64 << 10, request: make(chan fwdtest.Digest, 1), wrote: make(chan error, 1),
+	dr := &delayedReply{replyN: 64 << 10, request: make(chan testkit.Digest, 1), wrote: make(chan error, 1),
 		before: func() { <-closed }}
-	be := fwdtest.StartBackend(t, "127.0.0.1:0", dr.handle)
+	be := testkit.StartBackend(t, "127.0.0.1:0", dr.handle)
 	pf = startServer(t, "127.0.0.1:0", Config{Dest: dest(t, be.Addr())})
-	c := fwdtest.Dial(t, pf.addr)
-	sent, err := fwdtest.Send(c, 3, 1<<20)
+	c := testkit.Dial(t, pf.addr)
+	sent, err := testkit.Send(c, 3, 1<<20)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -222,7 +222,7 @@ func TestDefaultModeLosesLateReply(t *testing.T) {
 	pf.log.WaitFor(t, `close #1 .*up=1048576 .*end="client closed"`, 1, 10*time.Second)
 	close(closed)
 	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	reply, _ := fwdtest.Receive(c) // EOF, or a reset if the reply hit the closed socket first
+	reply, _ := testkit.Receive(c) // EOF, or a reset if the reply hit the closed socket first
 	if reply.N != 0 {
 		t.Errorf("client got %d reply bytes after its half-close; the default mode closes both sides", reply.N)
 	}
@@ -232,16 +232,16 @@ func TestDefaultModeLosesLateReply(t *testing.T) {
 // A server that sends its answer and closes is delivered whole in the default mode.
 func TestDefaultModeServerCloses(t *testing.T) {
 	t.Parallel()
-	be := fwdtest.StartBackend(t, "127.0.0.1:0", func(c *net.TCPConn) {
-		_, _ = fwdtest.Send(c, 11, 5<<20)
+	be := testkit.StartBackend(t, "127.0.0.1:0", func(c *net.TCPConn) {
+		_, _ = testkit.Send(c, 11, 5<<20)
 	})
 	pf := startServer(t, "127.0.0.1:0", Config{Dest: dest(t, be.Addr())})
-	c := fwdtest.Dial(t, pf.addr)
-	got, err := fwdtest.Receive(c)
+	c := testkit.Dial(t, pf.addr)
+	got, err := testkit.Receive(c)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := fwdtest.Expected(11, 5<<20); got != want {
+	if want := testkit.Expected(11, 5<<20); got != want {
 		t.Errorf("got %v, want %v", got, want)
 	}
 	pf.log.WaitFor(t, `close #1 .*down=5242880 .*end="server closed"`, 1, 5*time.Second)
@@ -254,7 +254,7 @@ func TestResetPassthrough(t *testing.T) {
 		t.Parallel()
 		got := make(chan int, 1)
 		readErr := make(chan error, 1)
-		be := fwdtest.StartBackend(t, "127.0.0.1:0", func(c *net.TCPConn) {
+		be := testkit.StartBackend(t, "127.0.0.1:0", func(c *net.TCPConn) {
 			buf := make([]byte, 1000)
 			n, err := io.ReadFull(c, buf)
 			got <- n
@@ -267,8 +267,8 @@ func TestResetPassthrough(t *testing.T) {
 			readErr <- err
 		})
 		pf := startServer(t, "127.0.0.1:0", Config{Dest: dest(t, be.Addr())})
-		c := fwdtest.Dial(t, pf.addr)
-		if _, err := fwdtest.Send(c, 1, 1000); err != nil {
+		c := testkit.Dial(t, pf.addr)
+		if _, err := testkit.Send(c, 1, 1000); err != nil {
 			t.Fatal(err)
 		}
 		if n := <-got; n != 1000 {
@@ -283,7 +283,7 @@ func TestResetPassthrough(t *testing.T) {
 	})
 	t.Run("server", func(t *testing.T) {
 		t.Parallel()
-		be := fwdtest.StartBackend(t, "127.0.0.1:0", func(c *net.TCPConn) {
+		be := testkit.StartBackend(t, "127.0.0.1:0", func(c *net.TCPConn) {
 			buf := make([]byte, 1000)
 			if _, err := io.ReadFull(c, buf); err != nil {
 				return
@@ -291,8 +291,8 @@ func TestResetPassthrough(t *testing.T) {
 			_ = c.SetLinger(0)
 		})
 		pf := startServer(t, "127.0.0.1:0", Config{Dest: dest(t, be.Addr())})
-		c := fwdtest.Dial(t, pf.addr)
-		if _, err := fwdtest.Send(c, 1, 1000); err != nil {
+		c := testkit.Dial(t, pf.addr)
+		if _, err := testkit.Send(c, 1, 1000); err != nil {
 			t.Fatal(err)
 		}
 		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
@@ -325,10 +325,10 @@ func TestAllowList(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			be := fwdtest.StartBackend(t, tc.listen, fwdtest.Echo)
+			be := testkit.StartBackend(t, tc.listen, testkit.Echo)
 			pf := startServer(t, tc.listen, Config{Dest: dest(t, be.Addr()), Allow: al})
 			if tc.refuse != "" {
-				c := fwdtest.DialFrom(t, tc.refuse, pf.addr)
+				c := testkit.DialFrom(t, tc.refuse, pf.addr)
 				_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
 				n, err := c.Read(make([]byte, 1))
 				if n != 0 || (err != io.EOF && !errors.Is(err, syscall.ECONNRESET)) {
@@ -340,8 +340,8 @@ func TestAllowList(t *testing.T) {
 				}
 			}
 			if tc.served != "" {
-				c := fwdtest.DialFrom(t, tc.served, pf.addr)
-				fwdtest.RoundTrip(t, c, 5, 10000)
+				c := testkit.DialFrom(t, tc.served, pf.addr)
+				testkit.RoundTrip(t, c, 5, 10000)
 				if got := be.Accepts.Load(); got != 1 {
 					t.Errorf("destination accepted %d connections, want 1", got)
 				}
@@ -355,14 +355,14 @@ func TestInsert(t *testing.T) {
 	t.Parallel()
 	insert := []byte("PROXY-ish preamble\r\n")
 	got := make(chan []byte, 1)
-	be := fwdtest.StartBackend(t, "127.0.0.1:0", func(c *net.TCPConn) {
+	be := testkit.StartBackend(t, "127.0.0.1:0", func(c *net.TCPConn) {
 		b, _ := io.ReadAll(c)
 		got <- b
 	})
 	pf := startServer(t, "127.0.0.1:0", Config{Dest: dest(t, be.Addr()), Insert: insert})
-	c := fwdtest.Dial(t, pf.addr)
+	c := testkit.Dial(t, pf.addr)
 	payload := make([]byte, 256<<10)
-	_, _ = io.ReadFull(fwdtest.NewStream(4), payload)
+	_, _ = io.ReadFull(testkit.NewStream(4), payload)
 	if _, err := c.Write(payload); err != nil {
 		t.Fatal(err)
 	}
@@ -378,16 +378,16 @@ func TestInsert(t *testing.T) {
 // An idle connection is closed after --idle-timeout; a busy one is not.
 func TestIdleTimeout(t *testing.T) {
 	t.Parallel()
-	be := fwdtest.StartBackend(t, "127.0.0.1:0", fwdtest.Echo)
+	be := testkit.StartBackend(t, "127.0.0.1:0", testkit.Echo)
 	pf := startServer(t, "127.0.0.1:0", Config{Dest: dest(t, be.Addr()), IdleTimeout: 300 * time.Millisecond})
-	c := fwdtest.Dial(t, pf.addr)
+	c := testkit.Dial(t, pf.addr)
 	// Busy for longer than the timeout: a small echo every 100 ms.
 	tick := time.NewTicker(100 * time.Millisecond)
 	for i := range 6 {
 		if i > 0 {
 			<-tick.C
 		}
-		fwdtest.RoundTrip(t, c, uint64(i), 100)
+		testkit.RoundTrip(t, c, uint64(i), 100)
 	}
 	tick.Stop()
 	start := time.Now() // the last activity
@@ -408,14 +408,14 @@ func TestRateLimitEachWay(t *testing.T) {
 	const rate = 1 << 20
 	const n = 3 * rate
 	type timed struct {
-		d     fwdtest.Digest
+		d     testkit.Digest
 		times []time.Time
 		sizes []int
 	}
 	// meter reads r to its end and records when each piece came.
 	meter := func(r io.Reader) timed {
 		var tm timed
-		h := fwdtest.NewDigester()
+		h := testkit.NewDigester()
 		buf := make([]byte, 32<<10)
 		for {
 			k, err := r.Read(buf)
@@ -432,13 +432,13 @@ func TestRateLimitEachWay(t *testing.T) {
 		return tm
 	}
 	up := make(chan timed, 1)
-	be := fwdtest.StartBackend(t, "127.0.0.1:0", func(c *net.TCPConn) {
-		go func() { _, _ = fwdtest.Send(c, 21, n); _ = c.CloseWrite() }()
+	be := testkit.StartBackend(t, "127.0.0.1:0", func(c *net.TCPConn) {
+		go func() { _, _ = testkit.Send(c, 21, n); _ = c.CloseWrite() }()
 		up <- meter(c)
 	})
 	pf := startServer(t, "127.0.0.1:0", Config{Dest: dest(t, be.Addr()), Rate: rate, Lazy: true})
-	c := fwdtest.Dial(t, pf.addr)
-	go func() { _, _ = fwdtest.Send(c, 22, n); _ = c.CloseWrite() }()
+	c := testkit.Dial(t, pf.addr)
+	go func() { _, _ = testkit.Send(c, 22, n); _ = c.CloseWrite() }()
 	down := meter(c)
 	for _, dir := range []struct {
 		name string
@@ -446,7 +446,7 @@ func TestRateLimitEachWay(t *testing.T) {
 		seed uint64
 	}{{"up", <-up, 22}, {"down", down, 21}} {
 		tm := dir.tm
-		if want := fwdtest.Expected(dir.seed, n); tm.d != want {
+		if want := testkit.Expected(dir.seed, n); tm.d != want {
 			t.Errorf("%s: got %v, want %v", dir.name, tm.d, want)
 			continue
 		}
@@ -496,7 +496,7 @@ func TestDestinationDown(t *testing.T) {
 
 // closedPort returns a loopback port that nothing listens on.
 func closedPort(t testing.TB) int {
-	ln := fwdtest.Listen(t, "127.0.0.1:0")
+	ln := testkit.Listen(t, "127.0.0.1:0")
 	p := ln.Addr().(*net.TCPAddr).Port
 	ln.Close()
 	return p
@@ -506,14 +506,14 @@ func closedPort(t testing.TB) int {
 // tried in turn, and a name that does not resolve is logged and the client reset.
 func TestDestinationByName(t *testing.T) {
 	t.Parallel()
-	be := fwdtest.StartBackend(t, "127.0.0.1:0", fwdtest.Echo)
+	be := testkit.StartBackend(t, "127.0.0.1:0", testkit.Echo)
 	port := be.Addr()[strings.LastIndexByte(be.Addr(), ':')+1:]
 	pf := startServer(t, "127.0.0.1:0", Config{Dest: dest(t, "localhost:"+port)})
-	fwdtest.RoundTrip(t, fwdtest.Dial(t, pf.addr), 3, 100000)
+	testkit.RoundTrip(t, testkit.Dial(t, pf.addr), 3, 100000)
 	pf.log.WaitFor(t, `open #1 \S+ -> localhost:`+port+`$`, 1, 5*time.Second)
 
 	bad := startServer(t, "127.0.0.1:0", Config{Dest: endpoint.Endpoint{Host: "no-such-host.invalid", Port: 80}})
-	c := fwdtest.Dial(t, bad.addr)
+	c := testkit.Dial(t, bad.addr)
 	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
 		t.Errorf("client of an unknown name: %v, want a reset", err)
@@ -526,7 +526,7 @@ func TestDestinationByName(t *testing.T) {
 func TestInsertTimeout(t *testing.T) {
 	t.Parallel()
 	// A backend that accepts and never reads: its receive buffer fills, then ours.
-	ln := fwdtest.Listen(t, "127.0.0.1:0")
+	ln := testkit.Listen(t, "127.0.0.1:0")
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -538,7 +538,7 @@ func TestInsertTimeout(t *testing.T) {
 	}()
 	big := make([]byte, 64<<20)
 	pf := startServer(t, "127.0.0.1:0", Config{Dest: dest(t, ln.Addr().String()), Insert: big, ConnectTimeout: 500 * time.Millisecond})
-	c := fwdtest.Dial(t, pf.addr)
+	c := testkit.Dial(t, pf.addr)
 	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	if n, err := c.Read(make([]byte, 1)); n != 0 || err == nil {
 		t.Errorf("client: read %d bytes, %v; want the connection closed", n, err)
@@ -553,11 +553,11 @@ func TestRelayWithoutPipes(t *testing.T) {
 	for _, rate := range []int64{0, 64 << 20} {
 		t.Run(fmt.Sprintf("rate=%d", rate), func(t *testing.T) {
 			t.Parallel()
-			be := fwdtest.StartBackend(t, "127.0.0.1:0", fwdtest.Echo)
+			be := testkit.StartBackend(t, "127.0.0.1:0", testkit.Echo)
 			pf := startServer(t, "127.0.0.1:0", Config{Dest: dest(t, be.Addr()), Rate: rate},
 				func(s *Server) { s.noPipes = true })
-			c := fwdtest.Dial(t, pf.addr)
-			fwdtest.RoundTrip(t, c, 9, 8<<20)
+			c := testkit.Dial(t, pf.addr)
+			testkit.RoundTrip(t, c, 9, 8<<20)
 			c.Close()
 			pf.log.WaitFor(t, `close #1 .* up=8388608 .* down=8388608 `, 1, 5*time.Second)
 		})
@@ -584,7 +584,7 @@ func TestWaitingConnectionsHoldNoPipe(t *testing.T) {
 	base := pipes()
 	// The backend echoes, and after the client's end stays open without a word.
 	hold := make(chan struct{})
-	be := fwdtest.StartBackend(t, "127.0.0.1:0", func(c *net.TCPConn) {
+	be := testkit.StartBackend(t, "127.0.0.1:0", func(c *net.TCPConn) {
 		_, _ = io.Copy(struct{ io.Writer }{c}, c) // a plain copy: no splice pipe of its own
 		<-hold
 	})
@@ -592,13 +592,13 @@ func TestWaitingConnectionsHoldNoPipe(t *testing.T) {
 	pf := startServer(t, "127.0.0.1:0", Config{Dest: dest(t, be.Addr()), Lazy: true, Grace: -1})
 	const n = 20
 	for i := range n {
-		c := fwdtest.Dial(t, pf.addr)
-		fwdtest.RoundTrip(t, c, uint64(i), 256<<10)
+		c := testkit.Dial(t, pf.addr)
+		testkit.RoundTrip(t, c, uint64(i), 256<<10)
 		if i%2 == 1 {
 			_ = c.CloseWrite() // half-closed: the other direction stays open
 		}
 	}
-	fwdtest.WaitUntil(t, 10*time.Second, "the idle connections' pipes back", func() bool {
+	testkit.WaitUntil(t, 10*time.Second, "the idle connections' pipes back", func() bool {
 		runtime.GC() // the pool of empty pipes is emptied by the collector
 		return pipes() <= base
 	})

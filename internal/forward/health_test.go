@@ -12,9 +12,9 @@ import (
 	"time"
 
 	"shd-tcp-tools/internal/endpoint"
-	"shd-tcp-tools/internal/forward/fwdtest"
 	"shd-tcp-tools/internal/health"
 	"shd-tcp-tools/internal/hostfile"
+	"shd-tcp-tools/internal/testkit"
 )
 
 // A host that refuses holds the fewest bytes: the first connection fails over from it and
@@ -26,15 +26,15 @@ func TestRefusingHostSetAside(t *testing.T) {
 	for _, host := range []string{"127.0.0.1", "::1"} {
 		t.Run(host, func(t *testing.T) {
 			t.Parallel()
-			good := fwdtest.StartBackend(t, net.JoinHostPort(host, "0"), fwdtest.Echo)
-			ln := fwdtest.Listen(t, net.JoinHostPort(host, "0"))
+			good := testkit.StartBackend(t, net.JoinHostPort(host, "0"), testkit.Echo)
+			ln := testkit.Listen(t, net.JoinHostPort(host, "0"))
 			dead := ln.Addr().String()
 			ln.Close() // nothing listens there now
 			path := writeFile(t, fmt.Sprintf("%s 0\n%s 1000000\n", dead, good.Addr()))
 			pf := startServer(t, "127.0.0.1:0", Config{HostFile: path, Port: 9})
 			const n = 6
 			for i := range n {
-				fwdtest.RoundTrip(t, fwdtest.Dial(t, pf.addr), uint64(i), 5000)
+				testkit.RoundTrip(t, testkit.Dial(t, pf.addr), uint64(i), 5000)
 				if got := openedTo(t, pf, i+1); got != good.Addr() {
 					t.Fatalf("connection %d went to %s, want %s", i+1, got, good.Addr())
 				}
@@ -45,9 +45,9 @@ func TestRefusingHostSetAside(t *testing.T) {
 			}
 			pf.log.WaitFor(t, `host `+q+` set aside \(connection refused\)`, 1, time.Second)
 
-			back := fwdtest.Serve(t, fwdtest.Listen(t, dead), fwdtest.Echo)
+			back := testkit.Serve(t, testkit.Listen(t, dead), testkit.Echo)
 			pf.log.WaitFor(t, `host `+q+` back in service`, 1, 5*time.Second)
-			fwdtest.RoundTrip(t, fwdtest.Dial(t, pf.addr), n, 5000)
+			testkit.RoundTrip(t, testkit.Dial(t, pf.addr), n, 5000)
 			if got := openedTo(t, pf, n+1); got != dead {
 				t.Errorf("after its return, the host with the fewest bytes did not get the connection (%s did)", got)
 			}
@@ -124,7 +124,7 @@ func TestAsideRanksLast(t *testing.T) {
 func TestAllAsideStillTried(t *testing.T) {
 	t.Parallel()
 	a := closedPort(t)
-	ln := fwdtest.Listen(t, "[::1]:0")
+	ln := testkit.Listen(t, "[::1]:0")
 	b := ln.Addr().(*net.TCPAddr).Port
 	ln.Close() // nothing listens there now
 	path := writeFile(t, fmt.Sprintf("127.0.0.1:%d 0\n[::1]:%d 10\n", a, b))
@@ -139,8 +139,8 @@ func TestAllAsideStillTried(t *testing.T) {
 	}
 	pf.log.WaitFor(t, `host \S+ set aside`, 2, 5*time.Second)
 
-	back := fwdtest.StartBackend(t, fmt.Sprintf("[::1]:%d", b), fwdtest.Echo)
-	fwdtest.RoundTrip(t, fwdtest.Dial(t, pf.addr), 1, 5000)
+	back := testkit.StartBackend(t, fmt.Sprintf("[::1]:%d", b), testkit.Echo)
+	testkit.RoundTrip(t, testkit.Dial(t, pf.addr), 1, 5000)
 	if got, want := openedTo(t, pf, 2), fmt.Sprintf("[::1]:%d", b); got != want {
 		t.Errorf("with every host set aside, the client went to %s, want %s, the one listening", got, want)
 	}

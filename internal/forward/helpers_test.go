@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"shd-tcp-tools/internal/connlog"
-	"shd-tcp-tools/internal/forward/fwdtest"
+	"shd-tcp-tools/internal/testkit"
 )
 
 // running is a Server serving on a loopback listener.
@@ -16,7 +16,7 @@ type running struct {
 	*Server
 	addr string
 	warn []error // from New
-	log  *fwdtest.LogBuf
+	log  *testkit.LogBuf
 	stop func() error // cancel Serve and return its result
 }
 
@@ -24,7 +24,7 @@ type running struct {
 // ends. The setup functions run on the Server before it serves.
 func startServer(t testing.TB, listen string, cfg Config, setup ...func(*Server)) *running {
 	t.Helper()
-	lb := fwdtest.NewLogBuf()
+	lb := testkit.NewLogBuf()
 	cfg.Log = connlog.New(lb)
 	s, warn, err := New(cfg)
 	if err != nil {
@@ -33,7 +33,7 @@ func startServer(t testing.TB, listen string, cfg Config, setup ...func(*Server)
 	for _, f := range setup {
 		f(s)
 	}
-	ln := fwdtest.Listen(t, listen)
+	ln := testkit.Listen(t, listen)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {

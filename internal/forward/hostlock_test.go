@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"shd-tcp-tools/internal/forward/fwdtest"
 	"shd-tcp-tools/internal/hostfile"
+	"shd-tcp-tools/internal/testkit"
 )
 
 // holdLock takes the exclusive lock on path's lock file, as `flock FILE.lock sleep N` does,
@@ -92,17 +92,17 @@ func startStream(c *net.TCPConn) *stream {
 // file is locked, keeps the counts, and writes them all once the lock is free.
 func TestHeldLockDoesNotStall(t *testing.T) {
 	t.Parallel()
-	a := fwdtest.StartBackend(t, "127.0.0.1:0", fwdtest.Echo)
-	b := fwdtest.StartBackend(t, "[::1]:0", fwdtest.Echo)
+	a := testkit.StartBackend(t, "127.0.0.1:0", testkit.Echo)
+	b := testkit.StartBackend(t, "[::1]:0", testkit.Echo)
 	path := writeFile(t, fmt.Sprintf("# pool\n%s 0\n%s 0\n", a.Addr(), b.Addr()))
 	pf := startServer(t, "127.0.0.1:0", Config{HostFile: path, Port: 9, Interval: 20 * time.Millisecond, Grace: -1})
 
 	// Two streams, one to each host (the second goes to the host with fewer open).
 	var streams []*stream
 	for range 2 {
-		streams = append(streams, startStream(fwdtest.Dial(t, pf.addr)))
+		streams = append(streams, startStream(testkit.Dial(t, pf.addr)))
 	}
-	fwdtest.WaitUntil(t, 5*time.Second, "both streams flowing", func() bool {
+	testkit.WaitUntil(t, 5*time.Second, "both streams flowing", func() bool {
 		return streams[0].got.Load() > 0 && streams[1].got.Load() > 0
 	})
 	release := holdLock(t, path)
@@ -119,7 +119,7 @@ func TestHeldLockDoesNotStall(t *testing.T) {
 			t.Fatal(err)
 		}
 		_ = c.SetDeadline(time.Now().Add(2 * time.Second))
-		fwdtest.RoundTrip(t, c, uint64(i), 1000)
+		testkit.RoundTrip(t, c, uint64(i), 1000)
 		c.Close()
 		moved += 2000
 		shorts++

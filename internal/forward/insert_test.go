@@ -6,8 +6,8 @@ import (
 	"testing"
 	"time"
 
-	"shd-tcp-tools/internal/forward/fwdtest"
 	"shd-tcp-tools/internal/pipe/pipetest"
+	"shd-tcp-tools/internal/testkit"
 )
 
 // With -r, the --insert bytes count against the rate like the client's: a 1 MiB insert at
@@ -17,7 +17,7 @@ func TestInsertRateLimited(t *testing.T) {
 	const rate = 512 << 10
 	const payload = 128 << 10
 	insert := make([]byte, 1<<20)
-	ln := fwdtest.Listen(t, "127.0.0.1:0")
+	ln := testkit.Listen(t, "127.0.0.1:0")
 	// On the listener, so that the bytes that arrive before the accept are stamped too.
 	if err := pipetest.SetTimestamps(ln); err != nil {
 		t.Fatal(err)
@@ -38,8 +38,8 @@ func TestInsertRateLimited(t *testing.T) {
 		got <- result{arr, err}
 	}()
 	pf := startServer(t, "127.0.0.1:0", Config{Dest: dest(t, ln.Addr().String()), Rate: rate, Insert: insert, Lazy: true})
-	c := fwdtest.Dial(t, pf.addr)
-	if _, err := fwdtest.Send(c, 3, payload); err != nil {
+	c := testkit.Dial(t, pf.addr)
+	if _, err := testkit.Send(c, 3, payload); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.CloseWrite(); err != nil {

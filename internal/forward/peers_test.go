@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"shd-tcp-tools/internal/forward/fwdtest"
+	"shd-tcp-tools/internal/testkit"
 )
 
 func writeConfig(t *testing.T, name, text string) string {
@@ -28,8 +28,8 @@ func writeConfig(t *testing.T, name, text string) string {
 // version 2 (send-proxy-v2) headers: tcp-pf logs the client HAProxy served, over IPv4 and
 // IPv6, and the bytes go through both intact.
 func TestHAProxyInFront(t *testing.T) {
-	haproxy := fwdtest.NeedProgram(t, "haproxy")
-	echo := fwdtest.StartBackend(t, "127.0.0.1:0", fwdtest.Echo)
+	haproxy := testkit.NeedProgram(t, "haproxy")
+	echo := testkit.StartBackend(t, "127.0.0.1:0", testkit.Echo)
 	pf := startServer(t, "127.0.0.1:0", Config{Dest: dest(t, echo.Addr()), AcceptProxy: true})
 	type front struct {
 		option, host string
@@ -45,19 +45,19 @@ defaults
     timeout server 20s
 `
 	for _, opt := range []string{"send-proxy", "send-proxy-v2"} {
-		p4, p6 := fwdtest.FreePort(t, "127.0.0.1"), fwdtest.FreePort(t, "::1")
+		p4, p6 := testkit.FreePort(t, "127.0.0.1"), testkit.FreePort(t, "::1")
 		fronts = append(fronts, front{opt, "127.0.0.1", p4}, front{opt, "::1", p6})
 		cfg += fmt.Sprintf("listen %s\n    bind 127.0.0.1:%d\n    bind [::1]:%d\n    server pf %s %s\n", opt, p4, p6, pf.addr, opt)
 	}
-	hp := fwdtest.StartProgram(t, haproxy, "-db", "-f", writeConfig(t, "haproxy.cfg", cfg))
+	hp := testkit.StartProgram(t, haproxy, "-db", "-f", writeConfig(t, "haproxy.cfg", cfg))
 	for _, f := range fronts {
 		hp.WaitListening(t, f.port)
 	}
 	for _, f := range fronts {
 		t.Run(f.option+"/"+f.host, func(t *testing.T) {
-			c := fwdtest.Dial(t, net.JoinHostPort(f.host, strconv.Itoa(f.port)))
+			c := testkit.Dial(t, net.JoinHostPort(f.host, strconv.Itoa(f.port)))
 			_ = c.SetDeadline(time.Now().Add(20 * time.Second))
-			fwdtest.RoundTrip(t, c, 8, 256<<10)
+			testkit.RoundTrip(t, c, 8, 256<<10)
 			c.Close()
 			// The client is the one HAProxy served, not HAProxy's own socket.
 			pf.log.WaitFor(t, `open #\d+ `+regexp.QuoteMeta(c.LocalAddr().String())+` -> `+regexp.QuoteMeta(echo.Addr())+`$`, 1, 10*time.Second)
@@ -73,9 +73,9 @@ defaults
 // its access log's $proxy_protocol_addr and $proxy_protocol_port are the client's, over
 // IPv4 and IPv6, and the reply comes back whole.
 func TestNginxBehind(t *testing.T) {
-	nginx := fwdtest.NeedProgram(t, "nginx")
+	nginx := testkit.NeedProgram(t, "nginx")
 	dir := t.TempDir()
-	port := fwdtest.FreePort(t, "127.0.0.1")
+	port := testkit.FreePort(t, "127.0.0.1")
 	cfg := fmt.Sprintf(`daemon off;
 master_process off;
 pid %[1]s/nginx.pid;
@@ -92,23 +92,23 @@ http {
     }
 }
 `, dir, port)
-	ng := fwdtest.StartProgram(t, nginx, "-e", "stderr", "-p", dir, "-c", writeConfig(t, "nginx.conf", cfg))
+	ng := testkit.StartProgram(t, nginx, "-e", "stderr", "-p", dir, "-c", writeConfig(t, "nginx.conf", cfg))
 	ng.WaitListening(t, port)
 	for _, fam := range []string{"127.0.0.1:0", "[::1]:0"} {
 		for _, version := range []int{1, 2} {
 			t.Run(fmt.Sprintf("%s/v%d", fam, version), func(t *testing.T) {
 				pf := startServer(t, fam, Config{Dest: dest(t, net.JoinHostPort("127.0.0.1", strconv.Itoa(port))), SendProxy: version})
-				c := fwdtest.Dial(t, pf.addr)
+				c := testkit.Dial(t, pf.addr)
 				_ = c.SetDeadline(time.Now().Add(20 * time.Second))
 				if _, err := io.WriteString(c, "GET / HTTP/1.0\r\nHost: test\r\n\r\n"); err != nil {
 					t.Fatal(err)
 				}
 				reply, err := io.ReadAll(bufio.NewReader(c))
 				if err != nil || !regexp.MustCompile(`(?s)^HTTP/1\.1 200 .*\r\n\r\nhello from nginx\n$`).Match(reply) {
-					t.Fatalf("reply %q, %v\nnginx:\n%s", reply, err, ng.Out)
+					t.Fatalf("reply %q, %v\nnginx:\n%s", reply, err, ng.Log)
 				}
 				la := c.LocalAddr().(*net.TCPAddr)
-				ng.Out.WaitFor(t, `^seen `+regexp.QuoteMeta(la.IP.String())+` `+strconv.Itoa(la.Port)+` via 127\.0\.0\.1$`, 1, 10*time.Second)
+				ng.Log.WaitFor(t, `^seen `+regexp.QuoteMeta(la.IP.String())+` `+strconv.Itoa(la.Port)+` via 127\.0\.0\.1$`, 1, 10*time.Second)
 			})
 		}
 	}

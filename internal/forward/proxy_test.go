@@ -16,8 +16,8 @@ import (
 	"github.com/pires/go-proxyproto"
 
 	"shd-tcp-tools/internal/allow"
-	"shd-tcp-tools/internal/forward/fwdtest"
 	"shd-tcp-tools/internal/proxyhdr"
+	"shd-tcp-tools/internal/testkit"
 )
 
 func addrPort(t testing.TB, a net.Addr) netip.AddrPort {
@@ -29,7 +29,7 @@ func addrPort(t testing.TB, a net.Addr) netip.AddrPort {
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }
 
-func wantHeader(t *testing.T, got fwdtest.Proxied, version byte, src, dst netip.AddrPort) {
+func wantHeader(t *testing.T, got testkit.Proxied, version byte, src, dst netip.AddrPort) {
 	t.Helper()
 	if got.Err != nil {
 		t.Fatalf("destination: %v", got.Err)
@@ -54,20 +54,20 @@ func TestSendProxy(t *testing.T) {
 		for _, version := range []int{1, 2} {
 			t.Run(fmt.Sprintf("%s/v%d", fam, version), func(t *testing.T) {
 				t.Parallel()
-				be := fwdtest.StartProxyBackend(t, fam)
+				be := testkit.StartProxyBackend(t, fam)
 				pf := startServer(t, fam, Config{Dest: dest(t, be.Addr()), SendProxy: version, Insert: insert})
-				c := fwdtest.Dial(t, pf.addr)
+				c := testkit.Dial(t, pf.addr)
 				const n = 1 << 20
-				sent, err := fwdtest.Send(io.MultiWriter(c), 11, n)
+				sent, err := testkit.Send(io.MultiWriter(c), 11, n)
 				if err != nil {
 					t.Fatal(err)
 				}
 				_ = c.CloseWrite()
 				r := be.Next(t)
 				wantHeader(t, r, byte(version), addrPort(t, c.LocalAddr()), addrPort(t, c.RemoteAddr()))
-				d := fwdtest.NewDigester()
+				d := testkit.NewDigester()
 				d.Write(insert)
-				_, _ = io.Copy(d, io.LimitReader(fwdtest.NewStream(11), n))
+				_, _ = io.Copy(d, io.LimitReader(testkit.NewStream(11), n))
 				if want := d.Digest(); r.Digest != want {
 					t.Fatalf("after the header: %v, want the insert then the client's %v", r.Digest, sent)
 				}
@@ -105,9 +105,9 @@ func TestAcceptProxy(t *testing.T) {
 			t.Run(fmt.Sprintf("%s/v%d/%s", fam, tc.version, tc.src), func(t *testing.T) {
 				t.Parallel()
 				// Echo: the client's bytes come back intact.
-				echo := fwdtest.StartBackend(t, fam, fwdtest.Echo)
+				echo := testkit.StartBackend(t, fam, testkit.Echo)
 				pf := startServer(t, fam, Config{Dest: dest(t, echo.Addr()), AcceptProxy: true})
-				c := fwdtest.Dial(t, pf.addr)
+				c := testkit.Dial(t, pf.addr)
 				first := append(headerFor(t, tc.version, tc.src, tc.dst), "first bytes\n"...)
 				if _, err := c.Write(first); err != nil {
 					t.Fatal(err)
@@ -117,20 +117,20 @@ func TestAcceptProxy(t *testing.T) {
 				if _, err := io.ReadFull(c, back); err != nil || string(back) != "first bytes\n" {
 					t.Fatalf("echo of the bytes after the header: %q, %v", back, err)
 				}
-				fwdtest.RoundTrip(t, c, 3, 1<<20)
+				testkit.RoundTrip(t, c, 3, 1<<20)
 				c.Close()
 				src := netip.MustParseAddrPort(tc.src)
 				pf.log.WaitFor(t, `open #1 `+regexp.QuoteMeta(src.String())+` -> `+regexp.QuoteMeta(echo.Addr())+`$`, 1, 5*time.Second)
 				pf.log.WaitFor(t, fmt.Sprintf(`close #1 %s -> .* up=%d .* down=%d `, regexp.QuoteMeta(src.String()), 1<<20+12, 1<<20+12), 1, 5*time.Second)
 
 				// With --send-proxy too, the header's addresses are passed on.
-				be := fwdtest.StartProxyBackend(t, fam)
+				be := testkit.StartProxyBackend(t, fam)
 				pf2 := startServer(t, fam, Config{Dest: dest(t, be.Addr()), AcceptProxy: true, SendProxy: 3 - tc.version})
-				c2 := fwdtest.Dial(t, pf2.addr)
+				c2 := testkit.Dial(t, pf2.addr)
 				if _, err := c2.Write(headerFor(t, tc.version, tc.src, tc.dst)); err != nil {
 					t.Fatal(err)
 				}
-				sent, _ := fwdtest.Send(c2, 4, 5000)
+				sent, _ := testkit.Send(c2, 4, 5000)
 				_ = c2.CloseWrite()
 				r := be.Next(t)
 				wantHeader(t, r, byte(3-tc.version), src, netip.MustParseAddrPort(tc.dst))
@@ -149,11 +149,11 @@ func TestAcceptProxyInPieces(t *testing.T) {
 	for _, version := range []int{1, 2} {
 		t.Run(fmt.Sprintf("v%d", version), func(t *testing.T) {
 			t.Parallel()
-			be := fwdtest.StartProxyBackend(t, "127.0.0.1:0")
+			be := testkit.StartProxyBackend(t, "127.0.0.1:0")
 			partial := make(chan struct{}, 64)
 			pf := startServer(t, "127.0.0.1:0", Config{Dest: dest(t, be.Addr()), AcceptProxy: true, SendProxy: 1},
 				func(s *Server) { s.partialHeader = func() { partial <- struct{}{} } })
-			c := fwdtest.Dial(t, pf.addr)
+			c := testkit.Dial(t, pf.addr)
 			h := headerFor(t, version, "192.0.2.7:1234", "192.0.2.8:80")
 			// One byte, then the signature's rest, then all but the last byte, each seen
 			// by the loop before the next is sent.
@@ -169,14 +169,14 @@ func TestAcceptProxyInPieces(t *testing.T) {
 			}
 			// The last byte comes with the client's first data.
 			payload := make([]byte, 3000)
-			_, _ = io.ReadFull(fwdtest.NewStream(5), payload)
+			_, _ = io.ReadFull(testkit.NewStream(5), payload)
 			if _, err := c.Write(append([]byte{h[len(h)-1]}, payload...)); err != nil {
 				t.Fatal(err)
 			}
 			_ = c.CloseWrite()
 			r := be.Next(t)
 			wantHeader(t, r, 1, netip.MustParseAddrPort("192.0.2.7:1234"), netip.MustParseAddrPort("192.0.2.8:80"))
-			if want := fwdtest.Expected(5, 3000); r.Digest != want {
+			if want := testkit.Expected(5, 3000); r.Digest != want {
 				t.Fatalf("after the header: %v, want %v", r.Digest, want)
 			}
 			pf.log.WaitFor(t, `close #1 192\.0\.2\.7:1234 -> .* up=3000 `, 1, 5*time.Second)
@@ -206,9 +206,9 @@ func TestAcceptProxyRefused(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			be := fwdtest.StartBackend(t, "[::1]:0", fwdtest.Echo)
+			be := testkit.StartBackend(t, "[::1]:0", testkit.Echo)
 			pf := startServer(t, "[::1]:0", Config{Dest: dest(t, be.Addr()), AcceptProxy: true, AcceptProxyTimeout: 300 * time.Millisecond})
-			c := fwdtest.Dial(t, pf.addr)
+			c := testkit.Dial(t, pf.addr)
 			start := time.Now()
 			if _, err := c.Write([]byte(tc.send)); err != nil {
 				t.Fatal(err)
@@ -232,7 +232,7 @@ func TestAcceptProxyRefused(t *testing.T) {
 				why += "$" // the whole reason, in words: no parser's text after it
 			}
 			pf.log.WaitFor(t, `refused `+regexp.QuoteMeta(c.LocalAddr().String())+`: `+why, 1, 5*time.Second)
-			fwdtest.WaitUntil(t, 5*time.Second, "the refused connection to end", func() bool { return pf.Open() == 0 })
+			testkit.WaitUntil(t, 5*time.Second, "the refused connection to end", func() bool { return pf.Open() == 0 })
 			if n := be.Accepts.Load(); n != 0 {
 				t.Errorf("destination accepted %d connections of a refused client", n)
 			}
@@ -247,17 +247,17 @@ func TestAcceptProxyAllowList(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	be := fwdtest.StartBackend(t, "127.0.0.1:0", fwdtest.Echo)
+	be := testkit.StartBackend(t, "127.0.0.1:0", testkit.Echo)
 	pf := startServer(t, "127.0.0.1:0", Config{Dest: dest(t, be.Addr()), AcceptProxy: true, Allow: al})
 	for _, src := range []string{"192.0.2.99:1000", "[2001:db8::99]:1000"} {
-		c := fwdtest.Dial(t, pf.addr) // from 127.0.0.1, which is not on the list
+		c := testkit.Dial(t, pf.addr) // from 127.0.0.1, which is not on the list
 		if _, err := c.Write(headerFor(t, 2, src, "192.0.2.1:80")); err != nil {
 			t.Fatal(err)
 		}
-		fwdtest.RoundTrip(t, c, 1, 4096)
+		testkit.RoundTrip(t, c, 1, 4096)
 		c.Close()
 	}
-	refused := fwdtest.Dial(t, pf.addr)
+	refused := testkit.Dial(t, pf.addr)
 	if _, err := refused.Write(headerFor(t, 1, "203.0.113.5:2000", "192.0.2.1:80")); err != nil {
 		t.Fatal(err)
 	}
@@ -282,16 +282,16 @@ func TestAcceptProxyLocal(t *testing.T) {
 	for name, h := range map[string][]byte{"v2 local": local, "v1 unknown": []byte("PROXY UNKNOWN\r\n")} {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			be := fwdtest.StartProxyBackend(t, "[::1]:0")
+			be := testkit.StartProxyBackend(t, "[::1]:0")
 			pf := startServer(t, "[::1]:0", Config{Dest: dest(t, be.Addr()), AcceptProxy: true, SendProxy: 2})
-			c := fwdtest.Dial(t, pf.addr)
+			c := testkit.Dial(t, pf.addr)
 			if _, err := c.Write(append(h, "after"...)); err != nil {
 				t.Fatal(err)
 			}
 			_ = c.CloseWrite()
 			r := be.Next(t)
 			wantHeader(t, r, 2, addrPort(t, c.LocalAddr()), addrPort(t, c.RemoteAddr()))
-			if want := (fwdtest.Digest{N: 5}); r.Digest.N != want.N {
+			if want := (testkit.Digest{N: 5}); r.Digest.N != want.N {
 				t.Fatalf("after the header: %v, want 5 bytes", r.Digest)
 			}
 			pf.log.WaitFor(t, `open #1 `+regexp.QuoteMeta(c.LocalAddr().String())+` -> `, 1, 5*time.Second)
@@ -302,14 +302,14 @@ func TestAcceptProxyLocal(t *testing.T) {
 // A stop cuts clients that are still to send their header, with a reset, and logs them.
 func TestAcceptProxyStop(t *testing.T) {
 	t.Parallel()
-	be := fwdtest.StartBackend(t, "127.0.0.1:0", fwdtest.Echo)
+	be := testkit.StartBackend(t, "127.0.0.1:0", testkit.Echo)
 	pf := startServer(t, "127.0.0.1:0", Config{Dest: dest(t, be.Addr()), AcceptProxy: true, Grace: -1})
 	var wg sync.WaitGroup
-	c := fwdtest.Dial(t, pf.addr)
+	c := testkit.Dial(t, pf.addr)
 	if _, err := c.Write([]byte("PROXY ")); err != nil {
 		t.Fatal(err)
 	}
-	fwdtest.WaitUntil(t, 5*time.Second, "the client to be accepted", func() bool { return pf.Open() == 1 })
+	testkit.WaitUntil(t, 5*time.Second, "the client to be accepted", func() bool { return pf.Open() == 1 })
 	wg.Go(func() {
 		if err := pf.stop(); err != nil {
 			t.Errorf("Serve: %v", err)

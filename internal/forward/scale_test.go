@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"shd-tcp-tools/internal/forward/fwdtest"
+	"shd-tcp-tools/internal/testkit"
 )
 
 // bigHostFile writes a host file of n entries: the backends with count 0, and n-len(backends)
@@ -42,7 +42,7 @@ func heapInUse() uint64 {
 func idleHeap(t *testing.T, entries, conns int, limit uint64) uint64 {
 	var backends []string
 	for range 4 {
-		backends = append(backends, fwdtest.StartBackend(t, "127.0.0.1:0", fwdtest.Echo).Addr())
+		backends = append(backends, testkit.StartBackend(t, "127.0.0.1:0", testkit.Echo).Addr())
 	}
 	path := bigHostFile(t, entries, backends)
 	pf := startServer(t, "127.0.0.1:0", Config{HostFile: path, Port: 9, Grace: -1})
@@ -60,7 +60,7 @@ func idleHeap(t *testing.T, entries, conns int, limit uint64) uint64 {
 		}
 		cs = append(cs, c)
 		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-		fwdtest.RoundTrip(t, c, uint64(i), 8)
+		testkit.RoundTrip(t, c, uint64(i), 8)
 		if i%100 == 99 {
 			if h := heapInUse(); h > before+limit {
 				t.Fatalf("%d-entry file: %d idle connections take %d MiB of heap, more than the %d MiB bound for %d",

@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"shd-tcp-tools/internal/forward/fwdtest"
 	"shd-tcp-tools/internal/sock"
+	"shd-tcp-tools/internal/testkit"
 )
 
 // On a stop, the listener closes at once, open connections go on for the grace period and
@@ -22,10 +22,10 @@ import (
 func TestGracefulStop(t *testing.T) {
 	base := runtime.NumGoroutine()
 	t.Run("finishes within grace", func(t *testing.T) {
-		be := fwdtest.StartBackend(t, "127.0.0.1:0", fwdtest.Echo)
+		be := testkit.StartBackend(t, "127.0.0.1:0", testkit.Echo)
 		pf := startServer(t, "127.0.0.1:0", Config{Dest: dest(t, be.Addr()), Grace: 20 * time.Second})
-		c := fwdtest.Dial(t, pf.addr)
-		fwdtest.RoundTrip(t, c, 1, 1000)
+		c := testkit.Dial(t, pf.addr)
+		testkit.RoundTrip(t, c, 1, 1000)
 		stopped := make(chan error, 1)
 		go func() { stopped <- pf.stop() }()
 		pf.log.WaitFor(t, `stopping: 1 connections open, letting them finish for 20s$`, 1, 5*time.Second)
@@ -35,7 +35,7 @@ func TestGracefulStop(t *testing.T) {
 		} else if !errors.Is(err, syscall.ECONNREFUSED) {
 			t.Errorf("new connection after the stop: %v, want connection refused", err)
 		}
-		fwdtest.RoundTrip(t, c, 2, 100000) // still served
+		testkit.RoundTrip(t, c, 2, 100000) // still served
 		start := time.Now()
 		c.Close()
 		select {
@@ -54,10 +54,10 @@ func TestGracefulStop(t *testing.T) {
 		}
 	})
 	t.Run("cut after grace", func(t *testing.T) {
-		be := fwdtest.StartBackend(t, "127.0.0.1:0", fwdtest.Echo)
+		be := testkit.StartBackend(t, "127.0.0.1:0", testkit.Echo)
 		pf := startServer(t, "127.0.0.1:0", Config{Dest: dest(t, be.Addr()), Grace: 300 * time.Millisecond})
-		c := fwdtest.Dial(t, pf.addr)
-		fwdtest.RoundTrip(t, c, 1, 1000)
+		c := testkit.Dial(t, pf.addr)
+		testkit.RoundTrip(t, c, 1, 1000)
 		start := time.Now()
 		if err := pf.stop(); err != nil {
 			t.Fatal(err)
@@ -73,10 +73,10 @@ func TestGracefulStop(t *testing.T) {
 		pf.log.WaitFor(t, `close #1 .*end="cut: stopped"$`, 1, time.Second)
 	})
 	t.Run("cut while connecting", func(t *testing.T) {
-		silent := fwdtest.Blackhole(t)
+		silent := testkit.Blackhole(t)
 		pf := startServer(t, "127.0.0.1:0", Config{Dest: dest(t, silent), Grace: 300 * time.Millisecond})
-		c := fwdtest.Dial(t, pf.addr)
-		fwdtest.WaitUntil(t, 5*time.Second, "the connection to be open", func() bool { return pf.Open() == 1 })
+		c := testkit.Dial(t, pf.addr)
+		testkit.WaitUntil(t, 5*time.Second, "the connection to be open", func() bool { return pf.Open() == 1 })
 		if err := pf.stop(); err != nil {
 			t.Fatal(err)
 		}
@@ -87,7 +87,7 @@ func TestGracefulStop(t *testing.T) {
 		// The line names the destination that was being tried, not "-".
 		pf.log.WaitFor(t, `failed #1 127\.0\.0\.1:\d+ -> `+regexp.QuoteMeta(silent)+`: cut: stopped$`, 1, time.Second)
 	})
-	fwdtest.WaitUntil(t, 10*time.Second, "goroutines back to the baseline", func() bool {
+	testkit.WaitUntil(t, 10*time.Second, "goroutines back to the baseline", func() bool {
 		return runtime.NumGoroutine() <= base
 	})
 }
@@ -155,7 +155,7 @@ func TestBackoff(t *testing.T) {
 // served as soon as a socket can be had. The socket seam plays the shortage.
 func TestSocketShortageWaits(t *testing.T) {
 	t.Parallel()
-	be := fwdtest.StartBackend(t, "127.0.0.1:0", fwdtest.Echo)
+	be := testkit.StartBackend(t, "127.0.0.1:0", testkit.Echo)
 	var calls atomic.Int64
 	short := func(a netip.Addr) (int, error) {
 		if calls.Add(1) <= 3 {
@@ -164,7 +164,7 @@ func TestSocketShortageWaits(t *testing.T) {
 		return sock.Socket(a)
 	}
 	pf := startServer(t, "127.0.0.1:0", Config{Dest: dest(t, be.Addr())}, func(s *Server) { s.socket = short })
-	fwdtest.RoundTrip(t, fwdtest.Dial(t, pf.addr), 1, 1000)
+	testkit.RoundTrip(t, testkit.Dial(t, pf.addr), 1, 1000)
 	if n := calls.Load(); n != 4 {
 		t.Errorf("%d socket calls, want 3 failed and 1 served", n)
 	}
@@ -182,7 +182,7 @@ func TestSocketShortageWaits(t *testing.T) {
 // logged, and accepting goes on.
 func TestSocketShortageGivesUp(t *testing.T) {
 	t.Parallel()
-	be := fwdtest.StartBackend(t, "127.0.0.1:0", fwdtest.Echo)
+	be := testkit.StartBackend(t, "127.0.0.1:0", testkit.Echo)
 	var failing atomic.Bool
 	failing.Store(true)
 	short := func(a netip.Addr) (int, error) {
@@ -193,12 +193,12 @@ func TestSocketShortageGivesUp(t *testing.T) {
 	}
 	pf := startServer(t, "127.0.0.1:0", Config{Dest: dest(t, be.Addr()), ConnectTimeout: 300 * time.Millisecond},
 		func(s *Server) { s.socket = short })
-	c := fwdtest.Dial(t, pf.addr)
+	c := testkit.Dial(t, pf.addr)
 	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
 		t.Errorf("client: %v, want a reset", err)
 	}
 	pf.log.WaitFor(t, `failed #1 \S+ -> \S+: socket: too many open files$`, 1, time.Second)
 	failing.Store(false)
-	fwdtest.RoundTrip(t, fwdtest.Dial(t, pf.addr), 1, 1000)
+	testkit.RoundTrip(t, testkit.Dial(t, pf.addr), 1, 1000)
 }

@@ -7,8 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"shd-tcp-tools/internal/forward/fwdtest"
 	"shd-tcp-tools/internal/hostfile"
+	"shd-tcp-tools/internal/testkit"
 )
 
 // memStore is a Store that is not a file, as a store shared by several machines would be:
@@ -66,8 +66,8 @@ func (m *memStore) counts() map[string]uint64 {
 // of is taken on Reload (SIGHUP in tcp-pf), with the counts not yet written kept.
 func TestOtherStore(t *testing.T) {
 	t.Parallel()
-	a := fwdtest.StartBackend(t, "127.0.0.1:0", fwdtest.Echo)
-	b := fwdtest.StartBackend(t, "[::1]:0", fwdtest.Echo)
+	a := testkit.StartBackend(t, "127.0.0.1:0", testkit.Echo)
+	b := testkit.StartBackend(t, "[::1]:0", testkit.Echo)
 	nameB := fmt.Sprintf("[::1]:%d", b.Port())
 	st := &memStore{entries: []hostfile.Entry{
 		{Name: a.Addr(), Host: "127.0.0.1", Port: a.Port(), Bytes: 0, Line: 1},
@@ -78,8 +78,8 @@ func TestOtherStore(t *testing.T) {
 
 	roundTrip := func(id int, n int64) string {
 		t.Helper()
-		c := fwdtest.Dial(t, pf.addr)
-		fwdtest.RoundTrip(t, c, uint64(id), n)
+		c := testkit.Dial(t, pf.addr)
+		testkit.RoundTrip(t, c, uint64(id), n)
 		c.Close()
 		pf.log.WaitFor(t, fmt.Sprintf(`close #%d `, id), 1, 5*time.Second)
 		return openedTo(t, pf, id)
@@ -93,7 +93,7 @@ func TestOtherStore(t *testing.T) {
 		t.Fatalf("connection 2 went to %s before any reread, want %s", got, a.Addr())
 	}
 	pf.Reload()
-	fwdtest.WaitUntil(t, time.Second, "the reread count of a", func() bool {
+	testkit.WaitUntil(t, time.Second, "the reread count of a", func() bool {
 		pf.bal.mu.Lock()
 		defer pf.bal.mu.Unlock()
 		return pf.bal.byName[a.Addr()].base == 90000

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"shd-tcp-tools/internal/forward/fwdtest"
+	"shd-tcp-tools/internal/testkit"
 )
 
 // rchar returns the bytes this process has read with read-like system calls
@@ -61,7 +61,7 @@ func sinkToDevNull(t testing.TB, got chan<- int64) func(c *net.TCPConn) {
 // counts as written, not read) and returns what the sink got.
 func pushThrough(t testing.TB, addr string, n int64, got <-chan int64) int64 {
 	t.Helper()
-	c := fwdtest.Dial(t, addr)
+	c := testkit.Dial(t, addr)
 	buf := make([]byte, 1<<20)
 	for left := n; left > 0; left -= int64(len(buf)) {
 		if _, err := c.Write(buf[:min(left, int64(len(buf)))]); err != nil {
@@ -84,7 +84,7 @@ func pushThrough(t testing.TB, addr string, n int64, got <-chan int64) int64 {
 func TestZeroCopy(t *testing.T) {
 	const n = 256 << 20
 	got := make(chan int64, 1)
-	be := fwdtest.StartBackend(t, "127.0.0.1:0", sinkToDevNull(t, got))
+	be := testkit.StartBackend(t, "127.0.0.1:0", sinkToDevNull(t, got))
 	hosts := writeFile(t, be.Addr()+" 0\n")
 	modes := []struct {
 		name string
@@ -120,7 +120,7 @@ func TestZeroCopy(t *testing.T) {
 	t.Run("control-userspace", func(t *testing.T) {
 		mu.Lock()
 		defer mu.Unlock()
-		ln := fwdtest.Listen(t, "127.0.0.1:0")
+		ln := testkit.Listen(t, "127.0.0.1:0")
 		go func() {
 			c, err := ln.AcceptTCP()
 			if err != nil {

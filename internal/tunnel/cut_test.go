@@ -4,7 +4,7 @@ import (
 	"testing"
 
 	"shd-tcp-tools/internal/endpoint"
-	"shd-tcp-tools/internal/forward/fwdtest"
+	"shd-tcp-tools/internal/testkit"
 )
 
 // Stopping listentwo or connecttwo with a relay open, while an upload is under way, resets
@@ -13,8 +13,8 @@ import (
 func TestStopResetsOpenRelay(t *testing.T) {
 	for _, side := range []string{"listentwo", "connecttwo"} {
 		t.Run(side, func(t *testing.T) {
-			ends := make(chan fwdtest.ReadEnd, 1)
-			svc := fwdtest.StartBackend(t, "127.0.0.1:0", fwdtest.Sink(ends))
+			ends := make(chan testkit.ReadEnd, 1)
+			svc := testkit.StartBackend(t, "127.0.0.1:0", testkit.Sink(ends))
 			svcEP, err := endpoint.ParseHostPort(svc.Addr())
 			if err != nil {
 				t.Fatal(err)
@@ -25,7 +25,7 @@ func TestStopResetsOpenRelay(t *testing.T) {
 			tn.waitPools(t, 1, 1)
 			c := dial(t, tn.clients)
 			const size = 1 << 20
-			if _, err := fwdtest.Send(c, 1, size); err != nil { // no FIN: still to come
+			if _, err := testkit.Send(c, 1, size); err != nil { // no FIN: still to come
 				t.Fatal(err)
 			}
 			tn.agentLog.wait(`open #1 `)
@@ -36,7 +36,7 @@ func TestStopResetsOpenRelay(t *testing.T) {
 				tn.stopAgent()
 				stopper = tn.agentLog
 			}
-			fwdtest.WantReset(t, c, ends, size, testTimeout)
+			testkit.WantReset(t, c, ends, size, testTimeout)
 			stopper.wait(`close #1 .* end="cut: stopped"$`)
 		})
 	}

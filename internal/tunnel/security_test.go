@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"shd-tcp-tools/internal/endpoint"
-	"shd-tcp-tools/internal/forward/fwdtest"
+	"shd-tcp-tools/internal/testkit"
 	"shd-tcp-tools/internal/tunnel/tunneltest"
 )
 
@@ -213,7 +213,7 @@ func TestStrangers(t *testing.T) {
 		t.Errorf("the flood held its connections for %v", took)
 	}
 	// The first strangerBurst refusals are logged one by one, the rest summarised.
-	fwdtest.WaitUntil(t, testTimeout, "every refusal counted", func() bool {
+	testkit.WaitUntil(t, testTimeout, "every refusal counted", func() bool {
 		return tn.relay.strangers.Count(kindSilentLink) == 1+flood
 	})
 	if n := tn.relay.linkRoom.len(); n != 0 {
@@ -239,7 +239,7 @@ func TestStrangers(t *testing.T) {
 
 	// A real agent joins while silent strangers keep coming back.
 	f := tunneltest.StartFlood(t, "127.0.0.1", tn.links.Addr().String(), 20, 20000, nil)
-	fwdtest.WaitUntil(t, testTimeout, "the flood", func() bool { return f.Dials.Load() >= 40 })
+	testkit.WaitUntil(t, testTimeout, "the flood", func() bool { return f.Dials.Load() >= 40 })
 	startAgent(t, AgentConfig{Service: svc.ep(t), Pool: 1, Secret: []byte("s3cret")}, &tn)
 	tn.waitPools(t, 1, 1)
 	f.Stop()

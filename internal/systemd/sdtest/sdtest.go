@@ -13,8 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"shd-tcp-tools/internal/forward/fwdtest"
-	"shd-tcp-tools/internal/tunnel/tunneltest"
+	"shd-tcp-tools/internal/testkit"
 )
 
 // Timeout bounds every wait of this package.
@@ -23,7 +22,7 @@ const Timeout = 10 * time.Second
 // Activated is a tool started under systemd-socket-activate, which execs it in its own
 // process: the pid is the tool's.
 type Activated struct {
-	*tunneltest.Proc
+	*testkit.Proc
 	// Addrs are the passed sockets' addresses, in the order they are passed (3, 4, ...).
 	Addrs []string
 }
@@ -45,7 +44,7 @@ func Activate(t testing.TB, hosts, opts []string, prog string, args ...string) *
 		a := &Activated{}
 		argv := []string{}
 		for _, h := range hosts {
-			addr := net.JoinHostPort(h, strconv.Itoa(fwdtest.FreePort(t, h)))
+			addr := net.JoinHostPort(h, strconv.Itoa(testkit.FreePort(t, h)))
 			a.Addrs = append(a.Addrs, addr)
 			argv = append(argv, "-l", addr)
 		}
@@ -56,7 +55,7 @@ func Activate(t testing.TB, hosts, opts []string, prog string, args ...string) *
 			}
 			argv = append(argv, arg)
 		}
-		a.Proc = tunneltest.Start(t, activate, argv...)
+		a.Proc = testkit.Start(t, activate, argv...)
 		if listening(t, a, len(hosts), try < 3) {
 			return a
 		}

@@ -1,7 +1,4 @@
-// Package fwdtest holds the test helpers of tcp-pf's engine and command: loopback backends
-// that count their accepts, reproducible byte streams checked by length and SHA-256, and a
-// log buffer that a test can wait on. Only tests import it.
-package fwdtest
+package testkit
 
 import (
 	"bufio"
@@ -26,8 +23,6 @@ import (
 
 	"github.com/pires/go-proxyproto"
 	"golang.org/x/sys/unix"
-
-	"shd-tcp-tools/internal/pipe/pipetest"
 )
 
 // LogBuf collects a log and lets a test wait for lines. Safe for simultaneous use.
@@ -307,48 +302,6 @@ func FreePort(t testing.TB, host string) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
-// Program is a program a test runs (HAProxy, nginx): its stdout and stderr go to Out.
-type Program struct {
-	Out    *LogBuf
-	exited <-chan struct{}
-	exit   error // valid once exited is closed
-}
-
-// StartProgram runs path with args until the test ends; then it is killed (by its pid).
-func StartProgram(t testing.TB, path string, args ...string) *Program {
-	t.Helper()
-	p := &Program{Out: NewLogBuf()}
-	cmd := exec.Command(path, args...)
-	cmd.Stdout, cmd.Stderr = p.Out, p.Out
-	p.exited = StartProcess(t, cmd, &p.exit)
-	return p
-}
-
-// WaitListening waits until a socket listens on port, failing the test after 10 s or when
-// the program exits first. It asks the kernel (sock_diag) rather than connecting, so the
-// program sees no connection of ours.
-func (p *Program) WaitListening(t testing.TB, port int) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		_, ok, err := pipetest.ListenQueue(port)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if ok {
-			return
-		}
-		select {
-		case <-p.exited:
-			t.Fatalf("the program meant to listen on port %d exited (%v):\n%s", port, p.exit, p.Out)
-		case <-time.After(10 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("nothing listening on port %d after 10s:\n%s", port, p.Out)
-		}
-	}
-}
-
 // Proxied is what a ProxyBackend got on one connection: the PROXY header, as go-proxyproto
 // reads it, and the digest of every byte after it.
 type Proxied struct {
@@ -464,25 +417,4 @@ func WantReset(t testing.TB, c net.Conn, ends <-chan ReadEnd, max int64, d time.
 	case <-time.After(d):
 		t.Fatalf("the backend's connection did not end within %v", d)
 	}
-}
-
-// StartProcess starts cmd and returns a channel that is closed once it has exited; *exit
-// holds how it exited by then. A process still running when the test ends is killed, by
-// its pid.
-func StartProcess(t testing.TB, cmd *exec.Cmd, exit *error) <-chan struct{} {
-	t.Helper()
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { *exit = cmd.Wait(); close(done) }()
-	t.Cleanup(func() {
-		select {
-		case <-done:
-		default:
-			_ = cmd.Process.Kill()
-			<-done
-		}
-	})
-	return done
 }
