@@ -56,8 +56,8 @@ func TestStopsWithinASecond(t *testing.T) {
 	t.Run("handshake with a silent relay", func(t *testing.T) {
 		relay := testkit.StartBackend(t, "127.0.0.1:0", func(c *net.TCPConn) { _, _ = io.Copy(io.Discard, c) })
 		p := testkit.Start(t, bins["connecttwo"], "-s", relay.Addr(), "-d", svc.Addr(), "--pool", "1024")
-		p.WaitLog(t, `keeping 1024 links open`, 1, tunneltest.Timeout)
-		testkit.WaitUntil(t, tunneltest.Timeout, "the first links", func() bool { return relay.Accepts.Load() >= 16 })
+		p.WaitLog(t, `keeping 1024 links open`, 1, testkit.Timeout)
+		testkit.WaitUntil(t, testkit.Timeout, "the first links", func() bool { return relay.Accepts.Load() >= 16 })
 		// Links are opened at most 32 at a time: a relay that does not answer sees no
 		// more than that many while their handshakes wait (5 s), not the whole pool.
 		window := time.Now().Add(300 * time.Millisecond)
@@ -74,16 +74,16 @@ func TestStopsWithinASecond(t *testing.T) {
 	t.Run("connect to a relay that never accepts", func(t *testing.T) {
 		addr := testkit.Blackhole(t)
 		p := testkit.Start(t, bins["connecttwo"], "-s", addr, "-d", svc.Addr(), "--pool", "4")
-		p.WaitLog(t, `keeping 4 links open`, 1, tunneltest.Timeout)
+		p.WaitLog(t, `keeping 4 links open`, 1, testkit.Timeout)
 		// Each link is a socket waiting for its connect to complete.
-		testkit.WaitUntil(t, tunneltest.Timeout, "connects under way", func() bool { return p.Sockets(t) >= 4 })
+		testkit.WaitUntil(t, testkit.Timeout, "connects under way", func() bool { return p.Sockets(t) >= 4 })
 		stop(t, p, syscall.SIGTERM)
 	})
 
 	t.Run("backoff", func(t *testing.T) {
 		addr := "127.0.0.1:" + strconv.Itoa(testkit.FreePort(t, "127.0.0.1")) // nothing listens there
 		p := testkit.Start(t, bins["connecttwo"], "-s", addr, "-d", svc.Addr(), "--pool", "2")
-		p.Log.WaitFor(t, `connection refused; retry 2 in`, 1, tunneltest.Timeout)
+		p.Log.WaitFor(t, `connection refused; retry 2 in`, 1, testkit.Timeout)
 		stop(t, p, syscall.SIGINT)
 	})
 
@@ -92,9 +92,9 @@ func TestStopsWithinASecond(t *testing.T) {
 		clients := "127.0.0.1:" + strconv.Itoa(testkit.FreePort(t, "127.0.0.1"))
 		links := "127.0.0.1:" + strconv.Itoa(testkit.FreePort(t, "127.0.0.1"))
 		relay := testkit.Start(t, bin, "-s", clients, "-d", links)
-		relay.Log.WaitFor(t, `listening for clients`, 1, tunneltest.Timeout)
+		relay.Log.WaitFor(t, `listening for clients`, 1, testkit.Timeout)
 		p := testkit.Start(t, bins["connecttwo"], "-s", links, "-d", svc.Addr(), "--pool", "2")
-		relay.Log.WaitFor(t, `link #\d+ up `, 2, tunneltest.Timeout)
+		relay.Log.WaitFor(t, `link #\d+ up `, 2, testkit.Timeout)
 		c := testkit.Dial(t, clients)
 		testkit.RoundTrip(t, c, 1, 100<<10) // the connection stays open through the stop
 		stop(t, p, syscall.SIGTERM)

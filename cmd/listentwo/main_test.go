@@ -5,7 +5,7 @@ import (
 
 	"github.com/rogpeppe/go-internal/testscript"
 
-	"shd-tcp-tools/internal/tunnel/tunneltest"
+	"shd-tcp-tools/internal/testkit"
 )
 
 func TestMain(m *testing.M) {
@@ -15,5 +15,5 @@ func TestMain(m *testing.M) {
 // TestScripts runs the CLI scripts in testdata: help, usage errors and exit statuses, and
 // the running program stopped by SIGINT and SIGTERM.
 func TestScripts(t *testing.T) {
-	testscript.Run(t, testscript.Params{Dir: "testdata", Cmds: tunneltest.Cmds(), RequireExplicitExec: true})
+	testscript.Run(t, testscript.Params{Dir: "testdata", Cmds: testkit.ScriptCmds(), RequireExplicitExec: true})
 }

@@ -43,7 +43,7 @@ func startRelay(t *testing.T, bin string, args ...string) (p *testkit.Proc, clie
 	clients = "127.0.0.1:" + strconv.Itoa(testkit.FreePort(t, "127.0.0.1"))
 	links = "127.0.0.1:" + strconv.Itoa(testkit.FreePort(t, "127.0.0.1"))
 	p = testkit.Start(t, bin, append([]string{"-s", clients, "-d", links}, args...)...)
-	p.Log.WaitFor(t, `listening for clients`, 1, tunneltest.Timeout)
+	p.Log.WaitFor(t, `listening for clients`, 1, testkit.Timeout)
 	return p, clients, links
 }
 
@@ -83,13 +83,13 @@ func TestAgentJoinsDuringLinkFlood(t *testing.T) {
 			flood := tunneltest.StartFlood(t, "127.0.0.1", links, tc.workers, 200000, []byte(tc.send))
 			// Start the agent when the strangers have reached listentwo (silent ones are
 			// held by the kernel for about a second first) or are being closed.
-			testkit.WaitUntil(t, tunneltest.Timeout, "the flood to reach listentwo", func() bool {
+			testkit.WaitUntil(t, testkit.Timeout, "the flood to reach listentwo", func() bool {
 				return relay.FDs(t) >= 150 || flood.Dials.Load() >= 2*int64(tc.workers)
 			})
 
 			start := time.Now()
 			agent := testkit.Start(t, bins["connecttwo"], append([]string{"-s", links, "-d", svc.Addr(), "--pool", "2"}, tc.agent...)...)
-			agent.WaitLog(t, `link #\d+ up `, 2, tunneltest.Timeout)
+			agent.WaitLog(t, `link #\d+ up `, 2, testkit.Timeout)
 			joined := time.Since(start)
 			var slowest time.Duration
 			for i := range 5 {
@@ -127,13 +127,13 @@ func TestSilentClientsDoNotTakeLinks(t *testing.T) {
 	svc := testkit.StartBackend(t, "127.0.0.1:0", testkit.Echo)
 	relay, clients, links := startRelay(t, bins["listentwo"], "--wait", "3")
 	agent := testkit.Start(t, bins["connecttwo"], "-s", links, "-d", svc.Addr(), "--pool", "2")
-	relay.Log.WaitFor(t, `link #\d+ up `, 2, tunneltest.Timeout)
+	relay.Log.WaitFor(t, `link #\d+ up `, 2, testkit.Timeout)
 
 	other := tunneltest.StartFlood(t, "127.0.0.2", clients, 300, 100000, nil)
 	same := tunneltest.StartFlood(t, "127.0.0.1", clients, 100, 100000, nil)
 	// Silent clients wait in the kernel for about a second; then listentwo takes them, and
 	// pushes out 236 of those from 127.0.0.2 (beyond that source's 64) at once.
-	testkit.WaitUntil(t, tunneltest.Timeout, "the flood to reach listentwo", func() bool {
+	testkit.WaitUntil(t, testkit.Timeout, "the flood to reach listentwo", func() bool {
 		return other.Dials.Load() >= 300+100 && same.Dials.Load() >= 100
 	})
 	var slowest time.Duration

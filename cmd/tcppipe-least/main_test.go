@@ -5,9 +5,7 @@ import (
 	"errors"
 	"math"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 
@@ -15,6 +13,7 @@ import (
 
 	"shd-tcp-tools/internal/cli"
 	"shd-tcp-tools/internal/least"
+	"shd-tcp-tools/internal/testkit"
 )
 
 func TestMain(m *testing.M) {
@@ -32,33 +31,8 @@ func TestScripts(t *testing.T) {
 			e.Setenv("GORACE", strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
 			return nil
 		},
-		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
-			"status": cmdStatus,
-		},
+		Cmds: testkit.ScriptCmds(),
 	})
-}
-
-// cmdStatus is "status CODE PROGRAM [ARGS...]": it runs PROGRAM like exec does (stdout and
-// stderr are then checked with the usual commands) and fails unless it exits with CODE.
-func cmdStatus(ts *testscript.TestScript, neg bool, args []string) {
-	if neg || len(args) < 2 {
-		ts.Fatalf("usage: status CODE PROGRAM [ARGS...]")
-	}
-	want, err := strconv.Atoi(args[0])
-	if err != nil {
-		ts.Fatalf("status: bad exit code %q", args[0])
-	}
-	got := 0
-	if err := ts.Exec(args[1], args[2:]...); err != nil {
-		var ee *exec.ExitError
-		if !errors.As(err, &ee) {
-			ts.Fatalf("%v", err)
-		}
-		got = ee.ExitCode()
-	}
-	if got != want {
-		ts.Fatalf("exit status %d, want %d", got, want)
-	}
 }
 
 func TestParse(t *testing.T) {

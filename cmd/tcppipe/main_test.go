@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -14,6 +13,8 @@ import (
 
 	"github.com/rogpeppe/go-internal/testscript"
 	"golang.org/x/sys/unix"
+
+	"shd-tcp-tools/internal/testkit"
 )
 
 // binPath is the tcppipe binary that TestMain builds with go build, for the tests that
@@ -90,35 +91,10 @@ func TestScripts(t *testing.T) {
 			return nil
 		},
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
-			"exits":  cmdExits,
+			"exits":  testkit.Status(checkStderr),
 			"noconn": cmdNoconn,
 		},
 	})
-}
-
-func cmdExits(ts *testscript.TestScript, neg bool, args []string) {
-	if neg || len(args) < 2 {
-		ts.Fatalf("usage: exits CODE PROG [ARGS...]")
-	}
-	want, err := strconv.Atoi(args[0])
-	if err != nil {
-		ts.Fatalf("exits: bad CODE %q", args[0])
-	}
-	err = ts.Exec(args[1], args[2:]...)
-	got := 0
-	if err != nil {
-		var ee *exec.ExitError
-		if !errors.As(err, &ee) {
-			ts.Fatalf("running %s: %v", args[1], err)
-		}
-		got = ee.ExitCode()
-	}
-	if got != want {
-		ts.Fatalf("exit status %d; want %d", got, want)
-	}
-	if msg := checkStderr(ts.ReadFile("stderr"), want); msg != "" {
-		ts.Fatalf("%s", msg)
-	}
 }
 
 // checkStderr returns what is wrong with a run's stderr, or "".

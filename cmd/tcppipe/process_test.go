@@ -15,39 +15,21 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"shd-tcp-tools/internal/pipe/pipetest"
+	"shd-tcp-tools/internal/testkit"
 )
 
 // timeout bounds every wait on a process.
 const timeout = 60 * time.Second
 
-// syncBuffer collects a process's stderr and can be read while it runs.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // proc is a running tcppipe.
 type proc struct {
 	cmd    *exec.Cmd
-	stderr *syncBuffer
+	stderr *testkit.LogBuf
 	done   chan struct{}
 	err    error
 }
@@ -63,7 +45,7 @@ func start(t testing.TB, stdin, stdout *os.File, args ...string) *proc {
 func startUnder(t testing.TB, wrapper []string, stdin, stdout *os.File, args ...string) *proc {
 	t.Helper()
 	argv := append(append(append([]string(nil), wrapper...), binPath), args...)
-	p := &proc{cmd: exec.Command(argv[0], argv[1:]...), stderr: &syncBuffer{}, done: make(chan struct{})}
+	p := &proc{cmd: exec.Command(argv[0], argv[1:]...), stderr: testkit.NewLogBuf(), done: make(chan struct{})}
 	p.cmd.Env = append(os.Environ(), "INADDR_DEFAULT=", "GORACE="+goraceNoSleep())
 	if stdin != nil {
 		p.cmd.Stdin = stdin

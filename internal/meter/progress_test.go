@@ -1,32 +1,14 @@
 package meter
 
 import (
-	"bytes"
 	"context"
 	"strings"
-	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"shd-tcp-tools/internal/testkit"
 )
-
-// syncBuffer is a bytes.Buffer safe for the reporter's goroutine and the test.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // feed runs p in the caller's bubble: it adds each of adds in the middle of a second (so
 // that no add races a tick), lets one more second pass without data, stops the reporter
@@ -54,8 +36,8 @@ func feed(t *testing.T, p *Progress, adds []int64) {
 
 func TestProgressLines(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		var out syncBuffer
-		p := &Progress{Out: &out, Prefix: "tcppipe:"}
+		out := testkit.NewLogBuf()
+		p := &Progress{Out: out, Prefix: "tcppipe:"}
 		feed(t, p, []int64{1 << 20, 1 << 20, 0, 1 << 20})
 		want := "tcppipe: 1.00 MiB, 1.00 MiB/s now, 1.00 MiB/s average\n" +
 			"tcppipe: 2.00 MiB, 1.00 MiB/s now, 1.00 MiB/s average\n" +
@@ -73,8 +55,8 @@ func TestProgressLines(t *testing.T) {
 
 func TestProgressTerminal(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		var out syncBuffer
-		p := &Progress{Out: &out, Terminal: true, Interval: time.Second, Prefix: "tcppipe:"}
+		out := testkit.NewLogBuf()
+		p := &Progress{Out: out, Terminal: true, Interval: time.Second, Prefix: "tcppipe:"}
 		// 1000 KiB then 1000 KiB more: the second report is shorter than the first and
 		// must blank the first one's tail.
 		feed(t, p, []int64{1000 << 10, 1000 << 10})
@@ -106,8 +88,8 @@ func TestProgressTerminal(t *testing.T) {
 // the summary prints nothing more: the summary is the last line.
 func TestProgressNothingAfterFinish(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		var out syncBuffer
-		p := &Progress{Out: &out, Interval: 100 * time.Millisecond, Prefix: "x:"}
+		out := testkit.NewLogBuf()
+		p := &Progress{Out: out, Interval: 100 * time.Millisecond, Prefix: "x:"}
 		go p.Run(t.Context())
 		synctest.Wait()
 		p.Add(10)
@@ -123,8 +105,8 @@ func TestProgressNothingAfterFinish(t *testing.T) {
 }
 
 func TestProgressFinishWithoutRun(t *testing.T) {
-	var out syncBuffer
-	p := &Progress{Out: &out, Prefix: "x:"}
+	out := testkit.NewLogBuf()
+	p := &Progress{Out: out, Prefix: "x:"}
 	p.Add(5)
 	p.Add(-3) // ignored
 	p.Finish()

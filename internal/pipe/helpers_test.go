@@ -24,6 +24,7 @@ import (
 
 	"shd-tcp-tools/internal/endpoint"
 	"shd-tcp-tools/internal/pipe/pipetest"
+	"shd-tcp-tools/internal/testkit"
 )
 
 // The zero-copy test sends its data from another process, so that this process's I/O
@@ -78,24 +79,6 @@ func helperSend() int {
 
 // testTimeout bounds every wait in these tests.
 const testTimeout = 60 * time.Second
-
-// syncBuffer is a bytes.Buffer safe for the engine's goroutines and the test.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // randomData returns n pseudo-random bytes, different on every call.
 func randomData(n int) []byte {
@@ -164,7 +147,7 @@ type engine struct {
 	finished chan struct{}
 	err      error
 	ready    chan net.Addr
-	stderr   *syncBuffer
+	stderr   *testkit.LogBuf
 	cancel   context.CancelFunc // what SIGINT/SIGTERM does in the command
 }
 
@@ -173,7 +156,7 @@ type engine struct {
 func start(t testing.TB, cfg Config) *engine {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	e := &engine{finished: make(chan struct{}), ready: make(chan net.Addr, 1), stderr: &syncBuffer{}, cancel: cancel}
+	e := &engine{finished: make(chan struct{}), ready: make(chan net.Addr, 1), stderr: testkit.NewLogBuf(), cancel: cancel}
 	cfg.Ready = func(a net.Addr) { e.ready <- a }
 	if cfg.Stderr == nil {
 		cfg.Stderr = e.stderr

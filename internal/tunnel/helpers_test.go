@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -20,6 +19,7 @@ import (
 
 	"shd-tcp-tools/internal/connlog"
 	"shd-tcp-tools/internal/endpoint"
+	"shd-tcp-tools/internal/testkit"
 )
 
 // testTimeout bounds every wait in these tests.
@@ -31,60 +31,27 @@ func ctxT(t testing.TB) context.Context {
 	return ctx
 }
 
-// logSink collects log lines and lets a test wait for one. Safe for simultaneous use.
+// logSink collects a tool's log lines (a testkit.LogBuf) and lets a test wait for them
+// with testTimeout. Safe for simultaneous use.
 type logSink struct {
-	mu      sync.Mutex
-	buf     bytes.Buffer
-	changed chan struct{}
-	t       testing.TB
-	name    string
+	*testkit.LogBuf
+	t    testing.TB
+	name string
 }
 
 func newSink(t testing.TB, name string) *logSink {
-	return &logSink{changed: make(chan struct{}), t: t, name: name}
-}
-
-func (s *logSink) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.buf.Write(p)
-	close(s.changed)
-	s.changed = make(chan struct{})
-	return len(p), nil
+	return &logSink{LogBuf: testkit.NewLogBuf(), t: t, name: name}
 }
 
 func (s *logSink) logger() *connlog.Logger { return connlog.New(s) }
 
-func (s *logSink) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.String()
-}
-
 // count returns how many lines match re.
-func (s *logSink) count(re string) int {
-	return len(regexp.MustCompile("(?m)"+re).FindAllStringIndex(s.String(), -1))
-}
+func (s *logSink) count(re string) int { return s.Count(re) }
 
 // waitCount waits until at least n lines match re, failing the test after testTimeout.
 func (s *logSink) waitCount(re string, n int) {
 	s.t.Helper()
-	rx := regexp.MustCompile("(?m)" + re)
-	deadline := time.NewTimer(testTimeout)
-	defer deadline.Stop()
-	for {
-		s.mu.Lock()
-		got, ch := len(rx.FindAllStringIndex(s.buf.String(), -1)), s.changed
-		s.mu.Unlock()
-		if got >= n {
-			return
-		}
-		select {
-		case <-ch:
-		case <-deadline.C:
-			s.t.Fatalf("%s log: waited %v for %d lines matching %q, got %d:\n%s", s.name, testTimeout, n, re, got, s.String())
-		}
-	}
+	s.WaitFor(s.t, re, n, testTimeout)
 }
 
 func (s *logSink) wait(re string) { s.t.Helper(); s.waitCount(re, 1) }

@@ -1,3 +1,5 @@
+// Package tunneltest holds what the listentwo and connecttwo tests need beyond testkit:
+// the two binaries built, and a flood of silent connections (a stranger locking a port).
 package tunneltest
 
 import (
@@ -37,7 +39,7 @@ func StartFlood(t testing.TB, local, addr string, workers int, maxDials int64, s
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	f := &Flood{cancel: cancel}
-	d := net.Dialer{Timeout: Timeout}
+	d := net.Dialer{Timeout: testkit.Timeout}
 	if local != "" {
 		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(local)}
 	}
@@ -83,5 +85,5 @@ func (f *Flood) Stop() {
 // WaitHeld waits until at least n flood connections are open at once, or fails the test.
 func (f *Flood) WaitHeld(t testing.TB, n int64) {
 	t.Helper()
-	testkit.WaitUntil(t, Timeout, "flood connections held", func() bool { return f.Held.Load() >= n })
+	testkit.WaitUntil(t, testkit.Timeout, "flood connections held", func() bool { return f.Held.Load() >= n })
 }

@@ -1,7 +1,4 @@
-// Package tunneltest holds the testscript commands that the listentwo and connecttwo CLI
-// tests share: exit-status checks, loopback ports, an echo service, a checksummed round
-// trip, and signals to the background programs a script started.
-package tunneltest
+package testkit
 
 import (
 	"bytes"
@@ -23,7 +20,8 @@ import (
 // Timeout bounds every wait these commands do.
 const Timeout = 10 * time.Second
 
-// Cmds returns the commands, for testscript.Params.Cmds:
+// ScriptCmds returns the testscript commands every tool's CLI tests share, for
+// testscript.Params.Cmds (a test may add its own, or replace "status" with Status(check)):
 //
 //	status N prog [args...]   run prog; its exit status must be N (stdout/stderr kept)
 //	freeport VAR              set VAR to a loopback port that was free a moment ago
@@ -34,9 +32,9 @@ const Timeout = 10 * time.Second
 //	sigterm                   send SIGTERM to every background program of the script
 //	closer VAR                listen on loopback, set VAR to the port, close each connection
 //	waitclosed VAR N          wait until the closer set up as VAR has accepted N connections
-func Cmds() map[string]func(ts *testscript.TestScript, neg bool, args []string) {
+func ScriptCmds() map[string]func(ts *testscript.TestScript, neg bool, args []string) {
 	return map[string]func(*testscript.TestScript, bool, []string){
-		"status":     status,
+		"status":     Status(nil),
 		"freeport":   freeport,
 		"busyport":   busyport,
 		"waitport":   waitport,
@@ -122,25 +120,36 @@ func waitclosed(ts *testscript.TestScript, neg bool, args []string) {
 	}
 }
 
-func status(ts *testscript.TestScript, neg bool, args []string) {
-	if neg || len(args) < 2 {
-		ts.Fatalf("usage: status N prog [args...]")
-	}
-	want, err := strconv.Atoi(args[0])
-	if err != nil {
-		ts.Fatalf("status: %q is not a number", args[0])
-	}
-	err = ts.Exec(args[1], args[2:]...)
-	got := 0
-	var ee *exec.ExitError
-	switch {
-	case errors.As(err, &ee):
-		got = ee.ExitCode()
-	case err != nil:
-		ts.Fatalf("status: running %s: %v", args[1], err)
-	}
-	if got != want {
-		ts.Fatalf("%s exited with status %d, want %d", args[1], got, want)
+// Status returns the command "status N PROGRAM [ARGS...]": PROGRAM runs as exec runs it
+// (stdout and stderr are then checked with the usual commands) and must exit with status
+// N; then check, if not nil, is given its stderr and N and returns what is wrong with
+// them, or "".
+func Status(check func(stderr string, code int) string) func(ts *testscript.TestScript, neg bool, args []string) {
+	return func(ts *testscript.TestScript, neg bool, args []string) {
+		if neg || len(args) < 2 {
+			ts.Fatalf("usage: status N prog [args...]")
+		}
+		want, err := strconv.Atoi(args[0])
+		if err != nil {
+			ts.Fatalf("status: %q is not a number", args[0])
+		}
+		err = ts.Exec(args[1], args[2:]...)
+		got := 0
+		var ee *exec.ExitError
+		switch {
+		case errors.As(err, &ee):
+			got = ee.ExitCode()
+		case err != nil:
+			ts.Fatalf("status: running %s: %v", args[1], err)
+		}
+		if got != want {
+			ts.Fatalf("%s exited with status %d, want %d", args[1], got, want)
+		}
+		if check != nil {
+			if msg := check(ts.ReadFile("stderr"), want); msg != "" {
+				ts.Fatalf("%s", msg)
+			}
+		}
 	}
 }
 
