@@ -11,14 +11,14 @@ import (
 	"testing"
 	"time"
 
-	"shd-tcp-tools/internal/forward/fwdtest"
+	"shd-tcp-tools/internal/testkit"
 	"shd-tcp-tools/internal/tunnel/tunneltest"
 )
 
 // pinIn returns the pin that a listentwo log line "tls pin sha256/..." names.
-func pinIn(t *testing.T, p *tunneltest.Proc) string {
+func pinIn(t *testing.T, p *testkit.Proc) string {
 	t.Helper()
-	p.Log.WaitFor(t, `tls pin sha256/\S+$`, 1, tunneltest.Timeout)
+	p.Log.WaitFor(t, `tls pin sha256/\S+$`, 1, testkit.Timeout)
 	m := regexp.MustCompile(`(?m)tls pin (sha256/\S+)$`).FindStringSubmatch(p.Log.String())
 	return m[1]
 }
@@ -29,27 +29,27 @@ func pinIn(t *testing.T, p *tunneltest.Proc) string {
 // gets its links back by itself and serves again.
 func TestTLSKeyFile(t *testing.T) {
 	bins := tunneltest.Build(t)
-	svc := fwdtest.StartBackend(t, "127.0.0.1:0", fwdtest.Echo)
+	svc := testkit.StartBackend(t, "127.0.0.1:0", testkit.Echo)
 	key := filepath.Join(t.TempDir(), "relay.key")
-	clients := "127.0.0.1:" + strconv.Itoa(fwdtest.FreePort(t, "127.0.0.1"))
-	links := "[::1]:" + strconv.Itoa(fwdtest.FreePort(t, "::1"))
-	start := func() *tunneltest.Proc {
-		return tunneltest.Start(t, bins["listentwo"], "-s", clients, "-d", links, "--hello-dst", "--tls-key", key)
+	clients := "127.0.0.1:" + strconv.Itoa(testkit.FreePort(t, "127.0.0.1"))
+	links := "[::1]:" + strconv.Itoa(testkit.FreePort(t, "::1"))
+	start := func() *testkit.Proc {
+		return testkit.Start(t, bins["listentwo"], "-s", clients, "-d", links, "--hello-dst", "--tls-key", key)
 	}
 	relay := start()
-	relay.Log.WaitFor(t, `created --tls-key `+regexp.QuoteMeta(key)+` \(mode 0600\) with a new key$`, 1, tunneltest.Timeout)
+	relay.Log.WaitFor(t, `created --tls-key `+regexp.QuoteMeta(key)+` \(mode 0600\) with a new key$`, 1, testkit.Timeout)
 	pin := pinIn(t, relay)
 	st, err := os.Stat(key)
 	if err != nil || st.Mode().Perm() != 0o600 {
 		t.Fatalf("key file: %v, mode %v; want 0600", err, st.Mode().Perm())
 	}
-	agent := tunneltest.Start(t, bins["connecttwo"], "-s", links, "-d", svc.Addr(), "--hello-from-src", "--pool", "2", "--tls-pin", pin)
-	relay.Log.WaitFor(t, `link #\d+ up `, 2, tunneltest.Timeout)
-	c := fwdtest.Dial(t, clients)
-	fwdtest.RoundTrip(t, c, 1, 1<<20)
+	agent := testkit.Start(t, bins["connecttwo"], "-s", links, "-d", svc.Addr(), "--hello-from-src", "--pool", "2", "--tls-pin", pin)
+	relay.Log.WaitFor(t, `link #\d+ up `, 2, testkit.Timeout)
+	c := testkit.Dial(t, clients)
+	testkit.RoundTrip(t, c, 1, 1<<20)
 	c.Close()
 	relay.Stop(t, syscall.SIGTERM, 5*time.Second)
-	agent.Log.WaitFor(t, `link #\d+ down .*: closed by listentwo`, 1, tunneltest.Timeout)
+	agent.Log.WaitFor(t, `link #\d+ down .*: closed by listentwo`, 1, testkit.Timeout)
 
 	relay = start()
 	if got := pinIn(t, relay); got != pin {
@@ -59,8 +59,8 @@ func TestTLSKeyFile(t *testing.T) {
 		t.Errorf("the key file was made again:\n%s", relay.Log.String())
 	}
 	relay.Log.WaitFor(t, `link #\d+ up `, 2, 40*time.Second) // connecttwo's backoff: up to 30 s
-	c = fwdtest.Dial(t, clients)
-	fwdtest.RoundTrip(t, c, 2, 1<<20)
+	c = testkit.Dial(t, clients)
+	testkit.RoundTrip(t, c, 2, 1<<20)
 	c.Close()
 	relay.Stop(t, syscall.SIGTERM, 5*time.Second)
 	agent.Stop(t, syscall.SIGTERM, 5*time.Second)
@@ -87,14 +87,14 @@ func rssKiB(t *testing.T, pid int) int {
 func TestTLSIdleLinkMemory(t *testing.T) {
 	const links = 200
 	bins := tunneltest.Build(t)
-	svc := fwdtest.StartBackend(t, "127.0.0.1:0", fwdtest.Echo)
+	svc := testkit.StartBackend(t, "127.0.0.1:0", testkit.Echo)
 	key := filepath.Join(t.TempDir(), "relay.key")
 	measure := func(pool int) (relayKiB, agentKiB int) {
-		clients := "127.0.0.1:" + strconv.Itoa(fwdtest.FreePort(t, "127.0.0.1"))
-		linkAddr := "127.0.0.1:" + strconv.Itoa(fwdtest.FreePort(t, "127.0.0.1"))
-		relay := tunneltest.Start(t, bins["listentwo"], "-s", clients, "-d", linkAddr, "--hello-dst", "--tls-key", key, "--max-links", strconv.Itoa(links+10))
+		clients := "127.0.0.1:" + strconv.Itoa(testkit.FreePort(t, "127.0.0.1"))
+		linkAddr := "127.0.0.1:" + strconv.Itoa(testkit.FreePort(t, "127.0.0.1"))
+		relay := testkit.Start(t, bins["listentwo"], "-s", clients, "-d", linkAddr, "--hello-dst", "--tls-key", key, "--max-links", strconv.Itoa(links+10))
 		pin := pinIn(t, relay)
-		agent := tunneltest.Start(t, bins["connecttwo"], "-s", linkAddr, "-d", svc.Addr(), "--hello-from-src", "--pool", strconv.Itoa(pool), "--tls-pin", pin)
+		agent := testkit.Start(t, bins["connecttwo"], "-s", linkAddr, "-d", svc.Addr(), "--hello-from-src", "--pool", strconv.Itoa(pool), "--tls-pin", pin)
 		relay.Log.WaitFor(t, `link #\d+ up `, pool, 20*time.Second)
 		agent.Log.WaitFor(t, `link #\d+ up `, pool, 20*time.Second)
 		relayKiB, agentKiB = rssKiB(t, relay.Pid()), rssKiB(t, agent.Pid())

@@ -78,7 +78,7 @@ func TestSummary(t *testing.T) {
 // with odd reasons quoted as any other text.
 func TestSummaryJSON(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		out := fwdtest.NewLogBuf()
+		out := testkit.NewLogBuf()
 		l := NewWith(out, Options{Format: JSON})
 		s := l.Summarise(2, 10*time.Second)
 		const total = 1000
@@ -122,7 +122,7 @@ func TestSummaryJSON(t *testing.T) {
 // the summary gives: lines and counts add up to the events.
 func TestSummaryAllow(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		out := fwdtest.NewLogBuf()
+		out := testkit.NewLogBuf()
 		l := New(out)
 		s := l.Summarise(3, 10*time.Second)
 		src := Block(netip.MustParseAddr("192.0.2.77"))
