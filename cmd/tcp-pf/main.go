@@ -46,7 +46,9 @@ Options:
                                 start) or from the CIDR block; repeatable; any other
                                 client is closed at once and logged
   -r, --rate RATE               limit each connection to RATE bytes per second in each
-                                direction; suffixes K/KiB, M/MiB, G/GiB (powers of 1024)
+                                direction, fractions allowed; K, M, G, T (or KiB ...
+                                TiB), either case, multiply by 1024, 1024^2, ... as in
+                                pv: 1.5M is 1572864, 10m is 10485760
       --insert FILE             send FILE's content to the destination first on every
                                 connection (read once, at start; at most 64 MiB); its
                                 bytes count as sent and against -r

@@ -10,43 +10,53 @@ package ratelimit
 import (
 	"fmt"
 	"math"
-	"strconv"
+	"math/big"
+	"regexp"
 	"strings"
 
 	"golang.org/x/time/rate"
 )
 
-// suffixes maps the accepted IEC suffixes to their multipliers (powers of 1024).
-var suffixes = []struct {
-	name string
-	mult int64
-}{
-	{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30},
-	{"K", 1 << 10}, {"M", 1 << 20}, {"G", 1 << 30},
+// suffixes maps the accepted suffixes, in lower case, to their multipliers: powers of
+// 1024, as pv's -L takes them ("k" is 1024 there too, never 1000).
+var suffixes = map[string]int64{
+	"":  1,
+	"k": 1 << 10, "kib": 1 << 10,
+	"m": 1 << 20, "mib": 1 << 20,
+	"g": 1 << 30, "gib": 1 << 30,
+	"t": 1 << 40, "tib": 1 << 40,
 }
 
-// Parse reads a rate in bytes per second: a positive decimal integer, optionally followed by
-// K/KiB, M/MiB or G/GiB (powers of 1024). Zero, negative numbers, fractions, unknown
-// suffixes and values that overflow int64 are errors.
+// number is a rate as typed: digits, an optional decimal fraction, an optional suffix.
+var number = regexp.MustCompile(`^([0-9]+)(?:\.([0-9]+))?([A-Za-z]*)$`)
+
+// Parse reads a rate in bytes per second: a positive decimal number, fractions allowed
+// ("1.5"), optionally followed by K/KiB, M/MiB, G/GiB or T/TiB in either case (powers of
+// 1024: "1.5M" is 1572864). The value is computed exactly and rounded down to a whole
+// byte. Zero, a rate below one byte per second, negative numbers, exponents, unknown
+// suffixes (SI "KB" included) and values that overflow int64 are errors.
 func Parse(s string) (int64, error) {
-	num, mult := s, int64(1)
-	for _, suf := range suffixes {
-		if strings.HasSuffix(s, suf.name) {
-			num, mult = strings.TrimSuffix(s, suf.name), suf.mult
-			break
-		}
+	m := number.FindStringSubmatch(s)
+	var mult int64
+	if m != nil {
+		mult = suffixes[strings.ToLower(m[3])]
 	}
-	if num == "" || strings.IndexFunc(num, func(r rune) bool { return r < '0' || r > '9' }) >= 0 {
-		return 0, fmt.Errorf("rate %q: want a positive whole number of bytes per second, optionally with K, M or G (KiB, MiB, GiB)", s)
+	if mult == 0 {
+		return 0, fmt.Errorf("rate %q: want a positive number of bytes per second (fractions allowed), optionally with K, M, G or T (KiB, MiB, GiB, TiB: powers of 1024, either case)", s)
 	}
-	n, err := strconv.ParseInt(num, 10, 64)
-	if err != nil || n > math.MaxInt64/mult {
+	// (whole.frac) x mult, exactly: (whole x 10^len(frac) + frac) x mult / 10^len(frac).
+	v, _ := new(big.Int).SetString(m[1]+m[2], 10)
+	v.Mul(v, big.NewInt(mult))
+	v.Quo(v, new(big.Int).Exp(big.NewInt(10), big.NewInt(int64(len(m[2]))), nil))
+	switch {
+	case !v.IsInt64():
 		return 0, fmt.Errorf("rate %q: too large", s)
-	}
-	if n == 0 {
+	case v.Sign() == 0 && strings.Trim(m[1]+m[2], "0") != "":
+		return 0, fmt.Errorf("rate %q: less than 1 byte per second", s)
+	case v.Sign() == 0:
 		return 0, fmt.Errorf("rate %q: must be more than zero", s)
 	}
-	return n * mult, nil
+	return v.Int64(), nil
 }
 
 // Burst returns the bucket size used for a rate: 1/64 of a second's worth of bytes, at least

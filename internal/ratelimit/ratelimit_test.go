@@ -26,6 +26,26 @@ func TestParse(t *testing.T) {
 		{"8589934591G", 8589934591 << 30}, // the largest G count that fits in an int64
 		{"8796093022207M", 8796093022207 << 20},
 		{"9007199254740991K", 9007199254740991 << 10},
+		// Lower case, as pv takes it: k is 1024 here too, never 1000.
+		{"1k", 1 << 10},
+		{"10m", 10 << 20},
+		{"2g", 2 << 30},
+		{"3kib", 3 << 10},
+		{"4Mib", 4 << 20},
+		{"1T", 1 << 40},
+		{"2tib", 2 << 40},
+		// Decimals, exact (no binary floating point) and rounded down to a whole byte.
+		{"1.5M", 3 << 19},
+		{"1.5m", 3 << 19},
+		{"0.5K", 512},
+		{"0.25GiB", 1 << 28},
+		{"1.1M", 1153433}, // 1153433.6
+		{"2.5", 2},
+		{"1.0", 1},
+		{"007.50k", 7680},
+		{"7.9999999999G", 8589934591}, // 8589934591.89...
+		{"8589934591.999999999G", 9223372036854775806},         // just below 2^63
+		{"8388607.99999999999999999999T", 9223372036854775807}, // a thin slice below 2^63 rounds down to MaxInt64
 	}
 	for _, tt := range tests {
 		got, err := Parse(tt.in)
@@ -39,25 +59,34 @@ func TestParseErrors(t *testing.T) {
 	tests := []struct {
 		in, msg string
 	}{
-		{"", "want a positive whole number"},
+		{"", "want a positive number"},
 		{"0", "must be more than zero"},
 		{"0K", "must be more than zero"},
 		{"000", "must be more than zero"},
-		{"-5", "want a positive whole number"},
-		{"+5", "want a positive whole number"},
-		{"1.5M", "want a positive whole number"},
-		{"1X", "want a positive whole number"},
-		{"1k", "want a positive whole number"},
-		{"1KB", "want a positive whole number"},
-		{"1 K", "want a positive whole number"},
-		{" 1", "want a positive whole number"},
-		{"1e6", "want a positive whole number"},
-		{"0x10", "want a positive whole number"},
-		{"K", "want a positive whole number"},
-		{"MiB", "want a positive whole number"},
-		{"1KK", "want a positive whole number"},
-		{"1MiBK", "want a positive whole number"},
-		{"٣", "want a positive whole number"}, // a digit, but not an ASCII one
+		{"-5", "want a positive number"},
+		{"+5", "want a positive number"},
+		{"1X", "want a positive number"},
+		{"1KB", "want a positive number"},
+		{"1mb", "want a positive number"},
+		{"1.", "want a positive number"},
+		{".5M", "want a positive number"},
+		{"1.2.3", "want a positive number"},
+		{"1,5M", "want a positive number"},
+		{"0.5", "less than 1 byte per second"},
+		{"0.0001K", "less than 1 byte per second"},
+		{"0.0", "must be more than zero"},
+		{"8589934592.0G", "too large"},
+		{"8388608T", "too large"},
+		{"8388608.0000000001T", "too large"},
+		{"1 K", "want a positive number"},
+		{" 1", "want a positive number"},
+		{"1e6", "want a positive number"},
+		{"0x10", "want a positive number"},
+		{"K", "want a positive number"},
+		{"MiB", "want a positive number"},
+		{"1KK", "want a positive number"},
+		{"1MiBK", "want a positive number"},
+		{"٣", "want a positive number"}, // a digit, but not an ASCII one
 		{"99999999999G", "too large"},
 		{"8589934592G", "too large"},
 		{"8796093022208M", "too large"},
@@ -77,11 +106,13 @@ func TestParseErrors(t *testing.T) {
 }
 
 // FuzzParse checks that Parse never panics, that what it accepts is a positive rate that
-// is a whole multiple of its suffix and reads back the same when written as a plain number,
-// and that it accepts only digits with at most one known suffix.
+// reads back the same when written as a plain number, that a whole number with a suffix
+// is a whole multiple of it, and that neither the case of the suffix nor a trailing zero
+// in the fraction changes the value.
 func FuzzParse(f *testing.F) {
 	for _, s := range []string{"1", "1K", "1KiB", "2M", "3MiB", "4G", "5GiB", "0", "-1", "1X",
-		"99999999999G", "8589934591G", "9223372036854775807", "", "K", "1.5M", "٣"} {
+		"99999999999G", "8589934591G", "9223372036854775807", "", "K", "1.5M", "٣", "10m",
+		"0.5", "1.1M", "8388607.99999999999999999999T", "1e6"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
@@ -95,27 +126,25 @@ func FuzzParse(f *testing.F) {
 		if n <= 0 {
 			t.Fatalf("Parse(%q) = %d; want a positive rate", s, n)
 		}
-		num, mult := s, int64(1)
-		for _, suf := range suffixes {
-			if strings.HasSuffix(s, suf.name) {
-				num, mult = strings.TrimSuffix(s, suf.name), suf.mult
-				break
-			}
+		m := number.FindStringSubmatch(s)
+		if m == nil {
+			t.Fatalf("Parse(%q) = %d; accepted more than a number and a suffix", s, n)
 		}
-		if num == "" || strings.Trim(num, "0123456789") != "" {
-			t.Fatalf("Parse(%q) = %d; accepted more than digits and a suffix", s, n)
-		}
-		if n%mult != 0 {
+		mult := suffixes[strings.ToLower(m[3])]
+		if m[2] == "" && n%mult != 0 {
 			t.Fatalf("Parse(%q) = %d, not a multiple of %d", s, n, mult)
 		}
 		plain := strconv.FormatInt(n, 10)
 		if again, err := Parse(plain); err != nil || again != n {
 			t.Fatalf("Parse(%q) = %d, but Parse(%q) = %d, %v", s, n, plain, again, err)
 		}
-		if mult > 1 {
-			short := strconv.FormatInt(n/mult, 10) + s[len(num):]
-			if again, err := Parse(short); err != nil || again != n {
-				t.Fatalf("Parse(%q) = %d, but Parse(%q) = %d, %v", s, n, short, again, err)
+		for _, same := range []string{
+			m[1] + "." + m[2] + "0" + m[3],
+			m[1] + "." + m[2] + "0" + strings.ToUpper(m[3]),
+			m[1] + "." + m[2] + "0" + strings.ToLower(m[3]),
+		} {
+			if again, err := Parse(same); err != nil || again != n {
+				t.Fatalf("Parse(%q) = %d, but Parse(%q) = %d, %v", s, n, same, again, err)
 			}
 		}
 	})
