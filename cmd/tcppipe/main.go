@@ -33,14 +33,15 @@ Options:
                            address of the socket; the bytes moved are added to it
   -n, --network-file FILE  the host file for HOST "."; if a host refuses or times out,
                            the next-fewest is tried; the bytes moved are added to it
-  -i SECS                  write host-file counts back every SECS while the transfer
+  -i, --interval SECS      write host-file counts back every SECS while the transfer
                            runs (default 512), and always at the end
       --insert FILE        send FILE's content to DESTINATION before any SOURCE byte
                            (its bytes count against -l like any other)
-  -l, --limit RATE         at most RATE bytes per second; K, M, G (or KiB, MiB, GiB)
-                           multiply by 1024, 1024^2, 1024^3
-  -p                       print throughput on stderr once a second and a summary
-  -w SECS                  after accepting a connection, wait SECS (fractions allowed)
+  -l, --limit RATE         at most RATE bytes per second, fractions allowed; K, M, G,
+                           T (or KiB ... TiB), either case, multiply by 1024, 1024^2,
+                           ... as in pv: 1.5M is 1572864, 10m is 10485760
+  -p, --progress           print throughput on stderr once a second and a summary
+  -w, --wait SECS          after accepting a connection, wait SECS (fractions allowed)
                            before using it
   -h, --help               print this help and exit
   -v, --version            print the version and exit

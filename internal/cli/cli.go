@@ -101,18 +101,26 @@ func NewFlagSet(tool, help string, stdout io.Writer) *FlagSet {
 	return f
 }
 
+// FlagsReceiver is implemented by a stdout that wants the tool's flag set when the help
+// is printed to it. The tests that keep --help and the man pages in step with the flags
+// a tool defines take them this way (internal/cli/mantest), through the tool's own run
+// function and without a hook in its main.
+type FlagsReceiver interface {
+	ReceiveFlags(fs *pflag.FlagSet)
+}
+
 // Parse parses args. It returns ErrHelp after printing help or the version, and a
 // UsageError for anything pflag rejects.
 func (f *FlagSet) Parse(args []string) error {
 	if err := f.FlagSet.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
-			fmt.Fprint(f.stdout, f.help)
+			f.printHelp()
 			return ErrHelp
 		}
 		return AsUsage(numberWords(err))
 	}
 	if *f.showHlp {
-		fmt.Fprint(f.stdout, f.help)
+		f.printHelp()
 		return ErrHelp
 	}
 	if *f.showVer {
@@ -120,6 +128,13 @@ func (f *FlagSet) Parse(args []string) error {
 		return ErrHelp
 	}
 	return nil
+}
+
+func (f *FlagSet) printHelp() {
+	fmt.Fprint(f.stdout, f.help)
+	if r, ok := f.stdout.(FlagsReceiver); ok {
+		r.ReceiveFlags(f.FlagSet)
+	}
 }
 
 // numberWords rewords pflag's error for a number flag given something else: strconv's

@@ -1,5 +1,6 @@
-// Package mantest checks, in each tool's tests, that its man page (docs/man/TOOL.1)
-// documents exactly the options its --help lists.
+// Package mantest checks, in each tool's tests, that its --help lists exactly the flags
+// the tool defines, and that its man page (docs/man/TOOL.1) documents exactly the
+// options its --help lists.
 package mantest
 
 import (
@@ -10,6 +11,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/spf13/pflag"
 )
 
 var (
@@ -99,13 +102,65 @@ func Check(t testing.TB, help, path string) {
 	}
 }
 
+// Flags returns the options a flag set defines: "--name" for every flag, and "-x" for
+// every shorthand.
+func Flags(fs *pflag.FlagSet) []string {
+	var opts []string
+	fs.VisitAll(func(f *pflag.Flag) {
+		opts = append(opts, "--"+f.Name)
+		if f.Shorthand != "" {
+			opts = append(opts, "-"+f.Shorthand)
+		}
+	})
+	return sortUniq(opts)
+}
+
+// CheckFlags fails the test unless help's option lines name every option of fs, long
+// and short forms alike, and no other.
+func CheckFlags(t testing.TB, fs *pflag.FlagSet, help string) {
+	t.Helper()
+	defined, inHelp := Flags(fs), HelpOptions(help)
+	for _, o := range defined {
+		if !slices.Contains(inHelp, o) {
+			t.Errorf("%s is a flag of %s but --help does not list it", o, fs.Name())
+		}
+	}
+	for _, o := range inHelp {
+		if !slices.Contains(defined, o) {
+			t.Errorf("%s is in --help but %s has no such flag", o, fs.Name())
+		}
+	}
+}
+
+// Help is a stdout for a tool's --help: it keeps the text and the flag set the tool
+// hands over (cli.FlagsReceiver).
+type Help struct {
+	bytes.Buffer
+	Flags *pflag.FlagSet
+}
+
+// ReceiveFlags implements cli.FlagsReceiver.
+func (h *Help) ReceiveFlags(fs *pflag.FlagSet) { h.Flags = fs }
+
+// CheckHelp checks what a tool printed for --help into h: that it lists exactly the
+// tool's flags (CheckFlags), and that the man page at path documents exactly those
+// options (Check).
+func CheckHelp(t testing.TB, h *Help, path string) {
+	t.Helper()
+	if h.Flags == nil {
+		t.Fatalf("--help handed over no flag set: is its stdout the one given to cli.NewFlagSet?")
+	}
+	CheckFlags(t, h.Flags, h.String())
+	Check(t, h.String(), path)
+}
+
 // CheckRun runs a tool's run function (args, stdout, stderr; the exit status) with
-// --help and checks its output against the man page at path, as Check does.
+// --help and checks its output with CheckHelp.
 func CheckRun(t testing.TB, run func(args []string, stdout, stderr io.Writer) int, path string) {
 	t.Helper()
-	var help bytes.Buffer
+	var help Help
 	if code := run([]string{"--help"}, &help, io.Discard); code != 0 {
 		t.Fatalf("--help: exit %d", code)
 	}
-	Check(t, help.String(), path)
+	CheckHelp(t, &help, path)
 }

@@ -1,8 +1,14 @@
 package mantest
 
 import (
+	"errors"
+	"fmt"
 	"reflect"
 	"testing"
+
+	"github.com/spf13/pflag"
+
+	"shd-tcp-tools/internal/cli"
 )
 
 func TestHelpOptions(t *testing.T) {
@@ -46,4 +52,57 @@ Listen, unlike \fB\-\-other\fR in the text.
 	if got := PageOptions(page); !reflect.DeepEqual(got, want) {
 		t.Fatalf("PageOptions = %q, want %q", got, want)
 	}
+}
+
+func TestFlags(t *testing.T) {
+	fs := pflag.NewFlagSet("tool", pflag.ContinueOnError)
+	fs.StringP("source", "s", "", "")
+	fs.Bool("lazy", false, "")
+	fs.IntP("interval", "i", 0, "")
+	want := []string{"--interval", "--lazy", "--source", "-i", "-s"}
+	if got := Flags(fs); !reflect.DeepEqual(got, want) {
+		t.Fatalf("Flags = %q, want %q", got, want)
+	}
+}
+
+// A tool's run hands its flag set to a Help stdout (cli.FlagsReceiver), and CheckFlags
+// finds a long form that --help leaves out, as tcppipe's --interval once was.
+func TestCheckFlagsFindsAMissingLongForm(t *testing.T) {
+	run := func(help string) *Help {
+		var h Help
+		fs := cli.NewFlagSet("tool", help, &h)
+		fs.StringP("source", "s", "", "")
+		fs.StringP("interval", "i", "", "")
+		if err := fs.Parse([]string{"--help"}); !errors.Is(err, cli.ErrHelp) {
+			t.Fatalf("--help: %v", err)
+		}
+		return &h
+	}
+	good := run("Options:\n  -s, --source PORT  where\n  -i, --interval SECS  how often\n  -h, --help  help\n  -v, --version  version\n")
+	if good.Flags == nil {
+		t.Fatal("no flag set handed over")
+	}
+	if rec := (&recorder{}); func() bool { CheckFlags(rec, good.Flags, good.String()); return rec.failed }() {
+		t.Fatalf("CheckFlags failed a help that lists every flag: %q", rec.errs)
+	}
+	bad := run("Options:\n  -s, --source PORT  where\n  -i SECS  how often\n  -x  no such flag\n  -h, --help  help\n  -v, --version  version\n")
+	rec := &recorder{}
+	CheckFlags(rec, bad.Flags, bad.String())
+	want := []string{"--interval is a flag of tool but --help does not list it", "-x is in --help but tool has no such flag"}
+	if !reflect.DeepEqual(rec.errs, want) {
+		t.Fatalf("CheckFlags errors = %q, want %q", rec.errs, want)
+	}
+}
+
+// recorder is a testing.TB that keeps the errors reported to it.
+type recorder struct {
+	testing.TB
+	failed bool
+	errs   []string
+}
+
+func (r *recorder) Helper() {}
+func (r *recorder) Errorf(format string, args ...any) {
+	r.failed = true
+	r.errs = append(r.errs, fmt.Sprintf(format, args...))
 }
