@@ -125,8 +125,8 @@ func parse(ctx context.Context, args []string, stdout, stderr io.Writer) (tunnel
 		}
 		cfg.TLS = c
 	}
-	if fs.NArg() > 0 {
-		return cfg, cli.Usagef("unexpected argument %q; see --help", fs.Arg(0))
+	if err := fs.NoArgs(cli.Address{Flag: "relay", Form: "HOST:PORT"}, cli.Address{Flag: "service", Form: "HOST:PORT"}); err != nil {
+		return cfg, err
 	}
 	if *relayAddr == "" {
 		return cfg, cli.Usagef("missing -s HOST:PORT, listentwo's link port")

@@ -165,8 +165,8 @@ func parse(ctx context.Context, args []string, stdout, stderr io.Writer) (tunnel
 	}
 	*clients, *links = svc.Default("clients", *clients), svc.Default("links", *links) // socket-activated: may be left out
 	cfg.Listen, cfg.Ready, cfg.Stopped = svc.Listen, svc.Ready, svc.Close
-	if fs.NArg() > 0 {
-		return cfg, cli.Usagef("unexpected argument %q; see --help", fs.Arg(0))
+	if err := fs.NoArgs(cli.Address{Flag: "clients", Form: "[ADDR:]PORT"}, cli.Address{Flag: "links", Form: "[ADDR:]PORT"}); err != nil {
+		return cfg, err
 	}
 	if *clients == "" {
 		return cfg, cli.Usagef("missing -s [ADDR:]PORT, where clients connect")

@@ -247,8 +247,8 @@ func serve(ctx context.Context, reload <-chan struct{}, args []string, stdout, s
 // configure checks every flag and builds the engine's config; every error is a usage error.
 func configure(ctx context.Context, o *options, flags *cli.FlagSet) (endpoint.Endpoint, forward.Config, error) {
 	var cfg forward.Config
-	if flags.NArg() > 0 {
-		return endpoint.Endpoint{}, cfg, cli.Usagef("unexpected argument %q", flags.Arg(0))
+	if err := flags.NoArgs(cli.Address{Flag: "destination", Form: "HOST:PORT"}, cli.Address{Flag: "source", Form: "[ADDR:]PORT"}); err != nil {
+		return endpoint.Endpoint{}, cfg, err
 	}
 	if o.source == "" {
 		return endpoint.Endpoint{}, cfg, cli.Usagef("missing -s [ADDR:]PORT: the port to listen on")

@@ -9,6 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/netip"
 	"os"
 	"os/signal"
 	"strconv"
@@ -135,6 +137,54 @@ func (f *FlagSet) printHelp() {
 	if r, ok := f.stdout.(FlagsReceiver); ok {
 		r.ReceiveFlags(f.FlagSet)
 	}
+}
+
+// Address names a flag whose value is an address written as one word, and that word's
+// form for messages: "HOST:PORT" or "[ADDR:]PORT".
+type Address struct{ Flag, Form string }
+
+// NoArgs returns nil when no argument is left after the flags, and otherwise a usage
+// error naming the first one. When that argument is a port and one of addrs (given by
+// long name) holds only a host, as in "-d 127.0.0.1 80" (netcat's and tcppipe's way of
+// writing it), the error says that this tool takes the address as one word, and how.
+func (f *FlagSet) NoArgs(addrs ...Address) error {
+	if f.NArg() == 0 {
+		return nil
+	}
+	arg := f.Arg(0)
+	if isPort(arg) {
+		for _, a := range addrs {
+			fl := f.Lookup(a.Flag)
+			if fl == nil || !fl.Changed || !hostOnly(fl.Value.String()) {
+				continue
+			}
+			name := "--" + fl.Name
+			if fl.Shorthand != "" {
+				name = "-" + fl.Shorthand
+			}
+			return Usagef("unexpected argument %q: %s takes %s as one word: %s %s",
+				arg, name, a.Form, name, net.JoinHostPort(fl.Value.String(), arg))
+		}
+	}
+	return Usagef("unexpected argument %q; see --help", arg)
+}
+
+// isPort reports whether s reads as a TCP port: digits, or a service name ("ssh").
+func isPort(s string) bool {
+	if s != "" && strings.Trim(s, "0123456789") == "" {
+		return true
+	}
+	_, err := net.LookupPort("tcp", s)
+	return err == nil && !strings.HasPrefix(s, "-")
+}
+
+// hostOnly reports whether an address flag's value is a host without a port: an IP
+// literal, or a word with no colon that is not a port number.
+func hostOnly(v string) bool {
+	if _, err := netip.ParseAddr(v); err == nil {
+		return true
+	}
+	return v != "" && !strings.Contains(v, ":") && strings.Trim(v, "0123456789") != ""
 }
 
 // numberWords rewords pflag's error for a number flag given something else: strconv's

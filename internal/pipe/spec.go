@@ -83,8 +83,15 @@ func parseEnd(args []string) (End, int, error) {
 		}
 		return End{Kind: Listen, Endpoint: endpoint.Endpoint{Port: p}}, 1, nil
 	}
-	if len(args) < 2 {
-		return End{}, 0, fmt.Errorf("host %q needs a PORT after it", a)
+	if ep, err := endpoint.ParseHostPort(a); err == nil && !isIPv6(a) {
+		// tcp-pf's and socat's one word; netcat's two are what tcppipe takes.
+		return End{}, 0, fmt.Errorf("%q: HOST and PORT are two words here: %s %s", a, ep.Host, a[strings.LastIndexByte(a, ':')+1:])
+	}
+	if len(args) < 2 || args[1] == "-" || strings.HasPrefix(args[1], ":") {
+		if _, err := endpoint.ParsePort(a); err == nil && strings.Trim(a, "0123456789") == "" {
+			return End{}, 0, fmt.Errorf("%q is not an end: write :%s to listen on port %s, or HOST %s to connect", a, a, a, a)
+		}
+		return End{}, 0, fmt.Errorf("host %q needs a PORT after it, as a word of its own: %s PORT", a, a)
 	}
 	host, err := parseHost(a)
 	if err != nil {
@@ -95,6 +102,12 @@ func parseEnd(args []string) (End, int, error) {
 		return End{}, 0, fmt.Errorf("host %s: %w", a, err)
 	}
 	return End{Kind: Connect, Endpoint: endpoint.Endpoint{Host: host, Port: p}, Least: host == "."}, 2, nil
+}
+
+// isIPv6 reports whether a is a bare IPv6 literal, whose colons are not a port's.
+func isIPv6(a string) bool {
+	ip, err := netip.ParseAddr(a)
+	return err == nil && ip.Is6()
 }
 
 // parseHost checks the HOST word of a "HOST PORT" end: a name, an IPv4 literal, or an IPv6
