@@ -102,8 +102,10 @@ func TestNetworkFileFailover(t *testing.T) {
 	checkFile(t, path, []byte(strings.Join(hosts, "\n")+"\n"))
 	stderr := e.stderr.String()
 	for _, w := range []string{
-		fmt.Sprintf("tcppipe: connecting to 127.0.0.1:%d: connection refused\n", refused),
-		fmt.Sprintf("tcppipe: connecting to 127.0.0.2:%d: connection refused\n", refused),
+		// Each failure says that tcppipe goes on, and with which host: a bare "connection
+		// refused" line reads as the end of the run.
+		fmt.Sprintf("tcppipe: connecting to 127.0.0.1:%d: connection refused; trying the next host, 127.0.0.2:%d\n", refused, refused),
+		fmt.Sprintf("tcppipe: connecting to 127.0.0.2:%d: connection refused; trying the next host, 127.0.0.1:%d\n", refused, port(ln)),
 		"tcppipe: warning: " + path + ":4: malformed entry: more than two fields\n",
 		"tcppipe: warning: " + path + ":8: malformed entry",
 	} {
@@ -128,7 +130,7 @@ func TestNetworkFileAllRefused(t *testing.T) {
 		t.Fatalf("Run = %v; want %q", err, want)
 	}
 	// The failures before the last are warnings; the last one is the error, said once.
-	if got := e.stderr.String(); strings.Count(got, "\n") != 2 || strings.Contains(got, "127.0.0.3") {
+	if got := e.stderr.String(); strings.Count(got, "\n") != 2 || strings.Contains(got, "connecting to 127.0.0.3") {
 		t.Errorf("stderr %q: want the two earlier failures, one line each", got)
 	}
 	checkFile(t, path, []byte(file))

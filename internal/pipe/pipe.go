@@ -203,8 +203,8 @@ func Run(ctx context.Context, cfg Config) (err error) {
 			if conn == nil && len(failures) > 0 {
 				failures = failures[:len(failures)-1] // the returned error names the last one
 			}
-			for _, f := range failures {
-				warn("%v", f.Err)
+			for k, f := range failures { // each was followed by eps[k+1]
+				warn("%v; trying the next host, %s", f.Err, eps[k+1])
 			}
 			if err != nil {
 				return nil, err
