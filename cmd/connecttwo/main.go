@@ -13,6 +13,7 @@ import (
 	"shd-tcp-tools/internal/cli"
 	"shd-tcp-tools/internal/connlog"
 	"shd-tcp-tools/internal/endpoint"
+	"shd-tcp-tools/internal/meter"
 	"shd-tcp-tools/internal/tlslink"
 	"shd-tcp-tools/internal/tunnel"
 )
@@ -87,7 +88,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return cli.Report(stderr, tool, err)
 	}
-	cfg.Log.Printf("keeping %d links open to %s for %s", cfg.Pool, cfg.Relay, cfg.Service)
+	cfg.Log.Printf("keeping %s open to %s for %s", meter.Count(cfg.Pool, "link"), cfg.Relay, cfg.Service)
 	go cli.OnReload(ctx, reload, a.Reload)
 	err = a.Run(ctx)
 	cfg.Log.Drain() // the last lines, and any count of dropped ones, before the exit

@@ -108,7 +108,7 @@ func TestSIGTERMWithOpenConnection(t *testing.T) {
 	if err := p.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	p.Log.WaitFor(t, `stopping: 1 connections open, letting them finish for 1.5s$`, 1, 5*time.Second)
+	p.Log.WaitFor(t, `stopping: 1 connection open, letting it finish for 1.5s$`, 1, 5*time.Second)
 	if c2, err := net.DialTimeout("tcp", p.addr, 2*time.Second); err == nil {
 		c2.Close()
 		t.Error("a connection was accepted after SIGTERM")
@@ -125,8 +125,22 @@ func TestSIGTERMWithOpenConnection(t *testing.T) {
 	if p.Err() != nil {
 		t.Errorf("exit: %v", p.Err())
 	}
-	p.Log.WaitFor(t, `cutting 1 connections$`, 1, time.Second)
+	p.Log.WaitFor(t, `cutting 1 connection$`, 1, time.Second)
 	p.Log.WaitFor(t, `close #1 .* up=110000 .* down=110000 .*end="cut: stopped"$`, 1, time.Second)
+}
+
+// On SIGTERM with nothing open, tcp-pf still says that it stops, in a line of its own,
+// before it exits 0: a log that just ends reads as a crash.
+func TestSIGTERMWithNothingOpen(t *testing.T) {
+	t.Parallel()
+	be := testkit.StartBackend(t, "127.0.0.1:0", testkit.Echo)
+	p := startPF(t, "::1", "", "-d", be.Addr())
+	c := testkit.Dial(t, p.addr)
+	testkit.RoundTrip(t, c, 1, 10000)
+	c.Close()
+	p.Log.WaitFor(t, `close #1 `, 1, 5*time.Second)
+	p.Stop(t, syscall.SIGTERM, 5*time.Second)
+	p.Log.WaitFor(t, `Z stopping: no connections open$`, 1, time.Second)
 }
 
 // Out of descriptors, tcp-pf backs off accepting and logs it a bounded number of times,

@@ -20,6 +20,7 @@ import (
 	"shd-tcp-tools/internal/endpoint"
 	"shd-tcp-tools/internal/health"
 	"shd-tcp-tools/internal/hostfile"
+	"shd-tcp-tools/internal/meter"
 )
 
 // Defaults for the Config fields whose zero value means "the default".
@@ -192,11 +193,16 @@ func (s *Server) Serve(ctx context.Context, ln *net.TCPListener) error {
 	defer stopLoops()
 	_ = ln.Close()
 
-	if n := s.Open(); n > 0 {
+	switch n := s.Open(); n {
+	case 0: // a line all the same: a log that just ends reads as a crash
+		s.log.Printf("stopping: no connections open")
+	case 1:
+		s.log.Printf("stopping: 1 connection open, letting it finish for %v", max(s.cfg.grace(), 0))
+	default:
 		s.log.Printf("stopping: %d connections open, letting them finish for %v", n, max(s.cfg.grace(), 0))
 	}
 	if !s.waitOpen(s.cfg.grace()) {
-		s.log.Printf("cutting %d connections", s.Open())
+		s.log.Printf("cutting %s", meter.Count(s.Open(), "connection"))
 		cut()
 		s.wg.Wait()
 	}

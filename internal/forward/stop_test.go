@@ -28,7 +28,7 @@ func TestGracefulStop(t *testing.T) {
 		testkit.RoundTrip(t, c, 1, 1000)
 		stopped := make(chan error, 1)
 		go func() { stopped <- pf.stop() }()
-		pf.log.WaitFor(t, `stopping: 1 connections open, letting them finish for 20s$`, 1, 5*time.Second)
+		pf.log.WaitFor(t, `stopping: 1 connection open, letting it finish for 20s$`, 1, 5*time.Second)
 		if c2, err := net.DialTimeout("tcp", pf.addr, 2*time.Second); err == nil {
 			c2.Close()
 			t.Error("a new connection was accepted after the stop")
@@ -69,7 +69,7 @@ func TestGracefulStop(t *testing.T) {
 		if _, err := io.ReadAll(c); !errors.Is(err, syscall.ECONNRESET) {
 			t.Errorf("reading the cut connection: %v, want a reset", err)
 		}
-		pf.log.WaitFor(t, `cutting 1 connections$`, 1, time.Second)
+		pf.log.WaitFor(t, `cutting 1 connection$`, 1, time.Second)
 		pf.log.WaitFor(t, `close #1 .*end="cut: stopped"$`, 1, time.Second)
 	})
 	t.Run("cut while connecting", func(t *testing.T) {

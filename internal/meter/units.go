@@ -10,6 +10,18 @@ import (
 
 var units = []string{"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"}
 
+// Count writes n with its noun, which is given in the singular and takes an s in the
+// plural: "no connections", "1 connection", "3 links".
+func Count(n int, noun string) string {
+	switch n {
+	case 0:
+		return "no " + noun + "s"
+	case 1:
+		return "1 " + noun
+	}
+	return strconv.Itoa(n) + " " + noun + "s"
+}
+
 // Size formats n bytes with an IEC unit: "512 B", "1.50 KiB", "3.20 GiB". A value that
 // would round up to 1024.00 of one unit is written as 1.00 of the next.
 func Size(n uint64) string { return string(AppendSize(nil, n)) }

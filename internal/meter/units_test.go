@@ -60,3 +60,11 @@ func TestRate(t *testing.T) {
 		}
 	}
 }
+
+func TestCount(t *testing.T) {
+	for n, want := range map[int]string{0: "no connections", 1: "1 connection", 2: "2 connections", 1024: "1024 connections"} {
+		if got := Count(n, "connection"); got != want {
+			t.Errorf("Count(%d) = %q, want %q", n, got, want)
+		}
+	}
+}

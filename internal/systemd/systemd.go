@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"shd-tcp-tools/internal/endpoint"
+	"shd-tcp-tools/internal/meter"
 )
 
 // SetupError is New's and Listen's error for what systemd passed, or its disagreement
@@ -82,7 +83,7 @@ func New(ctx context.Context, sockets ...Socket) (*Service, error) {
 		return s, nil
 	}
 	if n != len(sockets) {
-		return nil, setupf("LISTEN_FDS=%d: systemd passed %d %s, %s", n, n, plural(n, "socket"), takes(sockets))
+		return nil, setupf("LISTEN_FDS=%d: systemd passed %s, %s", n, meter.Count(n, "socket"), takes(sockets))
 	}
 	order, err := assign(strings.Split(names, ":"), sockets)
 	if err != nil {
@@ -282,11 +283,4 @@ func takes(sockets []Socket) string {
 		}
 	}
 	return fmt.Sprintf("this tool takes %d: for %s", len(sockets), strings.Join(flags, ", "))
-}
-
-func plural(n int, word string) string {
-	if n == 1 {
-		return word
-	}
-	return word + "s"
 }

@@ -167,6 +167,8 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.slot(ctx)
 		}()
 	}
+	<-ctx.Done() // the slots run until then
+	a.cfg.Log.Printf("stopping: cutting open relays, closing idle links")
 	a.wg.Wait()
 	return nil
 }
@@ -178,8 +180,13 @@ func (a *Agent) slot(ctx context.Context) {
 	// its handshake (as when strangers crowd the relay's link port) with a short one.
 	unreachable := Backoff{Base: a.cfg.BackoffBase, Max: a.cfg.BackoffMax}
 	cut := Backoff{Base: a.cfg.BackoffBase, Max: min(a.cfg.RefusedMax, unreachable.max())}
+	var retry uint64 // the number of a link that failed to open: its retry keeps it
 	for ctx.Err() == nil {
-		id := a.links.Add(1)
+		id := retry // numbers count links, not attempts
+		if id == 0 {
+			id = a.links.Add(1)
+		}
+		retry = 0
 		link, rw, rest, err := a.openLink(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -191,6 +198,7 @@ func (a *Agent) slot(ctx context.Context) {
 			}
 			d := bo.Next()
 			a.cfg.Log.Printf("link #%d to %s failed: %v; retry %d in %.3fs", id, a.cfg.Relay, err, bo.Failures(), d.Seconds())
+			retry = id
 			sleep(ctx, d)
 			continue
 		}

@@ -254,6 +254,9 @@ func (r *Relay) Serve(ctx context.Context, clients, links net.Listener) error {
 		errs <- r.accept(ctx, links, "link", r.admitLink)
 	}()
 	err := <-errs
+	if ctx.Err() != nil { // a line all the same when nothing was open: a log that just ends reads as a crash
+		r.cfg.Log.Printf("stopping: cutting open relays, closing idle links")
+	}
 	cancel()
 	accepting.Wait()
 	// The cancelled ctx ends every handshake, wait, relay and idle-link watch.
