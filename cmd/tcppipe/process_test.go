@@ -335,7 +335,7 @@ func TestSIGTERMMidTransfer(t *testing.T) {
 		t.Errorf("hosts file:\n%s\nwant:\n%s", b, want)
 	}
 	for _, w := range []string{
-		fmt.Sprintf("tcppipe: connecting to 127.0.0.1:%d: connection refused\n", refused),
+		fmt.Sprintf("tcppipe: connecting to 127.0.0.1:%d: connection refused; trying the next host, 127.0.0.1:", refused),
 		"tcppipe: warning: " + hosts + ":3: malformed entry: more than two fields\n",
 	} {
 		if !strings.Contains(stderr, w) {
