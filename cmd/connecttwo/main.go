@@ -60,7 +60,8 @@ Example: reach sshd on A, which accepts no connections, from C through B:
   on A:  connecttwo -s B:1235 -d 127.0.0.1:22 --hello-from-src
   on C:  ssh -p 1234 user@B
 Without hellos (leave out both flags) a link is taken by the client's first byte, so only
-protocols where the client speaks first work. With the links encrypted: on B,
+protocols whose client speaks without waiting for the server work (ssh, HTTP, TLS; not
+SMTP, IMAP or MySQL). With the links encrypted: on B,
 listentwo --tls-key relay.key --print-pin prints the pin; add --tls-key relay.key on B
 and --tls-pin sha256/... (that pin) on A. The TLS handshake is made when a link opens,
 not when a client comes; with --secret-file the proofs are bound to the TLS session.

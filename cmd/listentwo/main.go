@@ -72,8 +72,9 @@ Example: reach sshd on A, which accepts no connections, from C through B:
 With the links encrypted: on B, listentwo --tls-key relay.key --print-pin prints the pin;
 add --tls-key relay.key on B and --tls-pin sha256/... (that pin) on A.
 Without hellos (leave out both flags) a link is taken by the client's first byte, so only
-protocols where the client speaks first work; a client is paired only once that byte has
-arrived, within --wait (2 s with --wait 0).
+protocols whose client speaks without waiting for the server work (ssh, HTTP, TLS; not
+SMTP, IMAP or MySQL); a client is paired only once that byte has arrived, within --wait
+(2 s with --wait 0).
 
 Strangers: a link must send its opening within 2 s; at most 256 links are held before
 their handshake is done, and without hellos at most 1024 clients (64 per source address)
