@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -27,6 +28,9 @@ type Options struct {
 	// Progress, when set, is told of bytes as they are written (up: client to server).
 	// It must be safe for simultaneous use and cheap (an atomic add).
 	Progress func(up bool, n int64)
+
+	// stall replaces SettleTimeout (a test seam).
+	stall time.Duration
 }
 
 // Ends that Join reports in Result.End.
@@ -66,11 +70,11 @@ type Result struct {
 // goroutine for the other; ends are handled as they happen, without a third goroutine, to
 // keep an idle relay small.
 func Join(ctx context.Context, client, server net.Conn, o Options) Result {
-	j := &joiner{client: sideOf(client), server: sideOf(server), halfClose: o.HalfClose, start: time.Now()}
+	j := &joiner{client: sideOf(client), server: sideOf(server), start: time.Now(), policy: closing{halfClose: o.HalfClose}}
 	jctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	j.cancel = cancel
-	stopOnCancel := context.AfterFunc(ctx, func() { j.abort(EndStopped, nil) })
+	stopOnCancel := context.AfterFunc(ctx, func() { j.abort(EndStopped) })
 	defer stopOnCancel()
 
 	var idle *time.Timer
@@ -79,11 +83,11 @@ func Join(ctx context.Context, client, server net.Conn, o Options) Result {
 		check := func() {
 			quiet := time.Since(time.Unix(0, j.lastActive.Load()))
 			if quiet >= o.IdleTimeout {
-				j.abort(EndIdle, nil)
+				j.abort(EndIdle)
 				return
 			}
 			j.mu.Lock()
-			if !j.ending {
+			if !j.policy.stopping {
 				idle.Reset(o.IdleTimeout - quiet)
 			}
 			j.mu.Unlock()
@@ -120,22 +124,14 @@ func Join(ctx context.Context, client, server net.Conn, o Options) Result {
 
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	// Closing a socket with unread bytes makes the kernel send a reset and drop whatever
-	// it still queues for that peer. After a clean end, a side we stopped reading first
-	// gets every byte written to it acknowledged (its input discarded meanwhile). After an
-	// abort (an error, the idle timeout, a stop) both sides are reset: a FIN would tell a
-	// peer that the transfer was complete when it was cut.
-	for _, side := range []struct {
-		c   *net.TCPConn
-		eof bool
-	}{{j.client.tcp, j.eof[up]}, {j.server.tcp, j.eof[down]}} {
+	// The close policy says which side to settle (wait for its peer's acknowledgement,
+	// its input discarded meanwhile) and which to reset.
+	for i, c := range [2]*net.TCPConn{j.client.tcp, j.server.tcp} {
 		switch {
-		case j.reset: // passed on already
-		case j.aborted:
-			_ = side.c.SetLinger(0)
-		case side.eof:
-		default:
-			Settle(ctx, side.c, SettleTimeout)
+		case j.policy.resetsAtClose(i):
+			_ = c.SetLinger(0)
+		case j.policy.settles(i):
+			Settle(ctx, c, cmp.Or(o.stall, SettleTimeout))
 		}
 	}
 	// The TCP connections, not a layer over them: a layer's Close would send its own end
@@ -143,6 +139,7 @@ func Join(ctx context.Context, client, server net.Conn, o Options) Result {
 	_ = j.client.tcp.Close()
 	_ = j.server.tcp.Close()
 	j.res.Duration = time.Since(j.start)
+	j.res.End = j.policy.end
 	return j.res
 }
 
@@ -193,68 +190,67 @@ func (s side) closeWrite() {
 // joiner is the state of one Join, shared by its two directions and its timers.
 type joiner struct {
 	client, server side
-	halfClose      bool
 	start          time.Time
 	cancel         context.CancelFunc
 	lastActive     atomic.Int64
 
-	mu      sync.Mutex
-	res     Result
-	ending  bool    // Join itself is stopping what still runs
-	aborted bool    // ... because of an error, a timeout or cancellation
-	reset   bool    // one side was reset and the other is being reset
-	eof     [2]bool // the direction ended with its source's clean EOF
+	mu     sync.Mutex
+	res    Result
+	policy closing
 }
 
-// finished records the end of one direction and decides what happens to the other.
+// finished records the end of one direction and does what the close policy says.
 func (j *joiner) finished(isUp bool, n int64, err error) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	dir, dst := down, j.client
+	dir := down
 	if isUp {
-		dir, dst = up, j.server
+		dir = up
 		j.res.Up = n
 	} else {
 		j.res.Down = n
 	}
-	if j.ending {
-		return // stopped by us: just collect
-	}
-	if err != nil {
-		end, peer := classify(j.client.tcp, j.server.tcp, err)
-		if peer != nil {
-			_ = peer.SetLinger(0)
-			j.reset = true
-		}
-		j.stopLocked(end, err)
+	if err == nil {
+		j.do(j.policy.finished(dir))
 		return
 	}
-	j.eof[dir] = true
-	if j.res.End == "" {
-		j.res.End = closedEnd(isUp)
+	if j.policy.stopping {
+		return // stopped by us: just collect
 	}
-	// Everything the source sent has been written: pass the end on as a FIN so the
-	// destination reads all of it before any close.
-	dst.closeWrite()
-	if !j.halfClose {
-		j.ending = true
-		j.stopDirection(!isUp)
+	resetBy, end := -1, "error: "+err.Error()
+	switch {
+	case isReset(j.client.tcp):
+		resetBy = up
+	case isReset(j.server.tcp):
+		resetBy = down
+	case errors.Is(err, context.Canceled):
+		end = EndStopped
 	}
+	j.res.Err = err
+	j.do(j.policy.failed(resetBy, end))
 }
 
-// abort stops both directions unless the relay is already ending.
-func (j *joiner) abort(end string, err error) {
+// abort ends the relay on Join's own decision, unless it is ending already.
+func (j *joiner) abort(end string) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	if !j.ending {
-		j.stopLocked(end, err)
-	}
+	j.do(j.policy.abort(end))
 }
 
-func (j *joiner) stopLocked(end string, err error) {
-	j.res.End, j.res.Err, j.ending, j.aborted = end, err, true, true
-	j.stopDirection(true)
-	j.stopDirection(false)
+// do carries out the close policy's step; j.mu is held.
+func (j *joiner) do(step closeStep) {
+	sides := [2]side{j.client, j.server}
+	if step.shutdown >= 0 {
+		// Everything the source sent has been written: the end follows it.
+		sides[step.shutdown].closeWrite()
+	}
+	if step.resetNow >= 0 {
+		_ = sides[step.resetNow].tcp.SetLinger(0)
+	}
+	if step.stop {
+		j.stopDirection(true)
+		j.stopDirection(false)
+	}
 }
 
 // stopDirection ends one direction: deadlines in the past wake it whether it waits for
@@ -268,25 +264,4 @@ func (j *joiner) stopDirection(isUp bool) {
 	}
 	_ = src.c.SetReadDeadline(past)
 	_ = dst.c.SetWriteDeadline(past)
-}
-
-func closedEnd(isUp bool) string {
-	if isUp {
-		return EndClientClosed
-	}
-	return EndServerClosed
-}
-
-// classify names how a direction failed. A socket the peer reset is in state CLOSE; the
-// other connection is then returned so the caller resets it too.
-func classify(client, server *net.TCPConn, err error) (string, *net.TCPConn) {
-	switch {
-	case isReset(client):
-		return EndClientReset, server
-	case isReset(server):
-		return EndServerReset, client
-	case errors.Is(err, context.Canceled):
-		return EndStopped, nil
-	}
-	return "error: " + err.Error(), nil
 }

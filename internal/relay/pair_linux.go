@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"cmp"
 	"errors"
 	"time"
 
@@ -22,11 +23,6 @@ import (
 const PairEvents = unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET
 
 const (
-	// settleFirst and settleMax are the first and the longest pause between two looks at
-	// whether a peer acknowledged everything before the close (as Settle does).
-	settleFirst = 100 * time.Microsecond
-	settleMax   = 50 * time.Millisecond
-
 	// pumpBudget is how many steps (a splice into the pipe or out of it) one direction
 	// takes before the loop turns to its other connections: at most 1 MiB moved. With one
 	// loop relaying two bulk streams, short connections through it measured p50/p99 of
@@ -58,6 +54,9 @@ type PairOptions struct {
 	// NoPipes moves every step through user space, as when no splice pipe can be had (a
 	// test seam for running out of descriptors).
 	NoPipes bool
+
+	// stall replaces SettleTimeout (a test seam).
+	stall time.Duration
 }
 
 // Pair states.
@@ -80,13 +79,8 @@ type Pair struct {
 	idle       *eventloop.Timer
 	timer      *eventloop.Timer // the settle poll
 
-	end            string
-	ending         bool // both directions are stopping
-	aborted        bool // ... because of an error, a timeout or a stop
-	reset          bool // one side was reset and the other is being reset
-	eof            [2]bool
-	settleWait     time.Duration
-	settleDeadline time.Time
+	policy closing
+	clock  settleClock
 }
 
 // pdir is one direction of a Pair.
@@ -107,7 +101,7 @@ type pdir struct {
 // error nothing was started and the caller still owns both descriptors; otherwise the
 // pair owns them and calls o.OnEnd once it has closed them.
 func StartPair(lp *eventloop.Loop, client, server int, o PairOptions) (*Pair, error) {
-	p := &Pair{lp: lp, o: o, fd: [2]int{client, server}}
+	p := &Pair{lp: lp, o: o, fd: [2]int{client, server}, policy: closing{halfClose: o.HalfClose}}
 	p.dirs[up] = pdir{src: client, dst: server, pace: o.Pace[up]}
 	p.dirs[down] = pdir{src: server, dst: client, pace: o.Pace[down]}
 	for i := range p.dirs {
@@ -142,10 +136,7 @@ func (p *Pair) Closing() bool { return p.state != pairRelaying }
 func (p *Pair) Abort(end string) {
 	switch p.state {
 	case pairRelaying:
-		if !p.ending {
-			p.end, p.ending, p.aborted = end, true, true
-			p.closePhase()
-		}
+		p.do(p.policy.abort(end))
 	case pairClosing:
 		p.closeNow()
 	}
@@ -255,46 +246,36 @@ func (p *Pair) moved(i, m int) {
 	}
 }
 
-// dirFinished passes direction i's clean end on as a FIN and, without HalfClose, ends the
-// other direction too.
+// dirFinished is direction i's clean end: its source sent EOF and all of it went out.
 func (p *Pair) dirFinished(i int) {
-	d := &p.dirs[i]
-	d.stopped = true
-	if p.ending {
-		return
-	}
-	p.eof[i] = true
-	if p.end == "" {
-		p.end = closedEnd(i == up)
-	}
-	_ = sock.ShutdownWrite(d.dst)
-	if !p.o.HalfClose {
-		p.ending = true
-		p.closePhase()
-		return
-	}
-	if p.eof[up] && p.eof[down] {
-		p.closePhase()
-	}
+	p.dirs[i].stopped = true
+	p.do(p.policy.finished(i))
 }
 
-// dirFailed ends both directions after an error; a reset is passed on as a reset.
+// dirFailed is a direction's failure; which side (if any) was reset is the kernel's word.
 func (p *Pair) dirFailed(err error) {
-	if p.ending {
-		return
-	}
+	resetBy := -1
 	switch {
+	case p.policy.stopping:
 	case sock.PeerReset(p.fd[up]):
-		p.end, p.reset = EndClientReset, true
-		sock.Linger0(p.fd[down])
+		resetBy = up
 	case sock.PeerReset(p.fd[down]):
-		p.end, p.reset = EndServerReset, true
-		sock.Linger0(p.fd[up])
-	default:
-		p.end = "error: " + err.Error()
+		resetBy = down
 	}
-	p.ending, p.aborted = true, true
-	p.closePhase()
+	p.do(p.policy.failed(resetBy, "error: "+err.Error()))
+}
+
+// do carries out the close policy's step.
+func (p *Pair) do(step closeStep) {
+	if step.shutdown >= 0 {
+		_ = sock.ShutdownWrite(p.fd[step.shutdown])
+	}
+	if step.resetNow >= 0 {
+		sock.Linger0(p.fd[step.resetNow])
+	}
+	if step.stop {
+		p.closePhase()
+	}
 }
 
 // closePhase stops both directions and closes the sockets, after waiting (bounded) for a
@@ -314,42 +295,41 @@ func (p *Pair) closePhase() {
 		p.idle.Stop()
 		p.idle = nil
 	}
-	p.settleWait = settleFirst
-	p.settleDeadline = p.lp.Now().Add(SettleTimeout)
+	p.clock = newSettleClock(p.lp.Now(), cmp.Or(p.o.stall, SettleTimeout))
 	p.settle(true)
 }
 
-// settle closes once no side we stopped reading has unacknowledged bytes (discarding what
-// it sends meanwhile), or at the limit. It runs when the close phase starts (first), on
-// every event of the pair's sockets after that, and on a timer backing off from
-// settleFirst to settleMax in case no event comes.
+// settle closes once no side that the policy settles has unacknowledged bytes (discarding
+// what it sends meanwhile), or when the settle clock gives up. It runs when the close phase
+// starts (first), on every event of the pair's sockets after that, and on the clock's
+// timer in case no event comes.
 func (p *Pair) settle(first bool) {
 	if p.timer != nil {
 		p.timer.Stop()
 		p.timer = nil
 	}
-	waiting := false
+	waiting, unacked := false, 0
 	for i, fd := range p.fd {
-		switch {
-		case p.reset || p.aborted || p.eof[i]: // an abort is reset at the close
-		default:
-			sock.Discard(fd)
-			// When the close phase starts, the FIN just sent to this side cannot have
-			// been acknowledged yet: wait for the peer's answer instead of asking now.
-			if first || sock.Unacked(fd) > 0 {
-				waiting = true
-			}
+		if !p.policy.settles(i) {
+			continue
+		}
+		sock.Discard(fd)
+		// When the close phase starts, the FIN just sent to this side cannot have been
+		// acknowledged yet: wait for the peer's answer instead of asking now.
+		n := sock.Unacked(fd)
+		if first || n > 0 {
+			waiting, unacked = true, unacked+max(n, 0)
 		}
 	}
-	if !waiting || !p.lp.Now().Before(p.settleDeadline) {
+	wait, ok := p.clock.next(p.lp.Now(), unacked)
+	if !waiting || !ok {
 		p.closeNow()
 		return
 	}
-	p.timer = p.lp.AfterFunc(p.settleWait, func() {
+	p.timer = p.lp.AfterFunc(wait, func() {
 		p.timer = nil
 		p.settle(false)
 	})
-	p.settleWait = min(2*p.settleWait, settleMax)
 }
 
 // closeNow closes both sockets and reports the end. After an abort (an error, the idle
@@ -360,9 +340,10 @@ func (p *Pair) closeNow() {
 		p.timer.Stop()
 		p.timer = nil
 	}
-	if p.aborted && !p.reset {
-		sock.Linger0(p.fd[up])
-		sock.Linger0(p.fd[down])
+	for i, fd := range p.fd {
+		if p.policy.resetsAtClose(i) {
+			sock.Linger0(fd)
+		}
 	}
 	for i := range p.dirs {
 		p.dirs[i].mv.release()
@@ -371,7 +352,7 @@ func (p *Pair) closeNow() {
 	_ = p.lp.CloseFD(p.fd[down])
 	p.state = pairClosed
 	if p.o.OnEnd != nil {
-		p.o.OnEnd(Result{Up: p.dirs[up].n, Down: p.dirs[down].n, Duration: p.lp.Now().Sub(p.start), End: p.end})
+		p.o.OnEnd(Result{Up: p.dirs[up].n, Down: p.dirs[down].n, Duration: p.lp.Now().Sub(p.start), End: p.policy.end})
 	}
 }
 

@@ -37,6 +37,7 @@ func startPair(t *testing.T, client, server *net.TCPConn, o Options) <-chan Resu
 			IdleTimeout: o.IdleTimeout,
 			Progress:    o.Progress,
 			OnEnd:       func(r Result) { res <- r },
+			stall:       o.stall,
 		})
 		if err != nil {
 			res <- Result{End: "starting the pair: " + err.Error()}

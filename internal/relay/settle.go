@@ -19,19 +19,15 @@ const SettleTimeout = 10 * time.Second
 func Settle(ctx context.Context, c *net.TCPConn, stall time.Duration) int {
 	// Nothing unread right now is not enough to close at once: the peer may send more in
 	// the next microsecond, and a close then resets. Only an acknowledged tail is safe.
-	deadline := time.Now().Add(stall)
-	wait := 100 * time.Microsecond
-	last := -1
+	clock := newSettleClock(time.Now(), stall)
 	for {
 		discard(c)
 		n := unacked(c)
 		if n <= 0 || ctx.Err() != nil || isReset(c) {
 			return n
 		}
-		now := time.Now()
-		if last < 0 || n < last {
-			last, deadline = n, now.Add(stall)
-		} else if now.After(deadline) {
+		wait, ok := clock.next(time.Now(), n)
+		if !ok {
 			return n
 		}
 		t := time.NewTimer(wait)
@@ -42,7 +38,6 @@ func Settle(ctx context.Context, c *net.TCPConn, stall time.Duration) int {
 			discard(c)
 			return unacked(c)
 		}
-		wait = min(2*wait, 50*time.Millisecond)
 	}
 }
 
