@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"shd-tcp-tools/internal/accept"
 	"shd-tcp-tools/internal/allow"
 	"shd-tcp-tools/internal/connlog"
 	"shd-tcp-tools/internal/dnscache"
@@ -118,7 +119,7 @@ type Server struct {
 	log  *connlog.Logger
 	bal  *balancer // nil with a single destination
 	keep *keeper   // writes and rereads the host file; nil with a single destination
-	back backoff
+	back accept.Backoff
 	// single is the one candidate of a single destination, shared by its connections.
 	single []*hostEntry
 	names  *dnscache.Cache

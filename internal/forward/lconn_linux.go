@@ -8,6 +8,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"shd-tcp-tools/internal/accept"
 	"shd-tcp-tools/internal/dnscache"
 	"shd-tcp-tools/internal/eventloop"
 	"shd-tcp-tools/internal/relay"
@@ -96,7 +97,7 @@ func (c *lconn) begin(client netip.AddrPort) {
 func (c *lconn) nextHost() bool {
 	s := c.s
 	for {
-		if c.cand >= 0 && c.lastErr != nil && !shortage(c.lastErr) {
+		if c.cand >= 0 && c.lastErr != nil && !accept.Shortage(c.lastErr) {
 			if line := s.health.Failed(c.cands[c.cand].ep, c.lastErr); line != "" {
 				c.ls.log.Printf("%s", line)
 			}
@@ -193,7 +194,7 @@ func (c *lconn) dialNext() {
 		addr := netip.AddrPortFrom(c.addrs[c.next], uint16(c.cands[c.cand].ep.Port))
 		c.next++
 		if err := c.connect(addr); err != nil {
-			if shortage(err) && c.waitForDescriptor(err) {
+			if accept.Shortage(err) && c.waitForDescriptor(err) {
 				c.next-- // the same address again, once descriptors free up
 				return
 			}
@@ -256,7 +257,7 @@ func (c *lconn) waitForDescriptor(err error) bool {
 	}
 	c.s.shorted(c.ls.log, err)
 	c.ls.pause()
-	wait := max(c.s.back.pause(c.s.cfg.now()), minBackoff)
+	wait := max(c.s.back.Pause(c.s.cfg.now()), accept.MinPause)
 	c.timer = c.ls.lp.AfterFunc(wait, func() {
 		c.timer = nil
 		c.dialNext()
@@ -311,7 +312,7 @@ func (c *lconn) failed(err error) {
 	}
 	c.lastErr = err
 	c.ls.log.Failed(c.id, c.from, c.cands[c.cand].ep.String(), err)
-	if shortage(err) {
+	if accept.Shortage(err) {
 		c.s.shorted(c.ls.log, err)
 		c.ls.pause()
 	}
@@ -372,7 +373,7 @@ func (c *lconn) connected() {
 	if line := s.health.OK(c.cands[idx].ep); line != "" {
 		c.ls.log.Printf("%s", line)
 	}
-	if line := s.back.ok(); line != "" {
+	if line := s.back.OK(); line != "" {
 		c.ls.log.Printf("%s", line)
 	}
 	c.to = c.cands[idx].ep.String()

@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"shd-tcp-tools/internal/accept"
 	"shd-tcp-tools/internal/connlog"
 	"shd-tcp-tools/internal/eventloop"
 	"shd-tcp-tools/internal/sock"
@@ -165,7 +166,7 @@ func (ls *loopState) stopAccepting() {
 
 // pause stops accepting on this loop for the back-off's current pause.
 func (ls *loopState) pause() {
-	d := ls.e.s.back.pause(ls.e.s.cfg.now())
+	d := ls.e.s.back.Pause(ls.e.s.cfg.now())
 	if d <= 0 || !ls.accepting {
 		return
 	}
@@ -201,19 +202,20 @@ func (ls *loopState) accept() {
 			return
 		}
 		fd, client, err := sock.Accept(ls.e.lfd)
-		switch {
-		case err == nil:
-		case errors.Is(err, unix.EAGAIN):
+		if errors.Is(err, unix.EAGAIN) {
 			return
-		case errors.Is(err, unix.EINTR), errors.Is(err, unix.ECONNABORTED):
-			continue
-		case shortage(err):
-			s.shorted(ls.log, os.NewSyscallError("accept4", err))
-			ls.pause()
-			return
-		default:
-			ls.e.fail(os.NewSyscallError("accept4", err))
-			ls.stopAccepting()
+		}
+		if err != nil {
+			switch accept.Classify(err) {
+			case accept.Again:
+				continue
+			case accept.Short:
+				s.shorted(ls.log, os.NewSyscallError("accept4", err))
+				ls.pause()
+			default:
+				ls.e.fail(os.NewSyscallError("accept4", err))
+				ls.stopAccepting()
+			}
 			return
 		}
 		s.wg.Add(1)

@@ -92,64 +92,6 @@ func TestGracefulStop(t *testing.T) {
 	})
 }
 
-func TestBackoff(t *testing.T) {
-	var b backoff
-	now := time.Unix(1000, 0)
-	var pauses []time.Duration
-	lines := 0
-	// 3 s of failures: the pauses double from 5 ms to 1 s; the log gets about one line a second.
-	for end := now.Add(3 * time.Second); now.Before(end); {
-		if line := b.fail(now, syscall.EMFILE); line != "" {
-			lines++
-		}
-		p := b.pause(now)
-		pauses = append(pauses, p)
-		now = now.Add(p)
-	}
-	want := []time.Duration{5, 10, 20, 40, 80, 160, 320, 640, 1000, 1000}
-	for i, w := range want {
-		if i >= len(pauses) || pauses[i] != w*time.Millisecond {
-			t.Fatalf("pauses %v, want them to start %v ms", pauses, want)
-		}
-	}
-	if lines < 2 || lines > 4 {
-		t.Errorf("%d log lines over 3 s of failures, want about 3", lines)
-	}
-	if line := b.ok(); line == "" {
-		t.Error("no line when serving again")
-	}
-	if p := b.pause(now); p > 0 {
-		t.Errorf("still paused for %v after a connection was served", p)
-	}
-	if line := b.ok(); line != "" {
-		t.Errorf("a second recovery line %q", line)
-	}
-
-	// Flapping between shortage and recovery still logs at most a line a second (plus the
-	// recovery line of a back-off that was logged).
-	var c backoff
-	t0 := time.Unix(2000, 0)
-	lines = 0
-	for i := range 100 {
-		at := t0.Add(time.Duration(i) * 20 * time.Millisecond) // 2 s
-		if c.fail(at, syscall.EMFILE) != "" {
-			lines++
-		}
-		if c.pause(at) != minBackoff {
-			t.Fatalf("pause %v after a recovery, want %v", c.pause(at), minBackoff)
-		}
-		if c.ok() != "" {
-			lines++
-		}
-	}
-	if lines < 2 || lines > 6 {
-		t.Errorf("%d lines for 2 s of flapping, want 2 to 6", lines)
-	}
-	if !shortage(syscall.EMFILE) || !shortage(syscall.ENFILE) || shortage(syscall.EINVAL) {
-		t.Error("shortage misclassifies")
-	}
-}
-
 // A connection whose outgoing socket cannot be created for lack of descriptors waits,
 // still connected, while accepting pauses (with one log line, not one per failure), and is
 // served as soon as a socket can be had. The socket seam plays the shortage.

@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"shd-tcp-tools/internal/accept"
 	"shd-tcp-tools/internal/allow"
 	"shd-tcp-tools/internal/connlog"
 	"shd-tcp-tools/internal/endpoint"
@@ -141,6 +142,8 @@ type Relay struct {
 
 	conns, links atomic.Uint64 // ids for log lines
 	wg           sync.WaitGroup
+	// back pauses both listeners while the process is short of descriptors or memory.
+	back accept.Backoff
 }
 
 // idleLink is a link that passed the handshake and waits in the pool. While idle, a watcher
@@ -306,26 +309,30 @@ func (r *Relay) WaitIdle(ctx context.Context, n int) error {
 // admitted); it returns the rest of the connection's service, run on a goroutine of its
 // own, or nil when it has closed the connection.
 func (r *Relay) accept(ctx context.Context, ln net.Listener, what string, admit func(context.Context, *net.TCPConn) func()) error {
-	var delay time.Duration
 	for {
 		c, err := ln.Accept()
 		if err != nil {
+			if ctx.Err() != nil {
+				return net.ErrClosed
+			}
 			var ne net.Error
-			if ctx.Err() == nil && errors.As(err, &ne) && ne.Timeout() || isTemporary(err) {
-				// Out of file descriptors and the like: pause, then go on.
-				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-				r.cfg.Log.Printf("accepting %s: %v; retrying in %v", what, err, delay)
-				if !sleep(ctx, delay) {
+			switch {
+			case errors.As(err, &ne) && ne.Timeout(), accept.Classify(err) == accept.Again:
+				continue
+			case accept.Classify(err) == accept.Short:
+				if line := r.back.Fail(time.Now(), err); line != "" {
+					r.cfg.Log.Printf("accepting %ss: %s", what, line)
+				}
+				if !sleep(ctx, max(r.back.Pause(time.Now()), accept.MinPause)) {
 					return net.ErrClosed
 				}
 				continue
 			}
-			if ctx.Err() != nil {
-				return net.ErrClosed
-			}
 			return fmt.Errorf("accepting %ss: %w", what, err)
 		}
-		delay = 0
+		if line := r.back.OK(); line != "" {
+			r.cfg.Log.Printf("accepting %ss: %s", what, line)
+		}
 		tc, ok := c.(*net.TCPConn)
 		if !ok {
 			c.Close()
@@ -339,11 +346,6 @@ func (r *Relay) accept(ctx context.Context, ln net.Listener, what string, admit 
 			}()
 		}
 	}
-}
-
-func isTemporary(err error) bool {
-	var te interface{ Temporary() bool }
-	return errors.As(err, &te) && te.Temporary()
 }
 
 // admitLink makes a new link a guest of linkRoom, which may push it out to make room for
