@@ -109,6 +109,7 @@ func parse(ctx context.Context, args []string, stdout, stderr io.Writer) (tunnel
 	pins := fs.StringArray("tls-pin", nil, "")
 	caFile := fs.String("tls-ca", "", "")
 	tlsName := fs.String("tls-name", "", "")
+	logFlags := fs.LogFlags()
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}
@@ -184,6 +185,6 @@ func parse(ctx context.Context, args []string, stdout, stderr io.Writer) (tunnel
 		}
 		cfg.TLS = c
 	}
-	cfg.Log = connlog.New(stderr)
+	cfg.Log = connlog.NewWith(stderr, logFlags.Options())
 	return cfg, nil
 }

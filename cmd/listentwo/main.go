@@ -137,6 +137,7 @@ func parse(ctx context.Context, args []string, stdout, stderr io.Writer) (tunnel
 	tlsKey := fs.String("tls-key", "", "")
 	tlsCert := fs.String("tls-cert", "", "")
 	printPin := fs.Bool("print-pin", false, "")
+	logFlags := fs.LogFlags()
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}
@@ -207,7 +208,7 @@ func parse(ctx context.Context, args []string, stdout, stderr io.Writer) (tunnel
 		}
 		cfg.Secret, cfg.SecretFile = secret, *secretFile
 	}
-	cfg.Log = connlog.New(stderr)
+	cfg.Log = connlog.NewWith(stderr, logFlags.Options())
 	if fs.Changed("tls-key") {
 		srv, err := tlslink.LoadServer(*tlsCert, *tlsKey)
 		if err != nil {

@@ -190,6 +190,7 @@ func serve(ctx context.Context, reload <-chan struct{}, args []string, stdout, s
 	flags.BoolVar(&o.sendProxyV2, "send-proxy-v2", false, "")
 	flags.BoolVar(&o.acceptProxy, "accept-proxy", false, "")
 	flags.Var(&o.headerTimeout, "accept-proxy-timeout", "")
+	logFlags := flags.LogFlags()
 	if err := flags.Parse(args); err != nil {
 		return err
 	}
@@ -212,7 +213,7 @@ func serve(ctx context.Context, reload <-chan struct{}, args []string, stdout, s
 		}
 		cfg.Insert = data
 	}
-	cfg.Log = connlog.New(stderr)
+	cfg.Log = connlog.NewWith(stderr, logFlags.Options())
 	defer cfg.Log.Drain() // the last lines, and any count of dropped ones, before the exit
 	// One event loop per CPU, and one more P than loops: then Go's sysmon does not hand a
 	// waiting loop's P to another thread every round (about 8% less CPU per connection).

@@ -1,11 +1,13 @@
 package cli
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"strconv"
 	"time"
 
+	"shd-tcp-tools/internal/connlog"
 	"shd-tcp-tools/internal/ratelimit"
 )
 
@@ -64,3 +66,37 @@ func (r *Rate) String() string { return strconv.FormatInt(r.BytesPerSecond, 10) 
 
 // Type implements pflag.Value.
 func (r *Rate) Type() string { return "rate" }
+
+// LogFlags holds -q/--quiet and --log-format, the log options of the tools that log
+// events (tcp-pf, listentwo, connecttwo). Define them with FlagSet.LogFlags.
+type LogFlags struct{ opts connlog.Options }
+
+// LogFlags defines -q/--quiet and --log-format on f.
+func (f *FlagSet) LogFlags() *LogFlags {
+	l := &LogFlags{}
+	f.BoolVarP(&l.opts.Quiet, "quiet", "q", false, "")
+	f.Var((*logFormat)(&l.opts.Format), "log-format", "")
+	return l
+}
+
+// Options returns the log options the flags gave.
+func (l *LogFlags) Options() connlog.Options { return l.opts }
+
+// logFormat is the flag value of --log-format: text or json.
+type logFormat connlog.Format
+
+// Set implements pflag.Value.
+func (v *logFormat) Set(s string) error {
+	f, err := connlog.ParseFormat(s)
+	if err != nil {
+		return errors.New("want text or json")
+	}
+	*v = logFormat(f)
+	return nil
+}
+
+// String implements pflag.Value.
+func (v *logFormat) String() string { return connlog.Format(*v).String() }
+
+// Type implements pflag.Value.
+func (v *logFormat) Type() string { return "format" }

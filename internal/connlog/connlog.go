@@ -65,6 +65,14 @@ const (
 	JSON               // one JSON object per event, one a line (see docs/logging.md)
 )
 
+// String returns the format's name: "text" or "json".
+func (f Format) String() string {
+	if f == JSON {
+		return "json"
+	}
+	return "text"
+}
+
 // ParseFormat returns the Format named by s, "text" or "json", as --log-format takes it.
 func ParseFormat(s string) (Format, error) {
 	switch s {
@@ -124,7 +132,9 @@ func (l *Logger) Buffer() *Logger {
 }
 
 // BufferAt returns a Buffer whose lines are stamped with the time now gives: an event
-// loop's time of the round, read once for all the lines of the round.
+// loop's time of the round, read once for all the lines of the round. now is called only
+// by the Buffer's own callers, never by the writer goroutine, so it may be a clock that is
+// not safe off the loop.
 func (l *Logger) BufferAt(now func() time.Time) *Logger {
 	if l == nil {
 		return nil
@@ -147,7 +157,7 @@ func (l *Logger) Flush() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if len(l.pending) > 0 {
-		l.q.add(l.pending, l.now)
+		l.q.add(l.pending)
 		l.pending = l.pending[:0]
 	}
 }
@@ -160,7 +170,7 @@ func (l *Logger) Drain() {
 		return
 	}
 	l.Flush()
-	l.q.drain(l.now, DrainWait)
+	l.q.drain(DrainWait)
 }
 
 // begin locks l and starts a line for event at level v: the timestamp, and in JSON the
@@ -187,7 +197,7 @@ func (l *Logger) end() {
 	}
 	l.pending = append(l.pending, '\n')
 	if !l.buffer {
-		l.q.add(l.pending, l.now)
+		l.q.add(l.pending)
 		l.pending = l.pending[:0]
 	}
 	l.mu.Unlock()
@@ -326,7 +336,7 @@ type queue struct {
 }
 
 // add queues the whole lines in p, as many as fit, and counts the rest as dropped.
-func (q *queue) add(p []byte, now func() time.Time) {
+func (q *queue) add(p []byte) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if q.gone {
@@ -345,23 +355,23 @@ func (q *queue) add(p []byte, now func() time.Time) {
 		p = p[n:]
 	}
 	q.lines = append(q.lines, p...)
-	q.startLocked(now)
+	q.startLocked()
 }
 
 // startLocked starts the writer if there is something to write and none runs.
-func (q *queue) startLocked(now func() time.Time) {
+func (q *queue) startLocked() {
 	if q.idle != nil || q.gone || (len(q.lines) == 0 && q.dropped == 0) {
 		return
 	}
 	q.idle = make(chan struct{})
-	go q.write(now)
+	go q.write()
 }
 
 // write writes the queued lines, then the count of those dropped while it could not, until
 // nothing is left; then it ends, and the next line starts it again. A failed write loses
 // its lines (counted); the next batch is still tried, but a count alone is not retried
 // until more lines come or Drain asks.
-func (q *queue) write(now func() time.Time) {
+func (q *queue) write() {
 	failed := false
 	for {
 		q.mu.Lock()
@@ -380,7 +390,7 @@ func (q *queue) write(now func() time.Time) {
 		if err == nil && dropped > 0 {
 			// Every line of batch came before every dropped one: the count goes after it.
 			lost = 0
-			if _, err = q.out.Write(appendDropped(nil, q.format, now(), dropped)); err != nil {
+			if _, err = q.out.Write(appendDropped(nil, q.format, time.Now(), dropped)); err != nil {
 				lost = dropped
 			}
 		}
@@ -403,12 +413,12 @@ func (q *queue) write(now func() time.Time) {
 
 // drain starts the writer for what is left (a count of dropped lines included) and waits
 // up to d for it to end; a writer that ended on a failed write is given one more try.
-func (q *queue) drain(now func() time.Time, d time.Duration) {
+func (q *queue) drain(d time.Duration) {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	for range 2 {
 		q.mu.Lock()
-		q.startLocked(now)
+		q.startLocked()
 		idle := q.idle
 		q.mu.Unlock()
 		if idle == nil {

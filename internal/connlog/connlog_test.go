@@ -102,7 +102,10 @@ func (g *gate) String() string {
 func TestBlockedWriterDropsAndCounts(t *testing.T) {
 	g := newGate()
 	l := New(g)
-	b := l.Buffer()
+	// The Buffer's clock is the logging goroutine's own (as an event loop's is): -race
+	// finds it if the writer, reporting the drops, called it.
+	var now time.Time
+	b := l.BufferAt(func() time.Time { now = now.Add(time.Millisecond); return now })
 	const total = 5000
 	// The writer is stuck on the first line before the others come, so that every line
 	// dropped is dropped while it waits, and the count comes once, after the kept ones.

@@ -11,7 +11,7 @@ import (
 // shorted records a shortage in the back-off and logs it on log when due.
 func (s *Server) shorted(log *connlog.Logger, err error) {
 	if line := s.back.Fail(s.cfg.now(), err); line != "" {
-		log.Printf("%s", line)
+		log.Warnf("%s", line)
 	}
 }
 

@@ -113,6 +113,14 @@ func orDefault(d, def time.Duration) time.Duration {
 	return d
 }
 
+// floodBurst and floodInterval bound the lines of one kind of refusal or failure (refused
+// clients; failed connections to one destination): the first floodBurst of each
+// floodInterval get their own line, the others are counted in one summary line.
+const (
+	floodBurst    = 10
+	floodInterval = 10 * time.Second
+)
+
 // Server relays the connections of one listener. Create it with New.
 type Server struct {
 	cfg  Config
@@ -124,6 +132,9 @@ type Server struct {
 	single []*hostEntry
 	names  *dnscache.Cache
 	health *health.Tracker // nil with a single destination
+	// floods keeps refusals and failures from flooding the log: floodBurst lines of a kind
+	// per floodInterval, then a summary line with the count of the others.
+	floods *connlog.Summary
 	// socket creates the outgoing sockets; nil is sock.Socket (a test seam for shortages).
 	socket func(netip.Addr) (int, error)
 	// noPipes makes every splice find no pipe, as when descriptors run out (a test seam).
@@ -141,7 +152,7 @@ type Server struct {
 // destination, a host file that cannot be read or has no usable entry. The warnings, even
 // with an error, name the host file's malformed lines ("hosts:3: malformed entry: ...").
 func New(cfg Config) (*Server, []error, error) {
-	s := &Server{cfg: cfg, log: cfg.Log}
+	s := &Server{cfg: cfg, log: cfg.Log, floods: cfg.Log.Summarise(floodBurst, floodInterval)}
 	if cfg.SendProxy != 0 && cfg.SendProxy != 1 && cfg.SendProxy != 2 {
 		return nil, nil, fmt.Errorf("PROXY protocol version %d: want 1 or 2", cfg.SendProxy)
 	}
@@ -178,7 +189,7 @@ func (s *Server) Open() int { return int(s.open.Load()) }
 func (s *Server) Serve(ctx context.Context, ln *net.TCPListener) error {
 	s.log.Printf("listening on %s, forwarding to %s", ln.Addr(), s.destName())
 	if n, err := NoFileLimit(); err == nil && n < LowNoFile {
-		s.log.Printf("warning: open file limit (ulimit -n) is %d; each connection needs 2 descriptors, and 4 more while bytes move (splice pipes): raise it to serve many connections", n)
+		s.log.Warnf("warning: open file limit (ulimit -n) is %d; each connection needs 2 descriptors, and 4 more while bytes move (splice pipes): raise it to serve many connections", n)
 	}
 
 	stopKeeper := s.keep.start()
@@ -186,6 +197,7 @@ func (s *Server) Serve(ctx context.Context, ln *net.TCPListener) error {
 	warned := s.warnUnresolved(warnCtx)
 	defer func() { stopWarn(); warned() }()
 	defer s.health.Close()
+	defer s.floods.Flush() // the last interval's counts, once the loops have ended
 	// Connections are state machines on one event loop per CPU (see loop_linux.go).
 	cut, stopLoops, acceptErr := s.serveLoops(ctx, ln)
 	if stopLoops == nil { // the loops did not start: nothing to cut or stop

@@ -20,7 +20,7 @@ func (s *Server) newHosts() {
 	s.names = &dnscache.Cache{Timeout: orDefault(s.cfg.ConnectTimeout, DefaultConnectTimeout)}
 	s.single = []*hostEntry{{ep: s.cfg.Dest, idx: -1}}
 	if s.bal != nil {
-		s.health = health.New(s.checkHost, s.log.Printf)
+		s.health = health.New(s.checkHost, s.log.Warnf)
 		s.bal.health = s.health
 	}
 }
@@ -80,7 +80,7 @@ func (s *Server) warnUnresolved(ctx context.Context) (wait func()) {
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		if _, err := s.addrsOf(ctx, ep); err != nil && ctx.Err() == nil {
-			s.log.Printf("warning: destination %s does not resolve (%v): each client is reset until it does", ep, err)
+			s.log.Warnf("warning: destination %s does not resolve (%v): each client is reset until it does", ep, err)
 		}
 	})
 	return wg.Wait

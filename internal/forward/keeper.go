@@ -69,7 +69,7 @@ func (k *keeper) start() (stop func()) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	if err := k.b.store.Watch(ctx, k.reload); err != nil {
-		k.s.log.Printf("warning: not following %s live (%v): it is reread at every -i", k.b.store, err)
+		k.s.log.Warnf("warning: not following %s live (%v): it is reread at every -i", k.b.store, err)
 	}
 	var wg sync.WaitGroup
 	wg.Go(func() { k.run(ctx) })
@@ -116,14 +116,14 @@ func (k *keeper) writeBack(ctx context.Context) (locked bool) {
 	case errors.Is(err, hostfile.ErrLocked):
 		if k.lockedSince.IsZero() {
 			k.lockedSince = now
-			k.s.log.Printf("host file %s is locked by another process (%s%s): keeping the counts and trying again every %v",
+			k.s.log.Warnf("host file %s is locked by another process (%s%s): keeping the counts and trying again every %v",
 				k.b.store, k.b.store, hostfile.LockSuffix, lockRetry)
 		}
 		return true
 	case err != nil:
-		k.s.log.Printf("writing counts to %s: %v (kept for the next write)", k.b.store, err)
+		k.s.log.Warnf("writing counts to %s: %v (kept for the next write)", k.b.store, err)
 	case !k.lockedSince.IsZero():
-		k.s.log.Printf("wrote counts to %s after it was locked for %v", k.b.store, now.Sub(k.lockedSince).Round(time.Millisecond))
+		k.s.log.Warnf("wrote counts to %s after it was locked for %v", k.b.store, now.Sub(k.lockedSince).Round(time.Millisecond))
 	}
 	k.lockedSince = time.Time{}
 	k.logChange(ch)
@@ -136,13 +136,13 @@ func (k *keeper) reread() {
 	if w := joinErrors(warn); w != k.warned {
 		k.warned = w
 		for _, e := range warn {
-			k.s.log.Printf("warning: %v", e)
+			k.s.log.Warnf("warning: %v", e)
 		}
 	}
 	if err != nil {
 		if msg := err.Error(); msg != k.readFailed {
 			k.readFailed = msg
-			k.s.log.Printf("rereading %s: %v (keeping the hosts as they were)", k.b.store, err)
+			k.s.log.Warnf("rereading %s: %v (keeping the hosts as they were)", k.b.store, err)
 		}
 		return
 	}
@@ -154,7 +154,7 @@ func (k *keeper) logChange(ch change) {
 	if w := joinErrors(ch.noPort); w != k.noPortWarned {
 		k.noPortWarned = w
 		for _, err := range ch.noPort {
-			k.s.log.Printf("warning: %v; not used", err)
+			k.s.log.Warnf("warning: %v; not used", err)
 		}
 	}
 	if len(ch.added) > 0 {
@@ -197,7 +197,7 @@ func (k *keeper) final() error {
 		for _, name := range slices.Sorted(maps.Keys(gone)) {
 			parts = append(parts, fmt.Sprintf("%s %d", name, gone[name]))
 		}
-		k.s.log.Printf("not written to %s, which no longer has these hosts: %s", k.b.store, someNames(parts))
+		k.s.log.Warnf("not written to %s, which no longer has these hosts: %s", k.b.store, someNames(parts))
 	}
 	if err == nil {
 		k.s.log.Printf("wrote counts to %s", k.b.store)

@@ -9,6 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"shd-tcp-tools/internal/accept"
+	"shd-tcp-tools/internal/connlog"
 	"shd-tcp-tools/internal/dnscache"
 	"shd-tcp-tools/internal/eventloop"
 	"shd-tcp-tools/internal/relay"
@@ -72,13 +73,29 @@ type lconn struct {
 	pair *relay.Pair // while stRelaying
 }
 
+// refused logs a client turned away; beyond a burst of them in an interval, they are
+// counted by reason and client block and summed up in one line (see Server.floods).
+func (c *lconn) refused(why string) {
+	if c.s.floods.Allow("refused", connlog.Info, why, connlog.Block(c.client.Addr())) {
+		c.ls.log.Refused(c.from, why)
+	}
+}
+
+// logFailed logs a connection to dest that failed; beyond a burst of them for one dest in
+// an interval, they are counted by reason and client block and summed up in one line.
+func (c *lconn) logFailed(dest string, err error) {
+	if c.s.floods.Allow("failed -> "+dest, connlog.Error, err.Error(), connlog.Block(c.client.Addr())) {
+		c.ls.log.Failed(c.id, c.from, dest, err)
+	}
+}
+
 // begin checks the allow list and starts the connection to a destination.
 func (c *lconn) begin(client netip.AddrPort) {
 	s := c.s
 	c.from = client.String()
 	if !s.cfg.Allow.Allows(client.Addr()) {
 		_ = c.ls.lp.CloseFD(c.cfd) // registered already with --accept-proxy
-		c.ls.log.Refused(c.from, "not in the allow list")
+		c.refused("not in the allow list")
 		c.release()
 		return
 	}
@@ -99,7 +116,7 @@ func (c *lconn) nextHost() bool {
 	for {
 		if c.cand >= 0 && c.lastErr != nil && !accept.Shortage(c.lastErr) {
 			if line := s.health.Failed(c.cands[c.cand].ep, c.lastErr); line != "" {
-				c.ls.log.Printf("%s", line)
+				c.ls.log.Warnf("%s", line)
 			}
 		}
 		c.cand++
@@ -227,7 +244,7 @@ func (c *lconn) resetClient(why error) {
 		if c.cand < len(c.cands) {
 			dest = c.cands[c.cand].ep.String() // cut while this one was tried
 		}
-		c.ls.log.Failed(c.id, c.from, dest, why)
+		c.logFailed(dest, why)
 	}
 	sock.Linger0(c.cfd)
 	_ = c.ls.lp.CloseFD(c.cfd)
@@ -311,7 +328,7 @@ func (c *lconn) failed(err error) {
 		err = se.Err // "connection refused": the line names the address already
 	}
 	c.lastErr = err
-	c.ls.log.Failed(c.id, c.from, c.cands[c.cand].ep.String(), err)
+	c.logFailed(c.cands[c.cand].ep.String(), err)
 	if accept.Shortage(err) {
 		c.s.shorted(c.ls.log, err)
 		c.ls.pause()
@@ -371,10 +388,10 @@ func (c *lconn) connected() {
 	}
 	idx := c.cand
 	if line := s.health.OK(c.cands[idx].ep); line != "" {
-		c.ls.log.Printf("%s", line)
+		c.ls.log.Warnf("%s", line)
 	}
 	if line := s.back.OK(); line != "" {
-		c.ls.log.Printf("%s", line)
+		c.ls.log.Warnf("%s", line)
 	}
 	c.to = c.cands[idx].ep.String()
 	c.ls.log.Open(c.id, c.from, c.to)

@@ -104,8 +104,9 @@ func (s *Server) serveLoops(ctx context.Context, ln *net.TCPListener) (cut func(
 			}
 			return nil, nil, fmt.Errorf("starting an event loop: %w", err)
 		}
-		ls := &loopState{e: e, lp: lp, log: s.log.Buffer(), conns: map[*lconn]struct{}{}}
-		// A round's log lines are queued in one go, before the loop waits again.
+		ls := &loopState{e: e, lp: lp, log: s.log.BufferAt(lp.Now), conns: map[*lconn]struct{}{}}
+		// A round's log lines, stamped with the round's time, are queued in one go, before
+		// the loop waits again.
 		lp.BeforeWait(ls.log.Flush)
 		e.loops = append(e.loops, ls)
 	}

@@ -105,7 +105,7 @@ func (c *lconn) refuseHeader(why string) {
 		c.timer.Stop()
 		c.timer = nil
 	}
-	c.ls.log.Refused(c.from, why)
+	c.refused(why)
 	sock.Linger0(c.cfd)
 	_ = c.ls.lp.CloseFD(c.cfd)
 	c.release()
