@@ -49,6 +49,10 @@ Options:
                            certificate chains to a CA certificate in FILE (PEM)
       --tls-name NAME      with --tls-ca: the name the relay's certificate must carry
                            (default: the host of -s)
+  -q, --quiet              log warnings and errors only: no link up or down, open or
+                           close lines (retries and failures are still logged)
+      --log-format FORMAT  text (the default), or json: one JSON object per event with
+                           the fields of its text line (man connecttwo)
   -h, --help               print this help and exit
   -v, --version            print the version and exit
 

@@ -51,6 +51,10 @@ Options:
                              (PEM) instead of a self-signed one (connecttwo --tls-ca)
       --print-pin            print the pin of --tls-key (creating the key if missing)
                              and exit
+  -q, --quiet                log warnings and errors only: no link, pairing, close or
+                             refused-client lines
+      --log-format FORMAT    text (the default), or json: one JSON object per event
+                             with the fields of its text line (man listentwo)
   -h, --help                 print this help and exit
   -v, --version              print the version and exit
 

@@ -69,6 +69,11 @@ Options:
       --accept-proxy-timeout SECS
                                 how long a client may take to send its header
                                 (default 5)
+  -q, --quiet                   log warnings and errors only: no listening, open,
+                                close or refused lines (failures and hosts set aside
+                                are still logged)
+      --log-format FORMAT       text (the default), or json: one JSON object per
+                                event with the fields of its text line (man tcp-pf)
   -h, --help                    print this help and exit
   -v, --version                 print the version and exit
 
@@ -123,8 +128,10 @@ STOPPING=1 when it stops. Examples: contrib/systemd/; man tcp-pf.
 Log (stderr), one line per event: listening, open (client -> destination), close (bytes
 and average rate each way, duration, and who closed or reset), refused (allow list),
 failed (one line per destination that refused or timed out), a host set aside and
-back in service. Logging never holds up a connection: if stderr is not read or is gone,
-lines are dropped, and the count is logged when stderr takes lines again, and at exit.
+back in service. Refusals, and failures of one destination, beyond 10 per 10 s are
+counted instead and summed up in one line with their reasons and client blocks (/24,
+/64). Logging never holds up a connection: if stderr is not read or is gone, lines are
+dropped, and the count is logged when stderr takes lines again, and at exit.
 
 Examples:
   tcp-pf -s 8080 -d 192.0.2.10:80

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -26,9 +27,11 @@ type proc struct {
 
 // startPF runs tcp-pf with args after "-s HOST:PORT" (a free port on host), through the
 // shell command prefix when it is not empty ("ulimit -n 64; exec"), and waits for its
-// listening line. The process is killed, by its pid, if the test ends with it running.
+// listening line (with -q, which has none, for its socket to listen). The process is
+// killed, by its pid, if the test ends with it running.
 func startPF(t *testing.T, host, prefix string, args ...string) *proc {
 	t.Helper()
+	quiet := slices.Contains(args, "-q")
 attempts:
 	for try := 0; ; try++ {
 		ln := testkit.Listen(t, net.JoinHostPort(host, "0"))
@@ -39,6 +42,12 @@ attempts:
 			argv = append([]string{"sh", "-c", prefix + ` "$@"`, "sh"}, argv...)
 		}
 		p := &proc{Proc: testkit.Start(t, argv[0], argv[1:]...), addr: addr}
+		if quiet {
+			_, port, _ := net.SplitHostPort(addr)
+			n, _ := strconv.Atoi(port)
+			p.WaitListening(t, n)
+			return p
+		}
 		deadline := time.After(10 * time.Second)
 		for {
 			if p.Log.Count(`listening on `) > 0 {

@@ -197,7 +197,7 @@ func (a *Agent) slot(ctx context.Context) {
 				bo = &cut
 			}
 			d := bo.Next()
-			a.cfg.Log.Printf("link #%d to %s failed: %v; retry %d in %.3fs", id, a.cfg.Relay, err, bo.Failures(), d.Seconds())
+			a.cfg.Log.Warnf("link #%d to %s failed: %v; retry %d in %.3fs", id, a.cfg.Relay, err, bo.Failures(), d.Seconds())
 			retry = id
 			sleep(ctx, d)
 			continue

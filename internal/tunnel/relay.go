@@ -222,7 +222,7 @@ func (r *Relay) ListenAndServe(ctx context.Context) error {
 	r.cfg.Log.Printf("listening for clients on %s and for links on %s", clients.Addr(), links.Addr())
 	if r.cfg.Ready != nil {
 		if err := r.cfg.Ready(); err != nil {
-			r.cfg.Log.Printf("warning: %v", err)
+			r.cfg.Log.Warnf("warning: %v", err)
 		}
 	}
 	return r.Serve(ctx, clients, links)
@@ -321,7 +321,7 @@ func (r *Relay) accept(ctx context.Context, ln net.Listener, what string, admit 
 				continue
 			case accept.Classify(err) == accept.Short:
 				if line := r.back.Fail(time.Now(), err); line != "" {
-					r.cfg.Log.Printf("accepting %ss: %s", what, line)
+					r.cfg.Log.Warnf("accepting %ss: %s", what, line)
 				}
 				if !sleep(ctx, max(r.back.Pause(time.Now()), accept.MinPause)) {
 					return net.ErrClosed

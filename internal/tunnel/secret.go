@@ -84,11 +84,11 @@ func (b *secretBox) reload(log *connlog.Logger) bool {
 	}
 	secret, warning, err := LoadSecret(b.file)
 	if err != nil {
-		log.Printf("rereading %v; keeping the secret in use", err)
+		log.Warnf("rereading %v; keeping the secret in use", err)
 		return false
 	}
 	if warning != "" {
-		log.Printf("%s", warning)
+		log.Warnf("%s", warning)
 	}
 	if bytes.Equal(secret, b.get()) {
 		log.Printf("reread --secret-file %s: the secret is unchanged", b.file)
