@@ -130,8 +130,8 @@ and average rate each way, duration, and who closed or reset), refused (allow li
 failed (one line per destination that refused or timed out), a host set aside and
 back in service. Refusals, and failures of one destination, beyond 10 per 10 s are
 counted instead and summed up in one line with their reasons and client blocks (/24,
-/64). Logging never holds up a connection: if stderr is not read or is gone, lines are
-dropped, and the count is logged when stderr takes lines again, and at exit.
+/64). Logging never holds up a connection: if stderr is not read or is gone,
+lines are dropped, and the count is logged when stderr takes lines again, and at exit.
 
 Examples:
   tcp-pf -s 8080 -d 192.0.2.10:80
