@@ -12,7 +12,7 @@ import (
 
 	"shd-tcp-tools/internal/allow"
 	"shd-tcp-tools/internal/endpoint"
-	"shd-tcp-tools/internal/forward/fwdtest"
+	"shd-tcp-tools/internal/testkit"
 )
 
 // floodClients connects n clients to addr one after the other, each until tcp-pf ends it
@@ -80,7 +80,7 @@ func TestRefusedFloodSummarised(t *testing.T) {
 		{"[::1]:0", `::/64`, 500},
 	} {
 		t.Run(tc.listen, func(t *testing.T) {
-			be := fwdtest.StartBackend(t, "127.0.0.1:0", fwdtest.Echo)
+			be := testkit.StartBackend(t, "127.0.0.1:0", testkit.Echo)
 			al, err := allow.Parse(t.Context(), nil, []string{"192.0.2.0/24"})
 			if err != nil {
 				t.Fatal(err)
@@ -99,7 +99,7 @@ func TestRefusedFloodSummarised(t *testing.T) {
 // A dead destination tried by thousands of clients gives a burst of "failed" lines and a
 // summary naming it, with the count and the reason, not a line per client.
 func TestDeadHostFloodSummarised(t *testing.T) {
-	dead := "127.0.0.1:" + strconv.Itoa(fwdtest.FreePort(t, "127.0.0.1")) // nothing listens
+	dead := "127.0.0.1:" + strconv.Itoa(testkit.FreePort(t, "127.0.0.1")) // nothing listens
 	ep, err := endpoint.ParseHostPort(dead)
 	if err != nil {
 		t.Fatal(err)
