@@ -331,7 +331,7 @@ func (r *Relay) accept(ctx context.Context, ln net.Listener, what string, admit 
 			return fmt.Errorf("accepting %ss: %w", what, err)
 		}
 		if line := r.back.OK(); line != "" {
-			r.cfg.Log.Printf("accepting %ss: %s", what, line)
+			r.cfg.Log.Warnf("accepting %ss: %s", what, line)
 		}
 		tc, ok := c.(*net.TCPConn)
 		if !ok {
