@@ -73,6 +73,11 @@ pair tunnel-hello --hello-dst -- --hello-from-src
 pair tunnel-hello-pool16 --hello-dst -- --hello-from-src --pool 16
 pair tunnel-nohello -- 
 pair tunnel-secret --hello-dst --secret-file "$T/secret" -- --hello-from-src --secret-file "$T/secret"
+# TLS 1.3 links, the relay's key pinned (the key file is made by --print-pin).
+PIN=$("$T/listentwo" --tls-key "$T/relay.key" --print-pin 2>/dev/null)
+pair tunnel-tls --hello-dst --tls-key "$T/relay.key" -- --hello-from-src --tls-pin "$PIN"
+pair tunnel-tls-pool16 --hello-dst --tls-key "$T/relay.key" -- --hello-from-src --tls-pin "$PIN" --pool 16
+pair tunnel-tls-secret --hello-dst --tls-key "$T/relay.key" --secret-file "$T/secret" -- --hello-from-src --tls-pin "$PIN" --secret-file "$T/secret"
 
 if [ "$HAVE_PF" = 1 ]; then
 	P=$(port)
@@ -124,6 +129,11 @@ else
 	say "ssh/sshd missing and not installable: left out"
 fi
 
+if [ -n "${ONLY:-}" ]; then # ONLY=name,name,...: measure just these targets
+	kept=()
+	for t in "${TARGETS[@]}"; do case ",$ONLY," in *",${t%%=*},"*) kept+=("$t") ;; esac; done
+	TARGETS=("${kept[@]}")
+fi
 say "targets: ${TARGETS[*]}"
 say "rounds: $ROUNDS, rate: $RATE per target, throughput: $BYTES bytes"
 : >"$T/rows.tsv"
@@ -139,6 +149,10 @@ echo "Machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -
 echo "Command: ROUNDS=$ROUNDS RATE=$RATE BYTES=$BYTES LINKS=$LINKS bench/tunnel.sh"
 echo
 "$T/tunnelload" table <"$T/rows.tsv"
+echo
+echo "Against ssh -R, round by round (the same round of both targets, minutes apart at most):"
+echo
+"$T/tunnelload" against -base ssh-R <"$T/rows.tsv"
 
 # CPU seconds per GiB of single-stream throughput, per process: on two shared cores every
 # stage of the path competes for the same CPUs, so this shows which stage would limit
@@ -153,7 +167,7 @@ echo "| target | MiB/s | client | sink | listentwo | connecttwo | tcp-pf |"
 echo "|---|---:|---:|---:|---:|---:|---:|"
 for t in "${TARGETS[@]}"; do
 	name=${t%%=*}
-	case $name in direct|tunnel-hello|tunnel-nohello|tcp-pf-lazy) ;; *) continue ;; esac
+	case $name in direct|tunnel-hello|tunnel-nohello|tunnel-tls|tcp-pf-lazy|ssh-R) ;; *) continue ;; esac
 	declare -A before=()
 	for k in sink "$name.listentwo" "$name.connecttwo" "$name.tcp-pf"; do
 		[ -n "${PID_OF[$k]:-}" ] && before[$k]=$(ticks "${PID_OF[$k]}")

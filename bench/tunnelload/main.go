@@ -29,7 +29,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "tunnelload: want serve, freeport, wait, measure or table")
+		fmt.Fprintln(os.Stderr, "tunnelload: want serve, freeport, wait, measure, table or against")
 		os.Exit(2)
 	}
 	var err error
@@ -44,6 +44,8 @@ func main() {
 		err = measure(os.Args[2:])
 	case "table":
 		err = table(os.Stdin, os.Stdout)
+	case "against":
+		err = against(os.Args[2:], os.Stdin, os.Stdout)
 	default:
 		err = fmt.Errorf("unknown mode %q", os.Args[1])
 	}
@@ -280,6 +282,66 @@ func pct(sorted []time.Duration, p int) time.Duration {
 }
 
 func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
+
+// against reads the same TSV rows and prints, for every target but base, its new clients
+// per second and throughput as multiples of base's in the same round: the median over the
+// rounds and the lowest.
+func against(args []string, r io.Reader, w io.Writer) error {
+	fs := flag.NewFlagSet("against", flag.ContinueOnError)
+	baseName := fs.String("base", "ssh-R", "the target the others are compared with")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	type key struct{ name, round string }
+	type vals struct{ rate, mibs float64 }
+	var order []string
+	got := map[key]vals{}
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		f := strings.Split(sc.Text(), "\t")
+		if len(f) != 7 {
+			continue
+		}
+		rate, err1 := strconv.ParseFloat(f[5], 64)
+		mibs, err2 := strconv.ParseFloat(f[6], 64)
+		if err1 != nil || err2 != nil {
+			return fmt.Errorf("row %q: not numbers", sc.Text())
+		}
+		if !slices.Contains(order, f[0]) {
+			order = append(order, f[0])
+		}
+		got[key{f[0], f[1]}] = vals{rate, mibs}
+	}
+	fmt.Fprintf(w, "| target | new clients/s vs %s (median, lowest) | throughput vs %s (median, lowest) | rounds |\n", *baseName, *baseName)
+	fmt.Fprintln(w, "|---|---:|---:|---:|")
+	for _, name := range order {
+		if name == *baseName {
+			continue
+		}
+		var rates, tputs []float64
+		for k, v := range got {
+			b, ok := got[key{*baseName, k.round}]
+			if k.name != name || !ok || b.rate <= 0 || b.mibs <= 0 {
+				continue
+			}
+			rates, tputs = append(rates, v.rate/b.rate), append(tputs, v.mibs/b.mibs)
+		}
+		if len(rates) == 0 {
+			continue
+		}
+		slices.Sort(rates)
+		slices.Sort(tputs)
+		fmt.Fprintf(w, "| %s | %.1f×, %.1f× | %.2f×, %.2f× | %d |\n", name, median(rates), rates[0], median(tputs), tputs[0], len(rates))
+	}
+	return nil
+}
+
+func median(s []float64) float64 {
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
 
 // table reads TSV rows "name round p50 p99 rtt rate mibs" and prints the median of each
 // column per target, in the order targets first appear, with ratios to "direct".

@@ -11,6 +11,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -88,9 +89,32 @@ func Copy(ctx context.Context, dst io.Writer, src io.Reader, o CopyOptions) (int
 		return n, err
 	}
 	if o.Limiter == nil && o.Progress == nil {
+		if isLayered(dst) || isLayered(src) {
+			return bufferedCopy(dst, src)
+		}
 		return io.Copy(dst, src)
 	}
 	return chunkedCopy(ctx, dst, src, o)
+}
+
+// bufferSize is the buffer of a copy to or from a Layered connection (TLS): two TLS
+// records' worth, as io.Copy would allocate, but taken from a pool, since a tunnel with TLS
+// runs two such copies for every client.
+const bufferSize = 32 << 10
+
+var buffers = sync.Pool{New: func() any { b := make([]byte, bufferSize); return &b }}
+
+func isLayered(x any) bool {
+	_, ok := x.(Layered)
+	return ok
+}
+
+// bufferedCopy is io.Copy through a pooled buffer. The wrappers hide ReadFrom and WriteTo,
+// which would make the copy allocate a buffer of its own.
+func bufferedCopy(dst io.Writer, src io.Reader) (int64, error) {
+	b := buffers.Get().(*[]byte)
+	defer buffers.Put(b)
+	return io.CopyBuffer(struct{ io.Writer }{dst}, struct{ io.Reader }{src}, *b)
 }
 
 // Exact reports whether Copy moves src to dst with a loop of its own that reports every

@@ -113,15 +113,16 @@ func LoadServer(certFile, keyFile string) (*Server, error) {
 	return s, nil
 }
 
-// Config returns the relay's TLS configuration: TLS 1.3 only, no session tickets (an idle
-// link must stay silent: anything the relay sent on it would look like the link being
-// taken), no client certificates.
+// Config returns the relay's TLS configuration: TLS 1.3 only, no client certificates.
+// Session tickets are on: connecttwo opens a link for every client, and a resumed
+// handshake skips the certificate's signature and its check. The relay sends a ticket
+// right after its handshake messages, so connecttwo has read it before the link is idle,
+// and an idle link stays silent.
 func (s *Server) Config() *tls.Config {
 	return &tls.Config{
-		Certificates:           []tls.Certificate{s.Cert},
-		MinVersion:             tls.VersionTLS13,
-		MaxVersion:             tls.VersionTLS13,
-		SessionTicketsDisabled: true,
+		Certificates: []tls.Certificate{s.Cert},
+		MinVersion:   tls.VersionTLS13,
+		MaxVersion:   tls.VersionTLS13,
 	}
 }
 
@@ -242,6 +243,8 @@ type Client struct {
 	pins  []string
 	roots *x509.CertPool
 	name  string
+	// sessions keeps the relay's session tickets, so that the next link resumes.
+	sessions tls.ClientSessionCache
 }
 
 // NewPinned returns a Client that accepts a relay whose key has one of pins (each checked
@@ -250,7 +253,7 @@ func NewPinned(pins []string) (*Client, error) {
 	if len(pins) == 0 {
 		return nil, errors.New("no --tls-pin")
 	}
-	c := &Client{}
+	c := &Client{sessions: tls.NewLRUClientSessionCache(sessionCache)}
 	for _, p := range pins {
 		p, err := ParsePin(p)
 		if err != nil {
@@ -275,13 +278,20 @@ func NewCA(caFile, name string) (*Client, error) {
 	if name == "" {
 		return nil, errors.New("--tls-ca needs the name the relay's certificate must carry (--tls-name)")
 	}
-	return &Client{roots: roots, name: name}, nil
+	return &Client{roots: roots, name: name, sessions: tls.NewLRUClientSessionCache(sessionCache)}, nil
 }
 
-// Config returns connecttwo's TLS configuration: TLS 1.3 only, no session resumption (every
-// link runs a full handshake, so every link is checked), and the relay checked as c says.
+// sessionCache is how many relays' session tickets a Client keeps: one relay, with room.
+const sessionCache = 4
+
+// Config returns connecttwo's TLS configuration: TLS 1.3 only, and the relay checked as c
+// says. Links resume the session of an earlier link when the relay allows it (a ticket
+// from this process's memory, never stored): the relay's key was checked in the full
+// handshake the ticket came from, and the pin is checked again on every link (Go keeps
+// the certificates with the session); the key exchange and the exporter are new on every
+// link.
 func (c *Client) Config() *tls.Config {
-	cfg := &tls.Config{MinVersion: tls.VersionTLS13, MaxVersion: tls.VersionTLS13}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS13, MaxVersion: tls.VersionTLS13, ClientSessionCache: c.sessions}
 	if c.roots != nil {
 		cfg.RootCAs, cfg.ServerName = c.roots, c.name
 		return cfg

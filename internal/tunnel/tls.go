@@ -20,8 +20,10 @@ import (
 // The TLS layer of a link (listentwo --tls-key, connecttwo --tls-pin or --tls-ca). It runs
 // on the TCP connection before the link handshake, which then runs inside it with its
 // proofs bound to the session (tlslink.Exporter); after the link is taken, the relays copy
-// through it. An idle link is still watched on its TCP connection: the relay sends no
-// session tickets and connecttwo nothing at all, so a readable socket still means an end.
+// through it. An idle link is still watched on its TCP connection: the relay's session
+// ticket comes in its first flight, read with the greeting, and after the handshake
+// neither side sends anything until the link is taken, so a readable socket still means
+// an end.
 
 // Words for a link with TLS on one side only, sent in the clear as an ERR line by the side
 // that notices (listentwo) and logged by both.
