@@ -6,13 +6,18 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
+	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 func TestParsePin(t *testing.T) {
@@ -121,5 +126,65 @@ func TestCreateOnce(t *testing.T) {
 	entries, _ := os.ReadDir(filepath.Dir(path))
 	if len(entries) != 1 {
 		t.Errorf("the directory holds %d files, want only the key: temporary files left", len(entries))
+	}
+}
+
+// TestResumedLinksCheckThePin: a second link resumes the first one's session, and the pin
+// is checked on it as on a full handshake.
+func TestResumedLinksCheckThePin(t *testing.T) {
+	srv, err := LoadServer("", filepath.Join(t.TempDir(), "relay.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl, err := NewPinned([]string{srv.Pin})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	sc := srv.Config()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				tc := tls.Server(c, sc)
+				if tc.Handshake() == nil {
+					_, _ = tc.Write([]byte("x")) // after the ticket
+					_, _ = io.Copy(io.Discard, tc)
+				}
+			}()
+		}
+	}()
+	link := func() (tls.ConnectionState, error) {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		tc := tls.Client(c, cl.Config())
+		var b [1]byte
+		_, err = io.ReadFull(tc, b[:])
+		return tc.ConnectionState(), err
+	}
+	for i, wantResume := range []bool{false, true, true} {
+		cs, err := link()
+		if err != nil || cs.DidResume != wantResume {
+			t.Fatalf("link %d: resumed %v, %v; want resumed %v", i, cs.DidResume, err, wantResume)
+		}
+	}
+	other := "sha256/47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="
+	cl.pins = []string{other}
+	_, err = link()
+	var pe *PinError
+	if !errors.As(err, &pe) || pe.Got != srv.Pin {
+		t.Fatalf("a resumable link with another pin: %v, want the pin refused", err)
 	}
 }
