@@ -110,15 +110,39 @@ func TestFirewalledScenario(t *testing.T) {
 	// Tunnel 2: no hellos, the client speaks first.
 	relay2 := startProc(t, "listentwo-plain", nsB, "listening for clients", bin("listentwo"),
 		"-s", bCtoB+":2234", "-d", bAtoB+":2235")
-	startProc(t, "connecttwo-plain", nsA, "keeping 1 links", bin("connecttwo"),
+	startProc(t, "connecttwo-plain", nsA, "keeping 1 link open", bin("connecttwo"),
 		"-s", bAtoB+":2235", "-d", "127.0.0.1:7002", "--pool", "1")
 	relay2.waitCount(`link #\d+ up `, 1)
 
+	// Tunnel 3: TLS links with the relay's key pinned, as the README sets it up: B makes
+	// its key and prints the pin, A is given it; and the secret, bound to the TLS session.
+	key := filepath.Join(t.TempDir(), "relay.key")
+	pinOut, err := exec.Command("ip", "netns", "exec", nsB, bin("listentwo"), "--tls-key", key, "--print-pin").Output()
+	if err != nil {
+		t.Fatalf("listentwo --print-pin: %v", err)
+	}
+	pin := strings.TrimSpace(string(pinOut))
+	relay3 := startProc(t, "listentwo-tls", nsB, "listening for clients", bin("listentwo"),
+		"-s", bCtoB+":3234", "-d", bAtoB+":3235", "--hello-dst", "--tls-key", key, "--secret-file", secret)
+	relay3.waitCount(`tls pin `+regexp.QuoteMeta(pin)+`$`, 1)
+	agent3 := startProc(t, "connecttwo-tls", nsA, "keeping 2 links", bin("connecttwo"),
+		"-s", bAtoB+":3235", "-d", "127.0.0.1:7002", "--hello-from-src", "--tls-pin", pin, "--secret-file", secret)
+	relay3.waitCount(`link #\d+ up `+regexp.QuoteMeta(aAddr), 2)
+	agent3.waitCount(`link #\d+ up `, 2)
+
 	// C through B reaches A's loopback services, byte for byte, in parallel.
 	var wg sync.WaitGroup
-	errs := make(chan string, 8)
+	errs := make(chan string, 12)
 	for i := 0; i < 4; i++ {
-		wg.Add(2)
+		wg.Add(3)
+		go func() {
+			defer wg.Done()
+			out, err := exec.Command("ip", "netns", "exec", nsC, bin("nshelper"), "client",
+				"-addr", bCtoB+":3234", "-bytes", "3000000").CombinedOutput()
+			if err != nil {
+				errs <- fmt.Sprintf("TLS tunnel: %v\n%s", err, out)
+			}
+		}()
 		go func() {
 			defer wg.Done()
 			out, err := exec.Command("ip", "netns", "exec", nsC, bin("nshelper"), "client",
@@ -144,10 +168,14 @@ func TestFirewalledScenario(t *testing.T) {
 	relay1.waitCount(`close #\d+ `+regexp.QuoteMeta(cAddr)+`:\d+ -> link #\d+ `+regexp.QuoteMeta(aAddr)+`:\d+ up=3000000 .* down=30000\d\d `, 4)
 	agent1.waitCount(`open #\d+ `+regexp.QuoteMeta(cAddr)+`:\d+ \(link #\d+\) -> 127\.0\.0\.1:7000`, 4)
 	relay2.waitCount(`close #\d+ .* up=3000000 .* down=3000000 `, 4)
+	relay3.waitCount(`close #\d+ `+regexp.QuoteMeta(cAddr)+`:\d+ -> link #\d+ `+regexp.QuoteMeta(aAddr)+`:\d+ up=3000000 .* down=3000000 `, 4)
+	agent3.waitCount(`close #\d+ `+regexp.QuoteMeta(cAddr)+`:\d+ \(link #\d+\) -> 127\.0\.0\.1:7002 up=3000000 `, 4)
 
 	// SIGTERM and SIGINT stop both ends cleanly, with exit 0.
 	relay1.terminate(t, syscall.SIGTERM)
 	agent1.terminate(t, syscall.SIGINT)
+	relay3.terminate(t, syscall.SIGTERM)
+	agent3.terminate(t, syscall.SIGTERM)
 }
 
 // build compiles the two tools and the helper into a temporary directory and returns a
