@@ -1,12 +1,13 @@
 // Package mantest checks, in each tool's tests, that its --help lists exactly the flags
-// the tool defines, and that its man page (docs/man/TOOL.1) documents exactly the
-// options its --help lists.
+// the tool defines, that its man page (docs/man/TOOL.1) documents exactly the options
+// its --help lists, and that README.md's section on the tool names every long option.
 package mantest
 
 import (
 	"bytes"
 	"io"
 	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -142,9 +143,44 @@ type Help struct {
 // ReceiveFlags implements cli.FlagsReceiver.
 func (h *Help) ReceiveFlags(fs *pflag.FlagSet) { h.Flags = fs }
 
+// CheckReadme fails the test unless the README's section on fs's tool (from the "## "
+// heading that has the tool's name as a word to the next "## " heading), or the section
+// on what every tool shares (a "## " heading with "every tool" in it), names every long
+// option of fs, --help and --version aside.
+func CheckReadme(t testing.TB, fs *pflag.FlagSet, readme string) {
+	t.Helper()
+	text, err := os.ReadFile(readme)
+	if err != nil {
+		t.Fatalf("the README: %v", err)
+	}
+	section, in := "", false
+	for _, line := range strings.Split(string(text), "\n") {
+		if strings.HasPrefix(line, "## ") {
+			in = slices.Contains(strings.Fields(strings.NewReplacer("`", " ", ",", " ").Replace(line)), fs.Name()) ||
+				strings.Contains(line, "every tool")
+		}
+		if in {
+			section += line + "\n"
+		}
+	}
+	if section == "" {
+		t.Fatalf("%s has no \"## \" section on %s", readme, fs.Name())
+	}
+	fs.VisitAll(func(f *pflag.Flag) {
+		if f.Name == "help" || f.Name == "version" {
+			return
+		}
+		named := regexp.MustCompile(`--` + regexp.QuoteMeta(f.Name) + `([^A-Za-z0-9-]|$)`)
+		if !named.MatchString(section) {
+			t.Errorf("--%s is a flag of %s but %s's section on it does not name it", f.Name, fs.Name(), readme)
+		}
+	})
+}
+
 // CheckHelp checks what a tool printed for --help into h: that it lists exactly the
-// tool's flags (CheckFlags), and that the man page at path documents exactly those
-// options (Check).
+// tool's flags (CheckFlags), that the man page at path (docs/man/TOOL.1) documents
+// exactly those options (Check), and that README.md, two levels above the man page's
+// directory, names every long option in its section on the tool (CheckReadme).
 func CheckHelp(t testing.TB, h *Help, path string) {
 	t.Helper()
 	if h.Flags == nil {
@@ -152,6 +188,7 @@ func CheckHelp(t testing.TB, h *Help, path string) {
 	}
 	CheckFlags(t, h.Flags, h.String())
 	Check(t, h.String(), path)
+	CheckReadme(t, h.Flags, filepath.Join(filepath.Dir(path), "..", "..", "README.md"))
 }
 
 // CheckRun runs a tool's run function (args, stdout, stderr; the exit status) with
