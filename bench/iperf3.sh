@@ -10,14 +10,17 @@
 # Relays, each in front of one iperf3 server:
 #   direct          no relay
 #   tcp-pf          tcp-pf -s 127.0.0.1:P -d 127.0.0.1:B (its defaults)
-#   haproxy-plain   HAProxy, "mode tcp" and nothing else: its default configuration
+#   haproxy-plain   HAProxy, "mode tcp" and no splice option: its default behaviour
 #   haproxy-splice  the same with option splice-request, option splice-response and
 #                   tune.pipesize 1048576: HAProxy's best bulk figure
+#   (both with maxconn and tune.maxpollevents raised, as in bench/relay.sh: see
+#   bench/haproxy.sh, which writes every HAProxy configuration the benchmarks use)
 # Prints every run's MiB/s (what iperf3's receiver counted), the medians, and the median
 # of tcp-pf's per-round ratios to each HAProxy. Needs iperf3 and haproxy; every run is
 # bounded with timeout(1), and every process started is stopped at exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/haproxy.sh
 rounds=5 secs=3
 while [ $# -gt 0 ]; do
 	case $1 in
@@ -63,24 +66,7 @@ wait_port "$be"
 "$work/tcp-pf" -s "127.0.0.1:${port[tcp-pf]}" -d "127.0.0.1:$be" 2>"$work/tcp-pf.log" &
 pids+=($!)
 for name in haproxy-plain haproxy-splice; do
-	opts="" tune=""
-	if [ $name = haproxy-splice ]; then
-		opts=$'option splice-request\n    option splice-response'
-		tune="tune.pipesize 1048576"
-	fi
-	cat >"$work/$name.cfg" <<-EOF
-		global
-		    $tune
-		defaults
-		    mode tcp
-		    $opts
-		    timeout connect 10s
-		    timeout client 1h
-		    timeout server 1h
-		listen fwd
-		    bind 127.0.0.1:${port[$name]}
-		    server be 127.0.0.1:$be
-	EOF
+	haproxy_cfg "${name#haproxy-}" "${port[$name]}" "$be" >"$work/$name.cfg"
 	haproxy -db -f "$work/$name.cfg" 2>"$work/$name.log" &
 	pids+=($!)
 done

@@ -44,6 +44,8 @@ done
 
 top=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d)
+# shellcheck source=bench/haproxy.sh
+. "$(dirname "$0")/haproxy.sh"
 pids=()
 cleanup() {
 	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -131,30 +133,10 @@ start_relay() { # start relay $1 in the background and record its pid
 		printf '127.0.0.1 %s 127.0.0.1 %s\n' "$p" "$be" >"$work/rinetd.conf"
 		rinetd -f -c "$work/rinetd.conf" & ;;
 	haproxy | haproxy-splice)
-		# haproxy: option splice-auto, as usually recommended; HAProxy 2.6 then splices
-		# only when it guesses a stream is large, and here it never does.
-		# haproxy-splice: splice forced both ways, with 1 MiB pipes like Go's: its best
-		# figure for bulk streams.
-		local opts="option splice-auto" tune=""
-		if [ "$name" = haproxy-splice ]; then
-			opts=$'option splice-request\n    option splice-response'
-			tune="tune.pipesize 1048576"
-		fi
-		cat >"$work/$name.cfg" <<-EOF
-			global
-			    maxconn $(( $(ulimit -n) / 5 ))
-			    tune.maxpollevents 1024
-			    $tune
-			defaults
-			    mode tcp
-			    $opts
-			    timeout connect 10s
-			    timeout client 1h
-			    timeout server 1h
-			listen fwd
-			    bind 127.0.0.1:$p
-			    server be 127.0.0.1:$be
-		EOF
+		# haproxy: option splice-auto; haproxy-splice: splice forced (bench/haproxy.sh).
+		local kind=auto
+		[ "$name" = haproxy-splice ] && kind=splice
+		haproxy_cfg $kind "$p" "$be" >"$work/$name.cfg"
 		haproxy -db -f "$work/$name.cfg" 2>>"$work/haproxy.log" & ;;
 	esac
 	pid_of[$name]=$!

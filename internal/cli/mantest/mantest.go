@@ -179,8 +179,9 @@ func CheckReadme(t testing.TB, fs *pflag.FlagSet, readme string) {
 
 // CheckHelp checks what a tool printed for --help into h: that it lists exactly the
 // tool's flags (CheckFlags), that the man page at path (docs/man/TOOL.1) documents
-// exactly those options (Check), and that README.md, two levels above the man page's
-// directory, names every long option in its section on the tool (CheckReadme).
+// exactly those options (Check), that README.md, two levels above the man page's
+// directory, names every long option in its section on the tool (CheckReadme), and that
+// the completion files under contrib/completion there are in step (CheckCompletions).
 func CheckHelp(t testing.TB, h *Help, path string) {
 	t.Helper()
 	if h.Flags == nil {
@@ -188,7 +189,9 @@ func CheckHelp(t testing.TB, h *Help, path string) {
 	}
 	CheckFlags(t, h.Flags, h.String())
 	Check(t, h.String(), path)
-	CheckReadme(t, h.Flags, filepath.Join(filepath.Dir(path), "..", "..", "README.md"))
+	root := filepath.Join(filepath.Dir(path), "..", "..")
+	CheckReadme(t, h.Flags, filepath.Join(root, "README.md"))
+	CheckCompletions(t, h.Flags, h.String(), root)
 }
 
 // CheckRun runs a tool's run function (args, stdout, stderr; the exit status) with
