@@ -184,8 +184,11 @@ func CheckCompletions(t testing.TB, fs *pflag.FlagSet, help, root string) {
 			continue
 		}
 		got, err := os.ReadFile(f.path)
-		if err != nil || string(got) != f.want {
-			t.Errorf("%s is not in step with %s's flags (%v): regenerate it with go test ./cmd/%s -run TestManPage -args -update-completions", f.path, fs.Name(), err, fs.Name())
+		switch {
+		case err != nil:
+			t.Errorf("%v: generate it with go test ./cmd/%s -run TestManPage -args -update-completions", err, fs.Name())
+		case string(got) != f.want:
+			t.Errorf("%s is not in step with %s's flags and --help: regenerate it with go test ./cmd/%s -run TestManPage -args -update-completions", f.path, fs.Name(), fs.Name())
 		}
 	}
 }
