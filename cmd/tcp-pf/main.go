@@ -16,6 +16,7 @@ import (
 	"shd-tcp-tools/internal/connlog"
 	"shd-tcp-tools/internal/endpoint"
 	"shd-tcp-tools/internal/forward"
+	"shd-tcp-tools/internal/metrics"
 	"shd-tcp-tools/internal/patherr"
 	"shd-tcp-tools/internal/systemd"
 )
@@ -74,6 +75,10 @@ Options:
                                 are still logged)
       --log-format FORMAT       text (the default), or json: one JSON object per
                                 event with the fields of its text line (man tcp-pf)
+      --metrics [ADDR:]PORT     serve Prometheus metrics on http://ADDR:PORT/metrics:
+                                connections by outcome, bytes each way as they
+                                move, connect times, and per -l entry its bytes,
+                                open connections and health (see Metrics below)
   -h, --help                    print this help and exit
   -v, --version                 print the version and exit
 
@@ -133,6 +138,12 @@ counted instead and summed up in one line with their reasons and client blocks (
 /64). Logging never holds up a connection: if stderr is not read or is gone,
 lines are dropped, and the count is logged when stderr takes lines again, and at exit.
 
+Metrics (--metrics): counters and gauges prefixed tcppf_, among them
+tcppf_connections_opened_total, tcppf_connections_closed_total{end},
+tcppf_relayed_bytes_total{direction}, tcppf_connections_open and
+tcppf_host_bytes{host}, plus the process_ and go_ metrics. They are read from the
+counts the relay keeps anyway, when a scrape comes: a scrape costs the relay nothing.
+
 Examples:
   tcp-pf -s 8080 -d 192.0.2.10:80
   tcp-pf -s '[::1]:2222' -d backend.example:22 -a 10.0.0.0/8 -a 2001:db8::/32
@@ -165,6 +176,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 // options holds the flags as typed, before they are checked.
 type options struct {
 	source, dest, hostFile, port, insert string
+	metrics                              string
+	metricsAt                            endpoint.Endpoint // metrics, parsed
 	allow                                []string
 	rate                                 cli.Rate
 	interval, connectTimeout             cli.Seconds
@@ -198,6 +211,7 @@ func serve(ctx context.Context, reload <-chan struct{}, args []string, stdout, s
 	flags.BoolVar(&o.acceptProxy, "accept-proxy", false, "")
 	flags.Var(&o.headerTimeout, "accept-proxy-timeout", "")
 	logFlags := flags.LogFlags()
+	flags.StringVar(&o.metrics, "metrics", "", "")
 	if err := flags.Parse(args); err != nil {
 		return err
 	}
@@ -237,9 +251,18 @@ func serve(ctx context.Context, reload <-chan struct{}, args []string, stdout, s
 	if err != nil {
 		return err
 	}
+	ms, err := metrics.Listen(ctx, o.metricsAt, cfg.Local)
+	if err != nil {
+		return err
+	}
+	defer ms.Close()
 	ln, err := svc.Listen(ctx, "source", listen, cfg.Local)
 	if err != nil {
 		return err
+	}
+	ms.Serve(metrics.Forward(srv))
+	if ms != nil {
+		cfg.Log.Printf("metrics on http://%s%s", ms.Addr(), metrics.Path)
 	}
 	// SIGHUP rereads the host file (nothing with -d), also in the grace period after a
 	// SIGTERM: it never ends the process, whose counts are not written yet.
@@ -273,6 +296,11 @@ func configure(ctx context.Context, o *options, flags *cli.FlagSet) (endpoint.En
 	}
 	if err := checkUseless(o, flags); err != nil {
 		return listen, cfg, err
+	}
+	if flags.Changed("metrics") {
+		if o.metricsAt, err = metrics.ParseAddr(o.metrics); err != nil {
+			return listen, cfg, err
+		}
 	}
 	if o.dest != "" {
 		if cfg.Dest, err = endpoint.ParseHostPort(o.dest); err != nil {

@@ -47,12 +47,13 @@ type hostEntry struct {
 	pending atomic.Uint64
 
 	// Under balancer.mu:
-	base  uint64 // the count in the store as last read or written
-	open  int    // connections being set up or relayed to the host
-	rank  int    // 0, or 1 for a host the health tracker set aside: see rerank
-	order int    // the place in the store's order
-	key   uint64 // base+pending when the entry was last placed in the heap
-	idx   int    // the place in the heap; -1 when the store no longer has the entry
+	base    uint64 // the count in the store as last read or written
+	written uint64 // the bytes of pending that write-backs took to the store
+	open    int    // connections being set up or relayed to the host
+	rank    int    // 0, or 1 for a host the health tracker set aside: see rerank
+	order   int    // the place in the store's order
+	key     uint64 // base+pending when the entry was last placed in the heap
+	idx     int    // the place in the heap; -1 when the store no longer has the entry
 }
 
 // bytes is the host's count as the ranking sees it: the store's count plus the bytes moved
@@ -175,6 +176,7 @@ func (b *balancer) setEntries(es []hostfile.Entry, written map[string]uint64) ch
 			// Only a write-back lowers pending, and write-backs are one at a time, so
 			// pending >= n: what was added since the counts were taken stays.
 			e.pending.Add(^(n - 1))
+			e.written += n
 		}
 		e.base = fe.Bytes
 		e.order = len(b.heap)
@@ -459,6 +461,36 @@ func (b *balancer) usable(es []hostfile.Entry) bool {
 		}
 	}
 	return false
+}
+
+// HostStats is one host-file entry as the balancer sees it, for the metrics.
+type HostStats struct {
+	// Name is the entry's HOST field (with its port when it names one).
+	Name string
+	// Bytes is the count the entry is ranked by: the store's count as last read or
+	// written plus the bytes this process moved since.
+	Bytes uint64
+	// Relayed is the bytes this process moved through the host since it started (or
+	// since the entry came back to the store, after it had left it).
+	Relayed uint64
+	// Open is the connections being set up to or relayed through the host.
+	Open int
+	// Aside reports whether the health checks set the host aside.
+	Aside bool
+}
+
+// stats returns every entry of the store, in the store's order.
+func (b *balancer) stats() []HostStats {
+	b.mu.Lock()
+	hs := make([]HostStats, len(b.heap))
+	for _, e := range b.heap {
+		// pending is read under mu, so a write-back is either in written or in pending:
+		// Relayed never goes back.
+		hs[e.order] = HostStats{Name: e.name, Bytes: e.bytes(), Relayed: e.written + e.pending.Load(), Open: e.open,
+			Aside: b.health.Aside(e.ep)}
+	}
+	b.mu.Unlock()
+	return hs
 }
 
 // openCounts returns the open connections by host, for tests.

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -17,6 +18,7 @@ import (
 	"shd-tcp-tools/internal/accept"
 	"shd-tcp-tools/internal/allow"
 	"shd-tcp-tools/internal/connlog"
+	"shd-tcp-tools/internal/connstats"
 	"shd-tcp-tools/internal/dnscache"
 	"shd-tcp-tools/internal/endpoint"
 	"shd-tcp-tools/internal/health"
@@ -97,6 +99,13 @@ type Config struct {
 	Now func() time.Time
 }
 
+func (c *Config) loops() int {
+	if c.Loops > 0 {
+		return c.Loops
+	}
+	return runtime.GOMAXPROCS(0)
+}
+
 func (c *Config) interval() time.Duration { return orDefault(c.Interval, DefaultInterval) }
 func (c *Config) grace() time.Duration    { return orDefault(c.Grace, DefaultGrace) }
 func (c *Config) now() time.Time {
@@ -143,6 +152,9 @@ type Server struct {
 	// found incomplete (a test seam).
 	partialHeader func()
 
+	// counts are the loops' counts, one Counters each (Stats adds them up).
+	counts []connstats.Counters
+
 	ids  atomic.Uint64
 	open atomic.Int64
 	wg   sync.WaitGroup
@@ -152,7 +164,8 @@ type Server struct {
 // destination, a host file that cannot be read or has no usable entry. The warnings, even
 // with an error, name the host file's malformed lines ("hosts:3: malformed entry: ...").
 func New(cfg Config) (*Server, []error, error) {
-	s := &Server{cfg: cfg, log: cfg.Log, floods: cfg.Log.Summarise(floodBurst, floodInterval)}
+	s := &Server{cfg: cfg, log: cfg.Log, floods: cfg.Log.Summarise(floodBurst, floodInterval),
+		counts: make([]connstats.Counters, cfg.loops())}
 	if cfg.SendProxy != 0 && cfg.SendProxy != 1 && cfg.SendProxy != 2 {
 		return nil, nil, fmt.Errorf("PROXY protocol version %d: want 1 or 2", cfg.SendProxy)
 	}
@@ -176,6 +189,30 @@ func New(cfg Config) (*Server, []error, error) {
 	s.newHosts()
 	return s, nil, nil
 }
+
+// Stats returns the counts of the connections served so far, added up over the loops:
+// accepted, opened, ended, refused, failed, and the bytes relayed each way up to the last
+// splice. Safe to call at any time, from any goroutine; it takes no lock.
+func (s *Server) Stats() connstats.Snapshot {
+	var sn connstats.Snapshot
+	for i := range s.counts {
+		sn.Add(&s.counts[i])
+	}
+	return sn
+}
+
+// Hosts returns the host file's entries (the store's), in order, with their counts, open
+// connections and health; nil with a single destination. It holds the balancer's lock for
+// one pass over the entries.
+func (s *Server) Hosts() []HostStats {
+	if s.bal == nil {
+		return nil
+	}
+	return s.bal.stats()
+}
+
+// loopCounts returns the counts of loop i.
+func (s *Server) loopCounts(i int) *connstats.Counters { return &s.counts[i%len(s.counts)] }
 
 // Open returns how many connections are being set up or relayed right now.
 func (s *Server) Open() int { return int(s.open.Load()) }

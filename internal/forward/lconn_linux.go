@@ -10,6 +10,7 @@ import (
 
 	"shd-tcp-tools/internal/accept"
 	"shd-tcp-tools/internal/connlog"
+	"shd-tcp-tools/internal/connstats"
 	"shd-tcp-tools/internal/dnscache"
 	"shd-tcp-tools/internal/eventloop"
 	"shd-tcp-tools/internal/relay"
@@ -62,8 +63,10 @@ type lconn struct {
 	lit        [1]netip.Addr
 	lastErr    error // why the last address tried failed
 	failures   int
-	shortSince time.Time        // when connecting first found no descriptor
-	timer      *eventloop.Timer // connect or --insert deadline, or the settle poll
+	failure    connstats.Failure // the class of the last failure, for the metrics
+	dialStart  time.Time         // when the connect in flight began
+	shortSince time.Time         // when connecting first found no descriptor
+	timer      *eventloop.Timer  // connect or --insert deadline, or the settle poll
 
 	inserted  int
 	pace      [2]*relay.Pacer  // each direction's rate limit; --insert pays up's
@@ -96,6 +99,7 @@ func (c *lconn) begin(client netip.AddrPort) {
 	if !s.cfg.Allow.Allows(client.Addr()) {
 		_ = c.ls.lp.CloseFD(c.cfd) // registered already with --accept-proxy
 		c.refused("not in the allow list")
+		c.ls.counts.Refused(connstats.RefusedAllow)
 		c.release()
 		return
 	}
@@ -124,7 +128,7 @@ func (c *lconn) nextHost() bool {
 		if c.cand >= len(c.cands) && !c.pickNext() {
 			var why error // each host that failed has a line already
 			if c.failures == 0 {
-				why = errors.New("no host to connect to")
+				why = connstats.ErrNoHost
 			}
 			c.resetClient(why)
 			return false
@@ -218,6 +222,7 @@ func (c *lconn) dialNext() {
 			c.failed(err)
 			continue
 		}
+		c.dialStart = c.ls.lp.Now()
 		timeout := orDefault(c.s.cfg.ConnectTimeout, DefaultConnectTimeout)
 		c.timer = c.ls.lp.AfterFunc(timeout, func() {
 			c.timer = nil
@@ -239,6 +244,11 @@ func (c *lconn) resetClient(why error) {
 		c.sfd = -1
 	}
 	c.releaseHost()
+	fail := c.failure // every host failed: the class of the last failure
+	if why != nil {
+		fail = connstats.FailureOf(why)
+	}
+	c.ls.counts.Failed(fail)
 	if why != nil {
 		dest := "-" // every host failed, and each has its line already
 		if c.cand < len(c.cands) {
@@ -328,6 +338,8 @@ func (c *lconn) failed(err error) {
 		err = se.Err // "connection refused": the line names the address already
 	}
 	c.lastErr = err
+	c.failure = connstats.FailureOf(err)
+	c.ls.counts.AttemptFailed(c.failure)
 	c.logFailed(c.cands[c.cand].ep.String(), err)
 	if accept.Shortage(err) {
 		c.s.shorted(c.ls.log, err)
@@ -395,6 +407,7 @@ func (c *lconn) connected() {
 	}
 	c.to = c.cands[idx].ep.String()
 	c.ls.log.Open(c.id, c.from, c.to)
+	c.ls.counts.Opened(c.ls.lp.Now().Sub(c.dialStart))
 	c.ls.keepAliveLater(c)
 	if !s.cfg.AcceptProxy { // with it, registered since the accept
 		if err := c.ls.lp.Add(c.cfd, unix.EPOLLIN|unix.EPOLLOUT|unix.EPOLLRDHUP|unix.EPOLLET, c.clientReady); err != nil {
@@ -449,6 +462,7 @@ func (c *lconn) insertMore() {
 			return
 		}
 		c.inserted += n
+		c.ls.counts.Up(n)
 		pace.Used(n)
 	}
 	if c.inserted == len(ins) && !c.insertDue {
@@ -529,10 +543,14 @@ func (c *lconn) startRelay() {
 		IdleTimeout: cfg.IdleTimeout,
 		OnEnd:       c.ended,
 		NoPipes:     c.s.noPipes,
+		Progress:    c.ls.counted, // the bytes each way, as they move, for the metrics
 	}
 	if b := c.s.bal; b != nil {
-		host := c.cands[c.cand]
-		o.Progress = func(_ bool, n int64) { b.add(host, n) }
+		host, counted := c.cands[c.cand], c.ls.counted
+		o.Progress = func(up bool, n int64) {
+			counted(up, n)
+			b.add(host, n)
+		}
 	}
 	c.state = stRelaying // before the start: the pair may end in it
 	p, err := relay.StartPair(c.ls.lp, c.cfd, c.sfd, o)
@@ -566,5 +584,7 @@ func (c *lconn) ended(res relay.Result) {
 		b.add(c.cands[c.cand], int64(c.inserted))
 		c.releaseHost()
 	}
+	// Counted once the host is released: a scrape that sees the end sees it everywhere.
+	c.ls.counts.Ended(connstats.EndOf(res.End))
 	c.release()
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"runtime"
 	"sync"
 	"time"
 
@@ -14,6 +13,7 @@ import (
 
 	"shd-tcp-tools/internal/accept"
 	"shd-tcp-tools/internal/connlog"
+	"shd-tcp-tools/internal/connstats"
 	"shd-tcp-tools/internal/eventloop"
 	"shd-tcp-tools/internal/sock"
 )
@@ -34,9 +34,12 @@ type engine struct {
 
 // loopState is what one loop owns: its connections and whether it accepts.
 type loopState struct {
-	e         *engine
-	lp        *eventloop.Loop
-	log       *connlog.Logger // the server's log, flushed before each wait
+	e      *engine
+	lp     *eventloop.Loop
+	log    *connlog.Logger     // the server's log, flushed before each wait
+	counts *connstats.Counters // this loop's share of the server's counts (Server.Stats)
+	// counted is the relay's Progress for the counts: made once per loop, not per connection.
+	counted   func(up bool, n int64)
 	conns     map[*lconn]struct{}
 	accepting bool
 	paused    *eventloop.Timer // accept back-off
@@ -91,10 +94,7 @@ func (s *Server) serveLoops(ctx context.Context, ln *net.TCPListener) (cut func(
 	// Every loop exists before any accepts: a loop that cannot be made for lack of
 	// descriptors is a start-up error, not one with connections already in flight.
 	runCtx, end := context.WithCancel(context.WithoutCancel(ctx))
-	n := s.cfg.Loops
-	if n <= 0 {
-		n = runtime.GOMAXPROCS(0)
-	}
+	n := s.cfg.loops()
 	for range n {
 		lp, err := eventloop.New()
 		if err != nil {
@@ -104,7 +104,8 @@ func (s *Server) serveLoops(ctx context.Context, ln *net.TCPListener) (cut func(
 			}
 			return nil, nil, fmt.Errorf("starting an event loop: %w", err)
 		}
-		ls := &loopState{e: e, lp: lp, log: s.log.BufferAt(lp.Now), conns: map[*lconn]struct{}{}}
+		ls := &loopState{e: e, lp: lp, log: s.log.BufferAt(lp.Now), counts: s.loopCounts(len(e.loops)), conns: map[*lconn]struct{}{}}
+		ls.counted = ls.counts.Moved
 		// A round's log lines, stamped with the round's time, are queued in one go, before
 		// the loop waits again.
 		lp.BeforeWait(ls.log.Flush)
@@ -221,6 +222,7 @@ func (ls *loopState) accept() {
 		}
 		s.wg.Add(1)
 		s.open.Add(1)
+		ls.counts.Accepted()
 		c := &lconn{ls: ls, s: s, cfd: fd, sfd: -1, start: ls.lp.Now()}
 		ls.conns[c] = struct{}{}
 		c.accepted(client)

@@ -8,6 +8,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"shd-tcp-tools/internal/connstats"
 	"shd-tcp-tools/internal/proxyhdr"
 	"shd-tcp-tools/internal/sock"
 )
@@ -106,6 +107,7 @@ func (c *lconn) refuseHeader(why string) {
 		c.timer = nil
 	}
 	c.refused(why)
+	c.ls.counts.Refused(connstats.RefusedHeader)
 	sock.Linger0(c.cfd)
 	_ = c.ls.lp.CloseFD(c.cfd)
 	c.release()
