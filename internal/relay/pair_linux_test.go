@@ -2,46 +2,75 @@ package relay
 
 import (
 	"context"
+	"errors"
 	"net"
+	"syscall"
 	"testing"
-
-	"shd-tcp-tools/internal/eventloop"
+	"time"
 )
 
-// startPair runs a Pair on an event loop of its own, with the sockets of client and server
-// detached from the standard library: Join's tests run on it too (the engines of
+// startPair relays client and server as a Pair on a Loops of two loops (Relay detaches
+// both sockets from the standard library): Join's tests run on it too (the engines of
 // join_test.go).
 func startPair(t *testing.T, client, server *net.TCPConn, o Options) <-chan Result {
 	t.Helper()
-	lp, err := eventloop.New()
+	ls, err := NewLoops(2)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = lp.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	cfd, err := Detach(client)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sfd, err := Detach(server)
-	if err != nil {
-		t.Fatal(err)
-	}
+	t.Cleanup(ls.Close) // after the test waited for the result
 	res := make(chan Result, 1)
-	lp.Post(func() {
-		_, err := StartPair(lp, cfd, sfd, PairOptions{
+	go func() {
+		res <- ls.Relay(context.Background(), client, server, PairOptions{
 			HalfClose:   o.HalfClose,
 			Pace:        [2]*Pacer{NewPacer(o.Rate), NewPacer(o.Rate)},
 			IdleTimeout: o.IdleTimeout,
 			Progress:    o.Progress,
-			OnEnd:       func(r Result) { res <- r },
 			stall:       o.stall,
 		})
-		if err != nil {
-			res <- Result{End: "starting the pair: " + err.Error()}
-		}
-	})
+	}()
 	return res
+}
+
+// The end of the context cuts a pair on the loops, also one that ended before the pair
+// started; both peers see a reset.
+func TestLoopsStopOnCancel(t *testing.T) {
+	ls, err := NewLoops(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ls.Close()
+	for _, early := range []bool{false, true} {
+		relayClient, user := pair(t, "tcp4", "127.0.0.1:0")
+		backend, relayServer := pair(t, "tcp6", "[::1]:0")
+		ctx, cancel := context.WithCancel(context.Background())
+		if early {
+			cancel()
+		}
+		done := make(chan Result, 1)
+		ls.Start(ctx, relayClient, relayServer, PairOptions{HalfClose: true, OnEnd: func(r Result) { done <- r }})
+		if _, err := user.Write([]byte("x")); err != nil && !early {
+			t.Fatal(err)
+		}
+		cancel()
+		select {
+		case r := <-done:
+			if r.End != EndStopped {
+				t.Errorf("early=%v: End %q, want %q", early, r.End, EndStopped)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("early=%v: the pair ignored the cancellation", early)
+		}
+		for _, c := range []*net.TCPConn{user, backend} {
+			_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			buf := make([]byte, 8)
+			var err error
+			for err == nil {
+				_, err = c.Read(buf)
+			}
+			if !errors.Is(err, syscall.ECONNRESET) {
+				t.Errorf("early=%v: %v read %v, want a reset", early, c.LocalAddr(), err)
+			}
+		}
+	}
 }

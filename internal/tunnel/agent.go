@@ -16,6 +16,7 @@ import (
 
 	"shd-tcp-tools/internal/connlog"
 	"shd-tcp-tools/internal/endpoint"
+	"shd-tcp-tools/internal/relay"
 	"shd-tcp-tools/internal/tlslink"
 )
 
@@ -110,6 +111,7 @@ type Agent struct {
 	conns     atomic.Uint64 // ids for log lines
 	links     atomic.Uint64
 	wg        sync.WaitGroup
+	loops     *relay.Loops // relay the taken plain links and the service; made by Run
 }
 
 // NewAgent checks cfg and returns an agent ready to Run.
@@ -160,6 +162,12 @@ func (a *Agent) WaitIdle(ctx context.Context, n int) error {
 // goroutines and returns nil. Failures to reach the relay are logged and retried with
 // backoff; they never end Run.
 func (a *Agent) Run(ctx context.Context) error {
+	loops, err := relay.NewLoops(0)
+	if err != nil {
+		return err
+	}
+	defer loops.Close() // after every relay ended (a.wg)
+	a.loops = loops
 	for i := 0; i < a.cfg.Pool && ctx.Err() == nil; i++ {
 		a.wg.Add(1)
 		go func() {
@@ -317,7 +325,7 @@ func (a *Agent) serve(ctx context.Context, linkID uint64, link *net.TCPConn, rw 
 	id := a.conns.Add(1)
 	client := fmt.Sprintf("link #%d %s", linkID, link.RemoteAddr())
 	service := a.cfg.Service.String()
-	// Until Join takes over, the end of ctx closes the link (and so ends a hello read).
+	// Until the relay takes over, the end of ctx closes the link (and so ends a hello read).
 	unwatch := context.AfterFunc(ctx, func() { link.Close() })
 	defer unwatch()
 	// payload is the client's data read so far; replay is what the service gets first.
@@ -362,9 +370,12 @@ func (a *Agent) serve(ctx context.Context, linkID uint64, link *net.TCPConn, rw 
 		return
 	}
 	a.cfg.Log.Open(id, client, service)
-	res := relayPaired(ctx, rw, srv)
-	up := uint64(res.Up) + uint64(len(payload))
-	a.cfg.Log.Close(id, client, service, up, uint64(res.Down), res.Duration, res.End)
+	a.wg.Add(1) // until the relay's end, which Run waits for
+	relayPaired(ctx, a.loops, rw, srv, func(res relay.Result) {
+		up := uint64(res.Up) + uint64(len(payload))
+		a.cfg.Log.Close(id, client, service, up, uint64(res.Down), res.Duration, res.End)
+		a.wg.Done()
+	})
 }
 
 // gauge is a counter that can be waited on. Safe for simultaneous use.

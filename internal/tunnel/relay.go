@@ -18,6 +18,7 @@ import (
 	"shd-tcp-tools/internal/allow"
 	"shd-tcp-tools/internal/connlog"
 	"shd-tcp-tools/internal/endpoint"
+	"shd-tcp-tools/internal/relay"
 	"shd-tcp-tools/internal/tlslink"
 )
 
@@ -143,7 +144,8 @@ type Relay struct {
 	conns, links atomic.Uint64 // ids for log lines
 	wg           sync.WaitGroup
 	// back pauses both listeners while the process is short of descriptors or memory.
-	back accept.Backoff
+	back  accept.Backoff
+	loops *relay.Loops // relay the paired plain links and clients; made by Serve
 }
 
 // idleLink is a link that passed the handshake and waits in the pool. While idle, a watcher
@@ -232,6 +234,14 @@ func (r *Relay) ListenAndServe(ctx context.Context) error {
 // then closes both listeners, ends every relay and idle link, waits for its goroutines,
 // and returns nil after a cancelled ctx. Both listeners must yield *net.TCPConn.
 func (r *Relay) Serve(ctx context.Context, clients, links net.Listener) error {
+	loops, err := relay.NewLoops(0)
+	if err != nil {
+		clients.Close()
+		links.Close()
+		return err
+	}
+	defer loops.Close() // after every relay ended (r.wg)
+	r.loops = loops
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stop := context.AfterFunc(ctx, func() {
@@ -256,7 +266,7 @@ func (r *Relay) Serve(ctx context.Context, clients, links net.Listener) error {
 		defer accepting.Done()
 		errs <- r.accept(ctx, links, "link", r.admitLink)
 	}()
-	err := <-errs
+	err = <-errs
 	if ctx.Err() != nil { // a line all the same when nothing was open: a log that just ends reads as a crash
 		r.cfg.Log.Printf("stopping: cutting open relays, closing idle links")
 	}
@@ -620,6 +630,9 @@ func (r *Relay) serveClient(ctx context.Context, c *net.TCPConn, g *guest, start
 		}
 	}
 	r.cfg.Log.Open(id, client, dest)
-	res := relayPaired(ctx, c, l.rw)
-	r.cfg.Log.Close(id, client, dest, uint64(res.Up), uint64(res.Down), res.Duration, res.End)
+	r.wg.Add(1) // until the relay's end, which Serve waits for
+	relayPaired(ctx, r.loops, c, l.rw, func(res relay.Result) {
+		r.cfg.Log.Close(id, client, dest, uint64(res.Up), uint64(res.Down), res.Duration, res.End)
+		r.wg.Done()
+	})
 }

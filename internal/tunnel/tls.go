@@ -160,10 +160,18 @@ func buffered(rw net.Conn) ([]byte, error) {
 }
 
 // relayPaired relays a taken link and its other end (the client on the relay, the service
-// on connecttwo) both ways, half-closes passed on, and returns the counts for the log line.
-// Either may be TLS over TCP (a link with --tls-key): relay.Join copies that through a
-// buffer in user space with the same close policy as two raw sockets. It is the one place
-// the tunnel hands a pair to a relay.
-func relayPaired(ctx context.Context, client, server net.Conn) relay.Result {
-	return relay.Join(ctx, client, server, relay.Options{HalfClose: true})
+// on connecttwo) both ways, half-closes passed on, and calls done with the counts for the
+// log line. Two plain TCP connections go to the process's event loops, as tcp-pf's do:
+// relayPaired returns at once, the relay holds no goroutine, and done runs on the loop.
+// When either is TLS over TCP (a link with --tls-key), relay.Join copies through a buffer
+// in user space with the same close policy, on the calling goroutine, and done runs there.
+// The end of ctx cuts the relay. It is the one place the tunnel hands a pair to a relay.
+func relayPaired(ctx context.Context, loops *relay.Loops, client, server net.Conn, done func(relay.Result)) {
+	c, cok := client.(*net.TCPConn)
+	s, sok := server.(*net.TCPConn)
+	if cok && sok {
+		loops.Start(ctx, c, s, relay.PairOptions{HalfClose: true, OnEnd: done})
+		return
+	}
+	done(relay.Join(ctx, client, server, relay.Options{HalfClose: true}))
 }

@@ -1,0 +1,136 @@
+package relay
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"runtime"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+
+	"shd-tcp-tools/internal/eventloop"
+)
+
+// Loops is a set of event loops, one per CPU by default, that relay pairs of TCP
+// connections handed to them by goroutines (the tunnel's control plane): each pair runs as
+// a Pair on the loop with the fewest pairs, costing no goroutine of its own while it
+// relays. Relay is safe for simultaneous use.
+type Loops struct {
+	loops   []*loopSlot
+	cancel  context.CancelFunc
+	running sync.WaitGroup
+}
+
+// loopSlot is one loop of a Loops and the number of pairs it relays.
+type loopSlot struct {
+	lp    *eventloop.Loop
+	pairs atomic.Int64
+}
+
+// NewLoops starts n event loops (GOMAXPROCS when n <= 0), each on a goroutine locked to
+// its own thread, until Close.
+func NewLoops(n int) (*Loops, error) {
+	if n <= 0 {
+		n = runtime.GOMAXPROCS(0)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ls := &Loops{cancel: cancel}
+	for range n {
+		lp, err := eventloop.New()
+		if err != nil {
+			ls.Close()
+			return nil, fmt.Errorf("starting an event loop: %w", err)
+		}
+		ls.loops = append(ls.loops, &loopSlot{lp: lp})
+		ls.running.Go(func() { _ = lp.Run(ctx) })
+	}
+	return ls, nil
+}
+
+// Close stops the loops and waits for them. Call it once every pair has ended (its OnEnd
+// was called): a pair still running then is dropped with its sockets open.
+func (ls *Loops) Close() {
+	ls.cancel()
+	ls.running.Wait()
+}
+
+// Start relays client and server on the loop with the fewest pairs, with o, and returns
+// at once: the pair holds no goroutine, and o.OnEnd is called on the loop with the result
+// once both sockets are closed (always, also when the pair cannot start). It takes both
+// sockets from the standard library (Detach). The end of ctx cuts the pair (EndStopped).
+func (ls *Loops) Start(ctx context.Context, client, server *net.TCPConn, o PairOptions) {
+	onEnd := o.OnEnd
+	if onEnd == nil {
+		onEnd = func(Result) {}
+	}
+	fail := func(err error) { onEnd(Result{End: "error: " + err.Error(), Err: err}) }
+	cfd, err := Detach(client)
+	if err != nil {
+		_ = client.Close()
+		_ = server.Close()
+		fail(err)
+		return
+	}
+	sfd, err := Detach(server)
+	if err != nil {
+		closeFDs(cfd)
+		_ = server.Close()
+		fail(err)
+		return
+	}
+	slot := ls.loops[0]
+	for _, s := range ls.loops[1:] {
+		if s.pairs.Load() < slot.pairs.Load() {
+			slot = s
+		}
+	}
+	slot.pairs.Add(1)
+	lp := slot.lp
+	var p *Pair // set and read on the loop only
+	stop := context.AfterFunc(ctx, func() {
+		lp.Post(func() {
+			if p != nil {
+				p.Abort(EndStopped)
+			}
+		})
+	})
+	o.OnEnd = func(r Result) {
+		stop()
+		slot.pairs.Add(-1)
+		onEnd(r)
+	}
+	lp.Post(func() {
+		var err error
+		if p, err = StartPair(lp, cfd, sfd, o); err != nil {
+			closeFDs(cfd, sfd)
+			o.OnEnd(Result{End: "error: " + err.Error(), Err: err})
+			return
+		}
+		if ctx.Err() != nil { // its cut may have come before the pair
+			p.Abort(EndStopped)
+		}
+	})
+}
+
+// Relay is Start that waits for the pair's end and returns its result.
+func (ls *Loops) Relay(ctx context.Context, client, server *net.TCPConn, o PairOptions) Result {
+	done := make(chan Result, 1)
+	onEnd := o.OnEnd
+	o.OnEnd = func(r Result) {
+		if onEnd != nil {
+			onEnd(r)
+		}
+		done <- r
+	}
+	ls.Start(ctx, client, server, o)
+	return <-done
+}
+
+// closeFDs closes descriptors that were never handed to a loop.
+func closeFDs(fds ...int) {
+	for _, fd := range fds {
+		_ = unix.Close(fd)
+	}
+}
