@@ -7,6 +7,7 @@
 #
 # Usage: bench/tunnel.sh            (from the module root; ROUNDS=5 by default)
 #        ROUNDS=3 RATE=1s BYTES=134217728 bench/tunnel.sh
+#        OLD=COMMIT ONLY=tunnel-hello,tunnel-hello-old,tunnel-tls,ssh-R bench/tunnel.sh
 # Missing peers (ssh, sshd, socat) are installed with apt-get when root, else skipped.
 set -euo pipefail
 
@@ -22,6 +23,7 @@ declare -A PID_OF   # process name -> pid, for CPU accounting
 cleanup() {
 	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
 	for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+	[ -d "$T/old-src" ] && git worktree remove --force "$T/old-src" 2>/dev/null
 	rm -rf "$T"
 }
 trap cleanup EXIT
@@ -55,16 +57,16 @@ PID_OF[sink]=$!
 "$T/tunnelload" wait -addr "127.0.0.1:$ECHO"
 TARGETS=("direct=127.0.0.1:$ECHO")
 
-pair() { # pair NAME LISTENTWO-FLAGS -- CONNECTTWO-FLAGS
+pair() { # pair NAME LISTENTWO-FLAGS -- CONNECTTWO-FLAGS (binaries from $BIN, default $T)
 	local name=$1; shift
-	local s d lf=() cf=()
+	local s d lf=() cf=() bin=${BIN:-$T}
 	s=$(port); d=$(port)
 	while [ "$1" != -- ]; do lf+=("$1"); shift; done; shift
 	cf=("$@")
-	start "$T/listentwo" -s "127.0.0.1:$s" -d "127.0.0.1:$d" "${lf[@]}" 2>"$T/$name.listentwo.log"
+	start "$bin/listentwo" -s "127.0.0.1:$s" -d "127.0.0.1:$d" "${lf[@]}" 2>"$T/$name.listentwo.log"
 	PID_OF[$name.listentwo]=$!
 	"$T/tunnelload" wait -addr "127.0.0.1:$d"
-	start "$T/connecttwo" -s "127.0.0.1:$d" -d "127.0.0.1:$ECHO" "${cf[@]}" 2>"$T/$name.connecttwo.log"
+	start "$bin/connecttwo" -s "127.0.0.1:$d" -d "127.0.0.1:$ECHO" "${cf[@]}" 2>"$T/$name.connecttwo.log"
 	PID_OF[$name.connecttwo]=$!
 	TARGETS+=("$name=127.0.0.1:$s")
 }
@@ -73,6 +75,14 @@ pair tunnel-hello --hello-dst -- --hello-from-src
 pair tunnel-hello-pool16 --hello-dst -- --hello-from-src --pool 16
 pair tunnel-nohello -- 
 pair tunnel-secret --hello-dst --secret-file "$T/secret" -- --hello-from-src --secret-file "$T/secret"
+# OLD=COMMIT: the plain tunnel of that commit too (tunnel-hello-old), built from a
+# temporary worktree, to show that a change leaves the plain tunnel as it was.
+if [ -n "${OLD:-}" ]; then
+	git worktree add -q --detach "$T/old-src" "$OLD"
+	(cd "$T/old-src" && go build -o "$T/old/" ./cmd/listentwo ./cmd/connecttwo)
+	git worktree remove --force "$T/old-src"
+	BIN=$T/old pair tunnel-hello-old --hello-dst -- --hello-from-src
+fi
 # TLS 1.3 links, the relay's key pinned (the key file is made by --print-pin).
 PIN=$("$T/listentwo" --tls-key "$T/relay.key" --print-pin 2>/dev/null)
 pair tunnel-tls --hello-dst --tls-key "$T/relay.key" -- --hello-from-src --tls-pin "$PIN"
@@ -146,7 +156,8 @@ done
 
 echo
 echo "Machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(uname -r); Go $(go env GOVERSION)"
-echo "Command: ROUNDS=$ROUNDS RATE=$RATE BYTES=$BYTES LINKS=$LINKS bench/tunnel.sh"
+echo "Command: ROUNDS=$ROUNDS RATE=$RATE BYTES=$BYTES LINKS=$LINKS${OLD:+ OLD=$OLD}${ONLY:+ ONLY=$ONLY} bench/tunnel.sh"
+echo "Load average at the end: $(cut -d' ' -f1-3 /proc/loadavg) (2 shared cores; other jobs were running)"
 echo
 "$T/tunnelload" table <"$T/rows.tsv"
 echo

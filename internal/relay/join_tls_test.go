@@ -153,3 +153,50 @@ func TestJoinTLSReset(t *testing.T) {
 }
 
 func sha256Of(b []byte) [32]byte { return sha256.Sum256(b) }
+
+// BenchmarkJoinTLS moves bytes from a plain side through Join into a TLS side (and so
+// through one TLS encryption and one decryption, as a tunnel's two relays do between
+// them), to show what the user-space copy costs per byte.
+func BenchmarkJoinTLS(b *testing.B) {
+	srv, err := tlslink.LoadServer("", filepath.Join(b.TempDir(), "key"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	cli, _ := tlslink.NewPinned([]string{srv.Pin})
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	defer ln.Close()
+	accepted := make(chan net.Conn, 2)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- c
+		}
+	}()
+	user, _ := net.Dial("tcp", ln.Addr().String())
+	relayClient := (<-accepted).(*net.TCPConn)
+	relayServer, _ := net.Dial("tcp", ln.Addr().String())
+	backendTCP := <-accepted
+	backend := tls.Server(backendTCP, srv.Config())
+	layered := tls.Client(relayServer, cli.Config())
+	go func() { _ = backend.Handshake() }()
+	if err := layered.Handshake(); err != nil {
+		b.Fatal(err)
+	}
+	go Join(context.Background(), relayClient, layered, Options{HalfClose: true})
+	const chunk = 1 << 20
+	buf := make([]byte, chunk)
+	done := make(chan int64, 1)
+	go func() { n, _ := io.Copy(io.Discard, backend); done <- n }()
+	b.SetBytes(chunk)
+	b.ResetTimer()
+	for b.Loop() {
+		if _, err := user.Write(buf); err != nil {
+			b.Fatal(err)
+		}
+	}
+	_ = user.(*net.TCPConn).CloseWrite()
+	<-done
+}
