@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -104,6 +105,26 @@ func TestFailover(t *testing.T) {
 	if want := fmt.Sprintf("map[%s:1]", good.Addr()); open != want {
 		t.Errorf("open connections %s, want %s", open, want)
 	}
+}
+
+// When every host of the file fails, one more line says so: each host's own "failed" line
+// reads, until then, as if tcp-pf were still trying (it is, while a host is left).
+func TestEveryHostFailed(t *testing.T) {
+	t.Parallel()
+	a := fmt.Sprintf("127.0.0.1:%d", closedPort(t))
+	b := fmt.Sprintf("[::1]:%d", closedPort(t))
+	path := writeFile(t, fmt.Sprintf("%s 0\n%s 1\n", a, b))
+	pf := startServer(t, "127.0.0.1:0", Config{HostFile: path, Port: 9})
+	if c, err := net.DialTimeout("tcp", pf.addr, 5*time.Second); err == nil { // reset at once, maybe before the dial returns
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); err == nil {
+			t.Fatal("the client was served, with every host refusing")
+		}
+		c.Close()
+	}
+	pf.log.WaitFor(t, `failed #1 \S+ -> `+regexp.QuoteMeta(a)+`: connection refused$`, 1, time.Second)
+	pf.log.WaitFor(t, `failed #1 \S+ -> `+regexp.QuoteMeta(b)+`: connection refused$`, 1, time.Second)
+	pf.log.WaitFor(t, `failed #1 \S+ -> -: all 2 hosts failed; the client is reset$`, 1, time.Second)
 }
 
 // Counts are written back every interval and at the stop, exactly, with the file's other

@@ -2,6 +2,7 @@ package forward
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"time"
@@ -126,9 +127,11 @@ func (c *lconn) nextHost() bool {
 		c.cand++
 		c.addrs, c.next, c.lastErr = nil, 0, nil
 		if c.cand >= len(c.cands) && !c.pickNext() {
-			var why error // each host that failed has a line already
+			var why error // each host that failed has a line already; one host says it all
 			if c.failures == 0 {
 				why = connstats.ErrNoHost
+			} else if len(c.cands) > 1 { // else the lines above read as if tcp-pf were still trying
+				c.logFailed("-", fmt.Errorf("all %d hosts failed; the client is reset", len(c.cands)))
 			}
 			c.resetClient(why)
 			return false
