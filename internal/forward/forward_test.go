@@ -431,14 +431,22 @@ func TestRateLimitEachWay(t *testing.T) {
 		tm.d = h.Digest()
 		return tm
 	}
+	// The streams are made before they are sent: generated while sending, under -race on a
+	// busy machine, they came slower than the rate, and the average fell short of it.
+	stream := func(seed uint64) []byte {
+		b := make([]byte, n)
+		_, _ = io.ReadFull(testkit.NewStream(seed), b)
+		return b
+	}
+	toClient, toServer := stream(21), stream(22)
 	up := make(chan timed, 1)
 	be := testkit.StartBackend(t, "127.0.0.1:0", func(c *net.TCPConn) {
-		go func() { _, _ = testkit.Send(c, 21, n); _ = c.CloseWrite() }()
+		go func() { _, _ = c.Write(toClient); _ = c.CloseWrite() }()
 		up <- meter(c)
 	})
 	pf := startServer(t, "127.0.0.1:0", Config{Dest: dest(t, be.Addr()), Rate: rate, Lazy: true})
 	c := testkit.Dial(t, pf.addr)
-	go func() { _, _ = testkit.Send(c, 22, n); _ = c.CloseWrite() }()
+	go func() { _, _ = c.Write(toServer); _ = c.CloseWrite() }()
 	down := meter(c)
 	for _, dir := range []struct {
 		name string

@@ -14,6 +14,7 @@ import (
 	"shd-tcp-tools/internal/connstats"
 	"shd-tcp-tools/internal/dnscache"
 	"shd-tcp-tools/internal/eventloop"
+	"shd-tcp-tools/internal/ratelimit"
 	"shd-tcp-tools/internal/relay"
 	"shd-tcp-tools/internal/sock"
 )
@@ -70,9 +71,9 @@ type lconn struct {
 	timer      *eventloop.Timer  // connect or --insert deadline, or the settle poll
 
 	inserted  int
-	pace      [2]*relay.Pacer  // each direction's rate limit; --insert pays up's
-	paceWait  *eventloop.Timer // --insert waiting for up's tokens (made on first use)
-	insertDue bool             // ... and paceWait is armed
+	pace      [2]*ratelimit.Bucket // each direction's rate limit; --insert pays up's
+	paceWait  *eventloop.Timer     // --insert waiting for up's tokens (made on first use)
+	insertDue bool                 // ... and paceWait is armed
 
 	pair *relay.Pair // while stRelaying
 }
@@ -419,7 +420,7 @@ func (c *lconn) connected() {
 		}
 	}
 	c.start = c.ls.lp.Now() // the close line's time and rates count from the open
-	c.pace = [2]*relay.Pacer{relay.NewPacer(s.cfg.Rate), relay.NewPacer(s.cfg.Rate)}
+	c.pace = [2]*ratelimit.Bucket{ratelimit.NewBucket(s.cfg.Rate), ratelimit.NewBucket(s.cfg.Rate)}
 	if s.cfg.SendProxy != 0 {
 		pre, err := c.proxyHeader()
 		if err != nil {
@@ -451,14 +452,10 @@ func (c *lconn) insertMore() {
 	ins := c.s.cfg.Insert
 	pace := c.pace[up]
 	for !c.insertDue && c.inserted < len(ins) {
-		n := len(ins) - c.inserted
-		if pace != nil {
-			allowed, delay := pace.Allow(c.ls.lp.Now())
-			if delay > 0 {
-				c.insertLater(delay)
-				return
-			}
-			n = min(n, allowed)
+		n, delay := pace.Reserve(c.ls.lp.Now(), len(ins)-c.inserted)
+		if delay > 0 {
+			c.insertLater(delay)
+			return
 		}
 		n, ok := c.sendFirst(ins[c.inserted:c.inserted+n], "sending the --insert data")
 		if !ok {

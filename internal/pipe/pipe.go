@@ -360,16 +360,14 @@ func (t *transfer) delivered() int64 {
 // copy writes insert and then the source to the destination, paying insert's bytes from
 // the same rate bucket as the copy's.
 func (t *transfer) copy(ctx context.Context, dst io.Writer, src io.Reader, insert []byte, rate int64) error {
-	limiter := ratelimit.New(rate)
+	bucket := ratelimit.NewBucket(rate)
 	for len(insert) > 0 {
-		k := min(len(insert), insertStep)
-		if limiter != nil {
-			k = min(k, limiter.Burst())
-			if err := limiter.WaitN(ctx, k); err != nil {
-				return err
-			}
+		k, err := bucket.Wait(ctx, min(len(insert), insertStep))
+		if err != nil {
+			return err
 		}
 		n, err := dst.Write(insert[:k])
+		bucket.Used(n)
 		t.progress(int64(n))
 		if err != nil {
 			return &relay.WriteError{Err: err}
@@ -382,16 +380,9 @@ func (t *transfer) copy(ctx context.Context, dst io.Writer, src io.Reader, inser
 	if perWrite {
 		copyDst = countingWriter{dst, t.progress}
 	}
-	widened := false // touched only on this goroutine
 	_, err := relay.Copy(ctx, copyDst, src, relay.CopyOptions{
-		Limiter: limiter,
+		Bucket: bucket,
 		Progress: func(n int64) {
-			if !widened {
-				// The copy has taken its step size from the burst: let the bucket grow,
-				// so time lost to a busy machine is made up.
-				ratelimit.Widen(limiter, rate)
-				widened = true
-			}
 			if !perWrite {
 				t.progress(n)
 			}

@@ -1,10 +1,11 @@
-// Package ratelimit parses byte rates and builds the token buckets that cap a copy's
-// bandwidth. The bucket itself is golang.org/x/time/rate; this package chooses its burst so
-// that the spec's window bounds hold, and copies are done in chunks of at most one burst.
+// Package ratelimit parses byte rates and holds the one rate bucket that caps a copy's
+// bandwidth in every engine (Bucket). The token bucket itself is golang.org/x/time/rate;
+// this package chooses its burst so that the spec's window bounds hold, and copies are
+// done in steps of at most one burst.
 //
-// A bucket as small as one chunk loses the time a busy machine holds the copy up: tokens
-// beyond a full bucket are dropped, and the average falls below the rate. Widen lets the
-// bucket of a running copy grow to Slack, so it catches up, while its chunks stay small.
+// A bucket as small as one step loses the time a busy machine holds the copy up: tokens
+// beyond a full bucket are dropped, and the average falls below the rate. A Bucket whose
+// copy has started grows to Slack, so it catches up, while its steps stay small.
 package ratelimit
 
 import (
@@ -81,7 +82,7 @@ func New(bytesPerSecond int64) *rate.Limiter {
 	return rate.NewLimiter(rate.Limit(bytesPerSecond), Burst(bytesPerSecond))
 }
 
-// Slack returns how many bytes a widened bucket holds (see Widen): 1/32 of a second's worth
+// Slack returns how many bytes a widened bucket holds (see Bucket): 1/32 of a second's worth
 // plus 32 KiB, and never less than Burst. Any window of w seconds then carries at most
 // Slack + w x rate bytes: for one second, 1.032 x rate + 32 KiB, within the spec's
 // 1.05 x rate + 64 KiB with room for the network's jitter. A copy held up for up to
@@ -92,15 +93,4 @@ func Slack(bytesPerSecond int64) int {
 		s = math.MaxInt64
 	}
 	return int(max(s, int64(Burst(bytesPerSecond))))
-}
-
-// Widen raises l's bucket, made by New for bytesPerSecond, from Burst to Slack, keeping
-// the tokens it holds. Call it once a copy has taken its chunk size from l.Burst() (for
-// relay.Copy: from its first Progress call on): the chunks stay one Burst each, so the
-// traffic stays smooth, but a copy that fell behind may now send up to Slack bytes
-// back to back to catch up. A nil l is left alone.
-func Widen(l *rate.Limiter, bytesPerSecond int64) {
-	if l != nil {
-		l.SetBurst(Slack(bytesPerSecond))
-	}
 }

@@ -248,15 +248,3 @@ func TestSlackWindowBound(t *testing.T) {
 		check(r)
 	}
 }
-
-func TestWiden(t *testing.T) {
-	l := New(1 << 20)
-	Widen(l, 1<<20)
-	if l.Burst() != Slack(1<<20) {
-		t.Errorf("burst %d after Widen; want %d", l.Burst(), Slack(1<<20))
-	}
-	if tokens := l.Tokens(); tokens > float64(Burst(1<<20)+1<<10) { // 1 ms of refill allowed
-		t.Errorf("Widen filled the bucket to %.0f tokens; want at most the %d it held", tokens, Burst(1<<20))
-	}
-	Widen(nil, 1) // no limiter, nothing to do
-}

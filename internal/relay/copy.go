@@ -14,7 +14,7 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/time/rate"
+	"shd-tcp-tools/internal/ratelimit"
 )
 
 // DefaultChunk is how many bytes a metered but unlimited copy moves between two progress
@@ -23,16 +23,17 @@ const DefaultChunk = 1 << 20
 
 // CopyOptions tune one direction of a copy. The zero value copies as fast as io.Copy does.
 type CopyOptions struct {
-	// Limiter caps the bytes per second; nil means unlimited. The copy waits for one burst
-	// of tokens, then moves at most that many bytes, so splice still applies.
-	Limiter *rate.Limiter
+	// Bucket caps the bytes per second (ratelimit.NewBucket); nil means unlimited. Each
+	// step waits for at most one burst of tokens and moves at most that many bytes, so
+	// splice still applies; what a short step leaves is the next one's.
+	Bucket *ratelimit.Bucket
 	// Progress, when set, is called after every chunk with the bytes it moved. It runs on
 	// the copying goroutine: keep it cheap (an atomic add).
 	Progress func(n int64)
 	// Tick, when positive and the source has read deadlines, cuts every read after Tick so
 	// Progress hears of a slow trickle at least that often.
 	Tick time.Duration
-	// Chunk is the most bytes moved per step when Progress is set and Limiter is nil; zero
+	// Chunk is the most bytes moved per step when Progress is set and Bucket is nil; zero
 	// means DefaultChunk.
 	Chunk int64
 }
@@ -53,7 +54,7 @@ func (e *WriteError) Unwrap() error { return e.Err }
 // at every moment: from a connection to a connection or to a file (splice through a pipe
 // held only while bytes are in flight), and from a regular file to a connection
 // (sendfile). Elsewhere the standard library copies (copy_file_range between regular
-// files, a buffer otherwise), in chunks when Progress or Limiter is set. A cancelled ctx
+// files, a buffer otherwise), in chunks when Progress or Bucket is set. A cancelled ctx
 // stops a rate limited or metered copy between chunks, and a wait for a file destination
 // within a tenth of a second; to stop a copy blocked on a connection, cancel ctx and set
 // a read deadline in the past on src (a tick may delay that by up to Tick), or close a
@@ -88,7 +89,7 @@ func Copy(ctx context.Context, dst io.Writer, src io.Reader, o CopyOptions) (int
 		}
 		return n, err
 	}
-	if o.Limiter == nil && o.Progress == nil {
+	if o.Bucket == nil && o.Progress == nil {
 		if isLayered(dst) || isLayered(src) {
 			return bufferedCopy(dst, src)
 		}
@@ -139,43 +140,6 @@ func Exact(dst io.Writer, src io.Reader) bool {
 	return false
 }
 
-// credit is what a zero-copy loop has paid its limiter for: each system call moves at
-// most that, and a short one wastes none, the rest being carried over to the next.
-type credit struct {
-	limiter *rate.Limiter
-	most    int // the most one call moves: a system call's limit, or one burst
-	paid    int // tokens paid for and not yet used
-}
-
-func newCredit(l *rate.Limiter, most int) *credit {
-	if l != nil {
-		most = min(most, l.Burst())
-	}
-	return &credit{limiter: l, most: most}
-}
-
-// next waits until a step is paid for (at once when unlimited) and returns the most bytes
-// the next call may move.
-func (c *credit) next(ctx context.Context) (int, error) {
-	if c.limiter == nil {
-		return c.most, nil
-	}
-	if c.paid < c.most {
-		if err := c.limiter.WaitN(ctx, c.most-c.paid); err != nil {
-			return 0, err
-		}
-		c.paid = c.most
-	}
-	return c.paid, nil
-}
-
-// used records n bytes moved.
-func (c *credit) used(n int) {
-	if c.limiter != nil {
-		c.paid -= n
-	}
-}
-
 // chunkedCopy is Copy for files and other writers: io.CopyN steps, each of which the
 // standard library still serves with sendfile or splice where it can.
 func chunkedCopy(ctx context.Context, dst io.Writer, src io.Reader, o CopyOptions) (int64, error) {
@@ -183,8 +147,8 @@ func chunkedCopy(ctx context.Context, dst io.Writer, src io.Reader, o CopyOption
 	if step <= 0 {
 		step = DefaultChunk
 	}
-	if o.Limiter != nil {
-		step = int64(o.Limiter.Burst())
+	if o.Bucket != nil {
+		step = 1 << 30 // one burst a step: the Bucket's
 	}
 	var dl readDeadliner
 	if o.Tick > 0 {
@@ -194,17 +158,18 @@ func chunkedCopy(ctx context.Context, dst io.Writer, src io.Reader, o CopyOption
 	}
 	var written int64
 	for {
-		if o.Limiter != nil {
-			if err := o.Limiter.WaitN(ctx, int(step)); err != nil {
-				return written, err
-			}
-		} else if err := ctx.Err(); err != nil {
+		if err := ctx.Err(); err != nil {
+			return written, err
+		}
+		most, err := o.Bucket.Wait(ctx, int(min(step, 1<<30)))
+		if err != nil {
 			return written, err
 		}
 		if dl != nil {
 			_ = dl.SetReadDeadline(time.Now().Add(o.Tick))
 		}
-		n, err := io.CopyN(dst, src, step)
+		n, err := io.CopyN(dst, src, int64(most))
+		o.Bucket.Used(int(n))
 		written += n
 		if n > 0 && o.Progress != nil {
 			o.Progress(n)

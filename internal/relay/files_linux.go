@@ -91,7 +91,7 @@ func fdOf(f *os.File) uintptr {
 }
 
 // fileToSocket copies a regular file to a connection with sendfile(2), reporting every
-// call to o.Progress and paying o.Limiter per call with carried-over credit, as
+// call to o.Progress and paying o.Bucket per call with carried-over credit, as
 // spliceCopy does. handled is false when the file cannot be sent so (sendfile refused it
 // before any byte moved): the caller copies some other way.
 func fileToSocket(ctx context.Context, dst *net.TCPConn, src *os.File, o CopyOptions) (written int64, handled bool, err error) {
@@ -103,12 +103,11 @@ func fileToSocket(ctx context.Context, dst *net.TCPConn, src *os.File, o CopyOpt
 	if err != nil {
 		return 0, false, nil
 	}
-	pay := newCredit(o.Limiter, maxSendfile)
 	handled = true
 	cerr := srcRaw.Control(func(sfd uintptr) {
 		for {
 			var max int
-			if max, err = pay.next(ctx); err != nil {
+			if max, err = o.Bucket.Wait(ctx, maxSendfile); err != nil {
 				return
 			}
 			var n int
@@ -142,7 +141,7 @@ func fileToSocket(ctx context.Context, dst *net.TCPConn, src *os.File, o CopyOpt
 				return // EOF
 			}
 			written += int64(n)
-			pay.used(n)
+			o.Bucket.Used(n)
 			if o.Progress != nil {
 				o.Progress(int64(n))
 			}

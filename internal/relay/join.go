@@ -98,7 +98,7 @@ func Join(ctx context.Context, client, server net.Conn, o Options) Result {
 		defer idle.Stop()
 	}
 	options := func(up bool) CopyOptions {
-		co := CopyOptions{Limiter: ratelimit.New(o.Rate), Tick: time.Second}
+		co := CopyOptions{Bucket: ratelimit.NewBucket(o.Rate), Tick: time.Second}
 		if o.Progress != nil || o.IdleTimeout > 0 {
 			co.Progress = func(n int64) {
 				if o.IdleTimeout > 0 {

@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-	"golang.org/x/time/rate"
 
 	"shd-tcp-tools/internal/eventloop"
 	"shd-tcp-tools/internal/ratelimit"
@@ -41,8 +40,8 @@ type PairOptions struct {
 	// direction flowing until it ends too, as Options.HalfClose does for Join.
 	HalfClose bool
 	// Pace limits each direction ([0] client to server, [1] server to client); nil means
-	// unlimited. A Pacer may have paid for bytes sent before the relay (tcp-pf's --insert).
-	Pace [2]*Pacer
+	// unlimited. A Bucket may have paid for bytes sent before the relay (tcp-pf's --insert).
+	Pace [2]*ratelimit.Bucket
 	// IdleTimeout cuts the pair when neither direction has moved a byte for this long;
 	// zero means never.
 	IdleTimeout time.Duration
@@ -90,7 +89,7 @@ type pdir struct {
 	n        int64
 	srcEOF   bool // src ended; what the mover holds still goes out
 	stopped  bool
-	pace     *Pacer
+	pace     *ratelimit.Bucket
 	waiting  bool             // for resume: the rate limit, or the next round after a spent budget
 	resume   *eventloop.Timer // made on first use and reset after, so a wait allocates nothing
 }
@@ -200,13 +199,10 @@ func (p *Pair) pump(i int) {
 			p.dirFinished(i)
 			return
 		}
-		most := pumpStep
-		if d.pace != nil {
-			var delay time.Duration
-			if most, delay = d.pace.Allow(p.lp.Now()); delay > 0 {
-				p.pumpLater(i, delay)
-				return
-			}
+		most, delay := d.pace.Reserve(p.lp.Now(), pumpStep)
+		if delay > 0 {
+			p.pumpLater(i, delay)
+			return
 		}
 		n, err := d.mv.fill(d.src, most)
 		switch {
@@ -353,43 +349,5 @@ func (p *Pair) closeNow() {
 	p.state = pairClosed
 	if p.o.OnEnd != nil {
 		p.o.OnEnd(Result{Up: p.dirs[up].n, Down: p.dirs[down].n, Duration: p.lp.Now().Sub(p.start), End: p.policy.end})
-	}
-}
-
-// Pacer is one direction's rate limit on an event loop: tokens are reserved a step at a
-// time and what a short step leaves is carried over as credit, so no token is wasted. A nil
-// *Pacer is unlimited. Its methods must be called on one loop.
-type Pacer struct {
-	lim    *rate.Limiter
-	step   int
-	credit int
-}
-
-// NewPacer returns a Pacer for bytesPerSecond (ratelimit.New's bucket), or nil for zero
-// (unlimited).
-func NewPacer(bytesPerSecond int64) *Pacer {
-	lim := ratelimit.New(bytesPerSecond)
-	if lim == nil {
-		return nil
-	}
-	return &Pacer{lim: lim, step: min(pumpStep, lim.Burst())}
-}
-
-// Allow returns how many bytes may move now, or how long to wait for them.
-func (p *Pacer) Allow(now time.Time) (int, time.Duration) {
-	if p.credit < p.step {
-		r := p.lim.ReserveN(now, p.step-p.credit)
-		p.credit = p.step
-		if delay := r.DelayFrom(now); delay > 0 {
-			return 0, delay
-		}
-	}
-	return p.credit, 0
-}
-
-// Used records n bytes moved under the limit. It does nothing on a nil Pacer.
-func (p *Pacer) Used(n int) {
-	if p != nil {
-		p.credit -= n
 	}
 }

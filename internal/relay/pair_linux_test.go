@@ -7,6 +7,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"shd-tcp-tools/internal/ratelimit"
 )
 
 // startPair relays client and server as a Pair on a Loops of two loops (Relay detaches
@@ -23,7 +25,7 @@ func startPair(t *testing.T, client, server *net.TCPConn, o Options) <-chan Resu
 	go func() {
 		res <- ls.Relay(context.Background(), client, server, PairOptions{
 			HalfClose:   o.HalfClose,
-			Pace:        [2]*Pacer{NewPacer(o.Rate), NewPacer(o.Rate)},
+			Pace:        [2]*ratelimit.Bucket{ratelimit.NewBucket(o.Rate), ratelimit.NewBucket(o.Rate)},
 			IdleTimeout: o.IdleTimeout,
 			Progress:    o.Progress,
 			stall:       o.stall,

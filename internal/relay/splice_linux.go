@@ -90,7 +90,7 @@ func tcpSink(c *net.TCPConn) (sink, error) {
 
 // spliceCopy moves bytes from src to dst with splice(2) through a pipe, without them
 // entering user space. It reports every splice out of the pipe to o.Progress, so a count
-// is exact at every moment, honours o.Limiter with at most one burst per splice, and
+// is exact at every moment, honours o.Bucket with at most one burst per splice, and
 // stops on src's EOF, an error, or a deadline on either connection (how Join stops a
 // direction). Failures of dst are *WriteError.
 func spliceCopy(ctx context.Context, dst sink, src *net.TCPConn, o CopyOptions) (written int64, err error) {
@@ -98,7 +98,6 @@ func spliceCopy(ctx context.Context, dst sink, src *net.TCPConn, o CopyOptions) 
 	if err != nil {
 		return 0, err
 	}
-	pay := newCredit(o.Limiter, maxSplice)
 	var p *kpipe
 	inPipe := 0
 	defer func() {
@@ -107,7 +106,7 @@ func spliceCopy(ctx context.Context, dst sink, src *net.TCPConn, o CopyOptions) 
 		}
 	}()
 	for {
-		max, err := pay.next(ctx)
+		max, err := o.Bucket.Wait(ctx, maxSplice)
 		if err != nil {
 			return written, err
 		}
@@ -145,7 +144,7 @@ func spliceCopy(ctx context.Context, dst sink, src *net.TCPConn, o CopyOptions) 
 			return written, nil // EOF
 		}
 		inPipe = n
-		pay.used(n)
+		o.Bucket.Used(n)
 		for inPipe > 0 {
 			var m int
 			werr := dst.write(func(fd uintptr) bool {
