@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"shd-tcp-tools/internal/testkit"
 )
 
 // resetAfter is the receiver's message for a sender that reset the connection.
@@ -58,12 +60,12 @@ func TestSenderCutShortResets(t *testing.T) {
 			var send, recv *proc
 			if tc.senderListens {
 				var port int
-				send, port = startListening(t, open(t, in), nil, tc.senderArgs)
-				recv = start(t, nil, create(t, out), tc.receiverArgs(port)...)
+				send, port = startListening(t, testkit.Open(t, in), nil, tc.senderArgs)
+				recv = start(t, nil, testkit.Create(t, out), tc.receiverArgs(port)...)
 			} else {
 				var port int
-				recv, port = startListening(t, nil, create(t, out), tc.receiverArgs)
-				send = start(t, open(t, in), nil, tc.senderArgs(port)...)
+				recv, port = startListening(t, nil, testkit.Create(t, out), tc.receiverArgs)
+				send = start(t, testkit.Open(t, in), nil, tc.senderArgs(port)...)
 			}
 			waitFor(t, timeout, "bytes to flow", func() bool { return fileSize(out) >= 256<<10 })
 			if err := send.cmd.Process.Signal(syscall.SIGTERM); err != nil {
@@ -86,7 +88,7 @@ func TestSenderCutShortResets(t *testing.T) {
 			if strconv.Itoa(len(got)) != r[1] || r[1] != m[1] || len(got) >= len(data) {
 				t.Errorf("receiver wrote %d bytes and says %s; sender says %s; of %d", len(got), r[1], m[1], len(data))
 			}
-			checkSame(t, "received", got, data[:len(got)])
+			testkit.CheckSame(t, "received", got, data[:len(got)])
 		})
 	}
 }
@@ -96,8 +98,8 @@ func TestSenderCutShortResets(t *testing.T) {
 func TestStdinReadErrorResets(t *testing.T) {
 	t.Parallel()
 	out := filepath.Join(t.TempDir(), "out")
-	recv, port := startListening(t, nil, create(t, out), func(p int) []string { return []string{":" + strconv.Itoa(p), "-"} })
-	send := start(t, open(t, t.TempDir()), nil, "-", "127.0.0.1", strconv.Itoa(port)) // read(2) on a directory: EISDIR
+	recv, port := startListening(t, nil, testkit.Create(t, out), func(p int) []string { return []string{":" + strconv.Itoa(p), "-"} })
+	send := start(t, testkit.Open(t, t.TempDir()), nil, "-", "127.0.0.1", strconv.Itoa(port)) // read(2) on a directory: EISDIR
 	if code, stderr := send.wait(t); code != 1 || !strings.Contains(stderr, "is a directory") {
 		t.Errorf("sender: exit %d, stderr %q; want 1 and the read error", code, stderr)
 	}
@@ -134,7 +136,7 @@ func TestSignalCountIsExact(t *testing.T) {
 	in, _ := randomFile(t, 4<<20)
 	recv, port := startListening(t, nil, pw, func(p int) []string { return []string{"-b", bind, ":" + strconv.Itoa(p), "-"} })
 	pw.Close()
-	send := start(t, open(t, in), nil, "-", "127.0.0.1", strconv.Itoa(port))
+	send := start(t, testkit.Open(t, in), nil, "-", "127.0.0.1", strconv.Itoa(port))
 	// The pipe fills and stays full: nothing reads it.
 	var held int
 	waitFor(t, timeout, "the pipe to fill", func() bool {
@@ -175,7 +177,7 @@ func TestInputIsOutput(t *testing.T) {
 	}
 	defer out.Close()
 	// -l bounds the harm should the check be missing: the file grows 1 MiB a second.
-	p := start(t, open(t, f), out, "-l", "1M", "-", "-")
+	p := start(t, testkit.Open(t, f), out, "-l", "1M", "-", "-")
 	waitFor(t, 10*time.Second, "tcppipe to refuse", p.exited)
 	code, stderr := p.wait(t)
 	if code != 1 || stderr != "tcppipe: input file is output file: stdin and stdout are the same regular file\n" {
@@ -205,11 +207,11 @@ func TestNoSpaceMessage(t *testing.T) {
 	defer full.Close()
 	const want = "tcppipe: writing to stdout: no space left on device after 0 bytes (0 B)\n"
 	recv, port := startListening(t, nil, full, func(p int) []string { return []string{":" + strconv.Itoa(p), "-"} })
-	start(t, open(t, in), nil, "-", "127.0.0.1", strconv.Itoa(port)) // ends by itself when recv does
+	start(t, testkit.Open(t, in), nil, "-", "127.0.0.1", strconv.Itoa(port)) // ends by itself when recv does
 	if code, stderr := recv.wait(t); code != 1 || stderr != want {
 		t.Errorf("socket to /dev/full: exit %d, stderr %q; want 1, %q", code, stderr, want)
 	}
-	if code, stderr := start(t, open(t, in), full, "-", "-").wait(t); code != 1 || stderr != want {
+	if code, stderr := start(t, testkit.Open(t, in), full, "-", "-").wait(t); code != 1 || stderr != want {
 		t.Errorf("file to /dev/full: exit %d, stderr %q; want 1, %q", code, stderr, want)
 	}
 }

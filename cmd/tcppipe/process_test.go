@@ -2,8 +2,6 @@ package main
 
 import (
 	"bytes"
-	"crypto/sha256"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -174,44 +172,8 @@ func freePort(t testing.TB) int {
 // randomFile writes n pseudo-random bytes to a temporary file and returns its path.
 func randomFile(t testing.TB, n int) (string, []byte) {
 	t.Helper()
-	var seed [32]byte
-	binary.LittleEndian.PutUint64(seed[:], rand.Uint64())
-	data := make([]byte, n)
-	rand.NewChaCha8(seed).Read(data)
-	p := filepath.Join(t.TempDir(), "in")
-	if err := os.WriteFile(p, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return p, data
-}
-
-func open(t testing.TB, path string) *os.File {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { f.Close() })
-	return f
-}
-
-func create(t testing.TB, path string) *os.File {
-	t.Helper()
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { f.Close() })
-	return f
-}
-
-// checkSame compares by length and SHA-256.
-func checkSame(t testing.TB, what string, got, want []byte) {
-	t.Helper()
-	if len(got) != len(want) || sha256.Sum256(got) != sha256.Sum256(want) {
-		t.Errorf("%s: %d bytes, sha256 %x; want %d bytes, sha256 %x", what,
-			len(got), sha256.Sum256(got), len(want), sha256.Sum256(want))
-	}
+	data := testkit.RandomData(n)
+	return testkit.WriteFile(t, "in", data), data
 }
 
 func checkOutFile(t testing.TB, path string, want []byte) {
@@ -220,7 +182,7 @@ func checkOutFile(t testing.TB, path string, want []byte) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkSame(t, path, got, want)
+	testkit.CheckSame(t, path, got, want)
 }
 
 func hasIPv6() bool {
@@ -246,8 +208,8 @@ func TestPairs(t *testing.T) {
 			t.Parallel()
 			out := filepath.Join(t.TempDir(), "out")
 			// tcppipe :PORT - > out;  tcppipe - HOST PORT < in
-			recv, port := startListening(t, nil, create(t, out), func(p int) []string { return []string{":" + strconv.Itoa(p), "-"} })
-			send := start(t, open(t, in), nil, "-", host, strconv.Itoa(port))
+			recv, port := startListening(t, nil, testkit.Create(t, out), func(p int) []string { return []string{":" + strconv.Itoa(p), "-"} })
+			send := start(t, testkit.Open(t, in), nil, "-", host, strconv.Itoa(port))
 			if code, stderr := send.wait(t); code != 0 || stderr != "" {
 				t.Fatalf("sender: exit %d, stderr %q", code, stderr)
 			}
@@ -260,8 +222,8 @@ func TestPairs(t *testing.T) {
 			t.Parallel()
 			out := filepath.Join(t.TempDir(), "out")
 			// tcppipe - :PORT < in;  tcppipe HOST PORT - > out
-			send, port := startListening(t, open(t, in), nil, func(p int) []string { return []string{"-", ":" + strconv.Itoa(p)} })
-			recv := start(t, nil, create(t, out), host, strconv.Itoa(port), "-")
+			send, port := startListening(t, testkit.Open(t, in), nil, func(p int) []string { return []string{"-", ":" + strconv.Itoa(p)} })
+			recv := start(t, nil, testkit.Create(t, out), host, strconv.Itoa(port), "-")
 			if code, stderr := recv.wait(t); code != 0 || stderr != "" {
 				t.Fatalf("receiver: exit %d, stderr %q", code, stderr)
 			}
@@ -301,7 +263,7 @@ func TestSIGTERMMidTransfer(t *testing.T) {
 		t.Fatal(err)
 	}
 	in, data := randomFile(t, 4<<20) // 16 s at 256 KiB/s: still running when signalled
-	p := start(t, open(t, in), nil, "-i", "1", "-l", "256K", "-n", hosts, "-", ".", strconv.Itoa(port))
+	p := start(t, testkit.Open(t, in), nil, "-i", "1", "-l", "256K", "-n", hosts, "-", ".", strconv.Itoa(port))
 	ln.(*net.TCPListener).SetDeadline(time.Now().Add(timeout))
 	c, err := ln.Accept()
 	if err != nil {
@@ -378,7 +340,7 @@ func TestPeerReset(t *testing.T) {
 	}
 	defer ln.Close()
 	in, data := randomFile(t, 32<<20)
-	p := start(t, open(t, in), nil, "-", "127.0.0.1", strconv.Itoa(ln.Addr().(*net.TCPAddr).Port))
+	p := start(t, testkit.Open(t, in), nil, "-", "127.0.0.1", strconv.Itoa(ln.Addr().(*net.TCPAddr).Port))
 	ln.(*net.TCPListener).SetDeadline(time.Now().Add(timeout))
 	c, err := ln.Accept()
 	if err != nil {
@@ -425,11 +387,11 @@ func TestStdoutClosed(t *testing.T) {
 			defer w.Close()
 			var p *proc
 			if tc.args != nil {
-				p = start(t, open(t, in), w, tc.args...)
+				p = start(t, testkit.Open(t, in), w, tc.args...)
 			} else {
 				var port int
 				p, port = startListening(t, nil, w, func(port int) []string { return []string{":" + strconv.Itoa(port), "-"} })
-				start(t, open(t, in), nil, "-", "127.0.0.1", strconv.Itoa(port)) // ends by itself when p does
+				start(t, testkit.Open(t, in), nil, "-", "127.0.0.1", strconv.Itoa(port)) // ends by itself when p does
 			}
 			w.Close()
 			if _, err := io.ReadFull(r, make([]byte, 1)); err != nil {

@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"shd-tcp-tools/internal/testkit"
 )
 
 // SIGHUP stops tcppipe as SIGTERM does: mid-transfer it writes the count of what went
@@ -29,7 +31,7 @@ func TestSIGHUPMidTransfer(t *testing.T) {
 		t.Fatal(err)
 	}
 	in, data := randomFile(t, 4<<20) // 16 s at 256 KiB/s: still running when signalled
-	p := start(t, open(t, in), nil, "-l", "256K", "-n", hosts, "-", ".", strconv.Itoa(port))
+	p := start(t, testkit.Open(t, in), nil, "-l", "256K", "-n", hosts, "-", ".", strconv.Itoa(port))
 	ln.(*net.TCPListener).SetDeadline(time.Now().Add(timeout))
 	c, err := ln.Accept()
 	if err != nil {
@@ -77,6 +79,6 @@ func interrupt(t *testing.T, p *proc, sig syscall.Signal, received <-chan []byte
 	if len(got) != n || n >= len(data) {
 		t.Errorf("the receiver got %d bytes; tcppipe says %d of %d went through", len(got), n, len(data))
 	}
-	checkSame(t, "received", got, data[:len(got)])
+	testkit.CheckSame(t, "received", got, data[:len(got)])
 	return n, stderr
 }

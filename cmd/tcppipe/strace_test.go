@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"shd-tcp-tools/internal/testkit"
 )
 
 // needStrace skips the test unless strace can trace a process here.
@@ -142,7 +144,7 @@ func TestZeroCopyStrace(t *testing.T) {
 			defer devnull.Close()
 			recv, port := startListeningUnder(t, []string{"strace", "-f", "-qq", "-o", recvTrace, "-e", calls}, nil, devnull,
 				func(p int) []string { return append(append([]string(nil), limit...), ":"+strconv.Itoa(p), "-") })
-			send := startUnder(t, []string{"strace", "-f", "-qq", "-o", sendTrace, "-e", calls}, open(t, in), nil,
+			send := startUnder(t, []string{"strace", "-f", "-qq", "-o", sendTrace, "-e", calls}, testkit.Open(t, in), nil,
 				append(append([]string(nil), limit...), "-", "127.0.0.1", strconv.Itoa(port))...)
 			if code, stderr := send.wait(t); code != 0 {
 				t.Fatalf("sender: exit %d: %s", code, stderr)

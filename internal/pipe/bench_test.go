@@ -5,6 +5,8 @@ import (
 	"io"
 	"os"
 	"testing"
+
+	"shd-tcp-tools/internal/testkit"
 )
 
 const benchSize = 64 << 20
@@ -12,7 +14,7 @@ const benchSize = 64 << 20
 // benchFile returns an open file of benchSize random bytes, rewound before each use.
 func benchFile(b *testing.B) *os.File {
 	b.Helper()
-	return openFile(b, writeFile(b, "in", randomData(benchSize)))
+	return testkit.Open(b, testkit.WriteFile(b, "in", testkit.RandomData(benchSize)))
 }
 
 func openDevNull(b *testing.B) *os.File {

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"shd-tcp-tools/internal/testkit"
 )
 
 // readSlowly reads c to EOF in small reads, the way a peer busy with other work does,
@@ -34,8 +36,8 @@ func readSlowly(c net.Conn) ([]byte, error) {
 // Closing a socket with unread input makes Linux reset it and drop what it still queues.
 func TestAcknowledgedClose(t *testing.T) {
 	t.Parallel()
-	data := randomData(20 << 20)
-	in := writeFile(t, "in", data)
+	data := testkit.RandomData(20 << 20)
+	in := testkit.WriteFile(t, "in", data)
 	hosts := []string{"127.0.0.1"}
 	if hasIPv6() {
 		hosts = append(hosts, "::1")
@@ -44,7 +46,7 @@ func TestAcknowledgedClose(t *testing.T) {
 		t.Run(host+"/connect", func(t *testing.T) { // tcppipe - HOST PORT < in, to a server with a banner
 			t.Parallel()
 			ln := listen(t, host)
-			e := start(t, Config{Source: stdio, Destination: connectEnd(host, port(ln)), Stdin: openFile(t, in)})
+			e := start(t, Config{Source: stdio, Destination: connectEnd(host, port(ln)), Stdin: testkit.Open(t, in)})
 			c := accept(t, ln)
 			if _, err := c.Write([]byte("220 ready\r\n")); err != nil { // 11 bytes, never read
 				t.Fatal(err)
@@ -60,7 +62,7 @@ func TestAcknowledgedClose(t *testing.T) {
 		})
 		t.Run(host+"/listen", func(t *testing.T) { // tcppipe - :PORT < in, to a client that greets
 			t.Parallel()
-			e := start(t, Config{Source: stdio, Destination: listenEnd(), Stdin: openFile(t, in)})
+			e := start(t, Config{Source: stdio, Destination: listenEnd(), Stdin: testkit.Open(t, in)})
 			c, err := net.Dial("tcp", dialAddr(host, e.addr(t)))
 			if err != nil {
 				t.Fatal(err)
@@ -87,13 +89,13 @@ func TestAcknowledgedClose(t *testing.T) {
 func TestUnacknowledgedClose(t *testing.T) {
 	t.Parallel()
 	const size = 256 << 10
-	data := randomData(size)
+	data := testkit.RandomData(size)
 	ln := listen(t, "127.0.0.1")
 	if err := setReadBuffer(ln, 4<<10); err != nil {
 		t.Fatal(err)
 	}
 	e := start(t, Config{Source: stdio, Destination: connectEnd("127.0.0.1", port(ln)),
-		Stdin: openFile(t, writeFile(t, "in", data)), CloseTimeout: 300 * time.Millisecond})
+		Stdin: testkit.Open(t, testkit.WriteFile(t, "in", data)), CloseTimeout: 300 * time.Millisecond})
 	c := accept(t, ln)
 	if _, err := c.Write([]byte("220 ready\r\n")); err != nil {
 		t.Fatal(err)
@@ -135,13 +137,13 @@ func finWait(t testing.TB, port int) bool {
 // acknowledgements ends the wait at once, as a reset, not after CloseTimeout.
 func TestResetWhileSettling(t *testing.T) {
 	t.Parallel()
-	data := randomData(256 << 10)
+	data := testkit.RandomData(256 << 10)
 	ln := listen(t, "127.0.0.1")
 	if err := setReadBuffer(ln, 4<<10); err != nil {
 		t.Fatal(err)
 	}
 	e := start(t, Config{Source: stdio, Destination: connectEnd("127.0.0.1", port(ln)),
-		Stdin: openFile(t, writeFile(t, "in", data)), CloseTimeout: time.Minute})
+		Stdin: testkit.Open(t, testkit.WriteFile(t, "in", data)), CloseTimeout: time.Minute})
 	c := accept(t, ln)
 	if _, err := c.Write([]byte("220 ready\r\n")); err != nil {
 		t.Fatal(err)

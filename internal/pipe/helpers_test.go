@@ -4,11 +4,9 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
@@ -79,37 +77,6 @@ func helperSend() int {
 
 // testTimeout bounds every wait in these tests.
 const testTimeout = 60 * time.Second
-
-// randomData returns n pseudo-random bytes, different on every call.
-func randomData(n int) []byte {
-	var seed [32]byte
-	binary.LittleEndian.PutUint64(seed[:], rand.Uint64())
-	binary.LittleEndian.PutUint64(seed[8:], uint64(time.Now().UnixNano()))
-	b := make([]byte, n)
-	rand.NewChaCha8(seed).Read(b)
-	return b
-}
-
-// writeFile writes data to a new file in t's temporary directory and returns its path.
-func writeFile(t testing.TB, name string, data []byte) string {
-	t.Helper()
-	p := filepath.Join(t.TempDir(), name)
-	if err := os.WriteFile(p, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
-
-// openFile opens path for reading, closed when the test ends.
-func openFile(t testing.TB, path string) *os.File {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { f.Close() })
-	return f
-}
 
 // createFile creates an empty file to be used as the engine's stdout.
 func createFile(t testing.TB) (*os.File, string) {

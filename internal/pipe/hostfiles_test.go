@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"shd-tcp-tools/internal/testkit"
 )
 
 // TestBindFile checks -b: the local address is the entry with the fewest bytes, the peer
@@ -17,15 +19,15 @@ import (
 func TestBindFile(t *testing.T) {
 	t.Parallel()
 	const file = "# local addresses\n127.0.0.2 500\n\nnot an address at all\n127.0.0.3\t100  \n127.0.0.4 900\n"
-	data := randomData(1 << 20)
+	data := testkit.RandomData(1 << 20)
 	want := strings.Replace(file, "127.0.0.3\t100  ", fmt.Sprintf("127.0.0.3\t%d  ", 100+len(data)), 1)
 
 	t.Run("connect", func(t *testing.T) {
 		t.Parallel()
-		bind := writeFile(t, "bind", []byte(file))
+		bind := testkit.WriteFile(t, "bind", []byte(file))
 		ln := listen(t, "127.0.0.1")
 		e := start(t, Config{Source: stdio, Destination: connectEnd("127.0.0.1", port(ln)),
-			Stdin: openFile(t, writeFile(t, "in", data)), BindFile: bind})
+			Stdin: testkit.Open(t, testkit.WriteFile(t, "in", data)), BindFile: bind})
 		c := accept(t, ln)
 		if ip := c.RemoteAddr().(*net.TCPAddr).IP.String(); ip != "127.0.0.3" {
 			t.Errorf("peer address %s; want 127.0.0.3, the least entry", ip)
@@ -45,7 +47,7 @@ func TestBindFile(t *testing.T) {
 	})
 	t.Run("listen", func(t *testing.T) {
 		t.Parallel()
-		bind := writeFile(t, "bind", []byte(file))
+		bind := testkit.WriteFile(t, "bind", []byte(file))
 		out, outPath := createFile(t)
 		e := start(t, Config{Source: listenEnd(), Destination: stdio, Stdout: out, BindFile: bind})
 		a := e.addr(t)
@@ -86,10 +88,10 @@ func TestNetworkFileFailover(t *testing.T) {
 		"127.0.0.1:1x 5",                        // malformed port: never tried
 	}
 	file := strings.Join(hosts, "\n") + "\n"
-	path := writeFile(t, "hosts", []byte(file))
-	data := randomData(2 << 20)
+	path := testkit.WriteFile(t, "hosts", []byte(file))
+	data := testkit.RandomData(2 << 20)
 	e := start(t, Config{Source: stdio, Destination: connectEnd(".", port(ln)),
-		Stdin: openFile(t, writeFile(t, "in", data)), NetworkFile: path})
+		Stdin: testkit.Open(t, testkit.WriteFile(t, "in", data)), NetworkFile: path})
 	got, err := readAll(accept(t, ln))
 	if err != nil {
 		t.Fatal(err)
@@ -121,9 +123,9 @@ func TestNetworkFileAllRefused(t *testing.T) {
 	t.Parallel()
 	refused := refusedPort(t)
 	file := fmt.Sprintf("127.0.0.1 5\n127.0.0.2 1\n127.0.0.3:%d 9\n", refused)
-	path := writeFile(t, "hosts", []byte(file))
+	path := testkit.WriteFile(t, "hosts", []byte(file))
 	e := start(t, Config{Source: stdio, Destination: connectEnd(".", refused),
-		Stdin: openFile(t, writeFile(t, "in", []byte("x"))), NetworkFile: path})
+		Stdin: testkit.Open(t, testkit.WriteFile(t, "in", []byte("x"))), NetworkFile: path})
 	err := e.wait(t)
 	want := fmt.Sprintf("all 3 hosts failed, last: connecting to 127.0.0.3:%d: connection refused", refused)
 	if err == nil || err.Error() != want {
@@ -144,8 +146,8 @@ func TestNetworkFileAllRefused(t *testing.T) {
 func TestFilesCheckedFirst(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	good := writeFile(t, "good", []byte("127.0.0.1 0\n"))
-	noEntry := writeFile(t, "noentry", []byte("# no usable entry\n\nthree fields here\n127.0.0.1 notanumber\n"))
+	good := testkit.WriteFile(t, "good", []byte("127.0.0.1 0\n"))
+	noEntry := testkit.WriteFile(t, "noentry", []byte("# no usable entry\n\nthree fields here\n127.0.0.1 notanumber\n"))
 	missing := filepath.Join(dir, "missing")
 	tests := []struct {
 		name string
@@ -166,7 +168,7 @@ func TestFilesCheckedFirst(t *testing.T) {
 			t.Parallel()
 			ln := listen(t, "127.0.0.1")
 			cfg := tt.cfg
-			cfg.Source, cfg.Stdin = stdio, openFile(t, good)
+			cfg.Source, cfg.Stdin = stdio, testkit.Open(t, good)
 			cfg.Destination = connectEnd("127.0.0.1", port(ln))
 			if cfg.NetworkFile != "" {
 				cfg.Destination = connectEnd(".", port(ln))
@@ -206,11 +208,11 @@ func TestFilesCheckedFirst(t *testing.T) {
 func TestPeriodicWriteBack(t *testing.T) {
 	t.Parallel()
 	ln := listen(t, "127.0.0.1")
-	path := writeFile(t, "hosts", []byte("# hosts\n127.0.0.1 1000\n"))
+	path := testkit.WriteFile(t, "hosts", []byte("# hosts\n127.0.0.1 1000\n"))
 	const rate = 256 << 10
-	data := randomData(8 * rate) // 8 s worth: the transfer is still running when we look
+	data := testkit.RandomData(8 * rate) // 8 s worth: the transfer is still running when we look
 	e := start(t, Config{Source: stdio, Destination: connectEnd(".", port(ln)),
-		Stdin: openFile(t, writeFile(t, "in", data)), NetworkFile: path, Rate: rate, Interval: 100 * time.Millisecond})
+		Stdin: testkit.Open(t, testkit.WriteFile(t, "in", data)), NetworkFile: path, Rate: rate, Interval: 100 * time.Millisecond})
 	c := accept(t, ln)
 	received := make(chan []byte, 1)
 	go func() {
@@ -253,7 +255,7 @@ func TestLocalAddress(t *testing.T) {
 		t.Parallel()
 		ln := listen(t, "127.0.0.1")
 		e := start(t, Config{Source: stdio, Destination: connectEnd("localhost", port(ln)),
-			Stdin: openFile(t, writeFile(t, "in", data)), Local: local})
+			Stdin: testkit.Open(t, testkit.WriteFile(t, "in", data)), Local: local})
 		c := accept(t, ln)
 		if ip := c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap(); ip != local {
 			t.Errorf("peer address %s; want %s", ip, local)

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"shd-tcp-tools/internal/testkit"
 )
 
 const transferSize = 4 << 20
@@ -20,8 +22,8 @@ const transferSize = 4 << 20
 // checks length and SHA-256 at the far end.
 func TestTransfer(t *testing.T) {
 	t.Parallel()
-	data := randomData(transferSize)
-	in := writeFile(t, "in", data)
+	data := testkit.RandomData(transferSize)
+	in := testkit.WriteFile(t, "in", data)
 	for _, host := range loopbackHosts(t) {
 		t.Run(host, func(t *testing.T) {
 			t.Run("listen-receive", func(t *testing.T) { // tcppipe :PORT - > out
@@ -34,7 +36,7 @@ func TestTransfer(t *testing.T) {
 			t.Run("connect-send", func(t *testing.T) { // tcppipe - HOST PORT < in
 				t.Parallel()
 				ln := listen(t, host)
-				e := start(t, Config{Source: stdio, Destination: connectEnd(host, port(ln)), Stdin: openFile(t, in)})
+				e := start(t, Config{Source: stdio, Destination: connectEnd(host, port(ln)), Stdin: testkit.Open(t, in)})
 				got, err := readAll(accept(t, ln))
 				if err != nil {
 					t.Fatal(err)
@@ -46,7 +48,7 @@ func TestTransfer(t *testing.T) {
 			})
 			t.Run("listen-send", func(t *testing.T) { // tcppipe - :PORT < in
 				t.Parallel()
-				e := start(t, Config{Source: stdio, Destination: listenEnd(), Stdin: openFile(t, in)})
+				e := start(t, Config{Source: stdio, Destination: listenEnd(), Stdin: testkit.Open(t, in)})
 				c, err := net.Dial("tcp", dialAddr(host, e.addr(t)))
 				if err != nil {
 					t.Fatal(err)
@@ -81,8 +83,8 @@ func TestTransfer(t *testing.T) {
 // TestStdioToStdio is "- -": a (limited, metered) copy of stdin to stdout.
 func TestStdioToStdio(t *testing.T) {
 	t.Parallel()
-	data := randomData(3<<20 + 12345)
-	in := writeFile(t, "in", data)
+	data := testkit.RandomData(3<<20 + 12345)
+	in := testkit.WriteFile(t, "in", data)
 	for _, tc := range []struct {
 		name string
 		cfg  Config
@@ -93,7 +95,7 @@ func TestStdioToStdio(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			out, outPath := createFile(t)
 			cfg := tc.cfg
-			cfg.Source, cfg.Destination, cfg.Stdin, cfg.Stdout = stdio, stdio, openFile(t, in), out
+			cfg.Source, cfg.Destination, cfg.Stdin, cfg.Stdout = stdio, stdio, testkit.Open(t, in), out
 			e := start(t, cfg)
 			if err := e.wait(t); err != nil {
 				t.Fatal(err)
@@ -111,16 +113,16 @@ func TestStdioToStdio(t *testing.T) {
 func TestInsertFirst(t *testing.T) {
 	t.Parallel()
 	head := []byte("HEADER: the --insert file comes first\n")
-	data := randomData(1 << 20)
-	in := writeFile(t, "in", data)
-	insert := writeFile(t, "insert", head)
-	empty := writeFile(t, "empty", nil)
+	data := testkit.RandomData(1 << 20)
+	in := testkit.WriteFile(t, "in", data)
+	insert := testkit.WriteFile(t, "insert", head)
+	empty := testkit.WriteFile(t, "empty", nil)
 	want := slices.Concat(head, data)
 
 	t.Run("to-socket", func(t *testing.T) {
 		t.Parallel()
 		ln := listen(t, "127.0.0.1")
-		e := start(t, Config{Source: stdio, Destination: connectEnd("127.0.0.1", port(ln)), Stdin: openFile(t, in), InsertFile: insert})
+		e := start(t, Config{Source: stdio, Destination: connectEnd("127.0.0.1", port(ln)), Stdin: testkit.Open(t, in), InsertFile: insert})
 		got, err := readAll(accept(t, ln))
 		if err != nil {
 			t.Fatal(err)
@@ -140,7 +142,7 @@ func TestInsertFirst(t *testing.T) {
 	t.Run("empty-insert", func(t *testing.T) {
 		t.Parallel()
 		out, outPath := createFile(t)
-		e := start(t, Config{Source: stdio, Destination: stdio, Stdin: openFile(t, in), Stdout: out, InsertFile: empty})
+		e := start(t, Config{Source: stdio, Destination: stdio, Stdin: testkit.Open(t, in), Stdout: out, InsertFile: empty})
 		if err := e.wait(t); err != nil {
 			t.Fatal(err)
 		}
@@ -188,7 +190,7 @@ func TestWait(t *testing.T) {
 	})
 	t.Run("destination", func(t *testing.T) { // tcppipe -w 0.3 - :PORT < in
 		t.Parallel()
-		e := start(t, Config{Source: stdio, Destination: listenEnd(), Stdin: openFile(t, writeFile(t, "in", data)), Wait: wait})
+		e := start(t, Config{Source: stdio, Destination: listenEnd(), Stdin: testkit.Open(t, testkit.WriteFile(t, "in", data)), Wait: wait})
 		addr := dialAddr("127.0.0.1", e.addr(t))
 		t0 := time.Now()
 		c, err := net.Dial("tcp", addr)
@@ -217,10 +219,10 @@ func TestWait(t *testing.T) {
 // TestProgressReport checks that -p prints reports and a summary with the total.
 func TestProgressReport(t *testing.T) {
 	t.Parallel()
-	data := randomData(1 << 20)
+	data := testkit.RandomData(1 << 20)
 	ln := listen(t, "127.0.0.1")
 	e := start(t, Config{Source: stdio, Destination: connectEnd("127.0.0.1", port(ln)),
-		Stdin: openFile(t, writeFile(t, "in", data)), Progress: true, Rate: 512 << 10})
+		Stdin: testkit.Open(t, testkit.WriteFile(t, "in", data)), Progress: true, Rate: 512 << 10})
 	got, err := readAll(accept(t, ln))
 	if err != nil {
 		t.Fatal(err)
@@ -242,11 +244,11 @@ func TestProgressReport(t *testing.T) {
 // others, are added to the -b entry.
 func TestCutShortByReset(t *testing.T) {
 	t.Parallel()
-	data := randomData(32 << 20)
-	bind := writeFile(t, "bind", []byte("127.0.0.1 7\n"))
+	data := testkit.RandomData(32 << 20)
+	bind := testkit.WriteFile(t, "bind", []byte("127.0.0.1 7\n"))
 	ln := listen(t, "127.0.0.1")
 	e := start(t, Config{Source: stdio, Destination: connectEnd("127.0.0.1", port(ln)),
-		Stdin: openFile(t, writeFile(t, "in", data)), BindFile: bind})
+		Stdin: testkit.Open(t, testkit.WriteFile(t, "in", data)), BindFile: bind})
 	c := accept(t, ln)
 	c.SetReadDeadline(time.Now().Add(testTimeout))
 	if _, err := io.ReadFull(c, make([]byte, 256<<10)); err != nil {
@@ -278,7 +280,7 @@ func TestSourceReset(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.Write(randomData(64 << 10)); err != nil {
+	if _, err := c.Write(testkit.RandomData(64 << 10)); err != nil {
 		t.Fatal(err)
 	}
 	reset(c.(*net.TCPConn))
@@ -331,10 +333,10 @@ func TestGoroutinesReturn(t *testing.T) {
 	// Not parallel: the count is the whole process's. Sequential tests run before the
 	// parallel ones, so only this test's goroutines come and go.
 	before := runtimeGoroutines()
-	data := randomData(1 << 20)
+	data := testkit.RandomData(1 << 20)
 	ln := listen(t, "127.0.0.1")
 	e := start(t, Config{Source: stdio, Destination: connectEnd("127.0.0.1", port(ln)),
-		Stdin: openFile(t, writeFile(t, "in", data)), Progress: true, Rate: 1 << 30, Interval: time.Millisecond})
+		Stdin: testkit.Open(t, testkit.WriteFile(t, "in", data)), Progress: true, Rate: 1 << 30, Interval: time.Millisecond})
 	got, err := readAll(accept(t, ln))
 	if err != nil {
 		t.Fatal(err)
@@ -366,8 +368,8 @@ func TestProgressSlowPipe(t *testing.T) {
 		data   []byte
 		report string
 	}{
-		{randomData(1000), "tcppipe: 1000 B, "},
-		{randomData(2000), "tcppipe: 2.93 KiB, "},
+		{testkit.RandomData(1000), "tcppipe: 1000 B, "},
+		{testkit.RandomData(2000), "tcppipe: 2.93 KiB, "},
 	} {
 		if _, err := w.Write(step.data); err != nil {
 			t.Fatal(err)
@@ -394,10 +396,10 @@ func TestSignalCountsEveryByte(t *testing.T) {
 	defer r.Close()
 	defer w.Close() // ends the engine's read of the pipe, which a signal cannot wake
 	ln := listen(t, "127.0.0.1")
-	hosts := writeFile(t, "hosts", []byte("127.0.0.1 0\n"))
+	hosts := testkit.WriteFile(t, "hosts", []byte("127.0.0.1 0\n"))
 	e := start(t, Config{Source: stdio, Destination: connectEnd(".", port(ln)), Stdin: r, NetworkFile: hosts})
 	c := accept(t, ln)
-	data := randomData(100_000)
+	data := testkit.RandomData(100_000)
 	if _, err := w.Write(data); err != nil {
 		t.Fatal(err)
 	}
@@ -422,7 +424,7 @@ func TestSignalCountsEveryByte(t *testing.T) {
 // position between chunks.
 func TestProgressSlowReceiver(t *testing.T) {
 	t.Parallel()
-	data := randomData(32 << 20)
+	data := testkit.RandomData(32 << 20)
 	ln := listen(t, "127.0.0.1")
 	// A small receive buffer, inherited by the accepted connection, keeps what is in flight
 	// well under one chunk while the test does not read.
@@ -430,7 +432,7 @@ func TestProgressSlowReceiver(t *testing.T) {
 		t.Fatal(err)
 	}
 	e := start(t, Config{Source: stdio, Destination: connectEnd("127.0.0.1", port(ln)),
-		Stdin: openFile(t, writeFile(t, "in", data)), Progress: true})
+		Stdin: testkit.Open(t, testkit.WriteFile(t, "in", data)), Progress: true})
 	c := accept(t, ln)
 	c.SetReadDeadline(time.Now().Add(testTimeout))
 	first := make([]byte, 1<<20)

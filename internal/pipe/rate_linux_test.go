@@ -9,6 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"shd-tcp-tools/internal/pipe/pipetest"
+	"shd-tcp-tools/internal/testkit"
 )
 
 // receiveBoosted is receiveTimestamped on a thread of its own with a raised scheduling
@@ -40,7 +41,7 @@ func receiveBoosted(c *net.TCPConn, deadline time.Time) ([]pipetest.Arrival, int
 // package's other tests move 32 MiB streams that would starve it on a small machine.
 func TestRateLimitOverLoopback(t *testing.T) {
 	const rate = 1 << 20
-	data := randomData(6*rate + rate/2)
+	data := testkit.RandomData(6*rate + rate/2)
 	ln := listen(t, "127.0.0.1")
 	// Set on the listener, the option is inherited by the accepted connection: the bytes
 	// that arrive before the test accepts are stamped too.
@@ -48,7 +49,7 @@ func TestRateLimitOverLoopback(t *testing.T) {
 		t.Fatal(err)
 	}
 	e := start(t, Config{Source: stdio, Destination: connectEnd("127.0.0.1", port(ln)),
-		Stdin: openFile(t, writeFile(t, "in", data)), Rate: rate})
+		Stdin: testkit.Open(t, testkit.WriteFile(t, "in", data)), Rate: rate})
 	arr, unstamped, err := receiveBoosted(accept(t, ln), time.Now().Add(testTimeout))
 	if err != nil {
 		t.Fatal(err)
@@ -84,14 +85,14 @@ func TestRateLimitOverLoopback(t *testing.T) {
 // 1-second window carries more than 1.05 x rate + 64 KiB. Not parallel, as above.
 func TestInsertCountsAgainstLimit(t *testing.T) {
 	const rate = 512 << 10
-	insert := randomData(1 << 20)
-	data := randomData(256 << 10)
+	insert := testkit.RandomData(1 << 20)
+	data := testkit.RandomData(256 << 10)
 	ln := listen(t, "127.0.0.1")
 	if err := pipetest.SetTimestamps(ln); err != nil {
 		t.Fatal(err)
 	}
 	e := start(t, Config{Source: stdio, Destination: connectEnd("127.0.0.1", port(ln)),
-		Stdin: openFile(t, writeFile(t, "in", data)), InsertFile: writeFile(t, "insert", insert), Rate: rate})
+		Stdin: testkit.Open(t, testkit.WriteFile(t, "in", data)), InsertFile: testkit.WriteFile(t, "insert", insert), Rate: rate})
 	arr, _, err := receiveBoosted(accept(t, ln), time.Now().Add(testTimeout))
 	if err != nil {
 		t.Fatal(err)
