@@ -72,7 +72,8 @@ not when a client comes; with --secret-file the proofs are bound to the TLS sess
 
 Logs go to stderr: links up and down with the reason, retries, each connection to the
 service and its close with bytes and bandwidth each way. If the service cannot be
-reached, that client's link is closed at once and logged. If stderr is not read or is
+reached, that client's link is closed at once and logged (beyond 10 per 10 s, counted
+and summed up in one line). If stderr is not read or is
 gone, lines are dropped (never the service) and the count is logged when it can be.
 
 Signals: SIGINT or SIGTERM stops; open relays are cut, their link and service connection

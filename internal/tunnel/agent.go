@@ -112,6 +112,9 @@ type Agent struct {
 	links     atomic.Uint64
 	wg        sync.WaitGroup
 	loops     *relay.Loops // relay the taken plain links and the service; made by Run
+	// floods keeps the failures of a service that cannot be reached from writing a line
+	// per client: strangerBurst a strangerInterval, then a summary with the count.
+	floods *connlog.Summary
 }
 
 // NewAgent checks cfg and returns an agent ready to Run.
@@ -141,7 +144,8 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 	if cfg.TLS != nil {
 		tlsConfig = cfg.TLS.Config()
 	}
-	return &Agent{cfg: cfg, tlsConfig: tlsConfig, secret: newSecretBox(cfg.Secret, cfg.SecretFile), idle: newGauge(), opening: make(chan struct{}, maxOpening)}, nil
+	return &Agent{cfg: cfg, tlsConfig: tlsConfig, secret: newSecretBox(cfg.Secret, cfg.SecretFile), idle: newGauge(), opening: make(chan struct{}, maxOpening),
+		floods: cfg.Log.Summarise(strangerBurst, strangerInterval)}, nil
 }
 
 // Reload rereads the secret file (SecretFile) and logs it: links opened from now on prove
@@ -178,6 +182,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	<-ctx.Done() // the slots run until then
 	a.cfg.Log.Printf("stopping: cutting open relays, closing idle links")
 	a.wg.Wait()
+	a.floods.Flush() // the last interval's count
 	return nil
 }
 
@@ -324,6 +329,7 @@ func (a *Agent) serve(ctx context.Context, linkID uint64, link *net.TCPConn, rw 
 	defer signal()
 	id := a.conns.Add(1)
 	client := fmt.Sprintf("link #%d %s", linkID, link.RemoteAddr())
+	source := sourceOf(link.RemoteAddr()) // the client's, once a hello names it
 	service := a.cfg.Service.String()
 	// Until the relay takes over, the end of ctx closes the link (and so ends a hello read).
 	unwatch := context.AfterFunc(ctx, func() { link.Close() })
@@ -335,10 +341,11 @@ func (a *Agent) serve(ctx context.Context, linkID uint64, link *net.TCPConn, rw 
 		if err != nil {
 			_ = link.SetLinger(0)
 			link.Close()
-			a.cfg.Log.Failed(id, client, service, err)
+			a.failed(id, client, source, err)
 			return
 		}
 		client = fmt.Sprintf("%s (link #%d)", h.SourceAddr, linkID)
+		source = sourceOf(h.SourceAddr)
 		payload, replay = rest, rest
 		if a.cfg.SendProxy {
 			replay = append(append(make([]byte, 0, len(raw)+len(rest)), raw...), rest...)
@@ -350,7 +357,7 @@ func (a *Agent) serve(ctx context.Context, linkID uint64, link *net.TCPConn, rw 
 		// Reset the link so the client sees its connection end at once, not a hang.
 		_ = link.SetLinger(0)
 		link.Close()
-		a.cfg.Log.Failed(id, client, service, err)
+		a.failed(id, client, source, err)
 		return
 	}
 	if len(replay) > 0 {
@@ -361,7 +368,7 @@ func (a *Agent) serve(ctx context.Context, linkID uint64, link *net.TCPConn, rw 
 			_ = link.SetLinger(0)
 			link.Close()
 			srv.Close()
-			a.cfg.Log.Failed(id, client, service, fmt.Errorf("writing to %s: %w", service, readErr(err)))
+			a.failed(id, client, source, fmt.Errorf("writing to %s: %w", service, readErr(err)))
 			return
 		}
 	}
@@ -376,6 +383,16 @@ func (a *Agent) serve(ctx context.Context, linkID uint64, link *net.TCPConn, rw 
 		a.cfg.Log.Close(id, client, service, up, uint64(res.Down), res.Duration, res.End)
 		a.wg.Done()
 	})
+}
+
+// failed logs a client whose service connection failed. Beyond strangerBurst of them in a
+// strangerInterval (a service that is down, and thousands of clients), they are counted
+// by reason and source and summed up in one line.
+func (a *Agent) failed(id uint64, client string, source netip.Prefix, err error) {
+	service := a.cfg.Service.String()
+	if a.floods.Allow("failed -> "+service, connlog.Error, err.Error(), source) {
+		a.cfg.Log.Failed(id, client, service, err)
+	}
 }
 
 // gauge is a counter that can be waited on. Safe for simultaneous use.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -438,6 +439,35 @@ func TestServiceDown(t *testing.T) {
 			// The agent stays up and refills.
 			tn.waitPools(t, 1, 1)
 		})
+	}
+}
+
+// TestServiceDownFloodSummarised: many clients of a service that is down give the agent a
+// burst of failed lines and a summary with the count of the others, not a line each; the
+// lines and the summary's count add up to the clients.
+func TestServiceDownFloodSummarised(t *testing.T) {
+	deadEP := deadPort(t)
+	var tn tunnel
+	startRelay(t, "127.0.0.1", RelayConfig{Hello: true, Wait: testTimeout}, &tn)
+	startAgent(t, AgentConfig{Service: deadEP, Hello: true, Pool: 4}, &tn)
+	tn.waitPools(t, 4, 4)
+	const n = 200
+	for range n {
+		dialExpectClosed(t, tn.clients)
+	}
+	tn.stopAgent()
+	waitDone(t, "Agent.Run", tn.agentDone)
+	log := tn.agentLog.String()
+	own := tn.agentLog.count(`failed #\d+ .* -> ` + regexpQuote(deadEP.String()) + `: `)
+	counted := 0
+	rx := regexp.MustCompile(`(?m)summary: (\d+) more "failed -> ` + regexpQuote(deadEP.String()) + `" in the last \d+s: .*connection refused x\d+; from 127\.0\.0\.1 x\d+$`)
+	summaries := rx.FindAllStringSubmatch(log, -1)
+	for _, m := range summaries {
+		c, _ := strconv.Atoi(m[1])
+		counted += c
+	}
+	if own+counted != n || len(summaries) == 0 || own > strangerBurst*(len(summaries)+1) {
+		t.Errorf("%d failed lines and %d counted in %d summaries for %d clients:\n%s", own, counted, len(summaries), n, log)
 	}
 }
 
