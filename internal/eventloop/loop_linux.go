@@ -31,6 +31,7 @@ type Loop struct {
 	now      time.Time
 	stop     bool
 	idle     func() // run before each wait, see BeforeWait
+	scratch  []byte // see Scratch
 
 	mu     sync.Mutex
 	posted []func()
@@ -240,6 +241,19 @@ func (l *Loop) CloseFD(fd int) error {
 		l.handlers[fd] = handler{}
 	}
 	return unix.Close(fd)
+}
+
+// ScratchSize is the length of the buffer Scratch returns.
+const ScratchSize = 16 << 10
+
+// Scratch returns the loop's one buffer of ScratchSize bytes (made on first use), for a
+// callback that reads into it and writes out what it read before it returns: every
+// callback on the loop shares it, so nothing may be left in it across callbacks.
+func (l *Loop) Scratch() []byte {
+	if l.scratch == nil {
+		l.scratch = make([]byte, ScratchSize)
+	}
+	return l.scratch
 }
 
 // Now returns the time read at the start of the current loop iteration, or

@@ -148,6 +148,9 @@ type Server struct {
 	socket func(netip.Addr) (int, error)
 	// noPipes makes every splice find no pipe, as when descriptors run out (a test seam).
 	noPipes bool
+	// spliced counts the relayed bytes that moved by splice, never entering user space
+	// (relay.Result.Spliced of every connection closed): what the zero-copy tests read.
+	spliced atomic.Int64
 	// partialHeader, when set, is called on the loop each time a client's PROXY header is
 	// found incomplete (a test seam).
 	partialHeader func()

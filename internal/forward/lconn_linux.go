@@ -580,6 +580,9 @@ func (c *lconn) abort(end string) {
 func (c *lconn) ended(res relay.Result) {
 	dur := c.ls.lp.Now().Sub(c.start)
 	c.ls.log.Close(c.id, c.from, c.to, uint64(res.Up)+uint64(c.inserted), uint64(res.Down), dur, res.End)
+	if res.Spliced > 0 {
+		c.s.spliced.Add(res.Spliced)
+	}
 	if b := c.s.bal; b != nil {
 		b.add(c.cands[c.cand], int64(c.inserted))
 		c.releaseHost()

@@ -52,6 +52,9 @@ type Result struct {
 	Duration time.Duration // from the start of Join to its end
 	End      string        // one of the End constants, or "error: ..." for another failure
 	Err      error         // the first error other than a clean end, if any
+	// Spliced is how many of the bytes a Pair took from either side moved by splice, never
+	// entering user space (Join leaves it 0).
+	Spliced int64
 }
 
 // Join relays client <-> server until both directions are done, then closes both

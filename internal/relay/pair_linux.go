@@ -204,7 +204,7 @@ func (p *Pair) pump(i int) {
 			p.pumpLater(i, delay)
 			return
 		}
-		n, err := d.mv.fill(d.src, most)
+		n, w, err := d.mv.fill(d.src, d.dst, p.lp.Scratch(), most)
 		switch {
 		case errors.Is(err, unix.EAGAIN):
 			return
@@ -215,6 +215,9 @@ func (p *Pair) pump(i int) {
 			d.srcEOF = true
 		default:
 			d.pace.Used(n)
+			if w > 0 {
+				p.moved(i, w)
+			}
 		}
 	}
 }
@@ -348,6 +351,7 @@ func (p *Pair) closeNow() {
 	_ = p.lp.CloseFD(p.fd[down])
 	p.state = pairClosed
 	if p.o.OnEnd != nil {
-		p.o.OnEnd(Result{Up: p.dirs[up].n, Down: p.dirs[down].n, Duration: p.lp.Now().Sub(p.start), End: p.policy.end})
+		p.o.OnEnd(Result{Up: p.dirs[up].n, Down: p.dirs[down].n, Duration: p.lp.Now().Sub(p.start), End: p.policy.end,
+			Spliced: p.dirs[up].mv.spliced + p.dirs[down].mv.spliced})
 	}
 }

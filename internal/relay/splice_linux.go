@@ -213,6 +213,26 @@ func (s *Splicer) Fill(src, max int) (int, error) {
 	return 0, err
 }
 
+// Load writes b into the pipe (taking one when it holds none), for bytes read through user
+// space that the destination did not take, and returns how many went in: all of b, unless
+// the pipe is full. Drain writes them out after what the pipe held before.
+func (s *Splicer) Load(b []byte) (int, error) {
+	if s.p == nil {
+		p, err := getPipe()
+		if err != nil {
+			return 0, ErrNoPipe
+		}
+		s.p = p
+	}
+	n, err := sock.Write(s.p.w, b)
+	s.inPipe += n
+	if s.inPipe == 0 {
+		putPipe(s.p, true)
+		s.p = nil
+	}
+	return n, err
+}
+
 // Drain splices what the pipe holds into the socket dst and returns the bytes moved;
 // unix.EAGAIN means dst cannot take more now.
 func (s *Splicer) Drain(dst int) (int, error) {

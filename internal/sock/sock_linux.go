@@ -288,6 +288,25 @@ func Send(fd int, b []byte) (int, error) {
 	}
 }
 
+// Write writes from b to the non-blocking descriptor fd (a pipe), again after an
+// interrupted call, and returns how much went; unix.EAGAIN means fd takes nothing now.
+func Write(fd int, b []byte) (int, error) {
+	var p unsafe.Pointer
+	if len(b) > 0 {
+		p = unsafe.Pointer(&b[0])
+	}
+	for {
+		n, _, e := unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(p), uintptr(len(b)))
+		if e == unix.EINTR {
+			continue
+		}
+		if e != 0 {
+			return 0, e
+		}
+		return int(n), nil
+	}
+}
+
 // Discard drops, without blocking and without copying, what the peer of the TCP socket fd
 // has already sent (at most 64 MiB a call), and returns how many bytes that was: what a
 // relay does to a side it stopped reading before it closes it, so the close is a FIN and
