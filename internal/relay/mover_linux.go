@@ -31,6 +31,7 @@ type mover struct {
 	bulk    bool   // the direction moves bulk: splice
 	noPipes bool   // never take a pipe (PairOptions.NoPipes)
 	spliced int64  // bytes taken from the source by splice: they never entered user space
+	drained bool   // the last fill read less than it asked for: all the source had
 }
 
 // pending returns the bytes the mover holds: read from the source, not yet written.
@@ -47,6 +48,7 @@ func (m *mover) fill(src, dst int, buf []byte, most int) (read, written int, err
 		switch {
 		case err == nil:
 			m.spliced += int64(n)
+			m.drained = n < most
 			if n < copyAgain {
 				m.bulk = false
 			}
@@ -71,6 +73,7 @@ func (m *mover) fill(src, dst int, buf []byte, most int) (read, written int, err
 	if n == len(buf) {
 		m.bulk = true // a full buffer: the next step splices
 	}
+	m.drained = n < len(b)
 	w, err := sock.Send(dst, b[:n])
 	switch {
 	case errors.Is(err, unix.EAGAIN):

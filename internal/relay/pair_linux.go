@@ -122,8 +122,8 @@ func StartPair(lp *eventloop.Loop, client, server int, o PairOptions) (*Pair, er
 	if o.IdleTimeout > 0 {
 		p.idle = lp.AfterFunc(o.IdleTimeout, p.checkIdle)
 	}
-	p.pump(up)
-	p.pump(down)
+	p.pump(up, false)
+	p.pump(down, false)
 	return p, nil
 }
 
@@ -148,11 +148,15 @@ func (p *Pair) serverReady(ev uint32) { p.ready(ev, down) }
 func (p *Pair) ready(ev uint32, in int) {
 	switch p.state {
 	case pairRelaying:
-		if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-			p.pump(in)
+		const ends = unix.EPOLLRDHUP | unix.EPOLLHUP | unix.EPOLLERR
+		if ev&(unix.EPOLLIN|ends) != 0 {
+			p.pump(in, ev&ends == 0)
 		}
-		if ev&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-			p.pump(1 - in)
+		// The socket takes more: that matters to the other direction only when it holds
+		// bytes the socket did not take (or to find the socket's error). Otherwise it
+		// waits for its own source, and a look there would find nothing.
+		if ev&(unix.EPOLLHUP|unix.EPOLLERR) != 0 || ev&unix.EPOLLOUT != 0 && p.dirs[1-in].mv.pending() > 0 {
+			p.pump(1-in, false)
 		}
 	case pairClosing:
 		p.settle(false) // the peer answered: maybe the acknowledgement we wait for
@@ -173,8 +177,13 @@ func (p *Pair) checkIdle() {
 }
 
 // pump moves bytes one way until the source has none, the destination is full, the rate
-// limit makes it wait, or the direction ends.
-func (p *Pair) pump(i int) {
+// limit makes it wait, or the direction ends. fresh says pump runs for an event of the
+// source that reported no end: then a read that finds less than it asked for has taken
+// all there is, and the next byte, or the end, brings another event (the sockets are
+// edge-triggered), so pump stops there instead of asking again for nothing. Elsewhere
+// (the start, a resume, the destination's event) events of the source may have passed
+// unread, and pump reads until the source has nothing (EAGAIN).
+func (p *Pair) pump(i int, fresh bool) {
 	d := &p.dirs[i]
 	for budget := pumpBudget; p.state == pairRelaying && !d.stopped && !d.waiting; budget-- {
 		if budget == 0 {
@@ -218,6 +227,9 @@ func (p *Pair) pump(i int) {
 			if w > 0 {
 				p.moved(i, w)
 			}
+			if fresh && d.mv.drained && d.mv.pending() == 0 {
+				return
+			}
 		}
 	}
 }
@@ -232,7 +244,7 @@ func (p *Pair) pumpLater(i int, delay time.Duration) {
 	}
 	d.resume = p.lp.AfterFunc(delay, func() {
 		d.waiting = false
-		p.pump(i)
+		p.pump(i, false)
 	})
 }
 
