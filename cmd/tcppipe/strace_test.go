@@ -14,24 +14,13 @@ import (
 	"shd-tcp-tools/internal/testkit"
 )
 
-// needStrace skips the test unless strace can trace a process here.
-func needStrace(t *testing.T) {
-	t.Helper()
-	if _, err := exec.LookPath("strace"); err != nil {
-		t.Skip("strace is not installed")
-	}
-	if out, err := exec.Command("strace", "-o", os.DevNull, "true").CombinedOutput(); err != nil {
-		t.Skipf("strace cannot trace here: %v: %s", err, out)
-	}
-}
-
 // TestUsageErrorsTouchNothing runs usage errors under strace and checks the spec's "before
 // any socket is opened or any file is changed": no TCP socket, no bind, no listen, no file
 // opened for writing, created, renamed, truncated or removed. (A name in INADDR_DEFAULT is
 // resolved, which may use UDP sockets to the resolver: those are allowed.)
 func TestUsageErrorsTouchNothing(t *testing.T) {
 	t.Parallel()
-	needStrace(t)
+	testkit.NeedStrace(t)
 	dir := t.TempDir()
 	hosts := filepath.Join(dir, "hosts")
 	if err := os.WriteFile(hosts, []byte("127.0.0.1 10\n"), 0o644); err != nil {
@@ -98,38 +87,13 @@ func TestUsageErrorsTouchNothing(t *testing.T) {
 	}
 }
 
-// traceBytes sums, per system call, the byte counts that the traced calls in an strace -f
-// output file returned.
-func traceBytes(t *testing.T, path string) map[string]int64 {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	call := regexp.MustCompile(`^\d+\s+(?:<\.\.\. (\w+) resumed>|(\w+)\().*\)\s+=\s+(\d+)$`)
-	sums := map[string]int64{}
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		if m := call.FindStringSubmatch(sc.Text()); m != nil {
-			n, _ := strconv.ParseInt(m[3], 10, 64)
-			sums[m[1]+m[2]] += n
-		}
-	}
-	if err := sc.Err(); err != nil {
-		t.Fatal(err)
-	}
-	return sums
-}
-
 // TestZeroCopyStrace sends 64 MiB from a file through two tcppipe processes to /dev/null,
 // both under strace, plain and with -l, and checks that the bytes went by sendfile (file
 // to socket) and splice (socket to /dev/null), not by read and write through user space.
 // /proc/self/io cannot show this for sendfile, which it counts like read plus write.
 func TestZeroCopyStrace(t *testing.T) {
 	t.Parallel()
-	needStrace(t)
+	testkit.NeedStrace(t)
 	const size = 64 << 20
 	in, _ := randomFile(t, size)
 	const calls = "trace=read,write,readv,writev,pread64,pwrite64,recvfrom,sendto,recvmsg,sendmsg,sendfile,splice,copy_file_range"
@@ -152,13 +116,8 @@ func TestZeroCopyStrace(t *testing.T) {
 			if code, stderr := recv.wait(t); code != 0 {
 				t.Fatalf("receiver: exit %d: %s", code, stderr)
 			}
-			user := func(sums map[string]int64) (n int64) {
-				for _, c := range []string{"read", "write", "readv", "writev", "pread64", "pwrite64", "recvfrom", "sendto", "recvmsg", "sendmsg"} {
-					n += sums[c]
-				}
-				return n
-			}
-			s, r := traceBytes(t, sendTrace), traceBytes(t, recvTrace)
+			user := testkit.UserSpaceBytes
+			s, r := testkit.TraceBytes(t, sendTrace), testkit.TraceBytes(t, recvTrace)
 			t.Logf("sender: sendfile %d, splice %d, user space %d; receiver: splice %d, user space %d",
 				s["sendfile"], s["splice"], user(s), r["splice"], user(r))
 			if s["sendfile"]+s["splice"]+s["copy_file_range"] < size || user(s) > size/64 {
