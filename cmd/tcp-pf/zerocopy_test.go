@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -23,17 +22,7 @@ func TestZeroCopyBinary(t *testing.T) {
 	testkit.NeedStrace(t)
 	const size = 1 << 30
 	got := make(chan int64, 1)
-	be := testkit.StartBackend(t, "127.0.0.1:0", func(c *net.TCPConn) {
-		null, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
-		if err != nil {
-			t.Error(err)
-			got <- -1
-			return
-		}
-		defer null.Close()
-		n, _ := null.ReadFrom(c) // splice: the backend reads nothing into user space
-		got <- n
-	})
+	be := testkit.StartBackend(t, "127.0.0.1:0", testkit.DevNullSink(t, got))
 	trace := filepath.Join(t.TempDir(), "trace")
 	pf := startPF(t, "127.0.0.1", "exec strace -f -qq -o "+trace+" -e trace=splice,"+joinCalls()+" ", "-d", be.Addr())
 	// The process started is strace; tcp-pf is its child, and must be stopped itself: a

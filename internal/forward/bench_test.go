@@ -35,7 +35,7 @@ func benchServer(b *testing.B, cfg Config) string {
 // /dev/null: straight to the sink, and through the forwarder in its modes.
 func BenchmarkStream(b *testing.B) {
 	got := make(chan int64, 1)
-	sink := testkit.StartBackend(b, "127.0.0.1:0", sinkToDevNull(b, got))
+	sink := testkit.StartBackend(b, "127.0.0.1:0", testkit.DevNullSink(b, got))
 	hosts := writeFile(b, sink.Addr()+" 0\n")
 	targets := []struct {
 		name string

@@ -38,25 +38,6 @@ func rchar(t testing.TB) int64 {
 	return 0
 }
 
-// sinkToDevNull is a backend that moves everything it receives into /dev/null with splice
-// (os.File.ReadFrom of a TCP connection), so it reads nothing into user space itself.
-func sinkToDevNull(t testing.TB, got chan<- int64) func(c *net.TCPConn) {
-	return func(c *net.TCPConn) {
-		null, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
-		if err != nil {
-			t.Error(err)
-			got <- -1
-			return
-		}
-		defer null.Close()
-		n, err := null.ReadFrom(c)
-		if err != nil {
-			t.Error(err)
-		}
-		got <- n
-	}
-}
-
 // pushThrough writes n bytes through the forwarder at addr from a user-space buffer (which
 // counts as written, not read) and returns what the sink got.
 func pushThrough(t testing.TB, addr string, n int64, got <-chan int64) int64 {
@@ -86,7 +67,7 @@ func pushThrough(t testing.TB, addr string, n int64, got <-chan int64) int64 {
 func TestZeroCopy(t *testing.T) {
 	const n = 256 << 20
 	got := make(chan int64, 1)
-	be := testkit.StartBackend(t, "127.0.0.1:0", sinkToDevNull(t, got))
+	be := testkit.StartBackend(t, "127.0.0.1:0", testkit.DevNullSink(t, got))
 	hosts := writeFile(t, be.Addr()+" 0\n")
 	modes := []struct {
 		name string

@@ -2,6 +2,7 @@ package testkit
 
 import (
 	"bufio"
+	"net"
 	"os"
 	"os/exec"
 	"regexp"
@@ -54,4 +55,24 @@ func UserSpaceBytes(sums map[string]int64) (n int64) {
 		n += sums[c]
 	}
 	return n
+}
+
+// DevNullSink returns a Backend handler that moves everything a connection sends into
+// /dev/null with splice (os.File.ReadFrom of a TCP connection), reading nothing into user
+// space itself, and sends the count on got (-1 when /dev/null cannot be opened).
+func DevNullSink(t testing.TB, got chan<- int64) func(c *net.TCPConn) {
+	return func(c *net.TCPConn) {
+		null, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+		if err != nil {
+			t.Error(err)
+			got <- -1
+			return
+		}
+		defer null.Close()
+		n, err := null.ReadFrom(c)
+		if err != nil {
+			t.Error(err)
+		}
+		got <- n
+	}
 }
