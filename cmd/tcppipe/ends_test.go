@@ -67,8 +67,8 @@ func TestSenderCutShortResets(t *testing.T) {
 				recv, port = startListening(t, nil, testkit.Create(t, out), tc.receiverArgs)
 				send = start(t, testkit.Open(t, in), nil, tc.senderArgs(port)...)
 			}
-			waitFor(t, timeout, "bytes to flow", func() bool { return fileSize(out) >= 256<<10 })
-			if err := send.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			testkit.WaitUntil(t, timeout, "bytes to flow", func() bool { return fileSize(out) >= 256<<10 })
+			if err := send.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
 				t.Fatal(err)
 			}
 			code, stderr := send.wait(t)
@@ -139,13 +139,13 @@ func TestSignalCountIsExact(t *testing.T) {
 	send := start(t, testkit.Open(t, in), nil, "-", "127.0.0.1", strconv.Itoa(port))
 	// The pipe fills and stays full: nothing reads it.
 	var held int
-	waitFor(t, timeout, "the pipe to fill", func() bool {
+	testkit.WaitUntil(t, timeout, "the pipe to fill", func() bool {
 		n := pipeHolds(t, pr)
 		full := n > 0 && n == held
 		held = n
 		return full
 	})
-	if err := recv.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := recv.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	code, stderr := recv.wait(t)
@@ -178,7 +178,7 @@ func TestInputIsOutput(t *testing.T) {
 	defer out.Close()
 	// -l bounds the harm should the check be missing: the file grows 1 MiB a second.
 	p := start(t, testkit.Open(t, f), out, "-l", "1M", "-", "-")
-	waitFor(t, 10*time.Second, "tcppipe to refuse", p.exited)
+	testkit.WaitUntil(t, 10*time.Second, "tcppipe to refuse", p.Exited)
 	code, stderr := p.wait(t)
 	if code != 1 || stderr != "tcppipe: input file is output file: stdin and stdout are the same regular file\n" {
 		t.Errorf("exit %d, stderr %q; want 1, input file is output file", code, stderr)

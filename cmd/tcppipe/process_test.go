@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -24,13 +23,8 @@ import (
 // timeout bounds every wait on a process.
 const timeout = 60 * time.Second
 
-// proc is a running tcppipe.
-type proc struct {
-	cmd    *exec.Cmd
-	stderr *testkit.LogBuf
-	done   chan struct{}
-	err    error
-}
+// proc is a running tcppipe, its stderr in Log.
+type proc struct{ *testkit.Proc }
 
 // start starts the built tcppipe with stdin and stdout (nil: /dev/null) and args. It is
 // killed, by its pid, if it is still running when the test ends.
@@ -43,77 +37,27 @@ func start(t testing.TB, stdin, stdout *os.File, args ...string) *proc {
 func startUnder(t testing.TB, wrapper []string, stdin, stdout *os.File, args ...string) *proc {
 	t.Helper()
 	argv := append(append(append([]string(nil), wrapper...), binPath), args...)
-	p := &proc{cmd: exec.Command(argv[0], argv[1:]...), stderr: testkit.NewLogBuf(), done: make(chan struct{})}
-	p.cmd.Env = append(os.Environ(), "INADDR_DEFAULT=", "GORACE="+goraceNoSleep())
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = append(os.Environ(), "INADDR_DEFAULT=", "GORACE="+goraceNoSleep())
 	if stdin != nil {
-		p.cmd.Stdin = stdin
+		cmd.Stdin = stdin
 	}
 	if stdout != nil {
-		p.cmd.Stdout = stdout
+		cmd.Stdout = stdout
 	}
-	p.cmd.Stderr = p.stderr
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		defer close(p.done)
-		p.err = p.cmd.Wait()
-	}()
-	t.Cleanup(func() {
-		select {
-		case <-p.done:
-		default:
-			p.cmd.Process.Kill()
-			<-p.done
-		}
-	})
-	return p
+	return &proc{testkit.StartCmd(t, cmd)}
 }
 
-// wait returns the exit status and stderr, failing the test if the process does not exit.
+// wait returns the exit status and stderr, failing the test if the process does not exit
+// within timeout or its stderr is not what an exit with that status prints.
 func (p *proc) wait(t testing.TB) (int, string) {
 	t.Helper()
-	select {
-	case <-p.done:
-	case <-time.After(timeout):
-		p.cmd.Process.Kill()
-		<-p.done
-		t.Fatalf("%v did not exit within %v; stderr: %s", p.cmd.Args, timeout, p.stderr)
-	}
-	code := 0
-	if p.err != nil {
-		var ee *exec.ExitError
-		if !errors.As(p.err, &ee) {
-			t.Fatalf("%v: %v", p.cmd.Args, p.err)
-		}
-		code = ee.ExitCode()
-	}
-	stderr := p.stderr.String()
+	code, _ := p.Exit(t, timeout)
+	stderr := p.Log.String()
 	if msg := checkStderr(stderr, code); msg != "" {
-		t.Errorf("%v: %s: %q", p.cmd.Args, msg, stderr)
+		t.Errorf("%v: %s: %q", p.Cmd.Args, msg, stderr)
 	}
 	return code, stderr
-}
-
-func (p *proc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// waitFor polls cond until it holds, failing the test after d.
-func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(5 * time.Millisecond) // a poll interval, not a synchronisation
-	}
 }
 
 // listening reports whether a socket listens on port. Asking the kernel, rather than
@@ -139,8 +83,8 @@ func startListeningUnder(t testing.TB, wrapper []string, stdin, stdout *os.File,
 	for range 5 {
 		port := freePort(t)
 		p := startUnder(t, wrapper, stdin, stdout, args(port)...)
-		waitFor(t, timeout, fmt.Sprintf("tcppipe to listen on %d", port), func() bool { return listening(t, port) || p.exited() })
-		if !p.exited() {
+		testkit.WaitUntil(t, timeout, fmt.Sprintf("tcppipe to listen on %d", port), func() bool { return listening(t, port) || p.Exited() })
+		if !p.Exited() {
 			return p, port
 		}
 		if _, stderr := p.wait(t); !strings.Contains(stderr, "address already in use") {
@@ -286,10 +230,10 @@ func TestSIGTERMMidTransfer(t *testing.T) {
 		return n
 	}
 	var first uint64
-	waitFor(t, 10*time.Second, "the first write-back", func() bool { first = count(); return first > 10 })
-	waitFor(t, 10*time.Second, "the second write-back", func() bool { return count() > first })
-	if p.exited() {
-		t.Fatalf("tcppipe exited before the signal: %s", p.stderr)
+	testkit.WaitUntil(t, 10*time.Second, "the first write-back", func() bool { first = count(); return first > 10 })
+	testkit.WaitUntil(t, 10*time.Second, "the second write-back", func() bool { return count() > first })
+	if p.Exited() {
+		t.Fatalf("tcppipe exited before the signal: %s", p.Log)
 	}
 	n, stderr := interrupt(t, p, syscall.SIGTERM, received, data)
 	want := strings.Replace(file, "127.0.0.1 10\n", fmt.Sprintf("127.0.0.1 %d\n", 10+n), 1)
@@ -315,7 +259,7 @@ func TestSIGTERMWhileWaiting(t *testing.T) {
 		t.Fatal(err)
 	}
 	p, _ := startListening(t, nil, nil, func(port int) []string { return []string{"-b", bind, ":" + strconv.Itoa(port), "-"} })
-	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := p.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	code, stderr := p.wait(t)

@@ -53,7 +53,7 @@ func TestSIGHUPMidTransfer(t *testing.T) {
 		}
 		received <- b.Bytes()
 	}()
-	waitFor(t, 10*time.Second, "100 KB received", func() bool { return got.Load() >= 100000 })
+	testkit.WaitUntil(t, 10*time.Second, "100 KB received", func() bool { return got.Load() >= 100000 })
 	n, _ := interrupt(t, p, syscall.SIGHUP, received, data)
 	if f, _ := os.ReadFile(hosts); string(f) != fmt.Sprintf("127.0.0.1 %d\n", 10+n) {
 		t.Errorf("hosts file %q, want the %d bytes added", f, n)
@@ -66,7 +66,7 @@ func TestSIGHUPMidTransfer(t *testing.T) {
 // returns that count and p's stderr.
 func interrupt(t *testing.T, p *proc, sig syscall.Signal, received <-chan []byte, data []byte) (int, string) {
 	t.Helper()
-	if err := p.cmd.Process.Signal(sig); err != nil {
+	if err := p.Cmd.Process.Signal(sig); err != nil {
 		t.Fatal(err)
 	}
 	code, stderr := p.wait(t)

@@ -34,18 +34,19 @@ func WriteFile(t testing.TB, name string, data []byte) string {
 // Open opens path for reading, closed when the test ends.
 func Open(t testing.TB, path string) *os.File {
 	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { f.Close() })
-	return f
+	return kept(t, path, os.Open)
 }
 
 // Create creates (or truncates) path for writing, closed when the test ends.
 func Create(t testing.TB, path string) *os.File {
 	t.Helper()
-	f, err := os.Create(path)
+	return kept(t, path, os.Create)
+}
+
+// kept opens path with open, or fails the test, and closes the file when the test ends.
+func kept(t testing.TB, path string, open func(string) (*os.File, error)) *os.File {
+	t.Helper()
+	f, err := open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
