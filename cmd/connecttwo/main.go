@@ -14,6 +14,7 @@ import (
 	"shd-tcp-tools/internal/connlog"
 	"shd-tcp-tools/internal/endpoint"
 	"shd-tcp-tools/internal/meter"
+	"shd-tcp-tools/internal/metrics"
 	"shd-tcp-tools/internal/tlslink"
 	"shd-tcp-tools/internal/tunnel"
 )
@@ -53,6 +54,10 @@ Options:
                            close lines (retries and failures are still logged)
       --log-format FORMAT  text (the default), or json: one JSON object per event with
                            the fields of its text line (man connecttwo)
+      --metrics [ADDR:]PORT
+                           serve Prometheus metrics on http://ADDR:PORT/metrics: links
+                           by state, reconnects, connections to the service by outcome,
+                           bytes each way as they move (names prefixed connecttwo_)
   -h, --help               print this help and exit
   -v, --version            print the version and exit
 
@@ -86,13 +91,23 @@ func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
 func run(args []string, stdout, stderr io.Writer) int {
 	ctx, reload, cancel := cli.ServiceContext(context.Background())
 	defer cancel()
-	cfg, err := parse(ctx, args, stdout, stderr)
+	var metricsAt endpoint.Endpoint
+	cfg, err := parse(ctx, args, stdout, stderr, &metricsAt)
 	if err != nil {
 		return cli.Report(stderr, tool, err)
 	}
 	a, err := tunnel.NewAgent(cfg)
 	if err != nil {
 		return cli.Report(stderr, tool, err)
+	}
+	ms, err := metrics.Listen(ctx, metricsAt, cfg.Local)
+	if err != nil {
+		return cli.Report(stderr, tool, err)
+	}
+	defer ms.Close()
+	ms.Serve(metrics.Agent(a))
+	if ms != nil {
+		cfg.Log.Printf("metrics on http://%s%s", ms.Addr(), metrics.Path)
 	}
 	cfg.Log.Printf("keeping %s open to %s for %s", meter.Count(cfg.Pool, "link"), cfg.Relay, cfg.Service)
 	go cli.OnReload(ctx, reload, a.Reload)
@@ -101,8 +116,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return cli.Report(stderr, tool, err)
 }
 
-// parse turns the command line into a checked configuration; nothing is opened yet.
-func parse(ctx context.Context, args []string, stdout, stderr io.Writer) (tunnel.AgentConfig, error) {
+// parse turns the command line into a checked configuration, and --metrics into
+// metricsAt; nothing is opened yet.
+func parse(ctx context.Context, args []string, stdout, stderr io.Writer, metricsAt *endpoint.Endpoint) (tunnel.AgentConfig, error) {
 	var cfg tunnel.AgentConfig
 	fs := cli.NewFlagSet(tool, help, stdout)
 	relayAddr := fs.StringP("relay", "s", "", "")
@@ -115,6 +131,7 @@ func parse(ctx context.Context, args []string, stdout, stderr io.Writer) (tunnel
 	caFile := fs.String("tls-ca", "", "")
 	tlsName := fs.String("tls-name", "", "")
 	logFlags := fs.LogFlags()
+	metricsFlag := fs.String("metrics", "", "")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}
@@ -151,6 +168,11 @@ func parse(ctx context.Context, args []string, stdout, stderr io.Writer) (tunnel
 	}
 	if cfg.Pool < 1 {
 		return cfg, cli.Usagef("--pool %d: must be at least 1", cfg.Pool)
+	}
+	if fs.Changed("metrics") {
+		if *metricsAt, err = metrics.ParseAddr(*metricsFlag); err != nil {
+			return cfg, err
+		}
 	}
 	if cfg.Pool > tunnel.MaxPool {
 		return cfg, cli.Usagef("--pool %d: at most %d", cfg.Pool, tunnel.MaxPool)

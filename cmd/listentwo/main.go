@@ -14,6 +14,7 @@ import (
 	"shd-tcp-tools/internal/cli"
 	"shd-tcp-tools/internal/connlog"
 	"shd-tcp-tools/internal/endpoint"
+	"shd-tcp-tools/internal/metrics"
 	"shd-tcp-tools/internal/systemd"
 	"shd-tcp-tools/internal/tlslink"
 	"shd-tcp-tools/internal/tunnel"
@@ -55,6 +56,10 @@ Options:
                              refused-client lines
       --log-format FORMAT    text (the default), or json: one JSON object per event
                              with the fields of its text line (man listentwo)
+      --metrics [ADDR:]PORT  serve Prometheus metrics on http://ADDR:PORT/metrics: idle
+                             links, waiting clients, pairings, refused handshakes by
+                             reason, clients by outcome, bytes each way as they move
+                             (names prefixed listentwo_)
   -h, --help                 print this help and exit
   -v, --version              print the version and exit
 
@@ -100,7 +105,8 @@ func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
 func run(args []string, stdout, stderr io.Writer) int {
 	ctx, reload, cancel := cli.ServiceContext(context.Background())
 	defer cancel()
-	cfg, err := parse(ctx, args, stdout, stderr)
+	var metricsAt endpoint.Endpoint
+	cfg, err := parse(ctx, args, stdout, stderr, &metricsAt)
 	if errors.Is(err, errPrinted) {
 		return cli.ExitOK
 	}
@@ -110,6 +116,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 	r, err := tunnel.NewRelay(cfg)
 	if err != nil {
 		return report(stderr, err)
+	}
+	ms, err := metrics.Listen(ctx, metricsAt, cfg.Local)
+	if err != nil {
+		return report(stderr, err)
+	}
+	defer ms.Close()
+	ms.Serve(metrics.Relay(r))
+	if ms != nil {
+		cfg.Log.Printf("metrics on http://%s%s", ms.Addr(), metrics.Path)
 	}
 	go cli.OnReload(ctx, reload, r.Reload)
 	err = r.ListenAndServe(ctx)
@@ -126,8 +141,9 @@ func report(stderr io.Writer, err error) int {
 	return cli.Report(stderr, tool, err)
 }
 
-// parse turns the command line into a checked configuration; nothing is opened yet.
-func parse(ctx context.Context, args []string, stdout, stderr io.Writer) (tunnel.RelayConfig, error) {
+// parse turns the command line into a checked configuration, and --metrics into
+// metricsAt; nothing is opened yet.
+func parse(ctx context.Context, args []string, stdout, stderr io.Writer, metricsAt *endpoint.Endpoint) (tunnel.RelayConfig, error) {
 	var cfg tunnel.RelayConfig
 	fs := cli.NewFlagSet(tool, help, stdout)
 	clients := fs.StringP("clients", "s", "", "")
@@ -142,6 +158,7 @@ func parse(ctx context.Context, args []string, stdout, stderr io.Writer) (tunnel
 	tlsCert := fs.String("tls-cert", "", "")
 	printPin := fs.Bool("print-pin", false, "")
 	logFlags := fs.LogFlags()
+	metricsFlag := fs.String("metrics", "", "")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}
@@ -188,6 +205,11 @@ func parse(ctx context.Context, args []string, stdout, stderr io.Writer) (tunnel
 	}
 	if cfg.MaxLinks < 1 {
 		return cfg, cli.Usagef("--max-links %d: must be at least 1", cfg.MaxLinks)
+	}
+	if fs.Changed("metrics") {
+		if *metricsAt, err = metrics.ParseAddr(*metricsFlag); err != nil {
+			return cfg, err
+		}
 	}
 	cfg.Wait = wait.D
 	if cfg.Allow, err = allow.Parse(ctx, nil, *allowed); err != nil {

@@ -26,7 +26,9 @@ type conns struct {
 //	NS_connections_open                       connections opened and not closed yet
 //	NS_relayed_bytes_total{direction}         bytes delivered: to_server, to_client
 //	NS_connect_duration_seconds               histogram of the time a connect took
-func Conns(ns string, read func() connstats.Snapshot) prometheus.Collector {
+func Conns(ns string, read func() connstats.Snapshot) prometheus.Collector { return newConns(ns, read) }
+
+func newConns(ns string, read func() connstats.Snapshot) *conns {
 	d := func(name, help string, labels ...string) *prometheus.Desc {
 		return prometheus.NewDesc(prometheus.BuildFQName(ns, "", name), help, labels, nil)
 	}
@@ -52,8 +54,10 @@ func (c *conns) Describe(ch chan<- *prometheus.Desc) {
 }
 
 // Collect reads one snapshot and sends its metrics.
-func (c *conns) Collect(ch chan<- prometheus.Metric) {
-	s := c.read()
+func (c *conns) Collect(ch chan<- prometheus.Metric) { c.send(ch, c.read()) }
+
+// send sends the metrics of s.
+func (c *conns) send(ch chan<- prometheus.Metric, s connstats.Snapshot) {
 	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
 	}
@@ -81,4 +85,48 @@ func (c *conns) Collect(ch chan<- prometheus.Metric) {
 	}
 	count += s.Connect[len(connstats.ConnectBuckets)]
 	ch <- prometheus.MustNewConstHistogram(c.connects, count, s.ConnectSum.Seconds(), buckets)
+}
+
+// stat is one metric family of a tool's stats S: desc, and the values it takes from one S.
+type stat[S any] struct {
+	desc   *prometheus.Desc
+	kind   prometheus.ValueType
+	values func(s S, emit func(v float64, labels ...string))
+}
+
+// tool collects a tool's stats S, read once per scrape: its connection counts (Conns'
+// metrics) and its own families.
+type tool[S any] struct {
+	read  func() S
+	conns func(S) connstats.Snapshot
+	c     *conns
+	stats []stat[S]
+}
+
+func newTool[S any](ns string, read func() S, connsOf func(S) connstats.Snapshot, stats ...stat[S]) *tool[S] {
+	return &tool[S]{read: read, conns: connsOf, c: newConns(ns, nil), stats: stats}
+}
+
+// Describe sends the descriptions of the connection metrics and of every family.
+func (t *tool[S]) Describe(ch chan<- *prometheus.Desc) {
+	t.c.Describe(ch)
+	for _, st := range t.stats {
+		ch <- st.desc
+	}
+}
+
+// Collect reads the stats once and sends every metric.
+func (t *tool[S]) Collect(ch chan<- prometheus.Metric) {
+	s := t.read()
+	t.c.send(ch, t.conns(s))
+	for _, st := range t.stats {
+		st.values(s, func(v float64, labels ...string) {
+			ch <- prometheus.MustNewConstMetric(st.desc, st.kind, v, labels...)
+		})
+	}
+}
+
+// desc describes the metric NS_NAME.
+func desc(ns, name, help string, labels ...string) *prometheus.Desc {
+	return prometheus.NewDesc(prometheus.BuildFQName(ns, "", name), help, labels, nil)
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"shd-tcp-tools/internal/connlog"
+	"shd-tcp-tools/internal/connstats"
 	"shd-tcp-tools/internal/endpoint"
 	"shd-tcp-tools/internal/relay"
 	"shd-tcp-tools/internal/tlslink"
@@ -115,6 +116,7 @@ type Agent struct {
 	// floods keeps the failures of a service that cannot be reached from writing a line
 	// per client: strangerBurst a strangerInterval, then a summary with the count.
 	floods *connlog.Summary
+	stats  agentStats // for the metrics: see Stats
 }
 
 // NewAgent checks cfg and returns an agent ready to Run.
@@ -194,17 +196,25 @@ func (a *Agent) slot(ctx context.Context) {
 	unreachable := Backoff{Base: a.cfg.BackoffBase, Max: a.cfg.BackoffMax}
 	cut := Backoff{Base: a.cfg.BackoffBase, Max: min(a.cfg.RefusedMax, unreachable.max())}
 	var retry uint64 // the number of a link that failed to open: its retry keeps it
+	again := false   // the link before failed or was lost
 	for ctx.Err() == nil {
 		id := retry // numbers count links, not attempts
 		if id == 0 {
 			id = a.links.Add(1)
 		}
 		retry = 0
+		if again {
+			a.stats.reconnects.Add(1)
+		}
+		again = true
+		a.stats.connecting.Add(1)
 		link, rw, rest, err := a.openLink(ctx)
+		a.stats.connecting.Add(-1)
 		if err != nil {
 			if ctx.Err() != nil {
 				return
 			}
+			a.stats.linkFailed[connstats.FailureOf(err)].Add(1)
 			bo := &unreachable
 			if isCut(err) {
 				bo = &cut
@@ -217,6 +227,7 @@ func (a *Agent) slot(ctx context.Context) {
 		}
 		up := time.Now()
 		addr := fmt.Sprintf("%s -> %s", link.LocalAddr(), link.RemoteAddr())
+		a.stats.linksUp.Add(1)
 		a.idle.add(1)
 		a.cfg.Log.Printf("link #%d up %s", id, addr)
 		first, err := a.waitTaken(ctx, link, rw, rest)
@@ -236,8 +247,10 @@ func (a *Agent) slot(ctx context.Context) {
 		}
 		unreachable.Reset()
 		cut.Reset()
+		again = false // taken, not lost: its replacement is no reconnect
 		dialed := make(chan struct{})
 		a.wg.Add(1)
+		a.stats.busy.Add(1)
 		go func() {
 			defer a.wg.Done()
 			a.serve(ctx, id, link, rw, first, dialed)
@@ -331,6 +344,22 @@ func (a *Agent) serve(ctx context.Context, linkID uint64, link *net.TCPConn, rw 
 	client := fmt.Sprintf("link #%d %s", linkID, link.RemoteAddr())
 	source := sourceOf(link.RemoteAddr()) // the client's, once a hello names it
 	service := a.cfg.Service.String()
+	counts := &a.stats.conns
+	counts.Accepted()
+	relaying := false // the relay took the link: its end counts the link no longer busy
+	defer func() {
+		if !relaying {
+			a.stats.busy.Add(-1)
+		}
+	}()
+	failed := func(err error) {
+		f := connstats.FailureOf(err)
+		if ctx.Err() != nil {
+			f = connstats.FailCut
+		}
+		counts.Failed(f)
+		a.failed(id, client, source, err)
+	}
 	// Until the relay takes over, the end of ctx closes the link (and so ends a hello read).
 	unwatch := context.AfterFunc(ctx, func() { link.Close() })
 	defer unwatch()
@@ -341,7 +370,7 @@ func (a *Agent) serve(ctx context.Context, linkID uint64, link *net.TCPConn, rw 
 		if err != nil {
 			_ = link.SetLinger(0)
 			link.Close()
-			a.failed(id, client, source, err)
+			failed(err)
 			return
 		}
 		client = fmt.Sprintf("%s (link #%d)", h.SourceAddr, linkID)
@@ -351,15 +380,18 @@ func (a *Agent) serve(ctx context.Context, linkID uint64, link *net.TCPConn, rw 
 			replay = append(append(make([]byte, 0, len(raw)+len(rest)), raw...), rest...)
 		}
 	}
+	dialStart := time.Now()
 	srv, err := a.cfg.dialService(ctx, a.cfg.Service)
 	signal()
 	if err != nil {
 		// Reset the link so the client sees its connection end at once, not a hang.
 		_ = link.SetLinger(0)
 		link.Close()
-		a.failed(id, client, source, err)
+		counts.AttemptFailed(connstats.FailureOf(err))
+		failed(err)
 		return
 	}
+	dialTime := time.Since(dialStart)
 	if len(replay) > 0 {
 		_ = srv.SetWriteDeadline(time.Now().Add(a.cfg.HandshakeTimeout))
 		_, err := srv.Write(replay)
@@ -368,19 +400,25 @@ func (a *Agent) serve(ctx context.Context, linkID uint64, link *net.TCPConn, rw 
 			_ = link.SetLinger(0)
 			link.Close()
 			srv.Close()
-			a.failed(id, client, source, fmt.Errorf("writing to %s: %w", service, readErr(err)))
+			failed(fmt.Errorf("writing to %s: %w", service, readErr(err)))
 			return
 		}
 	}
 	if !unwatch() {
 		srv.Close()
+		counts.Failed(connstats.FailCut)
 		return
 	}
 	a.cfg.Log.Open(id, client, service)
+	counts.Opened(dialTime)
+	counts.Up(len(payload)) // the client's bytes that came with the hello or the first read
+	relaying = true
 	a.wg.Add(1) // until the relay's end, which Run waits for
-	relayPaired(ctx, a.loops, rw, srv, func(res relay.Result) {
+	relayPaired(ctx, a.loops, rw, srv, counts, func(res relay.Result) {
 		up := uint64(res.Up) + uint64(len(payload))
 		a.cfg.Log.Close(id, client, service, up, uint64(res.Down), res.Duration, res.End)
+		counts.Ended(connstats.EndOf(res.End))
+		a.stats.busy.Add(-1)
 		a.wg.Done()
 	})
 }

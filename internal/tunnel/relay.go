@@ -17,6 +17,7 @@ import (
 	"shd-tcp-tools/internal/accept"
 	"shd-tcp-tools/internal/allow"
 	"shd-tcp-tools/internal/connlog"
+	"shd-tcp-tools/internal/connstats"
 	"shd-tcp-tools/internal/endpoint"
 	"shd-tcp-tools/internal/relay"
 	"shd-tcp-tools/internal/tlslink"
@@ -146,6 +147,8 @@ type Relay struct {
 	// back pauses both listeners while the process is short of descriptors or memory.
 	back  accept.Backoff
 	loops *relay.Loops // relay the paired plain links and clients; made by Serve
+	// stats are the counts for the metrics: see Stats.
+	stats relayStats
 }
 
 // idleLink is a link that passed the handshake and waits in the pool. While idle, a watcher
@@ -395,6 +398,7 @@ func (r *Relay) serveLink(ctx context.Context, c *net.TCPConn, g *guest) {
 			errors.Is(err, errSilent) || errors.Is(err, errClosedEarly) {
 			kind, level = kindSilentLink, connlog.Info
 		}
+		r.stats.handshake[refusalReason(err)].Add(1)
 		r.strangers.Event(kind, level, reasonOf(err), g.source, "link #%d refused %s: %v", id, addr, err)
 	}
 	openBy := time.Now().Add(r.cfg.FirstByte)
@@ -449,6 +453,7 @@ func (r *Relay) serveLink(ctx context.Context, c *net.TCPConn, g *guest) {
 	// enough on this side: connecttwo probes more often (see setKeepAlive).
 	l := &idleLink{id: id, conn: c, rw: rw, addr: addr}
 	r.pool.put(l, func(l *idleLink) { r.startWatch(ctx, l) })
+	r.stats.linksUp.Add(1)
 	r.cfg.Log.Printf("link #%d up %s", id, addr)
 }
 
@@ -562,7 +567,9 @@ func (r *Relay) takeLink(ctx context.Context, deadline time.Time) (*idleLink, er
 // guest of clientRoom, which may push it out to make room for newcomers. It returns the
 // rest of the client's service.
 func (r *Relay) admitClient(ctx context.Context, c *net.TCPConn) func() {
+	r.stats.conns.Accepted()
 	if !r.cfg.Allow.AllowsConn(c) {
+		r.stats.conns.Refused(connstats.RefusedAllow)
 		c.SetLinger(0)
 		c.Close()
 		client := c.RemoteAddr().String()
@@ -598,6 +605,7 @@ func (r *Relay) serveClient(ctx context.Context, c *net.TCPConn, g *guest, start
 		if err != nil {
 			_ = c.SetLinger(0)
 			c.Close()
+			r.stats.conns.Refused(connstats.RefusedSilent)
 			if ctx.Err() == nil {
 				r.strangers.Event(kindSilentClient, connlog.Info, reasonOf(err), g.source, "refused %s: %v", client, err)
 			}
@@ -608,12 +616,18 @@ func (r *Relay) serveClient(ctx context.Context, c *net.TCPConn, g *guest, start
 	l, err := r.takeLink(ctx, start.Add(r.cfg.Wait))
 	if err != nil {
 		c.Close()
+		fail := connstats.FailNoLink
+		if !errors.Is(err, errNoLink) {
+			fail = connstats.FailCut // the relay stops
+		}
+		r.stats.conns.Failed(fail)
 		if errors.Is(err, errNoLink) {
 			why := fmt.Sprintf("no idle link within %v", r.cfg.Wait)
 			r.strangers.Event(kindNoLink, connlog.Warning, why, sourceOf(c.RemoteAddr()), "failed #%d %s -> link: %s", id, client, why)
 		}
 		return
 	}
+	r.stats.pairings.Add(1)
 	dest := fmt.Sprintf("link #%d %s", l.id, l.addr)
 	if r.cfg.Hello {
 		hello, err := helloFor(c)
@@ -625,14 +639,17 @@ func (r *Relay) serveClient(ctx context.Context, c *net.TCPConn, g *guest, start
 		if err != nil {
 			c.Close()
 			l.conn.Close()
+			r.stats.conns.Failed(connstats.FailureOf(err))
 			r.cfg.Log.Failed(id, client, dest, fmt.Errorf("sending hello: %w", err))
 			return
 		}
 	}
 	r.cfg.Log.Open(id, client, dest)
-	r.wg.Add(1) // until the relay's end, which Serve waits for
-	relayPaired(ctx, r.loops, c, l.rw, func(res relay.Result) {
+	r.stats.conns.Opened(time.Since(start)) // the wait for a link
+	r.wg.Add(1)                             // until the relay's end, which Serve waits for
+	relayPaired(ctx, r.loops, c, l.rw, &r.stats.conns, func(res relay.Result) {
 		r.cfg.Log.Close(id, client, dest, uint64(res.Up), uint64(res.Down), res.Duration, res.End)
+		r.stats.conns.Ended(connstats.EndOf(res.End))
 		r.wg.Done()
 	})
 }

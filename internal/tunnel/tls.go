@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"shd-tcp-tools/internal/connstats"
 	"shd-tcp-tools/internal/relay"
 	"shd-tcp-tools/internal/tlslink"
 )
@@ -166,12 +167,13 @@ func buffered(rw net.Conn) ([]byte, error) {
 // When either is TLS over TCP (a link with --tls-key), relay.Join copies through a buffer
 // in user space with the same close policy, on the calling goroutine, and done runs there.
 // The end of ctx cuts the relay. It is the one place the tunnel hands a pair to a relay.
-func relayPaired(ctx context.Context, loops *relay.Loops, client, server net.Conn, done func(relay.Result)) {
+// counts hears of the bytes each way as they move (on the loop, or the Join's goroutines).
+func relayPaired(ctx context.Context, loops *relay.Loops, client, server net.Conn, counts *connstats.Counters, done func(relay.Result)) {
 	c, cok := client.(*net.TCPConn)
 	s, sok := server.(*net.TCPConn)
 	if cok && sok {
-		loops.Start(ctx, c, s, relay.PairOptions{HalfClose: true, OnEnd: done})
+		loops.Start(ctx, c, s, relay.PairOptions{HalfClose: true, OnEnd: done, Progress: counts.Moved})
 		return
 	}
-	done(relay.Join(ctx, client, server, relay.Options{HalfClose: true}))
+	done(relay.Join(ctx, client, server, relay.Options{HalfClose: true, Progress: counts.Moved}))
 }
