@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
 
 	"shd-tcp-tools/internal/cli"
 	"shd-tcp-tools/internal/connlog"
@@ -96,6 +97,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return cli.Report(stderr, tool, err)
 	}
+	// One event loop per CPU relays the paired connections, and one more P than loops
+	// keeps Go's sysmon from handing a waiting loop's P to another thread every round,
+	// as in tcp-pf; the control plane's goroutines run beside them.
+	cfg.Loops = runtime.GOMAXPROCS(0)
+	runtime.GOMAXPROCS(cfg.Loops + 1)
 	a, err := tunnel.NewAgent(cfg)
 	if err != nil {
 		return cli.Report(stderr, tool, err)

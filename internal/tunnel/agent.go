@@ -48,6 +48,9 @@ type AgentConfig struct {
 	Relay, Service endpoint.Endpoint
 	// Local is the INADDR_DEFAULT address, or the zero Addr.
 	Local netip.Addr
+	// Loops is how many event loops relay the taken plain links and their service
+	// connections; zero means GOMAXPROCS.
+	Loops int
 	// Hello expects a PROXY v1 header on each taken link (--hello-from-src).
 	Hello bool
 	// SendProxy passes that header on to the service (--send-proxy); needs Hello.
@@ -168,7 +171,7 @@ func (a *Agent) WaitIdle(ctx context.Context, n int) error {
 // goroutines and returns nil. Failures to reach the relay are logged and retried with
 // backoff; they never end Run.
 func (a *Agent) Run(ctx context.Context) error {
-	loops, err := relay.NewLoops(0)
+	loops, err := relay.NewLoops(a.cfg.Loops)
 	if err != nil {
 		return err
 	}

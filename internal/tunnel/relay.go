@@ -62,6 +62,9 @@ type RelayConfig struct {
 	Clients, Links endpoint.Endpoint
 	// Local is the INADDR_DEFAULT address, or the zero Addr.
 	Local netip.Addr
+	// Loops is how many event loops relay the paired plain connections; zero means
+	// GOMAXPROCS.
+	Loops int
 	// Hello sends each taken link a PROXY v1 header naming the client (--hello-dst).
 	Hello bool
 	// Allow is the client allow list (-a); nil or empty serves everyone.
@@ -237,7 +240,7 @@ func (r *Relay) ListenAndServe(ctx context.Context) error {
 // then closes both listeners, ends every relay and idle link, waits for its goroutines,
 // and returns nil after a cancelled ctx. Both listeners must yield *net.TCPConn.
 func (r *Relay) Serve(ctx context.Context, clients, links net.Listener) error {
-	loops, err := relay.NewLoops(0)
+	loops, err := relay.NewLoops(r.cfg.Loops)
 	if err != nil {
 		clients.Close()
 		links.Close()
