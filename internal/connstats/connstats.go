@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"shd-tcp-tools/internal/endpoint"
 )
 
 // End is how a relayed connection ended. The values follow the close line's end= field
@@ -99,7 +101,7 @@ var failureNames = [NumFailures]string{"refused", "timeout", "unreachable", "res
 func (f Failure) String() string { return failureNames[f] }
 
 // ErrNoHost is the error of a connection that had no destination to try.
-var ErrNoHost = errors.New("no host to connect to")
+var ErrNoHost = endpoint.ErrNoHost
 
 // FailureOf classifies the error of a failed connection attempt. ErrNoHost is FailNoHost;
 // an error whose text starts with "cut:" (relay.EndStopped, ...) is FailCut.

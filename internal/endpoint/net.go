@@ -73,24 +73,22 @@ type Failure struct {
 // in candidates, and the failures before it. When every candidate fails, the error names
 // the last failure and how many were tried. A cancelled ctx stops at once.
 func (d *Dialer) DialFirst(ctx context.Context, candidates []Endpoint) (*net.TCPConn, int, []Failure, error) {
+	var plan Plan[Endpoint]
 	var failures []Failure
-	for i, ep := range candidates {
+	for {
+		ep, ok := plan.Next(List[Endpoint](candidates))
+		if !ok {
+			return nil, -1, failures, plan.Err()
+		}
 		c, err := d.Dial(ctx, ep)
 		if err == nil {
-			return c, i, failures, nil
+			return c, len(plan.Tried()) - 1, failures, nil
 		}
+		plan.Failed(err)
 		failures = append(failures, Failure{Endpoint: ep, Err: err})
 		if ctx.Err() != nil {
 			return nil, -1, failures, ctx.Err()
 		}
-	}
-	switch len(failures) {
-	case 0:
-		return nil, -1, nil, errors.New("no host to connect to")
-	case 1:
-		return nil, -1, failures, failures[0].Err
-	default:
-		return nil, -1, failures, fmt.Errorf("all %d hosts failed, last: %w", len(failures), failures[len(failures)-1].Err)
 	}
 }
 

@@ -278,6 +278,13 @@ func (b *balancer) pick(tried []*hostEntry) *hostEntry {
 	return e
 }
 
+// Next is the balancer as a failover source (endpoint.Source): pick, counting the
+// connection open on the host returned.
+func (b *balancer) Next(tried []*hostEntry) (*hostEntry, bool) {
+	e := b.pick(tried)
+	return e, e != nil
+}
+
 // best returns the first host in the order that is not in tried. It walks the heap from
 // the top, best first, keeping the frontier of nodes not yet looked at; a node whose key is
 // behind its bytes is placed again and the walk starts over. The first node that is up to

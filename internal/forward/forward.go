@@ -137,8 +137,8 @@ type Server struct {
 	bal  *balancer // nil with a single destination
 	keep *keeper   // writes and rereads the host file; nil with a single destination
 	back accept.Backoff
-	// single is the one candidate of a single destination, shared by its connections.
-	single []*hostEntry
+	// source gives connections their hosts to try: the one destination, or the balancer.
+	source endpoint.Source[*hostEntry]
 	names  *dnscache.Cache
 	health *health.Tracker // nil with a single destination
 	// floods keeps refusals and failures from flooding the log: floodBurst lines of a kind

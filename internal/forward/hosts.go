@@ -18,8 +18,9 @@ import (
 // newHosts sets up the name cache and, for a host file, the health tracker.
 func (s *Server) newHosts() {
 	s.names = &dnscache.Cache{Timeout: orDefault(s.cfg.ConnectTimeout, DefaultConnectTimeout)}
-	s.single = []*hostEntry{{ep: s.cfg.Dest, idx: -1}}
+	s.source = endpoint.List[*hostEntry]{{ep: s.cfg.Dest, idx: -1}}
 	if s.bal != nil {
+		s.source = s.bal
 		s.health = health.New(s.checkHost, s.log.Warnf)
 		s.bal.health = s.health
 	}

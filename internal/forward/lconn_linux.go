@@ -13,6 +13,7 @@ import (
 	"shd-tcp-tools/internal/connlog"
 	"shd-tcp-tools/internal/connstats"
 	"shd-tcp-tools/internal/dnscache"
+	"shd-tcp-tools/internal/endpoint"
 	"shd-tcp-tools/internal/eventloop"
 	"shd-tcp-tools/internal/ratelimit"
 	"shd-tcp-tools/internal/relay"
@@ -57,14 +58,11 @@ type lconn struct {
 	client, local netip.AddrPort
 	pre           []byte // the --send-proxy header, what is left of it to send
 
-	cands      []*hostEntry // the hosts tried so far, in order (with a host file: picked one by one)
-	held       bool         // the balancer counts this connection open on the last of cands
-	cand       int          // the candidate being tried, an index in cands
-	addrs      []netip.Addr // its addresses (shared with the name cache: read only) ...
-	next       int          // ... and the next one to try
+	plan       endpoint.Plan[*hostEntry] // the hosts tried so far, in order, from the server's source
+	held       bool                      // the balancer counts this connection open on the current one
+	addrs      []netip.Addr              // its addresses (shared with the name cache: read only) ...
+	next       int                       // ... and the next one to try
 	lit        [1]netip.Addr
-	lastErr    error // why the last address tried failed
-	failures   int
 	failure    connstats.Failure // the class of the last failure, for the metrics
 	dialStart  time.Time         // when the connect in flight began
 	shortSince time.Time         // when connecting first found no descriptor
@@ -106,10 +104,7 @@ func (c *lconn) begin(client netip.AddrPort) {
 		return
 	}
 	c.id = s.ids.Add(1)
-	if s.bal == nil {
-		c.cands = s.single
-	} // with a host file, nextHost picks them one by one
-	c.cand, c.state = -1, stConnecting
+	c.state = stConnecting
 	c.dialNext()
 }
 
@@ -120,24 +115,23 @@ func (c *lconn) begin(client netip.AddrPort) {
 func (c *lconn) nextHost() bool {
 	s := c.s
 	for {
-		if c.cand >= 0 && c.lastErr != nil && !accept.Shortage(c.lastErr) {
-			if line := s.health.Failed(c.cands[c.cand].ep, c.lastErr); line != "" {
+		if err := c.plan.LastErr(); err != nil && !accept.Shortage(err) {
+			if line := s.health.Failed(c.plan.Current().ep, err); line != "" {
 				c.ls.log.Warnf("%s", line)
 			}
 		}
-		c.cand++
-		c.addrs, c.next, c.lastErr = nil, 0, nil
-		if c.cand >= len(c.cands) && !c.pickNext() {
+		c.addrs, c.next = nil, 0
+		if !c.nextCandidate() {
 			var why error // each host that failed has a line already; one host says it all
-			if c.failures == 0 {
+			if c.plan.Failures() == 0 {
 				why = connstats.ErrNoHost
-			} else if len(c.cands) > 1 { // else the lines above read as if tcp-pf were still trying
-				c.logFailed("-", fmt.Errorf("all %d hosts failed; the client is reset", len(c.cands)))
+			} else if n := len(c.plan.Tried()); n > 1 { // else the lines above read as if tcp-pf were still trying
+				c.logFailed("-", fmt.Errorf("all %d hosts failed; the client is reset", n))
 			}
 			c.resetClient(why)
 			return false
 		}
-		ep := c.cands[c.cand].ep
+		ep := c.plan.Current().ep
 		if a, err := netip.ParseAddr(ep.Host); err == nil {
 			c.lit[0] = a.Unmap()
 			c.addrs = c.lit[:]
@@ -156,27 +150,22 @@ func (c *lconn) nextHost() bool {
 	}
 }
 
-// pickNext adds the best host not tried yet to cands, and moves the connection's open
-// count to it from the host tried before. It reports false when every host was tried, or
-// with a single destination.
-func (c *lconn) pickNext() bool {
-	b := c.s.bal
-	if b == nil {
-		return false
-	}
+// nextCandidate takes the next host from the server's source (the one destination, or
+// the balancer's best not tried yet), moving the connection's open count to it from the
+// host tried before. It reports false when every host was tried.
+func (c *lconn) nextCandidate() bool {
 	c.releaseHost()
-	e := b.pick(c.cands)
-	if e == nil {
+	if _, ok := c.plan.Next(c.s.source); !ok {
 		return false
 	}
-	c.cands, c.held = append(c.cands, e), true
+	c.held = c.s.bal != nil // the balancer's pick counted it open
 	return true
 }
 
 // releaseHost ends the balancer's count of this connection on its host.
 func (c *lconn) releaseHost() {
 	if c.held {
-		c.s.bal.release(c.cands[len(c.cands)-1])
+		c.s.bal.release(c.plan.Current())
 		c.held = false
 	}
 }
@@ -216,7 +205,7 @@ func (c *lconn) dialNext() {
 			}
 			continue
 		}
-		addr := netip.AddrPortFrom(c.addrs[c.next], uint16(c.cands[c.cand].ep.Port))
+		addr := netip.AddrPortFrom(c.addrs[c.next], uint16(c.plan.Current().ep.Port))
 		c.next++
 		if err := c.connect(addr); err != nil {
 			if accept.Shortage(err) && c.waitForDescriptor(err) {
@@ -255,8 +244,8 @@ func (c *lconn) resetClient(why error) {
 	c.ls.counts.Failed(fail)
 	if why != nil {
 		dest := "-" // every host failed, and each has its line already
-		if c.cand < len(c.cands) {
-			dest = c.cands[c.cand].ep.String() // cut while this one was tried
+		if c.plan.Trying() && !c.plan.Ended() {
+			dest = c.plan.Current().ep.String() // cut while this one was tried
 		}
 		c.logFailed(dest, why)
 	}
@@ -336,15 +325,14 @@ func (c *lconn) connect(addr netip.AddrPort) error {
 // failed logs an address of the current candidate that could not be reached, or a name
 // that gave none.
 func (c *lconn) failed(err error) {
-	c.failures++
 	var se *os.SyscallError
 	if errors.As(err, &se) && se.Syscall == "connect" {
 		err = se.Err // "connection refused": the line names the address already
 	}
-	c.lastErr = err
+	c.plan.Failed(err)
 	c.failure = connstats.FailureOf(err)
 	c.ls.counts.AttemptFailed(c.failure)
-	c.logFailed(c.cands[c.cand].ep.String(), err)
+	c.logFailed(c.plan.Current().ep.String(), err)
 	if accept.Shortage(err) {
 		c.s.shorted(c.ls.log, err)
 		c.ls.pause()
@@ -402,14 +390,13 @@ func (c *lconn) connected() {
 		c.timer.Stop()
 		c.timer = nil
 	}
-	idx := c.cand
-	if line := s.health.OK(c.cands[idx].ep); line != "" {
+	if line := s.health.OK(c.plan.Current().ep); line != "" {
 		c.ls.log.Warnf("%s", line)
 	}
 	if line := s.back.OK(); line != "" {
 		c.ls.log.Warnf("%s", line)
 	}
-	c.to = c.cands[idx].ep.String()
+	c.to = c.plan.Current().ep.String()
 	c.ls.log.Open(c.id, c.from, c.to)
 	c.ls.counts.Opened(c.ls.lp.Now().Sub(c.dialStart))
 	c.ls.keepAliveLater(c)
@@ -546,7 +533,7 @@ func (c *lconn) startRelay() {
 		Progress:    c.ls.counted, // the bytes each way, as they move, for the metrics
 	}
 	if b := c.s.bal; b != nil {
-		host, counted := c.cands[c.cand], c.ls.counted
+		host, counted := c.plan.Current(), c.ls.counted
 		o.Progress = func(up bool, n int64) {
 			counted(up, n)
 			b.add(host, n)
@@ -584,7 +571,7 @@ func (c *lconn) ended(res relay.Result) {
 		c.s.spliced.Add(res.Spliced)
 	}
 	if b := c.s.bal; b != nil {
-		b.add(c.cands[c.cand], int64(c.inserted))
+		b.add(c.plan.Current(), int64(c.inserted))
 		c.releaseHost()
 	}
 	// Counted once the host is released: a scrape that sees the end sees it everywhere.
