@@ -49,6 +49,8 @@ cleanup() {
 }
 trap cleanup EXIT
 say() { printf '%s\n' "$*" >&2; }
+# shellcheck source=bench/haproxy.sh
+. "$(dirname "$0")/haproxy.sh"
 PATH=$PATH:/usr/sbin
 have() { command -v "$1" >/dev/null 2>&1; }
 
@@ -105,26 +107,10 @@ start_relay() {
 	tcp-pf) "$work/tcp-pf" -s 127.0.0.1:$p -d 127.0.0.1:$be 2>>"$work/tcp-pf.log" & ;;
 	against) "$against" -s 127.0.0.1:$p -d 127.0.0.1:$be 2>>"$work/against.log" & ;;
 	haproxy | haproxy-splice)
-		# As bench/relay.sh: splice-auto, and splice forced both ways with 1 MiB pipes.
-		local opts="option splice-auto" tune=""
-		if [ "$name" = haproxy-splice ]; then
-			opts=$'option splice-request\n    option splice-response'
-			tune="tune.pipesize 1048576"
-		fi
-		cat >"$work/$name.cfg" <<-EOF
-			global
-			    maxconn 4000
-			    $tune
-			defaults
-			    mode tcp
-			    $opts
-			    timeout connect 10s
-			    timeout client 1h
-			    timeout server 1h
-			listen kv
-			    bind 127.0.0.1:$p
-			    server be 127.0.0.1:$be
-		EOF
+		# As bench/relay.sh: splice-auto, and splice forced both ways (bench/haproxy.sh).
+		local kind=auto
+		[ "$name" = haproxy-splice ] && kind=splice
+		haproxy_cfg "$kind" "$p" "$be" >"$work/$name.cfg"
 		haproxy -db -f "$work/$name.cfg" 2>>"$work/haproxy.log" & ;;
 	esac
 	pid_of[$name]=$!
