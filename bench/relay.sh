@@ -2,7 +2,8 @@
 # bench/relay.sh: tcp-pf against other TCP relays on this machine's loopback.
 #
 # Usage: bench/relay.sh [-r ROUNDS] [-t SECS] [-n IDLE] [--soak [N]] [--no-install]
-#                       [--against BIN] [--only RELAY,...] [--host-file N]
+#                       [--against BIN] [--against-args ARGS] [--scrape PORT]
+#                       [--only RELAY,...] [--host-file N]
 #
 #   -r ROUNDS    interleaved rounds (default 3); medians and per-round ratios over them
 #   -t SECS      length of each throughput and connection-rate run (default 2)
@@ -12,6 +13,10 @@
 #   --no-install do not apt-get missing peers, even as root
 #   --against BIN also run BIN, another tcp-pf (built from an earlier commit, say), as
 #                relay "against", with tcp-pf's arguments; its ratios are reported
+#   --against-args ARGS  more arguments for BIN (one word list), e.g. "--metrics 9419":
+#                with BIN the same tcp-pf, its ratios are what those options cost
+#   --scrape PORT  fetch http://127.0.0.1:PORT/metrics once a second while measuring,
+#                as a Prometheus would (more often than its default 15 s)
 #   --only LIST  run only these relays (comma-separated; "direct" is always run)
 #   --host-file N  run tcp-pf (and BIN) with -l: a host file of N entries, the backend
 #                at 0 bytes in the middle, the others unused addresses with more bytes
@@ -24,7 +29,7 @@
 # with timeout(1); the default run takes about 6 minutes.
 set -euo pipefail
 
-rounds=3 secs=2 idle_n=1000 soak=0 install=1 against="" only="" hosts_n=0
+rounds=3 secs=2 idle_n=1000 soak=0 install=1 against="" against_args="" scrape="" only="" hosts_n=0
 while [ $# -gt 0 ]; do
 	case $1 in
 	-r) rounds=$2; shift 2 ;;
@@ -35,9 +40,11 @@ while [ $# -gt 0 ]; do
 		if [ $# -gt 0 ] && [[ $1 =~ ^[0-9]+$ ]]; then soak=$1; shift; fi ;;
 	--no-install) install=0; shift ;;
 	--against) against=$(realpath "$2"); shift 2 ;;
+	--against-args) against_args=$2; shift 2 ;;
+	--scrape) scrape=$2; shift 2 ;;
 	--only) only=",$2,"; shift 2 ;;
 	--host-file) hosts_n=$2; shift 2 ;;
-	-h|--help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+	-h|--help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
 	*) echo "relay.sh: unknown argument $1" >&2; exit 2 ;;
 	esac
 done
@@ -125,7 +132,7 @@ start_relay() { # start relay $1 in the background and record its pid
 	# shellcheck disable=SC2046 # pf_dest's words are meant to split
 	tcp-pf) "$work/tcp-pf" -s 127.0.0.1:$p $(pf_dest tcp-pf) 2>>"$work/tcp-pf.log" & ;;
 	# shellcheck disable=SC2046
-	against) "$against" -s 127.0.0.1:$p $(pf_dest against) 2>>"$work/against.log" & ;;
+	against) "$against" -s 127.0.0.1:$p $(pf_dest against) $against_args 2>>"$work/against.log" & ;;
 	relayfwd) "$work/relayfwd" -l 127.0.0.1:$p -d 127.0.0.1:$be & ;;
 	epollfwd) "$work/epollfwd" -l 127.0.0.1:$p -d 127.0.0.1:$be & ;;
 	socat) socat TCP-LISTEN:$p,bind=127.0.0.1,fork,reuseaddr,backlog=4096 TCP:127.0.0.1:$be & ;;
@@ -178,6 +185,11 @@ if [ -n "$only" ]; then
 	relays=("${kept[@]}")
 fi
 for r in "${relays[@]}"; do start_relay "$r"; done
+if [ -n "$scrape" ]; then
+	# Bounded like every other run: at most one fetch a second, each of at most 2 s.
+	(while sleep 1; do timeout 2 curl -sf -o /dev/null "http://127.0.0.1:$scrape/metrics" || echo "scrape failed" >&2; done) &
+	pids+=($!)
+fi
 
 results=$work/results.tsv # round relay metric value
 run() { timeout $((secs * 3 + 30)) "$@"; }
