@@ -91,6 +91,7 @@ func (s *Server) serveLoops(ctx context.Context, ln *net.TCPListener) (cut func(
 	if err := raw.Control(func(fd uintptr) { e.lfd = int(fd) }); err != nil {
 		return nil, nil, err
 	}
+	lfd := e.lfd
 	// Every loop exists before any accepts: a loop that cannot be made for lack of
 	// descriptors is a start-up error, not one with connections already in flight.
 	runCtx, end := context.WithCancel(context.WithoutCancel(ctx))
@@ -110,6 +111,15 @@ func (s *Server) serveLoops(ctx context.Context, ln *net.TCPListener) (cut func(
 		// the loop waits again.
 		lp.BeforeWait(ls.log.Flush)
 		e.loops = append(e.loops, ls)
+	}
+	// The loops accept on a duplicate of the listening socket, and ln is closed, which
+	// takes the socket out of the Go runtime's poller. Left there, every new client woke a
+	// thread blocked in the runtime's epoll_wait whenever some goroutine waited in it (the
+	// --metrics listener's Accept), for no goroutine: nothing accepts on ln itself.
+	if dup, err := unix.FcntlInt(uintptr(lfd), unix.F_DUPFD_CLOEXEC, 0); err == nil {
+		e.lfd = dup
+		_ = ln.Close()
+		defer unix.Close(dup) // once accepting stopped: the socket closes, as ln's Close did
 	}
 	var running sync.WaitGroup
 	for _, ls := range e.loops {
