@@ -176,8 +176,8 @@ func parse(ctx context.Context, args []string, stdout, stderr io.Writer, metrics
 		return cfg, cli.Usagef("--pool %d: must be at least 1", cfg.Pool)
 	}
 	if fs.Changed("metrics") {
-		if *metricsAt, err = metrics.ParseAddr(*metricsFlag); err != nil {
-			return cfg, err
+		if *metricsAt, err = endpoint.ParseListen(*metricsFlag); err != nil {
+			return cfg, cli.Usagef("--metrics: %v", err)
 		}
 	}
 	if cfg.Pool > tunnel.MaxPool {

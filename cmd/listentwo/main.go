@@ -213,8 +213,8 @@ func parse(ctx context.Context, args []string, stdout, stderr io.Writer, metrics
 		return cfg, cli.Usagef("--max-links %d: must be at least 1", cfg.MaxLinks)
 	}
 	if fs.Changed("metrics") {
-		if *metricsAt, err = metrics.ParseAddr(*metricsFlag); err != nil {
-			return cfg, err
+		if *metricsAt, err = endpoint.ParseListen(*metricsFlag); err != nil {
+			return cfg, cli.Usagef("--metrics: %v", err)
 		}
 	}
 	cfg.Wait = wait.D

@@ -298,8 +298,8 @@ func configure(ctx context.Context, o *options, flags *cli.FlagSet) (endpoint.En
 		return listen, cfg, err
 	}
 	if flags.Changed("metrics") {
-		if o.metricsAt, err = metrics.ParseAddr(o.metrics); err != nil {
-			return listen, cfg, err
+		if o.metricsAt, err = endpoint.ParseListen(o.metrics); err != nil {
+			return listen, cfg, cli.Usagef("--metrics: %v", err)
 		}
 	}
 	if o.dest != "" {

@@ -19,7 +19,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"shd-tcp-tools/internal/cli"
 	"shd-tcp-tools/internal/endpoint"
 )
 
@@ -36,16 +35,6 @@ func NewRegistry() *prometheus.Registry {
 		collectors.NewGoCollector(),
 	)
 	return reg
-}
-
-// ParseAddr reads the --metrics option's [ADDR:]PORT; its error is a usage error that
-// names the option.
-func ParseAddr(s string) (endpoint.Endpoint, error) {
-	ep, err := endpoint.ParseListen(s)
-	if err != nil {
-		return ep, cli.Usagef("--metrics: %v", err)
-	}
-	return ep, nil
 }
 
 // Server serves one registry on Path. Create it with Listen, start it with Serve, stop it
