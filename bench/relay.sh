@@ -60,7 +60,8 @@ cleanup() {
 	rm -rf "$work"
 }
 trap cleanup EXIT
-say() { printf '%s\n' "$*" >&2; }
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 # Peers.
 want=(haproxy socat rinetd)
@@ -77,7 +78,6 @@ if [ ${#missing[@]} -gt 0 ]; then
 	fi
 fi
 PATH=$PATH:/usr/sbin
-have() { command -v "$1" >/dev/null 2>&1; }
 
 # Our binaries.
 say "building tcp-pf, relayload and relayfwd"
@@ -112,15 +112,6 @@ pf_dest() { # the destination arguments of tcp-pf and against ($1): -d, or -l FI
 	else
 		echo "-d 127.0.0.1:$be"
 	fi
-}
-
-wait_port() { # wait up to 5 s for 127.0.0.1:$1 to accept
-	local i
-	for i in $(seq 100); do
-		if (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null; then return 0; fi
-		sleep 0.05
-	done
-	say "port $1 not accepting after 5 s"; cat "$work"/*.log >&2 2>/dev/null; return 1
 }
 
 declare -A pid_of
@@ -279,13 +270,6 @@ elif [ "$soak" -gt 0 ]; then
 fi
 
 # Report.
-median() { sort -g | awk '{a[NR] = $1} END {if (NR == 0) print "-"; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
-val() { awk -F'\t' -v r="$1" -v m="$2" '$2 == r && $3 == m {print $4}' "$results" | median; }
-ratio() { # median over rounds of tcp-pf's metric (or $3's) over $1's in the same round
-	awk -F'\t' -v o="$1" -v m="$2" -v a="${3:-tcp-pf}" '$3 == m && ($2 == a || $2 == o) {v[$1, $2] = $4; rs[$1] = 1}
-		END {for (r in rs) if (v[r, o] > 0 && v[r, a] != "") print v[r, a] / v[r, o]}' "$results" | median |
-		awk '$1 == "-" {print; next} {printf "%.2f\n", $1}'
-}
 echo
 [ "$hosts_n" -gt 0 ] && echo "tcp-pf${against:+ and against} with -l: a host file of $hosts_n entries"
 echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), $(uname -sr); ${rounds} rounds of ${secs} s; medians"
