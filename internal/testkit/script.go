@@ -33,6 +33,7 @@ const Timeout = 10 * time.Second
 //	closer VAR                listen on loopback, set VAR to the port, close each connection
 //	waitclosed VAR N          wait until the closer set up as VAR has accepted N connections
 func ScriptCmds() map[string]func(ts *testscript.TestScript, neg bool, args []string) {
+	cl := &closers{byKey: map[closerKey]*closerState{}}
 	return map[string]func(*testscript.TestScript, bool, []string){
 		"status":     Status(nil),
 		"freeport":   freeport,
@@ -41,13 +42,16 @@ func ScriptCmds() map[string]func(ts *testscript.TestScript, neg bool, args []st
 		"echoserver": echoserver,
 		"roundtrip":  roundtrip,
 		"sigterm":    sigterm,
-		"closer":     closer,
-		"waitclosed": waitclosed,
+		"closer":     cl.closer,
+		"waitclosed": cl.waitclosed,
 	}
 }
 
-// closers holds each script's closer listener.
-var closers sync.Map // closerKey -> *closerState
+// closers holds the closer listeners of the scripts that one ScriptCmds map serves.
+type closers struct {
+	mu    sync.Mutex
+	byKey map[closerKey]*closerState
+}
 
 type closerKey struct {
 	ts   *testscript.TestScript
@@ -62,7 +66,7 @@ type closerState struct {
 
 // closer listens on loopback, sets VAR to the port, and closes every connection it
 // accepts at once, counting them: a relay that hangs up on every link.
-func closer(ts *testscript.TestScript, neg bool, args []string) {
+func (cl *closers) closer(ts *testscript.TestScript, neg bool, args []string) {
 	if neg || len(args) != 1 {
 		ts.Fatalf("usage: closer VAR")
 	}
@@ -70,9 +74,17 @@ func closer(ts *testscript.TestScript, neg bool, args []string) {
 	ts.Check(err)
 	st := &closerState{changed: make(chan struct{})}
 	key := closerKey{ts, args[0]}
-	closers.Store(key, st)
+	cl.mu.Lock()
+	cl.byKey[key] = st
+	cl.mu.Unlock()
 	done := make(chan struct{})
-	ts.Defer(func() { ln.Close(); <-done; closers.Delete(key) })
+	ts.Defer(func() {
+		ln.Close()
+		<-done
+		cl.mu.Lock()
+		delete(cl.byKey, key)
+		cl.mu.Unlock()
+	})
 	go func() {
 		defer close(done)
 		for {
@@ -92,17 +104,18 @@ func closer(ts *testscript.TestScript, neg bool, args []string) {
 }
 
 // waitclosed waits until the closer started as VAR has accepted N connections.
-func waitclosed(ts *testscript.TestScript, neg bool, args []string) {
+func (cl *closers) waitclosed(ts *testscript.TestScript, neg bool, args []string) {
 	if neg || len(args) != 2 {
 		ts.Fatalf("usage: waitclosed VAR N")
 	}
 	want, err := strconv.Atoi(args[1])
 	ts.Check(err)
-	v, ok := closers.Load(closerKey{ts, args[0]})
+	cl.mu.Lock()
+	st, ok := cl.byKey[closerKey{ts, args[0]}]
+	cl.mu.Unlock()
 	if !ok {
 		ts.Fatalf("waitclosed: no closer started")
 	}
-	st := v.(*closerState)
 	deadline := time.NewTimer(Timeout)
 	defer deadline.Stop()
 	for {
