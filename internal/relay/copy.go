@@ -89,6 +89,11 @@ func Copy(ctx context.Context, dst io.Writer, src io.Reader, o CopyOptions) (int
 		}
 		return n, err
 	}
+	if d, ok := bulkEndOf(dst); ok {
+		if s, ok := bulkEndOf(src); ok && (d.wire != nil || s.wire != nil) {
+			return bulkCopy(ctx, d, s, o)
+		}
+	}
 	if o.Bucket == nil && o.Progress == nil {
 		if isLayered(dst) || isLayered(src) {
 			return bufferedCopy(dst, src)
@@ -96,6 +101,120 @@ func Copy(ctx context.Context, dst io.Writer, src io.Reader, o CopyOptions) (int
 		return io.Copy(dst, src)
 	}
 	return chunkedCopy(ctx, dst, src, o)
+}
+
+// bulkEnd is one end of a bulk copy: a TCP connection, or a layer over a Wire.
+type bulkEnd struct {
+	tcp   *net.TCPConn // the connection copied, when it is a plain one
+	layer Layered      // the layer copied, when it is over a Wire
+	wire  *Wire
+}
+
+func bulkEndOf(x any) (bulkEnd, bool) {
+	switch c := x.(type) {
+	case *net.TCPConn:
+		return bulkEnd{tcp: c}, true
+	case Layered:
+		if w, ok := c.NetConn().(*Wire); ok {
+			return bulkEnd{layer: c, wire: w}, true
+		}
+	}
+	return bulkEnd{}, false
+}
+
+// read returns the next bytes of the end, at most most, in a pooled buffer (nil with an
+// error or the end). From a layer over a Wire it takes every record that the bytes read
+// ahead complete, and waits, holding no buffer, only when they complete none.
+func (e bulkEnd) read(most int) (*[]byte, int, error) {
+	if e.wire == nil {
+		raw, err := e.tcp.SyscallConn()
+		if err != nil {
+			return nil, 0, err
+		}
+		b, n, err := readAhead(raw, most)
+		if err == nil && n == 0 {
+			err = io.EOF
+		}
+		return b, n, err
+	}
+	most = min(most, bulkSize)
+	for {
+		b := bulk.Get().(*[]byte)
+		e.wire.setNoWait(true)
+		n := 0
+		var err error
+		for n < most && err == nil {
+			var m int
+			m, err = e.layer.Read((*b)[n:most])
+			n += m
+		}
+		e.wire.setNoWait(false)
+		if errors.Is(err, errWouldBlock) {
+			err = nil
+		}
+		if n > 0 || err != nil {
+			if n == 0 {
+				bulk.Put(b)
+				b = nil
+			}
+			return b, n, err
+		}
+		bulk.Put(b)
+		if err := e.wire.fill(); err != nil {
+			return nil, 0, err
+		}
+	}
+}
+
+// write writes b to the end: into a layer over a Wire, the records of b go out in one
+// write(2).
+func (e bulkEnd) write(b []byte) (int, error) {
+	if e.wire == nil {
+		return e.tcp.Write(b)
+	}
+	e.wire.startGather()
+	n, err := e.layer.Write(b)
+	if ferr := e.wire.flush(); ferr != nil && err == nil {
+		n, err = 0, ferr
+	}
+	return n, err
+}
+
+// bulkCopy is Copy between TCP connections and layers over Wires, one of them at least a
+// layer: up to bulkSize bytes per step, read as described at read and written in one
+// write(2), each step reported to Progress once written (so Tick is not needed) and paid
+// to Bucket. It stops on ctx between steps, and on a deadline set on src or dst.
+func bulkCopy(ctx context.Context, dst, src bulkEnd, o CopyOptions) (int64, error) {
+	var written int64
+	for {
+		if err := ctx.Err(); err != nil {
+			return written, err
+		}
+		most, err := o.Bucket.Wait(ctx, bulkSize)
+		if err != nil {
+			return written, err
+		}
+		b, n, rerr := src.read(most)
+		if n > 0 {
+			m, werr := dst.write((*b)[:n])
+			bulk.Put(b)
+			o.Bucket.Used(m)
+			written += int64(m)
+			if m > 0 && o.Progress != nil {
+				o.Progress(int64(m))
+			}
+			if werr != nil {
+				return written, &WriteError{werr}
+			}
+		}
+		switch {
+		case rerr == nil:
+		case errors.Is(rerr, io.EOF):
+			return written, nil
+		default:
+			return written, rerr
+		}
+	}
 }
 
 // bufferSize is the buffer of a copy to or from a Layered connection (TLS): two TLS

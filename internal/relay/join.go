@@ -174,8 +174,11 @@ func sideOf(c net.Conn) side {
 	case *net.TCPConn:
 		return side{c: t, tcp: t}
 	case Layered:
-		if tcp, ok := t.NetConn().(*net.TCPConn); ok {
-			return side{c: t, tcp: tcp}
+		switch u := t.NetConn().(type) {
+		case *net.TCPConn:
+			return side{c: t, tcp: u}
+		case *Wire:
+			return side{c: t, tcp: u.tcp}
 		}
 	}
 	panic(fmt.Sprintf("relay.Join: %T is neither a *net.TCPConn nor layered on one", c))
