@@ -15,7 +15,7 @@ import (
 
 // pair returns two connected TCP connections on the given loopback address: the
 // accepted side first.
-func pair(t *testing.T, network, addr string) (accepted, dialed *net.TCPConn) {
+func pair(t testing.TB, network, addr string) (accepted, dialed *net.TCPConn) {
 	t.Helper()
 	ln, err := net.Listen(network, addr)
 	if err != nil {

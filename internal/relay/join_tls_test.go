@@ -6,9 +6,11 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"path/filepath"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -17,7 +19,8 @@ import (
 )
 
 // tlsChain is user <-> (client ... server) <-> backend with TLS between server and
-// backend: Join relays a plain side and a TLS side, as the tunnel does.
+// backend: Join relays a plain side and a TLS side, as the tunnel does; with wire, the
+// relay's TLS is over a Wire (the tunnel's bulk path), else over the TCP connection.
 type tlsChain struct {
 	user       *net.TCPConn
 	backend    *tls.Conn
@@ -26,7 +29,7 @@ type tlsChain struct {
 	cancel     context.CancelFunc
 }
 
-func newTLSChain(t *testing.T, network, addr string) *tlsChain {
+func newTLSChain(t *testing.T, network, addr string, wire bool) *tlsChain {
 	t.Helper()
 	srv, err := tlslink.LoadServer("", filepath.Join(t.TempDir(), "key"))
 	if err != nil {
@@ -39,7 +42,11 @@ func newTLSChain(t *testing.T, network, addr string) *tlsChain {
 	relayClient, user := pair(t, network, addr)
 	backendTCP, relayServer := pair(t, network, addr)
 	backend := tls.Server(backendTCP, srv.Config())
-	layered := tls.Client(relayServer, cli.Config())
+	var under net.Conn = relayServer
+	if wire {
+		under = NewWire(relayServer)
+	}
+	layered := tls.Client(under, cli.Config())
 	errc := make(chan error, 1)
 	go func() { errc <- backend.Handshake() }()
 	if err := layered.Handshake(); err != nil {
@@ -67,9 +74,12 @@ func (c *tlsChain) wait(t *testing.T) Result {
 // close_notify followed by a FIN, the backend's late answer still flows back, and its
 // close_notify and FIN reach the user as a FIN; every byte both ways, over IPv4 and IPv6.
 func TestJoinTLSHalfClose(t *testing.T) {
-	for _, tc := range []struct{ network, addr string }{{"tcp4", "127.0.0.1:0"}, {"tcp6", "[::1]:0"}} {
-		t.Run(tc.network, func(t *testing.T) {
-			c := newTLSChain(t, tc.network, tc.addr)
+	for _, tc := range []struct {
+		network, addr string
+		wire          bool
+	}{{"tcp4", "127.0.0.1:0", true}, {"tcp6", "[::1]:0", true}, {"tcp4", "127.0.0.1:0", false}} {
+		t.Run(fmt.Sprintf("%s/wire=%v", tc.network, tc.wire), func(t *testing.T) {
+			c := newTLSChain(t, tc.network, tc.addr, tc.wire)
 			up, down := randomBytes(t, 3<<20+5), randomBytes(t, 2<<20+3)
 			errc := make(chan error, 1)
 			go sendAndHash(c.user, up, errc)
@@ -123,80 +133,109 @@ func TestJoinTLSReset(t *testing.T) {
 		{"backend resets", func(c *tlsChain) { _ = c.backendTCP.SetLinger(0); c.backendTCP.Close() }, EndServerReset},
 		{"stopped", func(c *tlsChain) { c.cancel() }, EndStopped},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			c := newTLSChain(t, "tcp4", "127.0.0.1:0")
-			if _, err := c.user.Write([]byte("partial upload")); err != nil {
-				t.Fatal(err)
-			}
-			buf := make([]byte, 64)
-			if n, err := io.ReadFull(c.backend, buf[:14]); err != nil || string(buf[:n]) != "partial upload" {
-				t.Fatalf("backend read %q, %v", buf[:n], err)
-			}
-			tc.cut(c)
-			if tc.name != "backend resets" {
-				_, err := c.backend.Read(buf)
-				if !errors.Is(err, syscall.ECONNRESET) {
-					t.Errorf("backend saw %v, want a reset", err)
-				}
-			}
-			if tc.name != "user resets" {
-				_, err := c.user.Read(buf)
-				if !errors.Is(err, syscall.ECONNRESET) {
-					t.Errorf("user saw %v, want a reset", err)
-				}
-			}
-			if r := c.wait(t); r.End != tc.end {
-				t.Errorf("end %q, want %q", r.End, tc.end)
-			}
-		})
+		for _, nw := range []struct {
+			network, addr string
+			wire          bool
+		}{{"tcp4", "127.0.0.1:0", true}, {"tcp6", "[::1]:0", true}, {"tcp4", "127.0.0.1:0", false}} {
+			t.Run(fmt.Sprintf("%s/%s/wire=%v", tc.name, nw.network, nw.wire), func(t *testing.T) {
+				testJoinTLSReset(t, newTLSChain(t, nw.network, nw.addr, nw.wire), tc.name, tc.cut, tc.end)
+			})
+		}
+	}
+}
+
+// testJoinTLSReset sends a partial upload through c, cuts it by cut, and checks that
+// each side not cut sees a reset and that the relay ends with end.
+func testJoinTLSReset(t *testing.T, c *tlsChain, name string, cut func(*tlsChain), end string) {
+	t.Helper()
+	if _, err := c.user.Write([]byte("partial upload")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 64)
+	if n, err := io.ReadFull(c.backend, buf[:14]); err != nil || string(buf[:n]) != "partial upload" {
+		t.Fatalf("backend read %q, %v", buf[:n], err)
+	}
+	cut(c)
+	if name != "backend resets" {
+		_, err := c.backend.Read(buf)
+		if !errors.Is(err, syscall.ECONNRESET) {
+			t.Errorf("backend saw %v, want a reset", err)
+		}
+	}
+	if name != "user resets" {
+		_, err := c.user.Read(buf)
+		if !errors.Is(err, syscall.ECONNRESET) {
+			t.Errorf("user saw %v, want a reset", err)
+		}
+	}
+	if r := c.wait(t); r.End != end {
+		t.Errorf("end %q, want %q", r.End, end)
 	}
 }
 
 func sha256Of(b []byte) [32]byte { return sha256.Sum256(b) }
 
-// BenchmarkJoinTLS moves bytes from a plain side through Join into a TLS side (and so
-// through one TLS encryption and one decryption, as a tunnel's two relays do between
-// them), to show what the user-space copy costs per byte.
+// BenchmarkJoinTLS moves bytes through Join between a plain side and a TLS side, with
+// Progress set as the tunnel sets it: up from the plain side into the TLS side (Join
+// encrypts, the test's TLS peer decrypts), down the other way. With wire, Join's TLS is
+// over a Wire (the tunnel's bulk path); without, over the TCP connection (the copy through
+// a 32 KiB buffer that the tunnel used before). cpu-s/GiB is the whole process's CPU time
+// (Join and the test's peer, whose part is the same in every case) per GiB moved.
 func BenchmarkJoinTLS(b *testing.B) {
+	for _, wire := range []bool{true, false} {
+		for _, dir := range []string{"up", "down"} {
+			b.Run(fmt.Sprintf("wire=%v/%s", wire, dir), func(b *testing.B) { benchJoinTLS(b, wire, dir == "up") })
+		}
+	}
+}
+
+func benchJoinTLS(b *testing.B, wire, upward bool) {
 	srv, err := tlslink.LoadServer("", filepath.Join(b.TempDir(), "key"))
 	if err != nil {
 		b.Fatal(err)
 	}
 	cli, _ := tlslink.NewPinned([]string{srv.Pin})
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	defer ln.Close()
-	accepted := make(chan net.Conn, 2)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			accepted <- c
-		}
-	}()
-	user, _ := net.Dial("tcp", ln.Addr().String())
-	relayClient := (<-accepted).(*net.TCPConn)
-	relayServer, _ := net.Dial("tcp", ln.Addr().String())
-	backendTCP := <-accepted
+	relayClient, user := pair(b, "tcp4", "127.0.0.1:0")
+	backendTCP, relayServer := pair(b, "tcp4", "127.0.0.1:0")
 	backend := tls.Server(backendTCP, srv.Config())
-	layered := tls.Client(relayServer, cli.Config())
+	var under net.Conn = relayServer
+	if wire {
+		under = NewWire(relayServer)
+	}
+	layered := tls.Client(under, cli.Config())
 	go func() { _ = backend.Handshake() }()
 	if err := layered.Handshake(); err != nil {
 		b.Fatal(err)
 	}
-	go Join(context.Background(), relayClient, layered, Options{HalfClose: true})
+	var moved atomic.Int64
+	go Join(context.Background(), relayClient, layered, Options{HalfClose: true, Progress: func(_ bool, n int64) { moved.Add(n) }})
+	var src io.Writer = user
+	var dst io.Reader = backend
+	var srcEnd func() error = user.CloseWrite
+	if !upward {
+		src, dst, srcEnd = backend, user, backend.CloseWrite
+	}
 	const chunk = 1 << 20
 	buf := make([]byte, chunk)
 	done := make(chan int64, 1)
-	go func() { n, _ := io.Copy(io.Discard, backend); done <- n }()
+	go func() { n, _ := io.Copy(io.Discard, dst); done <- n }()
 	b.SetBytes(chunk)
+	before := cpuTime()
 	b.ResetTimer()
 	for b.Loop() {
-		if _, err := user.Write(buf); err != nil {
+		if _, err := src.Write(buf); err != nil {
 			b.Fatal(err)
 		}
 	}
-	_ = user.(*net.TCPConn).CloseWrite()
-	<-done
+	_ = srcEnd()
+	n := <-done
+	b.StopTimer()
+	b.ReportMetric((cpuTime()-before).Seconds()/(float64(n)/(1<<30)), "cpu-s/GiB")
+}
+
+// cpuTime is the process's user and system CPU time so far.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
