@@ -185,6 +185,9 @@ func (e bulkEnd) write(b []byte) (int, error) {
 // write(2), each step reported to Progress once written (so Tick is not needed) and paid
 // to Bucket. It stops on ctx between steps, and on a deadline set on src or dst.
 func bulkCopy(ctx context.Context, dst, src bulkEnd, o CopyOptions) (int64, error) {
+	if src.wire != nil {
+		defer src.wire.release()
+	}
 	var written int64
 	for {
 		if err := ctx.Err(); err != nil {

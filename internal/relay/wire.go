@@ -47,7 +47,9 @@ const bulkSize = 256 << 10
 
 // bulk holds the buffers of bulk copies and wires, with room for the records' overhead
 // (22 bytes per 16 KiB record in TLS 1.3) beyond bulkSize.
-var bulk = sync.Pool{New: func() any { b := make([]byte, bulkSize+4096); return &b }}
+var bulk = sync.Pool{New: func() any { b := make([]byte, bulkSize+bulkSlack); return &b }}
+
+const bulkSlack = 4096
 
 // NewWire returns the Wire over c. A layer made over it is relayed in bulk by Join.
 func NewWire(c *net.TCPConn) *Wire {
@@ -77,7 +79,9 @@ func (w *Wire) Read(p []byte) (int, error) {
 		n := copy(p, (*w.in)[w.off:w.end])
 		w.off += n
 		if w.off == w.end {
-			bulk.Put(w.in)
+			if cap(*w.in) == bulkSize+bulkSlack {
+				bulk.Put(w.in)
+			}
 			w.in = nil
 		}
 		return n, nil
@@ -89,6 +93,31 @@ func (w *Wire) Read(p []byte) (int, error) {
 		return 0, errWouldBlock
 	}
 	return w.tcp.Read(p)
+}
+
+// Buffered returns how many bytes are read ahead and not yet given to the layer. A wait
+// on the socket does not see them; after a relay they are what the peer sent next.
+func (w *Wire) Buffered() int {
+	w.rmu.Lock()
+	defer w.rmu.Unlock()
+	if w.in == nil {
+		return 0
+	}
+	return w.end - w.off
+}
+
+// release gives the read-ahead buffer back to the pool, keeping the bytes still in it in
+// a buffer of their size: a wire that outlives its relay holds no large buffer.
+func (w *Wire) release() {
+	w.rmu.Lock()
+	defer w.rmu.Unlock()
+	if w.in == nil {
+		return
+	}
+	rest := make([]byte, w.end-w.off)
+	copy(rest, (*w.in)[w.off:w.end])
+	bulk.Put(w.in)
+	w.in, w.off, w.end = &rest, 0, len(rest)
 }
 
 // setNoWait makes Read answer errWouldBlock, rather than wait, when nothing is read ahead.
