@@ -15,9 +15,15 @@ import (
 // needs two calls plus the pipe's own work (issue 12 measured about 15 µs a short
 // connection spliced against 9 µs through recv and send). Once a read fills the buffer the
 // direction moves bulk, and from then on it splices through a pooled pipe, so bulk bytes
-// never enter user space; a splice that finds less than copyAgain takes it back to recv
-// and send.
-const copyAgain = 4 << 10
+// never enter user space. A splice that finds less than copyAgain is a short one, and
+// copyBack short splices in a row take the direction back to recv and send: one short
+// splice is no sign that a stream has ended (a busy sender, a window that just opened),
+// and flipping at the first one sent every such stream through user space for a read
+// (HAProxy likewise drops its streamer flag only after three small reads in a row).
+const (
+	copyAgain = 4 << 10
+	copyBack  = 4
+)
 
 // mover is the copy step of one direction of a Pair, the one place that decides how bytes
 // get from the source socket to the destination: recv and send through the loop's buffer
@@ -29,6 +35,7 @@ type mover struct {
 	sp      Splicer
 	held    []byte // read, not yet written, and in no pipe: its own copy
 	bulk    bool   // the direction moves bulk: splice
+	short   int    // short splices in a row, while bulk
 	noPipes bool   // never take a pipe (PairOptions.NoPipes)
 	spliced int64  // bytes taken from the source by splice: they never entered user space
 	drained bool   // the last fill read less than it asked for: all the source had
@@ -49,9 +56,7 @@ func (m *mover) fill(src, dst int, buf []byte, most int) (read, written int, err
 		case err == nil:
 			m.spliced += int64(n)
 			m.drained = n < most
-			if n < copyAgain {
-				m.bulk = false
-			}
+			m.shortSplice(n < copyAgain)
 			return n, 0, nil
 		case errors.Is(err, unix.EAGAIN):
 			return 0, 0, err
@@ -85,6 +90,19 @@ func (m *mover) fill(src, dst int, buf []byte, most int) (read, written int, err
 		m.keep(b[w:n])
 	}
 	return n, w, nil
+}
+
+// shortSplice counts a splice of a bulk direction: copyBack short ones in a row take it
+// back to recv and send; a long one starts the count again.
+func (m *mover) shortSplice(short bool) {
+	switch {
+	case !short:
+		m.short = 0
+	case m.short+1 < copyBack:
+		m.short++
+	default:
+		m.bulk, m.short = false, 0
+	}
 }
 
 // keep holds b, which dst did not take, until drain writes it: in a pipe (b is the loop's

@@ -163,7 +163,7 @@ func TestMoverBulkSplices(t *testing.T) {
 	}
 	t.Logf("%d bytes spliced, %d copied", m.spliced, n-m.spliced)
 
-	// A small message after the stream: back to recv and send.
+	// Small messages after the stream: spliced copyBack times, then back to recv and send.
 	spliced := m.spliced
 	msg := []byte("small again")
 	if _, err := in.Write(msg); err != nil {
@@ -173,7 +173,7 @@ func TestMoverBulkSplices(t *testing.T) {
 	for m.pending() > 0 || !arrived(t, out, reply) {
 		step(t, &m, src, dst, buf)
 	}
-	for range 3 { // the splice that found the small message turned the mover back
+	for range copyBack { // copyBack short splices in a row turned the mover back
 		if _, err := in.Write(msg); err != nil {
 			t.Fatal(err)
 		}
@@ -181,7 +181,7 @@ func TestMoverBulkSplices(t *testing.T) {
 			step(t, &m, src, dst, buf)
 		}
 	}
-	if !bytes.Equal(reply, msg) || m.bulk || m.spliced > spliced+int64(len(msg)) {
+	if !bytes.Equal(reply, msg) || m.bulk || m.spliced > spliced+copyBack*int64(len(msg)) {
 		t.Fatalf("after the stream: got %q, bulk %v, spliced %d more bytes", reply, m.bulk, m.spliced-spliced)
 	}
 }
@@ -246,6 +246,131 @@ func TestMoverKeepsWhatDestinationRefuses(t *testing.T) {
 			}
 			if m.sp.p != nil || m.held != nil {
 				t.Fatal("the mover holds a pipe or a buffer after everything went out")
+			}
+		})
+	}
+}
+
+// moveN runs m from src to dst until n more bytes have gone out to dst.
+func moveN(t *testing.T, m *mover, src, dst int, buf []byte, n int) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for n > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d bytes still to move after 30 s", n)
+		}
+		if m.pending() > 0 {
+			k, err := m.drain(dst)
+			if err != nil && !errors.Is(err, unix.EAGAIN) {
+				t.Fatalf("drain: %v", err)
+			}
+			n -= k
+			continue
+		}
+		_, w, err := m.fill(src, dst, buf, 1<<20)
+		switch {
+		case errors.Is(err, unix.EAGAIN):
+			waitReadable(t, src)
+		case err != nil:
+			t.Fatalf("fill: %v", err)
+		}
+		n -= w
+	}
+}
+
+// A direction that moves bulk stays on splice through a short splice (a sender that paused,
+// a window that just opened): only copyBack short splices in a row take it back to recv
+// and send. Flipping at the first short one sent the next 16 KiB of every such stream
+// through user space. The stream arrives whole (length and SHA-256).
+func TestMoverStaysBulkThroughShortSplices(t *testing.T) {
+	for _, tc := range []struct{ network, addr string }{{"tcp4", "127.0.0.1:0"}, {"tcp6", "[::1]:0"}} {
+		t.Run(tc.network, func(t *testing.T) {
+			in, src, dst, out := moverEnds(t, tc.network, tc.addr)
+			got := make(chan [32]byte, 1)
+			count := make(chan int64, 1)
+			go func() {
+				h := sha256.New()
+				k, _ := io.Copy(h, out)
+				count <- k
+				got <- [32]byte(h.Sum(nil))
+			}()
+			all := sha256.New()
+			// send writes b to the mover's source; a big b from another goroutine while
+			// the mover runs (the write blocks until it has moved most of it).
+			werr := make(chan error, 1)
+			send := func(b []byte, big bool) {
+				all.Write(b)
+				if big {
+					go func() { _, err := in.Write(b); werr <- err }()
+					return
+				}
+				if _, err := in.Write(b); err != nil {
+					t.Fatal(err)
+				}
+			}
+			wrote := func() {
+				if err := <-werr; err != nil {
+					t.Fatal(err)
+				}
+			}
+			var m mover
+			buf := make([]byte, eventloop.ScratchSize)
+			total := 0
+
+			// A read that fills the buffer: the direction moves bulk.
+			first := randomBytes(t, 64<<10)
+			send(first, true)
+			moveN(t, &m, src, dst, buf, len(first))
+			wrote()
+			total += len(first)
+			if !m.bulk {
+				t.Fatal("64 KiB did not make the direction bulk")
+			}
+
+			// One short splice, then bulk again: all of it spliced.
+			msg := randomBytes(t, 1000)
+			send(msg, false)
+			waitReadable(t, src)
+			moveN(t, &m, src, dst, buf, len(msg))
+			total += len(msg)
+			if !m.bulk {
+				t.Fatal("one short splice took a bulk direction back to recv and send")
+			}
+			spliced := m.spliced
+			more := randomBytes(t, 1<<20)
+			send(more, true)
+			moveN(t, &m, src, dst, buf, len(more))
+			wrote()
+			total += len(more)
+			if d := m.spliced - spliced; d != int64(len(more)) {
+				t.Fatalf("after one short splice, %d of %d bytes were spliced; want all", d, len(more))
+			}
+
+			// copyBack short splices in a row: small messages again, through the buffer.
+			for range copyBack {
+				send(msg[:100], false)
+				waitReadable(t, src)
+				moveN(t, &m, src, dst, buf, 100)
+				total += 100
+			}
+			if m.bulk {
+				t.Fatalf("%d short splices in a row left the direction on splice", copyBack)
+			}
+			spliced = m.spliced
+			send(msg[:100], false)
+			waitReadable(t, src)
+			moveN(t, &m, src, dst, buf, 100)
+			total += 100
+			if m.spliced != spliced || m.sp.p != nil {
+				t.Fatal("a small message after the short splices was spliced")
+			}
+
+			_ = unix.Shutdown(dst, unix.SHUT_WR)
+			if k := <-count; k != int64(total) {
+				t.Fatalf("got %d bytes, want %d", k, total)
+			}
+			if sum := <-got; sum != [32]byte(all.Sum(nil)) {
+				t.Fatal("the stream arrived with a different SHA-256")
 			}
 		})
 	}
