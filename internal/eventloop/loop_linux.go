@@ -30,8 +30,9 @@ type Loop struct {
 	seq      uint64 // arming order, to keep equal deadlines FIFO
 	now      time.Time
 	stop     bool
-	idle     func() // run before each wait, see BeforeWait
-	scratch  []byte // see Scratch
+	idle     func()   // run before each wait, see BeforeWait
+	scratch  []byte   // see Scratch
+	yields   []func() // see Yield: oldest first
 
 	mu     sync.Mutex
 	posted []func()
@@ -87,7 +88,8 @@ func (l *Loop) Run(ctx context.Context) error {
 		if l.idle != nil {
 			l.idle()
 		}
-		armed := l.seq // timers armed after this wait for the next iteration
+		armed := l.seq           // timers armed after this wait for the next iteration
+		yielded := len(l.yields) // so are turns yielded after it
 		n, err := unix.EpollWait(l.epfd, events, l.timeout())
 		if err == unix.EINTR {
 			continue
@@ -108,9 +110,31 @@ func (l *Loop) Run(ctx context.Context) error {
 			}
 		}
 		l.runTimers(armed)
+		l.runYields(yielded)
 		l.runPosted()
 	}
 	return nil
+}
+
+// YieldsPerRound is how many yielded turns (see Yield) a loop runs per round.
+const YieldsPerRound = 1
+
+// Yield has f run on the loop in a later round, after that round's events and timers, in
+// the order turns were yielded; a round runs at most YieldsPerRound of them, and the loop
+// does not wait for events while any is queued. It is for a callback that gave up the
+// loop with work left (a stream whose source never runs dry): however many such turns
+// wait, every round still serves the descriptors that are ready, so a short connection
+// beside bulk streams waits for one bulk turn per round, not one per stream.
+func (l *Loop) Yield(f func()) { l.yields = append(l.yields, f) }
+
+// runYields runs the oldest yielded turns, at most YieldsPerRound of the first n.
+func (l *Loop) runYields(n int) {
+	for range min(n, YieldsPerRound) {
+		f := l.yields[0]
+		l.yields[0] = nil
+		l.yields = l.yields[1:]
+		f()
+	}
 }
 
 // BeforeWait sets f to run on the loop before each wait for events and once more when Run
@@ -122,7 +146,7 @@ func (l *Loop) timeout() int {
 	l.mu.Lock()
 	pending := len(l.posted) > 0
 	l.mu.Unlock()
-	if pending {
+	if pending || len(l.yields) > 0 {
 		return 0
 	}
 	if len(l.timers) == 0 {

@@ -3,6 +3,7 @@ package eventloop
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -346,5 +347,106 @@ func TestBeforeWait(t *testing.T) {
 	}
 	if rounds <= n {
 		t.Errorf("BeforeWait not run when Run returned (%d, %d)", rounds, n)
+	}
+}
+
+// Yielded turns run one a round, oldest first, after the round's events: three callbacks
+// that always have work left and yield each time share the loop in turn, a descriptor that
+// becomes ready meanwhile is served in the very next round, and the loop does not wait for
+// events while turns are queued (nothing else wakes it in the first part).
+func TestYieldOneTurnPerRound(t *testing.T) {
+	l := newLoop(t)
+	start(t, l)
+
+	// Alone: 3 x 20 turns with no event, timer or post to wake the loop.
+	done := make(chan int, 1)
+	l.Post(func() {
+		runs := 0
+		for range 3 {
+			left := 20
+			var turn func()
+			turn = func() {
+				runs++
+				if left--; left > 0 {
+					l.Yield(turn)
+				} else if runs == 60 {
+					done <- runs
+				}
+			}
+			l.Yield(turn)
+		}
+	})
+	if got := recv(t, done, "60 yielded turns"); got != 60 {
+		t.Fatalf("%d turns ran, want 60", got)
+	}
+
+	// With a marker posted every round: the log is one turn between markers, A B C A B C
+	// ...; a byte written during a turn is read at the start of the next round.
+	fds := socketpair(t)
+	var log []string
+	finished := make(chan []string, 1)
+	l.Post(func() {
+		if err := l.Add(fds[0], unix.EPOLLIN|unix.EPOLLET, func(uint32) {
+			var b [8]byte
+			unix.Read(fds[0], b[:])
+			log = append(log, "ready")
+		}); err != nil {
+			t.Error(err)
+		}
+		rounds := 0
+		var mark func()
+		mark = func() {
+			log = append(log, "|")
+			if rounds++; rounds < 40 {
+				l.Post(mark)
+			} else {
+				finished <- log
+			}
+		}
+		l.Post(mark)
+		for _, name := range []string{"A", "B", "C"} {
+			n := 0
+			var turn func()
+			turn = func() {
+				log = append(log, name)
+				if n++; n == 3 && name == "B" {
+					unix.Write(fds[1], []byte{1})
+				}
+				l.Yield(turn)
+			}
+			l.Yield(turn)
+		}
+	})
+	got := recv(t, finished, "40 rounds")
+	var rounds [][]string // the log between markers
+	round := []string{}
+	for _, s := range got {
+		if s == "|" {
+			rounds = append(rounds, round)
+			round = []string{}
+			continue
+		}
+		round = append(round, s)
+	}
+	var turns []string
+	for i, r := range rounds {
+		if len(r) > 0 && r[0] == "ready" {
+			if i == 0 || !slices.Equal(rounds[i-1], []string{"B"}) || len(turns) != 8 {
+				t.Fatalf("the descriptor was served in round %d, not the one after B's third turn: %v", i, got)
+			}
+			r = r[1:]
+		}
+		if len(r) != 1 || r[0] == "ready" {
+			t.Fatalf("round %d ran %v, want one turn: %v", i, r, got)
+		}
+		turns = append(turns, r[0])
+	}
+	if !slices.Contains(got, "ready") {
+		t.Fatalf("the descriptor was never served: %v", got)
+	}
+	for i, s := range turns {
+		if want := []string{"A", "B", "C"}[i%3]; s != want {
+			t.Fatalf("turn %d is %s, want %s (oldest first): %v", i, s, want, got)
+		}
 	}
 }

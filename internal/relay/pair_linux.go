@@ -92,6 +92,7 @@ type pdir struct {
 	pace     *ratelimit.Bucket
 	waiting  bool             // for resume: the rate limit, or the next round after a spent budget
 	resume   *eventloop.Timer // made on first use and reset after, so a wait allocates nothing
+	turn     func()           // the resume of a yielded turn, made once (Loop.Yield)
 }
 
 // StartPair starts relaying the connected non-blocking TCP sockets client and server on
@@ -238,6 +239,16 @@ func (p *Pair) pump(i int, fresh bool) {
 func (p *Pair) pumpLater(i int, delay time.Duration) {
 	d := &p.dirs[i]
 	d.waiting = true
+	if delay <= 0 {
+		if d.turn == nil {
+			d.turn = func() {
+				d.waiting = false
+				p.pump(i, false)
+			}
+		}
+		p.lp.Yield(d.turn)
+		return
+	}
 	if d.resume != nil {
 		d.resume.Reset(delay)
 		return
