@@ -228,8 +228,11 @@ const bufferSize = 32 << 10
 var buffers = sync.Pool{New: func() any { b := make([]byte, bufferSize); return &b }}
 
 func isLayered(x any) bool {
-	_, ok := x.(Layered)
-	return ok
+	switch x.(type) {
+	case Layered, Session:
+		return true
+	}
+	return false
 }
 
 // bufferedCopy is io.Copy through a pooled buffer. The wrappers hide ReadFrom and WriteTo,

@@ -128,19 +128,25 @@ func Join(ctx context.Context, client, server net.Conn, o Options) Result {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	// The close policy says which side to settle (wait for its peer's acknowledgement,
-	// its input discarded meanwhile) and which to reset.
-	for i, c := range [2]*net.TCPConn{j.client.tcp, j.server.tcp} {
+	// its input discarded meanwhile) and which to reset. A Session is not closed: End
+	// finishes it on its link (a reset sent if no end was, the peer's end awaited).
+	for i, sd := range [2]side{j.client, j.server} {
 		switch {
+		case sd.sess != nil:
+			sd.sess.End(ctx)
 		case j.policy.resetsAtClose(i):
-			_ = c.SetLinger(0)
+			_ = sd.tcp.SetLinger(0)
 		case j.policy.settles(i):
-			Settle(ctx, c, cmp.Or(o.stall, SettleTimeout))
+			Settle(ctx, sd.tcp, cmp.Or(o.stall, SettleTimeout))
 		}
 	}
 	// The TCP connections, not a layer over them: a layer's Close would send its own end
 	// (close_notify) after a reset was decided.
-	_ = j.client.tcp.Close()
-	_ = j.server.tcp.Close()
+	for _, sd := range [2]side{j.client, j.server} {
+		if sd.sess == nil {
+			_ = sd.tcp.Close()
+		}
+	}
 	j.res.Duration = time.Since(j.start)
 	j.res.End = j.policy.end
 	return j.res
@@ -160,11 +166,33 @@ type Layered interface {
 	CloseWrite() error
 }
 
+// Session is one session of a link that carries sessions one after another and passes
+// each direction's end on as a message of its own (the tunnel's TLS links, whose frames
+// say FIN and RST): Read returns the session's bytes, then io.EOF once the peer ended its
+// direction, or an error matching ErrSessionReset once the peer was reset; Write sends
+// bytes; CloseWrite ends this direction (the peer half-closes); Reset tells the peer that
+// this side was reset or cut (the peer resets). A read deadline in the past stops a Read
+// and leaves the session intact; a write deadline in the past stops the writes. Join
+// relays a Session like a Layered side with the same close policy, but never closes it:
+// at the close it calls End, which finishes the session on its link (a reset sent when no
+// end was, the peer's end awaited) and keeps the link for the next session or closes it.
+type Session interface {
+	net.Conn
+	CloseWrite() error
+	Reset() error
+	End(ctx context.Context)
+}
+
+// ErrSessionReset is what a Session's Read returns once its peer said it was reset.
+var ErrSessionReset = errors.New("reset by the other end of the link")
+
 // side is one connection of a Join: what is copied (c) and the TCP connection under it,
-// the same one when there is no layer.
+// the same one when there is no layer; or a Session, which has no TCP connection of its
+// own to reset or settle.
 type side struct {
-	c   net.Conn
-	tcp *net.TCPConn
+	c    net.Conn
+	tcp  *net.TCPConn
+	sess Session
 }
 
 // sideOf finds the TCP connection under c. Join's callers pass only *net.TCPConn values
@@ -173,6 +201,8 @@ func sideOf(c net.Conn) side {
 	switch t := c.(type) {
 	case *net.TCPConn:
 		return side{c: t, tcp: t}
+	case Session:
+		return side{c: t, sess: t}
 	case Layered:
 		switch u := t.NetConn().(type) {
 		case *net.TCPConn:
@@ -181,17 +211,34 @@ func sideOf(c net.Conn) side {
 			return side{c: t, tcp: u.tcp}
 		}
 	}
-	panic(fmt.Sprintf("relay.Join: %T is neither a *net.TCPConn nor layered on one", c))
+	panic(fmt.Sprintf("relay.Join: %T is neither a *net.TCPConn, nor layered on one, nor a Session", c))
 }
 
 // closeWrite passes a clean end on: the layer's end first, when there is a layer, then
 // the FIN.
 func (s side) closeWrite() {
+	if s.sess != nil {
+		_ = s.sess.CloseWrite()
+		return
+	}
 	if l, ok := s.c.(Layered); ok {
 		_ = l.CloseWrite()
 	}
 	_ = s.tcp.CloseWrite()
 }
+
+// reset passes a reset on: SO_LINGER 0 on a TCP connection (the close sends the reset),
+// the Session's own reset on a Session.
+func (s side) reset() {
+	if s.sess != nil {
+		_ = s.sess.Reset()
+		return
+	}
+	_ = s.tcp.SetLinger(0)
+}
+
+// wasReset reports whether the kernel says the peer of s's TCP connection reset it.
+func (s side) wasReset() bool { return s.sess == nil && isReset(s.tcp) }
 
 // joiner is the state of one Join, shared by its two directions and its timers.
 type joiner struct {
@@ -225,9 +272,11 @@ func (j *joiner) finished(isUp bool, n int64, err error) {
 	}
 	resetBy, end := -1, "error: "+err.Error()
 	switch {
-	case isReset(j.client.tcp):
+	case errors.Is(err, ErrSessionReset): // read from the direction's source
+		resetBy = dir
+	case j.client.wasReset():
 		resetBy = up
-	case isReset(j.server.tcp):
+	case j.server.wasReset():
 		resetBy = down
 	case errors.Is(err, context.Canceled):
 		end = EndStopped
@@ -251,7 +300,7 @@ func (j *joiner) do(step closeStep) {
 		sides[step.shutdown].closeWrite()
 	}
 	if step.resetNow >= 0 {
-		_ = sides[step.resetNow].tcp.SetLinger(0)
+		sides[step.resetNow].reset()
 	}
 	if step.stop {
 		j.stopDirection(true)

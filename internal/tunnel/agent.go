@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -36,6 +37,11 @@ const maxOpening = 32
 // stableLink is how long a link must have stayed up for its loss to reset the backoff, so
 // that a relay which accepts links and drops them at once is not hammered.
 const stableLink = time.Second
+
+// idleTrim is how long a TLS link that came back from a session waits idle before it is
+// closed while more than Pool links are idle: a steady load keeps the links it needs,
+// and a load that fell gives its extra links back.
+const idleTrim = 5 * time.Second
 
 // firstRead bounds the read that takes a link's first bytes; whatever it gets beyond a
 // hello is replayed to the service, and the rest flows by splice.
@@ -81,6 +87,7 @@ type AgentConfig struct {
 	TLS *tlslink.Client
 
 	dialService func(ctx context.Context, ep endpoint.Endpoint) (*net.TCPConn, error)
+	idleTrim    time.Duration // zero: idleTrim (a test seam)
 }
 
 // Validate reports a configuration no agent can run with, as an error that names the option.
@@ -145,6 +152,9 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 	if cfg.RefusedMax == 0 {
 		cfg.RefusedMax = DefaultRefusedMax
 	}
+	if cfg.idleTrim == 0 {
+		cfg.idleTrim = idleTrim
+	}
 	var tlsConfig *tls.Config
 	if cfg.TLS != nil {
 		tlsConfig = cfg.TLS.Config()
@@ -200,7 +210,16 @@ func (a *Agent) slot(ctx context.Context) {
 	cut := Backoff{Base: a.cfg.BackoffBase, Max: min(a.cfg.RefusedMax, unreachable.max())}
 	var retry uint64 // the number of a link that failed to open: its retry keeps it
 	again := false   // the link before failed or was lost
+	claimed := false // this slot holds a place among the Pool links idle or opening
 	for ctx.Err() == nil {
+		if a.tlsConfig != nil && !claimed {
+			// A TLS link that was taken comes back when its client's session ends, so a
+			// link is opened only while fewer than Pool are idle or being opened.
+			if !a.idle.claim(ctx, a.cfg.Pool) {
+				return
+			}
+			claimed = true
+		}
 		id := retry // numbers count links, not attempts
 		if id == 0 {
 			id = a.links.Add(1)
@@ -231,9 +250,22 @@ func (a *Agent) slot(ctx context.Context) {
 		up := time.Now()
 		addr := fmt.Sprintf("%s -> %s", link.LocalAddr(), link.RemoteAddr())
 		a.stats.linksUp.Add(1)
-		a.idle.add(1)
+		if claimed {
+			a.idle.unclaim(true)
+			claimed = false
+		} else {
+			a.idle.add(1)
+		}
 		a.cfg.Log.Printf("link #%d up %s", id, addr)
-		first, err := a.waitTaken(ctx, link, rw, rest)
+		var fl *framedLink // a TLS link: its sessions in frames
+		var sess *linkSession
+		var first []byte
+		if tc, ok := rw.(*tls.Conn); ok {
+			fl = newFramedLink(link, tc, rest)
+			sess, first, err = a.waitSession(ctx, fl, false)
+		} else {
+			first, err = a.waitTaken(ctx, link, rw, rest)
+		}
 		a.idle.add(-1)
 		if err != nil {
 			link.Close()
@@ -256,6 +288,10 @@ func (a *Agent) slot(ctx context.Context) {
 		a.stats.busy.Add(1)
 		go func() {
 			defer a.wg.Done()
+			if fl != nil {
+				a.keep(ctx, id, addr, fl, sess, first, dialed)
+				return
+			}
 			a.serve(ctx, id, link, rw, first, dialed)
 		}()
 		// Open the replacement once the service connection is made (or failed): at once,
@@ -297,7 +333,7 @@ func (a *Agent) openLink(ctx context.Context) (*net.TCPConn, net.Conn, []byte, e
 	if err == nil {
 		rest, err = clientHandshake(rw, linkParams{
 			hello: a.cfg.Hello, secret: a.secret.get(), rand: a.cfg.Rand, timeout: a.cfg.HandshakeTimeout,
-			binding: binding,
+			binding: binding, frames: a.tlsConfig != nil,
 		})
 	}
 	if err == nil && len(rest) == 0 && a.tlsConfig != nil {
@@ -371,6 +407,9 @@ func (a *Agent) serve(ctx context.Context, linkID uint64, link *net.TCPConn, rw 
 	if a.cfg.Hello {
 		h, raw, rest, err := readHello(rw, first, a.cfg.HandshakeTimeout)
 		if err != nil {
+			if s, ok := rw.(*linkSession); ok {
+				s.fail(err) // out of step with the relay: the link goes
+			}
 			_ = link.SetLinger(0)
 			link.Close()
 			failed(err)
@@ -388,8 +427,7 @@ func (a *Agent) serve(ctx context.Context, linkID uint64, link *net.TCPConn, rw 
 	signal()
 	if err != nil {
 		// Reset the link so the client sees its connection end at once, not a hang.
-		_ = link.SetLinger(0)
-		link.Close()
+		resetClient(ctx, link, rw)
 		counts.AttemptFailed(connstats.FailureOf(err))
 		failed(err)
 		return
@@ -400,8 +438,7 @@ func (a *Agent) serve(ctx context.Context, linkID uint64, link *net.TCPConn, rw 
 		_, err := srv.Write(replay)
 		_ = srv.SetWriteDeadline(time.Time{})
 		if err != nil {
-			_ = link.SetLinger(0)
-			link.Close()
+			resetClient(ctx, link, rw)
 			srv.Close()
 			failed(fmt.Errorf("writing to %s: %w", service, readErr(err)))
 			return
@@ -426,6 +463,110 @@ func (a *Agent) serve(ctx context.Context, linkID uint64, link *net.TCPConn, rw 
 	})
 }
 
+// resetClient resets the client of a taken link whose service connection failed: a plain
+// link is reset (listentwo passes the reset on); on a TLS link the session is ended with
+// a RST, and the link is kept for the next one.
+func resetClient(ctx context.Context, link *net.TCPConn, rw net.Conn) {
+	if s, ok := rw.(*linkSession); ok {
+		_ = s.Reset()
+		s.End(ctx)
+		if s.reusable {
+			return
+		}
+	}
+	_ = link.SetLinger(0)
+	link.Close()
+}
+
+// errTrimmed is why an idle TLS link was closed: more than Pool links were idle.
+var errTrimmed = errors.New("not needed: more idle links than --pool")
+
+// waitSession waits, on a TLS link, for the next session: the first DATA frame from the
+// relay (with hellos, the hello). It returns the session and its first bytes, or why the
+// link ended first. With trim, a link idle for idleTrim while more than Pool are idle is
+// given up (errTrimmed, already off the idle count). It holds no buffer while it waits.
+func (a *Agent) waitSession(ctx context.Context, fl *framedLink, trim bool) (*linkSession, []byte, error) {
+	sess := fl.session()
+	stop := context.AfterFunc(ctx, func() { _ = fl.tcp.SetReadDeadline(time.Unix(1, 0)) })
+	defer stop()
+	var one [1]byte
+	for {
+		var by time.Time
+		if trim {
+			by = time.Now().Add(a.cfg.idleTrim)
+		}
+		_ = fl.tcp.SetReadDeadline(by)
+		if ctx.Err() != nil { // after the deadline is set: the stop's own comes after it
+			return nil, nil, ctx.Err()
+		}
+		n, err := sess.Read(one[:])
+		var fe *frameError
+		switch {
+		case n == 1:
+		case errors.Is(err, os.ErrDeadlineExceeded) && ctx.Err() == nil:
+			if a.idle.trim(a.cfg.Pool) {
+				return nil, nil, errTrimmed
+			}
+			continue
+		case errors.Is(err, errLinkEnded):
+			return nil, nil, errors.New("closed by listentwo")
+		case errors.Is(err, io.EOF), errors.Is(err, errPeerRst):
+			return nil, nil, &frameError{"an end frame on an idle link"}
+		case errors.As(err, &fe):
+			return nil, nil, err
+		default:
+			return nil, nil, readErr(err)
+		}
+		break
+	}
+	buf := make([]byte, firstRead)
+	buf[0] = one[0]
+	m := 0
+	if fl.fr.inFrame() > 0 { // the rest of the frame, which came in the same record
+		_ = fl.tcp.SetReadDeadline(time.Now().Add(a.cfg.HandshakeTimeout))
+		m, _ = sess.Read(buf[1:])
+	}
+	_ = fl.tcp.SetReadDeadline(time.Time{})
+	return sess, buf[:1+m], nil
+}
+
+// keep serves the sessions of a TLS link one after another: sess first, and then, while
+// the link comes out of each session intact, the next one it waits for idle. It closes the
+// link, with a down line, when a session broke it, when it is not needed any more
+// (errTrimmed) or ends, or when the agent stops. dialed is for the first session (see
+// serve).
+func (a *Agent) keep(ctx context.Context, id uint64, addr string, fl *framedLink, sess *linkSession, first []byte, dialed chan<- struct{}) {
+	for {
+		a.serve(ctx, id, fl.tcp, sess, first, dialed)
+		dialed = make(chan struct{}) // nobody waits for the later ones
+		var why error
+		switch {
+		case ctx.Err() != nil:
+			why = errors.New("agent stopping")
+		case !sess.reusable:
+			why = sess.broken()
+			if why == nil {
+				why = errors.New("its session did not end cleanly")
+			}
+		default:
+			a.idle.add(1)
+			sess, first, why = a.waitSession(ctx, fl, true)
+			if !errors.Is(why, errTrimmed) {
+				a.idle.add(-1)
+			}
+			if ctx.Err() != nil {
+				why = errors.New("agent stopping")
+			}
+		}
+		if why != nil {
+			fl.tcp.Close() // raw: without close_notify
+			a.cfg.Log.Printf("link #%d down %s: %v", id, addr, why)
+			return
+		}
+		a.stats.busy.Add(1)
+	}
+}
+
 // failed logs a client whose service connection failed. Beyond strangerBurst of them in a
 // strangerInterval (a service that is down, and thousands of clients), they are counted
 // by reason and source and summed up in one line.
@@ -440,6 +581,7 @@ func (a *Agent) failed(id uint64, client string, source netip.Prefix, err error)
 type gauge struct {
 	mu      sync.Mutex
 	n       int
+	claims  int // places held by links being opened (see claim)
 	changed chan struct{}
 }
 
@@ -449,6 +591,53 @@ func (g *gauge) add(d int) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.n += d
+	g.notifyLocked()
+}
+
+// claim waits until the gauge and the claims held are below limit, then holds one more
+// claim; false when ctx ends first.
+func (g *gauge) claim(ctx context.Context, limit int) bool {
+	for {
+		g.mu.Lock()
+		if g.n+g.claims < limit {
+			g.claims++
+			g.mu.Unlock()
+			return true
+		}
+		ch := g.changed
+		g.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return false
+		}
+	}
+}
+
+// unclaim gives a claim back; with up it becomes one on the gauge.
+func (g *gauge) unclaim(up bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.claims--
+	if up {
+		g.n++
+	}
+	g.notifyLocked()
+}
+
+// trim takes one off the gauge if it is above limit, and reports whether it did.
+func (g *gauge) trim(limit int) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.n <= limit {
+		return false
+	}
+	g.n--
+	g.notifyLocked()
+	return true
+}
+
+func (g *gauge) notifyLocked() {
 	close(g.changed)
 	g.changed = make(chan struct{})
 }

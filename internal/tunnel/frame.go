@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+
+	"shd-tcp-tools/internal/relay"
 )
 
 // The frames of a TLS link. A TLS link carries one client's session at a time and goes
@@ -32,7 +34,7 @@ const (
 
 // errPeerRst is what frameReader.Read returns once the peer's RST has come (its FIN is
 // io.EOF).
-var errPeerRst = errors.New("reset by the other end of the link")
+var errPeerRst = relay.ErrSessionReset
 
 // frameError is a peer that broke the frame protocol: the link cannot be trusted to be
 // in step any more and is closed.
@@ -135,9 +137,8 @@ func (f *frameReader) header() error {
 // ended reports the end frame this session received (0: none yet).
 func (f *frameReader) ended() byte { return f.end }
 
-// between reports whether the reader stands between two frames, with nothing of a frame
-// half read.
-func (f *frameReader) between() bool { return f.hdrN == 0 && f.left == 0 }
+// inFrame reports how many bytes of the current DATA frame are still to be read.
+func (f *frameReader) inFrame() int { return f.left }
 
 // next starts the next session: the end frame of this one has been read.
 func (f *frameReader) next() { f.end = 0 }

@@ -211,6 +211,11 @@ func startAgent(t testing.TB, cfg AgentConfig, tn *tunnel) {
 		tn.agentLog = newSink(t, "connecttwo")
 	}
 	cfg.Log = tn.agentLog.logger()
+	if cfg.idleTrim == 0 {
+		// A TLS link back from its session makes one idle link more than the pool until
+		// it is trimmed: soon, so that tests that wait for the pool's size do not wait long.
+		cfg.idleTrim = 300 * time.Millisecond
+	}
 	a, err := NewAgent(cfg)
 	if err != nil {
 		t.Fatalf("NewAgent: %v", err)

@@ -29,6 +29,11 @@ import (
 //	A -> B  reply     "SHD-LINK/2 hello=proxy|none auth=hmac-sha256|none nonce=<64 hex> mac=<64 hex>|-\n"
 //	B -> A  verdict   "OK mac=<64 hex>|-\n"  or  "ERR <reason>\n" (then B closes)
 //
+// On a TLS link the greeting and the reply carry one more field after the nonce,
+// "link=frames": the link carries one session after another in frames (frame.go). A
+// plain link's lines have no such field, and both sides refuse a link whose other side
+// disagrees.
+//
 // A speaks first, as soon as its connect completes, so that B can tell a real agent from a
 // stranger that connects and stays silent before it spends anything on it: B sends no
 // greeting until the opening has arrived.
@@ -45,7 +50,7 @@ const (
 	labelServer = "shd-tcp-tools link v1 server\x00"
 	nonceLen    = 32
 	macLen      = sha256.Size
-	// maxLine bounds every handshake line; the longest valid one is the reply (~190 bytes).
+	// maxLine bounds every handshake line; the longest valid one is the reply (~205 bytes).
 	maxLine = 256
 	// maxHello is the longest PROXY v1 header the protocol allows, CRLF included.
 	maxHello = 107
@@ -82,6 +87,8 @@ type linkParams struct {
 	// binding is the TLS session's exporter value (tlslink.Exporter), mixed into both
 	// proofs so that they hold in this session only; nil without TLS.
 	binding []byte
+	// frames: the link carries sessions in frames, one after another (TLS links).
+	frames bool
 }
 
 // serverHooks are what serverHandshake asks the relay along the way. opened is called once
@@ -95,10 +102,15 @@ type serverHooks struct {
 
 // offer is the mode and nonce part shared by the greeting and the reply.
 type offer struct {
-	hello bool
-	auth  bool
-	nonce [nonceLen]byte
+	hello  bool
+	auth   bool
+	nonce  [nonceLen]byte
+	frames bool
 }
+
+// framesField is the field of a greeting or reply on a link that carries its sessions in
+// frames.
+const framesField = "link=frames"
 
 func (o offer) text() string {
 	hello, auth := "none", "none"
@@ -108,7 +120,11 @@ func (o offer) text() string {
 	if o.auth {
 		auth = "hmac-sha256"
 	}
-	return fmt.Sprintf("%s hello=%s auth=%s nonce=%s", protoName, hello, auth, hex.EncodeToString(o.nonce[:]))
+	s := fmt.Sprintf("%s hello=%s auth=%s nonce=%s", protoName, hello, auth, hex.EncodeToString(o.nonce[:]))
+	if o.frames {
+		s += " " + framesField
+	}
+	return s
 }
 
 // parseOffer reads the four fields the greeting and the reply start with; rest is what
@@ -138,7 +154,19 @@ func parseOffer(fields []string) (o offer, rest []string, err error) {
 	if _, err := hex.Decode(o.nonce[:], []byte(n)); err != nil {
 		return o, nil, errors.New("bad nonce field")
 	}
-	return o, fields[4:], nil
+	rest = fields[4:]
+	if len(rest) > 0 && rest[0] == framesField {
+		o.frames, rest = true, rest[1:]
+	}
+	return o, rest, nil
+}
+
+// framesName names a link mode for log lines.
+func framesName(frames bool) string {
+	if frames {
+		return "carries one client after another on each TLS link (" + framesField + ")"
+	}
+	return "carries one client per TLS link (no " + framesField + ")"
 }
 
 func parseGreeting(line []byte) (offer, error) {
@@ -284,7 +312,7 @@ func serverHandshake(c net.Conn, p linkParams, h serverHooks) error {
 	if err := c.SetDeadline(deadline); err != nil {
 		return fmt.Errorf("setting handshake deadline: %w", err)
 	}
-	g := offer{hello: p.hello, auth: p.secret != nil}
+	g := offer{hello: p.hello, auth: p.secret != nil, frames: p.frames}
 	if _, err := io.ReadFull(p.rand, g.nonce[:]); err != nil {
 		return fmt.Errorf("making a nonce: %w", err)
 	}
@@ -311,6 +339,9 @@ func serverHandshake(c net.Conn, p linkParams, h serverHooks) error {
 	case r.hello != p.hello:
 		return refuse(fmt.Errorf("hello mismatch: connecttwo %s, listentwo %s",
 			modeName(r.hello, "--hello-from-src"), modeName(p.hello, "--hello-dst")))
+	case r.frames != p.frames:
+		return refuse(fmt.Errorf("link mode mismatch: connecttwo %s, listentwo %s; run the same version of both",
+			framesName(r.frames), framesName(p.frames)))
 	case p.secret != nil && !r.auth:
 		return refuse(errors.New("auth mismatch: listentwo has --secret-file, connecttwo has none"))
 	case p.secret == nil && r.auth:
@@ -368,7 +399,7 @@ func clientHandshake(c net.Conn, p linkParams) (rest []byte, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("not a listentwo link port: %w", err)
 	}
-	r := offer{hello: p.hello, auth: p.secret != nil}
+	r := offer{hello: p.hello, auth: p.secret != nil, frames: p.frames}
 	if _, err := io.ReadFull(p.rand, r.nonce[:]); err != nil {
 		return nil, fmt.Errorf("making a nonce: %w", err)
 	}
@@ -378,6 +409,9 @@ func clientHandshake(c net.Conn, p linkParams) (rest []byte, err error) {
 	case g.hello != p.hello:
 		mismatch = fmt.Errorf("hello mismatch: listentwo %s, connecttwo %s",
 			modeName(g.hello, "--hello-dst"), modeName(p.hello, "--hello-from-src"))
+	case g.frames != p.frames:
+		mismatch = fmt.Errorf("link mode mismatch: listentwo %s, connecttwo %s; run the same version of both",
+			framesName(g.frames), framesName(p.frames))
 	case g.auth && p.secret == nil:
 		mismatch = errors.New("auth mismatch: listentwo has --secret-file, connecttwo has none")
 	case !g.auth && p.secret != nil:

@@ -160,6 +160,7 @@ type idleLink struct {
 	id    uint64
 	conn  *net.TCPConn // watched, checked and closed raw
 	rw    net.Conn     // what the hello and the relay go through: conn, or TLS over it
+	fl    *framedLink  // with TLS: the sessions in frames over rw; nil on a plain link
 	addr  string
 	done  chan struct{} // closed when the watcher returns; nil when never watched
 	cause error         // why the watcher returned; nil when stopped; read after done
@@ -425,7 +426,7 @@ func (r *Relay) serveLink(ctx context.Context, c *net.TCPConn, g *guest) {
 	}
 	err := serverHandshake(rw, linkParams{
 		hello: r.cfg.Hello, secret: r.secret.get(), rand: r.cfg.Rand, timeout: r.cfg.HandshakeTimeout,
-		openBy: openBy, binding: binding,
+		openBy: openBy, binding: binding, frames: r.tlsConfig != nil,
 	}, serverHooks{
 		opened: func() error {
 			if !r.linkRoom.advance(g, engaged) {
@@ -455,6 +456,9 @@ func (r *Relay) serveLink(ctx context.Context, c *net.TCPConn, g *guest) {
 	// Accepted connections already have the net package's keepalive (15 s), which is
 	// enough on this side: connecttwo probes more often (see setKeepAlive).
 	l := &idleLink{id: id, conn: c, rw: rw, addr: addr}
+	if tc, ok := rw.(*tls.Conn); ok {
+		l.fl = newFramedLink(c, tc, nil)
+	}
 	r.pool.put(l, func(l *idleLink) { r.startWatch(ctx, l) })
 	r.stats.linksUp.Add(1)
 	r.cfg.Log.Printf("link #%d up %s", id, addr)
@@ -632,12 +636,18 @@ func (r *Relay) serveClient(ctx context.Context, c *net.TCPConn, g *guest, start
 	}
 	r.stats.pairings.Add(1)
 	dest := fmt.Sprintf("link #%d %s", l.id, l.addr)
+	rw := l.rw // a plain link, or a session on a TLS link
+	var sess *linkSession
+	if l.fl != nil {
+		sess = l.fl.session()
+		rw = sess
+	}
 	if r.cfg.Hello {
 		hello, err := helloFor(c)
 		if err == nil {
-			_ = l.rw.SetWriteDeadline(time.Now().Add(r.cfg.HandshakeTimeout))
-			_, err = l.rw.Write(hello)
-			_ = l.rw.SetWriteDeadline(time.Time{})
+			_ = rw.SetWriteDeadline(time.Now().Add(r.cfg.HandshakeTimeout))
+			_, err = rw.Write(hello)
+			_ = rw.SetWriteDeadline(time.Time{})
 		}
 		if err != nil {
 			c.Close()
@@ -650,9 +660,39 @@ func (r *Relay) serveClient(ctx context.Context, c *net.TCPConn, g *guest, start
 	r.cfg.Log.Open(id, client, dest)
 	r.stats.conns.Opened(time.Since(start)) // the wait for a link
 	r.wg.Add(1)                             // until the relay's end, which Serve waits for
-	relayPaired(ctx, r.loops, c, l.rw, &r.stats.conns, func(res relay.Result) {
+	relayPaired(ctx, r.loops, c, rw, &r.stats.conns, func(res relay.Result) {
 		r.cfg.Log.Close(id, client, dest, uint64(res.Up), uint64(res.Down), res.Duration, res.End)
 		r.stats.conns.Ended(connstats.EndOf(res.End))
 		r.wg.Done()
 	})
+	if sess != nil {
+		r.relink(ctx, l, sess) // the relay of a session has ended by now (relayPaired)
+	}
+}
+
+// relink puts a TLS link whose session is over back in the pool, as a link that came
+// back rather than a new one (no line is logged), or closes it when the session left it
+// unusable or the pool is full.
+func (r *Relay) relink(ctx context.Context, l *idleLink, s *linkSession) {
+	var why error
+	switch {
+	case ctx.Err() != nil:
+		why = errors.New("relay stopping")
+	case !s.reusable:
+		why = s.broken()
+		if why == nil {
+			why = errors.New("its session did not end cleanly")
+		}
+	default:
+		why = r.pool.reserve()
+	}
+	if why != nil {
+		if !s.reusable {
+			_ = l.conn.SetLinger(0) // in an unknown state: the peer resets its side too
+		}
+		l.conn.Close()
+		r.cfg.Log.Printf("link #%d down %s: %v", l.id, l.addr, why)
+		return
+	}
+	r.pool.put(l, func(l *idleLink) { r.startWatch(ctx, l) })
 }

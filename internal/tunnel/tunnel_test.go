@@ -236,7 +236,8 @@ func (tc *tapConn) snapshot() (toAgent, toRelay int) {
 // from relay to agent (the hello) and nothing back before the service answers: no extra
 // round trip. A tap between agent and relay records every byte of the link. With TLS the
 // TLS handshake is part of the link's handshake: a pool hit is still one record each way,
-// the hello's and the service's answer's, each 22 bytes longer than its plaintext.
+// the hello's and the service's answer's, each 25 bytes longer than its plaintext
+// (a DATA frame's header and TLS's own).
 func TestPoolHitCostsOnlyHello(t *testing.T) {
 	for _, tc := range []struct{ hello, tls bool }{{true, false}, {false, false}, {true, true}, {false, true}} {
 		hello := tc.hello
@@ -296,9 +297,9 @@ func TestPoolHitCostsOnlyHello(t *testing.T) {
 				wantBack = first
 			}
 			if tc.tls {
-				// One TLS 1.3 record each way: a 5-byte header, the plaintext, its content
-				// type byte and a 16-byte tag.
-				const overhead = 5 + 1 + 16
+				// One TLS 1.3 record each way: a 5-byte header, the plaintext in one DATA
+				// frame (its 3-byte header first), its content type byte and a 16-byte tag.
+				const overhead = 5 + frameHeader + 1 + 16
 				if len(toAgent) != len(first)+overhead || len(toRelay) != len(wantBack)+overhead {
 					t.Errorf("after the handshake the relay sent %d bytes and the agent %d, want one record each: %d and %d",
 						len(toAgent), len(toRelay), len(first)+overhead, len(wantBack)+overhead)

@@ -1,0 +1,232 @@
+package tunnel
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"shd-tcp-tools/internal/relay"
+)
+
+// sessionEndTimeout bounds the end of a session on a TLS link: the write of this side's
+// end, and the wait for the peer's. A peer that does not answer in time leaves the link
+// broken, and it is closed.
+const sessionEndTimeout = 5 * time.Second
+
+// framedLink is a TLS link that carries one client's session after another, in frames
+// (frame.go). It keeps the TCP connection, which is watched and closed raw, the TLS
+// connection over it, and where the reading of frames stands.
+type framedLink struct {
+	tcp *net.TCPConn
+	tls *tls.Conn
+	fr  frameReader
+}
+
+// newFramedLink makes a framed link of a TLS link whose handshake is done; pre holds
+// bytes the handshake read past its last line.
+func newFramedLink(tcp *net.TCPConn, tc *tls.Conn, pre []byte) *framedLink {
+	l := &framedLink{tcp: tcp, tls: tc}
+	l.fr = frameReader{r: tc, pre: pre}
+	return l
+}
+
+// session starts the next session on l: the one before it is over on this side.
+func (l *framedLink) session() *linkSession {
+	l.fr.next()
+	return &linkSession{l: l}
+}
+
+// frameBuffers hold a frame being written, header and payload, or the bytes a drain
+// drops: taken for a session, not kept by an idle link.
+var frameBuffers = sync.Pool{New: func() any { b := make([]byte, 0, frameHeader+maxFramePayload); return &b }}
+
+// linkSession is one session on a framedLink: a relay.Session (Join relays it with the
+// close policy of two sockets, the ends as FIN and RST frames) and a net.Conn for the
+// hello. Read is used by one goroutine at a time, and so is Write; the end frames may be
+// written while a Write runs, and wait for its frame.
+type linkSession struct {
+	l *framedLink
+
+	mu      sync.Mutex // held while a frame is written
+	buf     *[]byte    // from frameBuffers, for DATA frames; nil before the first
+	sentEnd bool       // a FIN or RST went out: no DATA may follow
+
+	stopped  atomic.Bool // a write deadline in the past stopped the writes
+	failMu   sync.Mutex
+	err      error // the link failed: it cannot carry another session
+	reusable bool  // End finished the session on both sides, with the link intact
+}
+
+var _ relay.Session = (*linkSession)(nil)
+
+// fail records that the link broke under the session.
+func (s *linkSession) fail(err error) {
+	s.failMu.Lock()
+	defer s.failMu.Unlock()
+	if s.err == nil {
+		s.err = err
+	}
+}
+
+// broken returns why the link cannot carry another session, or nil.
+func (s *linkSession) broken() error {
+	s.failMu.Lock()
+	defer s.failMu.Unlock()
+	return s.err
+}
+
+// Read returns the session's bytes, io.EOF at the peer's FIN and relay.ErrSessionReset at
+// its RST. A timeout leaves the link intact; any other error breaks it.
+func (s *linkSession) Read(p []byte) (int, error) {
+	n, err := s.l.fr.Read(p)
+	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, relay.ErrSessionReset) && !errors.Is(err, os.ErrDeadlineExceeded) {
+		s.fail(err)
+	}
+	return n, err
+}
+
+// Write sends p in DATA frames, one TLS record each.
+func (s *linkSession) Write(p []byte) (int, error) {
+	total := 0
+	for len(p) > 0 {
+		n := min(len(p), maxFramePayload)
+		s.mu.Lock()
+		if s.sentEnd || s.stopped.Load() {
+			s.mu.Unlock()
+			return total, os.ErrDeadlineExceeded
+		}
+		if s.buf == nil {
+			s.buf = frameBuffers.Get().(*[]byte)
+		}
+		*s.buf = appendFrame((*s.buf)[:0], frameData, p[:n])
+		_, err := s.l.tls.Write(*s.buf)
+		s.mu.Unlock()
+		if err != nil {
+			s.fail(err)
+			return total, err
+		}
+		total += n
+		p = p[n:]
+	}
+	return total, nil
+}
+
+// end sends this side's end frame, unless one went out already.
+func (s *linkSession) end(typ byte) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.endLocked(typ)
+}
+
+// endLocked is end with s.mu held.
+func (s *linkSession) endLocked(typ byte) error {
+	if s.sentEnd {
+		return nil
+	}
+	s.sentEnd = true
+	_, err := s.l.tls.Write([]byte{typ, 0, 0})
+	if err != nil {
+		s.fail(err)
+	}
+	return err
+}
+
+// CloseWrite sends a FIN: this direction ended cleanly.
+func (s *linkSession) CloseWrite() error { return s.end(frameFin) }
+
+// Reset sends a RST: this side's socket was reset, or the relay cut it. It never waits
+// for a DATA frame being written (the relay calls it with its lock held, and that write
+// may wait for the peer): then the write is cut and the link is broken instead, which
+// the peer passes on as a reset too.
+func (s *linkSession) Reset() error {
+	if !s.mu.TryLock() {
+		s.fail(errors.New("reset while a frame was being written"))
+		return s.l.tls.SetWriteDeadline(time.Unix(1, 0))
+	}
+	defer s.mu.Unlock()
+	return s.endLocked(frameRst)
+}
+
+// End finishes the session on the link: a RST when no end went out yet, then the wait
+// for the peer's end, the rest of its data dropped. Afterwards reusable tells whether the
+// link can carry the next session. The end of ctx (the program stops) leaves the link to
+// be closed.
+func (s *linkSession) End(ctx context.Context) {
+	defer s.release()
+	if ctx.Err() != nil {
+		s.fail(errors.New("stopping"))
+		return
+	}
+	if s.broken() != nil {
+		return
+	}
+	if err := s.l.tls.SetDeadline(time.Now().Add(sessionEndTimeout)); err != nil {
+		s.fail(err)
+		return
+	}
+	if s.end(frameRst) != nil {
+		return
+	}
+	if s.l.fr.ended() == 0 {
+		b := frameBuffers.Get().(*[]byte)
+		err := s.l.fr.drain((*b)[:cap(*b)])
+		frameBuffers.Put(b)
+		if err != nil {
+			s.fail(err)
+			return
+		}
+	}
+	if err := s.l.tls.SetDeadline(time.Time{}); err != nil {
+		s.fail(err)
+		return
+	}
+	s.reusable = true
+}
+
+// release gives the session's frame buffer back.
+func (s *linkSession) release() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.buf != nil {
+		frameBuffers.Put(s.buf)
+		s.buf = nil
+	}
+}
+
+// Close closes the link under the session, raw: it cannot carry another.
+func (s *linkSession) Close() error {
+	s.fail(errors.New("closed"))
+	return s.l.tcp.Close()
+}
+
+func (s *linkSession) LocalAddr() net.Addr  { return s.l.tcp.LocalAddr() }
+func (s *linkSession) RemoteAddr() net.Addr { return s.l.tcp.RemoteAddr() }
+
+// SetDeadline sets both deadlines (see SetWriteDeadline).
+func (s *linkSession) SetDeadline(t time.Time) error {
+	if err := s.SetReadDeadline(t); err != nil {
+		return err
+	}
+	return s.SetWriteDeadline(t)
+}
+
+// SetReadDeadline sets the TLS connection's: a read that times out leaves it intact.
+func (s *linkSession) SetReadDeadline(t time.Time) error { return s.l.tls.SetReadDeadline(t) }
+
+// SetWriteDeadline with a time in the past stops the session's writes without breaking
+// the link: a TLS write that times out would leave the link unusable, so the write in
+// progress gets sessionEndTimeout to finish (the peer drains the session) and the next
+// one fails at once.
+func (s *linkSession) SetWriteDeadline(t time.Time) error {
+	if !t.IsZero() && !t.After(time.Now()) {
+		s.stopped.Store(true)
+		t = time.Now().Add(sessionEndTimeout)
+	}
+	return s.l.tls.SetWriteDeadline(t)
+}
