@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -157,13 +158,14 @@ type Relay struct {
 // idleLink is a link that passed the handshake and waits in the pool. While idle, a watcher
 // goroutine blocks until it becomes readable, which only happens when it dies.
 type idleLink struct {
-	id    uint64
-	conn  *net.TCPConn // watched, checked and closed raw
-	rw    net.Conn     // what the hello and the relay go through: conn, or TLS over it
-	fl    *framedLink  // with TLS: the sessions in frames over rw; nil on a plain link
-	addr  string
-	done  chan struct{} // closed when the watcher returns; nil when never watched
-	cause error         // why the watcher returned; nil when stopped; read after done
+	id     uint64
+	conn   *net.TCPConn // watched, checked and closed raw
+	rw     net.Conn     // what the hello and the relay go through: conn, or TLS over it
+	fl     *framedLink  // with TLS: the sessions in frames over rw; nil on a plain link
+	proved []byte       // the secret its handshake proved (nil: none), which a reload may change
+	addr   string
+	done   chan struct{} // closed when the watcher returns; nil when never watched
+	cause  error         // why the watcher returned; nil when stopped; read after done
 }
 
 // NewRelay checks cfg and returns a relay ready to Serve.
@@ -424,8 +426,9 @@ func (r *Relay) serveLink(ctx context.Context, c *net.TCPConn, g *guest) {
 		}
 		rw, binding, openBy = tc, b, time.Now().Add(r.cfg.FirstByte)
 	}
+	secret := r.secret.get()
 	err := serverHandshake(rw, linkParams{
-		hello: r.cfg.Hello, secret: r.secret.get(), rand: r.cfg.Rand, timeout: r.cfg.HandshakeTimeout,
+		hello: r.cfg.Hello, secret: secret, rand: r.cfg.Rand, timeout: r.cfg.HandshakeTimeout,
 		openBy: openBy, binding: binding, frames: r.tlsConfig != nil,
 	}, serverHooks{
 		opened: func() error {
@@ -455,7 +458,7 @@ func (r *Relay) serveLink(ctx context.Context, c *net.TCPConn, g *guest) {
 	}
 	// Accepted connections already have the net package's keepalive (15 s), which is
 	// enough on this side: connecttwo probes more often (see setKeepAlive).
-	l := &idleLink{id: id, conn: c, rw: rw, addr: addr}
+	l := &idleLink{id: id, conn: c, rw: rw, addr: addr, proved: secret}
 	if tc, ok := rw.(*tls.Conn); ok {
 		l.fl = newFramedLink(c, tc, nil)
 	}
@@ -683,8 +686,13 @@ func (r *Relay) relink(ctx context.Context, l *idleLink, s *linkSession) {
 		if why == nil {
 			why = errors.New("its session did not end cleanly")
 		}
+	case !bytes.Equal(l.proved, r.secret.get()):
+		why = errors.New("the secret changed") // as Reload closes the idle links
 	default:
-		why = r.pool.reserve()
+		why = l.fl.quiet()
+		if why == nil {
+			why = r.pool.reserve()
+		}
 	}
 	if why != nil {
 		if !s.reusable {

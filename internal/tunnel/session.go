@@ -42,6 +42,27 @@ func (l *framedLink) session() *linkSession {
 	return &linkSession{l: l}
 }
 
+// quiet checks, without waiting, that the peer sent nothing after its end of the
+// session that is over: between sessions nothing may come until the relay starts the next
+// one, so bytes already there would be taken for the next client's. The relay looks
+// before a link rejoins its pool.
+func (l *framedLink) quiet() error {
+	l.fr.next()
+	if err := l.tls.SetReadDeadline(time.Unix(1, 0)); err != nil {
+		return err
+	}
+	var b [1]byte
+	n, err := l.fr.Read(b[:])
+	switch {
+	case n > 0, err == nil, errors.Is(err, io.EOF), errors.Is(err, errPeerRst),
+		errors.Is(err, os.ErrDeadlineExceeded) && l.fr.hdrN > 0:
+		return &frameError{"data between sessions"}
+	case !errors.Is(err, os.ErrDeadlineExceeded):
+		return err
+	}
+	return l.tls.SetReadDeadline(time.Time{})
+}
+
 // frameBuffers hold a frame being written, header and payload, or the bytes a drain
 // drops: taken for a session, not kept by an idle link.
 var frameBuffers = sync.Pool{New: func() any { b := make([]byte, 0, frameHeader+maxFramePayload); return &b }}

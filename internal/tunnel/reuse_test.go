@@ -1,0 +1,504 @@
+package tunnel
+
+import (
+	"bytes"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"shd-tcp-tools/internal/endpoint"
+	"shd-tcp-tools/internal/relay"
+	"shd-tcp-tools/internal/tlslink"
+)
+
+// startTLSTunnel runs a relay and an agent with TLS links on host, towards svc, with
+// --pool pool and trimming off (so that the links a test uses stay those it counts).
+func startTLSTunnel(t *testing.T, host string, svc *service, pool int) *tunnel {
+	t.Helper()
+	srv := newTLSServer(t)
+	tn := &tunnel{}
+	startRelay(t, host, RelayConfig{Hello: true, Wait: testTimeout, TLS: srv}, tn)
+	startAgent(t, AgentConfig{Service: svc.ep(t), Hello: true, Pool: pool, TLS: pinned(t, srv.Pin), idleTrim: time.Hour}, tn)
+	tn.waitPools(t, pool, pool)
+	return tn
+}
+
+// TestTLSLinkServesManyClients sends 50 clients in a row, each with its own random
+// payload checked by SHA-256, through a tunnel with TLS links and --pool 1, on both
+// loopbacks. The first client's take opens one replacement link (the pool was empty);
+// from then on the two links come back after every session: two TLS handshakes in all,
+// on each side, where one link per client made 51.
+func TestTLSLinkServesManyClients(t *testing.T) {
+	for _, host := range []string{"127.0.0.1", "::1"} {
+		t.Run(host, func(t *testing.T) {
+			svc := startService(t, host, echoMode)
+			tn := startTLSTunnel(t, host, svc, 1)
+			for i := range 50 {
+				size := 1 + i*2731%(96<<10) // from a byte to 96 KiB: single frames and many
+				if _, err := roundTrip(dial(t, tn.clients), size, 0); err != nil {
+					t.Fatalf("client %d (%d bytes): %v", i+1, size, err)
+				}
+				tn.relayLog.waitCount(`close #\d+ `, i+1)
+				tn.agentLog.waitCount(`close #\d+ `, i+1)
+				// Both links back on both sides before the next client, so that it finds one.
+				tn.waitPools(t, 2, 2)
+			}
+			for _, s := range []*logSink{tn.relayLog, tn.agentLog} {
+				if n := s.count(`link #\d+ up`); n != 2 {
+					t.Errorf("%s: %d links up (TLS handshakes) for 50 clients, want 2", s.name, n)
+				}
+				if n := s.count(`link #\d+ down`); n != 0 {
+					t.Errorf("%s: %d links down, want none", s.name, n)
+				}
+			}
+		})
+	}
+}
+
+// modeService is a backend whose behaviour each client picks with its first line (see
+// serveMode); what it saw is reported on events.
+type modeService struct {
+	ln     *net.TCPListener
+	events chan string
+}
+
+func (s *modeService) ep(t testing.TB) endpoint.Endpoint { return epOf(t, s.ln.Addr()) }
+
+func startModeService(t *testing.T, host string) *modeService {
+	t.Helper()
+	s := &modeService{ln: listen(t, host), events: make(chan string, 16)}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { s.ln.Close(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := s.ln.AcceptTCP()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				_ = c.SetDeadline(time.Now().Add(testTimeout))
+				s.serveMode(c)
+			}()
+		}
+	}()
+	return s
+}
+
+// serveMode reads the client's mode line and does what it says:
+//
+//	echo        echo the rest, then half-close
+//	sum         read to the end, answer the SHA-256 of it, half-close
+//	fin N       send N bytes of pattern, half-close, then read to the end: event "read <sha>"
+//	hold        send "ready\n", read until an error: event "error <errno>" (or "eof")
+//	reset K     read K bytes, then reset
+//	stream      send "ready\n", then write until an error: event "error <errno>"
+func (s *modeService) serveMode(c *net.TCPConn) {
+	mode, err := readLineConn(c)
+	if err != nil {
+		return
+	}
+	var n int
+	switch {
+	case mode == "echo\n":
+		if _, err := io.Copy(c, c); err == nil {
+			_ = c.CloseWrite()
+		}
+	case mode == "sum\n":
+		h := sha256.New()
+		if _, err := io.Copy(h, c); err == nil {
+			fmt.Fprintf(c, "%x\n", h.Sum(nil))
+			_ = c.CloseWrite()
+		}
+	case scan(mode, "fin %d\n", &n):
+		if _, err := c.Write(pattern(n)); err != nil {
+			return
+		}
+		_ = c.CloseWrite()
+		h := sha256.New()
+		_, err := io.Copy(h, c)
+		s.events <- fmt.Sprintf("read %x %v", h.Sum(nil), err)
+	case mode == "hold\n":
+		_, _ = io.WriteString(c, "ready\n")
+		_, err := io.Copy(io.Discard, c)
+		s.events <- errName(err)
+	case scan(mode, "reset %d\n", &n):
+		_, _ = io.ReadFull(c, make([]byte, n))
+		_ = c.SetLinger(0)
+	case mode == "stream\n":
+		_, _ = io.WriteString(c, "ready\n")
+		chunk := pattern(64 << 10)
+		for range 1024 { // at most 64 MiB
+			if _, err = c.Write(chunk); err != nil {
+				break
+			}
+		}
+		s.events <- errName(err)
+	}
+}
+
+func scan(s, format string, n *int) bool {
+	_, err := fmt.Sscanf(s, format, n)
+	return err == nil
+}
+
+// pattern is n bytes that are the same for the service and the test.
+func pattern(n int) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(i*7 + i>>8)
+	}
+	return b
+}
+
+// errName names how a read or write ended: "eof", "reset" (ECONNRESET or EPIPE) or the error.
+func errName(err error) string {
+	switch {
+	case err == nil:
+		return "eof"
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
+		return "reset"
+	}
+	return err.Error()
+}
+
+// echoCheck sends "echo" and size random bytes as one client, half-closes and checks the
+// echo by length and SHA-256.
+func echoCheck(t *testing.T, tn *tunnel, size int) {
+	t.Helper()
+	c := dial(t, tn.clients)
+	if _, err := io.WriteString(c, "echo\n"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := roundTrip(c, size, 0); err != nil {
+		t.Fatalf("the next client: %v", err)
+	}
+}
+
+func waitEvent(t *testing.T, s *modeService) string {
+	t.Helper()
+	select {
+	case e := <-s.events:
+		return e
+	case <-time.After(testTimeout):
+		t.Fatal("no event from the service")
+		return ""
+	}
+}
+
+// TestTLSReuseCloses runs, on links that have served clients before, half-closes either
+// way round and resets from either side in the middle of a transfer both ways, and checks
+// after each that the next client gets exactly its own bytes: what was in flight when a
+// session was cut is never carried into the next one. Over IPv4 and IPv6.
+func TestTLSReuseCloses(t *testing.T) {
+	for _, host := range []string{"127.0.0.1", "::1"} {
+		t.Run(host, func(t *testing.T) {
+			svc := startModeService(t, host)
+			srv := newTLSServer(t)
+			tn := &tunnel{}
+			startRelay(t, host, RelayConfig{Hello: true, Wait: testTimeout, TLS: srv}, tn)
+			startAgent(t, AgentConfig{Service: svc.ep(t), Hello: true, Pool: 1, TLS: pinned(t, srv.Pin), idleTrim: time.Hour}, tn)
+			tn.waitPools(t, 1, 1)
+			echoCheck(t, tn, 1000) // the first take: a replacement opens, and this link comes back
+			tn.waitPools(t, 2, 2)
+
+			// After each case, the next clients get exactly their own bytes, on whichever
+			// link they find (both links, in turn).
+			next := func() {
+				for i := range 2 {
+					echoCheck(t, tn, 64<<10+i)
+				}
+			}
+			t.Run("client half-closes first", func(t *testing.T) {
+				c := dial(t, tn.clients)
+				_ = c.SetDeadline(time.Now().Add(testTimeout))
+				data := make([]byte, 300<<10)
+				_, _ = rand.Read(data)
+				_, _ = io.WriteString(c, "sum\n")
+				if _, err := c.Write(data); err != nil {
+					t.Fatal(err)
+				}
+				_ = c.CloseWrite() // the service reads to the end: the FIN came through
+				answer, err := io.ReadAll(c)
+				if want := fmt.Sprintf("%x\n", sha256.Sum256(data)); err != nil || string(answer) != want {
+					t.Fatalf("answer %q, %v; want %q", answer, err, want)
+				}
+				next()
+			})
+			t.Run("service half-closes first", func(t *testing.T) {
+				c := dial(t, tn.clients)
+				_ = c.SetDeadline(time.Now().Add(testTimeout))
+				_, _ = io.WriteString(c, "fin 200000\n")
+				got, err := io.ReadAll(c) // to the service's FIN
+				if err != nil || !bytes.Equal(got, pattern(200000)) {
+					t.Fatalf("read %d bytes (%v) before the service's end, want its 200000", len(got), err)
+				}
+				data := make([]byte, 500<<10)
+				_, _ = rand.Read(data)
+				if _, err := c.Write(data); err != nil { // the other direction still flows
+					t.Fatal(err)
+				}
+				_ = c.CloseWrite()
+				if e, want := waitEvent(t, svc), fmt.Sprintf("read %x <nil>", sha256.Sum256(data)); e != want {
+					t.Fatalf("the service: %q, want %q", e, want)
+				}
+				next()
+			})
+			t.Run("client resets", func(t *testing.T) {
+				c := dial(t, tn.clients)
+				_ = c.SetDeadline(time.Now().Add(testTimeout))
+				_, _ = io.WriteString(c, "hold\n")
+				if l, err := readLineConn(c); err != nil || l != "ready\n" {
+					t.Fatalf("%q, %v", l, err)
+				}
+				_, _ = c.Write(make([]byte, 100<<10))
+				_ = c.SetLinger(0)
+				c.Close()
+				if e := waitEvent(t, svc); e != "reset" {
+					t.Fatalf("the service saw %q, want the client's reset", e)
+				}
+				next()
+			})
+			t.Run("client resets during a download", func(t *testing.T) {
+				c := dial(t, tn.clients)
+				_ = c.SetDeadline(time.Now().Add(testTimeout))
+				_, _ = io.WriteString(c, "stream\n")
+				if _, err := io.ReadFull(c, make([]byte, 1<<20)); err != nil {
+					t.Fatal(err)
+				}
+				_ = c.SetLinger(0)
+				c.Close()
+				if e := waitEvent(t, svc); e != "reset" {
+					t.Fatalf("the service saw %q, want the client's reset", e)
+				}
+				next()
+			})
+			t.Run("service resets during an upload", func(t *testing.T) {
+				c := dial(t, tn.clients)
+				_ = c.SetDeadline(time.Now().Add(testTimeout))
+				_, _ = io.WriteString(c, "reset 1000\n")
+				go func() { _, _ = c.Write(make([]byte, 8<<20)) }()
+				_, err := io.Copy(io.Discard, c)
+				// The writer may be the one told of the reset (Linux tells one call), and
+				// the read then ends as if at a FIN: the socket's state says which it was.
+				if e := errName(err); e != "reset" && !relay.ConnReset(c) {
+					t.Fatalf("the client saw %q, want the service's reset", e)
+				}
+				next()
+			})
+			t.Logf("relay: %d links up, %d down", tn.relayLog.count(`link #\d+ up`), tn.relayLog.count(`link #\d+ down`))
+		})
+	}
+}
+
+// TestTLSLinkModeMismatch: an agent that carries one client per TLS link (no link=frames)
+// is refused by the relay, and a relay that does so by the agent, each with a line that
+// says so on both sides; no client is ever paired with such a link.
+func TestTLSLinkModeMismatch(t *testing.T) {
+	srv := newTLSServer(t)
+	t.Run("agent", func(t *testing.T) {
+		var tn tunnel
+		startRelay(t, "127.0.0.1", RelayConfig{Hello: true, Wait: 200 * time.Millisecond, TLS: srv}, &tn)
+		c := dial(t, tn.links)
+		_ = c.SetDeadline(time.Now().Add(testTimeout))
+		tc := tls.Client(c, pinned(t, srv.Pin).Config())
+		if err := tc.Handshake(); err != nil {
+			t.Fatal(err)
+		}
+		binding, err := tlslink.Exporter(tc.ConnectionState())
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = clientHandshake(tc, linkParams{hello: true, rand: rand.Reader, timeout: testTimeout, binding: binding})
+		if err == nil || !strings.Contains(err.Error(), "link mode mismatch: listentwo carries one client after another on each TLS link (link=frames), connecttwo carries one client per TLS link (no link=frames)") {
+			t.Fatalf("handshake: %v", err)
+		}
+		tn.relayLog.wait(`link #1 refused 127\.0\.0\.1:\d+: link mode mismatch`)
+		if n := tn.relay.IdleLinks(); n != 0 {
+			t.Errorf("%d idle links, want none", n)
+		}
+		dialExpectClosed(t, tn.clients) // no link: closed after --wait
+		tn.relayLog.wait(`failed #1 .*no idle link`)
+	})
+	t.Run("relay", func(t *testing.T) {
+		ln := listen(t, "127.0.0.1")
+		errs := make(chan error, 1)
+		go func() {
+			c, err := ln.AcceptTCP()
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer c.Close()
+			tc := tls.Server(c, srv.Config())
+			_ = c.SetDeadline(time.Now().Add(testTimeout))
+			if err := tc.Handshake(); err != nil {
+				errs <- err
+				return
+			}
+			binding, _ := tlslink.Exporter(tc.ConnectionState())
+			errs <- serverHandshake(tc, linkParams{hello: true, rand: rand.Reader, timeout: testTimeout, binding: binding}, admitAll)
+		}()
+		var tn tunnel
+		startAgent(t, AgentConfig{Relay: epOf(t, ln.Addr()), Service: deadPort(t), Hello: true, Pool: 1, TLS: pinned(t, srv.Pin)}, &tn)
+		select {
+		case err := <-errs:
+			if err == nil || !strings.Contains(err.Error(), "link mode mismatch: connecttwo carries one client after another on each TLS link (link=frames), listentwo carries one client per TLS link") {
+				t.Fatalf("the relay's side: %v", err)
+			}
+		case <-time.After(testTimeout):
+			t.Fatal("no handshake")
+		}
+		tn.agentLog.wait(`link #1 to .* failed: link mode mismatch: listentwo carries one client per TLS link \(no link=frames\), connecttwo carries one client after another`)
+		if n := tn.agentLog.count(`link #\d+ up`); n != 0 {
+			t.Errorf("%d links up, want none", n)
+		}
+	})
+}
+
+// fakeAgent is a TLS link of the test's own that passes the handshake with link=frames and
+// then speaks frames as the test says.
+type fakeAgent struct {
+	tc *tls.Conn
+	fr frameReader
+}
+
+func dialFakeAgent(t *testing.T, tn *tunnel, pin string) *fakeAgent {
+	t.Helper()
+	c := dial(t, tn.links)
+	_ = c.SetDeadline(time.Now().Add(testTimeout))
+	tc := tls.Client(c, pinned(t, pin).Config())
+	if err := tc.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	binding, err := tlslink.Exporter(tc.ConnectionState())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rest, err := clientHandshake(tc, linkParams{hello: true, rand: rand.Reader, timeout: testTimeout, binding: binding, frames: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &fakeAgent{tc: tc, fr: frameReader{r: tc, pre: rest}}
+}
+
+// hello reads a session's hello.
+func (f *fakeAgent) hello(t *testing.T) string {
+	t.Helper()
+	f.fr.next()
+	var line []byte
+	b := make([]byte, 1)
+	for !bytes.HasSuffix(line, []byte("\r\n")) {
+		if _, err := f.fr.Read(b); err != nil {
+			t.Fatalf("reading the hello: %v", err)
+		}
+		line = append(line, b[0])
+	}
+	return string(line)
+}
+
+// TestTLSFrameProtocolError: a link whose peer breaks the frame protocol (an unknown type,
+// an oversize DATA frame, DATA after its FIN) is closed, its client reset or ended, and it
+// is never paired again.
+func TestTLSFrameProtocolError(t *testing.T) {
+	for _, tc := range []struct {
+		name, frames, why string
+	}{
+		{"unknown type", "\x09\x00\x00", `link protocol error: unknown frame type 9`},
+		{"oversize", "\x01\x40\x00", `link protocol error: DATA frame of 16384 bytes`},
+		{"data after fin", "\x02\x00\x00\x01\x00\x03bad", `link protocol error: data between sessions`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := newTLSServer(t)
+			var tn tunnel
+			startRelay(t, "127.0.0.1", RelayConfig{Hello: true, Wait: 300 * time.Millisecond, TLS: srv}, &tn)
+			fa := dialFakeAgent(t, &tn, srv.Pin)
+			if err := tn.relay.WaitIdle(ctxT(t), 1); err != nil {
+				t.Fatal(err)
+			}
+			c := dial(t, tn.clients)
+			_ = c.SetDeadline(time.Now().Add(testTimeout))
+			if h := fa.hello(t); !strings.HasPrefix(h, "PROXY TCP4 ") {
+				t.Fatalf("hello %q", h)
+			}
+			if _, err := fa.tc.Write([]byte(tc.frames)); err != nil {
+				t.Fatal(err)
+			}
+			got, err := io.ReadAll(c)
+			if len(got) != 0 {
+				t.Errorf("the client got %q", got)
+			}
+			if tc.name == "data after fin" {
+				// The FIN came first: the client sees an end, and once it ends too, the
+				// relay finds the bytes that followed the FIN.
+				if err != nil {
+					t.Fatalf("the client: %v, want the FIN passed on", err)
+				}
+				_ = c.CloseWrite()
+			} else if errName(err) != "reset" {
+				t.Fatalf("the client: %v, want a reset", err)
+			}
+			tn.relayLog.wait(`link #1 down 127\.0\.0\.1:\d+: ` + tc.why)
+			if n := tn.relay.IdleLinks(); n != 0 {
+				t.Errorf("%d idle links, want none", n)
+			}
+			// The next client finds no link, never the bad one.
+			dialExpectClosed(t, tn.clients)
+			tn.relayLog.wait(`failed #2 .*no idle link`)
+		})
+	}
+}
+
+// TestTLSLinkBackAfterSecretChange: a TLS link that was busy when listentwo's secret
+// changed proved the old secret, so when its session ends it is closed, as the idle links
+// were at the reload, rather than put back in the pool.
+func TestTLSLinkBackAfterSecretChange(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "secret")
+	if err := os.WriteFile(file, []byte("old secret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	svc := startService(t, "127.0.0.1", echoMode)
+	srv := newTLSServer(t)
+	var tn tunnel
+	startRelay(t, "127.0.0.1", RelayConfig{Hello: true, Wait: testTimeout, TLS: srv, Secret: []byte("old secret"), SecretFile: file}, &tn)
+	startAgent(t, AgentConfig{Service: svc.ep(t), Hello: true, Pool: 1, TLS: pinned(t, srv.Pin), Secret: []byte("old secret"), idleTrim: time.Hour}, &tn)
+	tn.waitPools(t, 1, 1)
+	c := dial(t, tn.clients)
+	_ = c.SetDeadline(time.Now().Add(testTimeout))
+	if _, err := io.WriteString(c, "ping\n"); err != nil {
+		t.Fatal(err)
+	}
+	if l, err := readLineConn(c); err != nil || l != "ping\n" {
+		t.Fatalf("echo %q, %v", l, err)
+	}
+	m := regexp.MustCompile(`open #1 \S+ -> link #(\d+) `).FindStringSubmatch(tn.relayLog.String())
+	if m == nil {
+		t.Fatal("no open line")
+	}
+	if err := os.WriteFile(file, []byte("new secret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tn.relay.Reload()
+	_ = c.CloseWrite()
+	if _, err := io.ReadAll(c); err != nil {
+		t.Fatal(err)
+	}
+	tn.relayLog.wait(`link #` + m[1] + ` down 127\.0\.0\.1:\d+: the secret changed`)
+}
