@@ -103,10 +103,12 @@ func (s *linkSession) broken() error {
 }
 
 // Read returns the session's bytes, io.EOF at the peer's FIN and relay.ErrSessionReset at
-// its RST. A timeout leaves the link intact; any other error breaks it.
+// its RST. A timeout (a deadline, or the relay.Wire's answer that nothing is read ahead)
+// leaves the link intact; any other error breaks it.
 func (s *linkSession) Read(p []byte) (int, error) {
 	n, err := s.l.fr.Read(p)
-	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, relay.ErrSessionReset) && !errors.Is(err, os.ErrDeadlineExceeded) {
+	var ne net.Error
+	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, relay.ErrSessionReset) && !(errors.As(err, &ne) && ne.Timeout()) {
 		s.fail(err)
 	}
 	return n, err
@@ -225,6 +227,11 @@ func (s *linkSession) Close() error {
 	s.fail(errors.New("closed"))
 	return s.l.tcp.Close()
 }
+
+// NetConn returns what the TLS session runs over (a relay.Wire), so that Join copies the
+// session in bulk as it does a TLS connection; a Session, it is never closed or reset
+// there.
+func (s *linkSession) NetConn() net.Conn { return s.l.tls.NetConn() }
 
 func (s *linkSession) LocalAddr() net.Addr  { return s.l.tcp.LocalAddr() }
 func (s *linkSession) RemoteAddr() net.Addr { return s.l.tcp.RemoteAddr() }
