@@ -28,9 +28,11 @@ const help = `Usage: connecttwo -s HOST:PORT -d HOST:PORT [--hello-from-src] [--
 
 Hidden end of a reverse tunnel. Keeps --pool idle links open to listentwo's link port -s;
 when a client takes one, connects to the service -d and relays the two both ways, then
-opens a replacement link at once. If the relay cannot be reached or a link drops, it
-reconnects with exponential backoff (up to 30 s, with jitter); a link cut during its
-handshake is retried within a second. It never exits for either.
+opens a replacement link at once. A TLS link comes back when its client's session ends,
+so a replacement is opened only while fewer than --pool links are idle, and a link
+beyond --pool that stays idle 5 s is closed. If the relay cannot be reached or a link
+drops, it reconnects with exponential backoff (up to 30 s, with jitter); a link cut
+during its handshake is retried within a second. It never exits for either.
 
 Options:
   -s, --relay HOST:PORT    listentwo's link port (its -d)
@@ -78,8 +80,8 @@ not when a client comes; with --secret-file the proofs are bound to the TLS sess
 
 Logs go to stderr: links up and down with the reason, retries, each connection to the
 service and its close with bytes and bandwidth each way. If the service cannot be
-reached, that client's link is closed at once and logged (beyond 10 per 10 s, counted
-and summed up in one line). If stderr is not read or is
+reached, that client is reset at once (its link closed, or with TLS its session ended)
+and logged (beyond 10 per 10 s, counted and summed up in one line). If stderr is not read or is
 gone, lines are dropped (never the service) and the count is logged when it can be.
 
 Signals: SIGINT or SIGTERM stops; open relays are cut, their link and service connection

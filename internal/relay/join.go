@@ -67,7 +67,9 @@ type Result struct {
 // side resets, the other is closed with a reset too (SO_LINGER 0), so a backend never
 // mistakes an aborted upload for a complete one; so are both when Join ends the relay
 // itself (an error, the idle timeout, or ctx cancelled: End is then EndIdle or
-// EndStopped). Cancelling ctx stops the relay.
+// EndStopped). Cancelling ctx stops the relay. A side may also be a Session (one session
+// of a link that carries many): the same policy applies, its half-close and reset being
+// the Session's own messages, and at the close Join calls its End rather than closing it.
 //
 // Join runs the client-to-server direction on the calling goroutine and one more
 // goroutine for the other; ends are handled as they happen, without a third goroutine, to

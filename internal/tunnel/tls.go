@@ -164,8 +164,10 @@ func buffered(rw net.Conn) ([]byte, error) {
 // on connecttwo) both ways, half-closes passed on, and calls done with the counts for the
 // log line. Two plain TCP connections go to the process's event loops, as tcp-pf's do:
 // relayPaired returns at once, the relay holds no goroutine, and done runs on the loop.
-// When either is TLS over TCP (a link with --tls-key), relay.Join copies through a buffer
-// in user space with the same close policy, on the calling goroutine, and done runs there.
+// When either is a session on a TLS link (a link with --tls-key: a *linkSession),
+// relay.Join copies in user space with the same close policy, on the calling goroutine,
+// and done runs there; the session is ended by then (see linkSession.End), and the caller
+// puts its link back or closes it.
 // The end of ctx cuts the relay. It is the one place the tunnel hands a pair to a relay.
 // counts hears of the bytes each way as they move (on the loop, or the Join's goroutines).
 func relayPaired(ctx context.Context, loops *relay.Loops, client, server net.Conn, counts *connstats.Counters, done func(relay.Result)) {
