@@ -95,54 +95,63 @@ const bannerText = "SSH-2.0-tunneltest\r\n"
 func startService(t testing.TB, host string, mode serviceMode) *service {
 	t.Helper()
 	s := &service{ln: listen(t, host)}
+	serveEach(t, s.ln, func(c *net.TCPConn) {
+		s.accepted.Add(1)
+		var src io.Reader = c
+		switch mode {
+		case bannerMode:
+			if _, err := io.WriteString(c, bannerText); err != nil {
+				return
+			}
+		case proxyMode:
+			br := bufio.NewReader(c)
+			line, err := br.ReadString('\n')
+			if err != nil {
+				return
+			}
+			h, err := parseHello([]byte(line))
+			if err != nil {
+				fmt.Fprintf(c, "BAD %v\n", err)
+				return
+			}
+			s.mu.Lock()
+			s.sources = append(s.sources, h.SourceAddr.String())
+			s.headers = append(s.headers, line)
+			s.mu.Unlock()
+			fmt.Fprintf(c, "SRC %s\n", h.SourceAddr)
+			src = br
+		}
+		if _, err := io.Copy(c, src); err != nil {
+			return
+		}
+		_ = c.CloseWrite()
+	})
+	return s
+}
+
+// serveEach accepts on ln until it is closed and runs handle on each connection, on a
+// goroutine of its own, with testTimeout as its deadline; the connection is closed when
+// handle returns. The test's end closes ln and waits for them all.
+func serveEach(t testing.TB, ln *net.TCPListener, handle func(c *net.TCPConn)) {
 	var wg sync.WaitGroup
-	t.Cleanup(func() { s.ln.Close(); wg.Wait() })
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
 		for {
-			c, err := s.ln.AcceptTCP()
+			c, err := ln.AcceptTCP()
 			if err != nil {
 				return
 			}
-			s.accepted.Add(1)
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
 				defer c.Close()
 				_ = c.SetDeadline(time.Now().Add(testTimeout))
-				var src io.Reader = c
-				switch mode {
-				case bannerMode:
-					if _, err := io.WriteString(c, bannerText); err != nil {
-						return
-					}
-				case proxyMode:
-					br := bufio.NewReader(c)
-					line, err := br.ReadString('\n')
-					if err != nil {
-						return
-					}
-					h, err := parseHello([]byte(line))
-					if err != nil {
-						fmt.Fprintf(c, "BAD %v\n", err)
-						return
-					}
-					s.mu.Lock()
-					s.sources = append(s.sources, h.SourceAddr.String())
-					s.headers = append(s.headers, line)
-					s.mu.Unlock()
-					fmt.Fprintf(c, "SRC %s\n", h.SourceAddr)
-					src = br
-				}
-				if _, err := io.Copy(c, src); err != nil {
-					return
-				}
-				_ = c.CloseWrite()
+				handle(c)
 			}()
 		}
 	}()
-	return s
 }
 
 func (s *service) ep(t testing.TB) endpoint.Endpoint { return epOf(t, s.ln.Addr()) }

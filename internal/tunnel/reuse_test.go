@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -79,25 +78,7 @@ func (s *modeService) ep(t testing.TB) endpoint.Endpoint { return epOf(t, s.ln.A
 func startModeService(t *testing.T, host string) *modeService {
 	t.Helper()
 	s := &modeService{ln: listen(t, host), events: make(chan string, 16)}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { s.ln.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := s.ln.AcceptTCP()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				_ = c.SetDeadline(time.Now().Add(testTimeout))
-				s.serveMode(c)
-			}()
-		}
-	}()
+	serveEach(t, s.ln, s.serveMode)
 	return s
 }
 
@@ -260,35 +241,33 @@ func TestTLSReuseCloses(t *testing.T) {
 				}
 				next()
 			})
-			t.Run("client resets", func(t *testing.T) {
-				c := dial(t, tn.clients)
-				_ = c.SetDeadline(time.Now().Add(testTimeout))
-				_, _ = io.WriteString(c, "hold\n")
-				if l, err := readLineConn(c); err != nil || l != "ready\n" {
-					t.Fatalf("%q, %v", l, err)
-				}
-				_, _ = c.Write(make([]byte, 100<<10))
-				_ = c.SetLinger(0)
-				c.Close()
-				if e := waitEvent(t, svc); e != "reset" {
-					t.Fatalf("the service saw %q, want the client's reset", e)
-				}
-				next()
-			})
-			t.Run("client resets during a download", func(t *testing.T) {
-				c := dial(t, tn.clients)
-				_ = c.SetDeadline(time.Now().Add(testTimeout))
-				_, _ = io.WriteString(c, "stream\n")
-				if _, err := io.ReadFull(c, make([]byte, 1<<20)); err != nil {
-					t.Fatal(err)
-				}
-				_ = c.SetLinger(0)
-				c.Close()
-				if e := waitEvent(t, svc); e != "reset" {
-					t.Fatalf("the service saw %q, want the client's reset", e)
-				}
-				next()
-			})
+			// The client resets once the session is under way: in the middle of an upload
+			// (hold) or of a download (stream).
+			for _, tc := range []struct {
+				mode string
+				busy func(c *net.TCPConn) error
+			}{
+				{"hold", func(c *net.TCPConn) error { _, err := c.Write(make([]byte, 100<<10)); return err }},
+				{"stream", func(c *net.TCPConn) error { _, err := io.ReadFull(c, make([]byte, 1<<20)); return err }},
+			} {
+				t.Run("client resets in "+tc.mode, func(t *testing.T) {
+					c := dial(t, tn.clients)
+					_ = c.SetDeadline(time.Now().Add(testTimeout))
+					_, _ = io.WriteString(c, tc.mode+"\n")
+					if l, err := readLineConn(c); err != nil || l != "ready\n" {
+						t.Fatalf("%q, %v", l, err)
+					}
+					if err := tc.busy(c); err != nil {
+						t.Fatal(err)
+					}
+					_ = c.SetLinger(0)
+					c.Close()
+					if e := waitEvent(t, svc); e != "reset" {
+						t.Fatalf("the service saw %q, want the client's reset", e)
+					}
+					next()
+				})
+			}
 			t.Run("service resets during an upload", func(t *testing.T) {
 				c := dial(t, tn.clients)
 				_ = c.SetDeadline(time.Now().Add(testTimeout))
