@@ -2,8 +2,11 @@
 # bench/tunnel.sh: listentwo + connecttwo against a direct connection, ssh -R, socat and
 # tcp-pf, all on loopback. For each target: time from a new client's connect to its first
 # echoed byte (p50, p99), a 1-byte round trip on an open connection, new clients per
-# second, single-stream throughput; then memory per idle pooled link. Targets run in
-# interleaved rounds and the table shows medians. See bench/README-tunnel.md.
+# second, single-stream throughput; then CPU per GiB, CPU per new client (CPU_RATE, in
+# seconds, of the rate phase alone) and memory per idle pooled link. Targets run in
+# interleaved rounds and the table shows medians. With OLD=COMMIT, the plain and the TLS
+# tunnel of that commit run too (tunnel-hello-old, tunnel-tls-old). See
+# bench/README-tunnel.md.
 #
 # Usage: bench/tunnel.sh            (from the module root; ROUNDS=5 by default)
 #        ROUNDS=3 RATE=1s BYTES=134217728 bench/tunnel.sh
@@ -85,6 +88,9 @@ if [ -n "${OLD:-}" ]; then
 fi
 # TLS 1.3 links, the relay's key pinned (the key file is made by --print-pin).
 PIN=$("$T/listentwo" --tls-key "$T/relay.key" --print-pin 2>/dev/null)
+if [ -n "${OLD:-}" ] && "$T/old/listentwo" --help 2>/dev/null | grep -q -- --tls-key; then
+	BIN=$T/old pair tunnel-tls-old --hello-dst --tls-key "$T/relay.key" -- --hello-from-src --tls-pin "$PIN"
+fi
 pair tunnel-tls --hello-dst --tls-key "$T/relay.key" -- --hello-from-src --tls-pin "$PIN"
 pair tunnel-tls-pool16 --hello-dst --tls-key "$T/relay.key" -- --hello-from-src --tls-pin "$PIN" --pool 16
 pair tunnel-tls-secret --hello-dst --tls-key "$T/relay.key" --secret-file "$T/secret" -- --hello-from-src --tls-pin "$PIN" --secret-file "$T/secret"
@@ -126,10 +132,12 @@ if [ "$HAVE_SSH" = 1 ]; then
 		LogLevel ERROR
 	EOF
 	start /usr/sbin/sshd -D -e -f "$T/sshd_config" 2>"$T/sshd.log"
+	PID_OF[ssh-R.sshd]=$!
 	"$T/tunnelload" wait -addr "127.0.0.1:$SSHD"
 	start ssh -N -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
 		-o ExitOnForwardFailure=yes -i "$T/userkey" -p "$SSHD" \
 		-R "127.0.0.1:$SSHR:127.0.0.1:$ECHO" "$(id -un)@127.0.0.1" 2>"$T/ssh.log"
+	PID_OF[ssh-R.ssh]=$!
 	if "$T/tunnelload" wait -addr "127.0.0.1:$SSHR"; then
 		TARGETS+=("ssh-R=127.0.0.1:$SSHR")
 	else
@@ -198,6 +206,36 @@ for t in "${TARGETS[@]}"; do
 	done
 	echo "$row |"
 	unset before
+done
+
+# CPU per new client: the tunnel's two processes (for ssh -R, sshd's processes and ssh)
+# while only the rate phase runs (conc 8: connect, first echoed byte, close, again).
+tree_ticks() { # ticks of a process and its children, recursively
+	local t c
+	t=$(ticks "$1")
+	for c in $(pgrep -P "$1" || true); do t=$((t + $(tree_ticks "$c"))); done
+	echo "$t"
+}
+CPU_RATE=${CPU_RATE:-3s}
+echo
+echo "CPU per new client ($CPU_RATE of 8 concurrent clients, each connect, first echoed byte, close; one run each):"
+echo
+echo "| target | clients/s | relay side µs/client | agent side µs/client | both µs/client |"
+echo "|---|---:|---:|---:|---:|"
+for t in "${TARGETS[@]}"; do
+	name=${t%%=*}
+	case $name in
+	tunnel-hello|tunnel-hello-old|tunnel-tls|tunnel-tls-old|tunnel-tls-pool16) rp=${PID_OF[$name.listentwo]}; ap=${PID_OF[$name.connecttwo]} ;;
+	ssh-R) rp=${PID_OF[ssh-R.sshd]:-}; ap=${PID_OF[ssh-R.ssh]:-} ;;
+	*) continue ;;
+	esac
+	[ -n "$rp" ] && [ -n "$ap" ] || continue
+	r0=$(tree_ticks "$rp"); a0=$(tree_ticks "$ap")
+	"$T/tunnelload" measure -name "$name" -addr "${t#*=}" -latency 0 -rtt 0 -rate "$CPU_RATE" -bytes 0 >"$T/rate.row"
+	r1=$(tree_ticks "$rp"); a1=$(tree_ticks "$ap")
+	rate=$(cut -f6 "$T/rate.row")
+	awk -v n="$name" -v rate="$rate" -v d="${CPU_RATE%s}" -v r="$((r1 - r0))" -v a="$((a1 - a0))" -v hz="$HZ" 'BEGIN {
+		c = rate * d; printf "| %s | %.0f | %.0f | %.0f | %.0f |\n", n, rate, r / hz / c * 1e6, a / hz / c * 1e6, (r + a) / hz / c * 1e6 }'
 done
 
 # Memory per idle pooled link: RSS of both ends with 1 link, then with LINKS+1.

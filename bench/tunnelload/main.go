@@ -201,10 +201,13 @@ func measure(args []string) error {
 		fmt.Fprintf(os.Stderr, "tunnelload: %s: %d of %d rate clients failed\n", *name, fails.Load(), fails.Load()+count.Load())
 	}
 
-	// Single-stream throughput into the sink.
-	mibs, err := throughput(*addr, *size)
-	if err != nil {
-		return fmt.Errorf("%s: throughput: %w", *name, err)
+	// Single-stream throughput into the sink (-bytes 0: none).
+	var mibs float64
+	if *size > 0 {
+		mibs, err = throughput(*addr, *size)
+		if err != nil {
+			return fmt.Errorf("%s: throughput: %w", *name, err)
+		}
 	}
 	fmt.Printf("%s\t%d\t%.1f\t%.1f\t%.1f\t%.0f\t%.1f\n", *name, *round,
 		us(pct(lat, 50)), us(pct(lat, 99)), us(pct(rtts, 50)), rate, mibs)
