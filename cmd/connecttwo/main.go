@@ -99,11 +99,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return cli.Report(stderr, tool, err)
 	}
-	// One event loop per CPU relays the paired connections, and one more P than loops
-	// keeps Go's sysmon from handing a waiting loop's P to another thread every round,
-	// as in tcp-pf; the control plane's goroutines run beside them.
+	// One event loop per CPU relays the paired connections, and the control plane's
+	// goroutines (handshakes, accepts) run beside them on spare Ps: while a P is idle, Go's
+	// sysmon leaves a loop waiting in epoll_wait alone, where with one spare P, busy with
+	// the control plane, it took the loop's P back every round and woke every 20 µs
+	// (about a sixth of each process's CPU time per new client; four spare Ps: 10-15%
+	// less CPU per client, docs/tunnel.md).
 	cfg.Loops = runtime.GOMAXPROCS(0)
-	runtime.GOMAXPROCS(cfg.Loops + 1)
+	runtime.GOMAXPROCS(cfg.Loops + 4)
 	a, err := tunnel.NewAgent(cfg)
 	if err != nil {
 		return cli.Report(stderr, tool, err)

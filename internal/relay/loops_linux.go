@@ -18,13 +18,13 @@ import (
 // a Pair on the loop with the fewest pairs, costing no goroutine of its own while it
 // relays. Relay is safe for simultaneous use.
 type Loops struct {
-	loops   []*loopSlot
+	loops   []*Loop
 	cancel  context.CancelFunc
 	running sync.WaitGroup
 }
 
-// loopSlot is one loop of a Loops and the number of pairs it relays.
-type loopSlot struct {
+// Loop is one loop of a Loops and the number of pairs it relays.
+type Loop struct {
 	lp    *eventloop.Loop
 	pairs atomic.Int64
 }
@@ -43,7 +43,7 @@ func NewLoops(n int) (*Loops, error) {
 			ls.Close()
 			return nil, fmt.Errorf("starting an event loop: %w", err)
 		}
-		ls.loops = append(ls.loops, &loopSlot{lp: lp})
+		ls.loops = append(ls.loops, &Loop{lp: lp})
 		ls.running.Go(func() { _ = lp.Run(ctx) })
 	}
 	return ls, nil
@@ -61,11 +61,11 @@ func (ls *Loops) Close() {
 // once both sockets are closed (always, also when the pair cannot start). It takes both
 // sockets from the standard library (Detach). The end of ctx cuts the pair (EndStopped).
 func (ls *Loops) Start(ctx context.Context, client, server *net.TCPConn, o PairOptions) {
-	onEnd := o.OnEnd
-	if onEnd == nil {
-		onEnd = func(Result) {}
+	fail := func(err error) {
+		if o.OnEnd != nil {
+			o.OnEnd(Result{End: "error: " + err.Error(), Err: err})
+		}
 	}
-	fail := func(err error) { onEnd(Result{End: "error: " + err.Error(), Err: err}) }
 	cfd, err := Detach(client)
 	if err != nil {
 		_ = client.Close()
@@ -80,14 +80,39 @@ func (ls *Loops) Start(ctx context.Context, client, server *net.TCPConn, o PairO
 		fail(err)
 		return
 	}
-	slot := ls.loops[0]
+	l := ls.Least()
+	l.Post(func() { l.StartPair(ctx, cfd, sfd, o) })
+}
+
+// Least returns the loop with the fewest pairs, for a caller that sets sockets up on the
+// loop itself (a first read, a connect) before they are a pair.
+func (ls *Loops) Least() *Loop {
+	l := ls.loops[0]
 	for _, s := range ls.loops[1:] {
-		if s.pairs.Load() < slot.pairs.Load() {
-			slot = s
+		if s.pairs.Load() < l.pairs.Load() {
+			l = s
 		}
 	}
-	slot.pairs.Add(1)
-	lp := slot.lp
+	return l
+}
+
+// Post runs f on the loop soon; it may be called from any goroutine.
+func (l *Loop) Post(f func()) { l.lp.Post(f) }
+
+// Events returns the loop's event loop, for callbacks that run on it.
+func (l *Loop) Events() *eventloop.Loop { return l.lp }
+
+// StartPair relays the non-blocking sockets client and server (descriptors the loop may
+// already watch) as a Pair with o. It must be called on the loop. o.OnEnd is called on the
+// loop once both are closed, also when the pair cannot start; the end of ctx cuts it
+// (EndStopped).
+func (l *Loop) StartPair(ctx context.Context, client, server int, o PairOptions) {
+	onEnd := o.OnEnd
+	if onEnd == nil {
+		onEnd = func(Result) {}
+	}
+	l.pairs.Add(1)
+	lp := l.lp
 	var p *Pair // set and read on the loop only
 	stop := context.AfterFunc(ctx, func() {
 		lp.Post(func() {
@@ -98,20 +123,20 @@ func (ls *Loops) Start(ctx context.Context, client, server *net.TCPConn, o PairO
 	})
 	o.OnEnd = func(r Result) {
 		stop()
-		slot.pairs.Add(-1)
+		l.pairs.Add(-1)
 		onEnd(r)
 	}
-	lp.Post(func() {
-		var err error
-		if p, err = StartPair(lp, cfd, sfd, o); err != nil {
-			closeFDs(cfd, sfd)
-			o.OnEnd(Result{End: "error: " + err.Error(), Err: err})
-			return
-		}
-		if ctx.Err() != nil { // its cut may have come before the pair
-			p.Abort(EndStopped)
-		}
-	})
+	var err error
+	if p, err = StartPair(lp, client, server, o); err != nil {
+		lp.Remove(client)
+		lp.Remove(server)
+		closeFDs(client, server)
+		o.OnEnd(Result{End: "error: " + err.Error(), Err: err})
+		return
+	}
+	if ctx.Err() != nil { // its cut may have come before the pair
+		p.Abort(EndStopped)
+	}
 }
 
 // Relay is Start that waits for the pair's end and returns its result.

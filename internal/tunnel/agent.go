@@ -257,18 +257,13 @@ func (a *Agent) slot(ctx context.Context) {
 			a.idle.add(1)
 		}
 		a.cfg.Log.Printf("link #%d up %s", id, addr)
-		var fl *framedLink // a TLS link: its sessions in frames
-		var sess *linkSession
-		var first []byte
-		if tc, ok := rw.(*tls.Conn); ok {
-			fl = newFramedLink(link, tc, rest)
-			sess, first, err = a.waitSession(ctx, fl, false)
+		// A plain link waits on a loop, which serves it once taken (see take.go).
+		if a.tlsConfig == nil {
+			err = a.waitOnLoop(ctx, id, link, rest)
 		} else {
-			first, err = a.waitTaken(ctx, link, rw, rest)
+			err = a.waitAndServe(ctx, id, addr, link, rw.(*tls.Conn), rest)
 		}
-		a.idle.add(-1)
 		if err != nil {
-			link.Close()
 			if ctx.Err() != nil {
 				a.cfg.Log.Printf("link #%d down %s: agent stopping", id, addr)
 				return
@@ -283,25 +278,34 @@ func (a *Agent) slot(ctx context.Context) {
 		unreachable.Reset()
 		cut.Reset()
 		again = false // taken, not lost: its replacement is no reconnect
-		dialed := make(chan struct{})
-		a.wg.Add(1)
-		a.stats.busy.Add(1)
-		go func() {
-			defer a.wg.Done()
-			if fl != nil {
-				a.keep(ctx, id, addr, fl, sess, first, dialed)
-				return
-			}
-			a.serve(ctx, id, link, rw, first, dialed)
-		}()
-		// Open the replacement once the service connection is made (or failed): at once,
-		// but not in the way of the connection being set up on these two cores.
-		select {
-		case <-dialed:
-		case <-ctx.Done():
-			return
-		}
 	}
+}
+
+// waitAndServe waits until the TLS link (link, tc) is taken and serves its sessions on a
+// goroutine of its own (keep), returning once the first session's service connection is
+// made or has failed (or ctx ends), so that the replacement opens at once but not in the
+// way of the connection being set up; it returns why the link ended first when it was
+// never taken, and closes it then.
+func (a *Agent) waitAndServe(ctx context.Context, id uint64, addr string, link *net.TCPConn, tc *tls.Conn, rest []byte) error {
+	fl := newFramedLink(link, tc, rest)
+	sess, first, err := a.waitSession(ctx, fl, false)
+	a.idle.add(-1)
+	if err != nil {
+		link.Close()
+		return err
+	}
+	dialed := make(chan struct{})
+	a.wg.Add(1)
+	a.stats.busy.Add(1)
+	go func() {
+		defer a.wg.Done()
+		a.keep(ctx, id, addr, fl, sess, first, dialed)
+	}()
+	select {
+	case <-dialed:
+	case <-ctx.Done():
+	}
+	return nil
 }
 
 // openLink connects to the relay and runs the handshake (TLS first, when on), at most
@@ -347,29 +351,6 @@ func (a *Agent) openLink(ctx context.Context) (*net.TCPConn, net.Conn, []byte, e
 		return nil, nil, nil, err
 	}
 	return c, rw, rest, nil
-}
-
-// waitTaken blocks until the relay sends the link's first bytes (the link is taken) and
-// returns them, or returns why the link ended first. rest holds bytes that came with the
-// handshake's verdict. The wait is on the TCP connection, link; the read through rw.
-func (a *Agent) waitTaken(ctx context.Context, link *net.TCPConn, rw net.Conn, rest []byte) ([]byte, error) {
-	if len(rest) > 0 {
-		return rest, nil
-	}
-	stop := context.AfterFunc(ctx, func() { _ = link.SetReadDeadline(time.Unix(1, 0)) })
-	defer stop()
-	if err := waitReadable(link); err != nil {
-		return nil, readErr(err)
-	}
-	buf := make([]byte, firstRead)
-	n, err := rw.Read(buf)
-	if n > 0 {
-		return buf[:n], nil
-	}
-	if errors.Is(err, io.EOF) {
-		return nil, errors.New("closed by listentwo")
-	}
-	return nil, readErr(err)
 }
 
 // serve connects a taken link to the service and relays the two. first holds the bytes

@@ -15,12 +15,15 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"shd-tcp-tools/internal/accept"
 	"shd-tcp-tools/internal/allow"
 	"shd-tcp-tools/internal/connlog"
 	"shd-tcp-tools/internal/connstats"
 	"shd-tcp-tools/internal/endpoint"
 	"shd-tcp-tools/internal/relay"
+	"shd-tcp-tools/internal/sock"
 	"shd-tcp-tools/internal/tlslink"
 )
 
@@ -155,17 +158,22 @@ type Relay struct {
 	stats relayStats
 }
 
-// idleLink is a link that passed the handshake and waits in the pool. While idle, a watcher
-// goroutine blocks until it becomes readable, which only happens when it dies.
+// idleLink is a link that passed the handshake and waits in the pool. While idle, it is
+// watched until it becomes readable, which only happens when it dies: a plain link by an
+// event loop (fd, loop), a TLS link by a watcher goroutine (conn).
 type idleLink struct {
 	id     uint64
-	conn   *net.TCPConn // watched, checked and closed raw
-	rw     net.Conn     // what the hello and the relay go through: conn, or TLS over it
-	fl     *framedLink  // with TLS: the sessions in frames over rw; nil on a plain link
+	conn   *net.TCPConn // TLS: watched, checked and closed raw; nil for a plain link
+	rw     net.Conn     // TLS: what the hello and the relay go through, TLS over conn
+	fl     *framedLink  // TLS: the sessions in frames over rw
 	proved []byte       // the secret its handshake proved (nil: none), which a reload may change
-	addr   string
-	done   chan struct{} // closed when the watcher returns; nil when never watched
-	cause  error         // why the watcher returned; nil when stopped; read after done
+	// fd is a plain link's socket, taken from the standard library and watched by loop
+	// (see watchOnLoop); -1 for a TLS link.
+	fd    int
+	loop  *relay.Loop
+	addr  string
+	done  chan struct{} // closed when the watcher returns; nil when never watched
+	cause error         // why the watcher returned; nil when stopped; read after done
 }
 
 // NewRelay checks cfg and returns a relay ready to Serve.
@@ -294,8 +302,7 @@ func (r *Relay) Serve(ctx context.Context, clients, links net.Listener) error {
 // closeIdle closes every idle link, logging why.
 func (r *Relay) closeIdle(why string) {
 	for _, l := range r.pool.drain() {
-		r.stopWatch(l)
-		l.conn.Close()
+		r.closeLink(l)
 		r.cfg.Log.Printf("link #%d down %s: %s", l.id, l.addr, why)
 	}
 }
@@ -458,11 +465,22 @@ func (r *Relay) serveLink(ctx context.Context, c *net.TCPConn, g *guest) {
 	}
 	// Accepted connections already have the net package's keepalive (15 s), which is
 	// enough on this side: connecttwo probes more often (see setKeepAlive).
-	l := &idleLink{id: id, conn: c, rw: rw, addr: addr, proved: secret}
+	l := &idleLink{id: id, conn: c, rw: rw, fd: -1, addr: addr, proved: secret}
+	watch := func(l *idleLink) { r.startWatch(ctx, l) }
 	if tc, ok := rw.(*tls.Conn); ok {
 		l.fl = newFramedLink(c, tc, nil)
+	} else {
+		fd, err := relay.Detach(c)
+		if err != nil {
+			r.pool.unreserve()
+			c.Close()
+			r.cfg.Log.Warnf("link #%d refused %s: %v", id, addr, err)
+			return
+		}
+		l.conn, l.rw, l.fd, l.loop = nil, nil, fd, r.loops.Least()
+		watch = r.watchOnLoop
 	}
-	r.pool.put(l, func(l *idleLink) { r.startWatch(ctx, l) })
+	r.pool.put(l, watch)
 	r.stats.linksUp.Add(1)
 	r.cfg.Log.Printf("link #%d up %s", id, addr)
 }
@@ -559,14 +577,16 @@ func (r *Relay) takeLink(ctx context.Context, deadline time.Time) (*idleLink, er
 		if err != nil {
 			return nil, err
 		}
-		cause := r.stopWatch(l)
-		if cause == nil {
+		var cause error
+		if l.fd >= 0 {
+			_, cause = peek(uintptr(l.fd)) // the loop's watch may not have seen it yet
+		} else if cause = r.stopWatch(l); cause == nil {
 			cause = alive(l.conn)
 		}
 		if cause == nil {
 			return l, nil
 		}
-		l.conn.Close()
+		r.closeLink(l)
 		r.cfg.Log.Printf("link #%d down %s: %v", l.id, l.addr, cause)
 		front = true
 	}
@@ -647,14 +667,21 @@ func (r *Relay) serveClient(ctx context.Context, c *net.TCPConn, g *guest, start
 	}
 	if r.cfg.Hello {
 		hello, err := helloFor(c)
-		if err == nil {
+		switch {
+		case err != nil:
+		case l.fd >= 0: // an idle link's send buffer is empty: the hello fits at once
+			var n int
+			if n, err = sock.Send(l.fd, hello); err == nil && n < len(hello) {
+				err = io.ErrShortWrite
+			}
+		default:
 			_ = rw.SetWriteDeadline(time.Now().Add(r.cfg.HandshakeTimeout))
 			_, err = rw.Write(hello)
 			_ = rw.SetWriteDeadline(time.Time{})
 		}
 		if err != nil {
 			c.Close()
-			l.conn.Close()
+			r.closeLink(l)
 			r.stats.conns.Failed(connstats.FailureOf(err))
 			r.cfg.Log.Failed(id, client, dest, fmt.Errorf("sending hello: %w", err))
 			return
@@ -663,14 +690,61 @@ func (r *Relay) serveClient(ctx context.Context, c *net.TCPConn, g *guest, start
 	r.cfg.Log.Open(id, client, dest)
 	r.stats.conns.Opened(time.Since(start)) // the wait for a link
 	r.wg.Add(1)                             // until the relay's end, which Serve waits for
-	relayPaired(ctx, r.loops, c, rw, &r.stats.conns, func(res relay.Result) {
+	done := func(res relay.Result) {
 		r.cfg.Log.Close(id, client, dest, uint64(res.Up), uint64(res.Down), res.Duration, res.End)
 		r.stats.conns.Ended(connstats.EndOf(res.End))
 		r.wg.Done()
-	})
+	}
+	if l.fd >= 0 {
+		pairOnLoop(ctx, l.loop, c, l.fd, &r.stats.conns, done)
+		return
+	}
+	relayPaired(ctx, r.loops, c, rw, &r.stats.conns, done)
 	if sess != nil {
 		r.relink(ctx, l, sess) // the relay of a session has ended by now (relayPaired)
 	}
+}
+
+// pairOnLoop relays client and the plain link fd, which loop watches, on that loop, as
+// relayPaired does for two connections; done runs on the loop.
+func pairOnLoop(ctx context.Context, loop *relay.Loop, client *net.TCPConn, fd int, counts *connstats.Counters, done func(relay.Result)) {
+	o := relay.PairOptions{HalfClose: true, OnEnd: done, Progress: counts.Moved}
+	cfd, err := relay.Detach(client)
+	if err != nil {
+		client.Close()
+		loop.Post(func() { loop.Events().CloseFD(fd) })
+		done(relay.Result{End: "error: " + err.Error(), Err: err})
+		return
+	}
+	loop.Post(func() { loop.StartPair(ctx, cfd, fd, o) })
+}
+
+// watchOnLoop has the loop watch the plain idle link l (with the pool locked, see
+// pool.put): when it becomes readable it is dead, and leaves the pool unless a client
+// has taken it.
+func (r *Relay) watchOnLoop(l *idleLink) {
+	lp := l.loop.Events()
+	l.loop.Post(func() {
+		err := lp.Add(l.fd, relay.PairEvents, func(ev uint32) {
+			// Only the events say the link is dead: a look at the socket (a peek) could
+			// take a reset's error from a link a client has just taken, whose pair would
+			// then read a plain end.
+			const dead = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLHUP | unix.EPOLLERR
+			if ev&dead == 0 || !r.pool.remove(l) {
+				return // writable, or taken: the pair reads what came
+			}
+			_, cause := peek(uintptr(l.fd))
+			if cause == nil {
+				cause = errLinkData
+			}
+			lp.CloseFD(l.fd)
+			r.cfg.Log.Printf("link #%d down %s: %v", l.id, l.addr, cause)
+		})
+		if err != nil && r.pool.remove(l) {
+			unix.Close(l.fd)
+			r.cfg.Log.Printf("link #%d down %s: %v", l.id, l.addr, err)
+		}
+	})
 }
 
 // relink puts a TLS link whose session is over back in the pool, as a link that came
@@ -703,4 +777,15 @@ func (r *Relay) relink(ctx context.Context, l *idleLink, s *linkSession) {
 		return
 	}
 	r.pool.put(l, func(l *idleLink) { r.startWatch(ctx, l) })
+}
+
+// closeLink closes an idle link the pool no longer holds: a plain one on its loop.
+func (r *Relay) closeLink(l *idleLink) {
+	if l.fd >= 0 {
+		fd, lp := l.fd, l.loop.Events()
+		l.loop.Post(func() { lp.CloseFD(fd) })
+		return
+	}
+	r.stopWatch(l)
+	l.conn.Close()
 }

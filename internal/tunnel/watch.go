@@ -88,14 +88,6 @@ func setKeepAlive(c *net.TCPConn) {
 	_ = c.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: 30e9, Interval: 10e9, Count: 3})
 }
 
-// waitReadable blocks, holding no buffer, until c has data or an end to read, or a read
-// deadline passes. An idle link spends its life here, so a pooled link costs only its
-// socket and a parked goroutine.
-func waitReadable(c *net.TCPConn) error {
-	_, err := waitPeek(c)
-	return err
-}
-
 // Why a peer that had to speak first did not.
 var (
 	errSilent      = errors.New("sent nothing")
