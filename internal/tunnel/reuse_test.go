@@ -481,3 +481,75 @@ func TestTLSLinkBackAfterSecretChange(t *testing.T) {
 	}
 	tn.relayLog.wait(`link #` + m[1] + ` down 127\.0\.0\.1:\d+: the secret changed`)
 }
+
+// TestLinkLinesByMode: a plain link's greeting and reply are the four and five fields they
+// always were, byte for byte; only a TLS link's carry link=frames, before the mac.
+func TestLinkLinesByMode(t *testing.T) {
+	nonce := [nonceLen]byte{1, 2, 3}
+	hexNonce := "010203" + strings.Repeat("00", nonceLen-3)
+	plain := offer{hello: true, auth: true, nonce: nonce}
+	if got, want := plain.text(), "SHD-LINK/2 hello=proxy auth=hmac-sha256 nonce="+hexNonce; got != want {
+		t.Errorf("plain: %q, want %q", got, want)
+	}
+	framed := offer{nonce: nonce, frames: true}
+	if got, want := framed.text(), "SHD-LINK/2 hello=none auth=none nonce="+hexNonce+" link=frames"; got != want {
+		t.Errorf("TLS: %q, want %q", got, want)
+	}
+	for _, o := range []offer{plain, framed} {
+		g, err := parseGreeting([]byte(o.text() + "\n"))
+		if err != nil || g != o {
+			t.Errorf("greeting %q parsed as %+v, %v", o.text(), g, err)
+		}
+		r, _, body, err := parseReply([]byte(o.text() + " mac=-\n"))
+		if err != nil || r != o || string(body) != o.text() {
+			t.Errorf("reply of %q parsed as %+v, %q, %v", o.text(), r, body, err)
+		}
+	}
+	if _, err := parseGreeting([]byte(framed.text() + " link=frames\n")); err == nil {
+		t.Error("a greeting with the field twice was accepted")
+	}
+}
+
+// TestTLSExtraLinksTrimmed: a burst of clients beyond --pool opens more TLS links; when
+// they come back and the load is gone, the links beyond --pool are closed after the trim
+// delay, on both sides, and the pool serves on.
+func TestTLSExtraLinksTrimmed(t *testing.T) {
+	svc := startService(t, "127.0.0.1", echoMode)
+	srv := newTLSServer(t)
+	tn := &tunnel{}
+	startRelay(t, "127.0.0.1", RelayConfig{Hello: true, Wait: testTimeout, TLS: srv}, tn)
+	startAgent(t, AgentConfig{Service: svc.ep(t), Hello: true, Pool: 2, TLS: pinned(t, srv.Pin), idleTrim: 200 * time.Millisecond}, tn)
+	tn.waitPools(t, 2, 2)
+	errs := make(chan error, 6)
+	for range 6 {
+		go func() {
+			c, err := net.DialTCP("tcp", nil, tn.clients.Addr().(*net.TCPAddr))
+			if err == nil {
+				defer c.Close()
+				_, err = roundTrip(c, 256<<10, 0)
+			}
+			errs <- err
+		}()
+	}
+	for range 6 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	up := tn.agentLog.count(`link #\d+ up`)
+	if up <= 2 {
+		t.Fatalf("%d links up for a burst of 6 clients on --pool 2: the burst opened none", up)
+	}
+	tn.waitPools(t, 2, 2)
+	tn.agentLog.waitCount(`link #\d+ down .*: not needed: more idle links than --pool`, up-2)
+	tn.relayLog.waitCount(`link #\d+ down .*: closed by connecttwo`, up-2)
+	echoCheckPlain(t, tn)
+}
+
+// echoCheckPlain checks one more client through an echo service.
+func echoCheckPlain(t *testing.T, tn *tunnel) {
+	t.Helper()
+	if _, err := roundTrip(dial(t, tn.clients), 10000, 0); err != nil {
+		t.Fatal(err)
+	}
+}
