@@ -1,6 +1,6 @@
 // Package eventloop runs descriptor readiness callbacks (epoll), timers and
-// posted functions on a single locked OS thread, so that many connections can
-// be driven as state machines without a goroutine each.
+// posted functions one at a time on a single goroutine, so that many
+// connections can be driven as state machines without a goroutine each.
 package eventloop
 
 import (
@@ -16,7 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Loop runs, on one OS thread, callbacks for descriptor readiness (epoll),
+// Loop runs, on one goroutine, callbacks for descriptor readiness (epoll),
 // timers, and functions posted from other goroutines. Except for Post, its
 // methods must be called only from callbacks running on the loop (or before
 // Run starts).
@@ -67,20 +67,20 @@ func New() (*Loop, error) {
 	return &Loop{epfd: epfd, evfd: evfd}, nil
 }
 
-// Run runs the loop on the calling goroutine, locked to its OS thread, until
-// ctx is done, when it returns nil, or epoll_wait fails. On return it closes
+// Run runs the loop on the calling goroutine until ctx is done, when it returns
+// nil, or epoll_wait fails; it goes through the Go scheduler every few
+// milliseconds (see reschedule). On return it closes
 // the loop's own descriptors but not those added by callers.
 func (l *Loop) Run(ctx context.Context) error {
 	if l.isClosed() {
 		return errors.New("eventloop: Run called after loop closed")
 	}
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
 	defer l.close()
 	stopWake := context.AfterFunc(ctx, func() { l.Post(func() { l.stop = true }) })
 	defer stopWake()
 
 	events := make([]unix.EpollEvent, 256)
+	scheduled := time.Now() // when the loop last went through the scheduler
 	if l.idle != nil {
 		defer l.idle()
 	}
@@ -112,6 +112,10 @@ func (l *Loop) Run(ctx context.Context) error {
 		l.runTimers(armed)
 		l.runYields(yielded)
 		l.runPosted()
+		if l.now.Sub(scheduled) >= reschedule {
+			runtime.Gosched()
+			scheduled = l.now
+		}
 	}
 	return nil
 }
@@ -136,6 +140,14 @@ func (l *Loop) runYields(n int) {
 		f()
 	}
 }
+
+// reschedule is how long a loop runs before it goes through the Go scheduler
+// (runtime.Gosched). A goroutine that has not been scheduled for 10 ms is preempted by the
+// runtime's sysmon thread, and a loop, which never blocks in Go, would be every 10 ms: a
+// signal or a stack check, and the P taken away from it when it was waiting in epoll_wait,
+// after which sysmon itself wakes every 20 µs for a while. A Gosched of a goroutine locked
+// to no thread costs about a microsecond, so loops are not locked to their threads.
+const reschedule = 5 * time.Millisecond
 
 // BeforeWait sets f to run on the loop before each wait for events and once more when Run
 // returns: the place to flush what the callbacks of one round have buffered.
