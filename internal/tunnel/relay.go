@@ -611,6 +611,19 @@ func (r *Relay) admitClient(ctx context.Context, c *net.TCPConn) func() {
 		g, _ = r.clientRoom.enter(c, silent)
 	}
 	start := time.Now()
+	if g == nil && r.tlsConfig == nil {
+		// A plain link idle now is paired here, without blocking (a send and a post to
+		// its loop), so the client costs no goroutine of its own.
+		if l, err := r.pool.get(ctx, 0, false); err == nil {
+			if _, cause := peek(uintptr(l.fd)); cause != nil {
+				r.closeLink(l)
+				r.cfg.Log.Printf("link #%d down %s: %v", l.id, l.addr, cause)
+			} else {
+				r.pair(ctx, c, l, r.conns.Add(1), c.RemoteAddr().String(), start)
+				return nil
+			}
+		}
+	}
 	return func() { r.serveClient(ctx, c, g, start) }
 }
 
@@ -657,6 +670,13 @@ func (r *Relay) serveClient(ctx context.Context, c *net.TCPConn, g *guest, start
 		}
 		return
 	}
+	r.pair(ctx, c, l, id, client, start)
+}
+
+// pair relays client c, number id, with the link l it took. A plain link is paired
+// without blocking; a TLS link's hello write may wait, and its session is relayed on the
+// calling goroutine.
+func (r *Relay) pair(ctx context.Context, c *net.TCPConn, l *idleLink, id uint64, client string, start time.Time) {
 	r.stats.pairings.Add(1)
 	dest := fmt.Sprintf("link #%d %s", l.id, l.addr)
 	rw := l.rw // a plain link, or a session on a TLS link
