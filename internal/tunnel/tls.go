@@ -168,7 +168,8 @@ func buffered(rw net.Conn) ([]byte, error) {
 // relay.Join copies in user space with the same close policy, on the calling goroutine,
 // and done runs there; the session is ended by then (see linkSession.End), and the caller
 // puts its link back or closes it.
-// The end of ctx cuts the relay. It is the one place the tunnel hands a pair to a relay.
+// The end of ctx cuts the relay. A plain idle link's pair starts on its loop instead
+// (pairOnLoop, loopLink.connected).
 // counts hears of the bytes each way as they move (on the loop, or the Join's goroutines).
 func relayPaired(ctx context.Context, loops *relay.Loops, client, server net.Conn, counts *connstats.Counters, done func(relay.Result)) {
 	c, cok := client.(*net.TCPConn)
