@@ -157,3 +157,40 @@ func skipSession(in []byte) []byte {
 		in = in[n:]
 	}
 }
+
+// TestRecordConnKeepsItsPlace feeds recordConn's tracker TLS records of many lengths in
+// chunks of every size: at each chunk's end it stands where the records say.
+func TestRecordConnKeepsItsPlace(t *testing.T) {
+	var stream []byte
+	var ends []int // offset after each record
+	for i, n := range []int{0, 1, 17, 16384 + 256, 300, 5, 0, 4096} {
+		stream = append(stream, 0x17, 3, 3, byte(n>>8), byte(n))
+		stream = append(stream, bytes.Repeat([]byte{byte(i)}, n)...)
+		ends = append(ends, len(stream))
+	}
+	// where returns, for offset off, the header bytes and body bytes left that a
+	// reader at off is in.
+	where := func(off int) (hdrN, left int) {
+		start := 0
+		for _, e := range ends {
+			if off < e {
+				if off-start < tlsHeader {
+					return off - start, 0
+				}
+				return 0, e - off
+			}
+			start = e
+		}
+		return 0, 0
+	}
+	for step := 1; step <= 20000; step = step*3 + 1 {
+		r := &recordConn{}
+		for off := 0; off < len(stream); off += step {
+			r.advance(stream[off:min(off+step, len(stream))])
+			hdrN, left := where(min(off+step, len(stream)))
+			if r.hdrN != hdrN || r.left != left {
+				t.Fatalf("step %d, at %d: header %d left %d, want %d and %d", step, min(off+step, len(stream)), r.hdrN, r.left, hdrN, left)
+			}
+		}
+	}
+}

@@ -228,10 +228,15 @@ func (s *linkSession) Close() error {
 	return s.l.tcp.Close()
 }
 
-// NetConn returns what the TLS session runs over (a relay.Wire), so that Join copies the
+// NetConn returns the relay.Wire the TLS session runs over, so that Join copies the
 // session in bulk as it does a TLS connection; a Session, it is never closed or reset
 // there.
-func (s *linkSession) NetConn() net.Conn { return s.l.tls.NetConn() }
+func (s *linkSession) NetConn() net.Conn {
+	if rc, ok := s.l.tls.NetConn().(*recordConn); ok {
+		return rc.Wire
+	}
+	return s.l.tls.NetConn()
+}
 
 func (s *linkSession) LocalAddr() net.Addr  { return s.l.tcp.LocalAddr() }
 func (s *linkSession) RemoteAddr() net.Addr { return s.l.tcp.RemoteAddr() }

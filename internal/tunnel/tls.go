@@ -59,7 +59,7 @@ func (r *Relay) refusePlain(c *net.TCPConn) error {
 // serverTLS runs the relay's TLS handshake on a new link and returns the session and its
 // exporter value.
 func (r *Relay) serverTLS(ctx context.Context, c *net.TCPConn) (*tls.Conn, []byte, error) {
-	tc := tls.Server(relay.NewWire(c), r.tlsConfig)
+	tc := tls.Server(newRecordConn(relay.NewWire(c)), r.tlsConfig)
 	if err := c.SetDeadline(time.Now().Add(r.cfg.HandshakeTimeout)); err != nil {
 		return nil, nil, fmt.Errorf("setting handshake deadline: %w", err)
 	}
@@ -90,7 +90,7 @@ func (r *Relay) tlsFailure(err error) error {
 // clientTLS runs connecttwo's TLS handshake on a new link and returns the session and its
 // exporter value.
 func (a *Agent) clientTLS(ctx context.Context, c *net.TCPConn) (*tls.Conn, []byte, error) {
-	tc := tls.Client(relay.NewWire(c), a.tlsConfig)
+	tc := tls.Client(newRecordConn(relay.NewWire(c)), a.tlsConfig)
 	if err := c.SetDeadline(time.Now().Add(a.cfg.HandshakeTimeout)); err != nil {
 		return nil, nil, fmt.Errorf("setting handshake deadline: %w", err)
 	}
