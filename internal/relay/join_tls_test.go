@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"shd-tcp-tools/internal/testkit"
 	"shd-tcp-tools/internal/tlslink"
 )
 
@@ -220,7 +221,7 @@ func benchJoinTLS(b *testing.B, wire, upward bool) {
 	done := make(chan int64, 1)
 	go func() { n, _ := io.Copy(io.Discard, dst); done <- n }()
 	b.SetBytes(chunk)
-	before := cpuTime()
+	before := testkit.CPUTime()
 	b.ResetTimer()
 	for b.Loop() {
 		if _, err := src.Write(buf); err != nil {
@@ -230,12 +231,5 @@ func benchJoinTLS(b *testing.B, wire, upward bool) {
 	_ = srcEnd()
 	n := <-done
 	b.StopTimer()
-	b.ReportMetric((cpuTime()-before).Seconds()/(float64(n)/(1<<30)), "cpu-s/GiB")
-}
-
-// cpuTime is the process's user and system CPU time so far.
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	b.ReportMetric((testkit.CPUTime()-before).Seconds()/(float64(n)/(1<<30)), "cpu-s/GiB")
 }
