@@ -10,7 +10,7 @@
 #
 # Usage: bench/tunnel.sh            (from the module root; ROUNDS=5 by default)
 #        ROUNDS=3 RATE=1s BYTES=134217728 bench/tunnel.sh
-#        OLD=COMMIT ONLY=tunnel-hello,tunnel-hello-old,tunnel-tls,ssh-R bench/tunnel.sh
+#        OLD=COMMIT ONLY=tunnel-hello,tunnel-hello-old,tunnel-tls,tunnel-tls-old,ssh-R bench/tunnel.sh
 # Missing peers (ssh, sshd, socat) are installed with apt-get when root, else skipped.
 set -euo pipefail
 
@@ -175,21 +175,28 @@ echo
 
 # CPU seconds per GiB of single-stream throughput, per process: on two shared cores every
 # stage of the path competes for the same CPUs, so this shows which stage would limit
-# throughput if each ran on its own machine, as B and A do in real use.
+# throughput if each ran on its own machine, as B and A do in real use. sshd's column
+# counts its session processes too (tree_ticks).
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+tree_ticks() { # ticks of a process and its children, recursively
+	local t c
+	t=$(ticks "$1")
+	for c in $(pgrep -P "$1" || true); do t=$((t + $(tree_ticks "$c"))); done
+	echo "$t"
+}
 HZ=$(getconf CLK_TCK)
 CPU_BYTES=${CPU_BYTES:-1073741824}
 echo
 echo "CPU seconds per GiB moved ($((CPU_BYTES >> 20)) MiB single stream, one run each):"
 echo
-echo "| target | MiB/s | client | sink | listentwo | connecttwo | tcp-pf |"
-echo "|---|---:|---:|---:|---:|---:|---:|"
+echo "| target | MiB/s | client | sink | listentwo | connecttwo | tcp-pf | ssh | sshd |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
 for t in "${TARGETS[@]}"; do
 	name=${t%%=*}
-	case $name in direct|tunnel-hello|tunnel-nohello|tunnel-tls|tcp-pf-lazy|ssh-R) ;; *) continue ;; esac
+	case $name in direct|tunnel-hello|tunnel-hello-old|tunnel-nohello|tunnel-tls|tunnel-tls-old|tcp-pf-lazy|ssh-R) ;; *) continue ;; esac
 	declare -A before=()
-	for k in sink "$name.listentwo" "$name.connecttwo" "$name.tcp-pf"; do
-		[ -n "${PID_OF[$k]:-}" ] && before[$k]=$(ticks "${PID_OF[$k]}")
+	for k in sink "$name.listentwo" "$name.connecttwo" "$name.tcp-pf" "$name.ssh" "$name.sshd"; do
+		[ -n "${PID_OF[$k]:-}" ] && before[$k]=$(tree_ticks "${PID_OF[$k]}")
 	done
 	TIMEFORMAT='%U %S'
 	{ time "$T/tunnelload" measure -name "$name" -addr "${t#*=}" -latency 0 -rtt 0 -rate 0s -bytes "$CPU_BYTES" >"$T/cpu.row"; } 2>"$T/cpu.time"
@@ -197,9 +204,9 @@ for t in "${TARGETS[@]}"; do
 	gib=$(awk -v b="$CPU_BYTES" 'BEGIN {print b / 1073741824}')
 	client=$(awk -v g="$gib" '{printf "%.2f", ($1 + $2) / g}' "$T/cpu.time")
 	row="| $name | $mibs | $client"
-	for k in sink "$name.listentwo" "$name.connecttwo" "$name.tcp-pf"; do
+	for k in sink "$name.listentwo" "$name.connecttwo" "$name.tcp-pf" "$name.ssh" "$name.sshd"; do
 		if [ -n "${before[$k]:-}" ]; then
-			row="$row | $(awk -v a="${before[$k]}" -v b="$(ticks "${PID_OF[$k]}")" -v hz="$HZ" -v g="$gib" 'BEGIN {printf "%.2f", (b - a) / hz / g}')"
+			row="$row | $(awk -v a="${before[$k]}" -v b="$(tree_ticks "${PID_OF[$k]}")" -v hz="$HZ" -v g="$gib" 'BEGIN {printf "%.2f", (b - a) / hz / g}')"
 		else
 			row="$row | -"
 		fi
@@ -210,12 +217,6 @@ done
 
 # CPU per new client: the tunnel's two processes (for ssh -R, sshd's processes and ssh)
 # while only the rate phase runs (conc 8: connect, first echoed byte, close, again).
-tree_ticks() { # ticks of a process and its children, recursively
-	local t c
-	t=$(ticks "$1")
-	for c in $(pgrep -P "$1" || true); do t=$((t + $(tree_ticks "$c"))); done
-	echo "$t"
-}
 CPU_RATE=${CPU_RATE:-3s}
 echo
 echo "CPU per new client ($CPU_RATE of 8 concurrent clients, each connect, first echoed byte, close; one run each):"
@@ -238,14 +239,8 @@ for t in "${TARGETS[@]}"; do
 		c = rate * d; printf "| %s | %.0f | %.0f | %.0f | %.0f |\n", n, rate, r / hz / c * 1e6, a / hz / c * 1e6, (r + a) / hz / c * 1e6 }'
 done
 
-# Memory per idle pooled link: RSS of both ends with 1 link, then with LINKS+1.
-say "measuring memory per idle link ($LINKS links)"
-S=$(port); D=$(port)
-start "$T/listentwo" -s "127.0.0.1:$S" -d "127.0.0.1:$D" --max-links $((LINKS + 8)) 2>"$T/mem.listentwo.log"
-LPID=$!
-"$T/tunnelload" wait -addr "127.0.0.1:$D"
-start "$T/connecttwo" -s "127.0.0.1:$D" -d "127.0.0.1:$ECHO" --pool 1 2>"$T/mem1.log"
-C1=$!
+# Memory per idle pooled link: RSS of both ends with 1 link, then with LINKS+1; plain
+# links, then TLS links (the same key and pin as tunnel-tls).
 waitlinks() { # waitlinks LOG N: bounded wait for N "link up" lines
 	for _ in $(seq 400); do
 		[ "$(grep -c ' up ' "$1" || true)" -ge "$2" ] && return 0
@@ -253,20 +248,35 @@ waitlinks() { # waitlinks LOG N: bounded wait for N "link up" lines
 	done
 	say "only $(grep -c ' up ' "$1" || true) of $2 links came up"; return 1
 }
-waitlinks "$T/mem1.log" 1
-sleep 0.5
-L1=$(rss_kib "$LPID"); A1=$(rss_kib "$C1")
-kill "$C1"; wait "$C1" 2>/dev/null || true
-start "$T/connecttwo" -s "127.0.0.1:$D" -d "127.0.0.1:$ECHO" --pool $((LINKS + 1)) 2>"$T/memN.log"
-CN=$!
-waitlinks "$T/memN.log" $((LINKS + 1))
-sleep 0.5
-LN=$(rss_kib "$LPID"); AN=$(rss_kib "$CN")
+memrows() { # memrows NAME LISTENTWO-FLAGS -- CONNECTTWO-FLAGS: the table's rows for NAME
+	local name=$1 lf=() cf=() S D LPID C1 CN L1 A1 LN AN; shift
+	while [ "$1" != -- ]; do lf+=("$1"); shift; done; shift
+	cf=("$@")
+	S=$(port); D=$(port)
+	start "$T/listentwo" -s "127.0.0.1:$S" -d "127.0.0.1:$D" --max-links $((LINKS + 8)) "${lf[@]}" 2>"$T/mem.$name.listentwo.log"
+	LPID=$!
+	"$T/tunnelload" wait -addr "127.0.0.1:$D"
+	start "$T/connecttwo" -s "127.0.0.1:$D" -d "127.0.0.1:$ECHO" --pool 1 "${cf[@]}" 2>"$T/mem1.$name.log"
+	C1=$!
+	waitlinks "$T/mem1.$name.log" 1
+	sleep 0.5
+	L1=$(rss_kib "$LPID"); A1=$(rss_kib "$C1")
+	kill "$C1"; wait "$C1" 2>/dev/null || true
+	start "$T/connecttwo" -s "127.0.0.1:$D" -d "127.0.0.1:$ECHO" --pool $((LINKS + 1)) "${cf[@]}" 2>"$T/memN.$name.log"
+	CN=$!
+	waitlinks "$T/memN.$name.log" $((LINKS + 1))
+	sleep 0.5
+	LN=$(rss_kib "$LPID"); AN=$(rss_kib "$CN")
+	kill "$CN" "$LPID"; wait "$CN" "$LPID" 2>/dev/null || true
+	echo "| $name | 1 | $L1 | $A1 |"
+	echo "| $name | $((LINKS + 1)) | $LN | $AN |"
+	echo "| $name | per link | $(( (LN - L1) / LINKS )) | $(( (AN - A1) / LINKS )) |"
+}
+say "measuring memory per idle link ($LINKS links)"
 echo
-echo "| idle pooled links | listentwo RSS (KiB) | connecttwo RSS (KiB) |"
-echo "|---:|---:|---:|"
-echo "| 1 | $L1 | $A1 |"
-echo "| $((LINKS + 1)) | $LN | $AN |"
-echo "| per link | $(( (LN - L1) / LINKS )) | $(( (AN - A1) / LINKS )) |"
+echo "| links | idle pooled links | listentwo RSS (KiB) | connecttwo RSS (KiB) |"
+echo "|---|---:|---:|---:|"
+memrows plain --
+memrows tls --tls-key "$T/relay.key" -- --tls-pin "$PIN"
 echo
 echo "ssh -R keeps no idle links (each client costs an ssh channel opened on demand), so it has no per-idle-link figure."
