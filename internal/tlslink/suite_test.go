@@ -5,7 +5,6 @@ import (
 	"crypto/cipher"
 	"crypto/tls"
 	"net"
-	"path/filepath"
 	"testing"
 
 	"golang.org/x/sys/cpu"
@@ -17,19 +16,7 @@ import (
 // negotiates AES-128-GCM, the cheapest of TLS 1.3's suites there (crypto/tls chooses;
 // tls.Config cannot order TLS 1.3 suites).
 func TestLinkSuite(t *testing.T) {
-	srv, err := LoadServer("", filepath.Join(t.TempDir(), "key"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cli, err := NewPinned([]string{srv.Pin})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
+	srv, cli, ln := pinnedOnLoopback(t)
 	errc := make(chan error, 1)
 	go func() {
 		a, err := ln.Accept()

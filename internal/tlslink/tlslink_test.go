@@ -129,9 +129,10 @@ func TestCreateOnce(t *testing.T) {
 	}
 }
 
-// TestResumedLinksCheckThePin: a second link resumes the first one's session, and the pin
-// is checked on it as on a full handshake.
-func TestResumedLinksCheckThePin(t *testing.T) {
+// pinnedOnLoopback returns a relay's identity (a new key), an agent's configuration that
+// pins it, and a listener on 127.0.0.1 closed when the test ends.
+func pinnedOnLoopback(t *testing.T) (*Server, *Client, net.Listener) {
+	t.Helper()
 	srv, err := LoadServer("", filepath.Join(t.TempDir(), "relay.key"))
 	if err != nil {
 		t.Fatal(err)
@@ -144,7 +145,14 @@ func TestResumedLinksCheckThePin(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
+	t.Cleanup(func() { ln.Close() })
+	return srv, cl, ln
+}
+
+// TestResumedLinksCheckThePin: a second link resumes the first one's session, and the pin
+// is checked on it as on a full handshake.
+func TestResumedLinksCheckThePin(t *testing.T) {
+	srv, cl, ln := pinnedOnLoopback(t)
 	sc := srv.Config()
 	go func() {
 		for {
@@ -182,7 +190,7 @@ func TestResumedLinksCheckThePin(t *testing.T) {
 	}
 	other := "sha256/47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="
 	cl.pins = []string{other}
-	_, err = link()
+	_, err := link()
 	var pe *PinError
 	if !errors.As(err, &pe) || pe.Got != srv.Pin {
 		t.Fatalf("a resumable link with another pin: %v, want the pin refused", err)
