@@ -115,7 +115,7 @@ func bulkEndOf(x any) (bulkEnd, bool) {
 	case *net.TCPConn:
 		return bulkEnd{tcp: c}, true
 	case Layered:
-		if w, ok := c.NetConn().(*Wire); ok {
+		if w, _ := under(c); w != nil {
 			return bulkEnd{layer: c, wire: w}, true
 		}
 	}

@@ -206,14 +206,32 @@ func sideOf(c net.Conn) side {
 	case Session:
 		return side{c: t, sess: t}
 	case Layered:
-		switch u := t.NetConn().(type) {
-		case *net.TCPConn:
-			return side{c: t, tcp: u}
-		case *Wire:
-			return side{c: t, tcp: u.tcp}
+		if _, tcp := under(t); tcp != nil {
+			return side{c: t, tcp: tcp}
 		}
 	}
 	panic(fmt.Sprintf("relay.Join: %T is neither a *net.TCPConn, nor layered on one, nor a Session", c))
+}
+
+// under follows NetConn down from l to the TCP connection, through any layers between
+// (a Wire, or a type that embeds one, such as a reader over it), and returns it with the
+// Wire on the way, if any (nil, nil when the bottom is not TCP).
+func under(l Layered) (*Wire, *net.TCPConn) {
+	c := l.NetConn()
+	for range 8 {
+		switch u := c.(type) {
+		case *net.TCPConn:
+			return nil, u
+		case interface{ theWire() *Wire }:
+			w := u.theWire()
+			return w, w.tcp
+		case interface{ NetConn() net.Conn }:
+			c = u.NetConn()
+		default:
+			return nil, nil
+		}
+	}
+	return nil, nil
 }
 
 // closeWrite passes a clean end on: the layer's end first, when there is a layer, then

@@ -43,11 +43,11 @@ func newTLSChain(t *testing.T, network, addr string, wire bool) *tlsChain {
 	relayClient, user := pair(t, network, addr)
 	backendTCP, relayServer := pair(t, network, addr)
 	backend := tls.Server(backendTCP, srv.Config())
-	var under net.Conn = relayServer
+	var below net.Conn = relayServer
 	if wire {
-		under = NewWire(relayServer)
+		below = overWire{NewWire(relayServer)} // a reader over the Wire, as the tunnel's
 	}
-	layered := tls.Client(under, cli.Config())
+	layered := tls.Client(below, cli.Config())
 	errc := make(chan error, 1)
 	go func() { errc <- backend.Handshake() }()
 	if err := layered.Handshake(); err != nil {
@@ -65,6 +65,10 @@ func newTLSChain(t *testing.T, network, addr string, wire bool) *tlsChain {
 	}
 	return c
 }
+
+// overWire is a type over a Wire that embeds it, as the tunnel's record reader does: Join
+// still finds the Wire under the TLS session.
+type overWire struct{ *Wire }
 
 func (c *tlsChain) wait(t *testing.T) Result {
 	t.Helper()

@@ -249,6 +249,9 @@ func (w *Wire) flushLocked() error {
 	return err
 }
 
+// theWire finds the Wire under a layer, also in a type that embeds it (see under).
+func (w *Wire) theWire() *Wire { return w }
+
 // NetConn returns the TCP connection.
 func (w *Wire) NetConn() net.Conn { return w.tcp }
 
