@@ -20,8 +20,9 @@
 # option splice-auto (haproxy) and with splice forced (haproxy-splice), as bench/relay.sh
 # runs them. Missing peers (redis-server, redis-benchmark, haproxy) are installed with
 # apt-get when running as root, and skipped (and said so) otherwise; without redis the
-# script has nothing to measure and exits 0 saying so. Every run is bounded with
-# timeout(1); the default run takes about 3 minutes.
+# script has nothing to measure and exits 0 saying so. Besides the rates it reports the
+# CPU time per 1,000 requests of each relay, of redis-server and of redis-benchmark. Every
+# run is bounded with timeout(1); the default run takes about 3 minutes.
 set -euo pipefail
 
 rounds=5 requests=50000 clients=50 pipeline=16 install=1 against="" only=""
@@ -122,19 +123,27 @@ for r in "${relays[@]}"; do start_relay "$r"; done
 results=$work/results.tsv # round relay metric value
 hz=$(getconf CLK_TCK)
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-# bench RELAY MODE N ARGS...: one redis-benchmark run of SET and GET; records each rate
-# and the relay's CPU time per 1,000 requests.
+# per_k TICKS N: clock ticks as µs per 1,000 of N requests
+per_k() { awk -v t="$1" -v hz="$hz" -v n="$2" 'BEGIN {printf "%.0f", t * 1e6 / hz / n * 1000}'; }
+# bench RELAY MODE N ARGS...: one redis-benchmark run of SET and GET; records each rate,
+# and the CPU time per 1,000 requests of the relay, of redis-server and of redis-benchmark
+# (what the three spend decides the rate when they share the machine's cores).
 bench() {
-	local r=$1 mode=$2 n=$3 t0=0 t1 out
+	local r=$1 mode=$2 n=$3 t0=0 t1 s0 s1 c0 c1 out
 	shift 3
 	[ "$r" != direct ] && t0=$(cpu_ticks "${pid_of[$r]}")
+	s0=$(cpu_ticks "${pid_of[direct]}")
+	c0=$(awk '{print $16 + $17}' /proc/$$/stat) # this shell's waited-for children
 	out=$(timeout 300 redis-benchmark -h 127.0.0.1 -p "$(port_of "$r")" -c "$clients" -n "$n" -t set,get --csv "$@") ||
 		{ say "$r: $mode run failed"; return 0; }
+	c1=$(awk '{print $16 + $17}' /proc/$$/stat)
+	s1=$(cpu_ticks "${pid_of[direct]}")
+	printf '%s\t%s\t%sredis\t%s\n' "$round" "$r" "$mode" "$(per_k $((s1 - s0)) $((2 * n)))" >>"$results"
+	printf '%s\t%s\t%sclient\t%s\n' "$round" "$r" "$mode" "$(per_k $((c1 - c0)) $((2 * n)))" >>"$results"
 	awk -F'"' -v R="$round" -v r="$r" -v m="$mode" '$2 == "SET" || $2 == "GET" {printf "%s\t%s\t%s%s\t%s\n", R, r, m, tolower($2), $4}' <<<"$out" >>"$results"
 	if [ "$r" != direct ]; then
 		t1=$(cpu_ticks "${pid_of[$r]}")
-		printf '%s\t%s\t%scpu\t%s\n' "$round" "$r" "$mode" \
-			"$(awk -v t=$((t1 - t0)) -v hz="$hz" -v n=$((2 * n)) 'BEGIN {printf "%.0f", t * 1e6 / hz / n * 1000}')" >>"$results"
+		printf '%s\t%s\t%scpu\t%s\n' "$round" "$r" "$mode" "$(per_k $((t1 - t0)) $((2 * n)))" >>"$results"
 	fi
 }
 say "measuring: $rounds rounds over: ${relays[*]}; $clients clients, $requests requests plain, $((requests * pipeline)) pipelined by $pipeline"
@@ -151,11 +160,12 @@ done
 echo
 echo "Machine: $(nproc) cores, $(uname -sr), load average $(cut -d' ' -f1-3 /proc/loadavg) at the end; $(redis-server --version | awk '{print $3}' | tr -d v=); $rounds rounds, $clients clients, medians"
 echo
-echo "| relay | plain SET/s | plain GET/s | pipelined ($pipeline) SET/s | GET/s | relay CPU µs per 1,000 requests: plain | pipelined |"
-echo "|---|---:|---:|---:|---:|---:|---:|"
+echo "| relay | plain SET/s | plain GET/s | pipelined ($pipeline) SET/s | GET/s | relay CPU µs per 1,000 requests: plain | pipelined | redis-server: plain | pipelined | redis-benchmark: plain | pipelined |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 for r in "${relays[@]}"; do
-	printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$r" "$(val "$r" plainset)" "$(val "$r" plainget)" \
-		"$(val "$r" pipedset)" "$(val "$r" pipedget)" "$(val "$r" plaincpu)" "$(val "$r" pipedcpu)"
+	printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$r" "$(val "$r" plainset)" "$(val "$r" plainget)" \
+		"$(val "$r" pipedset)" "$(val "$r" pipedget)" "$(val "$r" plaincpu)" "$(val "$r" pipedcpu)" \
+		"$(val "$r" plainredis)" "$(val "$r" pipedredis)" "$(val "$r" plainclient)" "$(val "$r" pipedclient)"
 done
 echo
 for o in haproxy haproxy-splice against direct; do
