@@ -32,6 +32,13 @@ type tlsChain struct {
 
 func newTLSChain(t *testing.T, network, addr string, wire bool) *tlsChain {
 	t.Helper()
+	return newTLSChainOver(t, network, addr, wire, nil)
+}
+
+// newTLSChainOver is newTLSChain with the backend's TLS over wrap(its TCP connection)
+// (nil: the connection itself).
+func newTLSChainOver(t *testing.T, network, addr string, wire bool, wrap func(net.Conn) net.Conn) *tlsChain {
+	t.Helper()
 	srv, err := tlslink.LoadServer("", filepath.Join(t.TempDir(), "key"))
 	if err != nil {
 		t.Fatal(err)
@@ -42,7 +49,11 @@ func newTLSChain(t *testing.T, network, addr string, wire bool) *tlsChain {
 	}
 	relayClient, user := pair(t, network, addr)
 	backendTCP, relayServer := pair(t, network, addr)
-	backend := tls.Server(backendTCP, srv.Config())
+	var backendUnder net.Conn = backendTCP
+	if wrap != nil {
+		backendUnder = wrap(backendTCP)
+	}
+	backend := tls.Server(backendUnder, srv.Config())
 	var below net.Conn = relayServer
 	if wire {
 		below = overWire{NewWire(relayServer)} // a reader over the Wire, as the tunnel's
