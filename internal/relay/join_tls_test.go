@@ -112,16 +112,7 @@ func TestJoinTLSHalfClose(t *testing.T) {
 				t.Fatal(err)
 			}
 			// The other direction still flows after the half-close.
-			go func() {
-				_, err := c.backend.Write(down)
-				if err == nil {
-					err = c.backend.CloseWrite()
-				}
-				if err == nil {
-					err = c.backendTCP.CloseWrite()
-				}
-				errc <- err
-			}()
+			go c.backendSends(down, errc)
 			n, sum, err := readAll(c.user)
 			if err != nil || n != len(down) || sum != sha256Of(down) {
 				t.Fatalf("user read %d bytes, want %d (sum ok %v), %v", n, len(down), sum == sha256Of(down), err)

@@ -62,16 +62,7 @@ func TestWireRecordsByteByByte(t *testing.T) {
 			tc.armed, tc.stallAt = true, 5000+7 // in the middle of the first record (a header and 5000 bytes)
 			tc.mu.Unlock()
 			errc := make(chan error, 1)
-			go func() {
-				_, err := c.backend.Write(down)
-				if err == nil {
-					err = c.backend.CloseWrite()
-				}
-				if err == nil {
-					err = c.backendTCP.CloseWrite()
-				}
-				errc <- err
-			}()
+			go c.backendSends(down, errc)
 			select {
 			case <-tc.stalled:
 			case <-time.After(20 * time.Second):
@@ -120,16 +111,7 @@ func TestWire64MiBBothWays(t *testing.T) {
 			up, down := randomBytes(t, nw.size), randomBytes(t, nw.size+1)
 			errs := make(chan error, 3)
 			go sendAndHash(c.user, up, errs)
-			go func() {
-				_, err := c.backend.Write(down)
-				if err == nil {
-					err = c.backend.CloseWrite()
-				}
-				if err == nil {
-					err = c.backendTCP.CloseWrite()
-				}
-				errs <- err
-			}()
+			go c.backendSends(down, errs)
 			go func() {
 				got, err := io.ReadAll(c.backend)
 				if err == nil && !bytes.Equal(got, up) {
@@ -158,4 +140,17 @@ func cpuTime() time.Duration {
 	var ru syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// backendSends writes data on the chain's backend, then close_notify and a FIN, and
+// reports how that went on errc.
+func (c *tlsChain) backendSends(data []byte, errc chan<- error) {
+	_, err := c.backend.Write(data)
+	if err == nil {
+		err = c.backend.CloseWrite()
+	}
+	if err == nil {
+		err = c.backendTCP.CloseWrite()
+	}
+	errc <- err
 }
