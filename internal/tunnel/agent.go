@@ -87,7 +87,9 @@ type AgentConfig struct {
 	TLS *tlslink.Client
 
 	dialService func(ctx context.Context, ep endpoint.Endpoint) (*net.TCPConn, error)
-	idleTrim    time.Duration // zero: idleTrim (a test seam)
+	// lookup resolves the service's name for a plain link; nil: net.DefaultResolver.
+	lookup   func(ctx context.Context, host string) ([]netip.Addr, error)
+	idleTrim time.Duration // zero: idleTrim (a test seam)
 }
 
 // Validate reports a configuration no agent can run with, as an error that names the option.

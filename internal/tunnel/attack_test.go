@@ -2,15 +2,18 @@ package tunnel
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
 
+	"shd-tcp-tools/internal/endpoint"
 	"shd-tcp-tools/internal/testkit"
 )
 
@@ -255,5 +258,42 @@ func TestAttackTLSSlowReader(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestAttackServiceFailover: the service's name resolves to two addresses, the first a
+// blackhole that never completes a connect, the second a live service (on the same port).
+// As net.Dialer does (and connecttwo did before its links waited on loops), the dial
+// timeout bounds the whole connect, spread over the addresses (at least 2 s each), so the
+// client is served by the second address well before one whole timeout has passed.
+func TestAttackServiceFailover(t *testing.T) {
+	hole := testkit.Blackhole(t)
+	ap := netip.MustParseAddrPort(hole)
+	live, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(netip.AddrPortFrom(netip.MustParseAddr("127.0.0.2"), ap.Port())))
+	if err != nil {
+		t.Fatalf("listening on 127.0.0.2 at the blackhole's port: %v", err)
+	}
+	serveEach(t, live, func(c *net.TCPConn) {
+		if _, err := io.Copy(c, c); err == nil {
+			_ = c.CloseWrite()
+		}
+	})
+	const dialTimeout = 6 * time.Second
+	var tn tunnel
+	startRelay(t, "127.0.0.1", RelayConfig{Hello: true, Wait: testTimeout}, &tn)
+	startAgent(t, AgentConfig{
+		Service: endpoint.Endpoint{Host: "service.test", Port: int(ap.Port())}, Hello: true, Pool: 1, DialTimeout: dialTimeout,
+		lookup: func(context.Context, string) ([]netip.Addr, error) {
+			return []netip.Addr{ap.Addr(), netip.MustParseAddr("127.0.0.2")}, nil
+		},
+	}, &tn)
+	tn.waitPools(t, 1, 1)
+	start := time.Now()
+	c := dial(t, tn.clients)
+	if _, err := roundTrip(c, 10000, 0); err != nil {
+		t.Fatalf("through the second address: %v", err)
+	}
+	if took := time.Since(start); took > dialTimeout*3/4 {
+		t.Errorf("served after %v: the dead first address took the whole dial timeout of %v", took, dialTimeout)
 	}
 }

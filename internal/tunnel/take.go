@@ -79,7 +79,13 @@ func (a *Agent) serviceAddrs(ctx context.Context) ([]netip.AddrPort, error) {
 		}
 		return []netip.AddrPort{netip.AddrPortFrom(ip.Unmap(), port)}, nil
 	}
-	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", ep.Host)
+	lookup := a.cfg.lookup
+	if lookup == nil {
+		lookup = func(ctx context.Context, host string) ([]netip.Addr, error) {
+			return net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+		}
+	}
+	ips, err := lookup(ctx, ep.Host)
 	if err != nil {
 		return nil, fmt.Errorf("connecting to %s: %w", ep, err)
 	}
@@ -278,13 +284,17 @@ func (ll *loopLink) dial() {
 		return
 	}
 	for ll.next < len(ll.addrs) {
+		wait, ok := ll.attemptTimeout()
+		if !ok {
+			break
+		}
 		addr := ll.addrs[ll.next]
 		ll.next++
 		if err := ll.connect(addr); err != nil {
 			ll.attemptFailed(err)
 			continue
 		}
-		ll.timer = ll.lp.AfterFunc(a.dialTimeout(), func() {
+		ll.timer = ll.lp.AfterFunc(wait, func() {
 			ll.timer = nil
 			ll.lp.CloseFD(ll.srv)
 			ll.srv = -1
@@ -295,6 +305,27 @@ func (ll *loopLink) dial() {
 	}
 	ll.fail(fmt.Errorf("connecting to %s: %w", a.cfg.Service, ll.lastErr))
 }
+
+// attemptTimeout is how long the next connection attempt may take: the dial timeout
+// bounds the whole connect, spread over the addresses left, each given at least
+// minAttempt of what remains (as net.Dialer spreads its timeout); false once none remains.
+func (ll *loopLink) attemptTimeout() (time.Duration, bool) {
+	remaining := ll.a.dialTimeout() - time.Since(ll.dialStart)
+	if remaining <= 0 {
+		if ll.lastErr == nil {
+			ll.lastErr = unix.ETIMEDOUT
+		}
+		return 0, false
+	}
+	d := remaining / time.Duration(len(ll.addrs)-ll.next)
+	if d < minAttempt {
+		d = min(minAttempt, remaining)
+	}
+	return d, true
+}
+
+// minAttempt is the least time a connection attempt to one of several addresses gets.
+const minAttempt = 2 * time.Second
 
 func (ll *loopLink) attemptFailed(err error) {
 	ll.lastErr = err
