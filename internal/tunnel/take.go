@@ -394,6 +394,9 @@ func (ll *loopLink) connected() {
 	}
 	ll.step = takeDone
 	ll.stop()
+	// Counted before the slot hears, so that a stop right after cannot see Run's wait
+	// end (the slot was the last) with this pair about to start.
+	a.wg.Add(1)    // until the relay's end, which Run waits for
 	ll.done <- nil // the replacement may open
 	counts := &a.stats.conns
 	service := a.cfg.Service.String()
@@ -401,7 +404,6 @@ func (ll *loopLink) connected() {
 	counts.Opened(time.Since(ll.dialStart))
 	counts.Up(len(ll.payload))
 	id, client, payload := ll.id, ll.client, len(ll.payload)
-	a.wg.Add(1) // until the relay's end, which Run waits for
 	ll.l.StartPair(ll.ctx, ll.fd, ll.srv, relay.PairOptions{HalfClose: true, Progress: counts.Moved, OnEnd: func(res relay.Result) {
 		up := uint64(res.Up) + uint64(payload)
 		a.cfg.Log.Close(id, client, service, up, uint64(res.Down), res.Duration, res.End)
