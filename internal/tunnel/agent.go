@@ -88,8 +88,9 @@ type AgentConfig struct {
 
 	dialService func(ctx context.Context, ep endpoint.Endpoint) (*net.TCPConn, error)
 	// lookup resolves the service's name for a plain link; nil: net.DefaultResolver.
-	lookup   func(ctx context.Context, host string) ([]netip.Addr, error)
-	idleTrim time.Duration // zero: idleTrim (a test seam)
+	lookup     func(ctx context.Context, host string) ([]netip.Addr, error)
+	addrsFresh time.Duration // how long a plain idle link keeps the service's addresses; zero: addrsFresh (a test seam)
+	idleTrim   time.Duration // zero: idleTrim (a test seam)
 }
 
 // Validate reports a configuration no agent can run with, as an error that names the option.

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -295,5 +296,32 @@ func TestAttackServiceFailover(t *testing.T) {
 	}
 	if took := time.Since(start); took > dialTimeout*3/4 {
 		t.Errorf("served after %v: the dead first address took the whole dial timeout of %v", took, dialTimeout)
+	}
+}
+
+// TestAttackServiceMoved: the service's name resolved to one address when the idle link
+// opened and to another by the time a client takes it (a service that moved, a DNS
+// change). The client must be served at the address the name has now, as a dial at the
+// client's arrival would: an idle link's looked-up addresses are only kept while fresh.
+func TestAttackServiceMoved(t *testing.T) {
+	svc := startService(t, "127.0.0.1", echoMode)
+	port := svc.ln.Addr().(*net.TCPAddr).Port
+	var now atomic.Pointer[netip.Addr]
+	old := netip.MustParseAddr("127.0.0.3") // nothing listens there at the service's port
+	now.Store(&old)
+	var tn tunnel
+	startRelay(t, "127.0.0.1", RelayConfig{Hello: true, Wait: testTimeout}, &tn)
+	startAgent(t, AgentConfig{
+		Service: endpoint.Endpoint{Host: "service.test", Port: port}, Hello: true, Pool: 1,
+		lookup: func(context.Context, string) ([]netip.Addr, error) {
+			return []netip.Addr{*now.Load()}, nil
+		},
+		addrsFresh: time.Nanosecond, // stale at once: the test need not wait for it
+	}, &tn)
+	tn.waitPools(t, 1, 1)
+	moved := netip.MustParseAddr("127.0.0.1")
+	now.Store(&moved)
+	if _, err := roundTrip(dial(t, tn.clients), 10000, 0); err != nil {
+		t.Fatalf("a client after the service moved: %v\nagent:\n%s", err, tn.agentLog)
 	}
 }

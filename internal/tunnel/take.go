@@ -51,9 +51,13 @@ type loopLink struct {
 	// addrs are the service's addresses to try in order, or addrErr why there are none.
 	addrs   []netip.AddrPort
 	addrErr error
-	next    int
-	lastErr error
-	timer   *eventloop.Timer
+	// resolved is when addrs were looked up, and byName whether the service is a name
+	// (whose addresses may change while the link waits).
+	resolved time.Time
+	byName   bool
+	next     int
+	lastErr  error
+	timer    *eventloop.Timer
 	// client and source name the link's peer, then the client once a hello names it.
 	client string
 	source netip.Prefix
@@ -123,8 +127,10 @@ func (a *Agent) waitOnLoop(ctx context.Context, linkID uint64, c *net.TCPConn, r
 		return err
 	}
 	l := a.loops.Least()
+	_, literal := netip.ParseAddr(a.cfg.Service.Host)
 	ll := &loopLink{a: a, ctx: ctx, l: l, lp: l.Events(), linkID: linkID, fd: fd, srv: -1,
-		got: rest, addrs: addrs, addrErr: addrErr, done: make(chan error, 1),
+		got: rest, addrs: addrs, addrErr: addrErr, resolved: time.Now(), byName: literal != nil,
+		done:   make(chan error, 1),
 		client: fmt.Sprintf("link #%d %s", linkID, remote), source: sourceOf(remote)}
 	l.Post(ll.start)
 	return <-ll.done
@@ -277,6 +283,10 @@ func (ll *loopLink) dial() {
 	if ll.step != takeDialing {
 		ll.step = takeDialing
 		ll.dialStart = time.Now()
+		if ll.byName && time.Since(ll.resolved) > a.addrsFresh() {
+			ll.resolve()
+			return
+		}
 	}
 	if ll.addrErr != nil {
 		a.stats.conns.AttemptFailed(connstats.FailureOf(ll.addrErr))
@@ -326,6 +336,37 @@ func (ll *loopLink) attemptTimeout() (time.Duration, bool) {
 
 // minAttempt is the least time a connection attempt to one of several addresses gets.
 const minAttempt = 2 * time.Second
+
+// resolve looks the service's name up again, off the loop, for a link that waited longer
+// than its addresses stay fresh (the name may point elsewhere by now, as a dial at the
+// client's arrival would see), then dials. The lookup counts in the dial timeout.
+func (ll *loopLink) resolve() {
+	a := ll.a
+	a.wg.Add(1) // the slot still waits on done: Run's wait has not begun
+	go func() {
+		defer a.wg.Done()
+		ctx, cancel := context.WithTimeout(ll.ctx, a.dialTimeout())
+		addrs, err := a.serviceAddrs(ctx)
+		cancel()
+		ll.lp.Post(func() {
+			if ll.step != takeDialing || ll.srv >= 0 {
+				return // failed or cut meanwhile
+			}
+			ll.addrs, ll.addrErr, ll.next, ll.resolved = addrs, err, 0, time.Now()
+			ll.dial()
+		})
+	}()
+}
+
+// addrsFresh is how long a plain idle link keeps the service's addresses it looked up.
+const addrsFresh = time.Second
+
+func (a *Agent) addrsFresh() time.Duration {
+	if a.cfg.addrsFresh > 0 {
+		return a.cfg.addrsFresh
+	}
+	return addrsFresh
+}
 
 func (ll *loopLink) attemptFailed(err error) {
 	ll.lastErr = err
