@@ -325,3 +325,45 @@ func TestAttackServiceMoved(t *testing.T) {
 		t.Fatalf("a client after the service moved: %v\nagent:\n%s", err, tn.agentLog)
 	}
 }
+
+// TestAttackFloodBeyondPool: 60 clients at once on a pool of 2 plain links, with hellos and
+// without, on both loopbacks. Every client must get its own bytes back (SHA-256), the relay
+// must log an open and a close for each, and nothing may fail.
+func TestAttackFloodBeyondPool(t *testing.T) {
+	for _, host := range []string{"127.0.0.1", "::1"} {
+		for _, hello := range []bool{true, false} {
+			t.Run(fmt.Sprintf("%s/hello=%v", host, hello), func(t *testing.T) {
+				svc := startService(t, host, echoMode)
+				var tn tunnel
+				startRelay(t, host, RelayConfig{Hello: hello, Wait: testTimeout}, &tn)
+				startAgent(t, AgentConfig{Service: svc.ep(t), Hello: hello, Pool: 2}, &tn)
+				tn.waitPools(t, 2, 2)
+				const n = 60
+				errs := make(chan error, n)
+				for i := range n {
+					c := dial(t, tn.clients)
+					go func() {
+						_, err := roundTrip(c, 20000+i, 0)
+						errs <- err
+					}()
+				}
+				for range n {
+					if err := <-errs; err != nil {
+						t.Errorf("a client of the flood: %v", err)
+					}
+				}
+				tn.relayLog.waitCount(`close #\d+ `, n)
+				tn.agentLog.waitCount(`close #\d+ `, n)
+				if k := tn.relayLog.count(`open #\d+ `); k != n {
+					t.Errorf("the relay logged %d opens for %d clients", k, n)
+				}
+				if k := tn.relayLog.count(`failed #`) + tn.agentLog.count(`failed #`); k != 0 {
+					t.Errorf("%d failed lines:\nrelay:\n%s\nagent:\n%s", k, tn.relayLog, tn.agentLog)
+				}
+				if k := svc.accepted.Load(); k != n {
+					t.Errorf("the service saw %d connections for %d clients", k, n)
+				}
+			})
+		}
+	}
+}
