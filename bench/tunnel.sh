@@ -11,6 +11,7 @@
 # Usage: bench/tunnel.sh            (from the module root; ROUNDS=5 by default)
 #        ROUNDS=3 RATE=1s BYTES=134217728 bench/tunnel.sh
 #        OLD=COMMIT ONLY=tunnel-hello,tunnel-hello-old,tunnel-tls,tunnel-tls-old,ssh-R bench/tunnel.sh
+#        ROUNDS=0 ONLY=direct bench/tunnel.sh   (only the memory tables, and direct's CPU)
 # Missing peers (ssh, sshd, socat) are installed with apt-get when root, else skipped.
 set -euo pipefail
 
@@ -166,12 +167,14 @@ echo
 echo "Machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(uname -r); Go $(go env GOVERSION)"
 echo "Command: ROUNDS=$ROUNDS RATE=$RATE BYTES=$BYTES LINKS=$LINKS${OLD:+ OLD=$OLD}${ONLY:+ ONLY=$ONLY} bench/tunnel.sh"
 echo "Load average at the end: $(cut -d' ' -f1-3 /proc/loadavg) (2 shared cores; other jobs were running)"
-echo
-"$T/tunnelload" table <"$T/rows.tsv"
-echo
-echo "Against ssh -R, round by round (the same round of both targets, minutes apart at most):"
-echo
-"$T/tunnelload" against -base ssh-R <"$T/rows.tsv"
+if [ -s "$T/rows.tsv" ]; then # ROUNDS=0: no rounds, only the CPU and memory tables
+	echo
+	"$T/tunnelload" table <"$T/rows.tsv"
+	echo
+	echo "Against ssh -R, round by round (the same round of both targets, minutes apart at most):"
+	echo
+	"$T/tunnelload" against -base ssh-R <"$T/rows.tsv"
+fi
 
 # CPU seconds per GiB of single-stream throughput, per process: on two shared cores every
 # stage of the path competes for the same CPUs, so this shows which stage would limit
@@ -267,11 +270,26 @@ memrows() { # memrows NAME LISTENTWO-FLAGS -- CONNECTTWO-FLAGS: the table's rows
 	waitlinks "$T/memN.$name.log" $((LINKS + 1))
 	sleep 0.5
 	LN=$(rss_kib "$LPID"); AN=$(rss_kib "$CN")
-	kill "$CN" "$LPID"; wait "$CN" "$LPID" 2>/dev/null || true
 	echo "| $name | 1 | $L1 | $A1 |"
 	echo "| $name | $((LINKS + 1)) | $LN | $AN |"
 	echo "| $name | per link | $(( (LN - L1) / LINKS )) | $(( (AN - A1) / LINKS )) |"
+	if [ "$name" = tls ]; then
+		# TLS links come back to the pool after their client: LINKS+1 clients at once, each
+		# echoing 256 KiB (the bulk path's buffers), then the same links idle again, once
+		# connecttwo has closed the replacements it opened meanwhile (beyond --pool).
+		"$T/tunnelload" hold -addr "127.0.0.1:$S" -n $((LINKS + 1)) -bytes 262144
+		for _ in $(seq 600); do
+			[ "$(sockets "$CN")" -le $((LINKS + 1)) ] && break
+			sleep 0.025
+		done
+		sleep 2
+		LU=$(rss_kib "$LPID"); AU=$(rss_kib "$CN")
+		echo "| tls, each link used once | $((LINKS + 1)) | $LU | $AU |"
+		echo "| tls, each link used once | per link | $(( (LU - L1) / LINKS )) | $(( (AU - A1) / LINKS )) |"
+	fi
+	kill "$CN" "$LPID"; wait "$CN" "$LPID" 2>/dev/null || true
 }
+sockets() { find "/proc/$1/fd" -lname 'socket:*' 2>/dev/null | wc -l; }
 say "measuring memory per idle link ($LINKS links)"
 echo
 echo "| links | idle pooled links | listentwo RSS (KiB) | connecttwo RSS (KiB) |"

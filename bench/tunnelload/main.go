@@ -7,6 +7,8 @@
 //	tunnelload freeport                           print a free loopback port
 //	tunnelload wait -addr ADDR                    wait until ADDR accepts (10 s at most)
 //	tunnelload measure -name NAME -addr ADDR ...  print one TSV row for the target
+//	tunnelload hold -addr ADDR -n N -bytes B      N clients at once, each echoes B bytes,
+//	                                              and all close when all are done
 //	tunnelload table < rows.tsv                   print a Markdown table of medians
 package main
 
@@ -29,7 +31,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "tunnelload: want serve, freeport, wait, measure, table or against")
+		fmt.Fprintln(os.Stderr, "tunnelload: want serve, freeport, wait, measure, hold, table or against")
 		os.Exit(2)
 	}
 	var err error
@@ -42,6 +44,8 @@ func main() {
 		err = wait(os.Args[2:])
 	case "measure":
 		err = measure(os.Args[2:])
+	case "hold":
+		err = hold(os.Args[2:])
 	case "table":
 		err = table(os.Stdin, os.Stdout)
 	case "against":
@@ -145,6 +149,56 @@ func firstByte(addr string) (time.Duration, error) {
 		return 0, fmt.Errorf("reading the first byte: %w", err)
 	}
 	return time.Since(start), nil
+}
+
+// hold opens n clients at once; each sends 'E' and size random-ish bytes and reads the
+// echo back, and every client stays open until all have their echo, so that n links of a
+// tunnel each carry one session (bench/tunnel.sh then measures idle links that were used).
+func hold(args []string) error {
+	fs := flag.NewFlagSet("hold", flag.ContinueOnError)
+	addr := fs.String("addr", "", "target address")
+	n := fs.Int("n", 256, "clients at once")
+	size := fs.Int("bytes", 256<<10, "bytes each client sends and reads back")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	payload := make([]byte, 1+*size)
+	payload[0] = 'E'
+	for i := 1; i < len(payload); i++ {
+		payload[i] = byte(i * 7)
+	}
+	conns := make([]net.Conn, *n)
+	defer func() {
+		for _, c := range conns {
+			if c != nil {
+				c.Close()
+			}
+		}
+	}()
+	errs := make(chan error, *n)
+	for i := range conns {
+		c, err := net.DialTimeout("tcp", *addr, 10*time.Second)
+		if err != nil {
+			return fmt.Errorf("client %d: %w", i, err)
+		}
+		conns[i] = c
+		go func() {
+			_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+			go func() { _, _ = c.Write(payload) }()
+			back := make([]byte, len(payload))
+			_, err := io.ReadFull(c, back)
+			if err == nil && !slices.Equal(back, payload) {
+				err = errors.New("echo differs")
+			}
+			errs <- err
+		}()
+	}
+	for i := 0; i < *n; i++ {
+		if err := <-errs; err != nil {
+			return fmt.Errorf("hold: %w", err)
+		}
+	}
+	return nil
 }
 
 func measure(args []string) error {
