@@ -367,3 +367,90 @@ func TestAttackFloodBeyondPool(t *testing.T) {
 		}
 	}
 }
+
+// TestAttackTLSTrimWhileClientsArrive: a burst opens extra TLS links beyond --pool; while
+// connecttwo trims them back, clients keep arriving one after another. Each must either
+// get its own bytes back (SHA-256) or be ended and logged on both sides: no client lost
+// without a line. How many were reset is logged (the documented residual risk of a link
+// closed as not needed in the instant a client takes it).
+func TestAttackTLSTrimWhileClientsArrive(t *testing.T) {
+	svc := startService(t, "127.0.0.1", echoMode)
+	srv := newTLSServer(t)
+	tn := &tunnel{}
+	startRelay(t, "127.0.0.1", RelayConfig{Hello: true, Wait: testTimeout, TLS: srv}, tn)
+	startAgent(t, AgentConfig{Service: svc.ep(t), Hello: true, Pool: 1, TLS: pinned(t, srv.Pin), idleTrim: 50 * time.Millisecond}, tn)
+	tn.waitPools(t, 1, 1)
+	errs := make(chan error, 8)
+	for range 8 {
+		c := dial(t, tn.clients)
+		go func() { _, err := roundTrip(c, 64<<10, 0); errs <- err }()
+	}
+	for range 8 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	up := tn.agentLog.count(`link #\d+ up`)
+	clients, failed := 8, 0
+	// Clients paced by a ticker (load, not synchronisation): slower than the links come
+	// back, so that the extra ones stay idle long enough to be trimmed between clients.
+	tick := time.NewTicker(40 * time.Millisecond)
+	defer tick.Stop()
+	for i := 0; i < 100 && tn.agentLog.count(`not needed: more idle links than --pool`) < up-1; i++ {
+		<-tick.C
+		clients++
+		if _, err := roundTrip(dial(t, tn.clients), 1000+i, 0); err != nil {
+			failed++
+		}
+	}
+	trimmed := tn.agentLog.count(`not needed: more idle links than --pool`)
+	t.Logf("%d links up for the burst, %d trimmed; %d clients in all, %d of them reset while links were trimmed", up, trimmed, clients, failed)
+	if trimmed < up-1 {
+		t.Errorf("%d of the %d extra links trimmed while clients came", trimmed, up-1)
+	}
+	// Every client has its close or failed line on the relay, served or not.
+	tn.relayLog.waitCount(`(close|failed) #\d+ `, clients)
+	if ok := tn.relayLog.count(`close #\d+ .*end="(client|server) closed"`); ok < clients-failed {
+		t.Errorf("%d clean closes on the relay for %d clients served", ok, clients-failed)
+	}
+}
+
+// TestAttackSilentClientWithHellos: with hellos, a client that connects and sends nothing
+// still takes a link (the hello is the relay's), reaches the service, and its close is
+// passed on as a clean end; the pool refills meanwhile and the next client is served, on
+// both loopbacks.
+func TestAttackSilentClientWithHellos(t *testing.T) {
+	for _, host := range []string{"127.0.0.1", "::1"} {
+		t.Run(host, func(t *testing.T) {
+			ends := make(chan error, 2)
+			ln := listen(t, host)
+			serveEach(t, ln, func(c *net.TCPConn) {
+				n, err := io.Copy(io.Discard, c)
+				if err == nil && n != 0 {
+					err = fmt.Errorf("read %d bytes from a silent client", n)
+				}
+				ends <- err
+			})
+			var tn tunnel
+			startRelay(t, host, RelayConfig{Hello: true, Wait: testTimeout}, &tn)
+			startAgent(t, AgentConfig{Service: epOf(t, ln.Addr()), Hello: true, Pool: 1}, &tn)
+			tn.waitPools(t, 1, 1)
+			c := dial(t, tn.clients)
+			tn.agentLog.wait(`open #1 `)
+			tn.waitPools(t, 1, 1) // the replacement, while the silent client holds its link
+			if err := c.CloseWrite(); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case err := <-ends:
+				if err != nil {
+					t.Fatalf("the service: %v", err)
+				}
+			case <-time.After(testTimeout):
+				t.Fatal("the silent client's close never reached the service")
+			}
+			c.Close()
+			tn.relayLog.wait(`close #1 .*up=0 .*end="client closed"`)
+		})
+	}
+}
