@@ -375,11 +375,7 @@ func TestAttackFloodBeyondPool(t *testing.T) {
 // closed as not needed in the instant a client takes it).
 func TestAttackTLSTrimWhileClientsArrive(t *testing.T) {
 	svc := startService(t, "127.0.0.1", echoMode)
-	srv := newTLSServer(t)
-	tn := &tunnel{}
-	startRelay(t, "127.0.0.1", RelayConfig{Hello: true, Wait: testTimeout, TLS: srv}, tn)
-	startAgent(t, AgentConfig{Service: svc.ep(t), Hello: true, Pool: 1, TLS: pinned(t, srv.Pin), idleTrim: 50 * time.Millisecond}, tn)
-	tn.waitPools(t, 1, 1)
+	tn := startTLSTunnelTrim(t, "127.0.0.1", svc, 1, 50*time.Millisecond)
 	errs := make(chan error, 8)
 	for range 8 {
 		c := dial(t, tn.clients)

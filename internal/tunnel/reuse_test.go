@@ -27,10 +27,16 @@ import (
 // --pool pool and trimming off (so that the links a test uses stay those it counts).
 func startTLSTunnel(t *testing.T, host string, svc *service, pool int) *tunnel {
 	t.Helper()
+	return startTLSTunnelTrim(t, host, svc, pool, time.Hour)
+}
+
+// startTLSTunnelTrim is startTLSTunnel with links beyond the pool trimmed after trim.
+func startTLSTunnelTrim(t *testing.T, host string, svc *service, pool int, trim time.Duration) *tunnel {
+	t.Helper()
 	srv := newTLSServer(t)
 	tn := &tunnel{}
 	startRelay(t, host, RelayConfig{Hello: true, Wait: testTimeout, TLS: srv}, tn)
-	startAgent(t, AgentConfig{Service: svc.ep(t), Hello: true, Pool: pool, TLS: pinned(t, srv.Pin), idleTrim: time.Hour}, tn)
+	startAgent(t, AgentConfig{Service: svc.ep(t), Hello: true, Pool: pool, TLS: pinned(t, srv.Pin), idleTrim: trim}, tn)
 	tn.waitPools(t, pool, pool)
 	return tn
 }
@@ -516,11 +522,7 @@ func TestLinkLinesByMode(t *testing.T) {
 // delay, on both sides, and the pool serves on.
 func TestTLSExtraLinksTrimmed(t *testing.T) {
 	svc := startService(t, "127.0.0.1", echoMode)
-	srv := newTLSServer(t)
-	tn := &tunnel{}
-	startRelay(t, "127.0.0.1", RelayConfig{Hello: true, Wait: testTimeout, TLS: srv}, tn)
-	startAgent(t, AgentConfig{Service: svc.ep(t), Hello: true, Pool: 2, TLS: pinned(t, srv.Pin), idleTrim: 200 * time.Millisecond}, tn)
-	tn.waitPools(t, 2, 2)
+	tn := startTLSTunnelTrim(t, "127.0.0.1", svc, 2, 200*time.Millisecond)
 	errs := make(chan error, 6)
 	for range 6 {
 		go func() {
