@@ -49,6 +49,10 @@ func (c *closing) finished(dir int) closeStep {
 	return step
 }
 
+// shutDown reports whether side's writing was shut down (the direction towards it ended
+// and its FIN went out), so that the kernel may close its socket after a clean end.
+func (c *closing) shutDown(side int) bool { return c.eof[1-side] }
+
 // failed is told that a direction failed: resetBy is the side whose peer reset its
 // connection (the engine asks the kernel), or -1, and end names any other failure
 // ("error: ..."). A reset is passed on as a reset; any failure ends the relay, and both

@@ -284,6 +284,14 @@ func (j *joiner) finished(isUp bool, n int64, err error) {
 		j.res.Down = n
 	}
 	if err == nil {
+		// Linux reports a peer's reset once: when the other direction's write took it, a
+		// read from the same socket then returns a plain EOF. A socket that the kernel has
+		// closed while this relay never sent it a FIN (the other direction still runs) was
+		// reset, not half-closed, and its EOF must not be passed on as a clean end.
+		if src := [2]side{j.client, j.server}[dir]; !j.policy.shutDown(dir) && src.wasReset() {
+			j.do(j.policy.failed(dir, ""))
+			return
+		}
 		j.do(j.policy.finished(dir))
 		return
 	}
