@@ -77,6 +77,7 @@ type linkSession struct {
 	mu      sync.Mutex // held while a frame is written
 	buf     *[]byte    // from frameBuffers, for DATA frames; nil before the first
 	sentEnd bool       // a FIN or RST went out: no DATA may follow
+	sentFin bool       // ... and it was a FIN
 
 	stopped  atomic.Bool // a write deadline in the past stopped the writes
 	failMu   sync.Mutex
@@ -152,7 +153,7 @@ func (s *linkSession) endLocked(typ byte) error {
 	if s.sentEnd {
 		return nil
 	}
-	s.sentEnd = true
+	s.sentEnd, s.sentFin = true, typ == frameFin
 	_, err := s.l.tls.Write([]byte{typ, 0, 0})
 	if err != nil {
 		s.fail(err)
@@ -166,13 +167,19 @@ func (s *linkSession) CloseWrite() error { return s.end(frameFin) }
 // Reset sends a RST: this side's socket was reset, or the relay cut it. It never waits
 // for a DATA frame being written (the relay calls it with its lock held, and that write
 // may wait for the peer): then the write is cut and the link is broken instead, which
-// the peer passes on as a reset too.
+// the peer passes on as a reset too. So is a reset after this side's FIN (a client that
+// half-closed, then reset while the service still sends): no frame can follow a FIN, and
+// the link, closed with a reset, makes the peer's writes fail and the peer reset its side.
 func (s *linkSession) Reset() error {
 	if !s.mu.TryLock() {
 		s.fail(errors.New("reset while a frame was being written"))
 		return s.l.tls.SetWriteDeadline(time.Unix(1, 0))
 	}
 	defer s.mu.Unlock()
+	if s.sentFin {
+		s.fail(errors.New("reset after this side's FIN"))
+		return nil
+	}
 	return s.endLocked(frameRst)
 }
 
