@@ -305,9 +305,10 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		switch {
 		case ctx.Err() != nil:
 			return t.cut(errInterrupted)
-		case left > 0 && relay.ConnReset(t.dstConn):
-			// Only with bytes unacknowledged: a peer that acknowledged everything and
-			// closed leaves our socket in TCP_CLOSE too (TIME_WAIT), which is no reset.
+		case left > 0 && relay.ConnReset(t.dstConn) && relay.ConnUnacked(t.dstConn) > 0:
+			// Only with bytes unacknowledged, counted after the state: a peer that
+			// acknowledged everything and closed leaves our socket in TCP_CLOSE too
+			// (TIME_WAIT, or straight from LAST_ACK when it closed first), which is no reset.
 			return t.cut(resetError(t.dstName))
 		case left > 0:
 			cut := t.cut(fmt.Errorf("delivery not confirmed: %s acknowledged nothing more for %v", t.dstName, cfg.closeTimeout()))

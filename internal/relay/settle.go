@@ -22,8 +22,13 @@ func Settle(ctx context.Context, c *net.TCPConn, stall time.Duration) int {
 	clock := newSettleClock(time.Now(), stall)
 	for {
 		discard(c)
+		// The state first, then the count: a clean end where our FIN is the last to be
+		// acknowledged (the peer closed first) moves the socket to TCP_CLOSE too, the
+		// moment that acknowledgement comes, and then the count is 0. Read the other way
+		// round, a count of 1 (the FIN) taken just before it came would look like a reset.
+		reset := isReset(c)
 		n := unacked(c)
-		if n <= 0 || ctx.Err() != nil || isReset(c) {
+		if n <= 0 || ctx.Err() != nil || reset {
 			return n
 		}
 		wait, ok := clock.next(time.Now(), n)
