@@ -28,6 +28,9 @@ type Options struct {
 	// Progress, when set, is told of bytes as they are written (up: client to server).
 	// It must be safe for simultaneous use and cheap (an atomic add).
 	Progress func(up bool, n int64)
+	// Trim, when set, hears of the relay's start and end, and gives the memory that the
+	// process's user-space relays used back once none has run for a while.
+	Trim *Trimmer
 
 	// stall replaces SettleTimeout (a test seam).
 	stall time.Duration
@@ -75,6 +78,8 @@ type Result struct {
 // goroutine for the other; ends are handled as they happen, without a third goroutine, to
 // keep an idle relay small.
 func Join(ctx context.Context, client, server net.Conn, o Options) Result {
+	o.Trim.begin()
+	defer o.Trim.end()
 	j := &joiner{client: sideOf(client), server: sideOf(server), start: time.Now(), policy: closing{halfClose: o.HalfClose}}
 	jctx, cancel := context.WithCancel(ctx)
 	defer cancel()

@@ -125,7 +125,8 @@ type Agent struct {
 	conns     atomic.Uint64 // ids for log lines
 	links     atomic.Uint64
 	wg        sync.WaitGroup
-	loops     *relay.Loops // relay the taken plain links and the service; made by Run
+	loops     *relay.Loops   // relay the taken plain links and the service; made by Run
+	trim      *relay.Trimmer // gives back the TLS sessions' relay memory once idle
 	// floods keeps the failures of a service that cannot be reached from writing a line
 	// per client: strangerBurst a strangerInterval, then a summary with the count.
 	floods *connlog.Summary
@@ -163,7 +164,7 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 		tlsConfig = cfg.TLS.Config()
 	}
 	return &Agent{cfg: cfg, tlsConfig: tlsConfig, secret: newSecretBox(cfg.Secret, cfg.SecretFile), idle: newGauge(), opening: make(chan struct{}, maxOpening),
-		floods: cfg.Log.Summarise(strangerBurst, strangerInterval)}, nil
+		floods: cfg.Log.Summarise(strangerBurst, strangerInterval), trim: relay.NewTrimmer(0)}, nil
 }
 
 // Reload rereads the secret file (SecretFile) and logs it: links opened from now on prove
@@ -438,7 +439,7 @@ func (a *Agent) serve(ctx context.Context, linkID uint64, link *net.TCPConn, rw 
 	counts.Up(len(payload)) // the client's bytes that came with the hello or the first read
 	relaying = true
 	a.wg.Add(1) // until the relay's end, which Run waits for
-	relayPaired(ctx, a.loops, rw, srv, counts, func(res relay.Result) {
+	relayPaired(ctx, a.loops, a.trim, rw, srv, counts, func(res relay.Result) {
 		up := uint64(res.Up) + uint64(len(payload))
 		a.cfg.Log.Close(id, client, service, up, uint64(res.Down), res.Duration, res.End)
 		counts.Ended(connstats.EndOf(res.End))

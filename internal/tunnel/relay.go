@@ -154,6 +154,8 @@ type Relay struct {
 	// back pauses both listeners while the process is short of descriptors or memory.
 	back  accept.Backoff
 	loops *relay.Loops // relay the paired plain links and clients; made by Serve
+	// trim gives back the memory of the TLS sessions' relays once none has run a while.
+	trim *relay.Trimmer
 	// stats are the counts for the metrics: see Stats.
 	stats relayStats
 }
@@ -213,6 +215,7 @@ func NewRelay(cfg RelayConfig) (*Relay, error) {
 		pool:       newPool[*idleLink](cfg.MaxLinks),
 		linkRoom:   newRoom(cfg.MaxHandshakes, cfg.MaxHandshakes),
 		clientRoom: newRoom(cfg.MaxSilentClients, cfg.MaxSilentPerSource),
+		trim:       relay.NewTrimmer(0),
 		strangers:  cfg.Log.Summarise(strangerBurst, strangerInterval),
 	}, nil
 }
@@ -719,7 +722,7 @@ func (r *Relay) pair(ctx context.Context, c *net.TCPConn, l *idleLink, id uint64
 		pairOnLoop(ctx, l.loop, c, l.fd, &r.stats.conns, done)
 		return
 	}
-	relayPaired(ctx, r.loops, c, rw, &r.stats.conns, done)
+	relayPaired(ctx, r.loops, r.trim, c, rw, &r.stats.conns, done)
 	if sess != nil {
 		r.relink(ctx, l, sess) // the relay of a session has ended by now (relayPaired)
 	}

@@ -170,13 +170,14 @@ func buffered(rw net.Conn) ([]byte, error) {
 // puts its link back or closes it.
 // The end of ctx cuts the relay. A plain idle link's pair starts on its loop instead
 // (pairOnLoop, loopLink.connected).
-// counts hears of the bytes each way as they move (on the loop, or the Join's goroutines).
-func relayPaired(ctx context.Context, loops *relay.Loops, client, server net.Conn, counts *connstats.Counters, done func(relay.Result)) {
+// counts hears of the bytes each way as they move (on the loop, or the Join's goroutines);
+// trim hears of every Join, to give their buffers back once none has run for a while.
+func relayPaired(ctx context.Context, loops *relay.Loops, trim *relay.Trimmer, client, server net.Conn, counts *connstats.Counters, done func(relay.Result)) {
 	c, cok := client.(*net.TCPConn)
 	s, sok := server.(*net.TCPConn)
 	if cok && sok {
 		loops.Start(ctx, c, s, relay.PairOptions{HalfClose: true, OnEnd: done, Progress: counts.Moved})
 		return
 	}
-	done(relay.Join(ctx, client, server, relay.Options{HalfClose: true, Progress: counts.Moved}))
+	done(relay.Join(ctx, client, server, relay.Options{HalfClose: true, Progress: counts.Moved, Trim: trim}))
 }
