@@ -282,7 +282,7 @@ memrows() { # memrows NAME LISTENTWO-FLAGS -- CONNECTTWO-FLAGS: the table's rows
 			[ "$(sockets "$CN")" -le $((LINKS + 1)) ] && break
 			sleep 0.025
 		done
-		sleep 2
+		sleep 5 # the processes give freed memory back 2 s after the last relay or closed link
 		LU=$(rss_kib "$LPID"); AU=$(rss_kib "$CN")
 		echo "| tls, each link used once | $((LINKS + 1)) | $LU | $AU |"
 		echo "| tls, each link used once | per link | $(( (LU - L1) / LINKS )) | $(( (AU - A1) / LINKS )) |"

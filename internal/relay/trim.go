@@ -66,9 +66,27 @@ func (t *Trimmer) end() {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.active--
-	if t.active > 0 {
+	if t.active == 0 {
+		t.armLocked()
+	}
+}
+
+// Released tells t that memory was let go outside a relay (a TLS link closed, say): a
+// trim follows the quiet time, as after the end of a relay, unless relays run.
+func (t *Trimmer) Released() {
+	if t == nil {
 		return
 	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.used = true
+	if t.active == 0 {
+		t.armLocked()
+	}
+}
+
+// armLocked (re)starts the quiet time; t.mu is held.
+func (t *Trimmer) armLocked() {
 	if t.timer == nil {
 		t.timer = time.AfterFunc(t.quiet, t.trim)
 		return

@@ -40,7 +40,12 @@ func TestTrimmer(t *testing.T) {
 		t.Fatalf("trimmed %d times while idle, want 2", n)
 	}
 
+	// Memory let go outside a relay (a link closed) is given back too.
+	tr.Released()
+	testkit.WaitUntil(t, testkit.Timeout, "the trim after a release", func() bool { return trims.Load() == 3 })
+
 	var none *Trimmer // a nil Trimmer does nothing
+	none.Released()
 	none.begin()
 	none.end()
 }

@@ -545,6 +545,7 @@ func (a *Agent) keep(ctx context.Context, id uint64, addr string, fl *framedLink
 		}
 		if why != nil {
 			fl.tcp.Close() // raw: without close_notify
+			a.trim.Released()
 			a.cfg.Log.Printf("link #%d down %s: %v", id, addr, why)
 			return
 		}

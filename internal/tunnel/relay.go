@@ -555,6 +555,7 @@ func (r *Relay) startWatch(ctx context.Context, l *idleLink) {
 		close(l.done)
 		if l.cause != nil && r.pool.remove(l) {
 			l.conn.Close()
+			r.trim.Released()
 			r.cfg.Log.Printf("link #%d down %s: %v", l.id, l.addr, l.cause)
 		}
 	}()
@@ -796,6 +797,7 @@ func (r *Relay) relink(ctx context.Context, l *idleLink, s *linkSession) {
 			_ = l.conn.SetLinger(0) // in an unknown state: the peer resets its side too
 		}
 		l.conn.Close()
+		r.trim.Released()
 		r.cfg.Log.Printf("link #%d down %s: %v", l.id, l.addr, why)
 		return
 	}
