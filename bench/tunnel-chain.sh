@@ -3,8 +3,11 @@
 # byte path built from two `tcp-pf --lazy` processes in a chain (client -> tcp-pf ->
 # tcp-pf -> sink), on loopback: new clients per second and single-stream throughput as
 # ratios to the chain in the same round (medians and lowest over the rounds), and the CPU
-# time per new client of every process on the path. With OLD=COMMIT, the tunnel built
-# from that commit runs in the same rounds as "tunnel-old", for a before/after.
+# time per new client of every process on the path. The tunnel runs twice: "tunnel" with
+# connecttwo's default --pool 2, "tunnel-pool8" with --pool 8, as many links as the load's
+# concurrent clients (a pool hit per client rather than a wait for a replacement link).
+# With OLD=COMMIT, the tunnel built from that commit runs in the same rounds as
+# "tunnel-old" and "tunnel-old-pool8", for a before/after.
 #
 # Usage: bench/tunnel-chain.sh                      (from the module root; ROUNDS=5)
 #        OLD=499e248 ROUNDS=7 RATE=1500ms bench/tunnel-chain.sh
@@ -55,19 +58,25 @@ pids="$pids $!"
 TARGETS+=("chain=127.0.0.1:$P1")
 PIDS_OF[chain]=$pids
 
-tunnel() { # tunnel NAME BINDIR: listentwo + connecttwo from BINDIR, no hellos
-	local s d
+tunnel() { # tunnel NAME BINDIR [CONNECTTWO-OPTION...]: listentwo + connecttwo from BINDIR, no hellos
+	local name=$1 bin=$2 s d
+	shift 2
 	s=$(port); d=$(port)
-	start "$2/listentwo" -s "127.0.0.1:$s" -d "127.0.0.1:$d" -q 2>"$T/$1.listentwo.log"
+	start "$bin/listentwo" -s "127.0.0.1:$s" -d "127.0.0.1:$d" -q 2>"$T/$name.listentwo.log"
 	local lp=$!
 	"$T/tunnelload" wait -addr "127.0.0.1:$d"
-	start "$2/connecttwo" -s "127.0.0.1:$d" -d "127.0.0.1:$SINK" -q 2>"$T/$1.connecttwo.log"
-	PIDS_OF[$1]="$lp $!"
+	start "$bin/connecttwo" -s "127.0.0.1:$d" -d "127.0.0.1:$SINK" -q "$@" 2>"$T/$name.connecttwo.log"
+	PIDS_OF[$name]="$lp $!"
 	"$T/tunnelload" wait -addr "127.0.0.1:$s"
-	TARGETS+=("$1=127.0.0.1:$s")
+	TARGETS+=("$name=127.0.0.1:$s")
 }
+# The load generator runs 8 clients at once: with --pool 8 each finds a link idle.
 tunnel tunnel "$T"
-[ -n "${OLD:-}" ] && tunnel tunnel-old "$T/old"
+tunnel tunnel-pool8 "$T" --pool 8
+if [ -n "${OLD:-}" ]; then
+	tunnel tunnel-old "$T/old"
+	tunnel tunnel-old-pool8 "$T/old" --pool 8
+fi
 
 ticks() { # ticks PID...: user+system clock ticks of the processes
 	local sum=0 p
