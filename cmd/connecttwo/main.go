@@ -5,8 +5,6 @@ package main
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"io"
 	"os"
 	"runtime"
@@ -201,15 +199,10 @@ func parse(ctx context.Context, args []string, stdout, stderr io.Writer, metrics
 	}
 	if fs.Changed("secret-file") {
 		secret, warning, err := tunnel.LoadSecret(*secretFile)
-		if errors.Is(err, tunnel.ErrEmptySecret) {
-			return cfg, cli.AsUsage(err)
-		}
 		if err != nil {
-			return cfg, err
+			return cfg, cli.UsageIf(err, tunnel.ErrEmptySecret)
 		}
-		if warning != "" {
-			fmt.Fprintf(stderr, "%s: %s\n", tool, warning)
-		}
+		cli.Warn(stderr, tool, warning)
 		cfg.Secret, cfg.SecretFile = secret, *secretFile
 	}
 	if fs.Changed("tls-ca") {

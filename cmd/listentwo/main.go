@@ -232,15 +232,10 @@ func parse(ctx context.Context, args []string, stdout, stderr io.Writer, metrics
 	}
 	if fs.Changed("secret-file") {
 		secret, warning, err := tunnel.LoadSecret(*secretFile)
-		if errors.Is(err, tunnel.ErrEmptySecret) {
-			return cfg, cli.AsUsage(err)
-		}
 		if err != nil {
-			return cfg, err
+			return cfg, cli.UsageIf(err, tunnel.ErrEmptySecret)
 		}
-		if warning != "" {
-			fmt.Fprintf(stderr, "%s: %s\n", tool, warning)
-		}
+		cli.Warn(stderr, tool, warning)
 		cfg.Secret, cfg.SecretFile = secret, *secretFile
 	}
 	cfg.Log = connlog.NewWith(stderr, logFlags.Options())
@@ -249,9 +244,7 @@ func parse(ctx context.Context, args []string, stdout, stderr io.Writer, metrics
 		if err != nil {
 			return cfg, err
 		}
-		if srv.Warning != "" {
-			fmt.Fprintf(stderr, "%s: %s\n", tool, srv.Warning)
-		}
+		cli.Warn(stderr, tool, srv.Warning)
 		if srv.Created {
 			cfg.Log.Printf("created --tls-key %s (mode 0600) with a new key", *tlsKey)
 		}

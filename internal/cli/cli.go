@@ -53,6 +53,25 @@ func AsUsage(err error) error {
 	return &UsageError{Err: err}
 }
 
+// UsageIf wraps err as a UsageError when it wraps one of targets (a mistake in what the user
+// gave, such as an empty secret file), and returns it unchanged otherwise.
+func UsageIf(err error, targets ...error) error {
+	for _, t := range targets {
+		if errors.Is(err, t) {
+			return AsUsage(err)
+		}
+	}
+	return err
+}
+
+// Warn prints a warning that does not stop the tool (say, a key file every user may read)
+// to w as "tool: warning". An empty warning prints nothing.
+func Warn(w io.Writer, tool, warning string) {
+	if warning != "" {
+		fmt.Fprintf(w, "%s: %s\n", tool, warning)
+	}
+}
+
 // ErrHelp is returned by Parse when -h/--help or -v/--version was handled: the caller exits 0.
 var ErrHelp = errors.New("help requested")
 

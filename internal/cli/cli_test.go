@@ -148,3 +148,24 @@ func TestSignalContextStopsOnSIGHUP(t *testing.T) {
 		t.Fatal("SIGHUP did not end the context")
 	}
 }
+
+func TestUsageIfAndWarn(t *testing.T) {
+	empty := errors.New("empty")
+	wrapped := fmt.Errorf("--secret-file f: %w", empty)
+	if got := Code(UsageIf(wrapped, empty)); got != ExitUsage {
+		t.Errorf("UsageIf(error wrapping the target): exit %d, want %d", got, ExitUsage)
+	}
+	other := errors.New("permission denied")
+	if got := UsageIf(other, empty); got != other || Code(got) != ExitFailure {
+		t.Errorf("UsageIf(other error) = %v (exit %d), want it unchanged (exit %d)", got, Code(got), ExitFailure)
+	}
+	if UsageIf(nil, empty) != nil {
+		t.Error("UsageIf(nil) is not nil")
+	}
+	var b strings.Builder
+	Warn(&b, "tool", "")
+	Warn(&b, "tool", "warning: f is readable by every user")
+	if b.String() != "tool: warning: f is readable by every user\n" {
+		t.Errorf("Warn wrote %q", b.String())
+	}
+}
