@@ -252,3 +252,33 @@ func TestNetnsSilentHost(t *testing.T) {
 		t.Errorf("%d set-aside and back lines, want one each:\n%s", c, p.Log)
 	}
 }
+
+// A name with an IPv6 address that drops SYNs (a broken IPv6 route, the commonest dual-stack
+// failure) and a working IPv4 one: IPv4 starts racing 300 ms later and serves the client,
+// as net.Dialer would, instead of after the whole connect timeout on the IPv6 address.
+func TestNetnsDualStackBlackhole(t *testing.T) {
+	t.Parallel()
+	ns := nstest.New(t)
+	ns.Run(t, "ip", "addr", "add", "192.0.2.9/32", "dev", "lo")
+	ns.Run(t, "ip", "addr", "add", "2001:db8::9/128", "dev", "lo", "nodad")
+	ns.Nft(t, `table inet blackhole {
+	chain input {
+		type filter hook input priority 0;
+		ip6 daddr 2001:db8::9 tcp flags syn drop
+	}
+}
+`)
+	serveDNS(t, ns.ListenUDP(t, "127.0.0.1:53"), true, nil) // nothing may leave the namespace
+	ns.ResolvConf(t, "nameserver 127.0.0.1\n")
+	ns.Hosts(t, "2001:db8::9 dual.example\n192.0.2.9 dual.example\n") // IPv6 first
+	be := testkit.Serve(t, ns.Listen(t, "192.0.2.9:0"), func(*net.TCPConn) {})
+	p := startPFIn(t, ns, "-d", "dual.example:"+strconv.Itoa(be.Port()))
+	for i := range 3 {
+		// Tried in turn, each client waited the 10 s connect timeout on 2001:db8::9.
+		d := served(t, ns, p.addr, 3*time.Second)
+		t.Logf("connection %d served in %v", i+1, d.Round(time.Millisecond))
+	}
+	if c := p.Log.Count(`failed #`); c != 0 {
+		t.Errorf("%d failed lines: the IPv6 attempt lost the race, it did not fail:\n%s", c, p.Log)
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"shd-tcp-tools/internal/dnscache"
 	"shd-tcp-tools/internal/endpoint"
 	"shd-tcp-tools/internal/eventloop"
+	"shd-tcp-tools/internal/loopdial"
 	"shd-tcp-tools/internal/ratelimit"
 	"shd-tcp-tools/internal/relay"
 	"shd-tcp-tools/internal/sock"
@@ -58,15 +59,14 @@ type lconn struct {
 	client, local netip.AddrPort
 	pre           []byte // the --send-proxy header, what is left of it to send
 
-	plan       endpoint.Plan[*hostEntry] // the hosts tried so far, in order, from the server's source
-	held       bool                      // the balancer counts this connection open on the current one
-	addrs      []netip.Addr              // its addresses (shared with the name cache: read only) ...
-	next       int                       // ... and the next one to try
-	lit        [1]netip.Addr
-	failure    connstats.Failure // the class of the last failure, for the metrics
-	dialStart  time.Time         // when the connect in flight began
-	shortSince time.Time         // when connecting first found no descriptor
-	timer      *eventloop.Timer  // connect or --insert deadline, or the settle poll
+	plan      endpoint.Plan[*hostEntry] // the hosts tried so far, in order, from the server's source
+	held      bool                      // the balancer counts this connection open on the current one
+	addrs     []netip.Addr              // its addresses (shared with the name cache: read only)
+	lit       [1]netip.Addr
+	dial      loopdial.Dial     // the connect to them
+	failure   connstats.Failure // the class of the last failure, for the metrics
+	dialStart time.Time         // when the connect in flight began
+	timer     *eventloop.Timer  // --insert's stall deadline
 
 	inserted  int
 	pace      [2]*ratelimit.Bucket // each direction's rate limit; --insert pays up's
@@ -120,7 +120,7 @@ func (c *lconn) nextHost() bool {
 				c.ls.log.Warnf("%s", line)
 			}
 		}
-		c.addrs, c.next = nil, 0
+		c.addrs = nil
 		if !c.nextCandidate() {
 			var why error // each host that failed has a line already; one host says it all
 			if c.plan.Failures() == 0 {
@@ -189,53 +189,63 @@ func (c *lconn) Resolved(ans dnscache.Answer) {
 			return
 		}
 		c.state = stConnecting
-		c.take(ans)
+		if c.take(ans) {
+			c.dialHost()
+			return
+		}
 		c.dialNext()
 	})
 }
 
-// dialNext starts a connection to the next address of the current candidate, or of the
-// next candidate, logging each one that fails at once; when none is left the client is
-// reset.
+// dialNext moves on to the next candidate and connects to it; when none is left the
+// client is reset.
 func (c *lconn) dialNext() {
-	for {
-		if c.next >= len(c.addrs) {
-			if !c.nextHost() {
-				return
-			}
-			continue
-		}
-		addr := netip.AddrPortFrom(c.addrs[c.next], uint16(c.plan.Current().ep.Port))
-		c.next++
-		if err := c.connect(addr); err != nil {
-			if accept.Shortage(err) && c.waitForDescriptor(err) {
-				c.next-- // the same address again, once descriptors free up
-				return
-			}
-			c.failed(err)
-			continue
-		}
-		c.dialStart = c.ls.lp.Now()
-		timeout := orDefault(c.s.cfg.ConnectTimeout, DefaultConnectTimeout)
-		c.timer = c.ls.lp.AfterFunc(timeout, func() {
-			c.timer = nil
-			c.connectFailed(errTimedOut)
-		})
-		return
+	if c.nextHost() {
+		c.dialHost()
 	}
+}
+
+// dialHost connects to the current candidate's addresses (see loopdial: one family after
+// the other, racing after 300 ms, within --connect-timeout).
+func (c *lconn) dialHost() {
+	c.dialStart = c.ls.lp.Now()
+	c.dial.Start(c.ls.lp, &c.ls.e.dialer, c, c.addrs, uint16(c.plan.Current().ep.Port))
+}
+
+// AttemptFailed logs an address of the current candidate that could not be reached. A
+// socket that found no descriptor or memory is not a failure while time is left: the
+// client stays connected and waits, accepting pauses, and the same address is tried again
+// after the back-off.
+func (c *lconn) AttemptFailed(_ netip.AddrPort, err error, left time.Duration) time.Duration {
+	if accept.Shortage(err) {
+		if wait := max(c.s.back.Pause(c.s.cfg.now()), accept.MinPause); wait < left {
+			c.s.shorted(c.ls.log, err)
+			c.ls.pause()
+			return wait
+		}
+	}
+	c.failed(err)
+	return 0
+}
+
+// Connected takes the destination socket and logs the open.
+func (c *lconn) Connected(fd int, _ netip.AddrPort) {
+	c.sfd = fd
+	c.connected()
+}
+
+// Failed moves on to the next candidate once every address of this one failed.
+func (c *lconn) Failed(err error) {
+	if c.plan.LastErr() == nil { // no attempt was made: say why
+		c.failed(err)
+	}
+	c.dialNext()
 }
 
 // resetClient ends a connection that never reached a destination: the client is reset, so
 // that it knows it was not served, and why, when not nil, is logged.
 func (c *lconn) resetClient(why error) {
-	if c.timer != nil {
-		c.timer.Stop()
-		c.timer = nil
-	}
-	if c.sfd >= 0 {
-		_ = c.ls.lp.CloseFD(c.sfd)
-		c.sfd = -1
-	}
+	c.dial.Stop()
 	c.releaseHost()
 	fail := c.failure // every host failed: the class of the last failure
 	if why != nil {
@@ -261,67 +271,6 @@ func (c *lconn) release() {
 	c.s.done()
 }
 
-var errTimedOut = errors.New("connection timed out")
-
-// waitForDescriptor handles a connect that found no descriptor or memory for its socket:
-// the client stays connected and waits, while accepting pauses, and the same target is
-// tried again after the back-off, until the connect timeout since the first shortage.
-// It reports false when that time is up.
-func (c *lconn) waitForDescriptor(err error) bool {
-	now := c.ls.lp.Now()
-	if c.shortSince.IsZero() {
-		c.shortSince = now
-	}
-	if now.Sub(c.shortSince) >= orDefault(c.s.cfg.ConnectTimeout, DefaultConnectTimeout) {
-		return false
-	}
-	c.s.shorted(c.ls.log, err)
-	c.ls.pause()
-	wait := max(c.s.back.Pause(c.s.cfg.now()), accept.MinPause)
-	c.timer = c.ls.lp.AfterFunc(wait, func() {
-		c.timer = nil
-		c.dialNext()
-	})
-	return true
-}
-
-// connect opens a socket and starts a non-blocking connect to addr.
-func (c *lconn) connect(addr netip.AddrPort) error {
-	cfg := &c.s.cfg
-	if l := cfg.Local; l.IsValid() && l.Is4() != addr.Addr().Is4() {
-		return errors.New("address family differs from the local address (INADDR_DEFAULT)")
-	}
-	socket := sock.Socket
-	if c.s.socket != nil {
-		socket = c.s.socket
-	}
-	fd, err := socket(addr.Addr())
-	if err != nil {
-		return os.NewSyscallError("socket", err)
-	}
-	fail := func(call string, err error) error {
-		unix.Close(fd)
-		return os.NewSyscallError(call, err)
-	}
-	if err := sock.SetNoDelay(fd); err != nil {
-		return fail("setsockopt", err)
-	}
-	if l := cfg.Local; l.IsValid() {
-		if err := sock.Bind(fd, netip.AddrPortFrom(l, 0)); err != nil {
-			return fail("bind", err)
-		}
-	}
-	err = sock.Connect(fd, addr)
-	if err != nil && !errors.Is(err, unix.EINPROGRESS) {
-		return fail("connect", err)
-	}
-	if err := c.ls.lp.Add(fd, unix.EPOLLIN|unix.EPOLLOUT|unix.EPOLLRDHUP|unix.EPOLLET, c.serverReady); err != nil {
-		return fail("epoll_ctl", err)
-	}
-	c.sfd = fd
-	return nil
-}
-
 // failed logs an address of the current candidate that could not be reached, or a name
 // that gave none.
 func (c *lconn) failed(err error) {
@@ -339,37 +288,10 @@ func (c *lconn) failed(err error) {
 	}
 }
 
-// connectFailed ends the connect in flight and tries the next target.
-func (c *lconn) connectFailed(err error) {
-	if c.timer != nil {
-		c.timer.Stop()
-		c.timer = nil
-	}
-	_ = c.ls.lp.CloseFD(c.sfd)
-	c.sfd = -1
-	c.failed(err)
-	c.dialNext()
-}
-
-// serverReady handles the destination socket's events in every state.
+// serverReady handles the destination socket's events from the connect to the relay.
 func (c *lconn) serverReady(ev uint32) {
-	switch c.state {
-	case stConnecting:
-		if ev&(unix.EPOLLERR|unix.EPOLLHUP) == 0 {
-			if ev&unix.EPOLLOUT != 0 {
-				c.connected() // writable without an error: the connect succeeded
-			}
-			return
-		}
-		if err := sock.Error(c.sfd); err != nil {
-			c.connectFailed(err)
-			return
-		}
-		c.connected()
-	case stInserting:
-		if ev&(unix.EPOLLOUT|unix.EPOLLERR|unix.EPOLLHUP) != 0 {
-			c.insertMore()
-		}
+	if c.state == stInserting && ev&(unix.EPOLLOUT|unix.EPOLLERR|unix.EPOLLHUP) != 0 {
+		c.insertMore()
 	}
 }
 
@@ -386,10 +308,6 @@ func (c *lconn) clientReady(ev uint32) {
 // connected logs the open and moves on to --insert or the relay.
 func (c *lconn) connected() {
 	s := c.s
-	if c.timer != nil {
-		c.timer.Stop()
-		c.timer = nil
-	}
 	if line := s.health.OK(c.plan.Current().ep); line != "" {
 		c.ls.log.Warnf("%s", line)
 	}
@@ -421,6 +339,7 @@ func (c *lconn) connected() {
 		return
 	}
 	c.state = stInserting
+	c.ls.lp.Handle(c.sfd, c.serverReady) // the dial's until now; the pair takes it over next
 	c.insertMore()
 }
 

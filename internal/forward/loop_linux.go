@@ -15,6 +15,7 @@ import (
 	"shd-tcp-tools/internal/connlog"
 	"shd-tcp-tools/internal/connstats"
 	"shd-tcp-tools/internal/eventloop"
+	"shd-tcp-tools/internal/loopdial"
 	"shd-tcp-tools/internal/sock"
 )
 
@@ -26,10 +27,11 @@ import (
 
 // engine is the set of loops serving one listener.
 type engine struct {
-	s     *Server
-	lfd   int
-	loops []*loopState
-	fatal chan error // an accept error that is not a shortage; buffered, first one kept
+	s      *Server
+	lfd    int
+	dialer loopdial.Config // how connections connect to their destinations
+	loops  []*loopState
+	fatal  chan error // an accept error that is not a shortage; buffered, first one kept
 }
 
 // loopState is what one loop owns: its connections and whether it accepts.
@@ -87,7 +89,8 @@ func (s *Server) serveLoops(ctx context.Context, ln *net.TCPListener) (cut func(
 	if err != nil {
 		return nil, nil, err
 	}
-	e := &engine{s: s, fatal: make(chan error, 1)}
+	e := &engine{s: s, fatal: make(chan error, 1), dialer: loopdial.Config{
+		Timeout: orDefault(s.cfg.ConnectTimeout, DefaultConnectTimeout), Local: s.cfg.Local, Socket: s.socket}}
 	if err := raw.Control(func(fd uintptr) { e.lfd = int(fd) }); err != nil {
 		return nil, nil, err
 	}

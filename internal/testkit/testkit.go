@@ -10,11 +10,11 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -350,26 +350,44 @@ func (pb *ProxyBackend) Next(t testing.TB) Proxied {
 // connection attempt gets no answer and times out.
 func Blackhole(t testing.TB) string {
 	t.Helper()
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	return BlackholeAt(t, netip.MustParseAddrPort("127.0.0.1:0")).String()
+}
+
+// BlackholeAt is Blackhole at a given address and port (port 0: any free one), on IPv4 or
+// IPv6: say, [::1] at the port a live listener on 127.0.0.1 has, for a host whose IPv6
+// address is dead.
+func BlackholeAt(t testing.TB, at netip.AddrPort) netip.AddrPort {
+	t.Helper()
+	family := unix.AF_INET6
+	var sa unix.Sockaddr = &unix.SockaddrInet6{Addr: at.Addr().As16(), Port: int(at.Port())}
+	if at.Addr().Is4() {
+		family, sa = unix.AF_INET, &unix.SockaddrInet4{Addr: at.Addr().As4(), Port: int(at.Port())}
+	}
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	f := os.NewFile(uintptr(fd), "blackhole")
 	t.Cleanup(func() { f.Close() })
-	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		t.Fatal(err)
+	if err := unix.Bind(fd, sa); err != nil {
+		t.Fatalf("binding a blackhole to %v: %v", at, err)
 	}
 	if err := unix.Listen(fd, 0); err != nil {
 		t.Fatal(err)
 	}
-	sa, err := unix.Getsockname(fd)
+	got, err := unix.Getsockname(fd)
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(sa.(*unix.SockaddrInet4).Port))
+	switch got := got.(type) {
+	case *unix.SockaddrInet4:
+		at = netip.AddrPortFrom(at.Addr(), uint16(got.Port))
+	case *unix.SockaddrInet6:
+		at = netip.AddrPortFrom(at.Addr(), uint16(got.Port))
+	}
 	// Fill the queue: with a backlog of 0 the kernel queues one connection, then drops SYNs.
 	for i := 0; ; i++ {
-		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+		c, err := net.DialTimeout("tcp", at.String(), 200*time.Millisecond)
 		if err != nil {
 			break
 		}
@@ -378,7 +396,7 @@ func Blackhole(t testing.TB) string {
 			t.Fatal("the accept queue of a backlog-0 listener does not fill")
 		}
 	}
-	return addr
+	return at
 }
 
 // ReadEnd is how a Sink's connection ended: the bytes read and the error that ended the

@@ -299,6 +299,36 @@ func TestAttackServiceFailover(t *testing.T) {
 	}
 }
 
+// TestAttackServiceDualStack: the service's name gives a dead IPv6 address first (a broken
+// IPv6 route drops the SYNs) and a live IPv4 one. The IPv4 attempt starts racing 300 ms
+// later, as net.Dialer would start it, and serves the client long before the IPv6
+// attempt's share of the dial timeout (half of it, tried in turn).
+func TestAttackServiceDualStack(t *testing.T) {
+	svc := startService(t, "127.0.0.1", echoMode)
+	port := uint16(svc.ln.Addr().(*net.TCPAddr).Port)
+	testkit.BlackholeAt(t, netip.AddrPortFrom(netip.IPv6Loopback(), port))
+	const dialTimeout = 10 * time.Second
+	var tn tunnel
+	startRelay(t, "127.0.0.1", RelayConfig{Hello: true, Wait: testTimeout}, &tn)
+	startAgent(t, AgentConfig{
+		Service: endpoint.Endpoint{Host: "service.test", Port: int(port)}, Hello: true, Pool: 1, DialTimeout: dialTimeout,
+		lookup: func(context.Context, string) ([]netip.Addr, error) {
+			return []netip.Addr{netip.IPv6Loopback(), netip.MustParseAddr("127.0.0.1")}, nil
+		},
+	}, &tn)
+	tn.waitPools(t, 1, 1)
+	for i := range 2 {
+		start := time.Now()
+		if _, err := roundTrip(dial(t, tn.clients), 10000, 0); err != nil {
+			t.Fatalf("client %d: %v\nagent:\n%s", i, err, tn.agentLog)
+		}
+		if took := time.Since(start); took > 2*time.Second {
+			t.Errorf("client %d served after %v: the IPv4 address did not race the dead IPv6 one", i, took)
+		}
+		tn.waitPools(t, 1, 1)
+	}
+}
+
 // TestAttackServiceMoved: the service's name resolved to one address when the idle link
 // opened and to another by the time a client takes it (a service that moved, a DNS
 // change). The client must be served at the address the name has now, as a dial at the

@@ -15,6 +15,7 @@ import (
 	"shd-tcp-tools/internal/connstats"
 	"shd-tcp-tools/internal/endpoint"
 	"shd-tcp-tools/internal/eventloop"
+	"shd-tcp-tools/internal/loopdial"
 	"shd-tcp-tools/internal/relay"
 	"shd-tcp-tools/internal/sock"
 )
@@ -45,19 +46,19 @@ type loopLink struct {
 	lp     *eventloop.Loop
 	linkID uint64
 	fd     int // the link
-	srv    int // the service's socket while connecting, or -1
+	srv    int // the service's socket once connected, or -1
 	step   int
 	got    []byte // consumed from the link: the handshake's rest, the hello as it comes
 	// addrs are the service's addresses to try in order, or addrErr why there are none.
-	addrs   []netip.AddrPort
+	addrs   []netip.Addr
 	addrErr error
 	// resolved is when addrs were looked up, and byName whether the service is a name
 	// (whose addresses may change while the link waits).
 	resolved time.Time
 	byName   bool
-	next     int
-	lastErr  error
-	timer    *eventloop.Timer
+	service  loopdial.Dial    // the connect to the service ...
+	dialCfg  loopdial.Config  // ... and how
+	timer    *eventloop.Timer // the hello's deadline
 	// client and source name the link's peer, then the client once a hello names it.
 	client string
 	source netip.Prefix
@@ -74,14 +75,13 @@ type loopLink struct {
 // serviceAddrs resolves the service's addresses for a link about to wait (off the
 // client's path), in the order the resolver gives, of the local address's family when
 // one is set.
-func (a *Agent) serviceAddrs(ctx context.Context) ([]netip.AddrPort, error) {
+func (a *Agent) serviceAddrs(ctx context.Context) ([]netip.Addr, error) {
 	ep := a.cfg.Service
-	port := uint16(ep.Port)
 	if ip, err := netip.ParseAddr(ep.Host); err == nil {
 		if l := a.cfg.Local; l.IsValid() && l.Is4() != ip.Unmap().Is4() {
 			return nil, fmt.Errorf("connecting to %s: %w", ep, endpoint.CheckFamily("the local address", l, ep.Host))
 		}
-		return []netip.AddrPort{netip.AddrPortFrom(ip.Unmap(), port)}, nil
+		return []netip.Addr{ip.Unmap()}, nil
 	}
 	lookup := a.cfg.lookup
 	if lookup == nil {
@@ -93,13 +93,13 @@ func (a *Agent) serviceAddrs(ctx context.Context) ([]netip.AddrPort, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connecting to %s: %w", ep, err)
 	}
-	var out []netip.AddrPort
+	var out []netip.Addr
 	for _, ip := range ips {
 		ip = ip.Unmap()
 		if l := a.cfg.Local; l.IsValid() && l.Is4() != ip.Is4() {
 			continue
 		}
-		out = append(out, netip.AddrPortFrom(ip, port))
+		out = append(out, ip)
 	}
 	if len(out) == 0 {
 		return nil, fmt.Errorf("connecting to %s: no %s address, which the local address %s needs", ep, familyOf(a.cfg.Local), a.cfg.Local)
@@ -277,7 +277,8 @@ func (ll *loopLink) helloDone(end int) {
 	ll.dial()
 }
 
-// dial connects to the next address of the service, failing the client after the last.
+// dial connects to the service's addresses (loopdial: one family after the other,
+// racing after 300 ms, within the dial timeout), failing the client when none connects.
 func (ll *loopLink) dial() {
 	a := ll.a
 	if ll.step != takeDialing {
@@ -293,49 +294,10 @@ func (ll *loopLink) dial() {
 		ll.fail(ll.addrErr)
 		return
 	}
-	for ll.next < len(ll.addrs) {
-		wait, ok := ll.attemptTimeout()
-		if !ok {
-			break
-		}
-		addr := ll.addrs[ll.next]
-		ll.next++
-		if err := ll.connect(addr); err != nil {
-			ll.attemptFailed(err)
-			continue
-		}
-		ll.timer = ll.lp.AfterFunc(wait, func() {
-			ll.timer = nil
-			ll.lp.CloseFD(ll.srv)
-			ll.srv = -1
-			ll.attemptFailed(unix.ETIMEDOUT)
-			ll.dial()
-		})
-		return
-	}
-	ll.fail(fmt.Errorf("connecting to %s: %w", a.cfg.Service, ll.lastErr))
+	// A lookup again (resolve) took its time of the timeout.
+	ll.dialCfg = loopdial.Config{Timeout: max(a.dialTimeout()-time.Since(ll.dialStart), time.Millisecond), Local: a.cfg.Local}
+	ll.service.Start(ll.lp, &ll.dialCfg, ll, ll.addrs, uint16(a.cfg.Service.Port))
 }
-
-// attemptTimeout is how long the next connection attempt may take: the dial timeout
-// bounds the whole connect, spread over the addresses left, each given at least
-// minAttempt of what remains (as net.Dialer spreads its timeout); false once none remains.
-func (ll *loopLink) attemptTimeout() (time.Duration, bool) {
-	remaining := ll.a.dialTimeout() - time.Since(ll.dialStart)
-	if remaining <= 0 {
-		if ll.lastErr == nil {
-			ll.lastErr = unix.ETIMEDOUT
-		}
-		return 0, false
-	}
-	d := remaining / time.Duration(len(ll.addrs)-ll.next)
-	if d < minAttempt {
-		d = min(minAttempt, remaining)
-	}
-	return d, true
-}
-
-// minAttempt is the least time a connection attempt to one of several addresses gets.
-const minAttempt = 2 * time.Second
 
 // resolve looks the service's name up again, off the loop, for a link that waited longer
 // than its addresses stay fresh (the name may point elsewhere by now, as a dial at the
@@ -349,10 +311,10 @@ func (ll *loopLink) resolve() {
 		addrs, err := a.serviceAddrs(ctx)
 		cancel()
 		ll.lp.Post(func() {
-			if ll.step != takeDialing || ll.srv >= 0 {
+			if ll.step != takeDialing || ll.service.Running() {
 				return // failed or cut meanwhile
 			}
-			ll.addrs, ll.addrErr, ll.next, ll.resolved = addrs, err, 0, time.Now()
+			ll.addrs, ll.addrErr, ll.resolved = addrs, err, time.Now()
 			ll.dial()
 		})
 	}()
@@ -368,56 +330,21 @@ func (a *Agent) addrsFresh() time.Duration {
 	return addrsFresh
 }
 
-func (ll *loopLink) attemptFailed(err error) {
-	ll.lastErr = err
+// AttemptFailed counts an address of the service that could not be reached.
+func (ll *loopLink) AttemptFailed(_ netip.AddrPort, err error, _ time.Duration) time.Duration {
 	ll.a.stats.conns.AttemptFailed(connstats.FailureOf(err))
+	return 0
 }
 
-// connect starts a non-blocking connect to addr on a new socket the loop watches.
-func (ll *loopLink) connect(addr netip.AddrPort) error {
-	fd, err := sock.Socket(addr.Addr())
-	if err != nil {
-		return err
-	}
-	if err := sock.SetNoDelay(fd); err != nil {
-		unix.Close(fd)
-		return err
-	}
-	if l := ll.a.cfg.Local; l.IsValid() {
-		if err := sock.Bind(fd, netip.AddrPortFrom(l, 0)); err != nil {
-			unix.Close(fd)
-			return err
-		}
-	}
-	if err := sock.Connect(fd, addr); err != nil && !errors.Is(err, unix.EINPROGRESS) {
-		unix.Close(fd)
-		return err
-	}
-	if err := ll.lp.Add(fd, relay.PairEvents, ll.serviceReady); err != nil {
-		unix.Close(fd)
-		return err
-	}
+// Connected takes the service's socket and starts the pair.
+func (ll *loopLink) Connected(fd int, _ netip.AddrPort) {
 	ll.srv = fd
-	return nil
+	ll.connected()
 }
 
-// serviceReady is the service socket's readiness while it connects.
-func (ll *loopLink) serviceReady(ev uint32) {
-	if ll.step != takeDialing || ev&(unix.EPOLLOUT|unix.EPOLLERR|unix.EPOLLHUP) == 0 {
-		return
-	}
-	if err := sock.Error(ll.srv); err != nil {
-		ll.timer.Stop()
-		ll.timer = nil
-		ll.lp.CloseFD(ll.srv)
-		ll.srv = -1
-		ll.attemptFailed(err)
-		ll.dial()
-		return
-	}
-	ll.timer.Stop()
-	ll.timer = nil
-	ll.connected()
+// Failed fails the client: no address of the service connected.
+func (ll *loopLink) Failed(err error) {
+	ll.fail(fmt.Errorf("connecting to %s: %w", ll.a.cfg.Service, err))
 }
 
 // connected writes what the service gets first and starts the pair.
@@ -462,6 +389,7 @@ func (ll *loopLink) fail(err error) {
 		ll.timer.Stop()
 		ll.timer = nil
 	}
+	ll.service.Stop()
 	if ll.srv >= 0 {
 		ll.lp.CloseFD(ll.srv)
 		ll.srv = -1
@@ -482,7 +410,7 @@ func (ll *loopLink) fail(err error) {
 	ll.done <- nil
 }
 
-// dialTimeout bounds each connection attempt to the service.
+// dialTimeout bounds the connect to the service, all its addresses together.
 func (a *Agent) dialTimeout() time.Duration {
 	if a.cfg.DialTimeout > 0 {
 		return a.cfg.DialTimeout

@@ -68,14 +68,21 @@ func (n *NS) Nft(t testing.TB, ruleset string) {
 	}
 }
 
+// Hosts makes text the hosts file of the programs run with "ip netns exec" in the
+// namespace (bind-mounted over /etc/hosts for them, as resolv.conf is).
+func (n *NS) Hosts(t testing.TB, text string) { n.etcFile(t, "hosts", text) }
+
 // ResolvConf makes conf the resolv.conf of the programs run with "ip netns exec" in the
 // namespace (ip bind-mounts /etc/netns/NAME/resolv.conf over /etc/resolv.conf for them).
-func (n *NS) ResolvConf(t testing.TB, conf string) {
+func (n *NS) ResolvConf(t testing.TB, conf string) { n.etcFile(t, "resolv.conf", conf) }
+
+// etcFile writes /etc/netns/NAME/name, which "ip netns exec" mounts over /etc/name.
+func (n *NS) etcFile(t testing.TB, name, text string) {
 	t.Helper()
 	if err := os.MkdirAll(n.etc(), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(n.etc(), "resolv.conf"), []byte(conf), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(n.etc(), name), []byte(text), 0o644); err != nil {
 		t.Fatal(err)
 	}
 }
