@@ -284,53 +284,175 @@ func modeName(hello bool, flag string) string {
 // pool already holds its maximum.
 var ErrPoolFull = errors.New("idle link pool is full")
 
-// serverHandshake runs listentwo's side on a new link: opening, greeting, reply, verdict,
-// calling h along the way. A nil error means the link is ready.
+// serverHandshake runs listentwo's side on a new link over c, blocking: opening, greeting,
+// reply, verdict, calling h along the way (the TLS links' path; a plain link's handshake
+// runs on an event loop, see linkShake). A nil error means the link is ready.
 func serverHandshake(c net.Conn, p linkParams, h serverHooks) error {
-	deadline := time.Now().Add(p.timeout)
-	openBy := deadline
-	if !p.openBy.IsZero() && p.openBy.Before(deadline) {
-		openBy = p.openBy
-	}
-	if err := c.SetDeadline(openBy); err != nil {
-		return fmt.Errorf("setting handshake deadline: %w", err)
-	}
-	open, extra, err := readLine(c, nil, maxLine)
-	switch {
-	case err != nil:
-		return fmt.Errorf("reading opening: %w", err)
-	case string(open) != opening:
-		return fmt.Errorf("%w (%q)", errNotOpening, clip(string(open)))
-	case len(extra) != 0:
-		return errors.New("unexpected data after the opening")
-	}
-	if h.opened != nil {
-		if err := h.opened(); err != nil {
-			return err
+	s := newServerShake(time.Now(), p, h)
+	buf := make([]byte, maxLine)
+	var due time.Time
+	for {
+		if d := s.due(); !d.Equal(due) {
+			if err := c.SetDeadline(d); err != nil {
+				return fmt.Errorf("setting handshake deadline: %w", err)
+			}
+			due = d
+		}
+		n, err := c.Read(buf[:s.room()])
+		if n == 0 {
+			if err == nil {
+				continue
+			}
+			return s.cut(err)
+		}
+		send, done, ferr := s.feed(buf[:n])
+		if len(send) > 0 {
+			if _, werr := c.Write(send); werr != nil && ferr == nil {
+				return s.sendFailed(werr)
+			}
+		}
+		switch {
+		case ferr != nil:
+			return ferr
+		case done:
+			if err := c.SetDeadline(time.Time{}); err != nil {
+				h.release()
+				return fmt.Errorf("clearing handshake deadline: %w", err)
+			}
+			return nil
 		}
 	}
-	if err := c.SetDeadline(deadline); err != nil {
-		return fmt.Errorf("setting handshake deadline: %w", err)
+}
+
+// Steps of a serverShake.
+const (
+	shakeOpening = iota // waiting for the opening
+	shakeReply          // the greeting is out, waiting for the reply
+	shakeDone           // the verdict is out, or the link refused
+)
+
+// serverShake is listentwo's side of the link handshake as a pure state machine with no
+// socket of its own: its driver reads at most room() bytes at a time, feeds what arrived,
+// sends what feed answers, and ends the link when it has not heard enough by due(). The
+// blocking path of TLS links (serverHandshake) and the event loop that serves a plain link
+// (linkShake) drive this one machine, so the limits are the same on both: the opening by
+// openBy, the rest within the timeout, lines of at most maxLine bytes, nothing after the
+// opening or the reply, ERR lines for a bad reply.
+type serverShake struct {
+	p        linkParams
+	h        serverHooks
+	step     int
+	deadline time.Time // the whole handshake
+	openBy   time.Time // the opening
+	line     []byte    // the line read so far
+	greeting []byte
+}
+
+// newServerShake starts the handshake at now.
+func newServerShake(now time.Time, p linkParams, h serverHooks) *serverShake {
+	s := &serverShake{p: p, h: h, deadline: now.Add(p.timeout)}
+	s.openBy = s.deadline
+	if !p.openBy.IsZero() && p.openBy.Before(s.deadline) {
+		s.openBy = p.openBy
 	}
-	g := offer{hello: p.hello, auth: p.secret != nil, frames: p.frames}
-	if _, err := io.ReadFull(p.rand, g.nonce[:]); err != nil {
-		return fmt.Errorf("making a nonce: %w", err)
+	return s
+}
+
+// due is when the line the machine waits for must have arrived.
+func (s *serverShake) due() time.Time {
+	if s.step == shakeOpening {
+		return s.openBy
 	}
-	greeting := []byte(g.text() + "\n")
-	if _, err := c.Write(greeting); err != nil {
-		return fmt.Errorf("sending greeting: %w", readErr(err))
+	return s.deadline
+}
+
+// room is how many more bytes the current line may take: the most the driver may read.
+// It is never 0 while the machine waits, since a full line without its LF is refused.
+func (s *serverShake) room() int { return maxLine - len(s.line) }
+
+// what names the line the machine waits for, for errors.
+func (s *serverShake) what() string {
+	if s.step == shakeOpening {
+		return "reading opening"
 	}
-	line, rest, err := readLine(c, nil, maxLine)
-	if err != nil {
-		return fmt.Errorf("reading reply: %w", err)
+	return "reading reply"
+}
+
+// cut is the error for a read that found the end of the connection (io.EOF) or failed
+// (a deadline, a reset) before the line was complete.
+func (s *serverShake) cut(err error) error {
+	if errors.Is(err, io.EOF) {
+		return fmt.Errorf("%s: %w", s.what(), &cutError{errors.New("connection closed during handshake")})
 	}
-	refuse := func(err error) error {
-		_, _ = c.Write([]byte("ERR " + err.Error() + "\n"))
-		return err
+	return fmt.Errorf("%s: %w", s.what(), &cutError{readErr(err)})
+}
+
+// sendFailed is the error for a send of what feed answered that failed; a failed verdict
+// undoes the link's admission (release).
+func (s *serverShake) sendFailed(err error) error {
+	if s.step == shakeDone {
+		s.h.release()
+		return fmt.Errorf("sending verdict: %w", readErr(err))
+	}
+	return fmt.Errorf("sending greeting: %w", readErr(err))
+}
+
+// feed takes bytes that arrived on the link and returns what to send (the greeting, the
+// verdict, or an ERR line with a non-nil err) and whether the handshake is over: done
+// with a nil err means the link is ready once send is sent. A non-nil err refuses the
+// link.
+func (s *serverShake) feed(b []byte) (send []byte, done bool, err error) {
+	s.line = append(s.line, b...)
+	i := bytes.IndexByte(s.line, '\n')
+	if i < 0 {
+		if len(s.line) >= maxLine {
+			s.step = shakeDone
+			return nil, true, fmt.Errorf("%s: line longer than %d bytes", s.what(), maxLine)
+		}
+		return nil, false, nil
+	}
+	line, rest := s.line[:i+1], s.line[i+1:]
+	s.line = nil
+	if s.step == shakeOpening {
+		send, err = s.opened(line, rest)
+		return send, err != nil, err
+	}
+	return s.replied(line, rest)
+}
+
+// opened checks the opening and returns the greeting.
+func (s *serverShake) opened(open, extra []byte) ([]byte, error) {
+	s.step = shakeDone // unless all is well
+	switch {
+	case string(open) != opening:
+		return nil, fmt.Errorf("%w (%q)", errNotOpening, clip(string(open)))
+	case len(extra) != 0:
+		return nil, errors.New("unexpected data after the opening")
+	}
+	if s.h.opened != nil {
+		if err := s.h.opened(); err != nil {
+			return nil, err
+		}
+	}
+	g := offer{hello: s.p.hello, auth: s.p.secret != nil, frames: s.p.frames}
+	if _, err := io.ReadFull(s.p.rand, g.nonce[:]); err != nil {
+		return nil, fmt.Errorf("making a nonce: %w", err)
+	}
+	s.greeting = []byte(g.text() + "\n")
+	s.step = shakeReply
+	return s.greeting, nil
+}
+
+// replied checks the reply and returns the verdict.
+func (s *serverShake) replied(line, rest []byte) (send []byte, done bool, err error) {
+	s.step = shakeDone
+	refuse := func(err error) ([]byte, bool, error) {
+		return []byte("ERR " + err.Error() + "\n"), true, err
 	}
 	if len(rest) != 0 {
 		return refuse(errors.New("unexpected data after the reply"))
 	}
+	p := s.p
 	r, mac, body, err := parseReply(line)
 	if err != nil {
 		return refuse(fmt.Errorf("malformed reply: %w", err))
@@ -347,7 +469,7 @@ func serverHandshake(c net.Conn, p linkParams, h serverHooks) error {
 	case p.secret == nil && r.auth:
 		return refuse(errors.New("auth mismatch: connecttwo has --secret-file, listentwo has none"))
 	case p.secret != nil:
-		want := linkMAC(p.secret, labelClient, p.binding, greeting, body)
+		want := linkMAC(p.secret, labelClient, p.binding, s.greeting, body)
 		if mac == nil || !hmac.Equal(mac, want) {
 			if p.binding != nil {
 				return refuse(errors.New("authentication failed: wrong secret, replayed exchange, or a proof made in another TLS session (a relay in the middle)"))
@@ -357,22 +479,14 @@ func serverHandshake(c net.Conn, p linkParams, h serverHooks) error {
 	case mac != nil:
 		return refuse(errors.New("malformed reply: mac without authentication"))
 	}
-	if err := h.admit(); err != nil {
+	if err := s.h.admit(); err != nil {
 		return refuse(err)
 	}
 	var proof []byte
 	if p.secret != nil {
-		proof = linkMAC(p.secret, labelServer, p.binding, greeting, line)
+		proof = linkMAC(p.secret, labelServer, p.binding, s.greeting, line)
 	}
-	if _, err := c.Write([]byte("OK mac=" + macText(proof) + "\n")); err != nil {
-		h.release()
-		return fmt.Errorf("sending verdict: %w", readErr(err))
-	}
-	if err := c.SetDeadline(time.Time{}); err != nil {
-		h.release()
-		return fmt.Errorf("clearing handshake deadline: %w", err)
-	}
-	return nil
+	return []byte("OK mac=" + macText(proof) + "\n"), true, nil
 }
 
 // clientHandshake runs connecttwo's side on a new link. It returns the bytes that arrived

@@ -380,7 +380,8 @@ func (r *Relay) accept(ctx context.Context, ln net.Listener, what string, admit 
 // admitLink makes a new link a guest of linkRoom, which may push it out to make room for
 // newcomers until its handshake is done, and returns the rest of its service. A link whose
 // opening is already there (as it usually is: the listener defers accepts until data comes)
-// enters as engaged, after every stranger that has not sent one.
+// enters as engaged, after every stranger that has not sent one. A plain link's handshake
+// runs on an event loop (shakeOnLoop), a TLS link's on a goroutine of its own (serveLink).
 func (r *Relay) admitLink(ctx context.Context, c *net.TCPConn) func() {
 	cl := silent
 	switch first := peekNow(c, len(opening)); {
@@ -389,58 +390,18 @@ func (r *Relay) admitLink(ctx context.Context, c *net.TCPConn) func() {
 	case len(first) > 0:
 		cl = spoke
 	}
+	if r.tlsConfig == nil {
+		r.shakeOnLoop(ctx, c, cl)
+		return nil
+	}
 	g, _ := r.linkRoom.enter(c, cl)
 	return func() { r.serveLink(ctx, c, g) }
 }
 
-// serveLink waits for a new link's opening, runs the handshake and pools the link.
-func (r *Relay) serveLink(ctx context.Context, c *net.TCPConn, g *guest) {
-	id := r.links.Add(1)
-	addr := c.RemoteAddr().String()
-	stop := context.AfterFunc(ctx, func() { c.Close() })
-	refuse := func(err error) {
-		stop()
-		r.linkRoom.leave(g)
-		_ = c.SetLinger(0)
-		c.Close()
-		if ctx.Err() != nil {
-			return
-		}
-		// Strangers that never sent an opening are counted apart from links that failed
-		// the exchange, so that a flood of them cannot hide an agent's misconfiguration.
-		kind, level := kindLink, connlog.Warning
-		var pe errPushedOut
-		if errors.As(err, &pe) && class(pe) < engaged || errors.Is(err, errNotOpening) ||
-			errors.Is(err, errSilent) || errors.Is(err, errClosedEarly) {
-			kind, level = kindSilentLink, connlog.Info
-		}
-		r.stats.handshake[refusalReason(err)].Add(1)
-		r.strangers.Event(kind, level, reasonOf(err), g.source, "link #%d refused %s: %v", id, addr, err)
-	}
-	openBy := time.Now().Add(r.cfg.FirstByte)
-	if err := r.waitFirstByte(c, g, r.linkRoom, r.cfg.FirstByte); err != nil {
-		refuse(err)
-		return
-	}
-	if err := r.refusePlain(c); err != nil {
-		refuse(err)
-		return
-	}
-	var rw net.Conn = c
-	var binding []byte
-	if r.tlsConfig != nil {
-		tc, b, err := r.serverTLS(ctx, c)
-		if err != nil {
-			refuse(err)
-			return
-		}
-		rw, binding, openBy = tc, b, time.Now().Add(r.cfg.FirstByte)
-	}
-	secret := r.secret.get()
-	err := serverHandshake(rw, linkParams{
-		hello: r.cfg.Hello, secret: secret, rand: r.cfg.Rand, timeout: r.cfg.HandshakeTimeout,
-		openBy: openBy, binding: binding, frames: r.tlsConfig != nil,
-	}, serverHooks{
+// linkHooks are the room's and the pool's part in the handshake of the link that is
+// guest g of linkRoom.
+func (r *Relay) linkHooks(g *guest) serverHooks {
+	return serverHooks{
 		opened: func() error {
 			if !r.linkRoom.advance(g, engaged) {
 				return r.pushedErr(g)
@@ -454,7 +415,71 @@ func (r *Relay) serveLink(ctx context.Context, c *net.TCPConn, g *guest) {
 			return r.pool.reserve()
 		},
 		release: r.pool.unreserve,
-	})
+	}
+}
+
+// linkParams are the relay's handshake settings for a link proving secret, whose opening
+// is due by openBy, in the TLS session binding (nil: plain).
+func (r *Relay) linkParams(secret []byte, openBy time.Time, binding []byte) linkParams {
+	return linkParams{
+		hello: r.cfg.Hello, secret: secret, rand: r.cfg.Rand, timeout: r.cfg.HandshakeTimeout,
+		openBy: openBy, binding: binding, frames: r.tlsConfig != nil,
+	}
+}
+
+// linkRefused counts and logs link #id from addr, guest g of linkRoom, refused for err;
+// nothing is logged once ctx has ended (the relay stops).
+func (r *Relay) linkRefused(ctx context.Context, id uint64, addr string, g *guest, err error) {
+	if ctx.Err() != nil {
+		return
+	}
+	// Strangers that never sent an opening are counted apart from links that failed
+	// the exchange, so that a flood of them cannot hide an agent's misconfiguration.
+	kind, level := kindLink, connlog.Warning
+	var pe errPushedOut
+	if errors.As(err, &pe) && class(pe) < engaged || errors.Is(err, errNotOpening) ||
+		errors.Is(err, errSilent) || errors.Is(err, errClosedEarly) {
+		kind, level = kindSilentLink, connlog.Info
+	}
+	r.stats.handshake[refusalReason(err)].Add(1)
+	r.strangers.Event(kind, level, reasonOf(err), g.source, "link #%d refused %s: %v", id, addr, err)
+}
+
+// linkUp logs and counts link l, which has joined the pool.
+func (r *Relay) linkUp(l *idleLink) {
+	r.stats.linksUp.Add(1)
+	r.cfg.Log.Printf("link #%d up %s", l.id, l.addr)
+}
+
+// serveLink waits for a new TLS link's opening, runs the handshake and pools the link.
+func (r *Relay) serveLink(ctx context.Context, c *net.TCPConn, g *guest) {
+	id := r.links.Add(1)
+	addr := c.RemoteAddr().String()
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	refuse := func(err error) {
+		stop()
+		r.linkRoom.leave(g)
+		_ = c.SetLinger(0)
+		c.Close()
+		r.linkRefused(ctx, id, addr, g, err)
+	}
+	openBy := time.Now().Add(r.cfg.FirstByte)
+	if err := r.waitFirstByte(c, g, r.linkRoom, r.cfg.FirstByte); err != nil {
+		refuse(err)
+		return
+	}
+	if err := r.refusePlain(c); err != nil {
+		refuse(err)
+		return
+	}
+	tc, binding, err := r.serverTLS(ctx, c)
+	if err != nil {
+		refuse(err)
+		return
+	}
+	openBy = time.Now().Add(r.cfg.FirstByte)
+	secret := r.secret.get()
+	err = serverHandshake(tc, r.linkParams(secret, openBy, binding), r.linkHooks(g))
 	if !stop() || err != nil {
 		if err == nil {
 			r.pool.unreserve()
@@ -468,24 +493,10 @@ func (r *Relay) serveLink(ctx context.Context, c *net.TCPConn, g *guest) {
 	}
 	// Accepted connections already have the net package's keepalive (15 s), which is
 	// enough on this side: connecttwo probes more often (see setKeepAlive).
-	l := &idleLink{id: id, conn: c, rw: rw, fd: -1, addr: addr, proved: secret}
-	watch := func(l *idleLink) { r.startWatch(ctx, l) }
-	if tc, ok := rw.(*tls.Conn); ok {
-		l.fl = newFramedLink(c, tc, nil)
-	} else {
-		fd, err := relay.Detach(c)
-		if err != nil {
-			r.pool.unreserve()
-			c.Close()
-			r.cfg.Log.Warnf("link #%d refused %s: %v", id, addr, err)
-			return
-		}
-		l.conn, l.rw, l.fd, l.loop = nil, nil, fd, r.loops.Least()
-		watch = r.watchOnLoop
-	}
-	r.pool.put(l, watch)
-	r.stats.linksUp.Add(1)
-	r.cfg.Log.Printf("link #%d up %s", id, addr)
+	l := &idleLink{id: id, conn: c, rw: tc, fd: -1, addr: addr, proved: secret}
+	l.fl = newFramedLink(c, tc, nil)
+	r.linkUp(l) // before a waiting client that takes it logs its open
+	r.pool.put(l, func(l *idleLink) { r.startWatch(ctx, l) })
 }
 
 // errPushedOut is why a guest of a room ended: newer connections needed its place. Its text
@@ -743,31 +754,25 @@ func pairOnLoop(ctx context.Context, loop *relay.Loop, client *net.TCPConn, fd i
 	loop.Post(func() { loop.StartPair(ctx, cfd, fd, o) })
 }
 
-// watchOnLoop has the loop watch the plain idle link l (with the pool locked, see
-// pool.put): when it becomes readable it is dead, and leaves the pool unless a client
-// has taken it.
+// watchOnLoop has the loop watch the plain idle link l, whose socket it has registered
+// already (see linkShake); it runs on that loop, with the pool locked (see pool.put). When
+// the link becomes readable it is dead, and leaves the pool unless a client has taken it.
 func (r *Relay) watchOnLoop(l *idleLink) {
 	lp := l.loop.Events()
-	l.loop.Post(func() {
-		err := lp.Add(l.fd, relay.PairEvents, func(ev uint32) {
-			// Only the events say the link is dead: a look at the socket (a peek) could
-			// take a reset's error from a link a client has just taken, whose pair would
-			// then read a plain end.
-			const dead = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLHUP | unix.EPOLLERR
-			if ev&dead == 0 || !r.pool.remove(l) {
-				return // writable, or taken: the pair reads what came
-			}
-			_, cause := peek(uintptr(l.fd))
-			if cause == nil {
-				cause = errLinkData
-			}
-			lp.CloseFD(l.fd)
-			r.cfg.Log.Printf("link #%d down %s: %v", l.id, l.addr, cause)
-		})
-		if err != nil && r.pool.remove(l) {
-			unix.Close(l.fd)
-			r.cfg.Log.Printf("link #%d down %s: %v", l.id, l.addr, err)
+	lp.Handle(l.fd, func(ev uint32) {
+		// Only the events say the link is dead: a look at the socket (a peek) could
+		// take a reset's error from a link a client has just taken, whose pair would
+		// then read a plain end.
+		const dead = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLHUP | unix.EPOLLERR
+		if ev&dead == 0 || !r.pool.remove(l) {
+			return // writable, or taken: the pair reads what came
 		}
+		_, cause := peek(uintptr(l.fd))
+		if cause == nil {
+			cause = errLinkData
+		}
+		lp.CloseFD(l.fd)
+		r.cfg.Log.Printf("link #%d down %s: %v", l.id, l.addr, cause)
 	})
 }
 

@@ -58,7 +58,14 @@ func (s *sourceGuests) len() int {
 
 // guest is one peer in a room.
 type guest struct {
-	conn    *net.TCPConn
+	// conn is the guest's connection, which the room resets and closes to push it out; nil
+	// for a guest that an event loop serves (see enterFD).
+	conn *net.TCPConn
+	// fd and kick, for a guest an event loop serves: its socket, open while the guest is in
+	// the room (the loop takes it out before it closes the socket), and what pushes it out
+	// (a reset at once, the close on its loop).
+	fd      int
+	kick    func()
 	source  netip.Prefix
 	seq     uint64 // arrival order
 	class   class
@@ -90,7 +97,35 @@ func sourceOf(a net.Addr) netip.Prefix {
 // c's source past its share, another guest is pushed out first: its connection is reset and
 // closed, and it is returned so the caller can count it.
 func (r *room) enter(c *net.TCPConn, cl class) (g, pushed *guest) {
-	g = &guest{conn: c, source: sourceOf(c.RemoteAddr()), class: cl}
+	return r.admit(&guest{conn: c, source: sourceOf(c.RemoteAddr()), class: cl})
+}
+
+// enterFD admits the socket fd, served by an event loop, as a guest of class cl from
+// source; kick pushes it out (see guest). It must leave the room before fd is closed.
+func (r *room) enterFD(fd int, source netip.Prefix, cl class, kick func()) (g, pushed *guest) {
+	return r.admit(&guest{fd: fd, kick: kick, source: source, class: cl})
+}
+
+// pending reports whether bytes have arrived for g; r.mu is held, so g's socket is open.
+func (g *guest) pending() bool {
+	if g.conn != nil {
+		return pending(g.conn)
+	}
+	return fdPending(g.fd)
+}
+
+// push resets g's connection and has it closed; r.mu is held.
+func (g *guest) push() {
+	if g.conn == nil {
+		g.kick()
+		return
+	}
+	_ = g.conn.SetLinger(0)
+	g.conn.Close()
+}
+
+// admit enters g, pushing another guest out first when the room or g's source is full.
+func (r *room) admit(g *guest) (_, pushed *guest) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	s := r.sources[g.source]
@@ -103,8 +138,7 @@ func (r *room) enter(c *net.TCPConn, cl class) (g, pushed *guest) {
 	if pushed != nil {
 		r.drop(pushed)
 		pushed.evicted = true
-		_ = pushed.conn.SetLinger(0)
-		pushed.conn.Close()
+		pushed.push()
 	}
 	if s = r.sources[g.source]; s == nil {
 		s = &sourceGuests{}
@@ -112,7 +146,7 @@ func (r *room) enter(c *net.TCPConn, cl class) (g, pushed *guest) {
 	}
 	r.seq++
 	g.seq = r.seq
-	s.in[cl] = append(s.in[cl], g)
+	s.in[g.class] = append(s.in[g.class], g)
 	r.n++
 	return g, pushed
 }
@@ -133,7 +167,7 @@ func (r *room) victim(s *sourceGuests) *guest {
 			return nil
 		}
 		g := from.in[c][0]
-		if c != silent || !pending(g.conn) {
+		if c != silent || !g.pending() {
 			return g
 		}
 		// Its first bytes are there: it spoke, it just has not been seen doing so.

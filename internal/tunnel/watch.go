@@ -6,6 +6,8 @@ import (
 	"os"
 
 	"golang.org/x/sys/unix"
+
+	"shd-tcp-tools/internal/sock"
 )
 
 // Reasons an idle link is found dead.
@@ -153,4 +155,11 @@ func deferAccept(ln net.Listener) {
 	_ = raw.Control(func(fd uintptr) {
 		_ = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_DEFER_ACCEPT, 1)
 	})
+}
+
+// fdPending is pending for the non-blocking socket fd.
+func fdPending(fd int) bool {
+	var b [1]byte
+	n, err := sock.Recv(fd, b[:], unix.MSG_PEEK)
+	return err == nil && n > 0
 }

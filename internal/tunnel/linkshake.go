@@ -1,0 +1,211 @@
+package tunnel
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"shd-tcp-tools/internal/eventloop"
+	"shd-tcp-tools/internal/relay"
+	"shd-tcp-tools/internal/sock"
+)
+
+// A plain link's handshake runs on the event loop that will watch the link while it is
+// idle and relay it once a client takes it: the accepting goroutine takes the socket from
+// the standard library, makes it a guest of the link room and posts it to the loop, which
+// waits for its first byte, drives the handshake's machine (serverShake) on the bytes as
+// they come, with one timer for its deadlines, and puts the link in the pool without
+// another hand-over. A link costs no goroutine, no wake-up of one and no deadline on Go's
+// poller; the room pushes such a guest out by resetting its socket and posting its end to
+// the loop (kick).
+
+// linkShake is one plain link in its handshake on a loop. Its fields are the loop's, but
+// for those set before it is posted there.
+type linkShake struct {
+	r      *Relay
+	ctx    context.Context
+	l      *relay.Loop
+	lp     *eventloop.Loop
+	fd     int
+	id     uint64
+	addr   string
+	g      *guest
+	openBy time.Time    // when the opening is due (FirstByte after the accept)
+	s      *serverShake // nil until the first byte has come
+	secret []byte       // what the link proves
+	timer  *eventloop.Timer
+	stop   func() bool // ends the watch of ctx
+	over   bool
+}
+
+// shakeOnLoop serves the plain link c, of class cl, on an event loop: see linkShake.
+func (r *Relay) shakeOnLoop(ctx context.Context, c *net.TCPConn, cl class) {
+	id := r.links.Add(1)
+	remote := c.RemoteAddr()
+	accepted := time.Now()
+	fd, err := relay.Detach(c)
+	if err != nil {
+		c.Close()
+		r.cfg.Log.Warnf("link #%d refused %s: %v", id, remote, err)
+		return
+	}
+	l := r.loops.Least()
+	ls := &linkShake{r: r, ctx: ctx, l: l, lp: l.Events(), fd: fd, id: id, addr: remote.String(),
+		openBy: accepted.Add(r.cfg.FirstByte)}
+	// Only this goroutine enters the link room, so no kick can be posted before start.
+	ls.g, _ = r.linkRoom.enterFD(fd, sourceOf(remote), cl, ls.kick)
+	r.wg.Add(1) // until the link is refused or pooled, which Serve waits for
+	l.Post(ls.start)
+}
+
+// kick pushes the link out of the room (with the room locked, the socket still open): a
+// reset now, the close on the loop.
+func (ls *linkShake) kick() {
+	sock.Linger0(ls.fd)
+	ls.l.Post(func() { ls.fail(errPushedOut(silent)) }) // fail names the class it had
+}
+
+// start registers the link on the loop and reads what has come already.
+func (ls *linkShake) start() {
+	if ls.over {
+		return
+	}
+	if err := ls.lp.Add(ls.fd, relay.PairEvents, ls.ready); err != nil {
+		ls.fail(err)
+		return
+	}
+	ls.timer = ls.lp.AfterFunc(ls.openBy.Sub(ls.lp.Now()), ls.expired)
+	ls.stop = context.AfterFunc(ls.ctx, func() { ls.lp.Post(func() { ls.fail(ls.ctx.Err()) }) })
+	ls.read()
+}
+
+// ready is the link's readiness during the handshake.
+func (ls *linkShake) ready(ev uint32) {
+	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		ls.read()
+	}
+}
+
+// read takes what has come on the link, until it would wait.
+func (ls *linkShake) read() {
+	r := ls.r
+	for !ls.over {
+		if ls.s == nil {
+			// The first byte: it spoke. Plain relays only; one that opens with TLS gets
+			// the words for that in the clear, as refusePlain gives them.
+			buf := ls.lp.Scratch()[:len(opening)]
+			n, err := sock.Recv(ls.fd, buf, unix.MSG_PEEK)
+			switch {
+			case errors.Is(err, unix.EAGAIN):
+				return
+			case err != nil, n == 0:
+				ls.fail(errClosedEarly)
+				return
+			case !r.linkRoom.advance(ls.g, spoke):
+				ls.fail(errPushedOut(silent))
+				return
+			case looksTLS(buf[:n]):
+				_, _ = sock.Send(ls.fd, []byte("ERR "+errTLSAgentOnly+"\n"))
+				ls.fail(errors.New(errTLSAgentOnly))
+				return
+			}
+			ls.secret = r.secret.get()
+			ls.s = newServerShake(ls.lp.Now(), r.linkParams(ls.secret, ls.openBy, nil), r.linkHooks(ls.g))
+			ls.timer.Reset(ls.s.due().Sub(ls.lp.Now()))
+			continue
+		}
+		buf := ls.lp.Scratch()[:ls.s.room()]
+		n, err := sock.Recv(ls.fd, buf, 0)
+		switch {
+		case errors.Is(err, unix.EAGAIN):
+			return
+		case err != nil:
+			ls.fail(ls.s.cut(os.NewSyscallError("read", err)))
+			return
+		case n == 0:
+			ls.fail(ls.s.cut(io.EOF))
+			return
+		}
+		due := ls.s.due()
+		send, done, ferr := ls.s.feed(buf[:n])
+		if len(send) > 0 {
+			k, werr := sock.Send(ls.fd, send)
+			if werr == nil && k < len(send) {
+				werr = io.ErrShortWrite
+			}
+			if werr != nil && ferr == nil {
+				ferr = ls.s.sendFailed(os.NewSyscallError("write", werr))
+			}
+		}
+		switch {
+		case ferr != nil:
+			ls.fail(ferr)
+		case done:
+			ls.up()
+		case !ls.s.due().Equal(due):
+			ls.timer.Reset(ls.s.due().Sub(ls.lp.Now()))
+		}
+	}
+}
+
+// expired ends a link that has not sent its first byte, or the line it owes, in time.
+func (ls *linkShake) expired() {
+	if ls.s == nil {
+		ls.fail(fmt.Errorf("%w within %v", errSilent, ls.r.cfg.FirstByte))
+		return
+	}
+	ls.fail(ls.s.cut(os.ErrDeadlineExceeded))
+}
+
+// end stops the link's timer and its watch of ctx; it reports false when ctx has ended.
+func (ls *linkShake) end() bool {
+	ls.over = true
+	if ls.timer != nil {
+		ls.timer.Stop()
+	}
+	if ls.stop != nil {
+		return ls.stop()
+	}
+	return ls.ctx.Err() == nil
+}
+
+// fail refuses the link for err (a push out of the room wins over what the link was
+// doing then): it leaves the room, then its socket is reset and closed, and it is
+// counted and logged.
+func (ls *linkShake) fail(err error) {
+	if ls.over {
+		return
+	}
+	r := ls.r
+	ls.end()
+	r.linkRoom.leave(ls.g) // before the close: the room may look at its socket until then
+	if pushed, ok := r.linkRoom.pushedOut(ls.g); ok {
+		err = errPushedOut(pushed)
+	}
+	sock.Linger0(ls.fd)
+	ls.lp.CloseFD(ls.fd)
+	r.linkRefused(ls.ctx, ls.id, ls.addr, ls.g, err)
+	r.wg.Done()
+}
+
+// up puts the link, whose verdict is out, in the pool: to a waiting client, or idle and
+// watched on this loop.
+func (ls *linkShake) up() {
+	r := ls.r
+	if !ls.end() { // the relay stops: the link never joined
+		r.pool.unreserve()
+		ls.over = false
+		ls.fail(ls.ctx.Err())
+		return
+	}
+	l := &idleLink{id: ls.id, fd: ls.fd, loop: ls.l, addr: ls.addr, proved: ls.secret}
+	r.linkUp(l) // before a waiting client that takes it logs its open
+	r.pool.put(l, r.watchOnLoop)
+	r.wg.Done()
+}
