@@ -42,6 +42,7 @@ type linkShake struct {
 	timer  *eventloop.Timer
 	stop   func() bool // ends the watch of ctx
 	over   bool
+	closed chan struct{} // closed once the loop has closed the socket (or handed it on)
 }
 
 // shakeOnLoop serves the plain link c, of class cl, on an event loop: see linkShake.
@@ -57,11 +58,13 @@ func (r *Relay) shakeOnLoop(ctx context.Context, c *net.TCPConn, cl class) {
 	}
 	l := r.loops.Least()
 	ls := &linkShake{r: r, ctx: ctx, l: l, lp: l.Events(), fd: fd, id: id, addr: remote.String(),
-		openBy: accepted.Add(r.cfg.FirstByte)}
+		openBy: accepted.Add(r.cfg.FirstByte), closed: make(chan struct{})}
 	// Only this goroutine enters the link room, so no kick can be posted before start.
-	ls.g, _ = r.linkRoom.enterFD(fd, sourceOf(remote), cl, ls.kick)
+	g, pushed := r.linkRoom.enterFD(fd, sourceOf(remote), cl, ls.kick, ls.closed)
+	ls.g = g
 	r.wg.Add(1) // until the link is refused or pooled, which Serve waits for
 	l.Post(ls.start)
+	pushed.gone(ctx) // before the next accept
 }
 
 // kick pushes the link out of the room (with the room locked, the socket still open): a
@@ -190,6 +193,7 @@ func (ls *linkShake) fail(err error) {
 	}
 	sock.Linger0(ls.fd)
 	ls.lp.CloseFD(ls.fd)
+	close(ls.closed)
 	r.linkRefused(ls.ctx, ls.id, ls.addr, ls.g, err)
 	r.wg.Done()
 }
@@ -204,6 +208,7 @@ func (ls *linkShake) up() {
 		ls.fail(ls.ctx.Err())
 		return
 	}
+	close(ls.closed) // out of the room: nobody waits for it
 	l := &idleLink{id: ls.id, fd: ls.fd, loop: ls.l, addr: ls.addr, proved: ls.secret}
 	r.linkUp(l) // before a waiting client that takes it logs its open
 	r.pool.put(l, r.watchOnLoop)

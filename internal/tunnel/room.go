@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"context"
 	"net"
 	"net/netip"
 	"slices"
@@ -61,11 +62,13 @@ type guest struct {
 	// conn is the guest's connection, which the room resets and closes to push it out; nil
 	// for a guest that an event loop serves (see enterFD).
 	conn *net.TCPConn
-	// fd and kick, for a guest an event loop serves: its socket, open while the guest is in
-	// the room (the loop takes it out before it closes the socket), and what pushes it out
-	// (a reset at once, the close on its loop).
+	// fd, kick and closed, for a guest an event loop serves: its socket, open while the
+	// guest is in the room (the loop takes it out before it closes the socket), what pushes
+	// it out (a reset at once, the close on its loop), and closed once the loop has closed
+	// it.
 	fd      int
 	kick    func()
+	closed  <-chan struct{}
 	source  netip.Prefix
 	seq     uint64 // arrival order
 	class   class
@@ -101,9 +104,23 @@ func (r *room) enter(c *net.TCPConn, cl class) (g, pushed *guest) {
 }
 
 // enterFD admits the socket fd, served by an event loop, as a guest of class cl from
-// source; kick pushes it out (see guest). It must leave the room before fd is closed.
-func (r *room) enterFD(fd int, source netip.Prefix, cl class, kick func()) (g, pushed *guest) {
-	return r.admit(&guest{fd: fd, kick: kick, source: source, class: cl})
+// source; kick pushes it out, and closed is closed once its loop has closed fd (see
+// guest). It must leave the room before fd is closed.
+func (r *room) enterFD(fd int, source netip.Prefix, cl class, kick func(), closed <-chan struct{}) (g, pushed *guest) {
+	return r.admit(&guest{fd: fd, kick: kick, closed: closed, source: source, class: cl})
+}
+
+// gone waits until the socket of g, pushed out by enter or enterFD, is closed (at once
+// for a connection the room closed itself), or until ctx ends: so the room's capacity
+// bounds the descriptors held, also while the loops close the guests it pushes out.
+func (g *guest) gone(ctx context.Context) {
+	if g == nil || g.closed == nil {
+		return
+	}
+	select {
+	case <-g.closed:
+	case <-ctx.Done():
+	}
 }
 
 // pending reports whether bytes have arrived for g; r.mu is held, so g's socket is open.
