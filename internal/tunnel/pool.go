@@ -15,6 +15,11 @@ var errNoLink = errors.New("no idle link")
 // oldest idle link goes to the next client, and a new link goes to the oldest waiting
 // client. It holds at most max idle or admitted-but-not-yet-added links. It knows nothing
 // of sockets, so its timing is tested in a synctest bubble. Safe for simultaneous use.
+//
+// A waiting client is a waiter: a goroutine parked in get, or a callback (getOr) that the
+// one who puts the next link calls with it, so that a client waits with no goroutine and
+// is paired without a wake-up. One timer, armed for the earliest deadline, gives up the
+// waiters whose wait has ended.
 type pool[L comparable] struct {
 	max int
 
@@ -23,10 +28,17 @@ type pool[L comparable] struct {
 	reserved int
 	waiters  []*waiter[L]
 	changed  chan struct{} // closed and replaced on every change of idle or waiters
+	timer    *time.Timer   // armed for timerAt while waiters wait; nil when none does
+	timerAt  time.Time
 }
 
+// waiter is one client waiting for a link until deadline: give is called with the link
+// handed to it, or fail with why none came (errNoLink at the deadline, or the reason
+// given to cancel), once, without the pool's lock.
 type waiter[L comparable] struct {
-	ch chan L // buffered: a put never blocks on a waiter
+	deadline time.Time
+	give     func(L)
+	fail     func(error)
 }
 
 func newPool[L comparable](max int) *pool[L] {
@@ -58,24 +70,28 @@ func (p *pool[L]) unreserve() {
 	p.reserved--
 }
 
-// put adds a reserved link: it goes to the oldest waiting client, or else joins the idle
-// list, and then onIdle runs with the pool locked, before any client can take the link.
+// put adds a reserved link: it goes to the oldest waiting client (whose give runs on the
+// caller's goroutine), or else joins the idle list, and then onIdle runs with the pool
+// locked, before any client can take the link.
 func (p *pool[L]) put(l L, onIdle func(L)) {
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	p.reserved--
-	if len(p.waiters) > 0 {
-		w := p.waiters[0]
-		p.waiters = p.waiters[1:]
-		w.ch <- l
+	if len(p.waiters) == 0 {
+		p.idle = append(p.idle, l)
+		if onIdle != nil {
+			onIdle(l)
+		}
 		p.notify()
+		p.mu.Unlock()
 		return
 	}
-	p.idle = append(p.idle, l)
-	if onIdle != nil {
-		onIdle(l)
-	}
+	w := p.waiters[0]
+	p.waiters[0] = nil
+	p.waiters = p.waiters[1:]
+	p.waited()
 	p.notify()
+	p.mu.Unlock()
+	w.give(l)
 }
 
 // remove takes l out of the idle list and reports whether it was there (a client may have
@@ -97,48 +113,142 @@ func (p *pool[L]) remove(l L) bool {
 // turned out dead keeps its turn). It returns errNoLink after the wait and ctx.Err() when
 // ctx ends first.
 func (p *pool[L]) get(ctx context.Context, wait time.Duration, front bool) (L, error) {
-	var zero L
-	p.mu.Lock()
-	if len(p.idle) > 0 {
-		l := p.idle[0]
-		p.idle = p.idle[1:]
-		p.notify()
-		p.mu.Unlock()
-		return l, nil
+	type result struct {
+		l   L
+		err error
 	}
+	var zero L
 	if wait <= 0 {
-		p.mu.Unlock()
+		if l, ok := p.tryGet(); ok {
+			return l, nil
+		}
 		return zero, errNoLink
 	}
-	w := &waiter[L]{ch: make(chan L, 1)}
+	ch := make(chan result, 1) // a give or a fail never blocks
+	w := &waiter[L]{
+		deadline: time.Now().Add(wait),
+		give:     func(l L) { ch <- result{l: l} },
+		fail:     func(err error) { ch <- result{err: err} },
+	}
+	if l, ok := p.getOr(w, front); ok {
+		return l, nil
+	}
+	select {
+	case res := <-ch:
+		return res.l, res.err
+	case <-ctx.Done():
+	}
+	p.mu.Lock()
+	if i := slices.Index(p.waiters, w); i >= 0 {
+		p.waiters = slices.Delete(p.waiters, i, i+1)
+		p.waited()
+		p.notify()
+		p.mu.Unlock()
+		return zero, ctx.Err()
+	}
+	p.mu.Unlock()
+	// A put handed us a link, or the deadline came, just as ctx ended: it is ours.
+	res := <-ch
+	return res.l, res.err
+}
+
+// getOr returns the oldest idle link, or else queues w (at the head with front) and
+// returns false: then w's give or fail is called once, on another goroutine (the one that
+// puts the next link, or the deadline's timer).
+func (p *pool[L]) getOr(w *waiter[L], front bool) (L, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if l, ok := p.take(); ok {
+		return l, true
+	}
 	if front {
 		p.waiters = slices.Insert(p.waiters, 0, w)
 	} else {
 		p.waiters = append(p.waiters, w)
 	}
-	p.notify()
-	p.mu.Unlock()
-
-	t := time.NewTimer(wait)
-	defer t.Stop()
-	var err error
-	select {
-	case l := <-w.ch:
-		return l, nil
-	case <-t.C:
-		err = errNoLink
-	case <-ctx.Done():
-		err = ctx.Err()
+	if p.timer == nil {
+		p.timer, p.timerAt = time.AfterFunc(time.Until(w.deadline), p.expire), w.deadline
+	} else if w.deadline.Before(p.timerAt) {
+		p.timer.Reset(time.Until(w.deadline))
+		p.timerAt = w.deadline
 	}
+	p.notify()
+	var zero L
+	return zero, false
+}
+
+// tryGet returns the oldest idle link, if there is one.
+func (p *pool[L]) tryGet() (L, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if i := slices.Index(p.waiters, w); i >= 0 {
-		p.waiters = slices.Delete(p.waiters, i, i+1)
-		p.notify()
-		return zero, err
+	return p.take()
+}
+
+// take takes the oldest idle link; p.mu is held.
+func (p *pool[L]) take() (L, bool) {
+	var zero L
+	if len(p.idle) == 0 {
+		return zero, false
 	}
-	// A put handed us a link just as the wait ended: it is ours.
-	return <-w.ch, nil
+	l := p.idle[0]
+	p.idle[0] = zero
+	p.idle = p.idle[1:]
+	p.notify()
+	return l, true
+}
+
+// waited stops the deadline timer once no waiter is left; p.mu is held.
+func (p *pool[L]) waited() {
+	if len(p.waiters) == 0 && p.timer != nil {
+		p.timer.Stop()
+		p.timer = nil
+	}
+}
+
+// expire gives up the waiters whose deadline has come, and arms the timer for the next.
+func (p *pool[L]) expire() {
+	p.mu.Lock()
+	now := time.Now()
+	var gone []*waiter[L]
+	kept := p.waiters[:0]
+	next := time.Time{}
+	for _, w := range p.waiters {
+		switch {
+		case !w.deadline.After(now):
+			gone = append(gone, w)
+		default:
+			kept = append(kept, w)
+			if next.IsZero() || w.deadline.Before(next) {
+				next = w.deadline
+			}
+		}
+	}
+	clear(p.waiters[len(kept):])
+	p.waiters = kept
+	p.timer = nil
+	if !next.IsZero() {
+		p.timer, p.timerAt = time.AfterFunc(next.Sub(now), p.expire), next
+	}
+	if len(gone) > 0 {
+		p.notify()
+	}
+	p.mu.Unlock()
+	for _, w := range gone {
+		w.fail(errNoLink)
+	}
+}
+
+// cancel gives up every waiting client with err (the relay stops).
+func (p *pool[L]) cancel(err error) {
+	p.mu.Lock()
+	gone := p.waiters
+	p.waiters = nil
+	p.waited()
+	p.notify()
+	p.mu.Unlock()
+	for _, w := range gone {
+		w.fail(err)
+	}
 }
 
 // len returns the number of idle links.

@@ -292,6 +292,7 @@ func (r *Relay) Serve(ctx context.Context, clients, links net.Listener) error {
 	}
 	cancel()
 	accepting.Wait()
+	r.pool.cancel(ctx.Err()) // the clients that wait for a link without a goroutine
 	// The cancelled ctx ends every handshake, wait, relay and idle-link watch.
 	r.wg.Wait()
 	r.closeIdle("relay stopping")
@@ -627,19 +628,68 @@ func (r *Relay) admitClient(ctx context.Context, c *net.TCPConn) func() {
 	}
 	start := time.Now()
 	if g == nil && r.tlsConfig == nil {
-		// A plain link idle now is paired here, without blocking (a send and a post to
-		// its loop), so the client costs no goroutine of its own.
-		if l, err := r.pool.get(ctx, 0, false); err == nil {
-			if _, cause := peek(uintptr(l.fd)); cause != nil {
-				r.closeLink(l)
-				r.cfg.Log.Printf("link #%d down %s: %v", l.id, l.addr, cause)
-			} else {
-				r.pair(ctx, c, l, r.conns.Add(1), c.RemoteAddr().String(), start)
-				return nil
-			}
-		}
+		r.pairOrWait(ctx, c, start)
+		return nil
 	}
 	return func() { r.serveClient(ctx, c, g, start) }
+}
+
+// pairOrWait pairs client c, which came at start, with the oldest plain idle link that is
+// still alive, without blocking (a send and a post to the link's loop), or else queues it
+// in the pool for the next link until its wait ends: so a client costs no goroutine of its
+// own. A plain link is put in the pool by the loop that ran its handshake and watches it,
+// which then pairs the client with it there (give), with no peek (the link was never idle)
+// and no post.
+func (r *Relay) pairOrWait(ctx context.Context, c *net.TCPConn, start time.Time) {
+	id := r.conns.Add(1)
+	client := c.RemoteAddr().String()
+	r.wg.Add(1) // until paired or given up, which Serve waits for
+	w := &waiter[*idleLink]{
+		deadline: start.Add(r.cfg.Wait),
+		give: func(l *idleLink) {
+			r.pair(ctx, c, l, id, client, start, true)
+			r.wg.Done()
+		},
+		fail: func(err error) {
+			r.noLink(c, id, client, err)
+			r.wg.Done()
+		},
+	}
+	for {
+		var l *idleLink
+		var ok bool
+		if r.cfg.Wait > 0 {
+			l, ok = r.pool.getOr(w, false)
+		} else if l, ok = r.pool.tryGet(); !ok { // --wait 0: no waiting at all
+			w.fail(errNoLink)
+		}
+		if !ok {
+			return
+		}
+		if _, cause := peek(uintptr(l.fd)); cause != nil { // the loop's watch may not have seen it yet
+			r.closeLink(l)
+			r.cfg.Log.Printf("link #%d down %s: %v", l.id, l.addr, cause)
+			continue
+		}
+		r.pair(ctx, c, l, id, client, start, false)
+		r.wg.Done()
+		return
+	}
+}
+
+// noLink closes client c, number id, that found no link (errNoLink: within its wait), and
+// counts and logs it.
+func (r *Relay) noLink(c *net.TCPConn, id uint64, client string, err error) {
+	c.Close()
+	fail := connstats.FailNoLink
+	if !errors.Is(err, errNoLink) {
+		fail = connstats.FailCut // the relay stops
+	}
+	r.stats.conns.Failed(fail)
+	if errors.Is(err, errNoLink) {
+		why := fmt.Sprintf("no idle link within %v", r.cfg.Wait)
+		r.strangers.Event(kindNoLink, connlog.Warning, why, sourceOf(c.RemoteAddr()), "failed #%d %s -> link: %s", id, client, why)
+	}
 }
 
 // serveClient pairs one client with a link and relays them. g is the client's place in
@@ -673,25 +723,16 @@ func (r *Relay) serveClient(ctx context.Context, c *net.TCPConn, g *guest, start
 	id := r.conns.Add(1)
 	l, err := r.takeLink(ctx, start.Add(r.cfg.Wait))
 	if err != nil {
-		c.Close()
-		fail := connstats.FailNoLink
-		if !errors.Is(err, errNoLink) {
-			fail = connstats.FailCut // the relay stops
-		}
-		r.stats.conns.Failed(fail)
-		if errors.Is(err, errNoLink) {
-			why := fmt.Sprintf("no idle link within %v", r.cfg.Wait)
-			r.strangers.Event(kindNoLink, connlog.Warning, why, sourceOf(c.RemoteAddr()), "failed #%d %s -> link: %s", id, client, why)
-		}
+		r.noLink(c, id, client, err)
 		return
 	}
-	r.pair(ctx, c, l, id, client, start)
+	r.pair(ctx, c, l, id, client, start, false)
 }
 
 // pair relays client c, number id, with the link l it took. A plain link is paired
-// without blocking; a TLS link's hello write may wait, and its session is relayed on the
-// calling goroutine.
-func (r *Relay) pair(ctx context.Context, c *net.TCPConn, l *idleLink, id uint64, client string, start time.Time) {
+// without blocking, on its loop (onLoop: pair runs there already); a TLS link's hello
+// write may wait, and its session is relayed on the calling goroutine.
+func (r *Relay) pair(ctx context.Context, c *net.TCPConn, l *idleLink, id uint64, client string, start time.Time, onLoop bool) {
 	r.stats.pairings.Add(1)
 	dest := fmt.Sprintf("link #%d %s", l.id, l.addr)
 	rw := l.rw // a plain link, or a session on a TLS link
@@ -731,7 +772,7 @@ func (r *Relay) pair(ctx context.Context, c *net.TCPConn, l *idleLink, id uint64
 		r.wg.Done()
 	}
 	if l.fd >= 0 {
-		pairOnLoop(ctx, l.loop, c, l.fd, &r.stats.conns, done)
+		pairOnLoop(ctx, l.loop, c, l.fd, &r.stats.conns, done, onLoop)
 		return
 	}
 	relayPaired(ctx, r.loops, r.trim, c, rw, &r.stats.conns, done)
@@ -741,17 +782,25 @@ func (r *Relay) pair(ctx context.Context, c *net.TCPConn, l *idleLink, id uint64
 }
 
 // pairOnLoop relays client and the plain link fd, which loop watches, on that loop, as
-// relayPaired does for two connections; done runs on the loop.
-func pairOnLoop(ctx context.Context, loop *relay.Loop, client *net.TCPConn, fd int, counts *connstats.Counters, done func(relay.Result)) {
+// relayPaired does for two connections; done runs on the loop. onLoop: the caller runs on
+// loop, which starts the pair at once instead of in a post.
+func pairOnLoop(ctx context.Context, loop *relay.Loop, client *net.TCPConn, fd int, counts *connstats.Counters, done func(relay.Result), onLoop bool) {
 	o := relay.PairOptions{HalfClose: true, OnEnd: done, Progress: counts.Moved}
 	cfd, err := relay.Detach(client)
-	if err != nil {
+	switch {
+	case err != nil:
 		client.Close()
-		loop.Post(func() { loop.Events().CloseFD(fd) })
+		if onLoop {
+			loop.Events().CloseFD(fd)
+		} else {
+			loop.Post(func() { loop.Events().CloseFD(fd) })
+		}
 		done(relay.Result{End: "error: " + err.Error(), Err: err})
-		return
+	case onLoop:
+		loop.StartPair(ctx, cfd, fd, o)
+	default:
+		loop.Post(func() { loop.StartPair(ctx, cfd, fd, o) })
 	}
-	loop.Post(func() { loop.StartPair(ctx, cfd, fd, o) })
 }
 
 // watchOnLoop has the loop watch the plain idle link l, whose socket it has registered
