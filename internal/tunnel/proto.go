@@ -406,8 +406,9 @@ func (s *serverShake) feed(b []byte) (send []byte, done bool, err error) {
 	i := bytes.IndexByte(s.line, '\n')
 	if i < 0 {
 		if len(s.line) >= maxLine {
+			err := fmt.Errorf("%s: line longer than %d bytes", s.what(), maxLine)
 			s.step = shakeDone
-			return nil, true, fmt.Errorf("%s: line longer than %d bytes", s.what(), maxLine)
+			return nil, true, err
 		}
 		return nil, false, nil
 	}

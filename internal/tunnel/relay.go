@@ -464,7 +464,6 @@ func (r *Relay) serveLink(ctx context.Context, c *net.TCPConn, g *guest) {
 		c.Close()
 		r.linkRefused(ctx, id, addr, g, err)
 	}
-	openBy := time.Now().Add(r.cfg.FirstByte)
 	if err := r.waitFirstByte(c, g, r.linkRoom, r.cfg.FirstByte); err != nil {
 		refuse(err)
 		return
@@ -478,9 +477,9 @@ func (r *Relay) serveLink(ctx context.Context, c *net.TCPConn, g *guest) {
 		refuse(err)
 		return
 	}
-	openBy = time.Now().Add(r.cfg.FirstByte)
+	// The opening, inside TLS, is due FirstByte after the TLS handshake.
 	secret := r.secret.get()
-	err = serverHandshake(tc, r.linkParams(secret, openBy, binding), r.linkHooks(g))
+	err = serverHandshake(tc, r.linkParams(secret, time.Now().Add(r.cfg.FirstByte), binding), r.linkHooks(g))
 	if !stop() || err != nil {
 		if err == nil {
 			r.pool.unreserve()
