@@ -1,5 +1,6 @@
 // Package tunneltest holds what the listentwo and connecttwo tests need beyond testkit:
-// the two binaries built, and a flood of silent connections (a stranger locking a port).
+// the two binaries built, and floods of connections: held silent (a stranger locking a
+// port), or opened, sent a few bytes and closed at once (a stranger making the peer work).
 package tunneltest
 
 import (
@@ -86,4 +87,32 @@ func (f *Flood) Stop() {
 func (f *Flood) WaitHeld(t testing.TB, n int64) {
 	t.Helper()
 	testkit.WaitUntil(t, testkit.Timeout, "flood connections held", func() bool { return f.Held.Load() >= n })
+}
+
+// StartHitAndRun starts workers that each connect from local ("" for any) to addr, send
+// send and close the connection at once, again and again, until maxDials connects were
+// made or the test calls Stop (or ends): what a stranger does to make the peer work (a
+// TLS handshake for every ClientHello replayed) at the least cost to itself. Held stays 0.
+func StartHitAndRun(t testing.TB, local, addr string, workers int, maxDials int64, send []byte) *Flood {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	f := &Flood{cancel: cancel}
+	d := net.Dialer{Timeout: testkit.Timeout}
+	if local != "" {
+		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(local)}
+	}
+	for range workers {
+		f.wg.Go(func() {
+			for ctx.Err() == nil && f.Dials.Add(1) <= maxDials {
+				c, err := d.DialContext(ctx, "tcp", addr)
+				if err != nil {
+					continue
+				}
+				_, _ = c.Write(send)
+				c.Close()
+			}
+		})
+	}
+	t.Cleanup(f.Stop)
+	return f
 }
