@@ -70,7 +70,8 @@ func (s *Server) Addr() net.Addr {
 // Serve serves g on Path from goroutines of its own, and returns at once. Scrapes run
 // beside the engine and never wait for it: the collectors read atomic counters, or take
 // a lock the engine holds only briefly (the balancer's). A slow or stuck scraper holds
-// only its own connection, for at most the timeouts below.
+// only its own connection, for at most the timeouts below, and strangers hold at most
+// MaxConns connections (see connCap): past it, the one that has got least far is closed.
 func (s *Server) Serve(g prometheus.Gatherer) {
 	if s == nil {
 		return
@@ -89,8 +90,10 @@ func (s *Server) Serve(g prometheus.Gatherer) {
 		}
 		fmt.Fprintf(w, "metrics are on %s\n", Path)
 	})
+	cp := newConnCap(MaxConns)
 	s.http = &http.Server{
 		Handler:           mux,
+		ConnState:         cp.connState,
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       10 * time.Second,
 		WriteTimeout:      15 * time.Second,
