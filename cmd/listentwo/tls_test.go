@@ -1,7 +1,6 @@
 package main
 
 import (
-	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -66,21 +65,6 @@ func TestTLSKeyFile(t *testing.T) {
 	agent.Stop(t, syscall.SIGTERM, 5*time.Second)
 }
 
-// rssKiB reads a process's resident set size.
-func rssKiB(t *testing.T, pid int) int {
-	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := regexp.MustCompile(`(?m)^VmRSS:\s+(\d+) kB`).FindSubmatch(b)
-	if m == nil {
-		t.Fatalf("no VmRSS in /proc/%d/status", pid)
-	}
-	n, _ := strconv.Atoi(string(m[1]))
-	return n
-}
-
 // TestTLSIdleLinkMemory holds idle TLS links between the real binaries and reads both
 // processes' resident memory: each idle link costs at most 64 KiB on each side. The
 // baseline is the same programs holding one link.
@@ -97,7 +81,7 @@ func TestTLSIdleLinkMemory(t *testing.T) {
 		agent := testkit.Start(t, bins["connecttwo"], "-s", linkAddr, "-d", svc.Addr(), "--hello-from-src", "--pool", strconv.Itoa(pool), "--tls-pin", pin)
 		relay.Log.WaitFor(t, `link #\d+ up `, pool, 20*time.Second)
 		agent.Log.WaitFor(t, `link #\d+ up `, pool, 20*time.Second)
-		relayKiB, agentKiB = rssKiB(t, relay.Pid()), rssKiB(t, agent.Pid())
+		relayKiB, agentKiB = relay.RSS(t), agent.RSS(t)
 		agent.Stop(t, syscall.SIGTERM, 5*time.Second)
 		relay.Stop(t, syscall.SIGTERM, 5*time.Second)
 		return relayKiB, agentKiB

@@ -3,10 +3,8 @@ package main
 import (
 	"crypto/tls"
 	"encoding/binary"
-	"fmt"
 	"io"
 	"net"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -42,20 +40,6 @@ func clientHello(t *testing.T) []byte {
 		t.Fatal(err)
 	}
 	return rec
-}
-
-// cpuTime is the user and system CPU time the process pid has used (/proc/PID/stat).
-func cpuTime(t *testing.T, pid int) time.Duration {
-	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The fields after the command's name (in parentheses, which may hold blanks).
-	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
-	ut, _ := strconv.ParseInt(f[11], 10, 64)
-	st, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(ut+st) * 10 * time.Millisecond // USER_HZ is 100 on Linux
 }
 
 // printPin runs listentwo --print-pin on key (made if missing) and returns the pin.
@@ -104,7 +88,7 @@ func TestAttackClientHelloFlood(t *testing.T) {
 			testkit.RoundTrip(t, long, 1000, 1<<10)
 
 			before := metricstest.Get(t, metricsAt).Sum("listentwo_handshakes_refused_total")
-			cpu0, t0 := cpuTime(t, relay.Pid()), time.Now()
+			cpu0, t0 := relay.CPU(t), time.Now()
 			var flood *tunneltest.Flood
 			if tc.hitAndRun {
 				flood = tunneltest.StartHitAndRun(t, tc.from, links, 64, 50000, hello)
@@ -125,7 +109,7 @@ func TestAttackClientHelloFlood(t *testing.T) {
 				testkit.RoundTrip(t, long, uint64(2000+i), 16<<10)
 			}
 			dials, held := flood.Dials.Load(), flood.MaxHeld.Load()
-			cpu, wall := cpuTime(t, relay.Pid())-cpu0, time.Since(t0)
+			cpu, wall := relay.CPU(t)-cpu0, time.Since(t0)
 			refused := metricstest.Get(t, metricsAt).Sum("listentwo_handshakes_refused_total") - before
 			flood.Stop()
 			long.Close()

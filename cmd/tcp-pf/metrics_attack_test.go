@@ -1,11 +1,8 @@
 package main
 
 import (
-	"fmt"
 	"io"
 	"net/http"
-	"os"
-	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -17,21 +14,6 @@ import (
 	"shd-tcp-tools/internal/testkit"
 	"shd-tcp-tools/internal/tunnel/tunneltest"
 )
-
-// rssKiB reads a process's resident set size.
-func rssKiB(t *testing.T, pid int) int {
-	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := regexp.MustCompile(`(?m)^VmRSS:\s+(\d+) kB`).FindSubmatch(b)
-	if m == nil {
-		t.Fatalf("no VmRSS in /proc/%d/status", pid)
-	}
-	n, _ := strconv.Atoi(string(m[1]))
-	return n
-}
 
 // TestAttackMetricsFlood: strangers crowd tcp-pf's --metrics port (IPv6 loopback) with 300
 // connections that say nothing and 100 that send a request's first line and part of a
@@ -47,7 +29,7 @@ func TestAttackMetricsFlood(t *testing.T) {
 	metricsAt := "[::1]:" + strconv.Itoa(testkit.FreePort(t, "::1"))
 	p := startPF(t, "127.0.0.1", "ulimit -n 256; exec", "-d", be.Addr(), "--metrics", metricsAt)
 	metricstest.WaitFor(t, metricsAt, testkit.Timeout, "a first scrape", func(*metricstest.Scrape) bool { return true })
-	fds0, socks0, rss0 := p.FDs(t), p.Sockets(t), rssKiB(t, p.Pid())
+	fds0, socks0, rss0 := p.FDs(t), p.Sockets(t), p.RSS(t)
 
 	silent := tunneltest.StartFlood(t, "::1", metricsAt, 300, 3000, nil)
 	loris := tunneltest.StartFlood(t, "::1", metricsAt, 100, 1000, []byte("GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: "))
@@ -79,7 +61,7 @@ func TestAttackMetricsFlood(t *testing.T) {
 		}
 		slowest = max(slowest, time.Since(start))
 	}
-	fds, socks, rss := p.FDs(t), p.Sockets(t), rssKiB(t, p.Pid())
+	fds, socks, rss := p.FDs(t), p.Sockets(t), p.RSS(t)
 	silent.Stop()
 	loris.Stop()
 	t.Logf("flood: %d silent and %d slow connects, at most %d and %d open at once; scrape in %v; slowest of 10 clients %v; tcp-pf: %d descriptors (%d before), %d sockets (%d before), RSS %d KiB (%d before)",

@@ -17,8 +17,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"shd-tcp-tools/internal/testkit"
 )
 
@@ -30,19 +28,12 @@ import (
 func startPFPipe(t *testing.T, args ...string) (*proc, *os.File) {
 	t.Helper()
 	for try := 0; ; try++ {
-		r, w, err := os.Pipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := unix.FcntlInt(w.Fd(), unix.F_SETPIPE_SZ, 4096); err != nil {
-			t.Fatal(err)
-		}
+		r, w := testkit.SmallPipe(t)
 		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(testkit.FreePort(t, "127.0.0.1"))) // tcp-pf rejects port 0
 		cmd := exec.Command("tcp-pf", append([]string{"-s", addr}, args...)...)
 		cmd.Stderr = w // the process's own fd 2, not a copy through this process
 		p := &proc{Proc: testkit.StartCmd(t, cmd), addr: addr}
 		w.Close()
-		t.Cleanup(func() { r.Close() })
 		if accepting(p, 10*time.Second) {
 			return p, r
 		}
@@ -183,11 +174,7 @@ func TestLogReaderStalls(t *testing.T) {
 	p.Log.WaitFor(t, `dropped \d+ log lines: stderr could not take them`, 1, 10*time.Second)
 	p.Stop(t, syscall.SIGTERM, 10*time.Second)
 	<-read
-	dropped := 0
-	for _, m := range regexp.MustCompile(`(?m) dropped (\d+) log lines`).FindAllStringSubmatch(p.Log.String(), -1) {
-		n, _ := strconv.Atoi(m[1])
-		dropped += n
-	}
+	dropped := p.Log.Dropped()
 	// The probe of startPFPipe is one more connection.
 	kept := p.Log.Count(` open #`) + p.Log.Count(` close #`)
 	if kept+dropped != 2*(conns+1) || dropped == 0 {

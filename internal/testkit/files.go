@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // RandomData returns n pseudo-random bytes, different on every call.
@@ -61,4 +63,20 @@ func CheckSame(t testing.TB, what string, got, want []byte) {
 		t.Errorf("%s: %d bytes, sha256 %x; want %d bytes, sha256 %x", what,
 			len(got), sha256.Sum256(got), len(want), sha256.Sum256(want))
 	}
+}
+
+// SmallPipe returns a pipe whose buffer holds only 4 KiB (one page, the least Linux
+// allows), for a process's stderr that fills at once when nobody reads it. Both ends are
+// closed when the test ends.
+func SmallPipe(t testing.TB) (r, w *os.File) {
+	t.Helper()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close(); w.Close() })
+	if _, err := unix.FcntlInt(w.Fd(), unix.F_SETPIPE_SZ, 4096); err != nil {
+		t.Fatal(err)
+	}
+	return r, w
 }

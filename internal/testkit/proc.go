@@ -1,11 +1,13 @@
 package testkit
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -150,6 +152,38 @@ func (p *Proc) FDs(t testing.TB) int {
 		t.Fatalf("counting descriptors: %v", err)
 	}
 	return len(ents)
+}
+
+// RSS returns the process's resident set size in KiB (VmRSS).
+func (p *Proc) RSS(t testing.TB) int {
+	t.Helper()
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(p.Pid()) + "/status")
+	if err != nil {
+		t.Fatalf("reading the resident size: %v", err)
+	}
+	m := regexp.MustCompile(`(?m)^VmRSS:\s+(\d+) kB`).FindSubmatch(b)
+	if m == nil {
+		t.Fatalf("no VmRSS in /proc/%d/status", p.Pid())
+	}
+	n, _ := strconv.Atoi(string(m[1]))
+	return n
+}
+
+// CPU returns the user and system CPU time the process has used (/proc/PID/stat).
+func (p *Proc) CPU(t testing.TB) time.Duration {
+	t.Helper()
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(p.Pid()) + "/stat")
+	if err != nil {
+		t.Fatalf("reading the CPU time: %v", err)
+	}
+	// The fields after the command's name, which is in parentheses and may hold blanks.
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	if len(f) < 13 {
+		t.Fatalf("/proc/%d/stat: %q", p.Pid(), b)
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * 10 * time.Millisecond // USER_HZ is 100 on Linux
 }
 
 // Sockets returns how many sockets the process has open.

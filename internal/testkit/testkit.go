@@ -84,6 +84,17 @@ func (l *LogBuf) WaitFor(t testing.TB, re string, n int, d time.Duration) []stri
 	}
 }
 
+// Dropped adds up the counts of the log's "dropped N log lines" lines: what a tool could not
+// write while its stderr was full.
+func (l *LogBuf) Dropped() int {
+	n := 0
+	for _, m := range regexp.MustCompile(`(?m) dropped (\d+) log lines`).FindAllStringSubmatch(l.String(), -1) {
+		k, _ := strconv.Atoi(m[1])
+		n += k
+	}
+	return n
+}
+
 // WaitUntil checks cond every 5 ms until it holds, or fails the test after d.
 func WaitUntil(t testing.TB, d time.Duration, what string, cond func() bool) {
 	t.Helper()

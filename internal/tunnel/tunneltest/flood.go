@@ -40,10 +40,7 @@ func StartFlood(t testing.TB, local, addr string, workers int, maxDials int64, s
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	f := &Flood{cancel: cancel}
-	d := net.Dialer{Timeout: testkit.Timeout}
-	if local != "" {
-		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(local)}
-	}
+	d := dialer(local)
 	for i := 0; i < workers; i++ {
 		f.wg.Add(1)
 		go func() {
@@ -97,10 +94,7 @@ func StartHitAndRun(t testing.TB, local, addr string, workers int, maxDials int6
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	f := &Flood{cancel: cancel}
-	d := net.Dialer{Timeout: testkit.Timeout}
-	if local != "" {
-		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(local)}
-	}
+	d := dialer(local)
 	for range workers {
 		f.wg.Go(func() {
 			for ctx.Err() == nil && f.Dials.Add(1) <= maxDials {
@@ -115,4 +109,13 @@ func StartHitAndRun(t testing.TB, local, addr string, workers int, maxDials int6
 	}
 	t.Cleanup(f.Stop)
 	return f
+}
+
+// dialer connects from local ("" for any) with testkit's timeout.
+func dialer(local string) net.Dialer {
+	d := net.Dialer{Timeout: testkit.Timeout}
+	if local != "" {
+		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(local)}
+	}
+	return d
 }
