@@ -1,8 +1,10 @@
 package metrics
 
 import (
+	"cmp"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"syscall"
 
@@ -75,23 +77,29 @@ func (k *connCap) connState(c net.Conn, s http.ConnState) {
 // victim returns the connection to close to make room for newcomer, or nil when none may
 // be; k.mu is held.
 func (k *connCap) victim(newcomer net.Conn) net.Conn {
-	for _, state := range []http.ConnState{http.StateNew, http.StateIdle} {
-		for {
-			var v net.Conn
-			var ve *capped
-			for c, e := range k.conns {
-				if c != newcomer && e.state == state && (ve == nil || e.seq < ve.seq) {
-					v, ve = c, e
-				}
+	type cand struct {
+		c net.Conn
+		e *capped
+	}
+	var cands []cand
+	for c, e := range k.conns {
+		if c != newcomer && (e.state == http.StateNew || e.state == http.StateIdle) {
+			cands = append(cands, cand{c, e})
+		}
+	}
+	slices.SortFunc(cands, func(x, y cand) int {
+		if x.e.state != y.e.state {
+			if x.e.state == http.StateNew {
+				return -1
 			}
-			if v == nil {
-				break
-			}
-			if state != http.StateNew || !pending(v) {
-				return v
-			}
-			// Its request is there, only not read yet: it is a scraper, not a stranger.
-			ve.state = http.StateActive
+			return 1
+		}
+		return cmp.Compare(x.e.seq, y.e.seq)
+	})
+	for _, v := range cands {
+		// One whose request is there, only not read yet, is a scraper, not a stranger.
+		if v.e.state != http.StateNew || !pending(v.c) {
+			return v.c
 		}
 	}
 	return nil

@@ -25,6 +25,19 @@ func (k *connCap) states() map[http.ConnState]int {
 	return n
 }
 
+// read reports whether the server has read every byte its connections were sent (none
+// waits in a socket), so that they are where the test put them.
+func (k *connCap) read() bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for c := range k.conns {
+		if pending(c) {
+			return false
+		}
+	}
+	return true
+}
+
 // closed reports whether the server closed c: a read that ends rather than times out.
 func closed(c net.Conn) bool {
 	_ = c.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
@@ -100,6 +113,7 @@ func TestConnCapOrder(t *testing.T) {
 			}
 			silent := testkit.Dial(t, addr)
 			waitStates("4 connections", func(n map[http.ConnState]int) bool { return n[http.StateNew] == 2 })
+			testkit.WaitUntil(t, testkit.Timeout, "the slow loris's bytes read", k.read)
 			// Past the cap: the slow loris goes (the oldest whose request is not read),
 			// then the silent one; the newcomers stay.
 			next := testkit.Dial(t, addr)
