@@ -13,8 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/net/dns/dnsmessage"
-
 	"shd-tcp-tools/internal/testkit"
 	"shd-tcp-tools/test/netns/nstest"
 )
@@ -37,86 +35,6 @@ func hostFile(t *testing.T, text string) string {
 		t.Fatal(err)
 	}
 	return path
-}
-
-// dnsServer answers (or, silent, only reads) the DNS queries that come to pc, and counts
-// them by type and name ("A backend1.example."). An A query for a name of answers gets that
-// address; an AAAA query for it an empty answer; any other name NXDOMAIN.
-type dnsServer struct {
-	mu      sync.Mutex
-	queries map[string]int
-}
-
-func serveDNS(t *testing.T, pc *net.UDPConn, silent bool, answers map[string]netip.Addr) *dnsServer {
-	d := &dnsServer{queries: map[string]int{}}
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		buf := make([]byte, 1500)
-		for {
-			n, from, err := pc.ReadFromUDP(buf)
-			if err != nil {
-				return
-			}
-			var p dnsmessage.Parser
-			h, err := p.Start(buf[:n])
-			if err != nil {
-				continue
-			}
-			q, err := p.Question()
-			if err != nil {
-				continue
-			}
-			d.mu.Lock()
-			d.queries[q.Type.String()[4:]+" "+q.Name.String()]++
-			d.mu.Unlock()
-			if silent {
-				continue
-			}
-			if out, err := answer(h.ID, q, answers); err == nil {
-				_, _ = pc.WriteToUDP(out, from)
-			}
-		}
-	})
-	t.Cleanup(func() { pc.Close(); wg.Wait() })
-	return d
-}
-
-func answer(id uint16, q dnsmessage.Question, answers map[string]netip.Addr) ([]byte, error) {
-	addr, known := answers[q.Name.String()]
-	h := dnsmessage.Header{ID: id, Response: true, Authoritative: true}
-	if !known {
-		h.RCode = dnsmessage.RCodeNameError
-	}
-	b := dnsmessage.NewBuilder(nil, h)
-	b.EnableCompression()
-	if err := b.StartQuestions(); err != nil {
-		return nil, err
-	}
-	if err := b.Question(q); err != nil {
-		return nil, err
-	}
-	if err := b.StartAnswers(); err != nil {
-		return nil, err
-	}
-	if known && q.Type == dnsmessage.TypeA {
-		rh := dnsmessage.ResourceHeader{Name: q.Name, Type: dnsmessage.TypeA, Class: dnsmessage.ClassINET, TTL: 300}
-		if err := b.AResource(rh, dnsmessage.AResource{A: addr.As4()}); err != nil {
-			return nil, err
-		}
-	}
-	return b.Finish()
-}
-
-func (d *dnsServer) count(key string) int {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.queries[key]
-}
-
-func (d *dnsServer) String() string {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return fmt.Sprint(d.queries)
 }
 
 // served connects to tcp-pf from inside ns and waits, up to bound, for the backend to close
@@ -144,7 +62,7 @@ func served(t *testing.T, ns *nstest.NS, addr string, bound time.Duration) time.
 func TestNetnsSilentResolver(t *testing.T) {
 	t.Parallel()
 	ns := nstest.New(t)
-	dns := serveDNS(t, ns.ListenUDP(t, "127.0.0.1:53"), true, nil)
+	dns := nstest.ServeDNS(t, ns.ListenUDP(t, "127.0.0.1:53"), true, nil)
 	ns.ResolvConf(t, "nameserver 127.0.0.1\n")
 	// The backend closes at once: no byte moves, so the literal keeps the fewest bytes.
 	be := testkit.Serve(t, ns.Listen(t, "127.0.0.1:0"), func(*net.TCPConn) {})
@@ -160,7 +78,7 @@ func TestNetnsSilentResolver(t *testing.T) {
 	if got := be.Accepts.Load(); got != n {
 		t.Errorf("backend accepted %d connections, want %d", got, n)
 	}
-	if q := dns.count("A backend1.example."); q != 0 {
+	if q := dns.Count("A backend1.example."); q != 0 {
 		t.Errorf("%d queries for a name never tried (%v)", q, dns)
 	}
 
@@ -176,7 +94,7 @@ func TestNetnsSilentResolver(t *testing.T) {
 func TestNetnsResolverCache(t *testing.T) {
 	t.Parallel()
 	ns := nstest.New(t)
-	dns := serveDNS(t, ns.ListenUDP(t, "127.0.0.1:53"), false,
+	dns := nstest.ServeDNS(t, ns.ListenUDP(t, "127.0.0.1:53"), false,
 		map[string]netip.Addr{"backend1.example.": netip.MustParseAddr("127.0.0.1")})
 	ns.ResolvConf(t, "nameserver 127.0.0.1\n")
 	be := testkit.Serve(t, ns.Listen(t, "127.0.0.1:0"), testkit.Echo)
@@ -204,7 +122,7 @@ func TestNetnsResolverCache(t *testing.T) {
 	if got := be.Accepts.Load(); got != n {
 		t.Errorf("backend accepted %d connections, want %d", got, n)
 	}
-	if q := dns.count("A backend1.example."); q != 1 {
+	if q := dns.Count("A backend1.example."); q != 1 {
 		t.Errorf("%d A queries for %d connections within the validity time, want 1 (%v)", q, n, dns)
 	}
 }
@@ -268,7 +186,7 @@ func TestNetnsDualStackBlackhole(t *testing.T) {
 	}
 }
 `)
-	serveDNS(t, ns.ListenUDP(t, "127.0.0.1:53"), true, nil) // nothing may leave the namespace
+	nstest.ServeDNS(t, ns.ListenUDP(t, "127.0.0.1:53"), true, nil) // nothing may leave the namespace
 	ns.ResolvConf(t, "nameserver 127.0.0.1\n")
 	ns.Hosts(t, "2001:db8::9 dual.example\n192.0.2.9 dual.example\n") // IPv6 first
 	be := testkit.Serve(t, ns.Listen(t, "192.0.2.9:0"), func(*net.TCPConn) {})

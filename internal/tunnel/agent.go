@@ -131,6 +131,8 @@ type Agent struct {
 	// per client: strangerBurst a strangerInterval, then a summary with the count.
 	floods *connlog.Summary
 	stats  agentStats // for the metrics: see Stats
+	// serviceAt is the last answer of a lookup of the service's name (see serviceAddrs).
+	serviceAt atomic.Pointer[[]netip.Addr]
 }
 
 // NewAgent checks cfg and returns an agent ready to Run.

@@ -72,9 +72,17 @@ type loopLink struct {
 	done chan error
 }
 
+// staleAfter bounds a lookup of the service's name when an earlier answer is there to
+// fall back on (see serviceAddrs).
+const staleAfter = time.Second
+
 // serviceAddrs resolves the service's addresses for a link about to wait (off the
 // client's path), in the order the resolver gives, of the local address's family when
-// one is set.
+// one is set. Once a lookup has answered, a later one that fails, or takes more than
+// staleAfter, gives that answer again (as a DNS cache serves stale answers while it cannot
+// reach the name's servers): a resolver that stops answering must not cost the clients a
+// service that was there a moment ago, nor hold each of them for the dial timeout. A name
+// that no longer exists (NXDOMAIN) is a failure.
 func (a *Agent) serviceAddrs(ctx context.Context) ([]netip.Addr, error) {
 	ep := a.cfg.Service
 	if ip, err := netip.ParseAddr(ep.Host); err == nil {
@@ -89,7 +97,18 @@ func (a *Agent) serviceAddrs(ctx context.Context) ([]netip.Addr, error) {
 			return net.DefaultResolver.LookupNetIP(ctx, "ip", host)
 		}
 	}
-	ips, err := lookup(ctx, ep.Host)
+	last := a.serviceAt.Load()
+	lctx := ctx
+	if last != nil {
+		var cancel context.CancelFunc
+		lctx, cancel = context.WithTimeout(ctx, staleAfter)
+		defer cancel()
+	}
+	ips, err := lookup(lctx, ep.Host)
+	var de *net.DNSError
+	if err != nil && last != nil && ctx.Err() == nil && !(errors.As(err, &de) && de.IsNotFound) {
+		return *last, nil
+	}
 	if err != nil {
 		return nil, fmt.Errorf("connecting to %s: %w", ep, err)
 	}
@@ -104,6 +123,7 @@ func (a *Agent) serviceAddrs(ctx context.Context) ([]netip.Addr, error) {
 	if len(out) == 0 {
 		return nil, fmt.Errorf("connecting to %s: no %s address, which the local address %s needs", ep, familyOf(a.cfg.Local), a.cfg.Local)
 	}
+	a.serviceAt.Store(&out)
 	return out, nil
 }
 

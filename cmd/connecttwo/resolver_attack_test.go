@@ -1,0 +1,127 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"shd-tcp-tools/internal/testkit"
+	"shd-tcp-tools/internal/tunnel/tunneltest"
+	"shd-tcp-tools/test/netns/nstest"
+)
+
+// throughIn connects from inside ns to addr and moves n bytes of stream seed both ways,
+// checked by SHA-256, within d; it returns how long that took.
+func throughIn(ns *nstest.NS, addr string, seed uint64, n int64, d time.Duration) (time.Duration, error) {
+	start := time.Now()
+	c, err := ns.Dial(addr, d)
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(start.Add(d))
+	sent := make(chan error, 1)
+	go func() { _, err := testkit.Send(c, seed, n); sent <- err }()
+	got, err := testkit.Receive(io.LimitReader(c, n))
+	if serr := <-sent; serr != nil && err == nil {
+		err = serr
+	}
+	if err == nil && got != testkit.Expected(seed, n) {
+		err = fmt.Errorf("echo %v, want %v", got, testkit.Expected(seed, n))
+	}
+	return time.Since(start), err
+}
+
+// TestAttackSilentResolver: connecttwo serves a service given by name (service.example),
+// in a network namespace whose resolver (run by the test) answers at first and then
+// never again. A plain link taken more than a second after it opened looks the name up
+// again; with the resolver silent, that lookup must not cost the client the service its
+// link found a moment ago, nor hold it for the dial timeout (10 s): two clients at once
+// on such links, then one on such a link beside one on a link opened while the resolver
+// was already silent, are each served (16 KiB each way, by SHA-256) within 3 s. Then
+// SIGTERM, sent while a client's lookup is under way, ends connecttwo within a second, and
+// that client sees a reset.
+func TestAttackSilentResolver(t *testing.T) {
+	bins := tunneltest.Build(t)
+	ns := nstest.New(t)
+	dns := nstest.ServeDNS(t, ns.ListenUDP(t, "127.0.0.1:53"), false,
+		map[string]netip.Addr{"service.example.": netip.MustParseAddr("127.0.0.1")})
+	ns.ResolvConf(t, "nameserver 127.0.0.1\n")
+	svc := testkit.Serve(t, ns.Listen(t, "127.0.0.1:0"), testkit.Echo)
+	// The namespace is the test's own: its ports are all free.
+	const clients, links = "127.0.0.1:7001", "127.0.0.1:7002"
+	relay := testkit.Start(t, "ip", "netns", "exec", ns.Name, bins["listentwo"], "-s", clients, "-d", links, "--hello-dst")
+	relay.WaitLog(t, `listening for clients`, 1, testkit.Timeout)
+	agent := testkit.Start(t, "ip", "netns", "exec", ns.Name, bins["connecttwo"], "-s", links,
+		"-d", "service.example:"+strconv.Itoa(svc.Port()), "--hello-from-src", "--pool", "3")
+	agent.WaitLog(t, `link #\d+ up `, 3, testkit.Timeout)
+	if _, err := throughIn(ns, clients, 1, 16<<10, 3*time.Second); err != nil {
+		t.Fatalf("a client while the resolver answers: %v", err)
+	}
+	agent.WaitLog(t, `link #\d+ up `, 4, testkit.Timeout)
+
+	dns.Silence(true)
+	// The links' addresses must be older than they stay fresh (a second).
+	time.Sleep(1200 * time.Millisecond)
+	round := func(what string, seeds ...uint64) {
+		t.Helper()
+		var wg sync.WaitGroup
+		for _, seed := range seeds {
+			wg.Go(func() {
+				took, err := throughIn(ns, clients, seed, 16<<10, 3*time.Second)
+				if err != nil {
+					t.Errorf("%s, client %d: %v after %v", what, seed, err, took.Round(time.Millisecond))
+					return
+				}
+				t.Logf("%s, client %d: served in %v", what, seed, took.Round(time.Millisecond))
+			})
+		}
+		wg.Wait()
+	}
+	round("two clients on links older than a second", 2, 3)
+	if t.Failed() {
+		t.FailNow()
+	}
+	// The replacements opened while the resolver was silent.
+	agent.WaitLog(t, `link #\d+ up `, 6, testkit.Timeout)
+	round("one on an old link, one on a link opened while the resolver was silent", 4, 5)
+	if t.Failed() {
+		t.FailNow()
+	}
+
+	// A client whose link looks the name up again, and SIGTERM while it does.
+	agent.WaitLog(t, `link #\d+ up `, 8, testkit.Timeout)
+	time.Sleep(1200 * time.Millisecond) // the links' addresses grow old again
+	opened := relay.Log.Count(` open #`)
+	c, err := ns.Dial(clients, testkit.Timeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	// Paired on listentwo, not yet connected on connecttwo: its lookup is under way (the
+	// resolver is silent: it lasts a second).
+	relay.WaitLog(t, ` open #`, opened+1, testkit.Timeout)
+	if n := agent.Log.Count(` open #`); n != opened {
+		t.Fatalf("connecttwo connected the client before its lookup could be cut (%d open lines, want %d)", n, opened)
+	}
+	took := agent.Stop(t, syscall.SIGTERM, 5*time.Second)
+	t.Logf("connecttwo stopped %v after SIGTERM during a lookup", took.Round(time.Millisecond))
+	if took > time.Second {
+		t.Errorf("connecttwo took %v to stop during a lookup, want at most 1s", took)
+	}
+	// The client's link was cut, never ended cleanly: the client sees a reset.
+	_ = c.SetReadDeadline(time.Now().Add(testkit.Timeout))
+	if n, err := c.Read(make([]byte, 1)); n != 0 || !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("the client whose lookup was cut by SIGTERM read %d bytes, %v; want a reset", n, err)
+	}
+	relay.Stop(t, syscall.SIGTERM, 5*time.Second)
+}
