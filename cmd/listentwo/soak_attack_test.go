@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -31,30 +30,6 @@ func soakConns(t *testing.T) int {
 	return n
 }
 
-// echoBack sends n bytes of stream seed on a new connection to addr and checks that the
-// same n bytes come back, within d; then it closes the connection.
-func echoBack(addr string, seed uint64, n int64, d time.Duration) error {
-	c, err := net.DialTimeout("tcp", addr, d)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(d))
-	sent := make(chan error, 1)
-	go func() { _, err := testkit.Send(c, seed, n); sent <- err }()
-	got, err := testkit.Receive(io.LimitReader(c, n))
-	if serr := <-sent; serr != nil {
-		return fmt.Errorf("sending: %w", serr)
-	}
-	if err != nil {
-		return fmt.Errorf("reading the echo: %w", err)
-	}
-	if want := testkit.Expected(seed, n); got != want {
-		return fmt.Errorf("echo %v, want %v", got, want)
-	}
-	return nil
-}
-
 // soak makes conns connections to addr, four at a time, each moving 4 KiB each way
 // checked by SHA-256, and fails the test at the first that fails.
 func soak(t *testing.T, addr string, conns int) time.Duration {
@@ -66,7 +41,7 @@ func soak(t *testing.T, addr string, conns int) time.Duration {
 	for range 4 {
 		wg.Go(func() {
 			for i := range jobs {
-				if err := echoBack(addr, uint64(i), 4<<10, testkit.Timeout); err != nil {
+				if err := testkit.EchoTrip(addr, uint64(i), 4<<10, testkit.Timeout, false); err != nil {
 					errs <- fmt.Errorf("connection %d: %w", i, err)
 					return
 				}

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -95,7 +94,7 @@ func TestAttackTLSStderrBlocked(t *testing.T) {
 			for range workers {
 				wg.Go(func() {
 					for i := range jobs {
-						if err := echoThrough(clients, uint64(i), size, testkit.Timeout); err != nil {
+						if err := testkit.EchoTrip(clients, uint64(i), size, testkit.Timeout, true); err != nil {
 							errs <- fmt.Errorf("client %d: %w", i, err)
 						}
 					}
@@ -161,34 +160,4 @@ func TestAttackTLSStderrBlocked(t *testing.T) {
 			}
 		})
 	}
-}
-
-// echoThrough sends n bytes of stream seed to addr on a new connection, half-closes it,
-// and checks that the same n bytes come back and then the end, all within d.
-func echoThrough(addr string, seed uint64, n int64, d time.Duration) error {
-	c, err := net.DialTimeout("tcp", addr, d)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(d))
-	sent := make(chan error, 1)
-	go func() {
-		_, err := testkit.Send(c, seed, n)
-		if err == nil {
-			err = c.(*net.TCPConn).CloseWrite()
-		}
-		sent <- err
-	}()
-	got, err := testkit.Receive(c)
-	if serr := <-sent; serr != nil {
-		return fmt.Errorf("sending: %w", serr)
-	}
-	if err != nil {
-		return fmt.Errorf("reading the echo: %w", err)
-	}
-	if want := testkit.Expected(seed, n); got != want {
-		return fmt.Errorf("echo %v, want %v", got, want)
-	}
-	return nil
 }

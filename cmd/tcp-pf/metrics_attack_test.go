@@ -56,7 +56,7 @@ func TestAttackMetricsFlood(t *testing.T) {
 	var slowest time.Duration
 	for i := range 10 {
 		start := time.Now()
-		if err := echoOnce(p.addr, uint64(i), 64<<10, 2*time.Second); err != nil {
+		if err := testkit.EchoTrip(p.addr, uint64(i), 64<<10, 2*time.Second, false); err != nil {
 			t.Fatalf("client %d during the flood: %v", i, err)
 		}
 		slowest = max(slowest, time.Since(start))

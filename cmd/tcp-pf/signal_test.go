@@ -64,30 +64,6 @@ func accepting(p *proc, d time.Duration) bool {
 	return false
 }
 
-// echoOnce sends n bytes of stream seed to addr through a new connection and checks that
-// the same bytes come back, all within d.
-func echoOnce(addr string, seed uint64, n int64, d time.Duration) error {
-	c, err := net.DialTimeout("tcp", addr, d)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(d))
-	sent := make(chan error, 1)
-	go func() { _, err := testkit.Send(c, seed, n); sent <- err }()
-	got, err := testkit.Receive(io.LimitReader(c, n))
-	if err := <-sent; err != nil {
-		return fmt.Errorf("sending: %w", err)
-	}
-	if err != nil {
-		return fmt.Errorf("reading the echo: %w", err)
-	}
-	if want := testkit.Expected(seed, n); got != want {
-		return fmt.Errorf("echo %v, want %v", got, want)
-	}
-	return nil
-}
-
 // hostCount returns the count of host in the host file at path, or -1.
 func hostCount(t *testing.T, path, host string) int64 {
 	t.Helper()
@@ -120,7 +96,7 @@ func TestLogReaderGone(t *testing.T) {
 	r.Close() // as head -1 does
 	const conns, size = 200, 10000
 	for i := range conns {
-		if err := echoOnce(p.addr, uint64(i), size, 10*time.Second); err != nil {
+		if err := testkit.EchoTrip(p.addr, uint64(i), size, 10*time.Second, false); err != nil {
 			t.Fatalf("connection %d after the log reader left: %v", i, err)
 		}
 	}
@@ -149,7 +125,7 @@ func TestLogReaderStalls(t *testing.T) {
 				if i >= conns {
 					return
 				}
-				if err := echoOnce(p.addr, uint64(i), 1000, 5*time.Second); err != nil {
+				if err := testkit.EchoTrip(p.addr, uint64(i), 1000, 5*time.Second, false); err != nil {
 					failed.Add(1)
 					errs <- fmt.Errorf("connection %d: %w", i, err)
 					return // one failure per worker is enough to know

@@ -287,6 +287,42 @@ func RoundTrip(t testing.TB, c net.Conn, seed uint64, n int64) {
 	}
 }
 
+// EchoTrip sends n bytes of stream seed to addr on a new connection and checks that the
+// same n bytes come back, all within d, then closes the connection; with halfClose it
+// half-closes its side once everything is sent and wants the end of the stream after the
+// echo. It returns what went wrong, for tests whose clients run on goroutines of their own.
+func EchoTrip(addr string, seed uint64, n int64, d time.Duration, halfClose bool) error {
+	c, err := net.DialTimeout("tcp", addr, d)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(d))
+	sent := make(chan error, 1)
+	go func() {
+		_, err := Send(c, seed, n)
+		if err == nil && halfClose {
+			err = c.(*net.TCPConn).CloseWrite()
+		}
+		sent <- err
+	}()
+	var r io.Reader = io.LimitReader(c, n)
+	if halfClose {
+		r = c
+	}
+	got, err := Receive(r)
+	if serr := <-sent; serr != nil {
+		return fmt.Errorf("sending: %w", serr)
+	}
+	if err != nil {
+		return fmt.Errorf("reading the echo: %w", err)
+	}
+	if want := Expected(seed, n); got != want {
+		return fmt.Errorf("echo %v, want %v", got, want)
+	}
+	return nil
+}
+
 // NeedProgram returns the path of the installed program name (searched in PATH, then in
 // /usr/sbin and /usr/local/sbin, where Debian puts daemons), or skips the test, saying so,
 // when it is not installed.
