@@ -96,6 +96,20 @@ func (ls *Loops) Least() *Loop {
 	return l
 }
 
+// At returns loop i modulo their number: for spreading a caller's sockets over the loops
+// before any pair runs.
+func (ls *Loops) At(i int) *Loop { return ls.loops[i%len(ls.loops)] }
+
+// Near returns l, unless another loop relays at least two pairs fewer: then the loop with
+// the fewest. For a caller that sets sockets up on one loop after another (connecttwo's
+// links) and moves, with a Post, only when the loads drift apart.
+func (ls *Loops) Near(l *Loop) *Loop {
+	if least := ls.Least(); least.pairs.Load() <= l.pairs.Load()-2 {
+		return least
+	}
+	return l
+}
+
 // Post runs f on the loop soon; it may be called from any goroutine.
 func (l *Loop) Post(f func()) { l.lp.Post(f) }
 

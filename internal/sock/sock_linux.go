@@ -170,12 +170,18 @@ func Error(fd int) error {
 // that long without traffic (at least a second), then one every period, and the
 // connection dropped after 9 unanswered.
 func SetKeepAlive(fd int, period time.Duration) error {
-	secs := max(int(period/time.Second), 1)
+	return SetKeepAliveProbes(fd, period, period, 9)
+}
+
+// SetKeepAliveProbes turns TCP keepalive on for fd: the first probe after idle without
+// traffic, then one every interval (each at least a second), and the connection dropped
+// after count unanswered.
+func SetKeepAliveProbes(fd int, idle, interval time.Duration, count int) error {
 	for _, o := range [...]struct{ level, name, value int }{
 		{unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1},
-		{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, secs},
-		{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, secs},
-		{unix.IPPROTO_TCP, unix.TCP_KEEPCNT, 9},
+		{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, max(int(idle/time.Second), 1)},
+		{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, max(int(interval/time.Second), 1)},
+		{unix.IPPROTO_TCP, unix.TCP_KEEPCNT, count},
 	} {
 		if err := setInt(fd, o.level, o.name, o.value); err != nil {
 			return err

@@ -119,14 +119,16 @@ func (c *AgentConfig) Validate() error {
 type Agent struct {
 	cfg       AgentConfig
 	tlsConfig *tls.Config // nil: plain links
-	secret    *secretBox
-	idle      *gauge
-	opening   chan struct{} // one token per link being connected and handshaken
-	conns     atomic.Uint64 // ids for log lines
-	links     atomic.Uint64
-	wg        sync.WaitGroup
-	loops     *relay.Loops   // relay the taken plain links and the service; made by Run
-	trim      *relay.Trimmer // gives back the TLS sessions' relay memory once idle
+	// serviceName is cfg.Service as log lines write it, made once.
+	serviceName string
+	secret      *secretBox
+	idle        *gauge
+	opening     chan struct{} // one token per link being connected and handshaken
+	conns       atomic.Uint64 // ids for log lines
+	links       atomic.Uint64
+	wg          sync.WaitGroup
+	loops       *relay.Loops   // relay the taken plain links and the service; made by Run
+	trim        *relay.Trimmer // gives back the TLS sessions' relay memory once idle
 	// floods keeps the failures of a service that cannot be reached from writing a line
 	// per client: strangerBurst a strangerInterval, then a summary with the count.
 	floods *connlog.Summary
@@ -165,7 +167,7 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 	if cfg.TLS != nil {
 		tlsConfig = cfg.TLS.Config()
 	}
-	return &Agent{cfg: cfg, tlsConfig: tlsConfig, secret: newSecretBox(cfg.Secret, cfg.SecretFile), idle: newGauge(), opening: make(chan struct{}, maxOpening),
+	return &Agent{cfg: cfg, tlsConfig: tlsConfig, serviceName: cfg.Service.String(), secret: newSecretBox(cfg.Secret, cfg.SecretFile), idle: newGauge(), opening: make(chan struct{}, maxOpening),
 		floods: cfg.Log.Summarise(strangerBurst, strangerInterval), trim: relay.NewTrimmer(0)}, nil
 }
 
@@ -195,6 +197,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.loops = loops
 	for i := 0; i < a.cfg.Pool && ctx.Err() == nil; i++ {
 		a.wg.Add(1)
+		if a.tlsConfig == nil {
+			a.startLoopSlot(ctx, i) // its links opened, waited on and served on the loops
+			continue
+		}
 		go func() {
 			defer a.wg.Done()
 			a.slot(ctx)
@@ -207,18 +213,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	return nil
 }
 
-// slot keeps one idle link open: it connects, waits until the link is taken or dies, hands
-// a taken link to serve, and starts over.
+// slot keeps one idle TLS link open: it connects, waits until the link is taken or dies,
+// hands a taken link to serve, and starts over. A plain link's slot runs on the loops
+// (loopSlot, dial.go).
 func (a *Agent) slot(ctx context.Context) {
-	// A relay that cannot be reached is retried with the full backoff; a link cut during
-	// its handshake (as when strangers crowd the relay's link port) with a short one.
-	unreachable := Backoff{Base: a.cfg.BackoffBase, Max: a.cfg.BackoffMax}
-	cut := Backoff{Base: a.cfg.BackoffBase, Max: min(a.cfg.RefusedMax, unreachable.max())}
-	var retry uint64 // the number of a link that failed to open: its retry keeps it
-	again := false   // the link before failed or was lost
+	b := a.newSlotBook()
 	claimed := false // this slot holds a place among the Pool links idle or opening
 	for ctx.Err() == nil {
-		if a.tlsConfig != nil && !claimed {
+		if !claimed {
 			// A TLS link that was taken comes back when its client's session ends, so a
 			// link is opened only while fewer than Pool are idle or being opened.
 			if !a.idle.claim(ctx, a.cfg.Pool) {
@@ -226,65 +228,109 @@ func (a *Agent) slot(ctx context.Context) {
 			}
 			claimed = true
 		}
-		id := retry // numbers count links, not attempts
-		if id == 0 {
-			id = a.links.Add(1)
+		id := b.begin()
+		wait, stop := b.ended(ctx, id, a.tlsLink(ctx, id, &claimed))
+		if stop {
+			return
 		}
-		retry = 0
-		if again {
-			a.stats.reconnects.Add(1)
+		if wait > 0 {
+			sleep(ctx, wait)
 		}
-		again = true
-		a.stats.connecting.Add(1)
-		link, rw, rest, err := a.openLink(ctx)
-		a.stats.connecting.Add(-1)
-		if err != nil {
-			if ctx.Err() != nil {
-				return
-			}
-			a.stats.linkFailed[connstats.FailureOf(err)].Add(1)
-			bo := &unreachable
-			if isCut(err) {
-				bo = &cut
-			}
-			d := bo.Next()
-			a.cfg.Log.Warnf("link #%d to %s failed: %v; retry %d in %.3fs", id, a.cfg.Relay, err, bo.Failures(), d.Seconds())
-			retry = id
-			sleep(ctx, d)
-			continue
-		}
-		up := time.Now()
-		addr := fmt.Sprintf("%s -> %s", link.LocalAddr(), link.RemoteAddr())
-		a.stats.linksUp.Add(1)
-		if claimed {
-			a.idle.unclaim(true)
-			claimed = false
-		} else {
-			a.idle.add(1)
-		}
-		a.cfg.Log.Printf("link #%d up %s", id, addr)
-		// A plain link waits on a loop, which serves it once taken (see take.go).
-		if a.tlsConfig == nil {
-			err = a.waitOnLoop(ctx, id, link, rest)
-		} else {
-			err = a.waitAndServe(ctx, id, addr, link, rw.(*tls.Conn), rest)
-		}
-		if err != nil {
-			if ctx.Err() != nil {
-				a.cfg.Log.Printf("link #%d down %s: agent stopping", id, addr)
-				return
-			}
-			a.cfg.Log.Printf("link #%d down %s: %v", id, addr, err)
-			if time.Since(up) >= stableLink {
-				unreachable.Reset()
-				cut.Reset()
-			}
-			continue
-		}
-		unreachable.Reset()
-		cut.Reset()
-		again = false // taken, not lost: its replacement is no reconnect
 	}
+}
+
+// slotBook is one slot's account of its links, on whichever runs the slot (a goroutine for
+// TLS links, the loops for plain ones): the links' numbers, the two backoffs, and whether
+// the next link replaces one that failed or was lost (a reconnect). Not safe for
+// simultaneous use.
+type slotBook struct {
+	a *Agent
+	// A relay that cannot be reached is retried with the full backoff; a link cut during
+	// its handshake (as when strangers crowd the relay's link port) with a short one.
+	unreachable, cut Backoff
+	retry            uint64 // the number of a link that failed to open: its retry keeps it
+	again            bool   // the link before failed or was lost
+}
+
+func (a *Agent) newSlotBook() *slotBook {
+	b := &slotBook{a: a, unreachable: Backoff{Base: a.cfg.BackoffBase, Max: a.cfg.BackoffMax}}
+	b.cut = Backoff{Base: a.cfg.BackoffBase, Max: min(a.cfg.RefusedMax, b.unreachable.max())}
+	return b
+}
+
+// begin numbers the slot's next link (numbers count links, not attempts) and counts it
+// connecting, and a reconnect when it replaces a link that failed or was lost.
+func (b *slotBook) begin() uint64 {
+	id := b.retry
+	if id == 0 {
+		id = b.a.links.Add(1)
+	}
+	b.retry = 0
+	if b.again {
+		b.a.stats.reconnects.Add(1)
+	}
+	b.again = true
+	b.a.stats.connecting.Add(1)
+	return id
+}
+
+// ended logs how link id ended and returns how long the slot waits before its next link;
+// stop once ctx has ended (the slot ends then).
+func (b *slotBook) ended(ctx context.Context, id uint64, end linkEnd) (wait time.Duration, stop bool) {
+	a := b.a
+	switch {
+	case !end.up:
+		if ctx.Err() != nil {
+			return 0, true
+		}
+		err := end.err
+		a.stats.linkFailed[connstats.FailureOf(err)].Add(1)
+		bo := &b.unreachable
+		if isCut(err) {
+			bo = &b.cut
+		}
+		d := bo.Next()
+		a.cfg.Log.Warnf("link #%d to %s failed: %v; retry %d in %.3fs", id, a.cfg.Relay, err, bo.Failures(), d.Seconds())
+		b.retry = id
+		return d, false
+	case end.err != nil:
+		if ctx.Err() != nil {
+			a.cfg.Log.Printf("link #%d down %s: agent stopping", id, end.addr)
+			return 0, true
+		}
+		a.cfg.Log.Printf("link #%d down %s: %v", id, end.addr, end.err)
+		if time.Since(end.at) >= stableLink {
+			b.unreachable.Reset()
+			b.cut.Reset()
+		}
+		return 0, false
+	}
+	b.unreachable.Reset()
+	b.cut.Reset()
+	b.again = false // taken, not lost: its replacement is no reconnect
+	return 0, ctx.Err() != nil
+}
+
+// tlsLink opens the TLS link id, waits until it is taken and serves it (waitAndServe), and
+// returns how it ended, as a plain link tells its loopSlot. claimed is the slot's claim
+// on the idle count, which a link that comes up turns into an idle link.
+func (a *Agent) tlsLink(ctx context.Context, id uint64, claimed *bool) linkEnd {
+	link, rw, rest, err := a.openLink(ctx)
+	a.stats.connecting.Add(-1)
+	if err != nil {
+		return linkEnd{err: err}
+	}
+	end := linkEnd{up: true, at: time.Now(), addr: fmt.Sprintf("%s -> %s", link.LocalAddr(), link.RemoteAddr())}
+	a.stats.linksUp.Add(1)
+	if *claimed {
+		a.idle.unclaim(true)
+		*claimed = false
+	} else {
+		a.idle.add(1)
+	}
+	a.cfg.Log.Printf("link #%d up %s", id, end.addr)
+	end.err = a.waitAndServe(ctx, id, end.addr, link, rw.(*tls.Conn), rest)
+	return end
 }
 
 // waitAndServe waits until the TLS link (link, tc) is taken and serves its sessions on a
@@ -314,9 +360,9 @@ func (a *Agent) waitAndServe(ctx context.Context, id uint64, addr string, link *
 	return nil
 }
 
-// openLink connects to the relay and runs the handshake (TLS first, when on), at most
-// maxOpening at once. It returns the TCP connection, what the link's bytes go through (the
-// same connection, or TLS over it) and the bytes that came after the verdict.
+// openLink connects to the relay and runs the TLS link's handshake (TLS first), at most
+// maxOpening at once. It returns the TCP connection, the TLS session over it and the bytes
+// that came after the verdict.
 func (a *Agent) openLink(ctx context.Context) (*net.TCPConn, net.Conn, []byte, error) {
 	select {
 	case a.opening <- struct{}{}:
@@ -333,21 +379,16 @@ func (a *Agent) openLink(ctx context.Context) (*net.TCPConn, net.Conn, []byte, e
 	}
 	setKeepAlive(c)
 	stop := context.AfterFunc(ctx, func() { c.Close() })
-	var rw net.Conn = c
-	var binding, rest []byte
-	if a.tlsConfig != nil {
-		var tc *tls.Conn
-		tc, binding, err = a.clientTLS(ctx, c)
-		rw = tc
-	}
+	var rest []byte
+	tc, binding, err := a.clientTLS(ctx, c)
 	if err == nil {
-		rest, err = clientHandshake(rw, linkParams{
+		rest, err = clientHandshake(tc, linkParams{
 			hello: a.cfg.Hello, secret: a.secret.get(), rand: a.cfg.Rand, timeout: a.cfg.HandshakeTimeout,
-			binding: binding, frames: a.tlsConfig != nil,
+			binding: binding, frames: true,
 		})
 	}
-	if err == nil && len(rest) == 0 && a.tlsConfig != nil {
-		rest, err = buffered(rw)
+	if err == nil && len(rest) == 0 {
+		rest, err = buffered(tc)
 	}
 	if !stop() && err == nil {
 		err = ctx.Err()
@@ -356,7 +397,7 @@ func (a *Agent) openLink(ctx context.Context) (*net.TCPConn, net.Conn, []byte, e
 		c.Close() // raw: an idle or failed link ends without close_notify
 		return nil, nil, nil, err
 	}
-	return c, rw, rest, nil
+	return c, tc, rest, nil
 }
 
 // serve connects a taken link to the service and relays the two. first holds the bytes

@@ -217,31 +217,6 @@ func macText(mac []byte) string {
 	return hex.EncodeToString(mac)
 }
 
-// readLine reads from c until a LF, at most max bytes, and returns the line (LF included)
-// and whatever arrived after it in the same reads. pre holds bytes already read.
-func readLine(c net.Conn, pre []byte, max int) (line, rest []byte, err error) {
-	buf := append(make([]byte, 0, max), pre...)
-	for {
-		if i := bytes.IndexByte(buf, '\n'); i >= 0 {
-			return buf[:i+1], buf[i+1:], nil
-		}
-		if len(buf) >= max {
-			return nil, nil, fmt.Errorf("line longer than %d bytes", max)
-		}
-		n, err := c.Read(buf[len(buf):max])
-		buf = buf[:len(buf)+n]
-		if err != nil {
-			if n > 0 && bytes.IndexByte(buf, '\n') >= 0 {
-				continue
-			}
-			if errors.Is(err, io.EOF) {
-				return nil, nil, &cutError{errors.New("connection closed during handshake")}
-			}
-			return nil, nil, &cutError{readErr(err)}
-		}
-	}
-}
-
 // readErr names a deadline as a timeout and keeps other causes short.
 func readErr(err error) error {
 	var ne net.Error
@@ -380,11 +355,36 @@ func (s *serverShake) what() string {
 
 // cut is the error for a read that found the end of the connection (io.EOF) or failed
 // (a deadline, a reset) before the line was complete.
-func (s *serverShake) cut(err error) error {
+func (s *serverShake) cut(err error) error { return cutIn(s.what(), err) }
+
+// cutIn is the error of a handshake whose read of a line (what) found the end of the
+// connection (io.EOF) or failed (a deadline, a reset): a cut link, on either side.
+func cutIn(what string, err error) error {
 	if errors.Is(err, io.EOF) {
-		return fmt.Errorf("%s: %w", s.what(), &cutError{errors.New("connection closed during handshake")})
+		return fmt.Errorf("%s: %w", what, &cutError{errClosedInHandshake})
 	}
-	return fmt.Errorf("%s: %w", s.what(), &cutError{readErr(err)})
+	return fmt.Errorf("%s: %w", what, &cutError{readErr(err)})
+}
+
+// errClosedInHandshake is a link that its peer closed before the handshake was over.
+var errClosedInHandshake = errors.New("connection closed during handshake")
+
+// addLine gathers a handshake line in *line from the bytes b that arrived: the line (LF
+// included) and what came after it once its LF is in, nil and nil before; an error
+// (what names the line) once maxLine bytes hold no LF. The line logic of both sides'
+// machines; *line starts over after a line, so the line returned stays intact.
+func addLine(line *[]byte, b []byte, what string) (got, rest []byte, err error) {
+	*line = append(*line, b...)
+	i := bytes.IndexByte(*line, '\n')
+	if i < 0 {
+		if len(*line) >= maxLine {
+			return nil, nil, fmt.Errorf("%s: line longer than %d bytes", what, maxLine)
+		}
+		return nil, nil, nil
+	}
+	got, rest = (*line)[:i+1], (*line)[i+1:]
+	*line = nil
+	return got, rest, nil
 }
 
 // sendFailed is the error for a send of what feed answered that failed; a failed verdict
@@ -402,18 +402,14 @@ func (s *serverShake) sendFailed(err error) error {
 // with a nil err means the link is ready once send is sent. A non-nil err refuses the
 // link.
 func (s *serverShake) feed(b []byte) (send []byte, done bool, err error) {
-	s.line = append(s.line, b...)
-	i := bytes.IndexByte(s.line, '\n')
-	if i < 0 {
-		if len(s.line) >= maxLine {
-			err := fmt.Errorf("%s: line longer than %d bytes", s.what(), maxLine)
-			s.step = shakeDone
-			return nil, true, err
-		}
+	line, rest, err := addLine(&s.line, b, s.what())
+	switch {
+	case err != nil:
+		s.step = shakeDone
+		return nil, true, err
+	case line == nil:
 		return nil, false, nil
 	}
-	line, rest := s.line[:i+1], s.line[i+1:]
-	s.line = nil
 	if s.step == shakeOpening {
 		send, err = s.opened(line, rest)
 		return send, err != nil, err
@@ -490,20 +486,119 @@ func (s *serverShake) replied(line, rest []byte) (send []byte, done bool, err er
 	return []byte("OK mac=" + macText(proof) + "\n"), true, nil
 }
 
-// clientHandshake runs connecttwo's side on a new link. It returns the bytes that arrived
-// after the verdict in the same read (the start of a hello or of client data, if the link
-// was taken at once), which the caller must treat as the link's first bytes.
+// clientHandshake runs connecttwo's side on a new link over c, blocking (the TLS links'
+// path; a plain link's handshake runs on an event loop, see dial.go): it sends the opening
+// and drives a clientShake on what it reads. It returns the bytes that arrived after the
+// verdict in the same read (the start of a hello or of client data, if the link was taken
+// at once), which the caller must treat as the link's first bytes.
 func clientHandshake(c net.Conn, p linkParams) (rest []byte, err error) {
 	if err := c.SetDeadline(time.Now().Add(p.timeout)); err != nil {
 		return nil, fmt.Errorf("setting handshake deadline: %w", err)
 	}
 	if _, err := io.WriteString(c, opening); err != nil {
-		return nil, fmt.Errorf("sending opening: %w", &cutError{readErr(err)})
+		return nil, sendErr("opening", err)
 	}
-	greeting, extra, err := readLine(c, nil, maxLine)
-	if err != nil {
-		return nil, fmt.Errorf("reading greeting: %w", err)
+	s := clientShake{p: p}
+	buf := make([]byte, maxLine)
+	for {
+		n, err := c.Read(buf[:s.room()])
+		if n == 0 {
+			if err == nil {
+				continue
+			}
+			return nil, s.cut(err)
+		}
+		send, done, rest, ferr := s.feed(buf[:n])
+		if len(send) > 0 {
+			if _, werr := c.Write(send); werr != nil && ferr == nil {
+				return nil, sendErr("reply", werr)
+			}
+		}
+		switch {
+		case ferr != nil:
+			return nil, ferr
+		case done:
+			if err := c.SetDeadline(time.Time{}); err != nil {
+				return nil, fmt.Errorf("clearing handshake deadline: %w", err)
+			}
+			return rest, nil
+		}
 	}
+}
+
+// sendErr is the error of a handshake line (what) that could not be sent: a cut link.
+func sendErr(what string, err error) error {
+	return fmt.Errorf("sending %s: %w", what, &cutError{readErr(err)})
+}
+
+// Steps of a clientShake.
+const (
+	shakeGreeting = iota // the opening is out, waiting for the greeting
+	shakeVerdict         // the reply is out, waiting for the verdict
+	shakeOver            // the verdict is in, or the link failed
+)
+
+// clientShake is connecttwo's side of the link handshake as a pure state machine with no
+// socket of its own, as serverShake is listentwo's: its driver sends the opening, reads at
+// most room() bytes at a time, feeds what arrived, sends what feed answers, and ends the
+// link with cut when a read fails or the handshake's deadline passes. The blocking path of
+// TLS links (clientHandshake) and the event loop that opens a plain link (dial.go) drive
+// this one machine: the same words, checks, proofs and limits on both.
+type clientShake struct {
+	p               linkParams
+	step            int
+	line            []byte // the line read so far
+	greeting, reply []byte // kept for the verdict's proof
+}
+
+// room is how many more bytes the current line may take: the most the driver may read.
+func (s *clientShake) room() int { return maxLine - len(s.line) }
+
+// what names the line the machine waits for, for errors.
+func (s *clientShake) what() string {
+	if s.step == shakeGreeting {
+		return "reading greeting"
+	}
+	return "reading verdict"
+}
+
+// cut is the error for a read that found the end of the connection (io.EOF) or failed
+// (a deadline, a reset) before the line was complete.
+func (s *clientShake) cut(err error) error { return cutIn(s.what(), err) }
+
+// feed takes bytes that arrived on the link and returns what to send (the reply) and
+// whether the handshake is over: done with a nil err means the link is up, rest holding
+// what came after the verdict; a non-nil err ends the link, after send is sent when there
+// is one (a mode mismatch: the reply tells the relay, which logs it too).
+func (s *clientShake) feed(b []byte) (send []byte, done bool, rest []byte, err error) {
+	line, rest, err := addLine(&s.line, b, s.what())
+	switch {
+	case err != nil:
+		s.step = shakeOver
+		return nil, true, nil, err
+	case line == nil:
+		return nil, false, nil, nil
+	}
+	if s.step == shakeGreeting {
+		send, err = s.greeted(line, rest)
+		if err != nil {
+			s.step = shakeOver
+			return send, true, nil, err
+		}
+		s.step = shakeVerdict
+		return send, false, nil, nil
+	}
+	s.step = shakeOver
+	if err := s.judged(line); err != nil {
+		return nil, true, nil, err
+	}
+	return nil, true, rest, nil
+}
+
+// greeted checks the greeting (extra: what came after it) and returns the reply; an error
+// with a reply is a mismatch the relay is told of, one without ends the link at once.
+func (s *clientShake) greeted(greeting, extra []byte) ([]byte, error) {
+	p := s.p
 	if reason, ok := strings.CutPrefix(string(greeting), "ERR "); ok {
 		return nil, fmt.Errorf("relay refused the link: %s", clipTo(strings.TrimSuffix(reason, "\n"), maxLine))
 	}
@@ -536,38 +631,31 @@ func clientHandshake(c net.Conn, p linkParams) (rest []byte, err error) {
 	if mismatch == nil && p.secret != nil {
 		mac = linkMAC(p.secret, labelClient, p.binding, greeting, body)
 	}
-	reply := append(body, []byte(" mac="+macText(mac)+"\n")...)
-	if _, err := c.Write(reply); err != nil {
-		return nil, fmt.Errorf("sending reply: %w", &cutError{readErr(err)})
-	}
-	if mismatch != nil {
-		// The reply told the relay our mode so it logs the mismatch too; we stop here.
-		return nil, mismatch
-	}
-	verdict, rest, err := readLine(c, nil, maxLine)
-	if err != nil {
-		return nil, fmt.Errorf("reading verdict: %w", err)
-	}
+	s.greeting = greeting
+	s.reply = append(body, []byte(" mac="+macText(mac)+"\n")...)
+	return s.reply, mismatch
+}
+
+// judged checks the verdict: nil when the relay let the link in (and, with a secret,
+// proved it).
+func (s *clientShake) judged(verdict []byte) error {
 	v := strings.TrimSuffix(string(verdict), "\n")
 	if reason, ok := strings.CutPrefix(v, "ERR "); ok {
-		return nil, fmt.Errorf("relay refused the link: %s", clipTo(reason, maxLine))
+		return fmt.Errorf("relay refused the link: %s", clipTo(reason, maxLine))
 	}
 	m, ok := strings.CutPrefix(v, "OK mac=")
 	if !ok {
-		return nil, fmt.Errorf("bad verdict %q", clip(v))
+		return fmt.Errorf("bad verdict %q", clip(v))
 	}
-	if p.secret != nil {
+	if s.p.secret != nil {
 		got, err := hex.DecodeString(m)
-		if err != nil || !hmac.Equal(got, linkMAC(p.secret, labelServer, p.binding, greeting, reply)) {
-			return nil, errors.New("relay failed to prove the secret: wrong secret or a fake relay")
+		if err != nil || !hmac.Equal(got, linkMAC(s.p.secret, labelServer, s.p.binding, s.greeting, s.reply)) {
+			return errors.New("relay failed to prove the secret: wrong secret or a fake relay")
 		}
 	} else if m != "-" {
-		return nil, fmt.Errorf("bad verdict %q", clip(v))
+		return fmt.Errorf("bad verdict %q", clip(v))
 	}
-	if err := c.SetDeadline(time.Time{}); err != nil {
-		return nil, fmt.Errorf("clearing handshake deadline: %w", err)
-	}
-	return rest, nil
+	return nil
 }
 
 // helloFor returns the PROXY v1 header that names client's peer (the source) and the

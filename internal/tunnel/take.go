@@ -8,10 +8,12 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"shd-tcp-tools/internal/connlog"
 	"shd-tcp-tools/internal/connstats"
 	"shd-tcp-tools/internal/endpoint"
 	"shd-tcp-tools/internal/eventloop"
@@ -20,35 +22,46 @@ import (
 	"shd-tcp-tools/internal/sock"
 )
 
-// A plain idle link of connecttwo waits on an event loop, not on a goroutine: the loop
-// notices the link taken (its first bytes) or gone, reads a hello, connects to the service
-// with a non-blocking connect and starts the relay pair there, as tcp-pf's loops connect.
-// The slot goroutine that opened the link only hears the outcome, to open the replacement:
-// a client costs connecttwo no goroutine wake-up but that one and no hand-off to a loop.
+// A plain link of connecttwo lives on an event loop, not on a goroutine: the loop opens it
+// (dial.go), notices it taken (its first bytes) or gone, reads a hello, connects to the
+// service with a non-blocking connect and starts the relay pair there, as tcp-pf's loops
+// connect. Its slot (loopSlot) hears the outcome on the same loop and opens the
+// replacement there: a client costs connecttwo no goroutine wake-up and no hand-off.
 
 // errAgentStopping is the end of a taken link that the agent's stop cut before its pair.
 var errAgentStopping = errors.New("cut: agent stopping")
 
 // Steps of a loopLink.
 const (
-	takeIdle    = iota // waiting for the link's first bytes
-	takeHello          // the hello has begun
-	takeDialing        // connecting to the service
-	takeDone           // relayed, failed or ended: the link is the pair's or closed
+	linkConnecting = iota // connecting to the relay
+	linkShaking           // the opening sent: the handshake runs
+	takeIdle              // waiting for the link's first bytes
+	takeHello             // the hello has begun
+	takeDialing           // connecting to the service
+	takeDone              // relayed, failed or ended: the link is the pair's or closed
 )
 
-// loopLink is one plain idle link on a loop, from the hand-over to the pair (or its end).
-// Its fields are the loop's, but for those set before the hand-over.
+// loopLink is one plain link on a loop, from its connect to the pair (or its end). Its
+// fields are the loop's, but for those set before it was posted there.
 type loopLink struct {
 	a      *Agent
 	ctx    context.Context
 	l      *relay.Loop
 	lp     *eventloop.Loop
 	linkID uint64
-	fd     int // the link
+	fd     int // the link, or -1 before it is connected
 	srv    int // the service's socket once connected, or -1
 	step   int
-	got    []byte // consumed from the link: the handshake's rest, the hello as it comes
+	// The link's open: the relay's addresses, the connect to the relay (then the same
+	// Dial connects to the service) and how, the handshake's machine.
+	relayAddrs []netip.Addr
+	conn       loopdial.Dial
+	dialCfg    loopdial.Config
+	shake      clientShake
+	relay      netip.AddrPort // the relay's address the link is connected to
+	up         time.Time      // when the verdict came
+	addr       string         // "LOCAL -> RELAY" for the link's log lines; "" when they are not logged
+	got        []byte         // consumed from the link: the handshake's rest, the hello as it comes
 	// addrs are the service's addresses to try in order, or addrErr why there are none.
 	addrs   []netip.Addr
 	addrErr error
@@ -56,20 +69,26 @@ type loopLink struct {
 	// (whose addresses may change while the link waits).
 	resolved time.Time
 	byName   bool
-	service  loopdial.Dial    // the connect to the service ...
-	dialCfg  loopdial.Config  // ... and how
-	timer    *eventloop.Timer // the hello's deadline
-	// client and source name the link's peer, then the client once a hello names it.
-	client string
-	source netip.Prefix
+	timer    *eventloop.Timer // the handshake's or the hello's deadline
+	// helloSrc is the client a hello named, if any (see clientName).
+	helloSrc net.Addr
 	// Set once taken.
 	id              uint64
 	payload, replay []byte
 	dialStart       time.Time
 	stop            func() bool // ends the watch of ctx
-	// done hears once why the link ended idle (nil: it was taken, and its service
-	// connection is made or has failed, so the replacement may open).
-	done chan error
+	// ended is told once, on the loop, how the link ended for its slot: failed to open,
+	// ended idle, or taken (the replacement may open: see replace).
+	ended    func(linkEnd)
+	replaced bool
+}
+
+// linkEnd is how a plain link ended for its slot.
+type linkEnd struct {
+	up   bool      // it passed its handshake, at at, with the addresses addr
+	at   time.Time //
+	addr string    //
+	err  error     // why it failed to open or ended idle; nil: it was taken
 }
 
 // staleAfter bounds a lookup of the service's name when an earlier answer is there to
@@ -84,20 +103,36 @@ const staleAfter = time.Second
 // service that was there a moment ago, nor hold each of them for the dial timeout. A name
 // that no longer exists (NXDOMAIN) is a failure.
 func (a *Agent) serviceAddrs(ctx context.Context) ([]netip.Addr, error) {
-	ep := a.cfg.Service
+	lookup := a.cfg.lookup
+	if lookup == nil {
+		lookup = lookupIP
+	}
+	return a.addrsOf(ctx, a.cfg.Service, lookup, &a.serviceAt)
+}
+
+// relayAddrs resolves the relay's addresses for a plain link about to open, as a dial
+// would: every link looks a name up again, and a failed lookup fails the link.
+func (a *Agent) relayAddrs(ctx context.Context) ([]netip.Addr, error) {
+	return a.addrsOf(ctx, a.cfg.Relay, lookupIP, nil)
+}
+
+func lookupIP(ctx context.Context, host string) ([]netip.Addr, error) {
+	return net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+}
+
+// addrsOf resolves ep's addresses with lookup (see serviceAddrs); last, when not nil,
+// keeps the last answer to serve stale.
+func (a *Agent) addrsOf(ctx context.Context, ep endpoint.Endpoint, lookup func(context.Context, string) ([]netip.Addr, error), lastAt *atomic.Pointer[[]netip.Addr]) ([]netip.Addr, error) {
 	if ip, err := netip.ParseAddr(ep.Host); err == nil {
 		if l := a.cfg.Local; l.IsValid() && l.Is4() != ip.Unmap().Is4() {
 			return nil, fmt.Errorf("connecting to %s: %w", ep, endpoint.CheckFamily("the local address", l, ep.Host))
 		}
 		return []netip.Addr{ip.Unmap()}, nil
 	}
-	lookup := a.cfg.lookup
-	if lookup == nil {
-		lookup = func(ctx context.Context, host string) ([]netip.Addr, error) {
-			return net.DefaultResolver.LookupNetIP(ctx, "ip", host)
-		}
+	var last *[]netip.Addr
+	if lastAt != nil {
+		last = lastAt.Load()
 	}
-	last := a.serviceAt.Load()
 	lctx := ctx
 	if last != nil {
 		var cancel context.CancelFunc
@@ -123,7 +158,9 @@ func (a *Agent) serviceAddrs(ctx context.Context) ([]netip.Addr, error) {
 	if len(out) == 0 {
 		return nil, fmt.Errorf("connecting to %s: no %s address, which the local address %s needs", ep, familyOf(a.cfg.Local), a.cfg.Local)
 	}
-	a.serviceAt.Store(&out)
+	if lastAt != nil {
+		lastAt.Store(&out)
+	}
 	return out, nil
 }
 
@@ -134,38 +171,29 @@ func familyOf(a netip.Addr) string {
 	return "IPv6"
 }
 
-// waitOnLoop hands the plain idle link c (with rest, what its handshake read beyond the
-// verdict) to a loop and waits until the link is taken and its service connection made or
-// failed (nil), or the link ended idle (why). The link is the loop's from here on.
-func (a *Agent) waitOnLoop(ctx context.Context, linkID uint64, c *net.TCPConn, rest []byte) error {
-	addrs, addrErr := a.serviceAddrs(ctx)
-	remote := c.RemoteAddr()
-	fd, err := relay.Detach(c)
-	if err != nil {
-		c.Close()
-		a.idle.add(-1)
-		return err
+// clientName names the link's client for log lines: the link and its relay, or the
+// client a hello named and the link. Made only for a line that is written.
+func (ll *loopLink) clientName() string {
+	if ll.helloSrc != nil {
+		return fmt.Sprintf("%s (link #%d)", ll.helloSrc, ll.linkID)
 	}
-	l := a.loops.Least()
-	_, literal := netip.ParseAddr(a.cfg.Service.Host)
-	ll := &loopLink{a: a, ctx: ctx, l: l, lp: l.Events(), linkID: linkID, fd: fd, srv: -1,
-		got: rest, addrs: addrs, addrErr: addrErr, resolved: time.Now(), byName: literal != nil,
-		done:   make(chan error, 1),
-		client: fmt.Sprintf("link #%d %s", linkID, remote), source: sourceOf(remote)}
-	l.Post(ll.start)
-	return <-ll.done
+	return fmt.Sprintf("link #%d %s", ll.linkID, ll.relay)
 }
 
-// start registers the link on the loop; the end of ctx closes it while it is the loop's.
-func (ll *loopLink) start() {
-	if err := ll.lp.Add(ll.fd, relay.PairEvents, ll.linkReady); err != nil {
-		unix.Close(ll.fd)
-		ll.down(err)
-		return
+// sourceOf is where the link's client comes from, for the summaries of failures: the
+// client a hello named, or the relay.
+func (ll *loopLink) sourceOf() netip.Prefix {
+	if ll.helloSrc != nil {
+		return sourceOf(ll.helloSrc)
 	}
-	ll.stop = context.AfterFunc(ll.ctx, func() { ll.lp.Post(ll.cut) })
-	if len(ll.got) > 0 {
-		ll.taken()
+	return sourceOf(net.TCPAddrFromAddrPort(ll.relay))
+}
+
+// stopTimer stops the step's timer, if any.
+func (ll *loopLink) stopTimer() {
+	if ll.timer != nil {
+		ll.timer.Stop()
+		ll.timer = nil
 	}
 }
 
@@ -173,15 +201,20 @@ func (ll *loopLink) start() {
 func (ll *loopLink) down(err error) {
 	ll.step = takeDone
 	ll.a.idle.add(-1)
-	if ll.stop != nil {
-		ll.stop()
-	}
-	ll.done <- err
+	ll.stop()
+	ll.ended(ll.end(err))
+}
+
+// end is how the link ended, err nil when it was taken.
+func (ll *loopLink) end(err error) linkEnd {
+	return linkEnd{up: true, at: ll.up, addr: ll.addr, err: err}
 }
 
 // cut ends the link when ctx ends before the pair has it.
 func (ll *loopLink) cut() {
 	switch ll.step {
+	case linkConnecting, linkShaking:
+		ll.openFailed(ll.ctx.Err())
 	case takeIdle:
 		ll.lp.CloseFD(ll.fd)
 		ll.down(ll.ctx.Err())
@@ -193,6 +226,8 @@ func (ll *loopLink) cut() {
 // linkReady is the link's readiness before the pair takes it over.
 func (ll *loopLink) linkReady(ev uint32) {
 	switch ll.step {
+	case linkShaking:
+		ll.handshake()
 	case takeIdle:
 		var b [1]byte
 		n, err := sock.Recv(ll.fd, b[:], unix.MSG_PEEK)
@@ -221,6 +256,7 @@ func (ll *loopLink) taken() {
 	a.stats.busy.Add(1)
 	ll.id = a.conns.Add(1)
 	a.stats.conns.Accepted()
+	a.wg.Add(1) // until the pair has the link or it failed (connected, fail), which Run waits for
 	if a.cfg.Hello {
 		ll.step = takeHello
 		ll.timer = ll.lp.AfterFunc(a.cfg.HandshakeTimeout, func() {
@@ -228,10 +264,20 @@ func (ll *loopLink) taken() {
 			ll.fail(errors.New("reading hello: handshake timed out"))
 		})
 		ll.readHello()
-		return
+	} else {
+		ll.payload, ll.replay = ll.got, ll.got
+		ll.dial()
+		ll.replace()
 	}
-	ll.payload, ll.replay = ll.got, ll.got
-	ll.dial()
+}
+
+// replace has the slot open the link's replacement, once: when the service's connect is
+// under way (beside it: neither waits for the other), or when the taken link failed.
+func (ll *loopLink) replace() {
+	if !ll.replaced {
+		ll.replaced = true
+		ll.ended(ll.end(nil))
+	}
 }
 
 // readHello takes the PROXY v1 header off the link, as readHello does on a goroutine: the
@@ -288,13 +334,13 @@ func (ll *loopLink) helloDone(end int) {
 		ll.fail(err)
 		return
 	}
-	ll.client = fmt.Sprintf("%s (link #%d)", h.SourceAddr, ll.linkID)
-	ll.source = sourceOf(h.SourceAddr)
+	ll.helloSrc = h.SourceAddr
 	ll.payload, ll.replay = rest, rest
 	if ll.a.cfg.SendProxy {
 		ll.replay = ll.got
 	}
 	ll.dial()
+	ll.replace()
 }
 
 // dial connects to the service's addresses (loopdial: one family after the other,
@@ -316,7 +362,37 @@ func (ll *loopLink) dial() {
 	}
 	// A lookup again (resolve) took its time of the timeout.
 	ll.dialCfg = loopdial.Config{Timeout: max(a.dialTimeout()-time.Since(ll.dialStart), time.Millisecond), Local: a.cfg.Local}
-	ll.service.Start(ll.lp, &ll.dialCfg, ll, ll.addrs, uint16(a.cfg.Service.Port))
+	ll.conn.Start(ll.lp, &ll.dialCfg, ll, ll.addrs, uint16(a.cfg.Service.Port))
+}
+
+// AttemptFailed counts an address of the service that could not be reached (one of the
+// relay's is told in the link's end).
+func (ll *loopLink) AttemptFailed(_ netip.AddrPort, err error, _ time.Duration) time.Duration {
+	if ll.step == takeDialing {
+		ll.a.stats.conns.AttemptFailed(connstats.FailureOf(err))
+	}
+	return 0
+}
+
+// Connected takes the connected socket: the link's, whose handshake starts, or the
+// service's, whose pair starts.
+func (ll *loopLink) Connected(fd int, addr netip.AddrPort) {
+	if ll.step == linkConnecting {
+		ll.linkConnected(fd, addr)
+		return
+	}
+	ll.srv = fd
+	ll.connected()
+}
+
+// Failed ends the link (no address of the relay connected) or fails the client (none of
+// the service's).
+func (ll *loopLink) Failed(err error) {
+	if ll.step == linkConnecting {
+		ll.linkConnectFailed(err)
+		return
+	}
+	ll.fail(fmt.Errorf("connecting to %s: %w", ll.a.cfg.Service, err))
 }
 
 // resolve looks the service's name up again, off the loop, for a link that waited longer
@@ -324,14 +400,14 @@ func (ll *loopLink) dial() {
 // client's arrival would see), then dials. The lookup counts in the dial timeout.
 func (ll *loopLink) resolve() {
 	a := ll.a
-	a.wg.Add(1) // the slot still waits on done: Run's wait has not begun
+	a.wg.Add(1) // the link holds one already (taken): Run's wait has not ended
 	go func() {
 		defer a.wg.Done()
 		ctx, cancel := context.WithTimeout(ll.ctx, a.dialTimeout())
 		addrs, err := a.serviceAddrs(ctx)
 		cancel()
 		ll.lp.Post(func() {
-			if ll.step != takeDialing || ll.service.Running() {
+			if ll.step != takeDialing || ll.conn.Running() {
 				return // failed or cut meanwhile
 			}
 			ll.addrs, ll.addrErr, ll.resolved = addrs, err, time.Now()
@@ -350,23 +426,6 @@ func (a *Agent) addrsFresh() time.Duration {
 	return addrsFresh
 }
 
-// AttemptFailed counts an address of the service that could not be reached.
-func (ll *loopLink) AttemptFailed(_ netip.AddrPort, err error, _ time.Duration) time.Duration {
-	ll.a.stats.conns.AttemptFailed(connstats.FailureOf(err))
-	return 0
-}
-
-// Connected takes the service's socket and starts the pair.
-func (ll *loopLink) Connected(fd int, _ netip.AddrPort) {
-	ll.srv = fd
-	ll.connected()
-}
-
-// Failed fails the client: no address of the service connected.
-func (ll *loopLink) Failed(err error) {
-	ll.fail(fmt.Errorf("connecting to %s: %w", ll.a.cfg.Service, err))
-}
-
 // connected writes what the service gets first and starts the pair.
 func (ll *loopLink) connected() {
 	a := ll.a
@@ -382,16 +441,17 @@ func (ll *loopLink) connected() {
 	}
 	ll.step = takeDone
 	ll.stop()
-	// Counted before the slot hears, so that a stop right after cannot see Run's wait
-	// end (the slot was the last) with this pair about to start.
-	a.wg.Add(1)    // until the relay's end, which Run waits for
-	ll.done <- nil // the replacement may open
+	// The link's count in a.wg (taken) is the pair's from here: until the relay's end,
+	// which Run waits for.
 	counts := &a.stats.conns
-	service := a.cfg.Service.String()
-	a.cfg.Log.Open(ll.id, ll.client, service)
+	service, client := a.serviceName, "" // the open and close lines' names, when they are logged
+	if a.cfg.Log.Enabled(connlog.Info) {
+		client = ll.clientName()
+	}
+	a.cfg.Log.Open(ll.id, client, service)
 	counts.Opened(time.Since(ll.dialStart))
 	counts.Up(len(ll.payload))
-	id, client, payload := ll.id, ll.client, len(ll.payload)
+	id, payload := ll.id, len(ll.payload)
 	ll.l.StartPair(ll.ctx, ll.fd, ll.srv, relay.PairOptions{HalfClose: true, Progress: counts.Moved, OnEnd: func(res relay.Result) {
 		up := uint64(res.Up) + uint64(payload)
 		a.cfg.Log.Close(id, client, service, up, uint64(res.Down), res.Duration, res.End)
@@ -405,11 +465,8 @@ func (ll *loopLink) connected() {
 // so the client sees its connection end at once, not a hang.
 func (ll *loopLink) fail(err error) {
 	a := ll.a
-	if ll.timer != nil {
-		ll.timer.Stop()
-		ll.timer = nil
-	}
-	ll.service.Stop()
+	ll.stopTimer()
+	ll.conn.Stop()
 	if ll.srv >= 0 {
 		ll.lp.CloseFD(ll.srv)
 		ll.srv = -1
@@ -425,12 +482,14 @@ func (ll *loopLink) fail(err error) {
 	a.stats.conns.Failed(f)
 	a.stats.busy.Add(-1)
 	if !errors.Is(err, errAgentStopping) {
-		a.failed(ll.id, ll.client, ll.source, err)
+		a.failed(ll.id, ll.clientName(), ll.sourceOf(), err)
 	}
-	ll.done <- nil
+	ll.replace()
+	a.wg.Done() // the count taken made
 }
 
-// dialTimeout bounds the connect to the service, all its addresses together.
+// dialTimeout bounds the connect to the service, all its addresses together (and to the
+// relay: a plain link's).
 func (a *Agent) dialTimeout() time.Duration {
 	if a.cfg.DialTimeout > 0 {
 		return a.cfg.DialTimeout
