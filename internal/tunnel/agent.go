@@ -76,7 +76,9 @@ type AgentConfig struct {
 	// link cut or refused during its handshake, which strangers on the relay can cause,
 	// waits at most RefusedMax (zero: DefaultRefusedMax) before the next try.
 	BackoffBase, BackoffMax, RefusedMax time.Duration
-	// Dial opens connections to the relay and the service; nil dials from Local.
+	// Dial opens the TLS links' connections to the relay and their sessions' to the
+	// service; nil dials from Local. Plain links and their service connections are
+	// connected on the event loops (loopdial), from Local.
 	Dial func(ctx context.Context, ep endpoint.Endpoint) (*net.TCPConn, error)
 	// Log receives one line per event; nil discards them.
 	Log *connlog.Logger
