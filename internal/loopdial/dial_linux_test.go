@@ -105,6 +105,12 @@ func blackhole(t *testing.T, addr string, port uint16) uint16 {
 	return testkit.BlackholeAt(t, netip.AddrPortFrom(netip.MustParseAddr(addr), port)).Port()
 }
 
+// sharedPort is a port free on every one of hosts (see testkit.SharedPort).
+func sharedPort(t *testing.T, hosts ...string) uint16 {
+	t.Helper()
+	return testkit.SharedPort(t, addrs(hosts...)...)
+}
+
 // The events a connected socket keeps are those a relay.Pair takes over without a change.
 func TestEventsArePairEvents(t *testing.T) {
 	if Events != relay.PairEvents {
@@ -150,7 +156,8 @@ func TestRefusedThenNext(t *testing.T) {
 func TestOtherFamilyRacesAfterDelay(t *testing.T) {
 	lp := runLoop(t)
 	for _, tc := range []struct{ dead, live string }{{"::1", "127.0.0.1"}, {"127.0.0.1", "::1"}} {
-		port := blackhole(t, tc.dead, 0)
+		port := sharedPort(t, tc.dead, tc.live)
+		blackhole(t, tc.dead, port)
 		listen(t, tc.live, port)
 		o := dial(t, lp, Config{Timeout: 10 * time.Second}, addrs(tc.dead, tc.live), port, nil)
 		if o.err != nil || o.addr.Addr() != netip.MustParseAddr(tc.live) || o.peer != o.addr {
@@ -179,7 +186,8 @@ func TestOtherFamilyAtOnceAfterRefusal(t *testing.T) {
 // (at least MinAttempt), and the second still connects.
 func TestTimeoutSpreadOverAddresses(t *testing.T) {
 	lp := runLoop(t)
-	port := blackhole(t, "127.0.0.2", 0)
+	port := sharedPort(t, "127.0.0.2", "127.0.0.1")
+	blackhole(t, "127.0.0.2", port)
 	listen(t, "127.0.0.1", port)
 	o := dial(t, lp, Config{Timeout: 4 * time.Second}, addrs("127.0.0.2", "127.0.0.1"), port, nil)
 	if o.err != nil || o.addr.Addr() != netip.MustParseAddr("127.0.0.1") {
@@ -196,7 +204,8 @@ func TestTimeoutSpreadOverAddresses(t *testing.T) {
 // Every address dead: the dial fails at its timeout, having tried them all.
 func TestAllDeadTimesOut(t *testing.T) {
 	lp := runLoop(t)
-	port := blackhole(t, "::1", 0)
+	port := sharedPort(t, "::1", "127.0.0.1")
+	blackhole(t, "::1", port)
 	blackhole(t, "127.0.0.1", port)
 	o := dial(t, lp, Config{Timeout: 1500 * time.Millisecond}, addrs("::1", "127.0.0.1"), port, nil)
 	if !errors.Is(o.err, unix.ETIMEDOUT) || o.took < 1400*time.Millisecond || o.took > 4*time.Second {
@@ -234,7 +243,8 @@ func TestRetrySameAddress(t *testing.T) {
 // Stop closes the attempts in flight and nothing more is heard of the dial.
 func TestStopClosesAttempts(t *testing.T) {
 	lp := runLoop(t)
-	port := blackhole(t, "::1", 0)
+	port := sharedPort(t, "::1", "127.0.0.1")
+	blackhole(t, "::1", port)
 	blackhole(t, "127.0.0.1", port)
 	before := openFDs(t)
 	r := &recorder{lp: lp, done: make(chan outcome, 1)}

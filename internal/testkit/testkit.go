@@ -394,6 +394,31 @@ func (pb *ProxyBackend) Next(t testing.TB) Proxied {
 	}
 }
 
+// SharedPort returns a TCP port that was free a moment ago on every one of addrs, for a
+// test that needs one port on several addresses (a live listener on 127.0.0.1 and a dead
+// one on [::1], say). It is taken below the ephemeral range (32768 and up on Linux), so
+// that no outgoing connection of another test holds it on one of them.
+func SharedPort(t testing.TB, addrs ...netip.Addr) uint16 {
+	t.Helper()
+	for range 100 {
+		port := uint16(20000 + rand.IntN(12000))
+		free := true
+		for _, a := range addrs {
+			ln, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(netip.AddrPortFrom(a, port)))
+			if err != nil {
+				free = false
+				break
+			}
+			ln.Close()
+		}
+		if free {
+			return port
+		}
+	}
+	t.Fatalf("no port free on all of %v in 100 tries", addrs)
+	return 0
+}
+
 // Blackhole returns the address of a listener whose accept queue is full, so a further
 // connection attempt gets no answer and times out.
 func Blackhole(t testing.TB) string {

@@ -304,16 +304,25 @@ func TestAttackServiceFailover(t *testing.T) {
 // later, as net.Dialer would start it, and serves the client long before the IPv6
 // attempt's share of the dial timeout (half of it, tried in turn).
 func TestAttackServiceDualStack(t *testing.T) {
-	svc := startService(t, "127.0.0.1", echoMode)
-	port := uint16(svc.ln.Addr().(*net.TCPAddr).Port)
+	v4 := netip.MustParseAddr("127.0.0.1")
+	port := testkit.SharedPort(t, v4, netip.IPv6Loopback())
 	testkit.BlackholeAt(t, netip.AddrPortFrom(netip.IPv6Loopback(), port))
+	live, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(netip.AddrPortFrom(v4, port)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	serveEach(t, live, func(c *net.TCPConn) {
+		if _, err := io.Copy(c, c); err == nil {
+			_ = c.CloseWrite()
+		}
+	})
 	const dialTimeout = 10 * time.Second
 	var tn tunnel
 	startRelay(t, "127.0.0.1", RelayConfig{Hello: true, Wait: testTimeout}, &tn)
 	startAgent(t, AgentConfig{
 		Service: endpoint.Endpoint{Host: "service.test", Port: int(port)}, Hello: true, Pool: 1, DialTimeout: dialTimeout,
 		lookup: func(context.Context, string) ([]netip.Addr, error) {
-			return []netip.Addr{netip.IPv6Loopback(), netip.MustParseAddr("127.0.0.1")}, nil
+			return []netip.Addr{netip.IPv6Loopback(), v4}, nil
 		},
 	}, &tn)
 	tn.waitPools(t, 1, 1)
