@@ -84,6 +84,7 @@ func TestAttackTLSStderrBlocked(t *testing.T) {
 			})
 
 			const conns, workers, size = 800, 4, 16 << 10
+			const extraLines = 64 // lines of other kinds that may be dropped with them
 			jobs := make(chan int, conns)
 			for i := range conns {
 				jobs <- i
@@ -152,9 +153,12 @@ func TestAttackTLSStderrBlocked(t *testing.T) {
 					<-read[p]
 					kept, dropped := p.Log.Count(` open #`)+p.Log.Count(` close #`), p.Log.Dropped()
 					t.Logf("%s stopped in %v; %d open and close lines kept, %d dropped", filepath.Base(p.Cmd.Path), took, kept, dropped)
-					if kept+dropped != 2*conns || dropped == 0 {
-						t.Errorf("%s: %d open and close lines kept and %d dropped, want %d in all",
-							filepath.Base(p.Cmd.Path), kept, dropped, 2*conns)
+					// The count of dropped lines is of every kind: a link's up or down
+					// line that came during the stall is among them, as it was in a
+					// clean-clone run at load 8 (1062 kept, 539 dropped, of 1600).
+					if kept+dropped < 2*conns || kept+dropped > 2*conns+extraLines || dropped == 0 {
+						t.Errorf("%s: %d open and close lines kept and %d lines dropped, want %d open and close lines in all (and at most %d other lines dropped)",
+							filepath.Base(p.Cmd.Path), kept, dropped, 2*conns, extraLines)
 					}
 				}
 			}
