@@ -95,44 +95,30 @@ func (ls *linkShake) ready(ev uint32) {
 	}
 }
 
-// read takes what has come on the link, until it would wait.
+// read takes what has come on the link, until it would wait or the machine waits for the
+// peer's answer to what it sent (the reply comes with an event of its own).
 func (ls *linkShake) read() {
-	r := ls.r
 	for !ls.over {
-		if ls.s == nil {
-			// The first byte: it spoke. Plain relays only; one that opens with TLS gets
-			// the words for that in the clear, as refusePlain gives them.
-			buf := ls.lp.Scratch()[:len(opening)]
-			n, err := sock.Recv(ls.fd, buf, unix.MSG_PEEK)
-			switch {
-			case errors.Is(err, unix.EAGAIN):
-				return
-			case err != nil, n == 0:
-				ls.fail(errClosedEarly)
-				return
-			case !r.linkRoom.advance(ls.g, spoke):
-				ls.fail(errPushedOut(silent))
-				return
-			case looksTLS(buf[:n]):
-				_, _ = sock.Send(ls.fd, []byte("ERR "+errTLSAgentOnly+"\n"))
-				ls.fail(errors.New(errTLSAgentOnly))
-				return
-			}
-			ls.secret = r.secret.get()
-			ls.s = newServerShake(ls.lp.Now(), r.linkParams(ls.secret, ls.openBy, nil), r.linkHooks(ls.g))
-			ls.timer.Reset(ls.s.due().Sub(ls.lp.Now()))
-			continue
+		room := maxLine // the first read: the opening, and what came after it with it
+		if ls.s != nil {
+			room = ls.s.room()
 		}
-		buf := ls.lp.Scratch()[:ls.s.room()]
+		buf := ls.lp.Scratch()[:room]
 		n, err := sock.Recv(ls.fd, buf, 0)
 		switch {
 		case errors.Is(err, unix.EAGAIN):
+			return
+		case ls.s == nil && (err != nil || n == 0):
+			ls.fail(errClosedEarly)
 			return
 		case err != nil:
 			ls.fail(ls.s.cut(os.NewSyscallError("read", err)))
 			return
 		case n == 0:
 			ls.fail(ls.s.cut(io.EOF))
+			return
+		}
+		if ls.s == nil && !ls.spoke(buf[:n]) {
 			return
 		}
 		due := ls.s.due()
@@ -151,10 +137,31 @@ func (ls *linkShake) read() {
 			ls.fail(ferr)
 		case done:
 			ls.up()
-		case !ls.s.due().Equal(due):
+		case !ls.s.due().Equal(due): // the greeting is out: the reply takes a round trip
 			ls.timer.Reset(ls.s.due().Sub(ls.lp.Now()))
+			return
 		}
 	}
+}
+
+// spoke records the link's first bytes, first: it spoke. A plain relay's link that opens
+// with TLS gets the words for that in the clear, as refusePlain gives them. Otherwise the
+// handshake's machine starts; false when the link was refused.
+func (ls *linkShake) spoke(first []byte) bool {
+	r := ls.r
+	switch {
+	case !r.linkRoom.advance(ls.g, spoke):
+		ls.fail(errPushedOut(silent))
+		return false
+	case looksTLS(first):
+		_, _ = sock.Send(ls.fd, []byte("ERR "+errTLSAgentOnly+"\n"))
+		ls.fail(errors.New(errTLSAgentOnly))
+		return false
+	}
+	ls.secret = r.secret.get()
+	ls.s = newServerShake(ls.lp.Now(), r.linkParams(ls.secret, ls.openBy, nil), r.linkHooks(ls.g))
+	ls.timer.Reset(ls.s.due().Sub(ls.lp.Now()))
+	return true
 }
 
 // expired ends a link that has not sent its first byte, or the line it owes, in time.
