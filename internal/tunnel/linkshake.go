@@ -5,7 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
+	"net/netip"
 	"os"
 	"time"
 
@@ -45,22 +45,15 @@ type linkShake struct {
 	closed chan struct{} // closed once the loop has closed the socket (or handed it on)
 }
 
-// shakeOnLoop serves the plain link c, of class cl, on an event loop: see linkShake.
-func (r *Relay) shakeOnLoop(ctx context.Context, c *net.TCPConn, cl class) {
+// shakeOnLoop serves the plain link fd from peer, of class cl, on an event loop: see
+// linkShake.
+func (r *Relay) shakeOnLoop(ctx context.Context, fd int, peer netip.AddrPort, cl class) {
 	id := r.links.Add(1)
-	remote := c.RemoteAddr()
-	accepted := time.Now()
-	fd, err := relay.Detach(c)
-	if err != nil {
-		c.Close()
-		r.cfg.Log.Warnf("link #%d refused %s: %v", id, remote, err)
-		return
-	}
 	l := r.loops.Least()
-	ls := &linkShake{r: r, ctx: ctx, l: l, lp: l.Events(), fd: fd, id: id, addr: remote.String(),
-		openBy: accepted.Add(r.cfg.FirstByte), closed: make(chan struct{})}
+	ls := &linkShake{r: r, ctx: ctx, l: l, lp: l.Events(), fd: fd, id: id, addr: peer.String(),
+		openBy: time.Now().Add(r.cfg.FirstByte), closed: make(chan struct{})}
 	// Only this goroutine enters the link room, so no kick can be posted before start.
-	g, pushed := r.linkRoom.enterFD(fd, sourceOf(remote), cl, ls.kick, ls.closed)
+	g, pushed := r.linkRoom.enterFD(fd, prefixOf(peer.Addr()), cl, ls.kick, ls.closed)
 	ls.g = g
 	r.wg.Add(1) // until the link is refused or pooled, which Serve waits for
 	l.Post(ls.start)

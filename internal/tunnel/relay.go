@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -278,13 +279,23 @@ func (r *Relay) Serve(ctx context.Context, clients, links net.Listener) error {
 	errs := make(chan error, 2)
 	var accepting sync.WaitGroup
 	accepting.Add(2)
+	takeLink := takeConn(ctx, links, r.admitLink)
+	if tl, ok := links.(*net.TCPListener); ok && r.tlsConfig == nil {
+		// Plain links are raw sockets on the loops from their accept on. (An error here is
+		// a closed listener, which Accept reports as well.)
+		if take, f, err := takeFD(ctx, tl, r.admitLinkFD); err == nil {
+			takeLink = take
+			defer f.Close()
+			defer context.AfterFunc(ctx, func() { f.Close() })()
+		}
+	}
 	go func() {
 		defer accepting.Done()
-		errs <- r.accept(ctx, clients, "client", r.admitClient)
+		errs <- r.accept(ctx, "client", takeConn(ctx, clients, r.admitClient))
 	}()
 	go func() {
 		defer accepting.Done()
-		errs <- r.accept(ctx, links, "link", r.admitLink)
+		errs <- r.accept(ctx, "link", takeLink)
 	}()
 	err = <-errs
 	if ctx.Err() != nil { // a line all the same when nothing was open: a log that just ends reads as a crash
@@ -333,14 +344,16 @@ func (r *Relay) WaitIdle(ctx context.Context, n int) error {
 	return r.pool.waitUntil(ctx, func(k, _ int) bool { return k == n })
 }
 
-// accept hands each connection ln accepts to admit, until ln fails for good. admit runs on
-// the accepting goroutine, so the next connection is not accepted before it has decided
-// (and a room has made its place: the rooms bound the connections held, not only those
-// admitted); it returns the rest of the connection's service, run on a goroutine of its
-// own, or nil when it has closed the connection.
-func (r *Relay) accept(ctx context.Context, ln net.Listener, what string, admit func(context.Context, *net.TCPConn) func()) error {
+// accept serves the connections of one listener until it fails for good: take accepts the
+// next connection and admits it, on the accepting goroutine, so the next connection is not
+// accepted before it has decided (and a room has made its place: the rooms bound the
+// connections held, not only those admitted); it returns the rest of the connection's
+// service, run on a goroutine of its own, or nil when nothing is left to run there. Errors
+// of take are accept(2)'s: a shortage pauses accepting (accept.Backoff), a connection's own
+// network error is skipped, anything else ends the serving.
+func (r *Relay) accept(ctx context.Context, what string, take func() (serve func(), err error)) error {
 	for {
-		c, err := ln.Accept()
+		serve, err := take()
 		if err != nil {
 			if ctx.Err() != nil {
 				return net.ErrClosed
@@ -363,12 +376,7 @@ func (r *Relay) accept(ctx context.Context, ln net.Listener, what string, admit 
 		if line := r.back.OK(); line != "" {
 			r.cfg.Log.Warnf("accepting %ss: %s", what, line)
 		}
-		tc, ok := c.(*net.TCPConn)
-		if !ok {
-			c.Close()
-			return fmt.Errorf("accepting %ss: %T is not a TCP connection", what, c)
-		}
-		if serve := admit(ctx, tc); serve != nil {
+		if serve != nil {
 			r.wg.Add(1)
 			go func() {
 				defer r.wg.Done()
@@ -378,25 +386,108 @@ func (r *Relay) accept(ctx context.Context, ln net.Listener, what string, admit 
 	}
 }
 
+// takeConn is accept's take for connections from ln through the standard library, each
+// handed to admit.
+func takeConn(ctx context.Context, ln net.Listener, admit func(context.Context, *net.TCPConn) func()) func() (func(), error) {
+	return func() (func(), error) {
+		c, err := ln.Accept()
+		if err != nil {
+			return nil, err
+		}
+		tc, ok := c.(*net.TCPConn)
+		if !ok {
+			c.Close()
+			return nil, fmt.Errorf("%T is not a TCP connection", c)
+		}
+		return admit(ctx, tc), nil
+	}
+}
+
+// takeFD is accept's take for raw sockets from the TCP listener ln, each handed to admit
+// with its peer's address: one accept4(2) a connection, waiting on Go's poller when none
+// is there, with none of what the standard library does for a connection it makes (a
+// registration with its poller, getsockname, TCP_NODELAY, which the socket has from the
+// listener already) nor what taking the socket from it back costs (a duplicate, a
+// deregistration and a close). It waits on a duplicate of ln's socket as an *os.File (a
+// listener's own RawConn cannot wait) and closes ln, which would otherwise wake Go's
+// poller for every connection too; the caller closes the file to end the take.
+func takeFD(ctx context.Context, ln *net.TCPListener, admit func(ctx context.Context, fd int, peer netip.AddrPort) func()) (func() (func(), error), *os.File, error) {
+	rc, err := ln.SyscallConn()
+	if err != nil {
+		return nil, nil, err
+	}
+	lfd, derr := -1, error(nil)
+	if err := rc.Control(func(s uintptr) { lfd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+		return nil, nil, err
+	}
+	if derr != nil {
+		return nil, nil, os.NewSyscallError("fcntl", derr)
+	}
+	f := os.NewFile(uintptr(lfd), "links") // non-blocking as ln's: on Go's poller
+	ln.Close()
+	raw, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	return func() (func(), error) {
+		fd, peer, aerr := -1, netip.AddrPort{}, error(nil)
+		err := raw.Read(func(lfd uintptr) bool {
+			fd, peer, aerr = sock.Accept(int(lfd))
+			return !errors.Is(aerr, unix.EAGAIN)
+		})
+		switch {
+		case err != nil:
+			return nil, err
+		case aerr != nil:
+			return nil, os.NewSyscallError("accept4", aerr)
+		}
+		return admit(ctx, fd, peer), nil
+	}, f, nil
+}
+
 // admitLink makes a new link a guest of linkRoom, which may push it out to make room for
 // newcomers until its handshake is done, and returns the rest of its service. A link whose
 // opening is already there (as it usually is: the listener defers accepts until data comes)
 // enters as engaged, after every stranger that has not sent one. A plain link's handshake
-// runs on an event loop (shakeOnLoop), a TLS link's on a goroutine of its own (serveLink).
+// runs on an event loop (admitLinkFD), a TLS link's on a goroutine of its own (serveLink).
 func (r *Relay) admitLink(ctx context.Context, c *net.TCPConn) func() {
-	cl := silent
-	switch first := peekNow(c, len(opening)); {
-	case r.cfg.TLS == nil && string(first) == opening, r.cfg.TLS != nil && looksTLS(first):
-		cl = engaged
-	case len(first) > 0:
-		cl = spoke
-	}
 	if r.tlsConfig == nil {
-		r.shakeOnLoop(ctx, c, cl)
-		return nil
+		remote := c.RemoteAddr()
+		fd, err := relay.Detach(c)
+		if err != nil {
+			c.Close()
+			r.cfg.Log.Warnf("link #%d refused %s: %v", r.links.Add(1), remote, err)
+			return nil
+		}
+		ap, _ := netip.ParseAddrPort(remote.String())
+		return r.admitLinkFD(ctx, fd, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
 	}
-	g, _ := r.linkRoom.enter(c, cl)
+	g, _ := r.linkRoom.enter(c, r.linkClass(peekNow(c, len(opening))))
 	return func() { r.serveLink(ctx, c, g) }
+}
+
+// admitLinkFD is admitLink for the plain link fd from peer, which an event loop serves
+// from here on (shakeOnLoop).
+func (r *Relay) admitLinkFD(ctx context.Context, fd int, peer netip.AddrPort) func() {
+	var first [len(opening)]byte
+	n, err := sock.Recv(fd, first[:], unix.MSG_PEEK)
+	if err != nil {
+		n = 0
+	}
+	r.shakeOnLoop(ctx, fd, peer, r.linkClass(first[:n]))
+	return nil
+}
+
+// linkClass is the class in linkRoom of a link whose first bytes are first.
+func (r *Relay) linkClass(first []byte) class {
+	switch {
+	case r.cfg.TLS == nil && string(first) == opening, r.cfg.TLS != nil && looksTLS(first):
+		return engaged
+	case len(first) > 0:
+		return spoke
+	}
+	return silent
 }
 
 // linkHooks are the room's and the pool's part in the handshake of the link that is

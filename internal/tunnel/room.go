@@ -87,6 +87,11 @@ func sourceOf(a net.Addr) netip.Prefix {
 		return netip.Prefix{}
 	}
 	ip, _ := netip.AddrFromSlice(ap.IP)
+	return prefixOf(ip)
+}
+
+// prefixOf names the source that a peer address counts against.
+func prefixOf(ip netip.Addr) netip.Prefix {
 	ip = ip.Unmap()
 	bits := 32
 	if ip.Is6() {
