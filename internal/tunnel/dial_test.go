@@ -218,3 +218,97 @@ func TestLoopLinkStopInHandshake(t *testing.T) {
 		})
 	}
 }
+
+// TestClientShakeAgainstServerShake runs connecttwo's handshake machine against
+// listentwo's in memory, each side's bytes fed to the other whole or a byte at a time:
+// with and without a secret and hellos the link comes up on both sides, and the bytes
+// that follow the verdict come back as the link's first bytes; a mode that differs makes
+// the client send its reply (so the relay logs the mismatch too) and fail; a wrong secret
+// fails on the relay's side, whose ERR the client reports.
+func TestClientShakeAgainstServerShake(t *testing.T) {
+	cases := []struct {
+		name                 string
+		client, server       linkParams
+		clientErr, serverErr string
+	}{
+		{"plain", linkParams{}, linkParams{}, "", ""},
+		{"secret and hellos", linkParams{hello: true, secret: []byte("k")}, linkParams{hello: true, secret: []byte("k")}, "", ""},
+		{"hello on one side", linkParams{hello: true}, linkParams{}, "hello mismatch: listentwo does not use hellos", "hello mismatch: connecttwo uses hellos"},
+		{"wrong secret", linkParams{secret: []byte("a")}, linkParams{secret: []byte("b")}, "relay refused the link: authentication failed", "authentication failed"},
+	}
+	for _, tc := range cases {
+		for _, step := range []int{maxLine, 1} {
+			t.Run(fmt.Sprintf("%s/%d", tc.name, step), func(t *testing.T) {
+				tc.client.rand, tc.server.rand = rand.Reader, rand.Reader
+				tc.server.timeout = time.Second
+				srv := newServerShake(time.Now(), tc.server, serverHooks{admit: func() error { return nil }, release: func() {}})
+				cli := clientShake{p: tc.client}
+				// feed gives b to a machine step bytes at a time, as reads of at most room().
+				feed := func(b []byte, room func() int, f func([]byte) bool) {
+					for len(b) > 0 {
+						n := min(step, len(b), room())
+						if f(b[:n]) {
+							return
+						}
+						b = b[n:]
+					}
+				}
+				var toClient, toServer []byte
+				var serverDone bool
+				var serverErr error
+				feedServer := func(b []byte) {
+					feed(b, srv.room, func(p []byte) bool {
+						send, done, err := srv.feed(p)
+						toClient = append(toClient, send...)
+						serverDone, serverErr = done, err
+						return done
+					})
+				}
+				feedServer([]byte(opening))
+				if serverErr != nil || len(toClient) == 0 {
+					t.Fatalf("the relay answered the opening with %q, %v", toClient, serverErr)
+				}
+				var rest []byte
+				var clientDone bool
+				var clientErr error
+				for round := 0; round < 2 && !clientDone; round++ {
+					in := append(toClient, "first bytes"...) // what follows a verdict: the client's
+					if round == 0 {
+						in = toClient
+					}
+					toClient = nil
+					feed(in, cli.room, func(p []byte) bool {
+						send, done, r, err := cli.feed(p)
+						toServer = append(toServer, send...)
+						clientDone, clientErr = done, err
+						if done {
+							rest = r // a byte at a time: empty, the rest still unread
+						}
+						return done || err != nil
+					})
+					if len(toServer) > 0 && !serverDone {
+						feedServer(toServer)
+						toServer = nil
+					}
+				}
+				check := func(who string, err error, want string) {
+					t.Helper()
+					switch {
+					case want == "" && err != nil:
+						t.Errorf("%s: %v, want the link up", who, err)
+					case want != "" && (err == nil || !strings.Contains(err.Error(), want)):
+						t.Errorf("%s: %v, want an error with %q", who, err, want)
+					}
+				}
+				check("connecttwo", clientErr, tc.clientErr)
+				check("listentwo", serverErr, tc.serverErr)
+				if !clientDone || !serverDone {
+					t.Errorf("handshake not over: connecttwo %v, listentwo %v", clientDone, serverDone)
+				}
+				if tc.clientErr == "" && step == maxLine && string(rest) != "first bytes" {
+					t.Errorf("the bytes after the verdict came back as %q, want %q", rest, "first bytes")
+				}
+			})
+		}
+	}
+}
