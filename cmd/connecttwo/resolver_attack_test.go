@@ -5,7 +5,10 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"os/exec"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -38,6 +41,62 @@ func throughIn(ns *nstest.NS, addr string, seed uint64, n int64, d time.Duration
 	return time.Since(start), err
 }
 
+// silentResolverTunnel runs listentwo and connecttwo (--pool 3, towards
+// service.example, with extra, such as --tls-pin) in a new network namespace whose
+// resolver the test runs and answers for now, serves one client through them, and returns
+// the namespace, the resolver, both programs and the clients' address. With tls,
+// listentwo has --tls-key and connecttwo its pin.
+func silentResolverTunnel(t *testing.T, tls bool) (ns *nstest.NS, dns *nstest.DNS, relay, agent *testkit.Proc, clients string) {
+	t.Helper()
+	bins := tunneltest.Build(t)
+	ns = nstest.New(t)
+	dns = nstest.ServeDNS(t, ns.ListenUDP(t, "127.0.0.1:53"), false,
+		map[string]netip.Addr{"service.example.": netip.MustParseAddr("127.0.0.1")})
+	ns.ResolvConf(t, "nameserver 127.0.0.1\n")
+	svc := testkit.Serve(t, ns.Listen(t, "127.0.0.1:0"), testkit.Echo)
+	// The namespace is the test's own: its ports are all free.
+	const links = "127.0.0.1:7002"
+	clients = "127.0.0.1:7001"
+	relayArgs := []string{"netns", "exec", ns.Name, bins["listentwo"], "-s", clients, "-d", links, "--hello-dst"}
+	agentArgs := []string{"netns", "exec", ns.Name, bins["connecttwo"], "-s", links,
+		"-d", "service.example:" + strconv.Itoa(svc.Port()), "--hello-from-src", "--pool", "3"}
+	if tls {
+		key := filepath.Join(t.TempDir(), "relay.key")
+		out, err := exec.Command(bins["listentwo"], "--print-pin", "--tls-key", key).Output()
+		if err != nil {
+			t.Fatalf("listentwo --print-pin: %v", err)
+		}
+		relayArgs = append(relayArgs, "--tls-key", key)
+		agentArgs = append(agentArgs, "--tls-pin", strings.TrimSpace(string(out)))
+	}
+	relay = testkit.Start(t, "ip", relayArgs...)
+	relay.WaitLog(t, `listening for clients`, 1, testkit.Timeout)
+	agent = testkit.Start(t, "ip", agentArgs...)
+	agent.WaitLog(t, `link #\d+ up `, 3, testkit.Timeout)
+	if _, err := throughIn(ns, clients, 1, 16<<10, 3*time.Second); err != nil {
+		t.Fatalf("a client while the resolver answers: %v", err)
+	}
+	return ns, dns, relay, agent, clients
+}
+
+// clientsAtOnce runs one client per seed at once through clients from inside ns, each
+// moving 16 KiB each way, and fails the test for each one not served within 3 s.
+func clientsAtOnce(t *testing.T, ns *nstest.NS, clients, what string, seeds ...uint64) {
+	t.Helper()
+	var wg sync.WaitGroup
+	for _, seed := range seeds {
+		wg.Go(func() {
+			took, err := throughIn(ns, clients, seed, 16<<10, 3*time.Second)
+			if err != nil {
+				t.Errorf("%s, client %d: %v after %v", what, seed, err, took.Round(time.Millisecond))
+				return
+			}
+			t.Logf("%s, client %d: served in %v", what, seed, took.Round(time.Millisecond))
+		})
+	}
+	wg.Wait()
+}
+
 // TestAttackSilentResolver: connecttwo serves a service given by name (service.example),
 // in a network namespace whose resolver (run by the test) answers at first and then
 // never again. A plain link taken more than a second after it opened looks the name up
@@ -48,49 +107,19 @@ func throughIn(ns *nstest.NS, addr string, seed uint64, n int64, d time.Duration
 // SIGTERM, sent while a client's lookup is under way, ends connecttwo within a second, and
 // that client sees a reset.
 func TestAttackSilentResolver(t *testing.T) {
-	bins := tunneltest.Build(t)
-	ns := nstest.New(t)
-	dns := nstest.ServeDNS(t, ns.ListenUDP(t, "127.0.0.1:53"), false,
-		map[string]netip.Addr{"service.example.": netip.MustParseAddr("127.0.0.1")})
-	ns.ResolvConf(t, "nameserver 127.0.0.1\n")
-	svc := testkit.Serve(t, ns.Listen(t, "127.0.0.1:0"), testkit.Echo)
-	// The namespace is the test's own: its ports are all free.
-	const clients, links = "127.0.0.1:7001", "127.0.0.1:7002"
-	relay := testkit.Start(t, "ip", "netns", "exec", ns.Name, bins["listentwo"], "-s", clients, "-d", links, "--hello-dst")
-	relay.WaitLog(t, `listening for clients`, 1, testkit.Timeout)
-	agent := testkit.Start(t, "ip", "netns", "exec", ns.Name, bins["connecttwo"], "-s", links,
-		"-d", "service.example:"+strconv.Itoa(svc.Port()), "--hello-from-src", "--pool", "3")
-	agent.WaitLog(t, `link #\d+ up `, 3, testkit.Timeout)
-	if _, err := throughIn(ns, clients, 1, 16<<10, 3*time.Second); err != nil {
-		t.Fatalf("a client while the resolver answers: %v", err)
-	}
+	ns, dns, relay, agent, clients := silentResolverTunnel(t, false)
 	agent.WaitLog(t, `link #\d+ up `, 4, testkit.Timeout)
 
 	dns.Silence(true)
 	// The links' addresses must be older than they stay fresh (a second).
 	time.Sleep(1200 * time.Millisecond)
-	round := func(what string, seeds ...uint64) {
-		t.Helper()
-		var wg sync.WaitGroup
-		for _, seed := range seeds {
-			wg.Go(func() {
-				took, err := throughIn(ns, clients, seed, 16<<10, 3*time.Second)
-				if err != nil {
-					t.Errorf("%s, client %d: %v after %v", what, seed, err, took.Round(time.Millisecond))
-					return
-				}
-				t.Logf("%s, client %d: served in %v", what, seed, took.Round(time.Millisecond))
-			})
-		}
-		wg.Wait()
-	}
-	round("two clients on links older than a second", 2, 3)
+	clientsAtOnce(t, ns, clients, "two clients on links older than a second", 2, 3)
 	if t.Failed() {
 		t.FailNow()
 	}
 	// The replacements opened while the resolver was silent.
 	agent.WaitLog(t, `link #\d+ up `, 6, testkit.Timeout)
-	round("one on an old link, one on a link opened while the resolver was silent", 4, 5)
+	clientsAtOnce(t, ns, clients, "one on an old link, one on a link opened while the resolver was silent", 4, 5)
 	if t.Failed() {
 		t.FailNow()
 	}
@@ -124,4 +153,15 @@ func TestAttackSilentResolver(t *testing.T) {
 		t.Errorf("the client whose lookup was cut by SIGTERM read %d bytes, %v; want a reset", n, err)
 	}
 	relay.Stop(t, syscall.SIGTERM, 5*time.Second)
+}
+
+// TestAttackSilentResolverTLS: the same with TLS links, whose service connection is made
+// on a goroutine: with the resolver silent, two clients at once, then two more, are each
+// served within 3 s.
+func TestAttackSilentResolverTLS(t *testing.T) {
+	ns, dns, _, agent, clients := silentResolverTunnel(t, true)
+	dns.Silence(true)
+	clientsAtOnce(t, ns, clients, "two clients", 2, 3)
+	clientsAtOnce(t, ns, clients, "two more", 4, 5)
+	agent.Stop(t, syscall.SIGTERM, 5*time.Second)
 }

@@ -453,7 +453,7 @@ func (a *Agent) serve(ctx context.Context, linkID uint64, link *net.TCPConn, rw 
 		}
 	}
 	dialStart := time.Now()
-	srv, err := a.cfg.dialService(ctx, a.cfg.Service)
+	srv, err := a.dialServiceFor(ctx)
 	signal()
 	if err != nil {
 		// Reset the link so the client sees its connection end at once, not a hang.

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"shd-tcp-tools/internal/endpoint"
+	"shd-tcp-tools/internal/testkit"
 )
 
 // TestAttackServiceLookupStale: once the service's name has answered, a lookup that fails
@@ -70,4 +71,47 @@ func TestAttackServiceLookupStale(t *testing.T) {
 	check("a new answer", a, context.Background(), moved, false, time.Second)
 	next.Store(&answer{err: errors.New("anything")})
 	check("a failure after the new answer", a, context.Background(), moved, false, time.Second)
+}
+
+// TestAttackServiceDialFailover: a TLS link's connect to a service given by name, when the
+// name's first address is dead (a blackhole): with the other family next, it races after
+// 300 ms and connects within a second; with the same family next, the first address gets
+// its share of the dial timeout (4 s over two addresses: 2 s) and the second connects
+// within 3 s, not after the whole timeout.
+func TestAttackServiceDialFailover(t *testing.T) {
+	ln := testkit.Listen(t, "127.0.0.1:0")
+	port := ln.Addr().(*net.TCPAddr).Port
+	testkit.Serve(t, ln, func(c *net.TCPConn) {})
+	live := netip.MustParseAddr("127.0.0.1")
+	for _, tc := range []struct {
+		name   string
+		dead   netip.Addr
+		within time.Duration
+	}{
+		{"dead IPv6 first", netip.MustParseAddr("::1"), time.Second},
+		{"dead IPv4 first", netip.MustParseAddr("127.0.0.2"), 3 * time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			testkit.BlackholeAt(t, netip.AddrPortFrom(tc.dead, uint16(port)))
+			a, err := NewAgent(AgentConfig{
+				Relay:   endpoint.Endpoint{Host: "127.0.0.1", Port: 9},
+				Service: endpoint.Endpoint{Host: "service.test", Port: port}, Pool: 1, DialTimeout: 4 * time.Second,
+				lookup: func(context.Context, string) ([]netip.Addr, error) { return []netip.Addr{tc.dead, live}, nil },
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			start := time.Now()
+			c, err := a.dialServiceFor(context.Background())
+			took := time.Since(start)
+			if err != nil {
+				t.Fatalf("after %v: %v", took, err)
+			}
+			defer c.Close()
+			t.Logf("connected to %v in %v", c.RemoteAddr(), took.Round(time.Millisecond))
+			if got := c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap(); got != live || took > tc.within {
+				t.Errorf("connected to %v after %v; want %v within %v", got, took, live, tc.within)
+			}
+		})
+	}
 }
