@@ -203,8 +203,22 @@ func TestTLSReuseCloses(t *testing.T) {
 			startRelay(t, host, RelayConfig{Hello: true, Wait: testTimeout, TLS: srv}, tn)
 			startAgent(t, AgentConfig{Service: svc.ep(t), Hello: true, Pool: 1, TLS: pinned(t, srv.Pin), idleTrim: time.Hour}, tn)
 			tn.waitPools(t, 1, 1)
-			echoCheck(t, tn, 1000) // the first take: a replacement opens, and this link comes back
-			tn.waitPools(t, 2, 2)
+			// Two links: a replacement opens only while fewer than --pool links are idle,
+			// so the first link is held by a client until the replacement is up (a client
+			// that ended first could bring its link back before the slot counted, and the
+			// pool stayed at one link: 3 in about 40 runs).
+			c := dial(t, tn.clients)
+			_ = c.SetDeadline(time.Now().Add(testTimeout))
+			_, _ = io.WriteString(c, "hold\n")
+			if l, err := readLineConn(c); err != nil || l != "ready\n" {
+				t.Fatalf("%q, %v", l, err)
+			}
+			tn.waitPools(t, 1, 1) // the replacement: the first link is busy
+			_ = c.CloseWrite()
+			if e := waitEvent(t, svc); e != "eof" {
+				t.Fatalf("the service saw %q, want the client's end", e)
+			}
+			tn.waitPools(t, 2, 2) // and the first link back
 
 			// After each case, the next clients get exactly their own bytes, on whichever
 			// link they find (both links, in turn).
