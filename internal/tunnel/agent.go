@@ -565,37 +565,59 @@ func (a *Agent) waitSession(ctx context.Context, fl *framedLink, trim bool) (*li
 // link, with a down line, when a session broke it, when it is not needed any more
 // (errTrimmed) or ends, or when the agent stops. dialed is for the first session (see
 // serve).
+//
+// The wait for the next session runs on a goroutine of its own (idleLink), and keep's
+// goroutine ends: its stack grew with the relay (the bulk copy, crypto/tls), and a
+// goroutine keeps the stack it grew to while it waits, so an idle link that had carried a
+// session held that stack; a new goroutine starts small, and the old stack is freed.
 func (a *Agent) keep(ctx context.Context, id uint64, addr string, fl *framedLink, sess *linkSession, first []byte, dialed chan<- struct{}) {
-	for {
-		a.serve(ctx, id, fl.tcp, sess, first, dialed)
-		dialed = make(chan struct{}) // nobody waits for the later ones
-		var why error
-		switch {
-		case ctx.Err() != nil:
-			why = errors.New("agent stopping")
-		case !sess.reusable:
-			why = sess.broken()
-			if why == nil {
-				why = errors.New("its session did not end cleanly")
-			}
-		default:
-			a.idle.add(1)
-			sess, first, why = a.waitSession(ctx, fl, true)
-			if !errors.Is(why, errTrimmed) {
-				a.idle.add(-1)
-			}
-			if ctx.Err() != nil {
-				why = errors.New("agent stopping")
-			}
+	a.serve(ctx, id, fl.tcp, sess, first, dialed)
+	var why error
+	switch {
+	case ctx.Err() != nil:
+		why = errors.New("agent stopping")
+	case !sess.reusable:
+		why = sess.broken()
+		if why == nil {
+			why = errors.New("its session did not end cleanly")
 		}
-		if why != nil {
-			fl.tcp.Close() // raw: without close_notify
-			a.trim.Released()
-			a.cfg.Log.Printf("link #%d down %s: %v", id, addr, why)
-			return
-		}
-		a.stats.busy.Add(1)
 	}
+	if why != nil {
+		a.linkDown(id, addr, fl, why)
+		return
+	}
+	a.idle.add(1)
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		a.idleLink(ctx, id, addr, fl)
+	}()
+}
+
+// idleLink waits on a TLS link that came back from a session for the next one, and serves
+// it (keep); or closes the link when it ends, is not needed any more, or the agent stops.
+// The link is counted idle already.
+func (a *Agent) idleLink(ctx context.Context, id uint64, addr string, fl *framedLink) {
+	sess, first, why := a.waitSession(ctx, fl, true)
+	if !errors.Is(why, errTrimmed) {
+		a.idle.add(-1)
+	}
+	if ctx.Err() != nil {
+		why = errors.New("agent stopping")
+	}
+	if why != nil {
+		a.linkDown(id, addr, fl, why)
+		return
+	}
+	a.stats.busy.Add(1)
+	a.keep(ctx, id, addr, fl, sess, first, make(chan struct{})) // nobody waits for dialed
+}
+
+// linkDown closes a TLS link raw (without close_notify) and logs why.
+func (a *Agent) linkDown(id uint64, addr string, fl *framedLink, why error) {
+	fl.tcp.Close()
+	a.trim.Released()
+	a.cfg.Log.Printf("link #%d down %s: %v", id, addr, why)
 }
 
 // failed logs a client whose service connection failed. Beyond strangerBurst of them in a
