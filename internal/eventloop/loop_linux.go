@@ -112,7 +112,7 @@ func (l *Loop) Run(ctx context.Context) error {
 		l.runTimers(armed)
 		l.runYields(yielded)
 		l.runPosted()
-		if l.now.Sub(scheduled) >= reschedule {
+		if l.now.Sub(scheduled) >= Reschedule {
 			runtime.Gosched()
 			scheduled = l.now
 		}
@@ -140,16 +140,6 @@ func (l *Loop) runYields(n int) {
 		f()
 	}
 }
-
-// reschedule is how long a loop runs before it goes through the Go scheduler
-// (runtime.Gosched). A goroutine that has not been scheduled for 10 ms is preempted by the
-// runtime's sysmon thread, and a loop, which never blocks in Go, would be every 10 ms: a
-// signal or a stack check, and the P taken away from it when it was waiting in epoll_wait,
-// after which sysmon itself wakes every 20 µs for a while. A Gosched of a goroutine locked
-// to no thread needs no hand-off of its P, so loops are not locked to their threads; it
-// still wakes an idle thread to look for work (4% of tcp-pf's CPU time at every 5 ms), so
-// it comes as late as it can: sysmon preempts after 10 ms seen on the same schedule.
-const reschedule = 9 * time.Millisecond
 
 // BeforeWait sets f to run on the loop before each wait for events and once more when Run
 // returns: the place to flush what the callbacks of one round have buffered.

@@ -11,8 +11,11 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
 	"sync"
 	"time"
+
+	"shd-tcp-tools/internal/eventloop"
 
 	"shd-tcp-tools/internal/ratelimit"
 )
@@ -108,6 +111,7 @@ type bulkEnd struct {
 	tcp   *net.TCPConn // the connection copied, when it is a plain one
 	layer Layered      // the layer copied, when it is over a Wire
 	wire  *Wire
+	lw    *lowWater // tcp's low-water mark, when it is the source
 }
 
 func bulkEndOf(x any) (bulkEnd, bool) {
@@ -131,7 +135,7 @@ func (e bulkEnd) read(most int) (*[]byte, int, error) {
 		if err != nil {
 			return nil, 0, err
 		}
-		b, n, err := readAhead(raw, most)
+		b, n, err := readAhead(raw, most, e.lw)
 		if err == nil && n == 0 {
 			err = io.EOF
 		}
@@ -187,11 +191,19 @@ func (e bulkEnd) write(b []byte) (int, error) {
 func bulkCopy(ctx context.Context, dst, src bulkEnd, o CopyOptions) (int64, error) {
 	if src.wire != nil {
 		defer src.wire.release()
+	} else if raw, err := src.tcp.SyscallConn(); err == nil {
+		src.lw = new(lowWater)
+		defer lowerMark(raw, src.lw)
 	}
 	var written int64
+	scheduled := time.Now()
 	for {
 		if err := ctx.Err(); err != nil {
 			return written, err
+		}
+		if now := time.Now(); now.Sub(scheduled) >= eventloop.Reschedule {
+			runtime.Gosched()
+			scheduled = now
 		}
 		most, err := o.Bucket.Wait(ctx, bulkSize)
 		if err != nil {

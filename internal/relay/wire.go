@@ -36,6 +36,8 @@ type Wire struct {
 	inErr  error // what ended the read-ahead (EOF, a failure), given once in is read
 	nowait bool  // Read answers errWouldBlock rather than wait for the socket
 
+	lw lowWater // the socket's low-water mark while a bulk copy reads ahead
+
 	wmu    sync.Mutex
 	gather bool    // Writes are appended to out until flush
 	out    *[]byte // gathered bytes; nil when none
@@ -107,10 +109,12 @@ func (w *Wire) Buffered() int {
 }
 
 // release gives the read-ahead buffer back to the pool, keeping the bytes still in it in
-// a buffer of their size: a wire that outlives its relay holds no large buffer.
+// a buffer of their size: a wire that outlives its relay holds no large buffer. The
+// socket's low-water mark goes back down: an idle link is watched for readability.
 func (w *Wire) release() {
 	w.rmu.Lock()
 	defer w.rmu.Unlock()
+	lowerMark(w.raw, &w.lw)
 	if w.in == nil {
 		return
 	}
@@ -137,7 +141,7 @@ func (w *Wire) fill() error {
 	if ready {
 		return nil
 	}
-	b, n, err := readAhead(w.raw, bulkSize)
+	b, n, err := readAhead(w.raw, bulkSize, &w.lw)
 	if err != nil {
 		var se *os.SyscallError
 		if !errors.As(err, &se) {
@@ -160,8 +164,9 @@ func (w *Wire) fill() error {
 // readAhead reads once from raw, up to most bytes, into a pooled buffer taken only when
 // the socket has bytes: it is given back before every wait. It returns the buffer (nil on
 // an error or the end) and the count; a failed read(2) is an *os.SyscallError, anything
-// else the wait's error.
-func readAhead(raw syscall.RawConn, most int) (*[]byte, int, error) {
+// else the wait's error. A read that finds half a step or more raises the socket's
+// low-water mark (lw), and the mark goes down before a wait.
+func readAhead(raw syscall.RawConn, most int, lw *lowWater) (*[]byte, int, error) {
 	if raw == nil {
 		return nil, 0, errors.New("relay: no raw connection")
 	}
@@ -179,7 +184,11 @@ func readAhead(raw syscall.RawConn, most int) (*[]byte, int, error) {
 		if rerr == syscall.EAGAIN {
 			bulk.Put(b)
 			b = nil
+			lw.waiting(int(fd))
 			return false
+		}
+		if n >= streamMark {
+			lw.streaming(int(fd))
 		}
 		return true
 	})
@@ -197,6 +206,13 @@ func readAhead(raw syscall.RawConn, most int) (*[]byte, int, error) {
 		return nil, 0, err
 	}
 	return b, n, nil
+}
+
+// lowerMark puts raw's low-water mark back down, if lw raised it.
+func lowerMark(raw syscall.RawConn, lw *lowWater) {
+	if raw != nil {
+		_ = raw.Control(func(fd uintptr) { lw.waiting(int(fd)) })
+	}
 }
 
 // Write sends p, or appends it to the bytes gathered while a bulk copy writes.

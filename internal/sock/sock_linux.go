@@ -152,6 +152,23 @@ func getInt(fd, level, name int) (int, error) {
 	return int(val), nil
 }
 
+// SetRcvLowat sets how many bytes fd must have queued before the kernel tells a waiter
+// (epoll, the runtime's poller) that it is readable (SO_RCVLOWAT; 1 is the default).
+// A read that does not wait still returns whatever is queued, and a FIN or an error is
+// told at once; a waiter for fewer bytes than the mark would wait until more come, so
+// set it back to 1 before waiting for a stream that may go quiet.
+func SetRcvLowat(fd, n int) error { return setInt(fd, unix.SOL_SOCKET, unix.SO_RCVLOWAT, n) }
+
+// Queued returns how many bytes fd has received and not yet given to a read (SIOCINQ),
+// or -1 when the kernel cannot tell.
+func Queued(fd int) int {
+	n, err := ioctlInt(fd, unix.SIOCINQ)
+	if err != nil {
+		return -1
+	}
+	return n
+}
+
 // SetNoDelay turns Nagle's algorithm off on fd (TCP_NODELAY).
 func SetNoDelay(fd int) error { return setInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1) }
 
