@@ -14,16 +14,9 @@ import (
 // rcvLowat returns c's SO_RCVLOWAT.
 func rcvLowat(t *testing.T, c *net.TCPConn) int {
 	t.Helper()
-	raw, err := c.SyscallConn()
+	v, err := unix.GetsockoptInt(sysFD(t, c), unix.SOL_SOCKET, unix.SO_RCVLOWAT)
 	if err != nil {
 		t.Fatal(err)
-	}
-	v, gerr := -1, error(nil)
-	if err := raw.Control(func(fd uintptr) { v, gerr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVLOWAT) }); err != nil {
-		t.Fatal(err)
-	}
-	if gerr != nil {
-		t.Fatal(gerr)
 	}
 	return v
 }
@@ -112,12 +105,10 @@ func TestWireMarkUpWhileStreaming(t *testing.T) {
 // queued returns the bytes c has received and not read.
 func queued(t *testing.T, c *net.TCPConn) int {
 	t.Helper()
-	raw, err := c.SyscallConn()
+	n, err := unix.IoctlGetInt(sysFD(t, c), unix.SIOCINQ)
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := -1
-	_ = raw.Control(func(fd uintptr) { n, _ = unix.IoctlGetInt(int(fd), unix.SIOCINQ) })
 	return n
 }
 
@@ -131,48 +122,8 @@ func TestJoinTLSStreamThenPause(t *testing.T) {
 			burst := randomBytes(t, 2<<20)
 			for round := range 2 {
 				tail := []byte(fmt.Sprintf("tail %d", round))
-				// Up: the user streams, then pauses, then sends a few bytes.
-				errc := make(chan error, 1)
-				go func() {
-					_, err := c.user.Write(burst)
-					errc <- err
-				}()
-				got := make([]byte, len(burst)+len(tail))
-				if _, err := io.ReadFull(c.backend, got[:len(burst)]); err != nil {
-					t.Fatal(err)
-				}
-				if err := <-errc; err != nil {
-					t.Fatal(err)
-				}
-				if _, err := c.user.Write(tail); err != nil {
-					t.Fatal(err)
-				}
-				if _, err := io.ReadFull(c.backend, got[len(burst):]); err != nil {
-					t.Fatalf("round %d: the tail after a pause did not reach the backend: %v", round, err)
-				}
-				if !bytes.Equal(got[:len(burst)], burst) || !bytes.Equal(got[len(burst):], tail) {
-					t.Fatalf("round %d: backend got other bytes", round)
-				}
-				// Down: the same from the backend through the TLS side.
-				go func() {
-					_, err := c.backend.Write(burst)
-					errc <- err
-				}()
-				if _, err := io.ReadFull(c.user, got[:len(burst)]); err != nil {
-					t.Fatal(err)
-				}
-				if err := <-errc; err != nil {
-					t.Fatal(err)
-				}
-				if _, err := c.backend.Write(tail); err != nil {
-					t.Fatal(err)
-				}
-				if _, err := io.ReadFull(c.user, got[len(burst):]); err != nil {
-					t.Fatalf("round %d: the tail after a pause did not reach the user: %v", round, err)
-				}
-				if !bytes.Equal(got[:len(burst)], burst) || !bytes.Equal(got[len(burst):], tail) {
-					t.Fatalf("round %d: user got other bytes", round)
-				}
+				streamThenTail(t, c.user, c.backend, burst, tail, fmt.Sprintf("round %d, to the backend", round))
+				streamThenTail(t, c.backend, c.user, burst, tail, fmt.Sprintf("round %d, to the user", round))
 			}
 			_ = c.user.CloseWrite()
 			_ = c.backend.CloseWrite()
@@ -180,5 +131,32 @@ func TestJoinTLSStreamThenPause(t *testing.T) {
 				t.Fatalf("relay moved %d up and %d down, want %d each", r.Up, r.Down, 2*(len(burst)+6))
 			}
 		})
+	}
+}
+
+// streamThenTail writes burst to from, waits until to has read all of it, then writes tail
+// and checks that to reads it too.
+func streamThenTail(t *testing.T, from io.Writer, to io.Reader, burst, tail []byte, what string) {
+	t.Helper()
+	errc := make(chan error, 1)
+	go func() {
+		_, err := from.Write(burst)
+		errc <- err
+	}()
+	got := make([]byte, len(burst)+len(tail))
+	if _, err := io.ReadFull(to, got[:len(burst)]); err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+	if _, err := from.Write(tail); err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+	if _, err := io.ReadFull(to, got[len(burst):]); err != nil {
+		t.Fatalf("%s: the tail after a pause did not arrive: %v", what, err)
+	}
+	if !bytes.Equal(got[:len(burst)], burst) || !bytes.Equal(got[len(burst):], tail) {
+		t.Fatalf("%s: other bytes arrived", what)
 	}
 }

@@ -572,15 +572,9 @@ func (a *Agent) waitSession(ctx context.Context, fl *framedLink, trim bool) (*li
 // session held that stack; a new goroutine starts small, and the old stack is freed.
 func (a *Agent) keep(ctx context.Context, id uint64, addr string, fl *framedLink, sess *linkSession, first []byte, dialed chan<- struct{}) {
 	a.serve(ctx, id, fl.tcp, sess, first, dialed)
-	var why error
-	switch {
-	case ctx.Err() != nil:
+	why := sess.unusable()
+	if ctx.Err() != nil {
 		why = errors.New("agent stopping")
-	case !sess.reusable:
-		why = sess.broken()
-		if why == nil {
-			why = errors.New("its session did not end cleanly")
-		}
 	}
 	if why != nil {
 		a.linkDown(id, addr, fl, why)

@@ -924,10 +924,7 @@ func (r *Relay) relink(ctx context.Context, l *idleLink, s *linkSession) {
 	case ctx.Err() != nil:
 		why = errors.New("relay stopping")
 	case !s.reusable:
-		why = s.broken()
-		if why == nil {
-			why = errors.New("its session did not end cleanly")
-		}
+		why = s.unusable()
 	case !bytes.Equal(l.proved, r.secret.get()):
 		why = errors.New("the secret changed") // as Reload closes the idle links
 	default:

@@ -96,6 +96,17 @@ func (s *linkSession) fail(err error) {
 	}
 }
 
+// unusable returns why the link cannot carry another session after End, or nil.
+func (s *linkSession) unusable() error {
+	if s.reusable {
+		return nil
+	}
+	if err := s.broken(); err != nil {
+		return err
+	}
+	return errors.New("its session did not end cleanly")
+}
+
 // broken returns why the link cannot carry another session, or nil.
 func (s *linkSession) broken() error {
 	s.failMu.Lock()
