@@ -356,3 +356,64 @@ func TestPoolCallbackWaiters(t *testing.T) {
 		}
 	})
 }
+
+// wrapped hides a listener's type, so the relay takes its connections through Accept.
+type wrapped struct{ net.Listener }
+
+// TestRawAndAcceptedClients: a plain relay serves clients and links accepted as raw
+// sockets and, from listeners that are not a *net.TCPListener, through Accept, over IPv4
+// and IPv6; on the raw path a client that is silent when accepted waits in the client room
+// (as a *net.TCPConn) and is served once it speaks, with hellos naming it as HAProxy would.
+func TestRawAndAcceptedClients(t *testing.T) {
+	for _, host := range []string{"127.0.0.1", "::1"} {
+		t.Run(host+"/accepted", func(t *testing.T) {
+			svc := startService(t, host, echoMode)
+			tn := tunnel{relayLog: newSink(t, "listentwo")}
+			tn.clients, tn.links = listen(t, host), listen(t, host)
+			r, err := NewRelay(RelayConfig{Clients: epOf(t, tn.clients.Addr()), Links: epOf(t, tn.links.Addr()), Wait: testTimeout, Log: tn.relayLog.logger()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			tn.relay = r
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- r.Serve(ctx, wrapped{tn.clients}, wrapped{tn.links}) }()
+			t.Cleanup(func() {
+				cancel()
+				if err := <-done; err != nil {
+					t.Errorf("Serve: %v", err)
+				}
+			})
+			startAgent(t, AgentConfig{Service: svc.ep(t), Pool: 2}, &tn)
+			tn.waitPools(t, 2, 2)
+			for i := range 6 {
+				if _, err := roundTrip(dial(t, tn.clients), 64<<10+i, 0); err != nil {
+					t.Fatalf("client %d: %v\n%s", i, err, tn.relayLog)
+				}
+			}
+		})
+		t.Run(host+"/silent then speaks", func(t *testing.T) {
+			svc := startService(t, host, echoMode)
+			var tn tunnel
+			startRelay(t, host, RelayConfig{Wait: testTimeout}, &tn)
+			startAgent(t, AgentConfig{Service: svc.ep(t), Pool: 1}, &tn)
+			tn.waitPools(t, 1, 1)
+			c := dial(t, tn.clients)
+			// The kernel holds a silent client for about a second (deferred accept), then
+			// the relay takes it into its room.
+			deadline := time.Now().Add(testTimeout)
+			for tn.relay.clientRoom.len() == 0 {
+				if time.Now().After(deadline) {
+					t.Fatalf("the silent client never reached the client room")
+				}
+				time.Sleep(5 * time.Millisecond) // polling a condition with a deadline
+			}
+			if _, err := roundTrip(c, 100<<10, 0); err != nil {
+				t.Fatalf("the client that spoke late: %v\n%s", err, tn.relayLog)
+			}
+			if n := tn.relay.clientRoom.len(); n != 0 {
+				t.Errorf("client room holds %d after the client was served", n)
+			}
+		})
+	}
+}

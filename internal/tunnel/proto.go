@@ -661,9 +661,14 @@ func (s *clientShake) judged(verdict []byte) error {
 // helloFor returns the PROXY v1 header that names client's peer (the source) and the
 // relay address it connected to (the destination).
 func helloFor(client net.Conn) ([]byte, error) {
-	h := proxyproto.HeaderProxyFromAddrs(1, client.RemoteAddr(), client.LocalAddr())
+	return helloFrom(client.RemoteAddr(), client.LocalAddr())
+}
+
+// helloFrom returns the PROXY v1 header that names a client at src that connected to dst.
+func helloFrom(src, dst net.Addr) ([]byte, error) {
+	h := proxyproto.HeaderProxyFromAddrs(1, src, dst)
 	if h.Command != proxyproto.PROXY {
-		return nil, fmt.Errorf("no PROXY header for %s -> %s", client.RemoteAddr(), client.LocalAddr())
+		return nil, fmt.Errorf("no PROXY header for %s -> %s", src, dst)
 	}
 	b, err := h.Format()
 	if err != nil {

@@ -279,19 +279,29 @@ func (r *Relay) Serve(ctx context.Context, clients, links net.Listener) error {
 	errs := make(chan error, 2)
 	var accepting sync.WaitGroup
 	accepting.Add(2)
-	takeLink := takeConn(ctx, links, r.admitLink)
-	if tl, ok := links.(*net.TCPListener); ok && r.tlsConfig == nil {
-		// Plain links are raw sockets on the loops from their accept on. (An error here is
-		// a closed listener, which Accept reports as well.)
-		if take, f, err := takeFD(ctx, tl, r.admitLinkFD); err == nil {
-			takeLink = take
-			defer f.Close()
-			defer context.AfterFunc(ctx, func() { f.Close() })()
+	takeClient, takeLink := takeConn(ctx, clients, r.admitClient), takeConn(ctx, links, r.admitLink)
+	if r.tlsConfig == nil {
+		// Plain links, and the clients paired with them, are raw sockets from their accept
+		// on. (An error here is a closed listener, which Accept reports as well.)
+		for _, t := range []struct {
+			ln    net.Listener
+			take  *func() (func(), error)
+			admit func(context.Context, int, netip.AddrPort) func()
+		}{{clients, &takeClient, r.admitClientFD}, {links, &takeLink, r.admitLinkFD}} {
+			tl, ok := t.ln.(*net.TCPListener)
+			if !ok {
+				continue
+			}
+			if take, f, err := takeFD(ctx, tl, t.admit); err == nil {
+				*t.take = take
+				defer f.Close()
+				defer context.AfterFunc(ctx, func() { f.Close() })()
+			}
 		}
 	}
 	go func() {
 		defer accepting.Done()
-		errs <- r.accept(ctx, "client", takeConn(ctx, clients, r.admitClient))
+		errs <- r.accept(ctx, "client", takeClient)
 	}()
 	go func() {
 		defer accepting.Done()
@@ -423,7 +433,7 @@ func takeFD(ctx context.Context, ln *net.TCPListener, admit func(ctx context.Con
 	if derr != nil {
 		return nil, nil, os.NewSyscallError("fcntl", derr)
 	}
-	f := os.NewFile(uintptr(lfd), "links") // non-blocking as ln's: on Go's poller
+	f := os.NewFile(uintptr(lfd), ln.Addr().String()) // non-blocking as ln's: on Go's poller
 	ln.Close()
 	raw, err := f.SyscallConn()
 	if err != nil {
@@ -703,13 +713,8 @@ func (r *Relay) takeLink(ctx context.Context, deadline time.Time) (*idleLink, er
 // guest of clientRoom, which may push it out to make room for newcomers. It returns the
 // rest of the client's service.
 func (r *Relay) admitClient(ctx context.Context, c *net.TCPConn) func() {
-	r.stats.conns.Accepted()
-	if !r.cfg.Allow.AllowsConn(c) {
-		r.stats.conns.Refused(connstats.RefusedAllow)
-		c.SetLinger(0)
-		c.Close()
-		client := c.RemoteAddr().String()
-		r.strangers.Event(kindClient, connlog.Info, "not in the allow list", sourceOf(c.RemoteAddr()), "refused %s: not in the allow list", client)
+	cc := clientConn{c: c, fd: -1, peer: addrPortOf(c.RemoteAddr())}
+	if !r.allowed(cc) {
 		return nil
 	}
 	var g *guest
@@ -718,10 +723,105 @@ func (r *Relay) admitClient(ctx context.Context, c *net.TCPConn) func() {
 	}
 	start := time.Now()
 	if g == nil && r.tlsConfig == nil {
-		r.pairOrWait(ctx, c, start)
+		r.pairOrWait(ctx, cc, start)
 		return nil
 	}
-	return func() { r.serveClient(ctx, c, g, start) }
+	return func() { r.serveClient(ctx, cc, g, start) }
+}
+
+// admitClientFD is admitClient for the raw socket fd of a client from peer (plain links
+// only). A client that must speak first and has not yet becomes a *net.TCPConn for its
+// wait on a goroutine (serveClient); the others never do.
+func (r *Relay) admitClientFD(ctx context.Context, fd int, peer netip.AddrPort) func() {
+	cc := clientConn{fd: fd, peer: peer}
+	if !r.allowed(cc) {
+		return nil
+	}
+	start := time.Now()
+	if r.cfg.Hello || fdPending(fd) {
+		r.pairOrWait(ctx, cc, start)
+		return nil
+	}
+	f := os.NewFile(uintptr(fd), "client")
+	nc, err := net.FileConn(f) // a duplicate
+	f.Close()
+	c, ok := nc.(*net.TCPConn)
+	if err != nil || !ok {
+		if nc != nil {
+			nc.Close()
+		}
+		r.stats.conns.Failed(connstats.FailureOf(err))
+		r.cfg.Log.Warnf("client %s: %v", peer, err)
+		return nil
+	}
+	cc.c, cc.fd = c, -1
+	g, _ := r.clientRoom.enter(c, silent)
+	return func() { r.serveClient(ctx, cc, g, start) }
+}
+
+// allowed counts the accepted client cc and reports whether the allow list serves it;
+// one that it refuses is reset, closed, counted and logged.
+func (r *Relay) allowed(cc clientConn) bool {
+	r.stats.conns.Accepted()
+	if r.cfg.Allow.Allows(cc.peer.Addr()) {
+		return true
+	}
+	r.stats.conns.Refused(connstats.RefusedAllow)
+	cc.reset()
+	r.strangers.Event(kindClient, connlog.Info, "not in the allow list", prefixOf(cc.peer.Addr()), "refused %s: not in the allow list", cc.peer)
+	return false
+}
+
+// clientConn is a client on its way to a link: a raw socket (fd) or, where it must wait
+// on a goroutine or a TLS link relays it, a *net.TCPConn (c); peer is its address.
+type clientConn struct {
+	c    *net.TCPConn // nil for a raw socket
+	fd   int
+	peer netip.AddrPort
+}
+
+// addrPortOf is the address and port of a TCP address, IPv4-mapped addresses unmapped.
+func addrPortOf(a net.Addr) netip.AddrPort {
+	ap, _ := netip.ParseAddrPort(a.String())
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}
+
+func (cc clientConn) close() {
+	if cc.c != nil {
+		cc.c.Close()
+		return
+	}
+	unix.Close(cc.fd)
+}
+
+// reset closes the client with a reset.
+func (cc clientConn) reset() {
+	if cc.c != nil {
+		_ = cc.c.SetLinger(0)
+	} else {
+		sock.Linger0(cc.fd)
+	}
+	cc.close()
+}
+
+// detach returns the client's socket, taken from the standard library if need be.
+func (cc clientConn) detach() (int, error) {
+	if cc.c != nil {
+		return relay.Detach(cc.c)
+	}
+	return cc.fd, nil
+}
+
+// hello returns the PROXY v1 header that names the client and the address it connected to.
+func (cc clientConn) hello() ([]byte, error) {
+	if cc.c != nil {
+		return helloFor(cc.c)
+	}
+	local, err := sock.LocalAddr(cc.fd)
+	if err != nil {
+		return nil, err
+	}
+	return helloFrom(net.TCPAddrFromAddrPort(cc.peer), net.TCPAddrFromAddrPort(local))
 }
 
 // pairOrWait pairs client c, which came at start, with the oldest plain idle link that is
@@ -730,9 +830,9 @@ func (r *Relay) admitClient(ctx context.Context, c *net.TCPConn) func() {
 // own. A plain link is put in the pool by the loop that ran its handshake and watches it,
 // which then pairs the client with it there (give), with no peek (the link was never idle)
 // and no post.
-func (r *Relay) pairOrWait(ctx context.Context, c *net.TCPConn, start time.Time) {
+func (r *Relay) pairOrWait(ctx context.Context, c clientConn, start time.Time) {
 	id := r.conns.Add(1)
-	client := c.RemoteAddr().String()
+	client := c.peer.String()
 	r.wg.Add(1) // until paired or given up, which Serve waits for
 	w := &waiter[*idleLink]{
 		deadline: start.Add(r.cfg.Wait),
@@ -769,8 +869,8 @@ func (r *Relay) pairOrWait(ctx context.Context, c *net.TCPConn, start time.Time)
 
 // noLink closes client c, number id, that found no link (errNoLink: within its wait), and
 // counts and logs it.
-func (r *Relay) noLink(c *net.TCPConn, id uint64, client string, err error) {
-	c.Close()
+func (r *Relay) noLink(c clientConn, id uint64, client string, err error) {
+	c.close()
 	fail := connstats.FailNoLink
 	if !errors.Is(err, errNoLink) {
 		fail = connstats.FailCut // the relay stops
@@ -778,15 +878,15 @@ func (r *Relay) noLink(c *net.TCPConn, id uint64, client string, err error) {
 	r.stats.conns.Failed(fail)
 	if errors.Is(err, errNoLink) {
 		why := fmt.Sprintf("no idle link within %v", r.cfg.Wait)
-		r.strangers.Event(kindNoLink, connlog.Warning, why, sourceOf(c.RemoteAddr()), "failed #%d %s -> link: %s", id, client, why)
+		r.strangers.Event(kindNoLink, connlog.Warning, why, prefixOf(c.peer.Addr()), "failed #%d %s -> link: %s", id, client, why)
 	}
 }
 
 // serveClient pairs one client with a link and relays them. g is the client's place in
 // clientRoom while it waits for its first byte: nil with hellos, or when the byte was
 // there at once.
-func (r *Relay) serveClient(ctx context.Context, c *net.TCPConn, g *guest, start time.Time) {
-	client := c.RemoteAddr().String()
+func (r *Relay) serveClient(ctx context.Context, cc clientConn, g *guest, start time.Time) {
+	c, client := cc.c, cc.peer.String()
 	if g != nil {
 		first := r.cfg.Wait
 		if first == 0 {
@@ -813,16 +913,16 @@ func (r *Relay) serveClient(ctx context.Context, c *net.TCPConn, g *guest, start
 	id := r.conns.Add(1)
 	l, err := r.takeLink(ctx, start.Add(r.cfg.Wait))
 	if err != nil {
-		r.noLink(c, id, client, err)
+		r.noLink(cc, id, client, err)
 		return
 	}
-	r.pair(ctx, c, l, id, client, start, false)
+	r.pair(ctx, cc, l, id, client, start, false)
 }
 
 // pair relays client c, number id, with the link l it took. A plain link is paired
 // without blocking, on its loop (onLoop: pair runs there already); a TLS link's hello
 // write may wait, and its session is relayed on the calling goroutine.
-func (r *Relay) pair(ctx context.Context, c *net.TCPConn, l *idleLink, id uint64, client string, start time.Time, onLoop bool) {
+func (r *Relay) pair(ctx context.Context, c clientConn, l *idleLink, id uint64, client string, start time.Time, onLoop bool) {
 	r.stats.pairings.Add(1)
 	dest := fmt.Sprintf("link #%d %s", l.id, l.addr)
 	rw := l.rw // a plain link, or a session on a TLS link
@@ -832,7 +932,7 @@ func (r *Relay) pair(ctx context.Context, c *net.TCPConn, l *idleLink, id uint64
 		rw = sess
 	}
 	if r.cfg.Hello {
-		hello, err := helloFor(c)
+		hello, err := c.hello()
 		switch {
 		case err != nil:
 		case l.fd >= 0: // an idle link's send buffer is empty: the hello fits at once
@@ -846,7 +946,7 @@ func (r *Relay) pair(ctx context.Context, c *net.TCPConn, l *idleLink, id uint64
 			_ = rw.SetWriteDeadline(time.Time{})
 		}
 		if err != nil {
-			c.Close()
+			c.close()
 			r.closeLink(l)
 			r.stats.conns.Failed(connstats.FailureOf(err))
 			r.cfg.Log.Failed(id, client, dest, fmt.Errorf("sending hello: %w", err))
@@ -865,7 +965,7 @@ func (r *Relay) pair(ctx context.Context, c *net.TCPConn, l *idleLink, id uint64
 		pairOnLoop(ctx, l.loop, c, l.fd, &r.stats.conns, done, onLoop)
 		return
 	}
-	relayPaired(ctx, r.loops, r.trim, c, rw, &r.stats.conns, done)
+	relayPaired(ctx, r.loops, r.trim, c.c, rw, &r.stats.conns, done) // TLS: a client always has c
 	if sess != nil {
 		r.relink(ctx, l, sess) // the relay of a session has ended by now (relayPaired)
 	}
@@ -874,12 +974,12 @@ func (r *Relay) pair(ctx context.Context, c *net.TCPConn, l *idleLink, id uint64
 // pairOnLoop relays client and the plain link fd, which loop watches, on that loop, as
 // relayPaired does for two connections; done runs on the loop. onLoop: the caller runs on
 // loop, which starts the pair at once instead of in a post.
-func pairOnLoop(ctx context.Context, loop *relay.Loop, client *net.TCPConn, fd int, counts *connstats.Counters, done func(relay.Result), onLoop bool) {
+func pairOnLoop(ctx context.Context, loop *relay.Loop, client clientConn, fd int, counts *connstats.Counters, done func(relay.Result), onLoop bool) {
 	o := relay.PairOptions{HalfClose: true, OnEnd: done, Progress: counts.Moved}
-	cfd, err := relay.Detach(client)
+	cfd, err := client.detach()
 	switch {
 	case err != nil:
-		client.Close()
+		client.close()
 		if onLoop {
 			loop.Events().CloseFD(fd)
 		} else {
