@@ -116,6 +116,13 @@ func (ls *linkShake) read() {
 		}
 		due := ls.s.due()
 		send, done, ferr := ls.s.feed(buf[:n])
+		var pushed errPushedOut
+		if errors.As(ferr, &pushed) {
+			// The room pushed it out (its reset is posted): no ERR line, which connecttwo
+			// would take for a refusal and back off for, as from a room that closes its
+			// guests itself.
+			send = nil
+		}
 		if len(send) > 0 {
 			k, werr := sock.Send(ls.fd, send)
 			if werr == nil && k < len(send) {
