@@ -12,7 +12,9 @@ package loopdial
 
 import (
 	"cmp"
+	"context"
 	"errors"
+	"net"
 	"net/netip"
 	"os"
 	"time"
@@ -315,3 +317,58 @@ func (l *lane) stop() {
 	l.closeFD()
 	l.done = true
 }
+
+// DialConn runs a Dial on lp for a goroutine that needs a *net.TCPConn (a relay in user
+// space, such as a TLS link's): it waits for the outcome and hands the connected socket
+// over from lp to Go's poller. The end of ctx stops the dial. It is the loops' one dialer
+// used from outside them, so a blocking caller connects exactly as the loops do.
+func DialConn(ctx context.Context, lp *eventloop.Loop, cfg *Config, addrs []netip.Addr, port uint16) (*net.TCPConn, error) {
+	w := &connWaiter{lp: lp, done: make(chan connResult, 1)}
+	d := new(Dial)
+	lp.Post(func() { d.Start(lp, cfg, w, addrs, port) })
+	var r connResult
+	select {
+	case r = <-w.done:
+	case <-ctx.Done():
+		lp.Post(func() {
+			if d.Running() {
+				d.Stop()
+				w.done <- connResult{fd: -1, err: ctx.Err()}
+			}
+		})
+		if r = <-w.done; r.err == nil { // connected just as ctx ended
+			unix.Close(r.fd)
+			r = connResult{fd: -1, err: ctx.Err()}
+		}
+	}
+	if r.err != nil {
+		return nil, r.err
+	}
+	f := os.NewFile(uintptr(r.fd), "tcp")
+	defer f.Close()
+	c, err := net.FileConn(f) // a duplicate, in Go's poller
+	if err != nil {
+		return nil, err
+	}
+	return c.(*net.TCPConn), nil
+}
+
+type connResult struct {
+	fd  int
+	err error
+}
+
+// connWaiter is DialConn's Handler: it takes the socket out of the loop and sends it on.
+type connWaiter struct {
+	lp   *eventloop.Loop
+	done chan connResult
+}
+
+func (w *connWaiter) AttemptFailed(netip.AddrPort, error, time.Duration) time.Duration { return 0 }
+
+func (w *connWaiter) Connected(fd int, _ netip.AddrPort) {
+	w.lp.Remove(fd)
+	w.done <- connResult{fd: fd}
+}
+
+func (w *connWaiter) Failed(err error) { w.done <- connResult{fd: -1, err: err} }

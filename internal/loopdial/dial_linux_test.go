@@ -297,3 +297,34 @@ func peerOf(fd int) netip.AddrPort {
 	}
 	return netip.AddrPort{}
 }
+
+// DialConn hands a goroutine a working *net.TCPConn, its error when no address connects,
+// and stops at the end of its context, leaving no descriptor behind.
+func TestDialConn(t *testing.T) {
+	lp := runLoop(t)
+	echo := testkit.StartBackend(t, "[::1]:0", testkit.Echo)
+	cfg := Config{Timeout: 5 * time.Second}
+	c, err := DialConn(context.Background(), lp, &cfg, addrs("::1"), uint16(echo.Port()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	testkit.RoundTrip(t, c, 7, 100000)
+	c.Close()
+
+	refused := uint16(testkit.FreePort(t, "127.0.0.1"))
+	if _, err := DialConn(context.Background(), lp, &cfg, addrs("127.0.0.1"), refused); !errors.Is(err, unix.ECONNREFUSED) {
+		t.Errorf("to a closed port: %v, want connection refused", err)
+	}
+
+	port := blackhole(t, "127.0.0.1", 0)
+	before := openFDs(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	if _, err := DialConn(ctx, lp, &cfg, addrs("127.0.0.1"), port); !errors.Is(err, context.DeadlineExceeded) || time.Since(start) > 2*time.Second {
+		t.Errorf("to a blackhole, ctx ending at 200 ms: %v after %v, want the context's end at once", err, time.Since(start))
+	}
+	if n := openFDs(t); n != before {
+		t.Errorf("%d descriptors open after the stopped dial, want %d", n, before)
+	}
+}

@@ -76,9 +76,9 @@ type AgentConfig struct {
 	// link cut or refused during its handshake, which strangers on the relay can cause,
 	// waits at most RefusedMax (zero: DefaultRefusedMax) before the next try.
 	BackoffBase, BackoffMax, RefusedMax time.Duration
-	// Dial opens the TLS links' connections to the relay and their sessions' to the
-	// service; nil dials from Local. Plain links and their service connections are
-	// connected on the event loops (loopdial), from Local.
+	// Dial opens the TLS links' connections to the relay; nil dials from Local. Plain
+	// links, and every connection to the service, are connected on the event loops
+	// (loopdial), from Local.
 	Dial func(ctx context.Context, ep endpoint.Endpoint) (*net.TCPConn, error)
 	// Log receives one line per event; nil discards them.
 	Log *connlog.Logger
@@ -88,7 +88,6 @@ type AgentConfig struct {
 	// TLS 1.3 before its handshake, and the relays copy through it.
 	TLS *tlslink.Client
 
-	dialService func(ctx context.Context, ep endpoint.Endpoint) (*net.TCPConn, error)
 	// lookup resolves the service's name for a plain link; nil: net.DefaultResolver.
 	lookup     func(ctx context.Context, host string) ([]netip.Addr, error)
 	addrsFresh time.Duration // how long a plain idle link keeps the service's addresses; zero: addrsFresh (a test seam)
@@ -151,13 +150,9 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 		cfg.Rand = rand.Reader
 	}
 	if cfg.Dial == nil {
-		// Links get keepalive (see setKeepAlive); the service is local, so its
-		// connections need none.
+		// Links get keepalive of their own (see setKeepAlive), not the net package's.
 		links := &endpoint.Dialer{Local: cfg.Local, Timeout: cfg.DialTimeout, KeepAlive: -1}
-		service := &endpoint.Dialer{Local: cfg.Local, Timeout: cfg.DialTimeout, KeepAlive: -1}
-		cfg.Dial, cfg.dialService = links.Dial, service.Dial
-	} else {
-		cfg.dialService = cfg.Dial
+		cfg.Dial = links.Dial
 	}
 	if cfg.RefusedMax == 0 {
 		cfg.RefusedMax = DefaultRefusedMax

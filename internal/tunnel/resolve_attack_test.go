@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"shd-tcp-tools/internal/endpoint"
+	"shd-tcp-tools/internal/relay"
 	"shd-tcp-tools/internal/testkit"
 )
 
@@ -79,10 +80,14 @@ func TestAttackServiceLookupStale(t *testing.T) {
 // its share of the dial timeout (4 s over two addresses: 2 s) and the second connects
 // within 3 s, not after the whole timeout.
 func TestAttackServiceDialFailover(t *testing.T) {
-	ln := testkit.Listen(t, "127.0.0.1:0")
-	port := ln.Addr().(*net.TCPAddr).Port
-	testkit.Serve(t, ln, func(c *net.TCPConn) {})
 	live := netip.MustParseAddr("127.0.0.1")
+	port := int(testkit.SharedPort(t, live, netip.IPv6Loopback(), netip.MustParseAddr("127.0.0.2")))
+	testkit.Serve(t, testkit.Listen(t, netip.AddrPortFrom(live, uint16(port)).String()), func(c *net.TCPConn) {})
+	loops, err := relay.NewLoops(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(loops.Close)
 	for _, tc := range []struct {
 		name   string
 		dead   netip.Addr
@@ -101,6 +106,7 @@ func TestAttackServiceDialFailover(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			a.loops = loops // as Run makes them
 			start := time.Now()
 			c, err := a.dialServiceFor(context.Background())
 			took := time.Since(start)
