@@ -2,6 +2,7 @@ package main
 
 import (
 	"crypto/tls"
+	"errors"
 	"net"
 	"path/filepath"
 	"strconv"
@@ -53,6 +54,52 @@ func TestStopsDuringTLSHandshakes(t *testing.T) {
 	t.Logf("stopped after %v", took.Round(time.Millisecond))
 	if took > time.Second {
 		t.Errorf("listentwo took %v to stop with TLS handshakes under way, want at most 1s", took)
+	}
+}
+
+// TestStopsDuringLoopHandshakes: SIGTERM ends a plain listentwo within a second, with
+// status 0, while links sit in every phase of a handshake on its event loops: a first
+// byte, an opening under way, the greeting sent and no reply; each link sees its end. The
+// links come over IPv6 loopback, the clients' port is IPv4.
+func TestStopsDuringLoopHandshakes(t *testing.T) {
+	bins := tunneltest.Build(t)
+	clients := "127.0.0.1:" + strconv.Itoa(testkit.FreePort(t, "127.0.0.1"))
+	links := "[::1]:" + strconv.Itoa(testkit.FreePort(t, "::1"))
+	relay := testkit.Start(t, bins["listentwo"], "-s", clients, "-d", links)
+	relay.Log.WaitFor(t, `listening for clients`, 1, testkit.Timeout)
+
+	var conns []net.Conn
+	for i := range 24 {
+		c := testkit.Dial(t, links)
+		switch i % 3 {
+		case 0:
+			c.Write([]byte("S"))
+		case 1:
+			c.Write([]byte("SHD-L"))
+		case 2:
+			c.Write([]byte("SHD-LINK/2\n"))
+			_ = c.SetReadDeadline(time.Now().Add(testkit.Timeout))
+			if _, err := c.Read(make([]byte, 256)); err != nil {
+				t.Fatalf("no greeting: %v", err)
+			}
+		}
+		conns = append(conns, c)
+	}
+	testkit.WaitUntil(t, testkit.Timeout, "24 connections on the relay's link port", func() bool {
+		return relay.Sockets(t) >= 24+2
+	})
+	took := relay.Stop(t, syscall.SIGTERM, 5*time.Second)
+	t.Logf("stopped after %v", took.Round(time.Millisecond))
+	if took > time.Second {
+		t.Errorf("listentwo took %v to stop with loop handshakes under way, want at most 1s", took)
+	}
+	for i, c := range conns {
+		_ = c.SetReadDeadline(time.Now().Add(testkit.Timeout))
+		n, err := c.Read(make([]byte, 256))
+		var ne net.Error
+		if n > 0 || errors.As(err, &ne) && ne.Timeout() {
+			t.Errorf("link %d: read %d bytes, %v after the stop; want its end", i, n, err)
+		}
 	}
 }
 
