@@ -263,11 +263,6 @@ func TestStopDuringLoopHandshake(t *testing.T) {
 	}
 }
 
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
-}
-
 // TestManyClientsFewLinks: 48 clients at once through one link at a time (the agent's
 // pool of 1), over IPv4 and IPv6: each waits in the pool without a goroutine until the
 // link made for it comes, and gets its own bytes back (length and SHA-256); none waits

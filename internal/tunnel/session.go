@@ -119,11 +119,22 @@ func (s *linkSession) broken() error {
 // leaves the link intact; any other error breaks it.
 func (s *linkSession) Read(p []byte) (int, error) {
 	n, err := s.l.fr.Read(p)
-	var ne net.Error
-	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, relay.ErrSessionReset) && !(errors.As(err, &ne) && ne.Timeout()) {
+	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, relay.ErrSessionReset) && !isTimeout(err) {
 		s.fail(err)
 	}
 	return n, err
+}
+
+// isTimeout reports whether err is a timeout: a deadline, or the relay.Wire's answer that
+// nothing is read ahead, which ends every step of a bulk copy from the session. Those come
+// unwrapped, and are told without errors.As, whose target would be allocated at every
+// step.
+func isTimeout(err error) bool {
+	if t, ok := err.(interface{ Timeout() bool }); ok {
+		return t.Timeout()
+	}
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // Write sends p in DATA frames, one TLS record each.
