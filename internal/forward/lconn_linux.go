@@ -63,7 +63,7 @@ type lconn struct {
 	held      bool                      // the balancer counts this connection open on the current one
 	addrs     []netip.Addr              // its addresses (shared with the name cache: read only)
 	lit       [1]netip.Addr
-	dial      loopdial.Dial     // the connect to them
+	dial      *loopdial.Dial    // the connect to them, from the loop's spares; nil once done
 	failure   connstats.Failure // the class of the last failure, for the metrics
 	dialStart time.Time         // when the connect in flight began
 	timer     *eventloop.Timer  // --insert's stall deadline
@@ -209,6 +209,9 @@ func (c *lconn) dialNext() {
 // the other, racing after 300 ms, within --connect-timeout).
 func (c *lconn) dialHost() {
 	c.dialStart = c.ls.lp.Now()
+	if c.dial == nil {
+		c.dial = c.ls.takeDial()
+	}
 	c.dial.Start(c.ls.lp, &c.ls.e.dialer, c, c.addrs, uint16(c.plan.Current().ep.Port))
 }
 
@@ -228,8 +231,19 @@ func (c *lconn) AttemptFailed(_ netip.AddrPort, err error, left time.Duration) t
 	return 0
 }
 
+// endDial stops the connect in flight, if any, and gives its Dial back to the loop, so
+// that a connection holds none while it relays.
+func (c *lconn) endDial() {
+	if c.dial != nil {
+		c.dial.Stop()
+		c.ls.spareDials = append(c.ls.spareDials, c.dial)
+		c.dial = nil
+	}
+}
+
 // Connected takes the destination socket and logs the open.
 func (c *lconn) Connected(fd int, _ netip.AddrPort) {
+	c.endDial() // the Dial's last word: nothing of it runs after this
 	c.sfd = fd
 	c.connected()
 }
@@ -245,7 +259,7 @@ func (c *lconn) Failed(err error) {
 // resetClient ends a connection that never reached a destination: the client is reset, so
 // that it knows it was not served, and why, when not nil, is logged.
 func (c *lconn) resetClient(why error) {
-	c.dial.Stop()
+	c.endDial()
 	c.releaseHost()
 	fail := c.failure // every host failed: the class of the last failure
 	if why != nil {

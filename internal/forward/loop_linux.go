@@ -50,6 +50,20 @@ type loopState struct {
 	keepalive *eventloop.Timer // the next keepalive round, while young is not empty
 
 	hdr *headerReader // clients' PROXY headers (--accept-proxy), made on first use
+
+	// spareDials are Dials no connection uses now (a connection takes one while it
+	// connects and gives it back, so relaying connections hold none).
+	spareDials []*loopdial.Dial
+}
+
+// takeDial returns a spare Dial, or a new one.
+func (ls *loopState) takeDial() *loopdial.Dial {
+	if n := len(ls.spareDials); n > 0 {
+		d := ls.spareDials[n-1]
+		ls.spareDials = ls.spareDials[:n-1]
+		return d
+	}
+	return new(loopdial.Dial)
 }
 
 // keepAliveDelay is how often a loop turns keepalive on for the destination sockets of
