@@ -19,7 +19,9 @@ const ForwardNamespace = "tcppf"
 //	tcppf_host_healthy{host}              1, or 0 while the health checks set it aside
 func Forward(srv *forward.Server) *prometheus.Registry {
 	reg := NewRegistry()
-	reg.MustRegister(Conns(ForwardNamespace, srv.Stats), newHosts(ForwardNamespace, srv.Hosts))
+	// The connection counts before the hosts': a connection's end is counted after its
+	// host's open count went down, so a scrape that sees the end sees the host free.
+	reg.MustRegister(inOrder{Conns(ForwardNamespace, srv.Stats), newHosts(ForwardNamespace, srv.Hosts)})
 	return reg
 }
 

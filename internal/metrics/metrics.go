@@ -37,6 +37,23 @@ func NewRegistry() *prometheus.Registry {
 	return reg
 }
 
+// inOrder is one collector made of several, collected one after the other in the order
+// given, where a registry collects its collectors at once: a scrape then reads what they
+// count in the order it reads them, which the writers can rely on.
+type inOrder []prometheus.Collector
+
+func (c inOrder) Describe(ch chan<- *prometheus.Desc) {
+	for _, x := range c {
+		x.Describe(ch)
+	}
+}
+
+func (c inOrder) Collect(ch chan<- prometheus.Metric) {
+	for _, x := range c {
+		x.Collect(ch)
+	}
+}
+
 // Server serves one registry on Path. Create it with Listen, start it with Serve, stop it
 // with Close. A nil *Server (no --metrics) does nothing.
 type Server struct {
