@@ -629,9 +629,7 @@ func TestTLSUsedIdleLinkMemory(t *testing.T) {
 func TestTLSUsedIdleLinkStack(t *testing.T) {
 	_, extra := usedLinkMemory(t, 40)
 	t.Logf("%.1f KiB more stack per link", extra)
-	// The defect was 6.2 KiB a link. With the fresh links' handshake off the slot's
-	// goroutine (3384829), runs without it measure 0-3.9 KiB.
-	if extra > 5 {
-		t.Errorf("an idle TLS link that carried a session holds %.1f KiB more goroutine stack (both ends) than a fresh one, want at most 5", extra)
+	if extra > 2 {
+		t.Errorf("an idle TLS link that carried a session holds %.1f KiB more goroutine stack (both ends) than a fresh one, want at most 2", extra)
 	}
 }
