@@ -59,7 +59,7 @@ func (ll *loopLink) linkConnected(fd int, addr netip.AddrPort) {
 	ll.lp.Handle(fd, ll.linkReady)
 	ll.timer = ll.lp.AfterFunc(a.cfg.HandshakeTimeout, ll.handshakeTimedOut)
 	ll.shake = clientShake{p: linkParams{hello: a.cfg.Hello, secret: a.secret.get(), rand: a.cfg.Rand, timeout: a.cfg.HandshakeTimeout}}
-	if err := ll.send([]byte(opening)); err != nil {
+	if err := sendLine(ll.fd, []byte(opening)); err != nil {
 		ll.openFailed(sendErr("opening", err))
 		return
 	}
@@ -72,18 +72,6 @@ func (ll *loopLink) linkConnectFailed(err error) {
 		err = &cutError{err} // accepted and reset at once: the relay is there
 	}
 	ll.openFailed(fmt.Errorf("connecting to %s: %w", ll.a.cfg.Relay, err))
-}
-
-// send sends a handshake line, which a new socket's buffer always takes whole.
-func (ll *loopLink) send(b []byte) error {
-	n, err := sock.Send(ll.fd, b)
-	if err == nil && n < len(b) {
-		err = io.ErrShortWrite
-	}
-	if err != nil {
-		return os.NewSyscallError("write", err)
-	}
-	return nil
 }
 
 // handshake feeds what has come on the link to its machine, until it would wait.
@@ -104,7 +92,7 @@ func (ll *loopLink) handshake() {
 		}
 		send, done, rest, ferr := ll.shake.feed(buf[:n])
 		if len(send) > 0 {
-			if werr := ll.send(send); werr != nil && ferr == nil {
+			if werr := sendLine(ll.fd, send); werr != nil && ferr == nil {
 				ferr = sendErr("reply", werr)
 			}
 		}

@@ -124,12 +124,8 @@ func (ls *linkShake) read() {
 			send = nil
 		}
 		if len(send) > 0 {
-			k, werr := sock.Send(ls.fd, send)
-			if werr == nil && k < len(send) {
-				werr = io.ErrShortWrite
-			}
-			if werr != nil && ferr == nil {
-				ferr = ls.s.sendFailed(os.NewSyscallError("write", werr))
+			if werr := sendLine(ls.fd, send); werr != nil && ferr == nil {
+				ferr = ls.s.sendFailed(werr)
 			}
 		}
 		switch {

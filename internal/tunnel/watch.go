@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"errors"
+	"io"
 	"net"
 	"os"
 
@@ -82,6 +83,19 @@ func waitPeek(c *net.TCPConn) (res, err error) {
 		return !block
 	})
 	return res, err
+}
+
+// sendLine sends a handshake line on a loop's raw socket, which takes it whole (a line is
+// at most maxLine bytes, far below any socket buffer): a short write is an error.
+func sendLine(fd int, b []byte) error {
+	n, err := sock.Send(fd, b)
+	if err == nil && n < len(b) {
+		err = io.ErrShortWrite
+	}
+	if err != nil {
+		return os.NewSyscallError("write", err)
+	}
+	return nil
 }
 
 // setKeepAlive turns on TCP keepalive with probes frequent enough that a link whose peer
