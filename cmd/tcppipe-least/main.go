@@ -44,7 +44,8 @@ The host file:
   host:8080, 192.0.2.1:8080, [2001:db8::1]:22. BYTES is an unsigned 64-bit decimal
   count; a missing count is 0. Lines starting with # are comments; blank lines are
   allowed. A malformed line (more than two fields, a bad count or HOST) is warned about
-  on stderr with its line number, ignored, and kept as it is. HOST arguments are matched
+  on stderr with its line number (the first ten; then one line counts the rest),
+  ignored, and kept as it is. FILE must be a regular file (or a link to one). HOST arguments are matched
   against the HOST field exactly as written, and the first matching entry is used.
 
 Locking and safety:

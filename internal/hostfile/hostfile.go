@@ -75,11 +75,31 @@ type File struct {
 // isBlank reports whether c separates fields: a space or a tab.
 func isBlank(c byte) bool { return c == ' ' || c == '\t' }
 
+// MaxWarnings is how many malformed lines Parse reports one by one; the rest are counted
+// in one more warning. A log file moved over a host file by mistake has a malformed line
+// for every line it has, and a warning each would flood stderr (and a tool's memory) at
+// every read.
+const MaxWarnings = 10
+
+// MoreMalformedError is Parse's last warning when a file has more than MaxWarnings
+// malformed lines: how many more there are.
+type MoreMalformedError struct {
+	File  string // the name given to Parse
+	Lines int    // malformed lines beyond the first MaxWarnings
+}
+
+func (e *MoreMalformedError) Error() string {
+	return fmt.Sprintf("%s: %d more malformed lines", e.File, e.Lines)
+}
+
 // Parse reads a host file's text. It never fails: every line that is neither blank, a
 // comment nor a usable entry is kept as it is and reported in the returned warnings, one
-// *MalformedError per line ("name:LINE: malformed entry: ..."). name is used in warnings only.
+// *MalformedError per line ("name:LINE: malformed entry: ...") for the first MaxWarnings
+// such lines, then one *MoreMalformedError that counts the rest. name is used in warnings
+// only.
 func Parse(name string, data []byte) (*File, []error) {
 	f := &File{name: name}
+	more := 0
 	s := string(data)
 	for len(s) > 0 {
 		var text, eol string
@@ -93,10 +113,17 @@ func Parse(name string, data []byte) (*File, []error) {
 			eol = "\r" + eol
 		}
 		l, reason := parseLine(text, eol)
-		if l.kind == kindMalformed {
+		switch {
+		case l.kind != kindMalformed:
+		case len(f.warnings) < MaxWarnings:
 			f.warnings = append(f.warnings, &MalformedError{File: name, Line: len(f.lines) + 1, Reason: reason})
+		default:
+			more++
 		}
 		f.lines = append(f.lines, l)
+	}
+	if more > 0 {
+		f.warnings = append(f.warnings, &MoreMalformedError{File: name, Lines: more})
 	}
 	return f, slices.Clone(f.warnings)
 }

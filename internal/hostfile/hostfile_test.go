@@ -2,6 +2,7 @@ package hostfile
 
 import (
 	"errors"
+	"fmt"
 	"math"
 	"strings"
 	"testing"
@@ -158,6 +159,33 @@ func names(es []Entry) string {
 		s = append(s, e.Name)
 	}
 	return strings.Join(s, " ")
+}
+
+// TestParseWarningsBounded: a file of malformed lines (a log moved over a host file) draws
+// MaxWarnings warnings naming their lines and one that counts the rest; every line is
+// still kept for the write-back.
+func TestParseWarningsBounded(t *testing.T) {
+	var text strings.Builder
+	text.WriteString("a 1\n")
+	for i := range 1000 {
+		fmt.Fprintf(&text, "Dec  1 sshd[%d]: Connection closed\n", i)
+	}
+	f, warns := Parse("log", []byte(text.String()))
+	if len(warns) != MaxWarnings+1 {
+		t.Fatalf("%d warnings, want %d", len(warns), MaxWarnings+1)
+	}
+	if got, want := warns[0].Error(), "log:2: malformed entry: more than two fields"; got != want {
+		t.Errorf("first warning %q, want %q", got, want)
+	}
+	if got, want := warns[MaxWarnings].Error(), "log: 990 more malformed lines"; got != want {
+		t.Errorf("last warning %q, want %q", got, want)
+	}
+	if got := string(f.Format()); got != text.String() {
+		t.Errorf("Format changed the text")
+	}
+	if _, warns := Parse("x", []byte("a b c\n")); len(warns) != 1 {
+		t.Errorf("one malformed line: %d warnings, want 1", len(warns))
+	}
 }
 
 func TestLeast(t *testing.T) {

@@ -1,6 +1,7 @@
 package hostfile
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/gofrs/flock"
@@ -39,7 +41,7 @@ const lockPoll = 10 * time.Millisecond
 // file that cannot be read, names path ("reading hosts.txt: no such file or directory") and
 // matches fs.ErrNotExist when the file is missing. The warnings are those of Parse.
 func Read(path string) (*File, []error, error) {
-	data, err := os.ReadFile(path)
+	data, err := readRegular(path)
 	if err != nil {
 		return nil, nil, patherr.Wrap("reading", path, err)
 	}
@@ -85,7 +87,7 @@ func update(ctx context.Context, path string, create bool, fn func(*File) error,
 	}
 
 	var old fs.FileInfo
-	data, err := os.ReadFile(path)
+	data, err := readRegular(path)
 	switch {
 	case err == nil:
 		if old, err = os.Stat(path); err != nil {
@@ -103,6 +105,37 @@ func update(ctx context.Context, path string, create bool, fn func(*File) error,
 		return nil
 	}
 	return replace(path, f.Format(), old)
+}
+
+// ErrNotRegular is matched by the error of reading a host file that is not a regular file
+// (a FIFO, a device, a directory, a socket).
+var ErrNotRegular = errors.New("not a regular file")
+
+// readRegular returns the content of the regular file at path. Anything else is refused
+// with ErrNotRegular before a byte is read: a FIFO that nobody writes would hold the
+// reader (and the lock an update holds) forever, a device such as /dev/zero would never
+// end, and none of them could be replaced by a rename. The open does not wait
+// (O_NONBLOCK, which changes nothing for a regular file).
+func readRegular(path string) ([]byte, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		if fi.IsDir() {
+			return nil, syscall.EISDIR
+		}
+		return nil, ErrNotRegular
+	}
+	var b bytes.Buffer
+	b.Grow(int(fi.Size()) + bytes.MinRead)
+	_, err = b.ReadFrom(f)
+	return b.Bytes(), err
 }
 
 // lock takes lk, blocking in flock(2) when ctx can never end, and trying every lockPoll

@@ -75,6 +75,43 @@ func TestRead(t *testing.T) {
 	}
 }
 
+// TestReadNotRegular: a FIFO that nobody writes, a device and a directory are refused at
+// once by Read and Update, which neither wait nor read without end, and Update leaves
+// them as they are.
+func TestReadNotRegular(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ path, why string }{
+		{fifo, "not a regular file"},
+		{"/dev/zero", "not a regular file"},
+		{dir, "is a directory"},
+	} {
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			want := "reading " + tc.path + ": " + tc.why
+			if _, _, err := Read(tc.path); err == nil || err.Error() != want {
+				t.Errorf("Read(%s) = %v, want %q", tc.path, err, want)
+			}
+			err := Update(tc.path, true, func(f *File) error { f.Add("a", 1); return nil })
+			if err == nil || err.Error() != want {
+				t.Errorf("Update(%s) = %v, want %q", tc.path, err, want)
+			}
+		}()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("reading %s still waits after 5s", tc.path)
+		}
+	}
+	if fi, err := os.Lstat(fifo); err != nil || fi.Mode().Type() != fs.ModeNamedPipe {
+		t.Errorf("the FIFO after Update: %v, %v", fi, err)
+	}
+}
+
 func TestUpdateKeepsTextAndMode(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "hosts")
