@@ -26,13 +26,14 @@ const streamMark = bulkSize / 2
 const markAhead = 4 * bulkSize
 
 // streaming sets the mark on fd after a read that found half a step or more: the source
-// runs ahead of the copy.
+// runs ahead of the copy. A mark still half a stretch or more above what is queued is
+// left as it is: setting it is one more system call per read.
 func (l *lowWater) streaming(fd int) {
 	if l == nil {
 		return
 	}
 	q := sock.Queued(fd)
-	if q < 0 {
+	if q < 0 || l.mark >= q+markAhead/2 {
 		return
 	}
 	if sock.SetRcvLowat(fd, q+markAhead) == nil {
