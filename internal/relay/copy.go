@@ -106,12 +106,45 @@ func Copy(ctx context.Context, dst io.Writer, src io.Reader, o CopyOptions) (int
 	return chunkedCopy(ctx, dst, src, o)
 }
 
+// Framer is a layer that sends its bytes in frames: a header of a fixed size before each
+// payload of at most a fixed size (the tunnel's sessions on TLS links, a frame a TLS
+// record). A bulk copy from a TCP connection into a Framer reads the socket straight into
+// frames, room left for each header (one readv(2)), and hands them over whole, so the
+// payload is not copied once more to be framed.
+type Framer interface {
+	// FrameShape returns the size of a frame's header and the largest payload.
+	FrameShape() (header, payload int)
+	// WriteFrames sends the n payload bytes laid out in b as frames (each header's room,
+	// then its payload, every payload full but the last), filling the headers in, and
+	// returns how many of the n it wrote.
+	WriteFrames(b []byte, n int) (int, error)
+}
+
+// frameShape is a Framer's frame: the header's size and the largest payload.
+type frameShape struct{ header, payload int }
+
+// maxFrames bounds the frames of one step (the iovecs of one readv).
+const maxFrames = 64
+
+// fit returns how many payload bytes of at most most fit in one bulk buffer as frames.
+func (s frameShape) fit(most int) int {
+	k := min((bulkSize+bulkSlack)/(s.header+s.payload), maxFrames)
+	return min(most, k*s.payload)
+}
+
+// size returns the length of the frames that carry n payload bytes.
+func (s frameShape) size(n int) int {
+	return n + (n+s.payload-1)/s.payload*s.header
+}
+
 // bulkEnd is one end of a bulk copy: a TCP connection, or a layer over a Wire.
 type bulkEnd struct {
 	tcp   *net.TCPConn // the connection copied, when it is a plain one
 	layer Layered      // the layer copied, when it is over a Wire
 	wire  *Wire
 	lw    *lowWater // tcp's low-water mark, when it is the source
+	// frames is the shape a TCP source reads into, for a Framer destination (zero: none).
+	frames frameShape
 }
 
 func bulkEndOf(x any) (bulkEnd, bool) {
@@ -127,15 +160,19 @@ func bulkEndOf(x any) (bulkEnd, bool) {
 }
 
 // read returns the next bytes of the end, at most most, in a pooled buffer (nil with an
-// error or the end). From a layer over a Wire it takes every record that the bytes read
-// ahead complete, and waits, holding no buffer, only when they complete none.
+// error or the end); from a TCP source with a frame shape, laid out as frames, n counting
+// the payload. From a layer over a Wire it takes every record that the bytes read ahead
+// complete, and waits, holding no buffer, only when they complete none.
 func (e bulkEnd) read(most int) (*[]byte, int, error) {
 	if e.wire == nil {
 		raw, err := e.tcp.SyscallConn()
 		if err != nil {
 			return nil, 0, err
 		}
-		b, n, err := readAhead(raw, most, e.lw)
+		if e.frames.payload > 0 {
+			most = e.frames.fit(most)
+		}
+		b, n, err := readAhead(raw, most, e.lw, e.frames)
 		if err == nil && n == 0 {
 			err = io.EOF
 		}
@@ -171,13 +208,19 @@ func (e bulkEnd) read(most int) (*[]byte, int, error) {
 }
 
 // write writes b to the end: into a layer over a Wire, the records of b go out in one
-// write(2).
-func (e bulkEnd) write(b []byte) (int, error) {
+// write(2). With frames (a shape), b holds n payload bytes laid out as frames for the
+// layer's WriteFrames; otherwise n is len(b).
+func (e bulkEnd) write(b []byte, n int, frames frameShape) (int, error) {
 	if e.wire == nil {
-		return e.tcp.Write(b)
+		return e.tcp.Write(b[:n])
 	}
 	e.wire.startGather()
-	n, err := e.layer.Write(b)
+	var err error
+	if frames.payload > 0 {
+		n, err = e.layer.(Framer).WriteFrames(b[:frames.size(n)], n)
+	} else {
+		n, err = e.layer.Write(b[:n])
+	}
 	if ferr := e.wire.flush(); ferr != nil && err == nil {
 		n, err = 0, ferr
 	}
@@ -194,6 +237,11 @@ func bulkCopy(ctx context.Context, dst, src bulkEnd, o CopyOptions) (int64, erro
 	} else if raw, err := src.tcp.SyscallConn(); err == nil {
 		src.lw = new(lowWater)
 		defer lowerMark(raw, src.lw)
+		if f, ok := dst.layer.(Framer); ok && framedReads {
+			if h, p := f.FrameShape(); h >= 0 && p > 0 && h+p <= bulkSize {
+				src.frames = frameShape{h, p}
+			}
+		}
 	}
 	var written int64
 	scheduled := time.Now()
@@ -211,7 +259,7 @@ func bulkCopy(ctx context.Context, dst, src bulkEnd, o CopyOptions) (int64, erro
 		}
 		b, n, rerr := src.read(most)
 		if n > 0 {
-			m, werr := dst.write((*b)[:n])
+			m, werr := dst.write(*b, n, src.frames)
 			bulk.Put(b)
 			o.Bucket.Used(m)
 			written += int64(m)

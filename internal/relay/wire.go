@@ -141,7 +141,7 @@ func (w *Wire) fill() error {
 	if ready {
 		return nil
 	}
-	b, n, err := readAhead(w.raw, bulkSize, &w.lw)
+	b, n, err := readAhead(w.raw, bulkSize, &w.lw, frameShape{})
 	if err != nil {
 		var se *os.SyscallError
 		if !errors.As(err, &se) {
@@ -165,8 +165,10 @@ func (w *Wire) fill() error {
 // the socket has bytes: it is given back before every wait. It returns the buffer (nil on
 // an error or the end) and the count; a failed read(2) is an *os.SyscallError, anything
 // else the wait's error. A read that finds half a step or more raises the socket's
-// low-water mark (lw), and the mark goes down before a wait.
-func readAhead(raw syscall.RawConn, most int, lw *lowWater) (*[]byte, int, error) {
+// low-water mark (lw), and the mark goes down before a wait. With a frame shape, the
+// bytes are read into the payloads of frames laid out in the buffer (most counting the
+// payload only).
+func readAhead(raw syscall.RawConn, most int, lw *lowWater, frames frameShape) (*[]byte, int, error) {
 	if raw == nil {
 		return nil, 0, errors.New("relay: no raw connection")
 	}
@@ -176,7 +178,11 @@ func readAhead(raw syscall.RawConn, most int, lw *lowWater) (*[]byte, int, error
 	err := raw.Read(func(fd uintptr) bool {
 		b = bulk.Get().(*[]byte)
 		for {
-			n, rerr = syscall.Read(int(fd), (*b)[:min(most, bulkSize)])
+			if frames.payload > 0 {
+				n, rerr = frames.readFrames(int(fd), *b, most)
+			} else {
+				n, rerr = syscall.Read(int(fd), (*b)[:min(most, bulkSize)])
+			}
 			if rerr != syscall.EINTR {
 				break
 			}
