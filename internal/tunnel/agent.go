@@ -312,7 +312,7 @@ func (b *slotBook) ended(ctx context.Context, id uint64, end linkEnd) (wait time
 // returns how it ended, as a plain link tells its loopSlot. claimed is the slot's claim
 // on the idle count, which a link that comes up turns into an idle link.
 func (a *Agent) tlsLink(ctx context.Context, id uint64, claimed *bool) linkEnd {
-	link, rw, rest, err := a.openLink(ctx)
+	link, rw, rest, err := a.openLinkAside(ctx)
 	a.stats.connecting.Add(-1)
 	if err != nil {
 		return linkEnd{err: err}
@@ -355,6 +355,25 @@ func (a *Agent) waitAndServe(ctx context.Context, id uint64, addr string, link *
 	case <-ctx.Done():
 	}
 	return nil
+}
+
+// openLinkAside is openLink on a goroutine of its own, which ends with it: the TLS
+// handshake grows a goroutine's stack to tens of KiB, and the slot's goroutine, which then
+// waits while its link is idle, would keep that stack for as long.
+func (a *Agent) openLinkAside(ctx context.Context) (*net.TCPConn, net.Conn, []byte, error) {
+	type opened struct {
+		c    *net.TCPConn
+		tc   net.Conn
+		rest []byte
+		err  error
+	}
+	done := make(chan opened, 1)
+	go func() {
+		c, tc, rest, err := a.openLink(ctx)
+		done <- opened{c, tc, rest, err}
+	}()
+	o := <-done
+	return o.c, o.tc, o.rest, o.err
 }
 
 // openLink connects to the relay and runs the TLS link's handshake (TLS first), at most
