@@ -2,10 +2,10 @@ package forward
 
 import (
 	"context"
-	"errors"
+
 	"fmt"
 	"net"
-	"os"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -41,10 +41,9 @@ type loopState struct {
 	log    *connlog.Logger     // the server's log, flushed before each wait
 	counts *connstats.Counters // this loop's share of the server's counts (Server.Stats)
 	// counted is the relay's Progress for the counts: made once per loop, not per connection.
-	counted   func(up bool, n int64)
-	conns     map[*lconn]struct{}
-	accepting bool
-	paused    *eventloop.Timer // accept back-off
+	counted  func(up bool, n int64)
+	conns    map[*lconn]struct{}
+	acceptor *accept.OnLoop // takes clients from the listening socket, with the back-off
 
 	young     []*lconn         // connected since the last keepalive round
 	keepalive *eventloop.Timer // the next keepalive round, while young is not empty
@@ -140,8 +139,13 @@ func (s *Server) serveLoops(ctx context.Context, ln *net.TCPListener) (cut func(
 	}
 	var running sync.WaitGroup
 	for _, ls := range e.loops {
+		ls.acceptor = accept.NewOnLoop(ls.lp, e.lfd, accept.LoopConfig{
+			Back: &s.back, Now: s.cfg.now, Exclusive: true, Batch: acceptBatch, Accepted: ls.accepted,
+			Log:   func(line string) { ls.log.Warnf("%s", line) },
+			Fatal: func(err error) { e.fail(fmt.Errorf("accepting on %s: %w", ln.Addr(), err)) },
+		})
 		ls.lp.Post(func() {
-			if err := ls.startAccepting(); err != nil {
+			if err := ls.acceptor.Start(); err != nil {
 				e.fail(fmt.Errorf("accepting on %s: %w", ln.Addr(), err))
 			}
 		})
@@ -151,7 +155,7 @@ func (s *Server) serveLoops(ctx context.Context, ln *net.TCPListener) (cut func(
 	case <-ctx.Done():
 	case err = <-e.fatal:
 	}
-	e.onEachLoop(func(ls *loopState) { ls.stopAccepting() })
+	e.onEachLoop(func(ls *loopState) { ls.acceptor.Stop() })
 	cut = func() {
 		e.onEachLoop(func(ls *loopState) {
 			for c := range ls.conns {
@@ -177,36 +181,8 @@ func (e *engine) onEachLoop(f func(*loopState)) {
 	wg.Wait()
 }
 
-func (ls *loopState) startAccepting() error {
-	ls.accepting = true
-	return ls.lp.Add(ls.e.lfd, unix.EPOLLIN|unix.EPOLLEXCLUSIVE, func(uint32) { ls.accept() })
-}
-
-func (ls *loopState) stopAccepting() {
-	if ls.paused != nil {
-		ls.paused.Stop()
-		ls.paused = nil
-	}
-	if ls.accepting {
-		ls.accepting = false
-		ls.lp.Remove(ls.e.lfd)
-	}
-}
-
 // pause stops accepting on this loop for the back-off's current pause.
-func (ls *loopState) pause() {
-	d := ls.e.s.back.Pause(ls.e.s.cfg.now())
-	if d <= 0 || !ls.accepting {
-		return
-	}
-	ls.stopAccepting()
-	ls.paused = ls.lp.AfterFunc(d, func() {
-		ls.paused = nil
-		if err := ls.startAccepting(); err != nil {
-			ls.e.fail(err)
-		}
-	})
-}
+func (ls *loopState) pause() { ls.acceptor.Pause() }
 
 func (e *engine) fail(err error) {
 	select {
@@ -223,35 +199,13 @@ func (e *engine) fail(err error) {
 // The socket is level-triggered, so clients left waiting wake a loop again at once.
 const acceptBatch = 1
 
-// accept takes waiting clients, acceptBatch at most.
-func (ls *loopState) accept() {
+// accepted serves the client fd from client, which the loop's acceptor took.
+func (ls *loopState) accepted(fd int, client netip.AddrPort) {
 	s := ls.e.s
-	for range acceptBatch {
-		if !ls.accepting {
-			return
-		}
-		fd, client, err := sock.Accept(ls.e.lfd)
-		if errors.Is(err, unix.EAGAIN) {
-			return
-		}
-		if err != nil {
-			switch accept.Classify(err) {
-			case accept.Again:
-				continue
-			case accept.Short:
-				s.shorted(ls.log, os.NewSyscallError("accept4", err))
-				ls.pause()
-			default:
-				ls.e.fail(os.NewSyscallError("accept4", err))
-				ls.stopAccepting()
-			}
-			return
-		}
-		s.wg.Add(1)
-		s.open.Add(1)
-		ls.counts.Accepted()
-		c := &lconn{ls: ls, s: s, cfd: fd, sfd: -1, start: ls.lp.Now()}
-		ls.conns[c] = struct{}{}
-		c.accepted(client)
-	}
+	s.wg.Add(1)
+	s.open.Add(1)
+	ls.counts.Accepted()
+	c := &lconn{ls: ls, s: s, cfd: fd, sfd: -1, start: ls.lp.Now()}
+	ls.conns[c] = struct{}{}
+	c.accepted(client)
 }
