@@ -100,6 +100,9 @@ func (ls *Loops) Least() *Loop {
 // before any pair runs.
 func (ls *Loops) At(i int) *Loop { return ls.loops[i%len(ls.loops)] }
 
+// Len returns the number of loops.
+func (ls *Loops) Len() int { return len(ls.loops) }
+
 // Near returns l, unless another loop relays at least two pairs fewer: then the loop with
 // the fewest. For a caller that sets sockets up on one loop after another (connecttwo's
 // links) and moves, with a Post, only when the loads drift apart.

@@ -17,9 +17,11 @@ import (
 )
 
 // A plain link's handshake runs on the event loop that will watch the link while it is
-// idle and relay it once a client takes it: the accepting goroutine takes the socket from
-// the standard library, makes it a guest of the link room and posts it to the loop, which
-// waits for its first byte, drives the handshake's machine (serverShake) on the bytes as
+// idle and relay it once a client takes it: the loop that accepted the link (see
+// acceptOnLoops) makes it a guest of the link room and starts it there (a listener that
+// is not a *net.TCPListener: the accepting goroutine takes the socket from the standard
+// library and posts it to the loop with the fewest pairs); the loop waits for its first
+// byte, drives the handshake's machine (serverShake) on the bytes as
 // they come, with one timer for its deadlines, and puts the link in the pool without
 // another hand-over. A link costs no goroutine, no wake-up of one and no deadline on Go's
 // poller; the room pushes such a guest out by resetting its socket and posting its end to
@@ -42,22 +44,28 @@ type linkShake struct {
 	timer  *eventloop.Timer
 	stop   func() bool // ends the watch of ctx
 	over   bool
-	closed chan struct{} // closed once the loop has closed the socket (or handed it on)
+	closed *signal // raised once the loop has closed the socket (or handed it on)
 }
 
-// shakeOnLoop serves the plain link fd from peer, of class cl, on an event loop: see
-// linkShake.
-func (r *Relay) shakeOnLoop(ctx context.Context, fd int, peer netip.AddrPort, cl class) {
+// shakeOnLoop serves the plain link fd from peer, of class cl, on the event loop l: see
+// linkShake. here: the caller runs on l (an accept there), which starts the link at once;
+// otherwise the caller is the only goroutine that enters the link room, and the start is
+// posted. It returns the guest the link's entry pushed out of the room, if any, whose
+// socket may not be closed yet (see guest.gone and guest.whenGone).
+func (r *Relay) shakeOnLoop(ctx context.Context, l *relay.Loop, here bool, fd int, peer netip.AddrPort, cl class) (pushed *guest) {
 	id := r.links.Add(1)
-	l := r.loops.Least()
 	ls := &linkShake{r: r, ctx: ctx, l: l, lp: l.Events(), fd: fd, id: id, addr: peer.String(),
-		openBy: time.Now().Add(r.cfg.FirstByte), closed: make(chan struct{})}
-	// Only this goroutine enters the link room, so no kick can be posted before start.
-	g, pushed := r.linkRoom.enterFD(fd, prefixOf(peer.Addr()), cl, ls.kick, ls.closed)
-	ls.g = g
+		openBy: time.Now().Add(r.cfg.FirstByte), closed: new(signal)}
 	r.wg.Add(1) // until the link is refused or pooled, which Serve waits for
-	l.Post(ls.start)
-	pushed.gone(ctx) // before the next accept
+	// A kick from another loop's accept, as soon as the link is in the room, is posted to
+	// l: it comes after the start, which runs now on l or was posted before it.
+	ls.g, pushed = r.linkRoom.enterFD(fd, prefixOf(peer.Addr()), cl, ls.kick, ls.closed)
+	if here {
+		ls.start()
+	} else {
+		l.Post(ls.start)
+	}
+	return pushed
 }
 
 // kick pushes the link out of the room (with the room locked, the socket still open): a
@@ -196,7 +204,7 @@ func (ls *linkShake) fail(err error) {
 	}
 	sock.Linger0(ls.fd)
 	ls.lp.CloseFD(ls.fd)
-	close(ls.closed)
+	ls.closed.raise()
 	r.linkRefused(ls.ctx, ls.id, ls.addr, ls.g, err)
 	r.wg.Done()
 }
@@ -211,7 +219,7 @@ func (ls *linkShake) up() {
 		ls.fail(ls.ctx.Err())
 		return
 	}
-	close(ls.closed) // out of the room: nobody waits for it
+	ls.closed.raise() // out of the room: nobody waits for it
 	l := &idleLink{id: ls.id, fd: ls.fd, loop: ls.l, addr: ls.addr, proved: ls.secret}
 	r.linkUp(l) // before a waiting client that takes it logs its open
 	r.pool.put(l, r.watchOnLoop)

@@ -276,40 +276,43 @@ func (r *Relay) Serve(ctx context.Context, clients, links net.Listener) error {
 		deferAccept(clients)
 	}
 	deferAccept(links)
-	errs := make(chan error, 2)
-	var accepting sync.WaitGroup
-	accepting.Add(2)
-	takeClient, takeLink := takeConn(ctx, clients, r.admitClient), takeConn(ctx, links, r.admitLink)
-	if r.tlsConfig == nil {
-		// Plain links, and the clients paired with them, are raw sockets from their accept
-		// on. (An error here is a closed listener, which Accept reports as well.)
-		for _, t := range []struct {
-			ln    net.Listener
-			take  *func() (func(), error)
-			admit func(context.Context, int, netip.AddrPort) func()
-		}{{clients, &takeClient, r.admitClientFD}, {links, &takeLink, r.admitLinkFD}} {
-			tl, ok := t.ln.(*net.TCPListener)
-			if !ok {
-				continue
-			}
-			if take, f, err := takeFD(ctx, tl, t.admit); err == nil {
-				*t.take = take
-				defer f.Close()
-				defer context.AfterFunc(ctx, func() { f.Close() })()
-			}
+	// A loop accept's end for good, or a goroutine accept's (each one at most), is kept.
+	errs := make(chan error, 2+2*loops.Len())
+	fatal := func(err error) {
+		select {
+		case errs <- err:
+		default:
 		}
 	}
-	go func() {
-		defer accepting.Done()
-		errs <- r.accept(ctx, "client", takeClient)
-	}()
-	go func() {
-		defer accepting.Done()
-		errs <- r.accept(ctx, "link", takeLink)
-	}()
-	err = <-errs
+	var accepting sync.WaitGroup
+	var stops []func() // of the loop accepts
+	for _, t := range []struct {
+		what   string
+		ln     net.Listener
+		admit  func(context.Context, *net.TCPConn) func()
+		onLoop func(context.Context) func(*relay.Loop, *accept.OnLoop, int, netip.AddrPort)
+	}{{"client", clients, r.admitClient, r.clientOnLoop}, {"link", links, r.admitLink, r.linkOnLoop}} {
+		// Plain links, and the clients paired with them, are accepted as raw sockets on
+		// the event loops. (An error here is a closed listener, which Accept reports too.)
+		if tl, ok := t.ln.(*net.TCPListener); ok && r.tlsConfig == nil {
+			if stop, err := r.acceptOnLoops(t.what, tl, t.onLoop(ctx), fatal); err == nil {
+				stops = append(stops, stop)
+				continue
+			}
+		}
+		take := takeConn(ctx, t.ln, t.admit)
+		accepting.Go(func() { errs <- r.accept(ctx, t.what, take) })
+	}
+	select {
+	case err = <-errs:
+	case <-ctx.Done():
+		err = net.ErrClosed
+	}
 	if ctx.Err() != nil { // a line all the same when nothing was open: a log that just ends reads as a crash
 		r.cfg.Log.Printf("stopping: cutting open relays, closing idle links")
+	}
+	for _, stop := range stops {
+		stop()
 	}
 	cancel()
 	accepting.Wait()
@@ -413,49 +416,6 @@ func takeConn(ctx context.Context, ln net.Listener, admit func(context.Context, 
 	}
 }
 
-// takeFD is accept's take for raw sockets from the TCP listener ln, each handed to admit
-// with its peer's address: one accept4(2) a connection, waiting on Go's poller when none
-// is there, with none of what the standard library does for a connection it makes (a
-// registration with its poller, getsockname, TCP_NODELAY, which the socket has from the
-// listener already) nor what taking the socket from it back costs (a duplicate, a
-// deregistration and a close). It waits on a duplicate of ln's socket as an *os.File (a
-// listener's own RawConn cannot wait) and closes ln, which would otherwise wake Go's
-// poller for every connection too; the caller closes the file to end the take.
-func takeFD(ctx context.Context, ln *net.TCPListener, admit func(ctx context.Context, fd int, peer netip.AddrPort) func()) (func() (func(), error), *os.File, error) {
-	rc, err := ln.SyscallConn()
-	if err != nil {
-		return nil, nil, err
-	}
-	lfd, derr := -1, error(nil)
-	if err := rc.Control(func(s uintptr) { lfd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
-		return nil, nil, err
-	}
-	if derr != nil {
-		return nil, nil, os.NewSyscallError("fcntl", derr)
-	}
-	f := os.NewFile(uintptr(lfd), ln.Addr().String()) // non-blocking as ln's: on Go's poller
-	ln.Close()
-	raw, err := f.SyscallConn()
-	if err != nil {
-		f.Close()
-		return nil, nil, err
-	}
-	return func() (func(), error) {
-		fd, peer, aerr := -1, netip.AddrPort{}, error(nil)
-		err := raw.Read(func(lfd uintptr) bool {
-			fd, peer, aerr = sock.Accept(int(lfd))
-			return !errors.Is(aerr, unix.EAGAIN)
-		})
-		switch {
-		case err != nil:
-			return nil, err
-		case aerr != nil:
-			return nil, os.NewSyscallError("accept4", aerr)
-		}
-		return admit(ctx, fd, peer), nil
-	}, f, nil
-}
-
 // admitLink makes a new link a guest of linkRoom, which may push it out to make room for
 // newcomers until its handshake is done, and returns the rest of its service. A link whose
 // opening is already there (as it usually is: the listener defers accepts until data comes)
@@ -471,22 +431,24 @@ func (r *Relay) admitLink(ctx context.Context, c *net.TCPConn) func() {
 			return nil
 		}
 		ap, _ := netip.ParseAddrPort(remote.String())
-		return r.admitLinkFD(ctx, fd, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
+		pushed := r.admitLinkFD(ctx, r.loops.Least(), false, fd, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
+		pushed.gone(ctx) // before the next accept
+		return nil
 	}
 	g, _ := r.linkRoom.enter(c, r.linkClass(peekNow(c, len(opening))))
 	return func() { r.serveLink(ctx, c, g) }
 }
 
-// admitLinkFD is admitLink for the plain link fd from peer, which an event loop serves
-// from here on (shakeOnLoop).
-func (r *Relay) admitLinkFD(ctx context.Context, fd int, peer netip.AddrPort) func() {
+// admitLinkFD is admitLink for the plain link fd from peer, which the event loop l serves
+// from here on (shakeOnLoop; here: the caller runs on l). It returns the guest the link
+// pushed out of the room, whose close the next accept waits for.
+func (r *Relay) admitLinkFD(ctx context.Context, l *relay.Loop, here bool, fd int, peer netip.AddrPort) (pushed *guest) {
 	var first [len(opening)]byte
 	n, err := sock.Recv(fd, first[:], unix.MSG_PEEK)
 	if err != nil {
 		n = 0
 	}
-	r.shakeOnLoop(ctx, fd, peer, r.linkClass(first[:n]))
-	return nil
+	return r.shakeOnLoop(ctx, l, here, fd, peer, r.linkClass(first[:n]))
 }
 
 // linkClass is the class in linkRoom of a link whose first bytes are first.
@@ -723,23 +685,23 @@ func (r *Relay) admitClient(ctx context.Context, c *net.TCPConn) func() {
 	}
 	start := time.Now()
 	if g == nil && r.tlsConfig == nil {
-		r.pairOrWait(ctx, cc, start)
+		r.pairOrWait(ctx, cc, start, nil)
 		return nil
 	}
 	return func() { r.serveClient(ctx, cc, g, start) }
 }
 
 // admitClientFD is admitClient for the raw socket fd of a client from peer (plain links
-// only). A client that must speak first and has not yet becomes a *net.TCPConn for its
-// wait on a goroutine (serveClient); the others never do.
-func (r *Relay) admitClientFD(ctx context.Context, fd int, peer netip.AddrPort) func() {
+// only), accepted on the loop here. A client that must speak first and has not yet
+// becomes a *net.TCPConn for its wait on a goroutine (serveClient); the others never do.
+func (r *Relay) admitClientFD(ctx context.Context, here *relay.Loop, fd int, peer netip.AddrPort) func() {
 	cc := clientConn{fd: fd, peer: peer}
 	if !r.allowed(cc) {
 		return nil
 	}
 	start := time.Now()
 	if r.cfg.Hello || fdPending(fd) {
-		r.pairOrWait(ctx, cc, start)
+		r.pairOrWait(ctx, cc, start, here)
 		return nil
 	}
 	f := os.NewFile(uintptr(fd), "client")
@@ -829,8 +791,9 @@ func (cc clientConn) hello() ([]byte, error) {
 // in the pool for the next link until its wait ends: so a client costs no goroutine of its
 // own. A plain link is put in the pool by the loop that ran its handshake and watches it,
 // which then pairs the client with it there (give), with no peek (the link was never idle)
-// and no post.
-func (r *Relay) pairOrWait(ctx context.Context, c clientConn, start time.Time) {
+// and no post. here is the loop the caller runs on (nil: a goroutine); a link idle on it
+// is paired with no post either.
+func (r *Relay) pairOrWait(ctx context.Context, c clientConn, start time.Time, here *relay.Loop) {
 	id := r.conns.Add(1)
 	client := c.peer.String()
 	r.wg.Add(1) // until paired or given up, which Serve waits for
@@ -861,7 +824,7 @@ func (r *Relay) pairOrWait(ctx context.Context, c clientConn, start time.Time) {
 			r.cfg.Log.Printf("link #%d down %s: %v", l.id, l.addr, cause)
 			continue
 		}
-		r.pair(ctx, c, l, id, client, start, false)
+		r.pair(ctx, c, l, id, client, start, here != nil && l.loop == here)
 		r.wg.Done()
 		return
 	}

@@ -68,7 +68,7 @@ type guest struct {
 	// it.
 	fd      int
 	kick    func()
-	closed  <-chan struct{}
+	closed  *signal
 	source  netip.Prefix
 	seq     uint64 // arrival order
 	class   class
@@ -111,7 +111,7 @@ func (r *room) enter(c *net.TCPConn, cl class) (g, pushed *guest) {
 // enterFD admits the socket fd, served by an event loop, as a guest of class cl from
 // source; kick pushes it out, and closed is closed once its loop has closed fd (see
 // guest). It must leave the room before fd is closed.
-func (r *room) enterFD(fd int, source netip.Prefix, cl class, kick func(), closed <-chan struct{}) (g, pushed *guest) {
+func (r *room) enterFD(fd int, source netip.Prefix, cl class, kick func(), closed *signal) (g, pushed *guest) {
 	return r.admit(&guest{fd: fd, kick: kick, closed: closed, source: source, class: cl})
 }
 
@@ -122,10 +122,55 @@ func (g *guest) gone(ctx context.Context) {
 	if g == nil || g.closed == nil {
 		return
 	}
+	closed := make(chan struct{})
+	if !g.closed.then(func() { close(closed) }) {
+		return
+	}
 	select {
-	case <-g.closed:
+	case <-closed:
 	case <-ctx.Done():
 	}
+}
+
+// whenGone is gone for a caller that must not wait (an event loop): it returns false when
+// g's socket is closed already (or g is nil), and otherwise true and has f run once the
+// socket is closed, on the goroutine that closes it.
+func (g *guest) whenGone(f func()) bool {
+	if g == nil || g.closed == nil {
+		return false
+	}
+	return g.closed.then(f)
+}
+
+// signal is raised once; what waits for it runs then. Safe for simultaneous use.
+type signal struct {
+	mu      sync.Mutex
+	raised  bool
+	waiting []func()
+}
+
+// raise raises the signal and runs, on the calling goroutine, what waited for it.
+func (s *signal) raise() {
+	s.mu.Lock()
+	s.raised = true
+	fs := s.waiting
+	s.waiting = nil
+	s.mu.Unlock()
+	for _, f := range fs {
+		f()
+	}
+}
+
+// then has f run when the signal is raised and returns true, or returns false without
+// running f when it has been raised already.
+func (s *signal) then(f func()) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.raised {
+		return false
+	}
+	s.waiting = append(s.waiting, f)
+	return true
 }
 
 // pending reports whether bytes have arrived for g; r.mu is held, so g's socket is open.
