@@ -90,7 +90,8 @@ links opened from then on prove the new secret.
 func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
 
 func run(args []string, stdout, stderr io.Writer) int {
-	ctx, reload, cancel := cli.ServiceContext(context.Background())
+	// The stop cuts every relay at once: a second SIGINT or SIGTERM has nothing to hurry.
+	ctx, _, reload, cancel := cli.ServiceContext(context.Background())
 	defer cancel()
 	var metricsAt endpoint.Endpoint
 	cfg, err := parse(ctx, args, stdout, stderr, &metricsAt)

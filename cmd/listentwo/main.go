@@ -104,7 +104,8 @@ prove the new secret from then on, and idle links that proved the old one are cl
 func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
 
 func run(args []string, stdout, stderr io.Writer) int {
-	ctx, reload, cancel := cli.ServiceContext(context.Background())
+	// The stop cuts every relay at once: a second SIGINT or SIGTERM has nothing to hurry.
+	ctx, _, reload, cancel := cli.ServiceContext(context.Background())
 	defer cancel()
 	var metricsAt endpoint.Endpoint
 	cfg, err := parse(ctx, args, stdout, stderr, &metricsAt)

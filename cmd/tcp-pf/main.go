@@ -106,11 +106,12 @@ held by another process never holds up a connection: the counts wait, and are wr
 once the lock is free.
 
 Every connection has TCP keepalive on both sides. On SIGINT or SIGTERM, tcp-pf stops
-accepting, lets open connections finish for --grace seconds, cuts the rest (both sides
-get a reset, so no one takes a cut transfer for a complete one), writes the counts to
-the host file and exits 0; if another process holds the file's lock for 3 s more, it
-prints the counts as "tcppipe-least --add HOST BYTES FILE" lines and exits 1. SIGHUP
-never ends it (see the host file, above). When it runs out of file descriptors, it
+accepting, lets open connections finish for --grace seconds (a second SIGINT or
+SIGTERM ends that at once; it never kills), cuts the rest (both sides get a reset, so
+no one takes a cut transfer for a complete one), writes the counts to the host file
+and exits 0; if another process holds the file's lock for 3 s more, it prints the
+counts as "tcppipe-least --add HOST BYTES FILE" lines and exits 1. SIGHUP never ends
+it (see the host file, above). When it runs out of file descriptors, it
 backs off accepting (5 ms doubling to 1 s) and serves again once descriptors are freed.
 
 An option that would do nothing with the others given (-p or -i without -l,
@@ -157,9 +158,9 @@ func main() {
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
-	ctx, reload, cancel := cli.ServiceContext(context.Background())
+	ctx, hurry, reload, cancel := cli.ServiceContext(context.Background())
 	defer cancel()
-	err := serve(ctx, reload, args, stdout, stderr)
+	err := serve(ctx, hurry, reload, args, stdout, stderr)
 	if _, ok := errors.AsType[*systemd.SetupError](err); ok {
 		err = cli.AsUsage(err) // the unit and the command line disagree
 	}
@@ -187,7 +188,7 @@ type options struct {
 	sendProxy, sendProxyV2, acceptProxy  bool
 }
 
-func serve(ctx context.Context, reload <-chan struct{}, args []string, stdout, stderr io.Writer) error {
+func serve(ctx context.Context, hurry, reload <-chan struct{}, args []string, stdout, stderr io.Writer) error {
 	var o options
 	o.interval.D = forward.DefaultInterval
 	o.connectTimeout.D = forward.DefaultConnectTimeout
@@ -234,6 +235,7 @@ func serve(ctx context.Context, reload <-chan struct{}, args []string, stdout, s
 		}
 		cfg.Insert = data
 	}
+	cfg.Hurry = hurry // a second SIGINT or SIGTERM ends --grace
 	cfg.Log = connlog.NewWith(stderr, logFlags.Options())
 	defer cfg.Log.Drain() // the last lines, and any count of dropped ones, before the exit
 	// One event loop per CPU, and one more P than loops: then Go's sysmon does not hand a

@@ -236,7 +236,7 @@ func numberWords(err error) error {
 // stop. After that first signal the default handling is restored, so a second one kills.
 // SIGPIPE is ignored from then on (see ignoreSIGPIPE).
 func SignalContext(parent context.Context) (context.Context, context.CancelFunc) {
-	ctx, _, cancel := signalContext(parent, false)
+	ctx, _, _, cancel := signalContext(parent, false)
 	return ctx, cancel
 }
 
@@ -246,7 +246,12 @@ func SignalContext(parent context.Context) (context.Context, context.CancelFunc)
 // until taken, and SIGHUPs that come meanwhile are merged into it. SIGHUP stays handled,
 // and requests keep coming, until cancel is called, also after ctx ended: a hangup while
 // the tool stops does not kill it, and can still reload it.
-func ServiceContext(parent context.Context) (ctx context.Context, reload <-chan struct{}, cancel context.CancelFunc) {
+//
+// A second SIGINT or SIGTERM closes hurry: the stop under way is to be carried out now
+// (tcp-pf ends its --grace). It never kills: a kill would leave the kernel to close the
+// relayed connections with FINs, so that a cut transfer looks complete, and the counts
+// not yet written would be lost. Signals after it are ignored until cancel.
+func ServiceContext(parent context.Context) (ctx context.Context, hurry <-chan struct{}, reload <-chan struct{}, cancel context.CancelFunc) {
 	return signalContext(parent, true)
 }
 
@@ -264,12 +269,13 @@ func OnReload(ctx context.Context, reload <-chan struct{}, f func()) {
 	}
 }
 
-func signalContext(parent context.Context, reloads bool) (context.Context, <-chan struct{}, context.CancelFunc) {
+func signalContext(parent context.Context, reloads bool) (context.Context, <-chan struct{}, <-chan struct{}, context.CancelFunc) {
 	ignoreSIGPIPE()
 	ctx, cancel := context.WithCancel(parent)
 	stop := make(chan os.Signal, 1)
 	hup := make(chan os.Signal, 1)
 	reload := make(chan struct{}, 1)
+	hurry := make(chan struct{})
 	if reloads {
 		signal.Notify(stop, syscall.SIGINT, syscall.SIGTERM)
 		signal.Notify(hup, syscall.SIGHUP)
@@ -280,14 +286,22 @@ func signalContext(parent context.Context, reloads bool) (context.Context, <-cha
 	go func() {
 		defer close(done)
 		defer signal.Stop(stop)
+		hurry := hurry // nil once closed
 		for {
 			select {
 			case <-stop:
-				cancel()
-				// The default handling is back, so a second signal kills; SIGHUPs still
-				// come as requests while the tool stops (tcp-pf's --grace).
-				signal.Stop(stop)
-				stop = nil
+				switch {
+				case ctx.Err() == nil:
+					cancel()
+					if !reloads {
+						// The default handling is back, so a second signal kills.
+						signal.Stop(stop)
+						stop = nil
+					}
+				case hurry != nil: // a second one: SIGHUPs still come as requests
+					close(hurry)
+					hurry = nil
+				}
 			case <-hup:
 				select {
 				case reload <- struct{}{}:
@@ -298,7 +312,7 @@ func signalContext(parent context.Context, reloads bool) (context.Context, <-cha
 			}
 		}
 	}()
-	return ctx, reload, func() {
+	return ctx, hurry, reload, func() {
 		cancel()
 		close(quit)
 		<-done

@@ -89,10 +89,11 @@ func TestNumberFlagWords(t *testing.T) {
 }
 
 // A service's context ends on SIGTERM, not on SIGHUP: each SIGHUP is one reload request,
-// and those that come while one waits merge into it, also after SIGTERM. SIGPIPE is ignored from then on.
+// and those that come while one waits merge into it, also after SIGTERM. A second SIGTERM
+// closes hurry, and a third is ignored: neither kills. SIGPIPE is ignored from then on.
 // The signals go to this test process, whose handlers are installed before each is sent.
 func TestServiceContext(t *testing.T) {
-	ctx, reload, cancel := ServiceContext(context.Background())
+	ctx, hurry, reload, cancel := ServiceContext(context.Background())
 	defer cancel()
 	if !signal.Ignored(syscall.SIGPIPE) {
 		t.Error("SIGPIPE is not ignored")
@@ -132,6 +133,21 @@ func TestServiceContext(t *testing.T) {
 	case <-reload:
 	case <-time.After(10 * time.Second):
 		t.Fatal("no reload request after SIGHUP once stopping")
+	}
+	select {
+	case <-hurry:
+		t.Fatal("hurry closed before a second SIGTERM")
+	default:
+	}
+	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT} { // this process lives on
+		if err := syscall.Kill(os.Getpid(), sig); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-hurry:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("hurry not closed after a second stop signal (%v)", sig)
+		}
 	}
 }
 

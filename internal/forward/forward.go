@@ -82,6 +82,9 @@ type Config struct {
 	// Grace is how long open connections may go on after the stop; negative cuts them at
 	// once.
 	Grace time.Duration
+	// Hurry, when closed, ends the grace period at once: the open connections are cut
+	// then (tcp-pf: a second SIGINT or SIGTERM). Nil never ends it.
+	Hurry <-chan struct{}
 	// KeepAlive is the TCP keepalive period of outgoing connections (accepted ones get it
 	// from their listener); negative disables it.
 	KeepAlive time.Duration
@@ -290,6 +293,9 @@ func (s *Server) waitOpen(d time.Duration) bool {
 	case <-done:
 		return true
 	case <-t.C:
+		return false
+	case <-s.cfg.Hurry:
+		s.log.Printf("ending the grace period at once")
 		return false
 	}
 }
