@@ -47,23 +47,42 @@ type linkShake struct {
 	closed *signal // raised once the loop has closed the socket (or handed it on)
 }
 
-// shakeOnLoop serves the plain link fd from peer, of class cl, on the event loop l: see
-// linkShake. here: the caller runs on l (an accept there), which starts the link at once;
-// otherwise the caller is the only goroutine that enters the link room, and the start is
-// posted. It returns the guest the link's entry pushed out of the room, if any, whose
-// socket may not be closed yet (see guest.gone and guest.whenGone).
-func (r *Relay) shakeOnLoop(ctx context.Context, l *relay.Loop, here bool, fd int, peer netip.AddrPort, cl class) (pushed *guest) {
+// shakeOnLoop serves the plain link fd from peer on the event loop l: see linkShake.
+// here: the caller runs on l (an accept there), which reads what has come (the opening,
+// with deferred accepts), enters the link in the room by it, and starts the link at once;
+// otherwise the caller, the only goroutine that enters the link room, peeks at the first
+// bytes, and the start is posted. It returns the guest the link's entry pushed out of the
+// room, if any, whose socket may not be closed yet (see guest.gone and guest.whenGone).
+func (r *Relay) shakeOnLoop(ctx context.Context, l *relay.Loop, here bool, fd int, peer netip.AddrPort) (pushed *guest) {
 	id := r.links.Add(1)
 	ls := &linkShake{r: r, ctx: ctx, l: l, lp: l.Events(), fd: fd, id: id, addr: peer.String(),
 		openBy: time.Now().Add(r.cfg.FirstByte), closed: new(signal)}
 	r.wg.Add(1) // until the link is refused or pooled, which Serve waits for
+	var first []byte
+	var ferr error
+	if here {
+		first = ls.lp.Scratch()[:maxLine]
+		n, err := sock.Recv(fd, first, 0)
+		first = first[:max(n, 0)]
+		if ferr = err; errors.Is(err, unix.EAGAIN) {
+			first, ferr = nil, nil // nothing yet: the loop reads it when it comes
+		}
+	} else {
+		var peeked [len(opening)]byte
+		n, err := sock.Recv(fd, peeked[:], unix.MSG_PEEK)
+		if err != nil {
+			n = 0
+		}
+		first = peeked[:n]
+	}
+	cl := r.linkClass(first[:min(len(first), len(opening))])
 	// A kick from another loop's accept, as soon as the link is in the room, is posted to
 	// l: it comes after the start, which runs now on l or was posted before it.
 	ls.g, pushed = r.linkRoom.enterFD(fd, prefixOf(peer.Addr()), cl, ls.kick, ls.closed)
 	if here {
-		ls.start()
+		ls.start(first, ferr)
 	} else {
-		l.Post(ls.start)
+		l.Post(func() { ls.start(nil, nil) })
 	}
 	return pushed
 }
@@ -75,8 +94,10 @@ func (ls *linkShake) kick() {
 	ls.l.Post(func() { ls.fail(errPushedOut(silent)) }) // fail names the class it had
 }
 
-// start registers the link on the loop and reads what has come already.
-func (ls *linkShake) start() {
+// start registers the link on the loop and reads what has come already. first is what
+// a read on the loop took before the link entered the room (nil: nothing was read), and
+// ferr that read's error.
+func (ls *linkShake) start(first []byte, ferr error) {
 	if ls.over {
 		return
 	}
@@ -86,6 +107,9 @@ func (ls *linkShake) start() {
 	}
 	ls.timer = ls.lp.AfterFunc(ls.openBy.Sub(ls.lp.Now()), ls.expired)
 	ls.stop = context.AfterFunc(ls.ctx, func() { ls.lp.Post(func() { ls.fail(ls.ctx.Err()) }) })
+	if (first != nil || ferr != nil) && !ls.took(first, ferr) {
+		return
+	}
 	ls.read()
 }
 
@@ -106,46 +130,55 @@ func (ls *linkShake) read() {
 		}
 		buf := ls.lp.Scratch()[:room]
 		n, err := sock.Recv(ls.fd, buf, 0)
-		switch {
-		case errors.Is(err, unix.EAGAIN):
-			return
-		case ls.s == nil && (err != nil || n == 0):
-			ls.fail(errClosedEarly)
-			return
-		case err != nil:
-			ls.fail(ls.s.cut(os.NewSyscallError("read", err)))
-			return
-		case n == 0:
-			ls.fail(ls.s.cut(io.EOF))
-			return
-		}
-		if ls.s == nil && !ls.spoke(buf[:n]) {
-			return
-		}
-		due := ls.s.due()
-		send, done, ferr := ls.s.feed(buf[:n])
-		var pushed errPushedOut
-		if errors.As(ferr, &pushed) {
-			// The room pushed it out (its reset is posted): no ERR line, which connecttwo
-			// would take for a refusal and back off for, as from a room that closes its
-			// guests itself.
-			send = nil
-		}
-		if len(send) > 0 {
-			if werr := sendLine(ls.fd, send); werr != nil && ferr == nil {
-				ferr = ls.s.sendFailed(werr)
-			}
-		}
-		switch {
-		case ferr != nil:
-			ls.fail(ferr)
-		case done:
-			ls.up()
-		case !ls.s.due().Equal(due): // the greeting is out: the reply takes a round trip
-			ls.timer.Reset(ls.s.due().Sub(ls.lp.Now()))
+		if !ls.took(buf[:max(n, 0)], err) {
 			return
 		}
 	}
+}
+
+// took handles what one read of the link gave: got, or err. It reports whether to read
+// again (unless the link is over by then).
+func (ls *linkShake) took(got []byte, err error) bool {
+	switch {
+	case errors.Is(err, unix.EAGAIN):
+		return false
+	case ls.s == nil && (err != nil || len(got) == 0):
+		ls.fail(errClosedEarly)
+		return false
+	case err != nil:
+		ls.fail(ls.s.cut(os.NewSyscallError("read", err)))
+		return false
+	case len(got) == 0:
+		ls.fail(ls.s.cut(io.EOF))
+		return false
+	}
+	if ls.s == nil && !ls.spoke(got) {
+		return false
+	}
+	due := ls.s.due()
+	send, done, ferr := ls.s.feed(got)
+	var pushed errPushedOut
+	if errors.As(ferr, &pushed) {
+		// The room pushed it out (its reset is posted): no ERR line, which connecttwo
+		// would take for a refusal and back off for, as from a room that closes its
+		// guests itself.
+		send = nil
+	}
+	if len(send) > 0 {
+		if werr := sendLine(ls.fd, send); werr != nil && ferr == nil {
+			ferr = ls.s.sendFailed(werr)
+		}
+	}
+	switch {
+	case ferr != nil:
+		ls.fail(ferr)
+	case done:
+		ls.up()
+	case !ls.s.due().Equal(due): // the greeting is out: the reply takes a round trip
+		ls.timer.Reset(ls.s.due().Sub(ls.lp.Now()))
+		return false
+	}
+	return true
 }
 
 // spoke records the link's first bytes, first: it spoke. A plain relay's link that opens

@@ -83,11 +83,11 @@ func (r *Relay) acceptOnLoops(what string, ln *net.TCPListener, accepted func(l 
 }
 
 // linkOnLoop is acceptOnLoops' accepted for links: the link's handshake runs on the loop
-// that accepted it (admitLinkFD), and when its entry pushed a guest out of the link room,
+// that accepted it (shakeOnLoop), and when its entry pushed a guest out of the link room,
 // that loop accepts again only once the guest's socket is closed.
 func (r *Relay) linkOnLoop(ctx context.Context) func(*relay.Loop, *accept.OnLoop, int, netip.AddrPort) {
 	return func(l *relay.Loop, a *accept.OnLoop, fd int, peer netip.AddrPort) {
-		pushed := r.admitLinkFD(ctx, l, true, fd, peer)
+		pushed := r.shakeOnLoop(ctx, l, true, fd, peer)
 		if pushed == nil {
 			return
 		}

@@ -420,7 +420,7 @@ func takeConn(ctx context.Context, ln net.Listener, admit func(context.Context, 
 // newcomers until its handshake is done, and returns the rest of its service. A link whose
 // opening is already there (as it usually is: the listener defers accepts until data comes)
 // enters as engaged, after every stranger that has not sent one. A plain link's handshake
-// runs on an event loop (admitLinkFD), a TLS link's on a goroutine of its own (serveLink).
+// runs on an event loop (shakeOnLoop), a TLS link's on a goroutine of its own (serveLink).
 func (r *Relay) admitLink(ctx context.Context, c *net.TCPConn) func() {
 	if r.tlsConfig == nil {
 		remote := c.RemoteAddr()
@@ -431,24 +431,12 @@ func (r *Relay) admitLink(ctx context.Context, c *net.TCPConn) func() {
 			return nil
 		}
 		ap, _ := netip.ParseAddrPort(remote.String())
-		pushed := r.admitLinkFD(ctx, r.loops.Least(), false, fd, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
+		pushed := r.shakeOnLoop(ctx, r.loops.Least(), false, fd, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
 		pushed.gone(ctx) // before the next accept
 		return nil
 	}
 	g, _ := r.linkRoom.enter(c, r.linkClass(peekNow(c, len(opening))))
 	return func() { r.serveLink(ctx, c, g) }
-}
-
-// admitLinkFD is admitLink for the plain link fd from peer, which the event loop l serves
-// from here on (shakeOnLoop; here: the caller runs on l). It returns the guest the link
-// pushed out of the room, whose close the next accept waits for.
-func (r *Relay) admitLinkFD(ctx context.Context, l *relay.Loop, here bool, fd int, peer netip.AddrPort) (pushed *guest) {
-	var first [len(opening)]byte
-	n, err := sock.Recv(fd, first[:], unix.MSG_PEEK)
-	if err != nil {
-		n = 0
-	}
-	return r.shakeOnLoop(ctx, l, here, fd, peer, r.linkClass(first[:n]))
 }
 
 // linkClass is the class in linkRoom of a link whose first bytes are first.
