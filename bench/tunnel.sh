@@ -4,7 +4,8 @@
 # echoed byte (p50, p99), a 1-byte round trip on an open connection, new clients per
 # second, single-stream throughput; then CPU per GiB, CPU per new client (CPU_RATE, in
 # seconds, of the rate phase alone) and memory per idle pooled link. Targets run in
-# interleaved rounds and the table shows medians. With OLD=COMMIT, the plain and the TLS
+# interleaved rounds (in each, the single streams in a pass of their own) and the table
+# shows medians. With OLD=COMMIT, the plain and the TLS
 # tunnel of that commit run too (tunnel-hello-old, tunnel-tls-old). See
 # bench/README-tunnel.md.
 #
@@ -156,10 +157,26 @@ fi
 say "targets: ${TARGETS[*]}"
 say "rounds: $ROUNDS, rate: $RATE per target, throughput: $BYTES bytes"
 : >"$T/rows.tsv"
+# A round measures every target's latency, round trips and new clients, then, in a pass of
+# its own, every target's single stream back to back, in the opposite order in every other
+# round: the streams that a round's ratios compare run seconds apart, not the tens of
+# seconds that ssh -R's 300 new clients took, and no target always streams first.
 for r in $(seq "$ROUNDS"); do
+	declare -A head=()
 	for t in "${TARGETS[@]}"; do
-		"$T/tunnelload" measure -name "${t%%=*}" -addr "${t#*=}" -round "$r" -rate "$RATE" -bytes "$BYTES" >>"$T/rows.tsv"
+		head[$t]=$("$T/tunnelload" measure -name "${t%%=*}" -addr "${t#*=}" -round "$r" -rate "$RATE" -bytes 0 | cut -f1-6)
 	done
+	order=("${TARGETS[@]}")
+	if [ $((r % 2)) = 0 ]; then
+		order=()
+		for ((i = ${#TARGETS[@]} - 1; i >= 0; i--)); do order+=("${TARGETS[i]}"); done
+	fi
+	declare -A mibs=()
+	for t in "${order[@]}"; do
+		mibs[$t]=$("$T/tunnelload" measure -name "${t%%=*}" -addr "${t#*=}" -latency 0 -rtt 0 -rate 0s -bytes "$BYTES" | cut -f7)
+	done
+	for t in "${TARGETS[@]}"; do printf '%s\t%s\n' "${head[$t]}" "${mibs[$t]}" >>"$T/rows.tsv"; done
+	unset head mibs
 	say "round $r done"
 done
 
