@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -93,5 +94,55 @@ func countingSink(got *atomic.Int64, ends chan<- testkit.ReadEnd) func(c *net.TC
 			err = io.EOF
 		}
 		ends <- testkit.ReadEnd{N: got.Load(), Err: err}
+	}
+}
+
+// TestAttackSIGHUPStorm: SIGHUPs one after another (at most 5,000) while 8 clients at
+// once make 10 echo trips of 20,000 bytes each through tcp-pf -l -i 0.05, to a host on
+// IPv4 and one on IPv6: every reread keeps the counts not yet written, so no trip fails,
+// and the host file holds exactly the bytes moved after SIGTERM.
+func TestAttackSIGHUPStorm(t *testing.T) {
+	t.Parallel()
+	a := testkit.StartBackend(t, "127.0.0.1:0", testkit.Echo)
+	b := testkit.StartBackend(t, "[::1]:0", testkit.Echo)
+	path := filepath.Join(t.TempDir(), "hosts")
+	if err := os.WriteFile(path, fmt.Appendf(nil, "# storm\n%s 0\n[::1]:%d 0\n", a.Addr(), b.Port()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p := startPF(t, "127.0.0.1", "", "-l", path, "-i", "0.05", "--grace", "0")
+	done, stormed := make(chan struct{}), make(chan int, 1)
+	go func() {
+		for i := range 5000 {
+			select {
+			case <-done:
+				stormed <- i
+				return
+			default:
+			}
+			if err := p.Cmd.Process.Signal(syscall.SIGHUP); err != nil {
+				stormed <- i
+				return
+			}
+		}
+		stormed <- 5000
+	}()
+	const workers, trips, size = 8, 10, 20000
+	var wg sync.WaitGroup
+	for w := range uint64(workers) {
+		wg.Go(func() {
+			for i := range uint64(trips) {
+				if err := testkit.EchoTrip(p.addr, 100*w+i, size, 20*time.Second, false); err != nil {
+					t.Errorf("worker %d, trip %d, during the SIGHUP storm: %v", w, i, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(done)
+	t.Logf("%d SIGHUPs during the trips", <-stormed)
+	p.Stop(t, syscall.SIGTERM, 10*time.Second)
+	if got, want := countsIn(t, path), int64(2*workers*trips*size); got != want {
+		t.Errorf("host file counts %d after the storm, want %d:\n%s", got, want, testkit.Tail(p.Log.String(), 20))
 	}
 }
