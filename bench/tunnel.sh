@@ -279,34 +279,50 @@ memrows() { # memrows NAME LISTENTWO-FLAGS -- CONNECTTWO-FLAGS: the table's rows
 	start "$T/connecttwo" -s "127.0.0.1:$D" -d "127.0.0.1:$ECHO" --pool 1 "${cf[@]}" 2>"$T/mem1.$name.log"
 	C1=$!
 	waitlinks "$T/mem1.$name.log" 1
-	sleep 0.5
+	sleep 3 # with TLS, the processes give memory back 2 s after the last handshake
 	L1=$(rss_kib "$LPID"); A1=$(rss_kib "$C1")
 	kill "$C1"; wait "$C1" 2>/dev/null || true
 	start "$T/connecttwo" -s "127.0.0.1:$D" -d "127.0.0.1:$ECHO" --pool $((LINKS + 1)) "${cf[@]}" 2>"$T/memN.$name.log"
 	CN=$!
 	waitlinks "$T/memN.$name.log" $((LINKS + 1))
-	sleep 0.5
+	sleep 3
 	LN=$(rss_kib "$LPID"); AN=$(rss_kib "$CN")
 	echo "| $name | 1 | $L1 | $A1 |"
 	echo "| $name | $((LINKS + 1)) | $LN | $AN |"
 	echo "| $name | per link | $(( (LN - L1) / LINKS )) | $(( (AN - A1) / LINKS )) |"
 	if [ "$name" = tls ]; then
-		# TLS links come back to the pool after their client: LINKS+1 clients at once, each
-		# echoing 256 KiB (the bulk path's buffers), then the same links idle again, once
-		# connecttwo has closed the replacements it opened meanwhile (beyond --pool).
-		"$T/tunnelload" hold -addr "127.0.0.1:$S" -n $((LINKS + 1)) -bytes 262144
-		for _ in $(seq 600); do
-			[ "$(sockets "$CN")" -le $((LINKS + 1)) ] && break
-			sleep 0.025
+		# TLS links come back to the pool after their client. First LINKS+2 clients one
+		# after another, each echoing 256 KiB (the bulk path's buffers): each takes the
+		# oldest idle link, so every link of the pool carries a session (and the replacement
+		# the first take opened, unless the first link came back before it); then the same
+		# links idle again, once connecttwo has closed the one beyond --pool.
+		for _ in $(seq $((LINKS + 2))); do
+			"$T/tunnelload" hold -addr "127.0.0.1:$S" -n 1 -bytes 262144
 		done
-		sleep 5 # the processes give freed memory back 2 s after the last relay or closed link
+		idleagain "$CN"
 		LU=$(rss_kib "$LPID"); AU=$(rss_kib "$CN")
 		echo "| tls, each link used once | $((LINKS + 1)) | $LU | $AU |"
 		echo "| tls, each link used once | per link | $(( (LU - L1) / LINKS )) | $(( (AU - A1) / LINKS )) |"
+		# Then LINKS+1 clients at once: connecttwo opens a replacement for each link taken,
+		# and closes the links that come back beyond --pool (only links that came back are
+		# closed so), so most of the idle links are then fresh replacements, in a heap the
+		# burst's buffers went through.
+		"$T/tunnelload" hold -addr "127.0.0.1:$S" -n $((LINKS + 1)) -bytes 262144
+		idleagain "$CN"
+		LU=$(rss_kib "$LPID"); AU=$(rss_kib "$CN")
+		echo "| tls, after $((LINKS + 1)) clients at once | $((LINKS + 1)) | $LU | $AU |"
+		echo "| tls, after $((LINKS + 1)) clients at once | per link | $(( (LU - L1) / LINKS )) | $(( (AU - A1) / LINKS )) |"
 	fi
 	kill "$CN" "$LPID"; wait "$CN" "$LPID" 2>/dev/null || true
 }
 sockets() { find "/proc/$1/fd" -lname 'socket:*' 2>/dev/null | wc -l; }
+idleagain() { # idleagain PID: connecttwo PID is back to LINKS+1 links, and has trimmed its memory
+	for _ in $(seq 600); do
+		[ "$(sockets "$1")" -le $((LINKS + 1)) ] && break
+		sleep 0.025
+	done
+	sleep 5 # the processes give freed memory back 2 s after the last relay or closed link
+}
 say "measuring memory per idle link ($LINKS links)"
 echo
 echo "| links | idle pooled links | listentwo RSS (KiB) | connecttwo RSS (KiB) |"

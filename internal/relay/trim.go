@@ -26,6 +26,7 @@ type Trimmer struct {
 	active int  // relays running
 	used   bool // a relay ran since the last trim
 	timer  *time.Timer
+	trims  int // memory given back so often
 }
 
 // NewTrimmer returns a Trimmer with the given quiet time (DefaultTrimQuiet when 0).
@@ -100,9 +101,20 @@ func (t *Trimmer) trim() {
 	due := t.active == 0 && t.used
 	if due {
 		t.used = false
+		t.trims++
 	}
 	t.mu.Unlock()
 	if due {
 		t.free()
 	}
+}
+
+// Trims returns how many times t has given memory back.
+func (t *Trimmer) Trims() int {
+	if t == nil {
+		return 0
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.trims
 }

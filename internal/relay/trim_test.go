@@ -43,9 +43,15 @@ func TestTrimmer(t *testing.T) {
 	// Memory let go outside a relay (a link closed) is given back too.
 	tr.Released()
 	testkit.WaitUntil(t, testkit.Timeout, "the trim after a release", func() bool { return trims.Load() == 3 })
+	if n := tr.Trims(); n != 3 {
+		t.Errorf("Trims() = %d, want 3", n)
+	}
 
 	var none *Trimmer // a nil Trimmer does nothing
 	none.Released()
 	none.begin()
 	none.end()
+	if n := none.Trims(); n != 0 {
+		t.Errorf("a nil Trimmer's Trims() = %d", n)
+	}
 }

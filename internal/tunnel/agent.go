@@ -397,6 +397,7 @@ func (a *Agent) openLink(ctx context.Context) (*net.TCPConn, net.Conn, []byte, e
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	var rest []byte
 	tc, binding, err := a.clientTLS(ctx, c)
+	a.trim.Released() // the handshake's garbage (key shares, the certificate, its check)
 	if err == nil {
 		rest, err = clientHandshake(tc, linkParams{
 			hello: a.cfg.Hello, secret: a.secret.get(), rand: a.cfg.Rand, timeout: a.cfg.HandshakeTimeout,

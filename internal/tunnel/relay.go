@@ -524,6 +524,7 @@ func (r *Relay) serveLink(ctx context.Context, c *net.TCPConn, g *guest) {
 		return
 	}
 	tc, binding, err := r.serverTLS(ctx, c)
+	r.trim.Released() // the handshake's garbage (key shares, the signature)
 	if err != nil {
 		refuse(err)
 		return
