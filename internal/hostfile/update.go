@@ -11,12 +11,12 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/gofrs/flock"
 
 	"shd-tcp-tools/internal/patherr"
+	"shd-tcp-tools/internal/regfile"
 )
 
 // LockSuffix is appended to a host file's path to name its lock file.
@@ -107,17 +107,10 @@ func update(ctx context.Context, path string, create bool, fn func(*File) error,
 	return replace(path, f.Format(), old)
 }
 
-// ErrNotRegular is matched by the error of reading a host file that is not a regular file
-// (a FIFO, a device, a directory, a socket).
-var ErrNotRegular = errors.New("not a regular file")
-
-// readRegular returns the content of the regular file at path. Anything else is refused
-// with ErrNotRegular before a byte is read: a FIFO that nobody writes would hold the
-// reader (and the lock an update holds) forever, a device such as /dev/zero would never
-// end, and none of them could be replaced by a rename. The open does not wait
-// (O_NONBLOCK, which changes nothing for a regular file).
+// readRegular returns the content of the host file at path, which must be a regular file
+// (regfile.Open: a FIFO or a device is refused, never waited for or read without end).
 func readRegular(path string) ([]byte, error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	f, err := regfile.Open(path)
 	if err != nil {
 		return nil, err
 	}
@@ -125,12 +118,6 @@ func readRegular(path string) ([]byte, error) {
 	fi, err := f.Stat()
 	if err != nil {
 		return nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		if fi.IsDir() {
-			return nil, syscall.EISDIR
-		}
-		return nil, ErrNotRegular
 	}
 	var b bytes.Buffer
 	b.Grow(int(fi.Size()) + bytes.MinRead)

@@ -6,11 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"sync/atomic"
 
 	"shd-tcp-tools/internal/connlog"
 	"shd-tcp-tools/internal/patherr"
+	"shd-tcp-tools/internal/regfile"
 )
 
 // ErrEmptySecret is wrapped by LoadSecret's error when the file's first line is empty: a
@@ -21,7 +21,7 @@ var ErrEmptySecret = errors.New("the first line is empty; put the shared secret 
 // line ending. A file that cannot be read is an error; an empty first line is an error
 // wrapping ErrEmptySecret. warning is non-empty when every user may read the file.
 func LoadSecret(path string) (secret []byte, warning string, err error) {
-	f, err := os.Open(path)
+	f, err := regfile.Open(path) // a FIFO would hold the start, or every later reload
 	if err != nil {
 		return nil, "", patherr.Wrap("--secret-file", path, err)
 	}
@@ -29,9 +29,6 @@ func LoadSecret(path string) (secret []byte, warning string, err error) {
 	st, err := f.Stat()
 	if err != nil {
 		return nil, "", patherr.Wrap("--secret-file", path, err)
-	}
-	if st.IsDir() {
-		return nil, "", fmt.Errorf("--secret-file %s: is a directory", path)
 	}
 	// The first line is all we need; bound the read so a huge file costs nothing.
 	r := bufio.NewReaderSize(f, 4096)
