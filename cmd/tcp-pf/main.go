@@ -107,7 +107,7 @@ once the lock is free.
 
 Every connection has TCP keepalive on both sides. On SIGINT or SIGTERM, tcp-pf stops
 accepting, lets open connections finish for --grace seconds (a second SIGINT or
-SIGTERM ends that at once; it never kills), cuts the rest (both sides get a reset, so
+SIGTERM ends that at once; only a third kills), cuts the rest (both sides get a reset, so
 no one takes a cut transfer for a complete one), writes the counts to the host file
 and exits 0; if another process holds the file's lock for 3 s more, it prints the
 counts as "tcppipe-least --add HOST BYTES FILE" lines and exits 1. SIGHUP never ends

@@ -248,9 +248,11 @@ func SignalContext(parent context.Context) (context.Context, context.CancelFunc)
 // the tool stops does not kill it, and can still reload it.
 //
 // A second SIGINT or SIGTERM closes hurry: the stop under way is to be carried out now
-// (tcp-pf ends its --grace). It never kills: a kill would leave the kernel to close the
+// (tcp-pf ends its --grace). It does not kill: a kill would leave the kernel to close the
 // relayed connections with FINs, so that a cut transfer looks complete, and the counts
-// not yet written would be lost. Signals after it are ignored until cancel.
+// not yet written would be lost. After it the default handling is back, so a third one
+// kills: the way out of a tool stuck before it serves (a FIFO for tcp-pf's --insert
+// that nobody writes).
 func ServiceContext(parent context.Context) (ctx context.Context, hurry <-chan struct{}, reload <-chan struct{}, cancel context.CancelFunc) {
 	return signalContext(parent, true)
 }
@@ -286,7 +288,6 @@ func signalContext(parent context.Context, reloads bool) (context.Context, <-cha
 	go func() {
 		defer close(done)
 		defer signal.Stop(stop)
-		hurry := hurry // nil once closed
 		for {
 			select {
 			case <-stop:
@@ -298,9 +299,10 @@ func signalContext(parent context.Context, reloads bool) (context.Context, <-cha
 						signal.Stop(stop)
 						stop = nil
 					}
-				case hurry != nil: // a second one: SIGHUPs still come as requests
+				default: // a second one; SIGHUPs still come as requests
 					close(hurry)
-					hurry = nil
+					signal.Stop(stop) // the default handling is back: a third one kills
+					stop = nil
 				}
 			case <-hup:
 				select {
