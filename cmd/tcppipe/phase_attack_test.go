@@ -1,0 +1,69 @@
+package main
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+
+	"shd-tcp-tools/internal/testkit"
+)
+
+// TestAttackSignalWhileConnecting: SIGTERM, SIGHUP or SIGINT to a tcppipe whose connect to
+// host "." gets no answer (a blackhole on IPv4 and on IPv6 loopback) ends it within a
+// second, status 1, with one line that says so, and leaves its -n file as it was.
+func TestAttackSignalWhileConnecting(t *testing.T) {
+	t.Parallel()
+	for _, host := range []string{"127.0.0.1", "::1"} {
+		black := testkit.BlackholeAt(t, netip.AddrPortFrom(netip.MustParseAddr(host), 0))
+		for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGHUP, syscall.SIGINT} {
+			t.Run(host+"/"+sig.String(), func(t *testing.T) {
+				t.Parallel()
+				hosts := filepath.Join(t.TempDir(), "hosts")
+				text := host + " 7\n"
+				if err := os.WriteFile(hosts, []byte(text), 0o644); err != nil {
+					t.Fatal(err)
+				}
+				p := start(t, nil, nil, "-n", hosts, "-", ".", strconv.Itoa(int(black.Port())))
+				testkit.WaitUntil(t, 10*time.Second, "the connect under way", func() bool { return p.Sockets(t) >= 1 })
+				p.Signal(t, sig)
+				code, took := p.Exit(t, 5*time.Second)
+				if code != 1 || p.Log.String() != "tcppipe: interrupted by signal while connecting\n" || took > time.Second {
+					t.Errorf("%v while connecting: exit %d after %v, stderr %q; want 1 within 1s, interrupted while connecting",
+						sig, code, took.Round(time.Millisecond), p.Log.String())
+				}
+				if b, _ := os.ReadFile(hosts); string(b) != text {
+					t.Errorf("the -n file after the signal: %q, want %q", b, text)
+				}
+			})
+		}
+	}
+}
+
+// TestAttackSignalDuringWait: SIGTERM during -w's wait after the accept ends tcppipe at
+// once with status 1, and the peer that connected sees a reset, not a clean end that
+// would read as an empty transfer.
+func TestAttackSignalDuringWait(t *testing.T) {
+	t.Parallel()
+	p, port := startListening(t, nil, nil, func(port int) []string { return []string{"-w", "30", ":" + strconv.Itoa(port), "-"} })
+	c := testkit.Dial(t, "[::1]:"+strconv.Itoa(port))
+	if _, err := c.Write(make([]byte, 1000)); err != nil {
+		t.Fatal(err)
+	}
+	testkit.WaitUntil(t, 10*time.Second, "the accept", func() bool { return !listening(t, port) || p.Sockets(t) >= 2 })
+	p.Signal(t, syscall.SIGTERM)
+	code, took := p.Exit(t, 5*time.Second)
+	if code != 1 || took > time.Second {
+		t.Errorf("SIGTERM during -w: exit %d after %v, stderr %q; want 1 within 1s", code, took, p.Log.String())
+	}
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := c.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+		var ne net.Error
+		t.Errorf("the peer read %d, %v (timeout: %v); want a reset", n, err, errors.As(err, &ne) && ne.Timeout())
+	}
+}
