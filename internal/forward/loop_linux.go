@@ -142,7 +142,7 @@ func (s *Server) serveLoops(ctx context.Context, ln *net.TCPListener) (cut func(
 		ls.acceptor = accept.NewOnLoop(ls.lp, e.lfd, accept.LoopConfig{
 			Back: &s.back, Now: s.cfg.now, Exclusive: true, Batch: acceptBatch, Accepted: ls.accepted,
 			Log:   func(line string) { ls.log.Warnf("%s", line) },
-			Fatal: func(err error) { e.fail(fmt.Errorf("accepting on %s: %w", ln.Addr(), err)) },
+			Fatal: e.fail,
 		})
 		ls.lp.Post(func() {
 			if err := ls.acceptor.Start(); err != nil {
