@@ -18,15 +18,15 @@ import (
 
 // TestAttackHostFileReplaced: while tcp-pf relays with -l FILE -i 0.5, FILE is renamed
 // away and something else put in its place: a FIFO nobody writes, a directory, a
-// symbolic link to another host file, or a file of 50,000 malformed lines (a log moved
-// over it by mistake). Then SIGHUP asks for a reread and clients go on. tcp-pf must go
+// symbolic link to another host file, a file of 50,000 malformed lines (a log moved
+// over it by mistake), or a 100 MiB file (a disk image, a core dump). Then SIGHUP asks for a reread and clients go on. tcp-pf must go
 // on serving from the hosts it had, read nothing that never ends, end within 5 s of
 // SIGTERM, keep its warnings bounded, and lose no count: the bytes moved are in the old
 // file, in what replaced it, or in the tcppipe-least --add lines it prints (exit 1)
 // when nothing can take them. The hosts are on IPv4 and IPv6 loopback.
 func TestAttackHostFileReplaced(t *testing.T) {
 	t.Parallel()
-	for _, kind := range []string{"fifo", "directory", "symlink", "malformed-lines"} {
+	for _, kind := range []string{"fifo", "directory", "symlink", "malformed-lines", "100MiB"} {
 		t.Run(kind, func(t *testing.T) {
 			t.Parallel()
 			a := testkit.StartBackend(t, "127.0.0.1:0", testkit.Echo)
@@ -74,6 +74,18 @@ func TestAttackHostFileReplaced(t *testing.T) {
 				if err := os.Symlink("other", path); err != nil {
 					t.Fatal(err)
 				}
+			case "100MiB":
+				f, err := os.Create(other)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := f.Truncate(100 << 20); err != nil { // sparse: made at once
+					t.Fatal(err)
+				}
+				f.Close()
+				if err := os.Rename(other, path); err != nil {
+					t.Fatal(err)
+				}
 			case "malformed-lines":
 				var junk bytes.Buffer
 				junk.WriteString(entries)
@@ -88,8 +100,11 @@ func TestAttackHostFileReplaced(t *testing.T) {
 				}
 			}
 			p.Signal(t, syscall.SIGHUP)
-			if kind == "malformed-lines" { // the reread has taken it
+			switch kind { // the reread has taken it
+			case "malformed-lines":
 				p.Log.WaitFor(t, `hosts:\d+: malformed entry`, 1, 10*time.Second)
+			case "100MiB":
+				p.Log.WaitFor(t, `hosts(:1: malformed entry|: larger than)`, 1, 10*time.Second)
 			}
 			for i := range 4 {
 				trip(uint64(10+i), 10000)
@@ -98,6 +113,9 @@ func TestAttackHostFileReplaced(t *testing.T) {
 			testkit.WaitUntil(t, 10*time.Second, "the connections' close lines", func() bool {
 				return p.Log.Count(` close #`) >= 6
 			})
+			if rss := p.RSS(t); kind == "100MiB" && rss > 100<<10 {
+				t.Errorf("tcp-pf's RSS %d MiB with a 100 MiB file in place of the host file, want it refused, not read", rss>>10)
+			}
 			start := time.Now()
 			p.Signal(t, syscall.SIGTERM)
 			select {
@@ -123,7 +141,7 @@ func TestAttackHostFileReplaced(t *testing.T) {
 			inOld := countsIn(t, old)
 			var inNew int64
 			switch kind {
-			case "fifo", "directory":
+			case "fifo", "directory", "100MiB":
 				if code != 1 {
 					t.Errorf("exit status %d with counts that no file can take, want 1", code)
 				}

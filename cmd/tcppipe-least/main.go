@@ -45,7 +45,8 @@ The host file:
   count; a missing count is 0. Lines starting with # are comments; blank lines are
   allowed. A malformed line (more than two fields, a bad count or HOST) is warned about
   on stderr with its line number (the first ten; then one line counts the rest),
-  ignored, and kept as it is. FILE must be a regular file (or a link to one). HOST arguments are matched
+  ignored, and kept as it is. FILE must be a regular file (or a link to one) of at most
+  16 MiB. HOST arguments are matched
   against the HOST field exactly as written, and the first matching entry is used.
 
 Locking and safety:

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"math/rand/v2"
 	"os"
@@ -107,8 +108,18 @@ func update(ctx context.Context, path string, create bool, fn func(*File) error,
 	return replace(path, f.Format(), old)
 }
 
+// MaxSize is the largest host file the tools read: some 500,000 entries. A larger file is
+// not a host file put there by mistake (a disk image, a log): tcp-pf, which rereads and
+// rewrites the whole file at every -i, held some 700 MB and took 13 s to stop with a
+// 100 MB one.
+const MaxSize = 16 << 20
+
+// ErrTooLarge is matched by the error of reading a host file larger than MaxSize.
+var ErrTooLarge = fmt.Errorf("larger than %d MiB, too large for a host file", MaxSize>>20)
+
 // readRegular returns the content of the host file at path, which must be a regular file
-// (regfile.Open: a FIFO or a device is refused, never waited for or read without end).
+// (regfile.Open: a FIFO or a device is refused, never waited for or read without end) of
+// at most MaxSize bytes.
 func readRegular(path string) ([]byte, error) {
 	f, err := regfile.Open(path)
 	if err != nil {
@@ -119,10 +130,18 @@ func readRegular(path string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	if fi.Size() > MaxSize {
+		return nil, ErrTooLarge
+	}
 	var b bytes.Buffer
 	b.Grow(int(fi.Size()) + bytes.MinRead)
-	_, err = b.ReadFrom(f)
-	return b.Bytes(), err
+	if _, err = b.ReadFrom(io.LimitReader(f, MaxSize+1)); err != nil {
+		return nil, err
+	}
+	if b.Len() > MaxSize { // it grew while read
+		return nil, ErrTooLarge
+	}
+	return b.Bytes(), nil
 }
 
 // lock takes lk, blocking in flock(2) when ctx can never end, and trying every lockPoll

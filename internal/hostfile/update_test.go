@@ -112,6 +112,33 @@ func TestReadNotRegular(t *testing.T) {
 	}
 }
 
+// TestReadTooLarge: a file larger than MaxSize is refused by Read and Update without being
+// read, and Update leaves it as it was.
+func TestReadTooLarge(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "hosts")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteString("a 1\n"); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(MaxSize + 1); err != nil { // sparse
+		t.Fatal(err)
+	}
+	f.Close()
+	want := "reading " + path + ": larger than 16 MiB, too large for a host file"
+	if _, _, err := Read(path); !errors.Is(err, ErrTooLarge) || err.Error() != want {
+		t.Errorf("Read = %v, want %q", err, want)
+	}
+	if err := Update(path, false, func(f *File) error { f.Add("a", 1); return nil }); !errors.Is(err, ErrTooLarge) {
+		t.Errorf("Update = %v, want ErrTooLarge", err)
+	}
+	if fi, err := os.Stat(path); err != nil || fi.Size() != MaxSize+1 {
+		t.Errorf("the file after Update: %v, %v", fi, err)
+	}
+}
+
 func TestUpdateKeepsTextAndMode(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "hosts")
