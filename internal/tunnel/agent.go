@@ -192,16 +192,16 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	defer loops.Close() // after every relay ended (a.wg)
 	a.loops = loops
-	for i := 0; i < a.cfg.Pool && ctx.Err() == nil; i++ {
+	if a.tlsConfig != nil {
 		a.wg.Add(1)
-		if a.tlsConfig == nil {
-			a.startLoopSlot(ctx, i) // its links opened, waited on and served on the loops
-			continue
-		}
 		go func() {
 			defer a.wg.Done()
-			a.slot(ctx)
+			a.refill(ctx)
 		}()
+	}
+	for i := 0; i < a.cfg.Pool && a.tlsConfig == nil && ctx.Err() == nil; i++ {
+		a.wg.Add(1)
+		a.startLoopSlot(ctx, i) // its links opened, waited on and served on the loops
 	}
 	<-ctx.Done() // the slots run until then
 	a.cfg.Log.Printf("stopping: cutting open relays, closing idle links")
@@ -210,29 +210,42 @@ func (a *Agent) Run(ctx context.Context) error {
 	return nil
 }
 
-// slot keeps one idle TLS link open: it connects, waits until the link is taken or dies,
-// hands a taken link to serve, and starts over. A plain link's slot runs on the loops
-// (loopSlot, dial.go).
+// refill keeps Pool TLS links idle or being opened: while fewer are, it takes a place among
+// them (claim) and starts a slot in it. A TLS link that was taken comes back when its
+// client's session ends, so a link is opened only while fewer than Pool are idle or being
+// opened; and a slot ends once its link was taken and no place is free, rather than wait
+// for one: under a steady load the links that came back fill the pool, and one goroutine
+// waits for a place, not one per slot (each held a few KiB of stack, and each change of
+// the idle count woke them all).
+func (a *Agent) refill(ctx context.Context) {
+	for a.idle.claim(ctx, a.cfg.Pool) {
+		a.wg.Add(1)
+		go func() {
+			defer a.wg.Done()
+			a.slot(ctx)
+		}()
+	}
+}
+
+// slot opens a TLS link in the place refill took for it, waits until the link is taken or
+// dies, hands a taken link to serve, and opens the next while it has a place: after a link
+// that failed or died untaken, and after a taken one while fewer than Pool links are idle
+// or being opened. A plain link's slot runs on the loops (loopSlot, dial.go).
 func (a *Agent) slot(ctx context.Context) {
 	b := a.newSlotBook()
-	claimed := false // this slot holds a place among the Pool links idle or opening
-	for ctx.Err() == nil {
-		if !claimed {
-			// A TLS link that was taken comes back when its client's session ends, so a
-			// link is opened only while fewer than Pool are idle or being opened.
-			if !a.idle.claim(ctx, a.cfg.Pool) {
-				return
-			}
-			claimed = true
-		}
+	claimed := true // this slot holds a place among the Pool links idle or opening
+	for claimed && ctx.Err() == nil {
 		id := b.begin()
 		wait, stop := b.ended(ctx, id, a.tlsLink(ctx, id, &claimed))
 		if stop {
-			return
+			break
 		}
 		if wait > 0 {
 			sleep(ctx, wait)
 		}
+	}
+	if claimed {
+		a.idle.unclaim(false)
 	}
 }
 
@@ -327,6 +340,10 @@ func (a *Agent) tlsLink(ctx context.Context, id uint64, claimed *bool) linkEnd {
 	}
 	a.cfg.Log.Printf("link #%d up %s", id, end.addr)
 	end.err = a.waitAndServe(ctx, id, end.addr, link, rw.(*tls.Conn), rest)
+	// The link is off the idle count, and its place the slot's again (see waitAndServe):
+	// kept for the next link after a link that died, and after a taken one only if fewer
+	// than Pool links are idle or being opened without it.
+	*claimed = end.err != nil || a.idle.keep(a.cfg.Pool)
 	return end
 }
 
@@ -334,11 +351,12 @@ func (a *Agent) tlsLink(ctx context.Context, id uint64, claimed *bool) linkEnd {
 // goroutine of its own (keep), returning once the first session's service connection is
 // made or has failed (or ctx ends), so that the replacement opens at once but not in the
 // way of the connection being set up; it returns why the link ended first when it was
-// never taken, and closes it then.
+// never taken, and closes it then. Either way the link's place among the Pool links idle
+// or opening goes back to the slot (reclaim), so that refill does not take it meanwhile.
 func (a *Agent) waitAndServe(ctx context.Context, id uint64, addr string, link *net.TCPConn, tc *tls.Conn, rest []byte) error {
 	fl := newFramedLink(link, tc, rest)
 	sess, first, err := a.waitSession(ctx, fl, false)
-	a.idle.add(-1)
+	a.idle.reclaim() // its place is the slot's until the service connection is made
 	if err != nil {
 		link.Close()
 		return err
@@ -685,6 +703,29 @@ func (g *gauge) unclaim(up bool) {
 		g.n++
 	}
 	g.notifyLocked()
+}
+
+// reclaim turns one on the gauge back into a claim (a link that leaves the idle count
+// keeps its place for its slot): the sum, which claim waits on, stays the same.
+func (g *gauge) reclaim() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.n--
+	g.claims++
+	g.notifyLocked()
+}
+
+// keep reports whether a claim held may stay, the gauge and the other claims being below
+// limit; if not, it gives the claim back.
+func (g *gauge) keep(limit int) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.n+g.claims-1 < limit {
+		return true
+	}
+	g.claims--
+	g.notifyLocked()
+	return false
 }
 
 // trim takes one off the gauge if it is above limit, and reports whether it did.

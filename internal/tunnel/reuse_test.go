@@ -574,11 +574,13 @@ func echoCheckPlain(t *testing.T, tn *tunnel) {
 
 // idleLinkMemory is what this process holds with idle TLS links, both ends in it, as a
 // process's trimmer leaves it (three collections: relay.Trimmer's two and
-// debug.FreeOSMemory's): the heap in use, and the stack of each goroutine that waits on
-// an idle link (connecttwo's for its next session, listentwo's watch), in bytes.
+// debug.FreeOSMemory's): the heap in use, the stack of each goroutine that waits on an
+// idle link (connecttwo's for its next session, listentwo's watch), and the stacks of all
+// of connecttwo's goroutines, in bytes.
 type idleLinkMemory struct {
 	heap              uint64
 	waiters, watchers []uint64
+	agent             uint64
 }
 
 func measureIdleLinks(t *testing.T) idleLinkMemory {
@@ -590,6 +592,9 @@ func measureIdleLinks(t *testing.T) idleLinkMemory {
 	runtime.ReadMemStats(&m)
 	im := idleLinkMemory{heap: m.HeapInuse}
 	for _, g := range testkit.Goroutines(t) {
+		if g.Calls("tunnel.(*Agent)") {
+			im.agent += g.Stack
+		}
 		switch {
 		case g.Calls("tunnel.(*Agent).waitSession"):
 			im.waiters = append(im.waiters, g.Stack)
@@ -669,8 +674,9 @@ func TestTLSUsedIdleLinkStack(t *testing.T) {
 	}
 	fresh, used := usedLinkMemory(t, 40)
 	fw, uw := perLink(fresh.waiters), perLink(used.waiters)
-	t.Logf("stack per idle link: connecttwo's wait %.1f KiB fresh, %.1f used; listentwo's watch %.1f fresh, %.1f used",
-		fw, uw, perLink(fresh.watchers), perLink(used.watchers))
+	fa, ua := float64(fresh.agent)/1024/40, float64(used.agent)/1024/41
+	t.Logf("stack per idle link: connecttwo's wait %.1f KiB fresh, %.1f used; all of connecttwo's goroutines %.1f fresh, %.1f used; listentwo's watch %.1f fresh, %.1f used",
+		fw, uw, fa, ua, perLink(fresh.watchers), perLink(used.watchers))
 	// A new goroutine's wait, the same for a fresh link and a used one, and half what
 	// either defect holds.
 	if uw > fw+1 {
@@ -678,6 +684,11 @@ func TestTLSUsedIdleLinkStack(t *testing.T) {
 	}
 	if fw > uw+1 {
 		t.Errorf("connecttwo's wait on a fresh idle TLS link holds %.1f KiB of stack, on one that carried a session %.1f: want at most 1 KiB more", fw, uw)
+	}
+	// A goroutine per idle link: the slots whose links were taken waited, one goroutine
+	// each, for a place to open a link in, beside the links that came back.
+	if ua > fa+1 {
+		t.Errorf("connecttwo's goroutines hold %.1f KiB of stack per idle TLS link once the links carried a session, %.1f when fresh: want at most 1 KiB more", ua, fa)
 	}
 }
 
