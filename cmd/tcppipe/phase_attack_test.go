@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -65,5 +66,46 @@ func TestAttackSignalDuringWait(t *testing.T) {
 	if n, err := c.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
 		var ne net.Error
 		t.Errorf("the peer read %d, %v (timeout: %v); want a reset", n, err, errors.As(err, &ne) && ne.Timeout())
+	}
+}
+
+// TestAttackInsertStreamed: --insert with a file far larger than a transfer needs in
+// memory (512 MiB, sparse) streams it: the first bytes reach stdout at once and tcppipe's
+// RSS stays small, where reading the whole file first held it all in memory (and
+// --insert /dev/zero grew until the kernel's OOM killer ended tcppipe). SIGTERM then
+// ends it as a cut transfer.
+func TestAttackInsertStreamed(t *testing.T) {
+	t.Parallel()
+	big := filepath.Join(t.TempDir(), "big")
+	f, err := os.Create(big)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(512 << 20); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	devnull, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer devnull.Close()
+	p := start(t, devnull, w, "--insert", big, "-", "-")
+	w.Close()
+	_ = r.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(r, make([]byte, 1<<20)); err != nil {
+		t.Fatalf("the first MiB of --insert on stdout: %v", err)
+	}
+	if rss := p.RSS(t); rss > 128<<10 {
+		t.Errorf("tcppipe's RSS %d MiB while it sends a 512 MiB --insert, want it streamed (under 128 MiB)", rss>>10)
+	}
+	p.Signal(t, syscall.SIGTERM)
+	if code, _ := p.Exit(t, 5*time.Second); code != 1 {
+		t.Errorf("SIGTERM in the middle of --insert: exit %d, want 1", code)
 	}
 }

@@ -155,11 +155,12 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	if !cfg.Source.Network() && !cfg.Destination.Network() && sameFile(cfg.Stdin, cfg.Stdout) {
 		return errors.New("input file is output file: stdin and stdout are the same regular file")
 	}
-	var insert []byte
+	var insert *os.File // streamed, not read first: it may be larger than memory
 	if cfg.InsertFile != "" {
-		if insert, err = os.ReadFile(cfg.InsertFile); err != nil {
-			return patherr.Wrap("--insert", cfg.InsertFile, err)
+		if insert, err = openInsert(cfg.InsertFile); err != nil {
+			return err
 		}
+		defer insert.Close()
 	}
 	var acct accounts
 	local := cfg.Local
@@ -358,22 +359,49 @@ func (t *transfer) delivered() int64 {
 	return max(n, 0)
 }
 
-// copy writes insert and then the source to the destination, paying insert's bytes from
-// the same rate bucket as the copy's.
-func (t *transfer) copy(ctx context.Context, dst io.Writer, src io.Reader, insert []byte, rate int64) error {
+// openInsert opens the --insert file, so that a missing or unreadable one, or a
+// directory, is an error before any socket.
+func openInsert(path string) (*os.File, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, patherr.Wrap("--insert", path, err)
+	}
+	if fi, err := f.Stat(); err != nil || fi.IsDir() {
+		f.Close()
+		if err == nil {
+			err = syscall.EISDIR
+		}
+		return nil, patherr.Wrap("--insert", path, err)
+	}
+	return f, nil
+}
+
+// copy writes insert, when not nil, and then the source to the destination, paying
+// insert's bytes from the same rate bucket as the copy's. insert is read a step at a time
+// as it is sent.
+func (t *transfer) copy(ctx context.Context, dst io.Writer, src io.Reader, insert *os.File, rate int64) error {
 	bucket := ratelimit.NewBucket(rate)
-	for len(insert) > 0 {
-		k, err := bucket.Wait(ctx, min(len(insert), insertStep))
-		if err != nil {
-			return err
+	if insert != nil {
+		buf := make([]byte, insertStep)
+		for {
+			k, err := bucket.Wait(ctx, insertStep)
+			if err != nil {
+				return err
+			}
+			k, rerr := insert.Read(buf[:k])
+			n, err := dst.Write(buf[:k])
+			bucket.Used(n)
+			t.progress(int64(n))
+			if err != nil {
+				return &relay.WriteError{Err: err}
+			}
+			if rerr == io.EOF {
+				break
+			}
+			if rerr != nil {
+				return patherr.Wrap("reading --insert", insert.Name(), rerr)
+			}
 		}
-		n, err := dst.Write(insert[:k])
-		bucket.Used(n)
-		t.progress(int64(n))
-		if err != nil {
-			return &relay.WriteError{Err: err}
-		}
-		insert = insert[n:]
 	}
 	// Where relay.Copy does not count every system call itself, and the standard library
 	// copies through a buffer anyway, count every write as it happens.
