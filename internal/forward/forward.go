@@ -154,6 +154,9 @@ type Server struct {
 	// spliced counts the relayed bytes that moved by splice, never entering user space
 	// (relay.Result.Spliced of every connection closed): what the zero-copy tests read.
 	spliced atomic.Int64
+	// failedWrites counts the host-file write-backs that failed, which the log names once
+	// an episode (what the tests read).
+	failedWrites atomic.Int64
 	// partialHeader, when set, is called on the loop each time a client's PROXY header is
 	// found incomplete (a test seam).
 	partialHeader func()

@@ -166,3 +166,58 @@ func TestHeldLockDoesNotStall(t *testing.T) {
 		t.Errorf("file counts add up to %d, want %d bytes moved", total, moved)
 	}
 }
+
+// A write-back that fails interval after interval (the host file replaced by a directory)
+// is one episode: it is logged once, not at every -i, the counts are kept, and once a
+// write works again it is said once with the count of failed writes, and every byte moved
+// is in the file.
+func TestFailingWriteBackLoggedOnce(t *testing.T) {
+	t.Parallel()
+	a := testkit.StartBackend(t, "[::1]:0", testkit.Echo)
+	path := writeFile(t, fmt.Sprintf("%s 0\n", a.Addr()))
+	pf := startServer(t, "[::1]:0", Config{HostFile: path, Port: 9, Interval: 10 * time.Millisecond, Grace: -1})
+	var moved uint64
+	trip := func(i int) {
+		c := testkit.Dial(t, pf.addr)
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		testkit.RoundTrip(t, c, uint64(i), 1000)
+		c.Close()
+		moved += 2000
+	}
+	trip(0)
+	pf.log.WaitFor(t, `close #`, 1, 5*time.Second)
+
+	aside := path + ".aside"
+	if err := os.Rename(path, aside); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(path, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	trip(1) // counts pending while the writes fail
+	pf.log.WaitFor(t, `close #`, 2, 5*time.Second)
+	pf.log.WaitFor(t, `writing counts to .*is a directory`, 1, 5*time.Second)
+	// Dozens of intervals with the write failing: still one line.
+	testkit.WaitUntil(t, 5*time.Second, "20 failed write-backs", func() bool { return pf.failedWrites.Load() >= 20 })
+	if n := pf.log.Count(`writing counts to `); n != 1 {
+		t.Errorf("%d lines about the failing write-back, want 1 for the episode:\n%s", n, pf.log.String())
+	}
+
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(aside, path); err != nil {
+		t.Fatal(err)
+	}
+	pf.log.WaitFor(t, `wrote counts to .* after \d+ failed writes`, 1, 5*time.Second)
+	if err := pf.stop(); err != nil {
+		t.Fatal(err)
+	}
+	f, _, err := hostfile.Read(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e := f.Entries(); len(e) != 1 || e[0].Bytes != moved {
+		t.Errorf("file entries %v, want %d bytes moved", e, moved)
+	}
+}

@@ -41,6 +41,9 @@ type keeper struct {
 
 	// Of the keeper's goroutine only (and of final, after it ended):
 	lockedSince  time.Time // the start of an episode of a lock held by another process
+	failedSince  time.Time // the start of an episode of failed write-backs
+	failedErr    string    // the failure as last logged in that episode
+	failedWrites int       // write-backs failed in that episode
 	warned       string    // the store's warnings as last logged
 	readFailed   string    // the last reread error logged
 	noPortWarned string    // the entries without a port as last logged
@@ -121,11 +124,25 @@ func (k *keeper) writeBack(ctx context.Context) (locked bool) {
 		}
 		return true
 	case err != nil:
-		k.s.log.Warnf("writing counts to %s: %v (kept for the next write)", k.b.store, err)
+		// One episode, as for a lock: the first failure is logged, and another only when
+		// the reason changes, not one line every interval.
+		if k.failedSince.IsZero() {
+			k.failedSince = now
+		}
+		k.failedWrites++
+		k.s.failedWrites.Add(1)
+		if why := err.Error(); why != k.failedErr {
+			k.failedErr = why
+			k.s.log.Warnf("writing counts to %s: %v (kept for the next write)", k.b.store, err)
+		}
+		k.lockedSince = time.Time{}
+		return false
+	case !k.failedSince.IsZero():
+		k.s.log.Warnf("wrote counts to %s after %d failed writes over %v", k.b.store, k.failedWrites, now.Sub(k.failedSince).Round(time.Millisecond))
 	case !k.lockedSince.IsZero():
 		k.s.log.Warnf("wrote counts to %s after it was locked for %v", k.b.store, now.Sub(k.lockedSince).Round(time.Millisecond))
 	}
-	k.lockedSince = time.Time{}
+	k.lockedSince, k.failedSince, k.failedErr, k.failedWrites = time.Time{}, time.Time{}, "", 0
 	k.logChange(ch)
 	return false
 }
