@@ -38,9 +38,10 @@ const maxOpening = 32
 // that a relay which accepts links and drops them at once is not hammered.
 const stableLink = time.Second
 
-// idleTrim is how long a TLS link that came back from a session waits idle before it is
-// closed while more than Pool links are idle: a steady load keeps the links it needs,
-// and a load that fell gives its extra links back.
+// idleTrim is how long a link beyond Pool waits idle before it is closed while more than
+// Pool links are idle (a TLS link that came back from a session, a plain link opened in a
+// burst: see maxBurst): a steady load keeps the links it needs, and a load that fell gives
+// its extra links back.
 const idleTrim = 5 * time.Second
 
 // firstRead bounds the read that takes a link's first bytes; whatever it gets beyond a
@@ -136,6 +137,10 @@ type Agent struct {
 	stats  agentStats // for the metrics: see Stats
 	// serviceAt is the last answer of a lookup of the service's name (see serviceAddrs).
 	serviceAt atomic.Pointer[[]netip.Addr]
+	// plainSlots counts the plain links' slots: Pool, and up to maxBurst more in a burst
+	// (see grow); growAfter is when a burst may open links beyond Pool again (UnixNano),
+	// after one of them failed to open.
+	plainSlots, growAfter atomic.Int64
 }
 
 // NewAgent checks cfg and returns an agent ready to Run.
@@ -201,7 +206,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	for i := 0; i < a.cfg.Pool && a.tlsConfig == nil && ctx.Err() == nil; i++ {
 		a.wg.Add(1)
-		a.startLoopSlot(ctx, i) // its links opened, waited on and served on the loops
+		a.plainSlots.Add(1)
+		a.startLoopSlot(ctx, a.loops.At(i)) // its links opened, waited on and served on the loops
 	}
 	<-ctx.Done() // the slots run until then
 	a.cfg.Log.Printf("stopping: cutting open relays, closing idle links")
@@ -667,11 +673,13 @@ type gauge struct {
 
 func newGauge() *gauge { return &gauge{changed: make(chan struct{})} }
 
-func (g *gauge) add(d int) {
+// add adds d to the gauge and returns what it holds then.
+func (g *gauge) add(d int) int {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.n += d
 	g.notifyLocked()
+	return g.n
 }
 
 // claim waits until the gauge and the claims held are below limit, then holds one more

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"shd-tcp-tools/internal/connlog"
+	"shd-tcp-tools/internal/connstats"
 	"shd-tcp-tools/internal/eventloop"
 	"shd-tcp-tools/internal/loopdial"
 	"shd-tcp-tools/internal/relay"
@@ -137,6 +138,36 @@ func (ll *loopLink) linkUp(rest []byte, more bool) {
 	case more:
 		ll.linkReady(0)
 	}
+	if ll.step == takeIdle {
+		ll.armTrim()
+	}
+}
+
+// armTrim starts the idle link's idleTrim timer while more than Pool slots run (a burst
+// opened links beyond Pool): a link that came up while no more ran is never one too many,
+// as at most Pool such links exist.
+func (ll *loopLink) armTrim() {
+	a := ll.a
+	if a.plainSlots.Load() > int64(a.cfg.Pool) {
+		ll.timer = ll.lp.AfterFunc(a.cfg.idleTrim, ll.idleTimedOut)
+	}
+}
+
+// idleTimedOut closes a link idle for idleTrim while more than Pool links are idle (its
+// slot ends: see loopSlot.ended), as waitSession trims a TLS link; else it waits again.
+func (ll *loopLink) idleTimedOut() {
+	ll.timer = nil
+	if ll.step != takeIdle {
+		return
+	}
+	if !ll.a.idle.trim(ll.a.cfg.Pool) {
+		ll.armTrim()
+		return
+	}
+	ll.lp.CloseFD(ll.fd)
+	ll.step = takeDone
+	ll.stop()
+	ll.ended(ll.end(errTrimmed))
 }
 
 // openFailed ends a link whose connect or handshake failed, and tells the slot why.
@@ -171,11 +202,52 @@ type loopSlot struct {
 	timer *eventloop.Timer // the backoff's wait
 }
 
-// startLoopSlot starts the slot i on the loops (the slots spread over them in turn); it
-// calls a.wg.Done when ctx has ended it.
-func (a *Agent) startLoopSlot(ctx context.Context, i int) {
-	s := &loopSlot{a: a, ctx: ctx, book: a.newSlotBook(), l: a.loops.At(i)}
+// startLoopSlot starts a slot on the loop l (Run spreads the Pool slots over the loops in
+// turn); it calls a.wg.Done when the slot ends, which a.plainSlots counts.
+func (a *Agent) startLoopSlot(ctx context.Context, l *relay.Loop) {
+	s := &loopSlot{a: a, ctx: ctx, book: a.newSlotBook(), l: l}
 	s.l.Post(func() { s.next(true) })
+}
+
+// maxBurst is how many plain links beyond Pool connecttwo opens in a burst: a take that
+// leaves no other link idle means the relay's next client waits for a link to connect and
+// handshake, so it starts one more slot (grow), and a slot beyond Pool ends when its link
+// fails, is lost, or stays idle for idleTrim while more than Pool are idle. 32 is
+// maxOpening, and with the default --pool well below listentwo's default --max-links (64).
+const maxBurst = 32
+
+// grow starts one more plain slot beyond Pool, on the loop l (it must run there), unless
+// maxBurst run already or a link beyond Pool failed to open less than idleTrim ago (a relay
+// that refuses links gets no more attempts from a burst than one a idleTrim).
+func (a *Agent) grow(ctx context.Context, l *relay.Loop) {
+	if ctx.Err() != nil || time.Now().UnixNano() < a.growAfter.Load() {
+		return
+	}
+	for {
+		n := a.plainSlots.Load()
+		if n >= int64(a.cfg.Pool+maxBurst) {
+			return
+		}
+		if a.plainSlots.CompareAndSwap(n, n+1) {
+			break
+		}
+	}
+	a.wg.Add(1) // the taken link that grows the pool holds one: Run's wait has not ended
+	s := &loopSlot{a: a, ctx: ctx, book: a.newSlotBook(), l: l}
+	s.next(false)
+}
+
+// shrink ends a plain slot if more than Pool run, and reports whether it did.
+func (a *Agent) shrink() bool {
+	for {
+		n := a.plainSlots.Load()
+		if n <= int64(a.cfg.Pool) {
+			return false
+		}
+		if a.plainSlots.CompareAndSwap(n, n-1) {
+			return true
+		}
+	}
 }
 
 // next opens the slot's next link, on its loop unless another relays two pairs fewer
@@ -255,8 +327,23 @@ func (s *loopSlot) open(id uint64, relayAddrs []netip.Addr, err error, svcAddrs 
 }
 
 // ended goes on after link id ended: at once, after the backoff's delay, or not at all
-// once ctx has ended.
+// once ctx has ended, or when the link failed, was lost or was trimmed while more than
+// Pool slots run (shrink): a slot beyond Pool opens no link to replace one that was not
+// taken, and one whose link failed to open holds bursts off for idleTrim (growAfter).
 func (s *loopSlot) ended(id uint64, end linkEnd) {
+	a := s.a
+	if end.err != nil && s.ctx.Err() == nil && a.shrink() {
+		switch {
+		case !end.up:
+			a.stats.linkFailed[connstats.FailureOf(end.err)].Add(1)
+			a.growAfter.Store(time.Now().Add(a.cfg.idleTrim).UnixNano())
+			a.cfg.Log.Warnf("link #%d to %s failed: %v; not retried: more links than --pool", id, a.cfg.Relay, end.err)
+		default:
+			a.cfg.Log.Printf("link #%d down %s: %v", id, end.addr, end.err)
+		}
+		a.wg.Done()
+		return
+	}
 	wait, stop := s.book.ended(s.ctx, id, end)
 	switch {
 	case stop:

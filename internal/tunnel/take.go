@@ -81,6 +81,7 @@ type loopLink struct {
 	// ended idle, or taken (the replacement may open: see replace).
 	ended    func(linkEnd)
 	replaced bool
+	short    bool // the take left no link idle: the pool grows (see grow)
 }
 
 // linkEnd is how a plain link ended for its slot.
@@ -199,6 +200,7 @@ func (ll *loopLink) stopTimer() {
 
 // down ends an idle link: closed already, it tells the slot why.
 func (ll *loopLink) down(err error) {
+	ll.stopTimer()
 	ll.step = takeDone
 	ll.a.idle.add(-1)
 	ll.stop()
@@ -252,7 +254,8 @@ func (ll *loopLink) linkReady(ev uint32) {
 // taken starts serving a link whose first bytes have come.
 func (ll *loopLink) taken() {
 	a := ll.a
-	a.idle.add(-1)
+	ll.stopTimer() // the idle link's trim
+	ll.short = a.idle.add(-1) == 0
 	a.stats.busy.Add(1)
 	ll.id = a.conns.Add(1)
 	a.stats.conns.Accepted()
@@ -272,11 +275,15 @@ func (ll *loopLink) taken() {
 }
 
 // replace has the slot open the link's replacement, once: when the service's connect is
-// under way (beside it: neither waits for the other), or when the taken link failed.
+// under way (beside it: neither waits for the other), or when the taken link failed; and
+// one more link beyond Pool (grow) when the take left no other link idle.
 func (ll *loopLink) replace() {
 	if !ll.replaced {
 		ll.replaced = true
 		ll.ended(ll.end(nil))
+		if ll.short {
+			ll.a.grow(ll.ctx, ll.l)
+		}
 	}
 }
 
