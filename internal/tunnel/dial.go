@@ -209,9 +209,10 @@ func (a *Agent) startLoopSlot(ctx context.Context, l *relay.Loop) {
 	s.l.Post(func() { s.next(true) })
 }
 
-// maxBurst is how many plain links beyond Pool connecttwo opens in a burst: a take that
-// leaves no other link idle means the relay's next client waits for a link to connect and
-// handshake, so it starts one more slot (grow), and a slot beyond Pool ends when its link
+// maxBurst is how many plain links beyond Pool connecttwo opens in a burst: a link taken
+// as soon as it joined the relay's pool (hotTake), leaving no other link idle, means that
+// clients wait on the relay for links to connect and handshake, so the take starts one
+// more slot (grow); and a slot beyond Pool ends when its link
 // fails, is lost, or stays idle for idleTrim while more than Pool are idle. 32 is
 // maxOpening, and with the default --pool well below listentwo's default --max-links (64).
 const maxBurst = 32

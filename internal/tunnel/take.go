@@ -81,7 +81,7 @@ type loopLink struct {
 	// ended idle, or taken (the replacement may open: see replace).
 	ended    func(linkEnd)
 	replaced bool
-	short    bool // the take left no link idle: the pool grows (see grow)
+	short    bool // taken hot, leaving no link idle: the pool grows (see hotTake)
 }
 
 // linkEnd is how a plain link ended for its slot.
@@ -255,7 +255,7 @@ func (ll *loopLink) linkReady(ev uint32) {
 func (ll *loopLink) taken() {
 	a := ll.a
 	ll.stopTimer() // the idle link's trim
-	ll.short = a.idle.add(-1) == 0
+	ll.short = a.idle.add(-1) == 0 && time.Since(ll.up) < hotTake
 	a.stats.busy.Add(1)
 	ll.id = a.conns.Add(1)
 	a.stats.conns.Accepted()
@@ -273,6 +273,13 @@ func (ll *loopLink) taken() {
 		ll.replace()
 	}
 }
+
+// hotTake is how soon after its verdict a link must be taken, leaving no other idle, for
+// the pool to grow (grow): the relay pairs a client that waited for a link the moment the
+// link joins its pool, and that client's first bytes (or its hello) follow the verdict on
+// the same path, within microseconds however far the relay is; a link that waited idle
+// until a client came found the pool big enough.
+const hotTake = time.Millisecond
 
 // replace has the slot open the link's replacement, once: when the service's connect is
 // under way (beside it: neither waits for the other), or when the taken link failed; and
