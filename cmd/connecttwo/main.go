@@ -26,9 +26,11 @@ const help = `Usage: connecttwo -s HOST:PORT -d HOST:PORT [--hello-from-src] [--
 
 Hidden end of a reverse tunnel. Keeps --pool idle links open to listentwo's link port -s;
 when a client takes one, connects to the service -d and relays the two both ways, then
-opens a replacement link at once. A TLS link comes back when its client's session ends,
-so a replacement is opened only while fewer than --pool links are idle, and a link
-beyond --pool that stays idle 5 s is closed. If the relay cannot be reached or a link
+opens a replacement link at once. When links are taken as soon as they join the relay's
+pool (clients wait there), it opens plain links beyond --pool, up to 32 more. A TLS link
+comes back when its client's session ends, so a replacement is opened only while fewer
+than --pool links are idle. A link beyond --pool that stays idle 5 s while more than
+--pool are idle is closed. If the relay cannot be reached or a link
 drops, it reconnects with exponential backoff (up to 30 s, with jitter); a link cut
 during its handshake is retried within a second. It never exits for either.
 
@@ -39,8 +41,9 @@ Options:
                            then connect (listentwo must use --hello-dst; both or neither)
       --send-proxy         pass that header on to the service (for servers that read
                            PROXY headers: nginx, HAProxy); needs --hello-from-src
-      --pool N             idle links to keep open (default 2, at most 1024); they are
-                           opened at most 32 at a time
+      --pool N             idle links to keep open at least (default 2, at most 1024);
+                           they are opened at most 32 at a time; a burst of clients
+                           opens up to 32 plain links more
       --secret-file FILE   prove to listentwo, and check that it proves, the first line
                            of FILE (HMAC-SHA256 challenge; listentwo needs the same file)
       --tls-pin sha256/BASE64
