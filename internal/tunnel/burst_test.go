@@ -1,8 +1,10 @@
 package tunnel
 
 import (
+	"crypto/rand"
 	"io"
 	"net"
+	"regexp"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -86,6 +88,61 @@ func TestPlainBurstGrowsPool(t *testing.T) {
 			}
 			if n := tn.agentLog.count(`failed|retry`); n != 0 {
 				t.Errorf("%d links failed or retried, want none\nagent:\n%s", n, tn.agentLog)
+			}
+		})
+	}
+}
+
+// TestPlainBurstRefusedNotRetried: a relay that takes its first link at once (a client
+// waited: the pool grows by a link beyond --pool 1) and then refuses every link with
+// "idle link pool is full". The link beyond --pool is tried once and not again; only the
+// --pool link retries, with its backoff, so the relay gets one attempt more than before
+// and no second retrier. IPv4 and IPv6 loopback.
+func TestPlainBurstRefusedNotRetried(t *testing.T) {
+	for _, host := range []string{"127.0.0.1", "::1"} {
+		t.Run(host, func(t *testing.T) {
+			svc := startService(t, host, echoMode)
+			var n atomic.Int64
+			ln, _ := linkPort(t, host, func(c *net.TCPConn) {
+				first := n.Add(1) == 1
+				if !readOpening(c) {
+					return
+				}
+				var g offer
+				_, _ = rand.Read(g.nonce[:])
+				if _, err := io.WriteString(c, g.text()+"\n"); err != nil {
+					return
+				}
+				if _, err := readLineConn(c); err != nil {
+					return
+				}
+				if !first {
+					_, _ = io.WriteString(c, "ERR idle link pool is full\n")
+					return
+				}
+				if _, err := io.WriteString(c, "OK mac=-\nping\n"); err != nil { // taken at once
+					return
+				}
+				_ = c.CloseWrite()
+				_, _ = io.Copy(io.Discard, c)
+			})
+			var tn tunnel
+			startAgent(t, AgentConfig{Relay: epOf(t, ln.Addr()), Service: svc.ep(t), Pool: 1,
+				BackoffBase: 20 * time.Millisecond, BackoffMax: 5 * time.Second}, &tn)
+			relay := regexpQuote(epOf(t, ln.Addr()).String())
+			tn.agentLog.wait(`link #\d+ to ` + relay + ` failed: .*idle link pool is full; retry 3 in`)
+			if got := tn.agentLog.count(`link #\d+ to .* failed: .*; not retried: more links than --pool`); got != 1 {
+				t.Errorf("%d links beyond --pool failed and were dropped, want 1 (the burst's one)\n%s", got, tn.agentLog)
+			}
+			retrying := map[string]bool{}
+			for _, m := range regexp.MustCompile(`link #(\d+) to \S+ failed: .*; retry (\d+) in`).FindAllStringSubmatch(tn.agentLog.String(), -1) {
+				retrying[m[1]] = true
+			}
+			if len(retrying) != 1 {
+				t.Errorf("links %v retried, want one (the --pool link's slot alone)\n%s", retrying, tn.agentLog)
+			}
+			if got := tn.agentLog.count(`link #[4-9]\d* `); got != 0 {
+				t.Errorf("links beyond #3 (the taken one, its replacement, one beyond --pool): %d lines\n%s", got, tn.agentLog)
 			}
 		})
 	}
