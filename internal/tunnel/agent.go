@@ -62,7 +62,8 @@ type AgentConfig struct {
 	Hello bool
 	// SendProxy passes that header on to the service (--send-proxy); needs Hello.
 	SendProxy bool
-	// Pool is how many idle links to keep open (--pool).
+	// Pool is how many idle links to keep open at least (--pool); a burst of clients opens
+	// up to maxBurst plain links more.
 	Pool int
 	// Secret, when set, is the shared secret links prove (--secret-file), and SecretFile
 	// the file it was read from, which Reload rereads.
