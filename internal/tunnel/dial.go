@@ -132,12 +132,14 @@ func (ll *loopLink) linkUp(rest []byte, more bool) {
 	ll.step = takeIdle
 	ll.got = rest
 	ll.shake = clientShake{}
+	ll.hot = true // what came with the verdict takes the link hot, however late the loop ran
 	switch {
 	case len(ll.got) > 0:
 		ll.taken()
 	case more:
 		ll.linkReady(0)
 	}
+	ll.hot = false
 	if ll.step == takeIdle {
 		ll.armTrim()
 	}

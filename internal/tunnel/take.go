@@ -82,6 +82,7 @@ type loopLink struct {
 	ended    func(linkEnd)
 	replaced bool
 	short    bool // taken hot, leaving no link idle: the pool grows (see hotTake)
+	hot      bool // the link is being taken by the bytes that came with its verdict
 }
 
 // linkEnd is how a plain link ended for its slot.
@@ -255,7 +256,7 @@ func (ll *loopLink) linkReady(ev uint32) {
 func (ll *loopLink) taken() {
 	a := ll.a
 	ll.stopTimer() // the idle link's trim
-	ll.short = a.idle.add(-1) == 0 && time.Since(ll.up) < hotTake
+	ll.short = a.idle.add(-1) == 0 && (ll.hot || time.Since(ll.up) < hotTake)
 	a.stats.busy.Add(1)
 	ll.id = a.conns.Add(1)
 	a.stats.conns.Accepted()
@@ -278,7 +279,8 @@ func (ll *loopLink) taken() {
 // the pool to grow (grow): the relay pairs a client that waited for a link the moment the
 // link joins its pool, and that client's first bytes (or its hello) follow the verdict on
 // the same path, within microseconds however far the relay is; a link that waited idle
-// until a client came found the pool big enough.
+// until a client came found the pool big enough. Bytes that came in the verdict's read
+// take the link hot whatever the clock says (a loop that was preempted is no sign).
 const hotTake = time.Millisecond
 
 // replace has the slot open the link's replacement, once: when the service's connect is
