@@ -322,6 +322,9 @@ idleagain() { # idleagain PID: connecttwo PID is back to LINKS+1 links, and has 
 		sleep 0.025
 	done
 	sleep 5 # the processes give freed memory back 2 s after the last relay or closed link
+	local n; n=$(sockets "$1")
+	# A row read with more links open than the pool's is not a figure per idle link: say so.
+	[ "$n" -le $((LINKS + 1)) ] || say "warning: connecttwo still holds $n sockets, not $((LINKS + 1)): the next row counts links not yet closed"
 }
 say "measuring memory per idle link ($LINKS links)"
 echo
