@@ -350,7 +350,8 @@ func (a *Agent) tlsLink(ctx context.Context, id uint64, claimed *bool) linkEnd {
 	// The link is off the idle count, and its place the slot's again (see waitAndServe):
 	// kept for the next link after a link that died, and after a taken one only if fewer
 	// than Pool links are idle or being opened without it.
-	*claimed = end.err != nil || a.idle.keep(a.cfg.Pool)
+	// A link closed as not needed gave its place up: the slot ends.
+	*claimed = !errors.Is(end.err, errTrimmed) && (end.err != nil || a.idle.keep(a.cfg.Pool))
 	return end
 }
 
@@ -359,10 +360,16 @@ func (a *Agent) tlsLink(ctx context.Context, id uint64, claimed *bool) linkEnd {
 // made or has failed (or ctx ends), so that the replacement opens at once but not in the
 // way of the connection being set up; it returns why the link ended first when it was
 // never taken, and closes it then. Either way the link's place among the Pool links idle
-// or opening goes back to the slot (reclaim), so that refill does not take it meanwhile.
+// or opening goes back to the slot (reclaim), so that refill does not take it meanwhile;
+// but a link closed as not needed (idle for idleTrim while more than Pool are idle, as a
+// link that came back is) gave its place up, and its slot ends.
 func (a *Agent) waitAndServe(ctx context.Context, id uint64, addr string, link *net.TCPConn, tc *tls.Conn, rest []byte) error {
 	fl := newFramedLink(link, tc, rest)
-	sess, first, err := a.waitSession(ctx, fl, false)
+	sess, first, err := a.waitSession(ctx, fl, true)
+	if errors.Is(err, errTrimmed) { // off the idle count already, and its place with it
+		link.Close()
+		return err
+	}
 	a.idle.reclaim() // its place is the slot's until the service connection is made
 	if err != nil {
 		link.Close()

@@ -11,9 +11,12 @@ import (
 // errNoLink is what pool.get returns when no link came within the wait.
 var errNoLink = errors.New("no idle link")
 
-// pool pairs waiting clients with idle links, first come first served on both sides: the
-// oldest idle link goes to the next client, and a new link goes to the oldest waiting
-// client. It holds at most max idle or admitted-but-not-yet-added links. It knows nothing
+// pool pairs waiting clients with idle links: the newest idle link goes to the next client
+// (last in, first out), and a new link goes to the oldest waiting client (first come, first
+// served). Newest first leaves the links that idled longest idle: those are the ones
+// connecttwo closes as not needed (idle 5 s while more than --pool are idle), so a client
+// is not paired with a link whose close is already on its way, and the links in use stay
+// the ones that proved alive last. It holds at most max idle or admitted-but-not-yet-added links. It knows nothing
 // of sockets, so its timing is tested in a synctest bubble. Safe for simultaneous use.
 //
 // A waiting client is a waiter: a goroutine parked in get, or a callback (getOr) that the
@@ -108,7 +111,7 @@ func (p *pool[L]) remove(l L) bool {
 	return true
 }
 
-// get returns the oldest idle link, or waits up to wait for one (not at all when wait <= 0).
+// get returns the newest idle link, or waits up to wait for one (not at all when wait <= 0).
 // front puts the caller at the head of the queue of waiting clients (a client whose link
 // turned out dead keeps its turn). It returns errNoLink after the wait and ctx.Err() when
 // ctx ends first.
@@ -152,7 +155,7 @@ func (p *pool[L]) get(ctx context.Context, wait time.Duration, front bool) (L, e
 	return res.l, res.err
 }
 
-// getOr returns the oldest idle link, or else queues w (at the head with front) and
+// getOr returns the newest idle link, or else queues w (at the head with front) and
 // returns false: then w's give or fail is called once, on another goroutine (the one that
 // puts the next link, or the deadline's timer).
 func (p *pool[L]) getOr(w *waiter[L], front bool) (L, bool) {
@@ -177,22 +180,23 @@ func (p *pool[L]) getOr(w *waiter[L], front bool) (L, bool) {
 	return zero, false
 }
 
-// tryGet returns the oldest idle link, if there is one.
+// tryGet returns the newest idle link, if there is one.
 func (p *pool[L]) tryGet() (L, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.take()
 }
 
-// take takes the oldest idle link; p.mu is held.
+// take takes the newest idle link; p.mu is held.
 func (p *pool[L]) take() (L, bool) {
 	var zero L
-	if len(p.idle) == 0 {
+	n := len(p.idle)
+	if n == 0 {
 		return zero, false
 	}
-	l := p.idle[0]
-	p.idle[0] = zero
-	p.idle = p.idle[1:]
+	l := p.idle[n-1]
+	p.idle[n-1] = zero
+	p.idle = p.idle[:n-1]
 	p.notify()
 	return l, true
 }

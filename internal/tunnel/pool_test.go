@@ -10,9 +10,11 @@ import (
 
 type fakeLink struct{ name string }
 
-func TestPoolFIFO(t *testing.T) {
+// TestPoolNewestFirst: the newest idle link goes to the next client, so the links that
+// idled longest, which connecttwo closes as not needed, are the last to be paired.
+func TestPoolNewestFirst(t *testing.T) {
 	p := newPool[*fakeLink](4)
-	a, b := &fakeLink{"a"}, &fakeLink{"b"}
+	a, b, c := &fakeLink{"a"}, &fakeLink{"b"}, &fakeLink{"c"}
 	var watched []string
 	for _, l := range []*fakeLink{a, b} {
 		if err := p.reserve(); err != nil {
@@ -23,12 +25,20 @@ func TestPoolFIFO(t *testing.T) {
 	if len(watched) != 2 || p.len() != 2 {
 		t.Fatalf("watched %v, idle %d", watched, p.len())
 	}
-	for _, want := range []*fakeLink{a, b} {
+	want := func(l *fakeLink) {
+		t.Helper()
 		got, err := p.get(context.Background(), 0, false)
-		if err != nil || got != want {
-			t.Fatalf("get = %v, %v; want %s", got, err, want.name)
+		if err != nil || got != l {
+			t.Fatalf("get = %v, %v; want %s", got, err, l.name)
 		}
 	}
+	want(b)
+	if err := p.reserve(); err != nil {
+		t.Fatal(err)
+	}
+	p.put(c, func(*fakeLink) {})
+	want(c)
+	want(a)
 	if _, err := p.get(context.Background(), 0, false); !errors.Is(err, errNoLink) {
 		t.Fatalf("get on an empty pool without waiting: %v", err)
 	}
