@@ -160,6 +160,14 @@ func (f *frameReader) drain(buf []byte) error {
 
 // appendFrame appends a frame of type typ with payload p to b.
 func appendFrame(b []byte, typ byte, p []byte) []byte {
-	b = append(b, typ, byte(len(p)>>8), byte(len(p)))
+	b = putFrameHeader(append(b, make([]byte, frameHeader)...), typ, len(p))
 	return append(b, p...)
+}
+
+// putFrameHeader writes the header of a frame of type typ with an n-byte payload into the
+// last frameHeader bytes of b, and returns b: the one place a header is encoded.
+func putFrameHeader(b []byte, typ byte, n int) []byte {
+	h := b[len(b)-frameHeader:]
+	h[0], h[1], h[2] = typ, byte(n>>8), byte(n)
+	return b
 }

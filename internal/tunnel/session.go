@@ -172,7 +172,7 @@ func (s *linkSession) WriteFrames(b []byte, n int) (int, error) {
 		p := min(n-total, maxFramePayload)
 		frame := b[:frameHeader+p]
 		b = b[len(frame):]
-		frame[0], frame[1], frame[2] = frameData, byte(p>>8), byte(p)
+		putFrameHeader(frame[:frameHeader], frameData, p)
 		s.mu.Lock()
 		err := s.writeFrameLocked(frame)
 		s.mu.Unlock()
