@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"io"
 	"os"
 	"runtime"
@@ -158,6 +159,9 @@ func parse(ctx context.Context, args []string, stdout, stderr io.Writer, metrics
 	}
 	if fs.Changed("tls-pin") {
 		c, err := tlslink.NewPinned(*pins)
+		if bad, ok := errors.AsType[*tlslink.BadPinError](err); ok {
+			return cfg, cli.Usagef("--tls-pin %q: %v", bad.Pin, bad.Err)
+		}
 		if err != nil {
 			return cfg, cli.AsUsage(err)
 		}
@@ -190,6 +194,9 @@ func parse(ctx context.Context, args []string, stdout, stderr io.Writer, metrics
 	if cfg.Pool > tunnel.MaxPool {
 		return cfg, cli.Usagef("--pool %d: at most %d", cfg.Pool, tunnel.MaxPool)
 	}
+	if cfg.SendProxy && !cfg.Hello {
+		return cfg, cli.Usagef("--send-proxy passes on the hello: it needs --hello-from-src")
+	}
 	if cfg.Local, err = endpoint.ResolveLocal(ctx, os.Getenv(endpoint.EnvLocal)); err != nil {
 		return cfg, cli.AsUsage(err)
 	}
@@ -204,9 +211,9 @@ func parse(ctx context.Context, args []string, stdout, stderr io.Writer, metrics
 	if fs.Changed("secret-file") {
 		secret, warning, err := tunnel.LoadSecret(*secretFile)
 		if err != nil {
-			return cfg, cli.UsageIf(err, tunnel.ErrEmptySecret)
+			return cfg, cli.UsageIf(cli.FileError("--secret-file", *secretFile, err), tunnel.ErrEmptySecret)
 		}
-		cli.Warn(stderr, tool, warning)
+		cli.Warn(stderr, tool, cli.FileError("--secret-file", *secretFile, warning))
 		cfg.Secret, cfg.SecretFile = secret, *secretFile
 	}
 	if fs.Changed("tls-ca") {
@@ -216,7 +223,7 @@ func parse(ctx context.Context, args []string, stdout, stderr io.Writer, metrics
 		}
 		c, err := tlslink.NewCA(*caFile, name)
 		if err != nil {
-			return cfg, err
+			return cfg, cli.FileError("--tls-ca", *caFile, err)
 		}
 		cfg.TLS = c
 	}

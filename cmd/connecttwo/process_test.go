@@ -135,7 +135,7 @@ func TestSIGHUPRereadsSecret(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.Signal(t, syscall.SIGHUP)
-	log.WaitFor(t, `reread --secret-file `+secret+`: links must prove the new secret from now on$`, 1, 10*time.Second)
+	log.WaitFor(t, `reread secret file `+secret+`: links must prove the new secret from now on$`, 1, 10*time.Second)
 	wait, stop := context.WithTimeout(context.Background(), 20*time.Second)
 	defer stop()
 	if err := r.WaitIdle(wait, 1); err != nil {

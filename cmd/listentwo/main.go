@@ -182,7 +182,7 @@ func parse(ctx context.Context, args []string, stdout, stderr io.Writer, metrics
 	case *printPin && fs.NArg() > 0:
 		return cfg, cli.Usagef("unexpected argument %q; see --help", fs.Arg(0))
 	case *printPin:
-		srv, err := tlslink.LoadServer(*tlsCert, *tlsKey)
+		srv, err := loadTLS(*tlsCert, *tlsKey)
 		if err != nil {
 			return cfg, err
 		}
@@ -213,6 +213,9 @@ func parse(ctx context.Context, args []string, stdout, stderr io.Writer, metrics
 	if cfg.Links, err = endpoint.ParseListen(*links); err != nil {
 		return cfg, cli.Usagef("-d: %v", err)
 	}
+	if cfg.Clients == cfg.Links {
+		return cfg, cli.Usagef("-s and -d are the same address %s", cfg.Clients)
+	}
 	if cfg.MaxLinks < 1 {
 		return cfg, cli.Usagef("--max-links %d: must be at least 1", cfg.MaxLinks)
 	}
@@ -234,14 +237,14 @@ func parse(ctx context.Context, args []string, stdout, stderr io.Writer, metrics
 	if fs.Changed("secret-file") {
 		secret, warning, err := tunnel.LoadSecret(*secretFile)
 		if err != nil {
-			return cfg, cli.UsageIf(err, tunnel.ErrEmptySecret)
+			return cfg, cli.UsageIf(cli.FileError("--secret-file", *secretFile, err), tunnel.ErrEmptySecret)
 		}
-		cli.Warn(stderr, tool, warning)
+		cli.Warn(stderr, tool, cli.FileError("--secret-file", *secretFile, warning))
 		cfg.Secret, cfg.SecretFile = secret, *secretFile
 	}
 	cfg.Log = connlog.NewWith(stderr, logFlags.Options())
 	if fs.Changed("tls-key") {
-		srv, err := tlslink.LoadServer(*tlsCert, *tlsKey)
+		srv, err := loadTLS(*tlsCert, *tlsKey)
 		if err != nil {
 			return cfg, err
 		}
@@ -253,6 +256,21 @@ func parse(ctx context.Context, args []string, stdout, stderr io.Writer, metrics
 		cfg.TLS = srv
 	}
 	return cfg, nil
+}
+
+// loadTLS reads the relay's TLS identity from --tls-key (and --tls-cert), its error and
+// its warning naming the file by the flag that gave it.
+func loadTLS(certFile, keyFile string) (*tlslink.Server, error) {
+	srv, err := tlslink.LoadServer(certFile, keyFile)
+	if err != nil {
+		err = cli.FileError("--tls-key", keyFile, cli.FileError("--tls-cert", certFile, err))
+		if errors.Is(err, tlslink.ErrKeyType) && certFile == "" {
+			err = fmt.Errorf("%w (or give a CA-issued certificate with --tls-cert)", err)
+		}
+		return nil, err
+	}
+	srv.Warning = cli.FileError("--tls-key", keyFile, srv.Warning)
+	return srv, nil
 }
 
 // errPrinted ends a run that did what was asked by printing (--print-pin): exit 0.

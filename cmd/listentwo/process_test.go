@@ -131,7 +131,7 @@ func TestSIGHUPRereadsSecret(t *testing.T) {
 	if err := p.Cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
-	log.WaitFor(t, `reread --secret-file `+secret+`: links must prove the new secret from now on$`, 1, 10*time.Second)
+	log.WaitFor(t, `reread secret file `+secret+`: links must prove the new secret from now on$`, 1, 10*time.Second)
 	log.WaitFor(t, `link #\d+ down \S+: the secret changed$`, 1, 10*time.Second)
 	// The old agent reconnects and is refused, on both sides.
 	log.WaitFor(t, `link #\d+ refused \S+: .*authentication failed`, 1, 10*time.Second)

@@ -51,7 +51,7 @@ func TestAttackSecretFileFIFO(t *testing.T) {
 		t.Fatal(err)
 	}
 	relay.Signal(t, syscall.SIGHUP)
-	relay.Log.WaitFor(t, `rereading --secret-file `+secret+`: not a regular file; keeping the secret in use$`, 1, 5*time.Second)
+	relay.Log.WaitFor(t, `rereading secret file `+secret+`: not a regular file; keeping the secret in use$`, 1, 5*time.Second)
 	next := filepath.Join(dir, "next")
 	if err := os.WriteFile(next, []byte("second\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -60,6 +60,6 @@ func TestAttackSecretFileFIFO(t *testing.T) {
 		t.Fatal(err)
 	}
 	relay.Signal(t, syscall.SIGHUP)
-	relay.Log.WaitFor(t, `reread --secret-file `+secret+`: links must prove the new secret from now on$`, 1, 5*time.Second)
+	relay.Log.WaitFor(t, `reread secret file `+secret+`: links must prove the new secret from now on$`, 1, 5*time.Second)
 	relay.Stop(t, syscall.SIGTERM, 5*time.Second)
 }

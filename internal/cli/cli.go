@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/netip"
 	"os"
@@ -18,6 +19,8 @@ import (
 	"syscall"
 
 	"github.com/spf13/pflag"
+
+	"shd-tcp-tools/internal/patherr"
 )
 
 // Version is the version every tool prints for -v/--version.
@@ -65,11 +68,22 @@ func UsageIf(err error, targets ...error) error {
 }
 
 // Warn prints a warning that does not stop the tool (say, a key file every user may read)
-// to w as "tool: warning". An empty warning prints nothing.
-func Warn(w io.Writer, tool, warning string) {
-	if warning != "" {
-		fmt.Fprintf(w, "%s: %s\n", tool, warning)
+// to w as "tool: warning: ...". A nil warning prints nothing.
+func Warn(w io.Writer, tool string, warning error) {
+	if warning != nil {
+		fmt.Fprintf(w, "%s: warning: %v\n", tool, warning)
 	}
+}
+
+// FileError gives an engine's error or warning about a file the flag's name: when err is
+// about the file at path (an *fs.PathError for path, as patherr.Wrap makes them:
+// "secret file PATH: reason"), it becomes "FLAG PATH: reason", the file named as the user
+// gave it. Any other error, and nil, comes back as it is.
+func FileError(flag, path string, err error) error {
+	if pe, ok := err.(*fs.PathError); ok && pe.Path == path {
+		return patherr.Wrap(flag, path, err)
+	}
+	return err
 }
 
 // ErrHelp is returned by Parse when -h/--help or -v/--version was handled: the caller exits 0.

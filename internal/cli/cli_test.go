@@ -5,12 +5,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/signal"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"shd-tcp-tools/internal/patherr"
 )
 
 func TestReport(t *testing.T) {
@@ -177,9 +180,32 @@ func TestUsageIfAndWarn(t *testing.T) {
 		t.Error("UsageIf(nil) is not nil")
 	}
 	var b strings.Builder
-	Warn(&b, "tool", "")
-	Warn(&b, "tool", "warning: f is readable by every user")
+	Warn(&b, "tool", nil)
+	Warn(&b, "tool", errors.New("f is readable by every user"))
 	if b.String() != "tool: warning: f is readable by every user\n" {
 		t.Errorf("Warn wrote %q", b.String())
+	}
+}
+
+// TestFileError: an engine's error about a file it was given takes the flag's name; an
+// error about another file, or of another kind, stays as it is.
+func TestFileError(t *testing.T) {
+	engine := patherr.Wrap("secret file", "s.txt", fs.ErrNotExist)
+	got := FileError("--secret-file", "s.txt", engine)
+	if want := "--secret-file s.txt: file does not exist"; got == nil || got.Error() != want {
+		t.Errorf("FileError = %v, want %q", got, want)
+	}
+	if !errors.Is(got, fs.ErrNotExist) {
+		t.Errorf("errors.Is(%v, fs.ErrNotExist) = false", got)
+	}
+	if got := FileError("--tls-cert", "other.pem", engine); got != engine {
+		t.Errorf("FileError for another path = %v, want the error as it was", got)
+	}
+	plain := errors.New("not a file error")
+	if got := FileError("--secret-file", "s.txt", plain); got != plain {
+		t.Errorf("FileError(plain) = %v, want it as it was", got)
+	}
+	if FileError("--secret-file", "s.txt", nil) != nil {
+		t.Error("FileError(nil) is not nil")
 	}
 }

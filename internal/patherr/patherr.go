@@ -5,18 +5,20 @@ package patherr
 
 import (
 	"errors"
-	"fmt"
 	"io/fs"
 )
 
-// Wrap returns err as "WHAT PATH: reason". When err is (or wraps) an *fs.PathError, its
-// operation and path are dropped, since WHAT and PATH already say them; the reason stays
-// wrapped, so errors.Is(err, fs.ErrNotExist) and the like still hold. Wrap(nil) is nil.
+// Wrap returns err as "WHAT PATH: reason", an *fs.PathError with WHAT as its operation.
+// When err is (or wraps) an *fs.PathError, its operation and path are dropped, since WHAT
+// and PATH already say them; the reason stays wrapped, so errors.Is(err, fs.ErrNotExist)
+// and the like still hold. So Wrap of Wrap's error names the file anew: an engine says
+// "secret file PATH: reason", and cmd/*, which knows the flag that gave PATH, makes it
+// "--secret-file PATH: reason". Wrap(nil) is nil.
 func Wrap(what, path string, err error) error {
 	if err == nil {
 		return nil
 	}
-	return fmt.Errorf("%s %s: %w", what, path, Strip(err))
+	return &fs.PathError{Op: what, Path: path, Err: Strip(err)}
 }
 
 // Strip returns the reason of an *fs.PathError in err's chain (the errno, usually), and

@@ -41,3 +41,21 @@ func TestWrap(t *testing.T) {
 		t.Error("Wrap(nil) is not nil")
 	}
 }
+
+// TestWrapAgain: a Wrap of Wrap's error names the file with the second WHAT only, as
+// cmd/* does when it gives an engine's file error the flag's name.
+func TestWrapAgain(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "missing")
+	_, openErr := os.Open(missing)
+	engine := Wrap("secret file", missing, openErr)
+	if want := "secret file " + missing + ": no such file or directory"; engine.Error() != want {
+		t.Fatalf("engine's error %q, want %q", engine, want)
+	}
+	got := Wrap("--secret-file", missing, engine)
+	if want := "--secret-file " + missing + ": no such file or directory"; got.Error() != want {
+		t.Errorf("Wrap again = %q, want %q", got, want)
+	}
+	if !errors.Is(got, fs.ErrNotExist) {
+		t.Errorf("errors.Is(%v, fs.ErrNotExist) = false", got)
+	}
+}

@@ -45,18 +45,31 @@ func PinOf(cert *x509.Certificate) string {
 	return PinPrefix + base64.StdEncoding.EncodeToString(sum[:])
 }
 
-// ParsePin checks that s is a pin as PinOf spells it and returns it unchanged.
+// ParsePin checks that s is a pin as PinOf spells it and returns it unchanged. Its error
+// is a *PinError.
 func ParsePin(s string) (string, error) {
 	b64, ok := strings.CutPrefix(s, PinPrefix)
 	if !ok {
-		return "", fmt.Errorf("--tls-pin %q: a pin starts with %q (what listentwo --print-pin prints)", clip(s), PinPrefix)
+		return "", &BadPinError{Pin: clip(s), Err: fmt.Errorf("a pin starts with %q (what listentwo --print-pin prints)", PinPrefix)}
 	}
 	sum, err := base64.StdEncoding.Strict().DecodeString(b64)
 	if err != nil || len(sum) != sha256.Size {
-		return "", fmt.Errorf("--tls-pin %q: not %s and the base64 of 32 bytes (44 characters)", clip(s), PinPrefix)
+		return "", &BadPinError{Pin: clip(s), Err: fmt.Errorf("not %s and the base64 of 32 bytes (44 characters)", PinPrefix)}
 	}
 	return s, nil
 }
+
+// BadPinError is a pin ParsePin refuses: the pin as given (its first 64 bytes and "..."
+// when longer), and what is wrong with it. cmd/connecttwo names it by its flag.
+type BadPinError struct {
+	Pin string
+	Err error
+}
+
+func (e *BadPinError) Error() string { return fmt.Sprintf("pin %q: %v", e.Pin, e.Err) }
+
+// Unwrap returns e.Err.
+func (e *BadPinError) Unwrap() error { return e.Err }
 
 func clip(s string) string {
 	if len(s) > 64 {
@@ -72,21 +85,33 @@ type Server struct {
 	Pin string
 	// Created tells that the key file did not exist and was made now.
 	Created bool
-	// Warning is non-empty when the key file can be read by other users.
-	Warning string
+	// Warning is non-nil when the key file can be read by other users.
+	Warning error
 }
+
+// ErrKeyType is wrapped by LoadServer's error for a key of a type a self-signed
+// certificate is not made for (RSA, say): a CA-issued certificate can still carry it.
+var ErrKeyType = errors.New("want an ECDSA P-256 or Ed25519 key")
+
+// The words for the two files in LoadServer's errors and warning (*fs.PathError, as
+// patherr.Wrap makes them), which cmd/listentwo names by its flags.
+const (
+	keyWhat  = "key file"
+	certWhat = "certificate file"
+)
 
 // LoadServer reads listentwo's identity. Without certFile, keyFile holds an ECDSA P-256 or
 // Ed25519 private key (PKCS#8 or SEC1 PEM), made (mode 0600, P-256) when it does not exist,
 // and a self-signed certificate for it is made in memory: connecttwo checks the key's pin,
 // not the certificate. With certFile, the two files are a CA-issued certificate chain and
-// its key, as tls.LoadX509KeyPair reads them.
+// its key, as tls.LoadX509KeyPair reads them. An error names the file it is about, as
+// "key file PATH: reason" or "certificate file PATH: reason".
 func LoadServer(certFile, keyFile string) (*Server, error) {
 	s := &Server{}
 	if certFile != "" {
-		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+		cert, err := loadPair(certFile, keyFile)
 		if err != nil {
-			return nil, fmt.Errorf("--tls-cert %s --tls-key %s: %w", certFile, keyFile, patherr.Strip(err))
+			return nil, err
 		}
 		s.Cert = cert
 	} else {
@@ -97,20 +122,37 @@ func LoadServer(certFile, keyFile string) (*Server, error) {
 		s.Created = created
 		cert, err := selfSigned(key)
 		if err != nil {
-			return nil, fmt.Errorf("--tls-key %s: making a self-signed certificate: %w", keyFile, err)
+			return nil, patherr.Wrap(keyWhat, keyFile, fmt.Errorf("making a self-signed certificate: %w", err))
 		}
 		s.Cert = cert
 	}
 	leaf, err := x509.ParseCertificate(s.Cert.Certificate[0])
 	if err != nil {
-		return nil, fmt.Errorf("--tls-cert %s: %w", certFile, err)
+		return nil, patherr.Wrap(certWhat, certFile, err)
 	}
 	s.Cert.Leaf = leaf
 	s.Pin = PinOf(leaf)
 	if st, err := os.Stat(keyFile); err == nil && st.Mode().Perm()&0o077 != 0 {
-		s.Warning = fmt.Sprintf("warning: --tls-key %s can be read by other users; chmod 600 it", keyFile)
+		s.Warning = patherr.Wrap(keyWhat, keyFile, errors.New("can be read by other users; chmod 600 it"))
 	}
 	return s, nil
+}
+
+// loadPair is tls.LoadX509KeyPair, with each error naming the file it is about.
+func loadPair(certFile, keyFile string) (tls.Certificate, error) {
+	certPEM, err := os.ReadFile(certFile)
+	if err != nil {
+		return tls.Certificate{}, patherr.Wrap(certWhat, certFile, err)
+	}
+	keyPEM, err := os.ReadFile(keyFile)
+	if err != nil {
+		return tls.Certificate{}, patherr.Wrap(keyWhat, keyFile, err)
+	}
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return tls.Certificate{}, patherr.Wrap(certWhat, certFile, fmt.Errorf("with key file %s: %w", keyFile, err))
+	}
+	return cert, nil
 }
 
 // Config returns the relay's TLS configuration: TLS 1.3 only, no client certificates.
@@ -134,24 +176,24 @@ func loadOrCreateKey(path string) (crypto.Signer, bool, error) {
 	if err == nil {
 		key, err := parseKey(data)
 		if err != nil {
-			return nil, false, fmt.Errorf("--tls-key %s: %w", path, err)
+			return nil, false, patherr.Wrap(keyWhat, path, err)
 		}
 		return key, false, nil
 	}
 	if !errors.Is(err, os.ErrNotExist) {
-		return nil, false, patherr.Wrap("--tls-key", path, err)
+		return nil, false, patherr.Wrap(keyWhat, path, err)
 	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return nil, false, fmt.Errorf("--tls-key %s: making a key: %w", path, err)
+		return nil, false, patherr.Wrap(keyWhat, path, fmt.Errorf("making a key: %w", err))
 	}
 	der, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
-		return nil, false, fmt.Errorf("--tls-key %s: %w", path, err)
+		return nil, false, patherr.Wrap(keyWhat, path, err)
 	}
 	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".new*")
 	if err != nil {
-		return nil, false, patherr.Wrap("--tls-key", path+": creating it", err)
+		return nil, false, patherr.Wrap(keyWhat, path, fmt.Errorf("creating it: %w", patherr.Strip(err)))
 	}
 	defer os.Remove(tmp.Name())
 	err = tmp.Chmod(0o600)
@@ -171,7 +213,7 @@ func loadOrCreateKey(path string) (crypto.Signer, bool, error) {
 		return loadOrCreateKey(path) // another process made it first: use that one
 	}
 	if err != nil {
-		return nil, false, patherr.Wrap("--tls-key", path+": creating it", err)
+		return nil, false, patherr.Wrap(keyWhat, path, fmt.Errorf("creating it: %w", patherr.Strip(err)))
 	}
 	return key, true, nil
 }
@@ -207,7 +249,7 @@ func parseKey(data []byte) (crypto.Signer, error) {
 		case ed25519.PrivateKey:
 			return k, nil
 		default:
-			return nil, fmt.Errorf("a %T; want an ECDSA P-256 or Ed25519 key (or give a CA-issued certificate with --tls-cert)", key)
+			return nil, fmt.Errorf("a %T: %w", key, ErrKeyType)
 		}
 	}
 }
@@ -251,7 +293,7 @@ type Client struct {
 // with ParsePin), whatever its certificate says otherwise.
 func NewPinned(pins []string) (*Client, error) {
 	if len(pins) == 0 {
-		return nil, errors.New("no --tls-pin")
+		return nil, errors.New("no pin to check the relay's key against")
 	}
 	c := &Client{sessions: tls.NewLRUClientSessionCache(sessionCache)}
 	for _, p := range pins {
@@ -265,18 +307,19 @@ func NewPinned(pins []string) (*Client, error) {
 }
 
 // NewCA returns a Client that accepts a relay whose certificate chains to one of the PEM
-// certificates in caFile and names name (a DNS name or an IP address).
+// certificates in caFile and names name (a DNS name or an IP address). An error about the
+// file names it as "CA file PATH: reason" (an *fs.PathError).
 func NewCA(caFile, name string) (*Client, error) {
 	data, err := os.ReadFile(caFile)
 	if err != nil {
-		return nil, patherr.Wrap("--tls-ca", caFile, err)
+		return nil, patherr.Wrap("CA file", caFile, err)
 	}
 	roots := x509.NewCertPool()
 	if !roots.AppendCertsFromPEM(data) {
-		return nil, fmt.Errorf("--tls-ca %s: no PEM certificate in the file", caFile)
+		return nil, patherr.Wrap("CA file", caFile, errors.New("no PEM certificate in the file"))
 	}
 	if name == "" {
-		return nil, errors.New("--tls-ca needs the name the relay's certificate must carry (--tls-name)")
+		return nil, errors.New("a CA check needs the name the relay's certificate must carry")
 	}
 	return &Client{roots: roots, name: name, sessions: tls.NewLRUClientSessionCache(sessionCache)}, nil
 }

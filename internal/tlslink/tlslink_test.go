@@ -11,6 +11,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"io"
+	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
@@ -194,5 +195,59 @@ func TestResumedLinksCheckThePin(t *testing.T) {
 	var pe *PinError
 	if !errors.As(err, &pe) || pe.Got != srv.Pin {
 		t.Fatalf("a resumable link with another pin: %v, want the pin refused", err)
+	}
+}
+
+// TestFileErrors: LoadServer's and NewCA's errors name the file they are about in plain
+// words, as an *fs.PathError for its path (cmd/listentwo and cmd/connecttwo name it by the
+// flag), and a key of a type without a self-signed certificate wraps ErrKeyType.
+func TestFileErrors(t *testing.T) {
+	dir := t.TempDir()
+	missing := filepath.Join(dir, "missing")
+	notPEM := filepath.Join(dir, "notpem")
+	if err := os.WriteFile(notPEM, []byte("hello\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	key := filepath.Join(dir, "relay.key")
+	if _, err := LoadServer("", key); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		err  func() error
+		path string
+		want string
+	}{
+		{"key not PEM", func() error { _, err := LoadServer("", notPEM); return err }, notPEM,
+			"key file " + notPEM + ": no PEM private key in the file (want an ECDSA P-256 or Ed25519 key; a missing file is created)"},
+		{"key in no directory", func() error { _, err := LoadServer("", filepath.Join(missing, "k")); return err }, filepath.Join(missing, "k"),
+			"key file " + filepath.Join(missing, "k") + ": creating it: no such file or directory"},
+		{"certificate missing", func() error { _, err := LoadServer(missing, key); return err }, missing,
+			"certificate file " + missing + ": no such file or directory"},
+		{"key of a certificate missing", func() error { _, err := LoadServer(notPEM, missing); return err }, missing,
+			"key file " + missing + ": no such file or directory"},
+		{"CA missing", func() error { _, err := NewCA(missing, "relay"); return err }, missing,
+			"CA file " + missing + ": no such file or directory"},
+		{"CA not PEM", func() error { _, err := NewCA(notPEM, "relay"); return err }, notPEM,
+			"CA file " + notPEM + ": no PEM certificate in the file"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.err()
+			pe, ok := err.(*fs.PathError)
+			if !ok || pe.Path != tc.path || err.Error() != tc.want {
+				t.Errorf("error %#v (%v), want an *fs.PathError for %s: %q", err, err, tc.path, tc.want)
+			}
+		})
+	}
+	rsaKey, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(rsaKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadServer("", writeKey(t, "PRIVATE KEY", der)); !errors.Is(err, ErrKeyType) {
+		t.Errorf("RSA key: %v, want ErrKeyType", err)
 	}
 }

@@ -17,34 +17,40 @@ import (
 // mistake in what the user gave, where any other error is the file's.
 var ErrEmptySecret = errors.New("the first line is empty; put the shared secret there")
 
+// errReadable is LoadSecret's warning about a secret file every user may read.
+var errReadable = errors.New("readable by every user; chmod 600 it")
+
 // LoadSecret reads the shared link secret: the first line of the file at path, without its
 // line ending. A file that cannot be read is an error; an empty first line is an error
-// wrapping ErrEmptySecret. warning is non-empty when every user may read the file.
-func LoadSecret(path string) (secret []byte, warning string, err error) {
+// wrapping ErrEmptySecret. warning is non-nil when every user may read the file. The
+// error and the warning name the file as "secret file PATH" (an *fs.PathError, as
+// patherr.Wrap makes it), for cmd/* to name by its flag (cli.FileError).
+func LoadSecret(path string) (secret []byte, warning, err error) {
+	const what = "secret file"
 	f, err := regfile.Open(path) // a FIFO would hold the start, or every later reload
 	if err != nil {
-		return nil, "", patherr.Wrap("--secret-file", path, err)
+		return nil, nil, patherr.Wrap(what, path, err)
 	}
 	defer f.Close()
 	st, err := f.Stat()
 	if err != nil {
-		return nil, "", patherr.Wrap("--secret-file", path, err)
+		return nil, nil, patherr.Wrap(what, path, err)
 	}
 	// The first line is all we need; bound the read so a huge file costs nothing.
 	r := bufio.NewReaderSize(f, 4096)
 	line, err := r.ReadSlice('\n')
 	switch {
 	case errors.Is(err, bufio.ErrBufferFull):
-		return nil, "", fmt.Errorf("--secret-file %s: first line longer than %d bytes", path, r.Size())
+		return nil, nil, patherr.Wrap(what, path, fmt.Errorf("first line longer than %d bytes", r.Size()))
 	case err != nil && !errors.Is(err, io.EOF):
-		return nil, "", patherr.Wrap("--secret-file", path, err)
+		return nil, nil, patherr.Wrap(what, path, err)
 	}
 	line = bytes.TrimRight(line, "\r\n")
 	if len(bytes.TrimSpace(line)) == 0 {
-		return nil, "", fmt.Errorf("--secret-file %s: %w", path, ErrEmptySecret)
+		return nil, nil, patherr.Wrap(what, path, ErrEmptySecret)
 	}
 	if st.Mode().Perm()&0o004 != 0 {
-		warning = fmt.Sprintf("warning: --secret-file %s is readable by every user; chmod 600 it", path)
+		warning = patherr.Wrap(what, path, errReadable)
 	}
 	return bytes.Clone(line), warning, nil
 }
@@ -52,7 +58,7 @@ func LoadSecret(path string) (secret []byte, warning string, err error) {
 // secretBox holds the secret a relay or an agent proves now, which a reload may replace.
 // Safe for simultaneous use.
 type secretBox struct {
-	file string // where the secret was read (--secret-file), for reload; "" for none
+	file string // where the secret was read, for reload; "" for none
 	p    atomic.Pointer[[]byte]
 }
 
@@ -76,7 +82,7 @@ func (b *secretBox) get() []byte {
 // has no secret keeps the secret in use. It reports whether the secret changed.
 func (b *secretBox) reload(log *connlog.Logger) bool {
 	if b.file == "" || b.get() == nil {
-		log.Printf("reload: nothing to reread (no --secret-file)")
+		log.Printf("reload: nothing to reread (no secret file)")
 		return false
 	}
 	secret, warning, err := LoadSecret(b.file)
@@ -84,14 +90,14 @@ func (b *secretBox) reload(log *connlog.Logger) bool {
 		log.Warnf("rereading %v; keeping the secret in use", err)
 		return false
 	}
-	if warning != "" {
-		log.Warnf("%s", warning)
+	if warning != nil {
+		log.Warnf("warning: %v", warning)
 	}
 	if bytes.Equal(secret, b.get()) {
-		log.Printf("reread --secret-file %s: the secret is unchanged", b.file)
+		log.Printf("reread secret file %s: the secret is unchanged", b.file)
 		return false
 	}
 	b.p.Store(&secret)
-	log.Printf("reread --secret-file %s: links must prove the new secret from now on", b.file)
+	log.Printf("reread secret file %s: links must prove the new secret from now on", b.file)
 	return true
 }
