@@ -96,21 +96,22 @@ type AgentConfig struct {
 	idleTrim   time.Duration // zero: idleTrim (a test seam)
 }
 
-// Validate reports a configuration no agent can run with, as an error that names the option.
+// Validate reports a configuration no agent can run with, in plain words: cmd/connecttwo
+// checks its flags first and names them, so this guards programmatic callers.
 func (c *AgentConfig) Validate() error {
 	switch {
 	case c.Relay.Host == "" || c.Relay.Port < 1 || c.Relay.Port > 65535:
-		return errors.New("-s: missing or bad address; give the relay's HOST:PORT")
+		return errors.New("the relay's address is missing or bad; want HOST:PORT")
 	case c.Service.Host == "" || c.Service.Port < 1 || c.Service.Port > 65535:
-		return errors.New("-d: missing or bad address; give the service's HOST:PORT")
+		return errors.New("the service's address is missing or bad; want HOST:PORT")
 	case c.Pool < 1:
-		return errors.New("--pool must be at least 1")
+		return errors.New("the pool size must be at least 1")
 	case c.Pool > MaxPool:
-		return fmt.Errorf("--pool must be at most %d", MaxPool)
+		return fmt.Errorf("the pool size must be at most %d", MaxPool)
 	case c.SendProxy && !c.Hello:
-		return errors.New("--send-proxy passes on the hello: it needs --hello-from-src")
+		return errors.New("SendProxy passes the hello on: it needs Hello")
 	case c.Secret != nil && len(c.Secret) == 0:
-		return errors.New("--secret-file: the secret is empty")
+		return errors.New("the secret is empty")
 	case c.HandshakeTimeout < 0, c.DialTimeout < 0, c.BackoffBase < 0, c.BackoffMax < 0, c.RefusedMax < 0:
 		return errors.New("timeouts must not be negative")
 	}
@@ -556,7 +557,7 @@ func resetClient(ctx context.Context, link *net.TCPConn, rw net.Conn) {
 }
 
 // errTrimmed is why an idle TLS link was closed: more than Pool links were idle.
-var errTrimmed = errors.New("not needed: more idle links than --pool")
+var errTrimmed = errors.New("not needed: more idle links than the pool size")
 
 // waitSession waits, on a TLS link, for the next session: the first DATA frame from the
 // relay (with hellos, the hello). It returns the session and its first bytes, or why the

@@ -431,14 +431,14 @@ func TestAttackTLSTrimWhileClientsArrive(t *testing.T) {
 	// back, so that the extra ones stay idle long enough to be trimmed between clients.
 	tick := time.NewTicker(40 * time.Millisecond)
 	defer tick.Stop()
-	for i := 0; i < 100 && tn.agentLog.count(`not needed: more idle links than --pool`) < up-1; i++ {
+	for i := 0; i < 100 && tn.agentLog.count(`not needed: more idle links than the pool size`) < up-1; i++ {
 		<-tick.C
 		clients++
 		if _, err := roundTrip(dial(t, tn.clients), 1000+i, 0); err != nil {
 			failed++
 		}
 	}
-	trimmed := tn.agentLog.count(`not needed: more idle links than --pool`)
+	trimmed := tn.agentLog.count(`not needed: more idle links than the pool size`)
 	t.Logf("%d links up for the burst, %d trimmed; %d clients in all, %d of them reset while links were trimmed", up, trimmed, clients, failed)
 	if trimmed < up-1 {
 		t.Errorf("%d of the %d extra links trimmed while clients came", trimmed, up-1)

@@ -73,7 +73,7 @@ func TestPlainBurstGrowsPool(t *testing.T) {
 			var up, trimmed int
 			settled := func() bool {
 				up = tn.agentLog.count(`link #\d+ up`)
-				trimmed = tn.agentLog.count(`link #\d+ down .*: not needed: more idle links than --pool`)
+				trimmed = tn.agentLog.count(`link #\d+ down .*: not needed: more idle links than the pool size`)
 				return tn.agent.plainSlots.Load() == 1 && tn.agent.Stats().Connecting == 0 && tn.agent.IdleLinks() == 1 && up-trimmed == 1+clients
 			}
 			for deadline := time.Now().Add(testTimeout); !settled(); time.Sleep(5 * time.Millisecond) {
@@ -131,7 +131,7 @@ func TestPlainBurstRefusedNotRetried(t *testing.T) {
 				BackoffBase: 20 * time.Millisecond, BackoffMax: 5 * time.Second}, &tn)
 			relay := regexpQuote(epOf(t, ln.Addr()).String())
 			tn.agentLog.wait(`link #\d+ to ` + relay + ` failed: .*idle link pool is full; retry 3 in`)
-			if got := tn.agentLog.count(`link #\d+ to .* failed: .*; not retried: more links than --pool`); got != 1 {
+			if got := tn.agentLog.count(`link #\d+ to .* failed: .*; not retried: more links than the pool size`); got != 1 {
 				t.Errorf("%d links beyond --pool failed and were dropped, want 1 (the burst's one)\n%s", got, tn.agentLog)
 			}
 			retrying := map[string]bool{}

@@ -112,19 +112,20 @@ type RelayConfig struct {
 	TLS *tlslink.Server
 }
 
-// Validate reports a configuration no relay can run with, as an error that names the option.
+// Validate reports a configuration no relay can run with, in plain words: cmd/listentwo
+// checks its flags first and names them, so this guards programmatic callers.
 func (c *RelayConfig) Validate() error {
 	switch {
 	case c.Clients.Port < 1 || c.Clients.Port > 65535:
-		return errors.New("-s: missing or bad port; give [ADDR:]PORT")
+		return errors.New("the clients' port is missing or bad; want [ADDR:]PORT")
 	case c.Links.Port < 1 || c.Links.Port > 65535:
-		return errors.New("-d: missing or bad port; give [ADDR:]PORT")
+		return errors.New("the links' port is missing or bad; want [ADDR:]PORT")
 	case c.Clients == c.Links:
-		return fmt.Errorf("-s and -d are the same address %s", c.Clients)
+		return fmt.Errorf("clients and links on the same address %s", c.Clients)
 	case c.Wait < 0:
-		return errors.New("--wait must not be negative")
+		return errors.New("the wait must not be negative")
 	case c.MaxLinks < 0:
-		return errors.New("--max-links must be at least 1")
+		return errors.New("the idle link limit must not be negative")
 	case c.MaxHandshakes < 0:
 		return errors.New("the handshake limit must be at least 1")
 	case c.HandshakeTimeout < 0, c.FirstByte < 0:
@@ -132,7 +133,7 @@ func (c *RelayConfig) Validate() error {
 	case c.MaxSilentClients < 0, c.MaxSilentPerSource < 0:
 		return errors.New("the silent client limits must be at least 1")
 	case c.Secret != nil && len(c.Secret) == 0:
-		return errors.New("--secret-file: the secret is empty")
+		return errors.New("the secret is empty")
 	}
 	return nil
 }

@@ -559,7 +559,7 @@ func TestTLSExtraLinksTrimmed(t *testing.T) {
 		t.Fatalf("%d links up for a burst of 6 clients on --pool 2: the burst opened none", up)
 	}
 	tn.waitPools(t, 2, 2)
-	tn.agentLog.waitCount(`link #\d+ down .*: not needed: more idle links than --pool`, up-2)
+	tn.agentLog.waitCount(`link #\d+ down .*: not needed: more idle links than the pool size`, up-2)
 	tn.relayLog.waitCount(`link #\d+ down .*: closed by connecttwo`, up-2)
 	echoCheckPlain(t, tn)
 }
