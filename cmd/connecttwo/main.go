@@ -6,6 +6,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"runtime"
@@ -116,7 +117,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	ms, err := metrics.Listen(ctx, metricsAt, cfg.Local)
 	if err != nil {
-		return cli.Report(stderr, tool, err)
+		return cli.Report(stderr, tool, fmt.Errorf("--metrics: %w", err))
 	}
 	defer ms.Close()
 	ms.Serve(metrics.Agent(a))

@@ -129,7 +129,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	ms, err := metrics.Listen(ctx, metricsAt, cfg.Local)
 	if err != nil {
-		return report(stderr, err)
+		return report(stderr, fmt.Errorf("--metrics: %w", err))
 	}
 	defer ms.Close()
 	ms.Serve(metrics.Relay(r))

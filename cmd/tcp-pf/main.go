@@ -255,7 +255,7 @@ func serve(ctx context.Context, hurry, reload <-chan struct{}, args []string, st
 	}
 	ms, err := metrics.Listen(ctx, o.metricsAt, cfg.Local)
 	if err != nil {
-		return err
+		return fmt.Errorf("--metrics: %w", err)
 	}
 	defer ms.Close()
 	ln, err := svc.Listen(ctx, "source", listen, cfg.Local)

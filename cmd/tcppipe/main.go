@@ -89,7 +89,15 @@ func run(ctx context.Context, args []string, stdin, stdout *os.File, stderr io.W
 	cfg.Terminal = isTerminal(stderr)
 	ctx, stop := cli.SignalContext(ctx)
 	defer stop()
-	return cli.Report(stderr, tool, pipe.Run(ctx, cfg))
+	return cli.Report(stderr, tool, fileFlags(cfg, pipe.Run(ctx, cfg)))
+}
+
+// fileFlags names a file in err, an error of pipe.Run about one of its files, by the flag
+// that gave it: "--insert FILE: no such file or directory".
+func fileFlags(cfg pipe.Config, err error) error {
+	err = cli.FileError("--insert", cfg.InsertFile, err)
+	err = cli.FileError("-b", cfg.BindFile, err)
+	return cli.FileError("-n", cfg.NetworkFile, err)
 }
 
 // parse turns the command line into a pipe.Config; every usage error is found here,

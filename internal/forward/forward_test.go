@@ -551,7 +551,7 @@ func TestInsertTimeout(t *testing.T) {
 	if n, err := c.Read(make([]byte, 1)); n != 0 || err == nil {
 		t.Errorf("client: read %d bytes, %v; want the connection closed", n, err)
 	}
-	pf.log.WaitFor(t, `close #1 \S+ -> \S+ up=[1-9]\d* .*end="error: sending the --insert data: i/o timeout"$`, 1, 5*time.Second)
+	pf.log.WaitFor(t, `close #1 \S+ -> \S+ up=[1-9]\d* .*end="error: sending the inserted data: i/o timeout"$`, 1, 5*time.Second)
 }
 
 // When no splice pipe can be had (out of descriptors), bytes go through a buffer instead:

@@ -377,7 +377,7 @@ func (c *lconn) insertMore() {
 			c.insertLater(delay)
 			return
 		}
-		n, ok := c.sendFirst(ins[c.inserted:c.inserted+n], "sending the --insert data")
+		n, ok := c.sendFirst(ins[c.inserted:c.inserted+n], "sending the inserted data")
 		if !ok {
 			return
 		}

@@ -63,15 +63,15 @@ type Server struct {
 }
 
 // Listen opens the metrics listener on ep, as endpoint.Listen does (an empty Host: every
-// address, or local when it is valid). The error names the option and the address. A zero
-// ep (no --metrics) gives a nil *Server and no error.
+// address, or local when it is valid). The error names the address (cmd/* puts its flag
+// in front). A zero ep (no --metrics) gives a nil *Server and no error.
 func Listen(ctx context.Context, ep endpoint.Endpoint, local netip.Addr) (*Server, error) {
 	if ep == (endpoint.Endpoint{}) {
 		return nil, nil
 	}
 	ln, err := endpoint.Listen(ctx, ep, local)
 	if err != nil {
-		return nil, fmt.Errorf("--metrics: %w", err)
+		return nil, err
 	}
 	return &Server{ln: ln}, nil
 }

@@ -154,14 +154,14 @@ func TestFilesCheckedFirst(t *testing.T) {
 		cfg  Config
 		want string
 	}{
-		{"insert-missing", Config{InsertFile: missing}, "--insert " + missing + ": no such file or directory"},
-		{"insert-directory", Config{InsertFile: dir}, "--insert " + dir + ": is a directory"},
-		{"bind-missing", Config{BindFile: missing}, "-b " + missing + ": no such file or directory"},
-		{"bind-directory", Config{BindFile: dir}, "-b " + dir + ": is a directory"},
-		{"bind-no-entry", Config{BindFile: noEntry}, "-b " + noEntry + ": no usable host entry"},
-		{"network-missing", Config{NetworkFile: missing}, "-n " + missing + ": no such file or directory"},
-		{"network-no-entry", Config{NetworkFile: noEntry}, "-n " + noEntry + ": no usable host entry"},
-		{"network-ok-insert-missing", Config{NetworkFile: good, InsertFile: missing}, "--insert " + missing + ": no such file or directory"},
+		{"insert-missing", Config{InsertFile: missing}, "insert file " + missing + ": no such file or directory"},
+		{"insert-directory", Config{InsertFile: dir}, "insert file " + dir + ": is a directory"},
+		{"bind-missing", Config{BindFile: missing}, "bind file " + missing + ": no such file or directory"},
+		{"bind-directory", Config{BindFile: dir}, "bind file " + dir + ": is a directory"},
+		{"bind-no-entry", Config{BindFile: noEntry}, "bind file " + noEntry + ": no usable host entry"},
+		{"network-missing", Config{NetworkFile: missing}, "network file " + missing + ": no such file or directory"},
+		{"network-no-entry", Config{NetworkFile: noEntry}, "network file " + noEntry + ": no usable host entry"},
+		{"network-ok-insert-missing", Config{NetworkFile: good, InsertFile: missing}, "insert file " + missing + ": no such file or directory"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name+"/connect", func(t *testing.T) {

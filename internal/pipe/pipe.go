@@ -165,14 +165,14 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	var acct accounts
 	local := cfg.Local
 	if cfg.BindFile != "" {
-		least, ledger, err := leastOf(cfg.BindFile, "-b", warn)
+		least, ledger, err := leastOf(cfg.BindFile, bindWhat, warn)
 		if err != nil {
 			return err
 		}
 		e := least[0]
 		ip, err := endpoint.ResolveIP(ctx, e.Host)
 		if err != nil {
-			return fmt.Errorf("-b %s: local address %s: %w", cfg.BindFile, e.Name, err)
+			return patherr.Wrap(bindWhat, cfg.BindFile, fmt.Errorf("local address %s: %w", e.Name, err))
 		}
 		local = ip
 		acct.add(ledger, e.Name)
@@ -180,7 +180,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	var candidates []hostfile.Entry
 	var netLedger *hostfile.Ledger
 	if cfg.NetworkFile != "" {
-		if candidates, netLedger, err = leastOf(cfg.NetworkFile, "-n", warn); err != nil {
+		if candidates, netLedger, err = leastOf(cfg.NetworkFile, networkWhat, warn); err != nil {
 			return err
 		}
 	}
@@ -359,19 +359,27 @@ func (t *transfer) delivered() int64 {
 	return max(n, 0)
 }
 
+// The words for Config's files in Run's errors about them ("insert file PATH: reason", an
+// *fs.PathError as patherr.Wrap makes it), which cmd/tcppipe names by its flags.
+const (
+	insertWhat  = "insert file"
+	bindWhat    = "bind file"
+	networkWhat = "network file"
+)
+
 // openInsert opens the --insert file, so that a missing or unreadable one, or a
 // directory, is an error before any socket.
 func openInsert(path string) (*os.File, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, patherr.Wrap("--insert", path, err)
+		return nil, patherr.Wrap(insertWhat, path, err)
 	}
 	if fi, err := f.Stat(); err != nil || fi.IsDir() {
 		f.Close()
 		if err == nil {
 			err = syscall.EISDIR
 		}
-		return nil, patherr.Wrap("--insert", path, err)
+		return nil, patherr.Wrap(insertWhat, path, err)
 	}
 	return f, nil
 }
@@ -399,7 +407,7 @@ func (t *transfer) copy(ctx context.Context, dst io.Writer, src io.Reader, inser
 				break
 			}
 			if rerr != nil {
-				return patherr.Wrap("reading --insert", insert.Name(), rerr)
+				return patherr.Wrap("reading "+insertWhat, insert.Name(), rerr)
 			}
 		}
 	}
@@ -543,22 +551,19 @@ func cmp(port, fallback int) int {
 }
 
 // leastOf reads a host file and returns its usable entries, fewest bytes first, with a
-// ledger for adding counts to it.
-func leastOf(path, flag string, warn func(string, ...any)) ([]hostfile.Entry, *hostfile.Ledger, error) {
+// ledger for adding counts to it. Its errors name the file as what PATH.
+func leastOf(path, what string, warn func(string, ...any)) ([]hostfile.Entry, *hostfile.Ledger, error) {
 	f, warnings, err := hostfile.Read(path)
 	if err != nil {
-		// "-n hosts: no such file or directory", like --insert's message.
-		if cause := errors.Unwrap(err); cause != nil {
-			err = cause
-		}
-		return nil, nil, fmt.Errorf("%s %s: %w", flag, path, err)
+		// "network file hosts: no such file or directory", like the insert file's message.
+		return nil, nil, patherr.Wrap(what, path, err)
 	}
 	for _, w := range warnings {
 		warn("warning: %v", w)
 	}
 	least := f.Least()
 	if len(least) == 0 {
-		return nil, nil, fmt.Errorf("%s %s: no usable host entry", flag, path)
+		return nil, nil, patherr.Wrap(what, path, errors.New("no usable host entry"))
 	}
 	return least, hostfile.NewLedger(path), nil
 }
