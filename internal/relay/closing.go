@@ -120,8 +120,8 @@ type settleClock struct {
 	deadline    time.Time
 }
 
-func newSettleClock(now time.Time, stall time.Duration) settleClock {
-	return settleClock{stall: stall, wait: settleFirst, last: -1, deadline: now.Add(stall)}
+func newSettleClock(now time.Time, stall, first time.Duration) settleClock {
+	return settleClock{stall: stall, wait: first, last: -1, deadline: now.Add(stall)}
 }
 
 // next is told the count of unacknowledged bytes at now, and returns how long to pause

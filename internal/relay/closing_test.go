@@ -193,7 +193,7 @@ func TestClosePolicy(t *testing.T) {
 func TestSettleClock(t *testing.T) {
 	start := time.Unix(1000, 0)
 	const stall = time.Second
-	c := newSettleClock(start, stall)
+	c := newSettleClock(start, stall, settleFirst)
 	for _, tc := range []struct {
 		at      time.Duration
 		unacked int
@@ -212,7 +212,7 @@ func TestSettleClock(t *testing.T) {
 			t.Errorf("at %v with %d unacked: %v, %v; want %v, %v", tc.at, tc.unacked, wait, ok, tc.wait, tc.ok)
 		}
 	}
-	c = newSettleClock(start, stall)
+	c = newSettleClock(start, stall, settleFirst)
 	var wait time.Duration
 	for range 20 {
 		wait, _ = c.next(start, 1)

@@ -19,7 +19,7 @@ const SettleTimeout = 10 * time.Second
 func Settle(ctx context.Context, c *net.TCPConn, stall time.Duration) int {
 	// Nothing unread right now is not enough to close at once: the peer may send more in
 	// the next microsecond, and a close then resets. Only an acknowledged tail is safe.
-	clock := newSettleClock(time.Now(), stall)
+	clock := newSettleClock(time.Now(), stall, settleFirst)
 	for {
 		discard(c)
 		// The state first, then the count: a clean end where our FIN is the last to be
