@@ -212,7 +212,7 @@ func (e bulkEnd) read(most int) (*[]byte, int, error) {
 // layer's WriteFrames; otherwise n is len(b).
 func (e bulkEnd) write(b []byte, n int, frames frameShape) (int, error) {
 	if e.wire == nil {
-		return e.tcp.Write(b[:n])
+		return writeStream(e.tcp, b[:n])
 	}
 	e.wire.startGather()
 	var err error

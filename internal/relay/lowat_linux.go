@@ -41,6 +41,9 @@ func (l *lowWater) streaming(fd int) {
 	}
 }
 
+// up reports whether the mark is up: the source has been running ahead of the copy.
+func (l *lowWater) up() bool { return l != nil && l.mark > 1 }
+
 // waiting lowers the mark on fd before the copy waits for it, or when the copy ends.
 func (l *lowWater) waiting(fd int) {
 	if l != nil && l.mark > 1 {

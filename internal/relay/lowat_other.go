@@ -9,3 +9,4 @@ const streamMark = bulkSize / 2
 
 func (*lowWater) streaming(int) {}
 func (*lowWater) waiting(int)   {}
+func (*lowWater) up() bool      { return false }

@@ -165,9 +165,10 @@ func (w *Wire) fill() error {
 // the socket has bytes: it is given back before every wait. It returns the buffer (nil on
 // an error or the end) and the count; a failed read(2) is an *os.SyscallError, anything
 // else the wait's error. A read that finds half a step or more raises the socket's
-// low-water mark (lw), and the mark goes down before a wait. With a frame shape, the
-// bytes are read into the payloads of frames laid out in the buffer (most counting the
-// payload only).
+// low-water mark (lw); while the mark is up, a read that finds nothing waits for it in
+// poll(2) for at most shortWaitMs, and the mark goes down before a wait in the runtime's
+// poller. With a frame shape, the bytes are read into the payloads of frames laid out in
+// the buffer (most counting the payload only).
 func readAhead(raw syscall.RawConn, most int, lw *lowWater, frames frameShape) (*[]byte, int, error) {
 	if raw == nil {
 		return nil, 0, errors.New("relay: no raw connection")
@@ -182,6 +183,9 @@ func readAhead(raw syscall.RawConn, most int, lw *lowWater, frames frameShape) (
 				n, rerr = frames.readFrames(int(fd), *b, most)
 			} else {
 				n, rerr = syscall.Read(int(fd), (*b)[:min(most, bulkSize)])
+			}
+			if rerr == syscall.EAGAIN && lw.up() && pollWait(int(fd), pollIn, shortWaitMs) {
+				continue
 			}
 			if rerr != syscall.EINTR {
 				break
@@ -265,7 +269,7 @@ func (w *Wire) flushLocked() error {
 	}
 	b := w.out
 	w.out = nil
-	_, err := w.tcp.Write(*b)
+	_, err := writeStream(w.tcp, *b)
 	*b = (*b)[:cap(*b)]
 	bulk.Put(b)
 	return err
