@@ -162,6 +162,17 @@ func (l *Logger) Flush() {
 	}
 }
 
+// Buffered returns the bytes of the lines a Buffer holds, not yet flushed: 0 for a Logger
+// that is not a Buffer.
+func (l *Logger) Buffered() int {
+	if l == nil || !l.buffer {
+		return 0
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.pending)
+}
+
 // Drain waits, at most DrainWait, until every queued line is written and a count of
 // dropped lines, if any, is reported: what a tool does before it exits. The Logger stays
 // usable. Called on a Buffer, it flushes it first.
