@@ -48,7 +48,7 @@ func startForwarder(t *testing.T, host string, cfg forward.Config) *forwarder {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ms.Serve(metrics.Forward(srv))
+	ms.Serve(metrics.Forward(srv), nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx, ln) }()

@@ -9,7 +9,7 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log"
+	stdlog "log"
 	"net"
 	"net/http"
 	"net/netip"
@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"shd-tcp-tools/internal/connlog"
 	"shd-tcp-tools/internal/endpoint"
 )
 
@@ -89,7 +90,8 @@ func (s *Server) Addr() net.Addr {
 // a lock the engine holds only briefly (the balancer's). A slow or stuck scraper holds
 // only its own connection, for at most the timeouts below, and strangers hold at most
 // MaxConns connections (see connCap): past it, the one that has got least far is closed.
-func (s *Server) Serve(g prometheus.Gatherer) {
+// It logs where the metrics are to log, when log is not nil.
+func (s *Server) Serve(g prometheus.Gatherer, log *connlog.Logger) {
 	if s == nil {
 		return
 	}
@@ -118,7 +120,7 @@ func (s *Server) Serve(g prometheus.Gatherer) {
 		MaxHeaderBytes:    8 << 10,
 		// The standard library's logger would write to stderr beside connlog, and a
 		// scraper's broken connections are not the tool's events.
-		ErrorLog: log.New(io.Discard, "", 0),
+		ErrorLog: stdlog.New(io.Discard, "", 0),
 	}
 	s.done = make(chan struct{})
 	go func() {
@@ -126,6 +128,9 @@ func (s *Server) Serve(g prometheus.Gatherer) {
 		// An error here is the listener failing for good: the tool goes on without metrics.
 		_ = s.http.Serve(s.ln)
 	}()
+	if log != nil {
+		log.Printf("metrics on http://%s%s", s.ln.Addr(), Path)
+	}
 }
 
 // Close stops serving: the listener and every open scrape connection are closed. It waits

@@ -24,7 +24,7 @@ func serveMetrics(t *testing.T, host string, g prometheus.Gatherer) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ms.Serve(g)
+	ms.Serve(g, nil)
 	t.Cleanup(ms.Close)
 	return ms.Addr().String()
 }

@@ -12,8 +12,8 @@ import (
 // When err is (or wraps) an *fs.PathError, its operation and path are dropped, since WHAT
 // and PATH already say them; the reason stays wrapped, so errors.Is(err, fs.ErrNotExist)
 // and the like still hold. So Wrap of Wrap's error names the file anew: an engine says
-// "secret file PATH: reason", and cmd/*, which knows the flag that gave PATH, makes it
-// "--secret-file PATH: reason". Wrap(nil) is nil.
+// "secret file PATH: reason", and cmd/*, which knows the flag that gave PATH, puts the
+// flag's name in place of "secret file". Wrap(nil) is nil.
 func Wrap(what, path string, err error) error {
 	if err == nil {
 		return nil

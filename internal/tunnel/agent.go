@@ -18,6 +18,7 @@ import (
 	"shd-tcp-tools/internal/connlog"
 	"shd-tcp-tools/internal/connstats"
 	"shd-tcp-tools/internal/endpoint"
+	"shd-tcp-tools/internal/meter"
 	"shd-tcp-tools/internal/relay"
 	"shd-tcp-tools/internal/tlslink"
 )
@@ -199,6 +200,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	defer loops.Close() // after every relay ended (a.wg)
 	a.loops = loops
+	a.cfg.Log.Printf("keeping %s open to %s for %s", meter.Count(a.cfg.Pool, "link"), a.cfg.Relay, a.serviceName)
 	if a.tlsConfig != nil {
 		a.wg.Add(1)
 		go func() {
