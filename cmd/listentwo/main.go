@@ -37,14 +37,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return report(stderr, err)
 	}
-	// One event loop per CPU relays the paired connections, and the control plane's
-	// goroutines (handshakes, accepts) run beside them on spare Ps: while a P is idle, Go's
-	// sysmon leaves a loop waiting in epoll_wait alone, where with one spare P, busy with
-	// the control plane, it took the loop's P back every round and woke every 20 µs
-	// (about a sixth of each process's CPU time per new client; four spare Ps: 10-15%
-	// less CPU per client, docs/tunnel.md).
-	cfg.Loops = runtime.GOMAXPROCS(0)
-	runtime.GOMAXPROCS(cfg.Loops + 4)
+	cfg.Loops = runtime.GOMAXPROCS(0) // one event loop per CPU, and spare Ps beside them
+	runtime.GOMAXPROCS(cfg.Loops + tunnel.SpareProcs)
 	r, err := tunnel.NewRelay(cfg)
 	if err != nil {
 		return report(stderr, err)

@@ -72,7 +72,7 @@ func (k *keeper) start() (stop func()) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	if err := k.b.store.Watch(ctx, k.reload); err != nil {
-		k.s.log.Warnf("warning: not following %s live (%v): it is reread at every -i", k.b.store, err)
+		k.s.log.Warnf("warning: not following %s live (%v): it is reread at every write-back, every %s", k.b.store, err, k.s.cfg.interval())
 	}
 	var wg sync.WaitGroup
 	wg.Go(func() { k.run(ctx) })
