@@ -332,12 +332,8 @@ func (c *lconn) connected() {
 	c.ls.log.Open(c.id, c.from, c.to)
 	c.ls.counts.Opened(c.ls.lp.Now().Sub(c.dialStart))
 	c.ls.keepAliveLater(c)
-	if !s.cfg.AcceptProxy { // with it, registered since the accept
-		if err := c.ls.lp.Add(c.cfd, unix.EPOLLIN|unix.EPOLLOUT|unix.EPOLLRDHUP|unix.EPOLLET, c.clientReady); err != nil {
-			c.endSetup("error: " + os.NewSyscallError("epoll_ctl", err).Error())
-			return
-		}
-	}
+	// Without --accept-proxy the client's socket joins the loop's epoll set with the relay
+	// (relay.StartPair), which can then take its first read as the answer to an event.
 	c.start = c.ls.lp.Now() // the close line's time and rates count from the open
 	c.pace = [2]*ratelimit.Bucket{ratelimit.NewBucket(s.cfg.Rate), ratelimit.NewBucket(s.cfg.Rate)}
 	if s.cfg.SendProxy != 0 {

@@ -110,10 +110,12 @@ func StartPair(lp *eventloop.Loop, client, server int, o PairOptions) (*Pair, er
 	for i := range p.dirs {
 		p.dirs[i].mv.noPipes = o.NoPipes
 	}
+	var added [2]bool
 	for i, ready := range [2]func(uint32){p.clientReady, p.serverReady} {
 		if lp.Handle(p.fd[i], ready) {
 			continue
 		}
+		added[i] = true
 		if err := lp.Add(p.fd[i], PairEvents, ready); err != nil {
 			if i == 1 {
 				lp.Remove(client)
@@ -126,8 +128,13 @@ func StartPair(lp *eventloop.Loop, client, server int, o PairOptions) (*Pair, er
 	if o.IdleTimeout > 0 {
 		p.idle = lp.AfterFunc(o.IdleTimeout, p.checkIdle)
 	}
-	p.pump(up, false)
-	p.pump(down, false)
+	// A socket added just now has had no event read: edge-triggered epoll reports what it
+	// holds already (its end too) at the next wait, and what comes later as it comes, so a
+	// first read that finds less than it asked for has taken all there is, as in answer to
+	// an event: the pump does not ask again to find nothing (one recvfrom a short
+	// connection). One registered before may have had events that nobody read.
+	p.pump(up, added[up])
+	p.pump(down, added[down])
 	return p, nil
 }
 
