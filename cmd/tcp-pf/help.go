@@ -29,8 +29,10 @@ Options:
                                 TiB), either case, multiply by 1024, 1024^2, ... as in
                                 pv: 1.5M is 1572864, 10m is 10485760
       --insert FILE             send FILE's content to the destination first on every
-                                connection (read once, at start; at most 64 MiB); its
-                                bytes count as sent and against -r
+                                connection (read once, at start; at most 64 MiB; a
+                                FIFO such as <(command) is read until its writer
+                                closes it, and tcp-pf listens then); its bytes count
+                                as sent and against -r
       --lazy                    pass a client's or server's half-close (FIN) on and keep
                                 the other direction flowing until it ends too
       --connect-timeout SECS    give up on a destination after SECS (default 10)

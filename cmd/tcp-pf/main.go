@@ -10,12 +10,14 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"time"
 
 	"shd-tcp-tools/internal/cli"
 	"shd-tcp-tools/internal/connlog"
 	"shd-tcp-tools/internal/forward"
 	"shd-tcp-tools/internal/metrics"
 	"shd-tcp-tools/internal/patherr"
+	"shd-tcp-tools/internal/regfile"
 	"shd-tcp-tools/internal/systemd"
 )
 
@@ -58,17 +60,22 @@ func serve(ctx context.Context, hurry, reload <-chan struct{}, args []string, st
 		return err
 	}
 
+	cfg.Hurry = hurry // a second SIGINT or SIGTERM ends --grace
+	cfg.Log = connlog.NewWith(stderr, o.log.Options())
+	defer cfg.Log.Drain() // the last lines, and any count of dropped ones, before the exit
 	// Files next (exit 1), still before any socket.
 	if o.insert != "" {
-		data, err := readInsert(o.insert)
+		data, err := readInsert(ctx, o.insert, cfg.Log)
+		if ctx.Err() != nil {
+			// A signal while a FIFO's writer was awaited: nothing was served, nothing lost.
+			cfg.Log.Printf("stopped before listening: --insert %s was not read to its end (%d bytes came)", o.insert, len(data))
+			return nil
+		}
 		if err != nil {
 			return err
 		}
 		cfg.Insert = data
 	}
-	cfg.Hurry = hurry // a second SIGINT or SIGTERM ends --grace
-	cfg.Log = connlog.NewWith(stderr, o.log.Options())
-	defer cfg.Log.Drain() // the last lines, and any count of dropped ones, before the exit
 	// One event loop per CPU, and a spare P beside them.
 	cfg.Loops = runtime.GOMAXPROCS(0)
 	runtime.GOMAXPROCS(cfg.Loops + forward.SpareProcs)
@@ -107,19 +114,31 @@ func serve(ctx context.Context, hurry, reload <-chan struct{}, args []string, st
 // until the machine runs out of memory.
 const maxInsert = 64 << 20
 
-// readInsert reads the --insert file, refusing one larger than maxInsert.
-func readInsert(path string) ([]byte, error) {
-	f, err := os.Open(path)
+// readInsert reads the --insert file, refusing one larger than maxInsert. A FIFO (such as
+// `--insert <(command)`) is read until its writer closes it; when that takes more than
+// insertPatience, tcp-pf says once what it waits for. The waits end with ctx (a signal),
+// returning what was read.
+func readInsert(ctx context.Context, path string, log *connlog.Logger) ([]byte, error) {
+	if fi, err := os.Stat(path); err == nil && fi.Mode()&os.ModeNamedPipe != 0 {
+		slow := time.AfterFunc(insertPatience, func() {
+			log.Printf("waiting for --insert %s: a FIFO not yet at its end; tcp-pf listens once it has read it to its end (its writer closed it)", path)
+		})
+		defer slow.Stop()
+	}
+	f, err := regfile.OpenStream(ctx, path)
 	if err != nil {
 		return nil, patherr.Wrap("--insert", path, err)
 	}
 	defer f.Close()
 	data, err := io.ReadAll(io.LimitReader(f, maxInsert+1))
 	if err != nil {
-		return nil, patherr.Wrap("--insert", path, err)
+		return data, patherr.Wrap("--insert", path, err)
 	}
 	if len(data) > maxInsert {
 		return nil, fmt.Errorf("--insert %s: larger than %d MiB; tcp-pf keeps it in memory for every connection", path, maxInsert>>20)
 	}
 	return data, nil
 }
+
+// insertPatience is how long reading --insert may take before tcp-pf says it waits.
+const insertPatience = time.Second

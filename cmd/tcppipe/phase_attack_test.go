@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -108,4 +109,69 @@ func TestAttackInsertStreamed(t *testing.T) {
 	if code, _ := p.Exit(t, 5*time.Second); code != 1 {
 		t.Errorf("SIGTERM in the middle of --insert: exit %d, want 1", code)
 	}
+}
+
+// TestAttackSignalWaitingForInsert: --insert names a FIFO that no process writes. A
+// blocking open(2) of it held tcppipe where SIGTERM, SIGHUP and SIGINT could not end it.
+// The signal must end it at once, status 1, with one line that says what it waited for,
+// and no connection made.
+func TestAttackSignalWaitingForInsert(t *testing.T) {
+	t.Parallel()
+	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGHUP, syscall.SIGINT} {
+		t.Run(sig.String(), func(t *testing.T) {
+			t.Parallel()
+			fifo := filepath.Join(t.TempDir(), "fifo")
+			if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			ln := testkit.Listen(t, "[::1]:0")
+			accepted := make(chan struct{}, 1)
+			go func() {
+				if c, err := ln.Accept(); err == nil {
+					accepted <- struct{}{}
+					c.Close()
+				}
+			}()
+			_, port, _ := net.SplitHostPort(ln.Addr().String())
+			p := start(t, nil, nil, "--insert", fifo, "-", "::1", port)
+			testkit.WaitUntil(t, 10*time.Second, "tcppipe at its --insert FIFO", func() bool {
+				return holdsFile(p.Pid(), fifo) || inOpen(p.Pid())
+			})
+			p.Signal(t, sig)
+			code, took := p.Exit(t, 5*time.Second)
+			want := "tcppipe: interrupted by signal while waiting for a writer of the insert file " + fifo + " (a FIFO) after 0 bytes (0 B)\n"
+			if code != 1 || p.Log.String() != want || took > time.Second {
+				t.Errorf("%v while waiting for the --insert FIFO: exit %d after %v, stderr %q; want 1 within 1s, %q",
+					sig, code, took.Round(time.Millisecond), p.Log.String(), want)
+			}
+			select {
+			case <-accepted:
+				t.Error("tcppipe connected to its destination without its --insert")
+			default:
+			}
+		})
+	}
+}
+
+// holdsFile reports whether process pid has path open.
+func holdsFile(pid int, path string) bool {
+	dir := "/proc/" + strconv.Itoa(pid) + "/fd/"
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		if target, _ := os.Readlink(dir + e.Name()); target == path {
+			return true
+		}
+	}
+	return false
+}
+
+// inOpen reports whether a thread of process pid waits in openat(2).
+func inOpen(pid int) bool {
+	tasks, _ := filepath.Glob("/proc/" + strconv.Itoa(pid) + "/task/*/syscall")
+	for _, task := range tasks {
+		if b, _ := os.ReadFile(task); strings.HasPrefix(string(b), strconv.Itoa(syscall.SYS_OPENAT)+" ") {
+			return true
+		}
+	}
+	return false
 }

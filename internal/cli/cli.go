@@ -265,8 +265,7 @@ func SignalContext(parent context.Context) (context.Context, context.CancelFunc)
 // (tcp-pf ends its --grace). It does not kill: a kill would leave the kernel to close the
 // relayed connections with FINs, so that a cut transfer looks complete, and the counts
 // not yet written would be lost. After it the default handling is back, so a third one
-// kills: the way out of a tool stuck before it serves (a FIFO for tcp-pf's --insert
-// that nobody writes).
+// kills.
 func ServiceContext(parent context.Context) (ctx context.Context, hurry <-chan struct{}, reload <-chan struct{}, cancel context.CancelFunc) {
 	return signalContext(parent, true)
 }

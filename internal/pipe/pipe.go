@@ -18,6 +18,7 @@ import (
 	"shd-tcp-tools/internal/meter"
 	"shd-tcp-tools/internal/patherr"
 	"shd-tcp-tools/internal/ratelimit"
+	"shd-tcp-tools/internal/regfile"
 	"shd-tcp-tools/internal/relay"
 )
 
@@ -157,7 +158,10 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	}
 	var insert *os.File // streamed, not read first: it may be larger than memory
 	if cfg.InsertFile != "" {
-		if insert, err = openInsert(cfg.InsertFile); err != nil {
+		if insert, err = openInsert(ctx, cfg.InsertFile); err != nil {
+			if ctx.Err() != nil { // a FIFO that no process wrote
+				return &CutShortError{Err: fmt.Errorf("%w while waiting for a writer of the insert file %s (a FIFO)", errInterrupted, cfg.InsertFile)}
+			}
 			return err
 		}
 		defer insert.Close()
@@ -368,17 +372,11 @@ const (
 )
 
 // openInsert opens the --insert file, so that a missing or unreadable one, or a
-// directory, is an error before any socket.
-func openInsert(path string) (*os.File, error) {
-	f, err := os.Open(path)
+// directory, is an error before any socket. A FIFO is waited for (its writer's first
+// bytes, or its close) until ctx ends, and its reads end with ctx too.
+func openInsert(ctx context.Context, path string) (*os.File, error) {
+	f, err := regfile.OpenStream(ctx, path)
 	if err != nil {
-		return nil, patherr.Wrap(insertWhat, path, err)
-	}
-	if fi, err := f.Stat(); err != nil || fi.IsDir() {
-		f.Close()
-		if err == nil {
-			err = syscall.EISDIR
-		}
 		return nil, patherr.Wrap(insertWhat, path, err)
 	}
 	return f, nil
