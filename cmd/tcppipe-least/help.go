@@ -36,10 +36,12 @@ The host file:
 
 Locking and safety:
   Edits take an exclusive lock on FILE.lock, a file created beside FILE and left there,
-  so concurrent editors (this tool, tcppipe, tcp-pf) lose no counts. The new text is
-  written to a temporary file and renamed over FILE: readers and crashes see the old or
-  the new file, never a partial one. Comments, blank lines, malformed lines and the order
-  of entries are kept; only the edited line changes.
+  so concurrent editors (this tool, tcppipe, tcp-pf) lose no counts. An edit waits for
+  a lock that another process holds for as long as it is held, saying so on stderr
+  after a second; SIGINT, SIGTERM or SIGHUP ends the wait (exit 1, FILE unchanged).
+  The new text is written to a temporary file and renamed over FILE: readers and
+  crashes see the old or the new file, never a partial one. Comments, blank lines,
+  malformed lines and the order of entries are kept; only the edited line changes.
 
 Exit status:
   0 success; 1 a failure (FILE unreadable or not writable, no usable entries, HOST absent

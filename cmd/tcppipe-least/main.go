@@ -3,6 +3,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"os"
@@ -24,8 +25,19 @@ func main() {
 func run(args []string, stdout, stderr io.Writer) int {
 	cfg, err := parse(args, stdout)
 	if err == nil {
+		ctx := context.Background()
+		if cfg.Mode != least.ModeLeast && cfg.Mode != least.ModeList {
+			// SIGINT, SIGTERM or SIGHUP ends an edit's wait for a lock that another
+			// process holds. (The reading forms take no lock.)
+			var stop context.CancelFunc
+			ctx, stop = cli.SignalContext(ctx)
+			defer stop()
+		}
+		waiting := func(lock string) {
+			fmt.Fprintf(stderr, "%s: waiting for the lock on %s: another process holds it (SIGINT or SIGTERM gives up, changing nothing)\n", tool, lock)
+		}
 		var warns []error
-		warns, err = least.Run(cfg, stdout)
+		warns, err = least.Run(ctx, cfg, stdout, waiting)
 		for _, w := range warns {
 			fmt.Fprintf(stderr, "%s: %v\n", tool, w)
 		}

@@ -93,7 +93,7 @@ func (s *Store) Add(ctx context.Context, counts map[string]uint64) ([]Entry, err
 		}
 		written = f.Entries()
 		return nil
-	}, func(path string) { s.saw(idOf(path)) })
+	}, func(path string) { s.saw(idOf(path)) }, nil)
 	if err != nil {
 		return nil, err
 	}

@@ -69,17 +69,35 @@ func Read(path string) (*File, []error, error) {
 // Once the rename has succeeded, Update reports success: a failure to sync the directory
 // afterwards cannot be undone and must not make a caller apply its change a second time.
 func Update(path string, create bool, fn func(*File) error) error {
-	return update(context.Background(), path, create, fn, nil)
+	return update(context.Background(), path, create, fn, nil, nil)
 }
+
+// LockPatience is how long UpdateContext waits for a lock that another process holds
+// before it calls its waiting function.
+const LockPatience = time.Second
+
+// UpdateContext is Update that waits for the lock only until ctx ends (a signal), then
+// returns an error that matches ErrLocked and leaves the file alone. waiting, when not
+// nil, is called once, on the caller's goroutine, with the lock file's path, when
+// another process has held the lock for LockPatience: a lock holder that never lets go
+// is waited for as long as ctx lasts, and the user is to know what for.
+func UpdateContext(ctx context.Context, path string, create bool, fn func(*File) error, waiting func(lock string)) error {
+	return update(ctx, path, create, fn, nil, waiting)
+}
+
+// LockPath is the lock file of the host file at path (FILE.lock, beside the file a link
+// points to).
+func LockPath(path string) string { return resolve(path) + LockSuffix }
 
 // update is Update that waits for the lock only until ctx ends: then it returns an error
 // that matches ErrLocked ("locking hosts.lock: held by another process") and leaves the
 // file alone; with a ctx that never ends it blocks in flock(2), as Update does. locked,
-// when not nil, runs at the end while the lock is still held, with the path as updated.
-func update(ctx context.Context, path string, create bool, fn func(*File) error, locked func(path string)) error {
+// when not nil, runs at the end while the lock is still held, with the path as updated;
+// waiting is UpdateContext's.
+func update(ctx context.Context, path string, create bool, fn func(*File) error, locked func(path string), waiting func(lock string)) error {
 	path = resolve(path)
 	lk := flock.New(path+LockSuffix, flock.SetPermissions(newFileMode))
-	if err := lock(ctx, lk); err != nil {
+	if err := lock(ctx, lk, waiting); err != nil {
 		return patherr.Wrap("locking", path+LockSuffix, err)
 	}
 	defer lk.Unlock()
@@ -145,15 +163,31 @@ func readRegular(path string) ([]byte, error) {
 }
 
 // lock takes lk, blocking in flock(2) when ctx can never end, and trying every lockPoll
-// until ctx ends otherwise.
-func lock(ctx context.Context, lk *flock.Flock) error {
+// until ctx ends otherwise, calling waiting (when not nil) once the lock was held for
+// LockPatience.
+func lock(ctx context.Context, lk *flock.Flock, waiting func(lock string)) error {
 	if ctx.Done() == nil {
 		return lk.Lock()
 	}
 	if ok, err := lk.TryLock(); ok || err != nil {
 		return err
 	}
+	if waiting != nil {
+		patient, cancel := context.WithTimeout(ctx, LockPatience)
+		ok, err := lk.TryLockContext(patient, lockPoll)
+		cancel()
+		if ok || (err != nil && !errors.Is(err, context.DeadlineExceeded)) || ctx.Err() != nil {
+			return lockResult(ok, err)
+		}
+		waiting(lk.Path())
+	}
 	ok, err := lk.TryLockContext(ctx, lockPoll)
+	return lockResult(ok, err)
+}
+
+// lockResult is what lock returns for TryLockContext's answer: nil for the lock, ErrLocked
+// for a context that ended first.
+func lockResult(ok bool, err error) error {
 	switch {
 	case ok:
 		return nil

@@ -5,6 +5,8 @@
 package least
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -34,8 +36,12 @@ type Config struct {
 }
 
 // Run carries out cfg: results go to stdout. warnings are the file's malformed lines
-// (file:line), which take no part and are kept; they come also with an error.
-func Run(cfg Config, stdout io.Writer) (warnings []error, err error) {
+// (file:line), which take no part and are kept; they come also with an error. An edit
+// waits for the file's lock until ctx ends (a signal); then it returns an error that says
+// so, and the file is not changed. waiting, when not nil, is called once with the lock
+// file's path when an edit has waited hostfile.LockPatience for a lock that another
+// process holds.
+func Run(ctx context.Context, cfg Config, stdout io.Writer, waiting func(lock string)) (warnings []error, err error) {
 	warn := func(ws []error) { warnings = append(warnings, ws...) }
 	switch cfg.Mode {
 	case ModeLeast, ModeList:
@@ -63,7 +69,7 @@ func Run(cfg Config, stdout io.Writer) (warnings []error, err error) {
 		}
 		return warnings, nil
 	case ModeAdd, ModeSet, ModeRemove:
-		err := hostfile.Update(cfg.File, cfg.Mode != ModeRemove, func(f *hostfile.File) error {
+		err := hostfile.UpdateContext(ctx, cfg.File, cfg.Mode != ModeRemove, func(f *hostfile.File) error {
 			warn(f.Warnings())
 			switch cfg.Mode {
 			case ModeAdd:
@@ -76,7 +82,10 @@ func Run(cfg Config, stdout io.Writer) (warnings []error, err error) {
 				}
 			}
 			return nil
-		})
+		}, waiting)
+		if errors.Is(err, hostfile.ErrLocked) && ctx.Err() != nil {
+			err = fmt.Errorf("interrupted by signal while waiting for the lock on %s, held by another process: %s not changed", hostfile.LockPath(cfg.File), cfg.File)
+		}
 		return warnings, err
 	}
 	return nil, fmt.Errorf("unknown mode %d", cfg.Mode)
