@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"testing"
 	"time"
@@ -37,7 +38,7 @@ func TestAttackInsertFIFO(t *testing.T) {
 			if err := syscall.Mkfifo(fifo, 0o600); err != nil {
 				t.Fatal(err)
 			}
-			addr := freeAddr(t, "127.0.0.1")
+			addr := "127.0.0.1:" + strconv.Itoa(testkit.FreePort(t, "127.0.0.1")) // tcp-pf rejects port 0
 			p := testkit.Start(t, "tcp-pf", "-s", addr, "-d", "[::1]:9", "--insert", fifo)
 			if tc.writer {
 				w, err := os.OpenFile(fifo, os.O_WRONLY, 0) // returns once tcp-pf opened it
@@ -116,11 +117,4 @@ func TestAttackInsertFIFO(t *testing.T) {
 		}
 		p.Stop(t, syscall.SIGTERM, 5*time.Second)
 	})
-}
-
-// freeAddr is HOST with a port that was free a moment ago (tcp-pf rejects port 0).
-func freeAddr(t *testing.T, host string) string {
-	ln := testkit.Listen(t, net.JoinHostPort(host, "0"))
-	defer ln.Close()
-	return ln.Addr().String()
 }

@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -146,45 +145,4 @@ func TestAttackSIGHUPStorm(t *testing.T) {
 	if got, want := countsIn(t, path), int64(2*workers*trips*size); got != want {
 		t.Errorf("host file counts %d after the storm, want %d:\n%s", got, want, testkit.Tail(p.Log.String(), 20))
 	}
-}
-
-// TestAttackStuckStartKillable: tcp-pf given a FIFO that nobody writes as --insert waits
-// in its start, before it serves: since a second signal no longer kills, a third must, so
-// an operator's repeated Ctrl-C still ends it (within 5 s of signals 50 ms apart).
-func TestAttackStuckStartKillable(t *testing.T) {
-	t.Parallel()
-	fifo := filepath.Join(t.TempDir(), "insert")
-	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	p := testkit.Start(t, "tcp-pf", "-s", "127.0.0.1:"+strconv.Itoa(testkit.FreePort(t, "127.0.0.1")), "-d", "127.0.0.1:9", "--insert", fifo)
-	testkit.WaitUntil(t, 10*time.Second, "tcp-pf to wait in open(2) on the FIFO", func() bool {
-		return waitsOnFIFO(p.Pid())
-	})
-	sent := 0
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	for deadline := time.Now().Add(5 * time.Second); !p.Exited(); <-tick.C {
-		if time.Now().After(deadline) {
-			t.Fatalf("tcp-pf stuck on a FIFO --insert still running after %d SIGINTs", sent)
-		}
-		_ = p.Cmd.Process.Signal(syscall.SIGINT)
-		sent++
-	}
-	t.Logf("ended by %v after %d SIGINTs", p.Err(), sent)
-	if sent < 3 {
-		t.Errorf("ended after %d SIGINTs, want the third to end it", sent)
-	}
-}
-
-// waitsOnFIFO reports whether a thread of process pid waits in the kernel for a FIFO's
-// other end.
-func waitsOnFIFO(pid int) bool {
-	tasks, _ := filepath.Glob("/proc/" + strconv.Itoa(pid) + "/task/*/wchan")
-	for _, f := range tasks {
-		if b, err := os.ReadFile(f); err == nil && string(b) == "wait_for_partner" {
-			return true
-		}
-	}
-	return false
 }
