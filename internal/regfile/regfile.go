@@ -25,6 +25,17 @@ var ErrNotRegular = errors.New("not a regular file")
 // cannot end it, and a device such as /dev/zero would never end. (O_NONBLOCK changes
 // nothing for a regular file.) The error is the *os.PathError of the open or the check.
 func Open(path string) (*os.File, error) {
+	return open(path, func(f *os.File, mode os.FileMode) error {
+		if !mode.IsRegular() {
+			return &os.PathError{Op: "open", Path: path, Err: ErrNotRegular}
+		}
+		return nil
+	})
+}
+
+// open opens path for reading without waiting, refuses a directory with syscall.EISDIR,
+// and then asks check about the file's mode: its error closes the file and is returned.
+func open(path string, check func(f *os.File, mode os.FileMode) error) (*os.File, error) {
 	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, err
@@ -34,8 +45,8 @@ func Open(path string) (*os.File, error) {
 	case err != nil:
 	case fi.IsDir():
 		err = &os.PathError{Op: "open", Path: path, Err: syscall.EISDIR}
-	case !fi.Mode().IsRegular():
-		err = &os.PathError{Op: "open", Path: path, Err: ErrNotRegular}
+	default:
+		err = check(f, fi.Mode())
 	}
 	if err != nil {
 		f.Close()
@@ -48,25 +59,17 @@ func Open(path string) (*os.File, error) {
 // device or a socket. A directory is refused with syscall.EISDIR. Where open(2) would
 // wait for a FIFO's writer, OpenStream opens without waiting and then waits for the writer
 // (its first bytes, or its close) until ctx ends; at the end of ctx it returns ctx's
-// error. Reads of the file that would wait
-// (a FIFO or a device through the runtime's poller) fail with os.ErrDeadlineExceeded once
-// ctx has ended. A blocking open(2) of a FIFO that nobody writes, or a read from it, is a
+// error. Reads of the file that would wait (a FIFO or a device through the runtime's
+// poller) fail with os.ErrDeadlineExceeded once ctx has ended. A blocking open(2) of a FIFO that nobody writes, or a read from it, is a
 // wait that SIGTERM cannot end: Go catches the signal and the system call goes on.
 func OpenStream(ctx context.Context, path string) (*os.File, error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	f, err := open(path, func(f *os.File, mode os.FileMode) error {
+		if mode&os.ModeNamedPipe != 0 {
+			return awaitWriter(ctx, f)
+		}
+		return nil
+	})
 	if err != nil {
-		return nil, err
-	}
-	fi, err := f.Stat()
-	switch {
-	case err != nil:
-	case fi.IsDir():
-		err = &os.PathError{Op: "open", Path: path, Err: syscall.EISDIR}
-	case fi.Mode()&os.ModeNamedPipe != 0:
-		err = awaitWriter(ctx, f)
-	}
-	if err != nil {
-		f.Close()
 		return nil, err
 	}
 	// A file the poller holds (a FIFO, a device): its reads end with ctx. (A regular
