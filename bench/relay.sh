@@ -285,12 +285,12 @@ for r in "${relays[@]}"; do
 done
 echo
 ran() { awk -F'\t' -v r="$1" '$2 == r {f = 1} END {exit !f}' "$results"; }
-if ran haproxy; then
-	for h in haproxy haproxy-splice; do
-		echo "tcp-pf / $h, median of per-round ratios: 1 stream $(ratio $h s1), 4 streams $(ratio $h s4), conn/s $(ratio $h cps), CPU per conn $(ratio $h cpuus)"
-	done
-	echo "epollfwd (bare loop) / haproxy, median of per-round ratios: conn/s $(ratio haproxy cps epollfwd), CPU per conn $(ratio haproxy cpuus epollfwd)"
-fi
+for h in haproxy haproxy-splice; do # each that ran (--only may leave one out)
+	ran $h || continue
+	echo "tcp-pf / $h, median of per-round ratios: 1 stream $(ratio $h s1), 4 streams $(ratio $h s4), conn/s $(ratio $h cps), CPU per conn $(ratio $h cpuus)"
+	ran against && echo "against / $h, median of per-round ratios: conn/s $(ratio $h cps against), CPU per conn $(ratio $h cpuus against)"
+done
+ran haproxy && ran epollfwd && echo "epollfwd (bare loop) / haproxy, median of per-round ratios: conn/s $(ratio haproxy cps epollfwd), CPU per conn $(ratio haproxy cpuus epollfwd)"
 ran relayfwd && echo "tcp-pf / relayfwd (plain io.Copy), median of per-round ratios: 1 stream $(ratio relayfwd s1), 4 streams $(ratio relayfwd s4), conn/s $(ratio relayfwd cps), CPU per conn $(ratio relayfwd cpuus)"
 ran epollfwd && echo "tcp-pf / epollfwd (bare epoll loops), median of per-round ratios: conn/s $(ratio epollfwd cps), CPU per conn $(ratio epollfwd cpuus)"
 ran against && echo "tcp-pf / against ($against), median of per-round ratios: 1 stream $(ratio against s1), 4 streams $(ratio against s4), conn/s $(ratio against cps), CPU per conn $(ratio against cpuus), beside 2 streams p99 $(ratio against mixedp99us)"
