@@ -61,7 +61,9 @@ and --tls-pin sha256/... (that pin) on A. The TLS handshake is made when a link 
 not when a client comes; with --secret-file the proofs are bound to the TLS session.
 
 Logs go to stderr: links up and down with the reason, retries, each connection to the
-service and its close with bytes and bandwidth each way. If the service cannot be
+service and its close with bytes and bandwidth each way; once, a lookup of the relay's
+or the service's name that waits more than a second for the resolver (and once, that
+it answers again). If the service cannot be
 reached, that client is reset at once (its link closed, or with TLS its session ended)
 and logged (beyond 10 per 10 s, counted and summed up in one line). If stderr is not read or is
 gone, lines are dropped (never the service) and the count is logged when it can be.

@@ -165,3 +165,79 @@ func TestAttackSilentResolverTLS(t *testing.T) {
 	clientsAtOnce(t, ns, clients, "two more", 4, 5)
 	agent.Stop(t, syscall.SIGTERM, 5*time.Second)
 }
+
+// TestAttackSilentResolverAtStart: connecttwo is given the relay by name (relay.example) in a
+// network namespace whose resolver, run by the test, never answers. Go's resolver gives
+// up only after 10 s then (resolv.conf's defaults: 5 s, twice), and connecttwo said
+// nothing meanwhile. It must say within 2 s, once (not per slot of --pool 2, not per
+// retry), that it waits for the resolver, naming the name; SIGTERM then ends it within a
+// second, status 0. With lookups that fail after 2 s (options timeout:2 attempts:1), its
+// slots retry with their back-off and the line is still said once; when the resolver
+// answers and listentwo runs, links come up and a client is served (16 KiB each way,
+// SHA-256). The same for the service's name (service.example) with the relay's address
+// given: the first lookup holds the link, and connecttwo says so once.
+func TestAttackSilentResolverAtStart(t *testing.T) {
+	bins := tunneltest.Build(t)
+	ns := nstest.New(t)
+	dns := nstest.ServeDNS(t, ns.ListenUDP(t, "127.0.0.1:53"), true, map[string]netip.Addr{
+		"relay.example.": netip.MustParseAddr("127.0.0.1"), "service.example.": netip.MustParseAddr("127.0.0.1")})
+	ns.ResolvConf(t, "nameserver 127.0.0.1\n")
+	svc := testkit.Serve(t, ns.Listen(t, "127.0.0.1:0"), testkit.Echo)
+	const links, clients = "7002", "127.0.0.1:7001"
+	agentArgs := func(relay, service string) []string {
+		return []string{"netns", "exec", ns.Name, bins["connecttwo"], "-s", relay + ":" + links,
+			"-d", service + ":" + strconv.Itoa(svc.Port()), "--pool", "2"}
+	}
+	const waitLine = `waiting for the resolver`
+
+	// The relay's name, lookups of 10 s: the line, then SIGTERM.
+	agent := testkit.Start(t, "ip", agentArgs("relay.example", "127.0.0.1")...)
+	agent.WaitLog(t, `looking up relay\.example .*`+waitLine, 1, 2*time.Second)
+	took := agent.Stop(t, syscall.SIGTERM, 5*time.Second)
+	if took > time.Second {
+		t.Errorf("connecttwo took %v to stop during its first lookup, want at most 1s", took)
+	}
+	if n := agent.Log.Count(waitLine); n != 1 {
+		t.Errorf("%d lines say connecttwo waits for the resolver, want 1", n)
+	}
+	if dns.Count("A relay.example.") == 0 {
+		t.Fatalf("the test's resolver got no query for relay.example: %v", dns)
+	}
+
+	t.Logf("the relay's name, silent: stopped %v after SIGTERM", took.Round(time.Millisecond))
+
+	// Lookups that fail after 2 s: retries with back-off, one line, then recovery.
+	ns.ResolvConf(t, "nameserver 127.0.0.1\noptions timeout:2 attempts:1\n")
+	agent = testkit.Start(t, "ip", agentArgs("relay.example", "127.0.0.1")...)
+	agent.WaitLog(t, `link #\d+ to relay\.example:`+links+` failed: .*lookup .*; retry`, 3, 8*time.Second)
+	if n := agent.Log.Count(waitLine); n != 1 {
+		t.Errorf("%d lines say connecttwo waits for the resolver after retries, want 1", n)
+	}
+	relay := testkit.Start(t, "ip", "netns", "exec", ns.Name, bins["listentwo"], "-s", clients, "-d", "127.0.0.1:"+links)
+	relay.WaitLog(t, `listening for clients`, 1, testkit.Timeout)
+	dns.Silence(false)
+	answered := time.Now()
+	agent.WaitLog(t, `link #\d+ up `, 2, 5*time.Second)
+	t.Logf("links up %v after the resolver answered", time.Since(answered).Round(time.Millisecond))
+	if _, err := throughIn(ns, clients, 1, 16<<10, 3*time.Second); err != nil {
+		t.Errorf("a client once the resolver answers: %v", err)
+	}
+	if n := agent.Log.Count(waitLine); n != 1 {
+		t.Errorf("%d lines say connecttwo waits for the resolver, want 1", n)
+	}
+	agent.Stop(t, syscall.SIGTERM, 5*time.Second)
+
+	// The service's name, its first lookup silent (10 s): the line, then SIGTERM.
+	dns.Silence(true)
+	ns.ResolvConf(t, "nameserver 127.0.0.1\n")
+	agent = testkit.Start(t, "ip", agentArgs("127.0.0.1", "service.example")...)
+	agent.WaitLog(t, `looking up service\.example .*`+waitLine, 1, 2*time.Second)
+	took = agent.Stop(t, syscall.SIGTERM, 5*time.Second)
+	if took > time.Second {
+		t.Errorf("connecttwo took %v to stop during the service's first lookup, want at most 1s", took)
+	}
+	if n := agent.Log.Count(waitLine); n != 1 {
+		t.Errorf("%d lines say connecttwo waits for the resolver for the service, want 1", n)
+	}
+	relay.Stop(t, syscall.SIGTERM, 5*time.Second)
+}

@@ -140,6 +140,8 @@ type Agent struct {
 	stats  agentStats // for the metrics: see Stats
 	// serviceAt is the last answer of a lookup of the service's name (see serviceAddrs).
 	serviceAt atomic.Pointer[[]netip.Addr]
+	// relaySlow and serviceSlow say once that lookups of the name wait for the resolver.
+	relaySlow, serviceSlow slowLookup
 	// plainSlots counts the plain links' slots: Pool, and up to maxBurst more in a burst
 	// (see grow); growAfter is when a burst may open links beyond Pool again (UnixNano),
 	// after one of them failed to open.
@@ -172,7 +174,7 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 	if cfg.TLS != nil {
 		tlsConfig = cfg.TLS.Config()
 	}
-	return &Agent{cfg: cfg, tlsConfig: tlsConfig, serviceName: cfg.Service.String(), secret: newSecretBox(cfg.Secret, cfg.SecretFile), idle: newGauge(), opening: make(chan struct{}, maxOpening),
+	return &Agent{cfg: cfg, tlsConfig: tlsConfig, relaySlow: slowLookup{what: "the relay"}, serviceSlow: slowLookup{what: "the service"}, serviceName: cfg.Service.String(), secret: newSecretBox(cfg.Secret, cfg.SecretFile), idle: newGauge(), opening: make(chan struct{}, maxOpening),
 		floods: cfg.Log.Summarise(strangerBurst, strangerInterval), trim: relay.NewTrimmer(0)}, nil
 }
 

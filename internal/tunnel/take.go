@@ -109,13 +109,43 @@ func (a *Agent) serviceAddrs(ctx context.Context) ([]netip.Addr, error) {
 	if lookup == nil {
 		lookup = lookupIP
 	}
-	return a.addrsOf(ctx, a.cfg.Service, lookup, &a.serviceAt)
+	return a.addrsOf(ctx, a.cfg.Service, lookup, &a.serviceAt, &a.serviceSlow)
 }
 
 // relayAddrs resolves the relay's addresses for a plain link about to open, as a dial
 // would: every link looks a name up again, and a failed lookup fails the link.
 func (a *Agent) relayAddrs(ctx context.Context) ([]netip.Addr, error) {
-	return a.addrsOf(ctx, a.cfg.Relay, lookupIP, nil)
+	return a.addrsOf(ctx, a.cfg.Relay, lookupIP, nil, &a.relaySlow)
+}
+
+// lookupPatience is how long a lookup with no earlier answer to fall back on may take
+// before connecttwo says that it waits for the resolver.
+const lookupPatience = time.Second
+
+// slowLookup says once that lookups of a name wait for the resolver: when one has had no
+// answer for lookupPatience, and then not again, whatever the slots and their retries
+// look up meanwhile, until a lookup of the name answers. A resolver that never answers
+// holds each lookup for resolv.conf's timeouts (10 s by default), which the user would
+// otherwise sit through without a line.
+type slowLookup struct {
+	what string // the relay, the service
+	said atomic.Bool
+}
+
+// watch starts watching one lookup of ep; the returned func ends it, told whether the
+// lookup answered.
+func (s *slowLookup) watch(log *connlog.Logger, ep endpoint.Endpoint) func(answered bool) {
+	t := time.AfterFunc(lookupPatience, func() {
+		if s.said.CompareAndSwap(false, true) {
+			log.Warnf("looking up %s (%s) takes more than %v: waiting for the resolver; links to it open once it answers, and a lookup that fails is retried with the backoff", ep.Host, s.what, lookupPatience)
+		}
+	})
+	return func(answered bool) {
+		t.Stop()
+		if answered && s.said.CompareAndSwap(true, false) {
+			log.Printf("looked up %s (%s): the resolver answers", ep.Host, s.what)
+		}
+	}
 }
 
 func lookupIP(ctx context.Context, host string) ([]netip.Addr, error) {
@@ -123,8 +153,9 @@ func lookupIP(ctx context.Context, host string) ([]netip.Addr, error) {
 }
 
 // addrsOf resolves ep's addresses with lookup (see serviceAddrs); last, when not nil,
-// keeps the last answer to serve stale.
-func (a *Agent) addrsOf(ctx context.Context, ep endpoint.Endpoint, lookup func(context.Context, string) ([]netip.Addr, error), lastAt *atomic.Pointer[[]netip.Addr]) ([]netip.Addr, error) {
+// keeps the last answer to serve stale; slow says when a lookup with no answer to fall
+// back on waits for the resolver.
+func (a *Agent) addrsOf(ctx context.Context, ep endpoint.Endpoint, lookup func(context.Context, string) ([]netip.Addr, error), lastAt *atomic.Pointer[[]netip.Addr], slow *slowLookup) ([]netip.Addr, error) {
 	if ip, err := netip.ParseAddr(ep.Host); err == nil {
 		if l := a.cfg.Local; l.IsValid() && l.Is4() != ip.Unmap().Is4() {
 			return nil, fmt.Errorf("connecting to %s: %w", ep, endpoint.CheckFamily("the local address", l, ep.Host))
@@ -136,12 +167,16 @@ func (a *Agent) addrsOf(ctx context.Context, ep endpoint.Endpoint, lookup func(c
 		last = lastAt.Load()
 	}
 	lctx := ctx
+	done := func(bool) {}
 	if last != nil {
 		var cancel context.CancelFunc
 		lctx, cancel = context.WithTimeout(ctx, staleAfter)
 		defer cancel()
+	} else {
+		done = slow.watch(a.cfg.Log, ep)
 	}
 	ips, err := lookup(lctx, ep.Host)
+	done(err == nil)
 	var de *net.DNSError
 	if err != nil && last != nil && ctx.Err() == nil && !(errors.As(err, &de) && de.IsNotFound) {
 		return *last, nil
