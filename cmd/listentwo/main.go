@@ -139,6 +139,11 @@ func parse(ctx context.Context, args []string, stdout, stderr io.Writer, metrics
 	}
 	cfg.Wait = wait.D
 	if cfg.Allow, err = allow.Parse(ctx, nil, *allowed); err != nil {
+		if stopped, ok := errors.AsType[*allow.StoppedError](err); ok {
+			// A signal while a name was looked up: a stop, not a usage error.
+			fmt.Fprintf(stderr, "%s: stopped before listening: looking up -a %s\n", tool, stopped.Name)
+			return cfg, errPrinted
+		}
 		return cfg, cli.Usagef("-a: %v", err)
 	}
 	if cfg.Local, err = endpoint.ResolveLocal(ctx, os.Getenv(endpoint.EnvLocal)); err != nil {

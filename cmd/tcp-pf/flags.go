@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"io"
 	"os"
 
@@ -128,6 +129,9 @@ func configure(ctx context.Context, o *options, flags *cli.FlagSet) (endpoint.En
 		return listen, cfg, cli.AsUsage(err)
 	}
 	if cfg.Allow, err = allow.Parse(ctx, nil, o.allow); err != nil {
+		if _, stopped := errors.AsType[*allow.StoppedError](err); stopped {
+			return listen, cfg, err // a signal during a lookup: a stop, not a usage error
+		}
 		return listen, cfg, cli.AsUsage(err)
 	}
 	return listen, cfg, nil

@@ -12,6 +12,7 @@ import (
 	"runtime"
 	"time"
 
+	"shd-tcp-tools/internal/allow"
 	"shd-tcp-tools/internal/cli"
 	"shd-tcp-tools/internal/connlog"
 	"shd-tcp-tools/internal/forward"
@@ -56,6 +57,10 @@ func serve(ctx context.Context, hurry, reload <-chan struct{}, args []string, st
 	defer svc.Close()
 	o.source = svc.Default("source", o.source) // socket-activated: -s may be left out
 	listen, cfg, err := configure(ctx, o, flags)
+	if stopped, ok := errors.AsType[*allow.StoppedError](err); ok {
+		fmt.Fprintf(stderr, "%s: stopped before listening: looking up -a %s\n", tool, stopped.Name)
+		return nil
+	}
 	if err != nil {
 		return err
 	}

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -198,5 +199,24 @@ func TestNetnsDualStackBlackhole(t *testing.T) {
 	}
 	if c := p.Log.Count(`failed #`); c != 0 {
 		t.Errorf("%d failed lines: the IPv6 attempt lost the race, it did not fail:\n%s", c, p.Log)
+	}
+}
+
+// TestAttackSignalDuringAllowLookup: tcp-pf -a client.example in a namespace whose
+// resolver never answers waits at start for the name (10 s by resolv.conf's defaults).
+// SIGTERM then must end it at once as a stop (status 0, one line that says what it was
+// looking up), not as a usage error that calls the name unknown (status 2).
+func TestAttackSignalDuringAllowLookup(t *testing.T) {
+	ns := nstest.New(t)
+	dns := nstest.ServeDNS(t, ns.ListenUDP(t, "127.0.0.1:53"), true,
+		map[string]netip.Addr{"client.example.": netip.MustParseAddr("127.0.0.1")})
+	ns.ResolvConf(t, "nameserver 127.0.0.1\n")
+	p := testkit.Start(t, "ip", "netns", "exec", ns.Name, "tcp-pf", "-s", "127.0.0.1:7001", "-d", "127.0.0.1:7002", "-a", "client.example")
+	testkit.WaitUntil(t, testkit.Timeout, "the lookup of client.example", func() bool { return dns.Count("A client.example.") > 0 })
+	p.Signal(t, syscall.SIGTERM)
+	code, took := p.Exit(t, 5*time.Second)
+	if code != 0 || took > time.Second || p.Log.Count(`^tcp-pf: stopped before listening: looking up -a client\.example`) != 1 {
+		t.Errorf("SIGTERM during the lookup of -a client.example: exit %d after %v, stderr %q; want 0 within 1s, one line that it stopped",
+			code, took.Round(time.Millisecond), p.Log.String())
 	}
 }

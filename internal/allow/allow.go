@@ -46,6 +46,10 @@ func Parse(ctx context.Context, r Resolver, values []string) (*List, error) {
 			r = net.DefaultResolver
 		}
 		addrs, err := r.LookupNetIP(ctx, "ip", v)
+		if ctx.Err() != nil {
+			// A stop (a signal) during the lookup: not a name that does not resolve.
+			return nil, &StoppedError{Name: v, Err: context.Cause(ctx)}
+		}
 		if err != nil || len(addrs) == 0 {
 			return nil, fmt.Errorf("allow %q: host not found", v)
 		}
@@ -56,6 +60,19 @@ func Parse(ctx context.Context, r Resolver, values []string) (*List, error) {
 	}
 	return l, nil
 }
+
+// StoppedError is Parse's error when its context ended while a name was looked up: the
+// tool is being stopped, and the name may well resolve.
+type StoppedError struct {
+	Name string // the name being looked up
+	Err  error  // the context's cause
+}
+
+func (e *StoppedError) Error() string {
+	return fmt.Sprintf("stopped while looking up %q: %v", e.Name, e.Err)
+}
+
+func (e *StoppedError) Unwrap() error { return e.Err }
 
 // unmapPrefix turns a block of IPv4-mapped IPv6 addresses (::ffff:10.0.0.0/104) into its
 // IPv4 form (10.0.0.0/8), since Allows compares clients in their IPv4 form.
