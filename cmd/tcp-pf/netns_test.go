@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"sync"
@@ -211,7 +212,9 @@ func TestAttackSignalDuringAllowLookup(t *testing.T) {
 	dns := nstest.ServeDNS(t, ns.ListenUDP(t, "127.0.0.1:53"), true,
 		map[string]netip.Addr{"client.example.": netip.MustParseAddr("127.0.0.1")})
 	ns.ResolvConf(t, "nameserver 127.0.0.1\n")
-	p := testkit.Start(t, "ip", "netns", "exec", ns.Name, "tcp-pf", "-s", "127.0.0.1:7001", "-d", "127.0.0.1:7002", "-a", "client.example")
+	cmd := exec.Command("ip", "netns", "exec", ns.Name, "tcp-pf", "-s", "127.0.0.1:7001", "-d", "127.0.0.1:7002", "-a", "client.example")
+	cmd.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=0") // a -race binary waits a second at its exit otherwise
+	p := testkit.StartCmd(t, cmd)
 	testkit.WaitUntil(t, testkit.Timeout, "the lookup of client.example", func() bool { return dns.Count("A client.example.") > 0 })
 	p.Signal(t, syscall.SIGTERM)
 	code, took := p.Exit(t, 5*time.Second)
