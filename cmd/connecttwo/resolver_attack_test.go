@@ -179,9 +179,8 @@ func TestAttackSilentResolverTLS(t *testing.T) {
 func TestAttackSilentResolverAtStart(t *testing.T) {
 	bins := tunneltest.Build(t)
 	ns := nstest.New(t)
-	dns := nstest.ServeDNS(t, ns.ListenUDP(t, "127.0.0.1:53"), true, map[string]netip.Addr{
-		"relay.example.": netip.MustParseAddr("127.0.0.1"), "service.example.": netip.MustParseAddr("127.0.0.1")})
-	ns.ResolvConf(t, "nameserver 127.0.0.1\n")
+	dns := ns.Resolver(t, true, map[string]netip.Addr{
+		"relay.example.": netip.MustParseAddr("127.0.0.1"), "service.example.": netip.MustParseAddr("127.0.0.1")}, "")
 	svc := testkit.Serve(t, ns.Listen(t, "127.0.0.1:0"), testkit.Echo)
 	const links, clients = "7002", "127.0.0.1:7001"
 	agentArgs := func(relay, service string) []string {

@@ -19,9 +19,7 @@ import (
 func TestAttackSignalDuringAllowLookup(t *testing.T) {
 	bins := tunneltest.Build(t)
 	ns := nstest.New(t)
-	dns := nstest.ServeDNS(t, ns.ListenUDP(t, "127.0.0.1:53"), true,
-		map[string]netip.Addr{"client.example.": netip.MustParseAddr("127.0.0.1")})
-	ns.ResolvConf(t, "nameserver 127.0.0.1\n")
+	dns := ns.Resolver(t, true, map[string]netip.Addr{"client.example.": netip.MustParseAddr("127.0.0.1")}, "")
 	p := testkit.Start(t, "ip", "netns", "exec", ns.Name, bins["listentwo"], "-s", "127.0.0.1:7001", "-d", "127.0.0.1:7002", "-a", "client.example")
 	testkit.WaitUntil(t, testkit.Timeout, "the lookup of client.example", func() bool { return dns.Count("A client.example.") > 0 })
 	p.Signal(t, syscall.SIGTERM)

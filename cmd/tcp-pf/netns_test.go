@@ -209,9 +209,7 @@ func TestNetnsDualStackBlackhole(t *testing.T) {
 // looking up), not as a usage error that calls the name unknown (status 2).
 func TestAttackSignalDuringAllowLookup(t *testing.T) {
 	ns := nstest.New(t)
-	dns := nstest.ServeDNS(t, ns.ListenUDP(t, "127.0.0.1:53"), true,
-		map[string]netip.Addr{"client.example.": netip.MustParseAddr("127.0.0.1")})
-	ns.ResolvConf(t, "nameserver 127.0.0.1\n")
+	dns := ns.Resolver(t, true, map[string]netip.Addr{"client.example.": netip.MustParseAddr("127.0.0.1")}, "")
 	cmd := exec.Command("ip", "netns", "exec", ns.Name, "tcp-pf", "-s", "127.0.0.1:7001", "-d", "127.0.0.1:7002", "-a", "client.example")
 	cmd.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=0") // a -race binary waits a second at its exit otherwise
 	p := testkit.StartCmd(t, cmd)

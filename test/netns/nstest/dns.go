@@ -104,3 +104,13 @@ func (d *DNS) String() string {
 	defer d.mu.Unlock()
 	return fmt.Sprint(d.queries)
 }
+
+// Resolver serves DNS (ServeDNS) on the namespace's 127.0.0.1:53, silent from the start or
+// not, and names it in the namespace's resolv.conf, followed by options (such as
+// "options timeout:1 attempts:1\n"), so that every lookup inside the namespace asks it.
+func (n *NS) Resolver(t testing.TB, silent bool, answers map[string]netip.Addr, options string) *DNS {
+	t.Helper()
+	d := ServeDNS(t, n.ListenUDP(t, "127.0.0.1:53"), silent, answers)
+	n.ResolvConf(t, "nameserver 127.0.0.1\n"+options)
+	return d
+}
