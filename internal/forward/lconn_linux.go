@@ -74,6 +74,9 @@ type lconn struct {
 	insertDue bool                 // ... and paceWait is armed
 
 	pair *relay.Pair // while stRelaying
+	// serverQuiet: no event of the destination socket has reported input yet (see
+	// relay.PairOptions.Quiet).
+	serverQuiet bool
 }
 
 // refused logs a client turned away; beyond a burst of them in an interval, they are
@@ -243,6 +246,7 @@ func (c *lconn) endDial() {
 
 // Connected takes the destination socket and logs the open.
 func (c *lconn) Connected(fd int, _ netip.AddrPort) {
+	c.serverQuiet = !c.dial.Input()
 	c.endDial() // the Dial's last word: nothing of it runs after this
 	c.sfd = fd
 	c.connected()
@@ -349,6 +353,7 @@ func (c *lconn) connected() {
 		return
 	}
 	c.state = stInserting
+	c.serverQuiet = false                // serverReady takes its events, input or not
 	c.ls.lp.Handle(c.sfd, c.serverReady) // the dial's until now; the pair takes it over next
 	c.insertMore()
 }
@@ -459,6 +464,7 @@ func (c *lconn) startRelay() {
 		IdleTimeout: cfg.IdleTimeout,
 		OnEnd:       c.ended,
 		NoPipes:     c.s.noPipes,
+		Quiet:       [2]bool{down: c.serverQuiet},
 		Progress:    c.ls.counted, // the bytes each way, as they move, for the metrics
 	}
 	if b := c.s.bal; b != nil {

@@ -79,6 +79,7 @@ type Dial struct {
 	fallback *eventloop.Timer
 	last     error
 	running  bool
+	input    bool // see Input
 }
 
 // lane is one family's attempts, one at a time.
@@ -294,8 +295,16 @@ func (l *lane) ready(ev uint32) {
 	l.stopTimer()
 	l.fd = -1 // the handler's now
 	d.Stop()
+	d.input = ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0
 	d.h.Connected(fd, addr)
 }
+
+// Input reports, while the handler's Connected runs, whether the event that told the Dial
+// its socket connected reported input or an end too, which nobody has read. When it did
+// not, anything the socket gets from now on brings an event of its own (the registration
+// is edge-triggered), so a first read that finds less than it asked for has taken all
+// there is.
+func (d *Dial) Input() bool { return d.input }
 
 func (l *lane) stopTimer() {
 	if l.timer != nil {

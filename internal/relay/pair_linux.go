@@ -52,6 +52,10 @@ type PairOptions struct {
 	// OnEnd is called on the loop once both sockets are closed, with the bytes each way
 	// and the end (Result.Duration counts from StartPair).
 	OnEnd func(Result)
+	// Quiet says which sockets ([0] client, [1] server) are registered with the loop
+	// already and have had no event that reported input or an end: anything they get
+	// brings an event of its own, so StartPair does not read them before one comes.
+	Quiet [2]bool
 	// NoPipes moves every step through user space, as when no splice pipe can be had (a
 	// test seam for running out of descriptors).
 	NoPipes bool
@@ -132,9 +136,13 @@ func StartPair(lp *eventloop.Loop, client, server int, o PairOptions) (*Pair, er
 	// holds already (its end too) at the next wait, and what comes later as it comes, so a
 	// first read that finds less than it asked for has taken all there is, as in answer to
 	// an event: the pump does not ask again to find nothing (one recvfrom a short
-	// connection). One registered before may have had events that nobody read.
-	p.pump(up, added[up])
-	p.pump(down, added[down])
+	// connection). A quiet one (PairOptions.Quiet) holds nothing to read before its next
+	// event; one registered before may have had events that nobody read.
+	for i := range p.dirs {
+		if !o.Quiet[i] || added[i] {
+			p.pump(i, added[i])
+		}
+	}
 	return p, nil
 }
 
