@@ -292,17 +292,18 @@ memrows() { # memrows NAME LISTENTWO-FLAGS -- CONNECTTWO-FLAGS: the table's rows
 	echo "| $name | per link | $(( (LN - L1) / LINKS )) | $(( (AN - A1) / LINKS )) |"
 	if [ "$name" = tls ]; then
 		# TLS links come back to the pool after their client. First LINKS+2 clients one
-		# after another, each echoing 256 KiB (the bulk path's buffers): each takes the
-		# oldest idle link, so every link of the pool carries a session (and the replacement
-		# the first take opened, unless the first link came back before it); then the same
-		# links idle again, once connecttwo has closed the one beyond --pool.
+		# after another, each echoing 256 KiB (the bulk path's buffers). listentwo gives
+		# each the newest idle link, so their sessions fall on the few newest links (the
+		# one a client came back on, or the replacement its take opened): the row is a
+		# pool that served clients one by one, mostly links that carried no session yet,
+		# read once connecttwo has closed the links beyond --pool.
 		for _ in $(seq $((LINKS + 2))); do
 			"$T/tunnelload" hold -addr "127.0.0.1:$S" -n 1 -bytes 262144
 		done
 		idleagain "$CN"
 		LU=$(rss_kib "$LPID"); AU=$(rss_kib "$CN")
-		echo "| tls, each link used once | $((LINKS + 1)) | $LU | $AU |"
-		echo "| tls, each link used once | per link | $(( (LU - L1) / LINKS )) | $(( (AU - A1) / LINKS )) |"
+		echo "| tls, after $((LINKS + 2)) clients one by one | $((LINKS + 1)) | $LU | $AU |"
+		echo "| tls, after $((LINKS + 2)) clients one by one | per link | $(( (LU - L1) / LINKS )) | $(( (AU - A1) / LINKS )) |"
 		# Then LINKS+1 clients at once: connecttwo opens a replacement for each link taken,
 		# and closes the links that come back beyond --pool (only links that came back are
 		# closed so), so most of the idle links are then fresh replacements, in a heap the

@@ -6,7 +6,7 @@ const help = `Usage: listentwo -s [ADDR:]PORT -d [ADDR:]PORT [--hello-dst] [-a H
        listentwo --tls-key FILE [--tls-cert FILE] --print-pin
 
 Relay end of a reverse tunnel. Clients connect to -s; connecttwo, on a machine that cannot
-accept connections, keeps idle links open to -d. Each client is paired with the oldest idle
+accept connections, keeps idle links open to -d. Each client is paired with the newest idle
 link and the two are relayed both ways, half-closes passed on.
 
 Options:

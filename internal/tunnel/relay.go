@@ -148,7 +148,7 @@ func (c *RelayConfig) Validate() error {
 }
 
 // Relay is listentwo's engine: it accepts clients and links, pools the links that pass the
-// handshake, pairs each client with the oldest idle link, and relays the two.
+// handshake, pairs each client with the newest idle link, and relays the two.
 type Relay struct {
 	cfg       RelayConfig
 	tlsConfig *tls.Config // nil: plain links
@@ -645,7 +645,7 @@ func (r *Relay) stopWatch(l *idleLink) error {
 	return l.cause
 }
 
-// takeLink returns the oldest idle link that is still alive, waiting until deadline.
+// takeLink returns the newest idle link that is still alive, waiting until deadline.
 // Dead links it meets on the way are closed and logged.
 func (r *Relay) takeLink(ctx context.Context, deadline time.Time) (*idleLink, error) {
 	front := false
