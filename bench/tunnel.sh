@@ -305,8 +305,8 @@ memrows() { # memrows NAME LISTENTWO-FLAGS -- CONNECTTWO-FLAGS: the table's rows
 		echo "| tls, after $((LINKS + 2)) clients one by one | $((LINKS + 1)) | $LU | $AU |"
 		echo "| tls, after $((LINKS + 2)) clients one by one | per link | $(( (LU - L1) / LINKS )) | $(( (AU - A1) / LINKS )) |"
 		# Then LINKS+1 clients at once: connecttwo opens a replacement for each link taken,
-		# and closes the links that come back beyond --pool (only links that came back are
-		# closed so), so most of the idle links are then fresh replacements, in a heap the
+		# and closes any link idle 5 s while more than --pool are idle (fresh or back from a
+		# session, since 2a8c583), so the idle links left are a mix of both, in a heap the
 		# burst's buffers went through.
 		"$T/tunnelload" hold -addr "127.0.0.1:$S" -n $((LINKS + 1)) -bytes 262144
 		idleagain "$CN"
