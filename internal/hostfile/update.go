@@ -1,11 +1,9 @@
 package hostfile
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"math/rand/v2"
 	"os"
@@ -139,27 +137,11 @@ var ErrTooLarge = fmt.Errorf("larger than %d MiB, too large for a host file", Ma
 // (regfile.Open: a FIFO or a device is refused, never waited for or read without end) of
 // at most MaxSize bytes.
 func readRegular(path string) ([]byte, error) {
-	f, err := regfile.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if fi.Size() > MaxSize {
+	b, err := regfile.ReadFile(path, MaxSize)
+	if errors.Is(err, regfile.ErrTooLarge) {
 		return nil, ErrTooLarge
 	}
-	var b bytes.Buffer
-	b.Grow(int(fi.Size()) + bytes.MinRead)
-	if _, err = b.ReadFrom(io.LimitReader(f, MaxSize+1)); err != nil {
-		return nil, err
-	}
-	if b.Len() > MaxSize { // it grew while read
-		return nil, ErrTooLarge
-	}
-	return b.Bytes(), nil
+	return b, err
 }
 
 // lock takes lk, blocking in flock(2) when ctx can never end, and trying every lockPoll

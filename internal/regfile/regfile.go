@@ -5,8 +5,10 @@
 package regfile
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"io"
 	"os"
 	"syscall"
 	"time"
@@ -53,6 +55,36 @@ func open(path string, check func(f *os.File, mode os.FileMode) error) (*os.File
 		return nil, err
 	}
 	return f, nil
+}
+
+// ErrTooLarge is ReadFile's error for a file larger than its limit.
+var ErrTooLarge = errors.New("too large")
+
+// ReadFile returns the content of the regular file at path (opened as Open does: a FIFO
+// or a device is refused, never waited for or read without end) when it holds at most
+// limit bytes, and an error matching ErrTooLarge when it holds more.
+func ReadFile(path string, limit int64) ([]byte, error) {
+	f, err := Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if fi.Size() > limit {
+		return nil, ErrTooLarge
+	}
+	var b bytes.Buffer
+	b.Grow(int(fi.Size()) + bytes.MinRead)
+	if _, err = b.ReadFrom(io.LimitReader(f, limit+1)); err != nil {
+		return nil, err
+	}
+	if int64(b.Len()) > limit { // it grew while read
+		return nil, ErrTooLarge
+	}
+	return b.Bytes(), nil
 }
 
 // OpenStream opens path for reading as a stream: a regular file, or a FIFO, a character

@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"shd-tcp-tools/internal/patherr"
+	"shd-tcp-tools/internal/regfile"
 )
 
 // PinPrefix starts every pin: the hash function, as HTTP public-key pinning spelled it.
@@ -138,13 +139,23 @@ func LoadServer(certFile, keyFile string) (*Server, error) {
 	return s, nil
 }
 
+// maxPEM bounds a key, certificate or CA file: a CA bundle of a few hundred certificates
+// fits many times over.
+const maxPEM = 16 << 20
+
+// readPEM reads a key, certificate or CA file, which must be a regular file: a FIFO that
+// nobody writes would hold the start in open(2), where a signal cannot end it.
+func readPEM(path string) ([]byte, error) {
+	return regfile.ReadFile(path, maxPEM)
+}
+
 // loadPair is tls.LoadX509KeyPair, with each error naming the file it is about.
 func loadPair(certFile, keyFile string) (tls.Certificate, error) {
-	certPEM, err := os.ReadFile(certFile)
+	certPEM, err := readPEM(certFile)
 	if err != nil {
 		return tls.Certificate{}, patherr.Wrap(certWhat, certFile, err)
 	}
-	keyPEM, err := os.ReadFile(keyFile)
+	keyPEM, err := readPEM(keyFile)
 	if err != nil {
 		return tls.Certificate{}, patherr.Wrap(keyWhat, keyFile, err)
 	}
@@ -172,7 +183,7 @@ func (s *Server) Config() *tls.Config {
 // not exist. The new file appears complete or not at all (written beside it, then linked
 // into place, so that two processes starting at once share one key).
 func loadOrCreateKey(path string) (crypto.Signer, bool, error) {
-	data, err := os.ReadFile(path)
+	data, err := readPEM(path)
 	if err == nil {
 		key, err := parseKey(data)
 		if err != nil {
@@ -310,7 +321,7 @@ func NewPinned(pins []string) (*Client, error) {
 // certificates in caFile and names name (a DNS name or an IP address). An error about the
 // file names it as "CA file PATH: reason" (an *fs.PathError).
 func NewCA(caFile, name string) (*Client, error) {
-	data, err := os.ReadFile(caFile)
+	data, err := readPEM(caFile)
 	if err != nil {
 		return nil, patherr.Wrap("CA file", caFile, err)
 	}
