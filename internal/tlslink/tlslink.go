@@ -47,7 +47,7 @@ func PinOf(cert *x509.Certificate) string {
 }
 
 // ParsePin checks that s is a pin as PinOf spells it and returns it unchanged. Its error
-// is a *PinError.
+// is a *BadPinError.
 func ParsePin(s string) (string, error) {
 	b64, ok := strings.CutPrefix(s, PinPrefix)
 	if !ok {
