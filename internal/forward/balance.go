@@ -417,16 +417,19 @@ func (b *balancer) unwritten() []Count {
 // entry; the balancer keeps the hosts it had.
 var errNoEntry = errors.New("no usable entry left; keeping the previous hosts")
 
+// errNothingToWrite is writeBack's error when no count is pending: the store was not
+// touched (a round rereads it instead).
+var errNothingToWrite = errors.New("no counts to write")
+
 // writeBack adds the pending counts to the store and takes the store's counts, which
-// include those of other processes sharing it, as the new base; with nothing pending it
-// rereads the store instead. The store is written without mu: picks go on meanwhile, and
-// the result is published in one step. It waits for the store's lock until ctx ends, and
-// on any error the counts stay pending. Write-backs and rereads must not run at once.
+// include those of other processes sharing it, as the new base. The store is written
+// without mu: picks go on meanwhile, and the result is published in one step. It waits for
+// the store's lock until ctx ends, and on any error the counts stay pending; with nothing
+// pending it returns errNothingToWrite. Write-backs and rereads must not run at once.
 func (b *balancer) writeBack(ctx context.Context) (change, error) {
 	counts := b.pendingCounts(true)
 	if len(counts) == 0 {
-		ch, _, err := b.reread()
-		return ch, err
+		return change{}, errNothingToWrite
 	}
 	es, err := b.store.Add(ctx, counts)
 	if err != nil {

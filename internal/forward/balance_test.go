@@ -209,7 +209,7 @@ func TestFlushRefreshesCounts(t *testing.T) {
 	if got := first(); got != "a.example:1" {
 		t.Fatalf("picked %s before the refresh", got)
 	}
-	if _, err := b.writeBack(context.Background()); err != nil {
+	if _, _, err := b.reread(); err != nil {
 		t.Fatal(err)
 	}
 	if got := first(); got != "b.example:1" {

@@ -162,6 +162,9 @@ type Server struct {
 	// failedWrites counts the host-file write-backs that failed, which the log names once
 	// an episode (what the tests read).
 	failedWrites atomic.Int64
+	// rounds counts the keeper's rounds at the interval, written or not (what the tests
+	// wait on).
+	rounds atomic.Int64
 	// partialHeader, when set, is called on the loop each time a client's PROXY header is
 	// found incomplete (a test seam).
 	partialHeader func()

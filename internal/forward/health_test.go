@@ -110,7 +110,7 @@ func TestAsideRanksLast(t *testing.T) {
 	if err := os.WriteFile(path, []byte("192.0.2.1 0\n192.0.2.2 10\n[2001:db8::3]:81 20\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.writeBack(context.Background()); err != nil {
+	if _, _, err := b.reread(); err != nil {
 		t.Fatal(err)
 	}
 	gone := endpoint.Endpoint{Host: "192.0.2.4", Port: 80}

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -225,5 +226,52 @@ func TestFailingWriteBackLoggedOnce(t *testing.T) {
 	}
 	if e := f.Entries(); len(e) != 1 || e[0].Bytes != moved {
 		t.Errorf("file entries %v, want %d bytes moved", e, moved)
+	}
+}
+
+// A round with no counts to write only rereads the host file: when that read fails (the
+// file moved away a moment, as an editor or a deploy does), it is a reread that failed,
+// said once as one, not a write-back that failed and kept counts there were none of.
+func TestRoundWithNothingToWriteIsAReread(t *testing.T) {
+	t.Parallel()
+	a := testkit.StartBackend(t, "[::1]:0", testkit.Echo)
+	path := writeFile(t, fmt.Sprintf("%s 0\n", a.Addr()))
+	pf := startServer(t, "[::1]:0", Config{HostFile: path, Port: 9, Interval: 10 * time.Millisecond, Grace: -1})
+	// A round done: the keeper follows the file (it starts the watch before its rounds).
+	testkit.WaitUntil(t, 5*time.Second, "the keeper's first round", func() bool { return pf.rounds.Load() >= 1 })
+	aside := path + ".aside"
+	if err := os.Rename(path, aside); err != nil {
+		t.Fatal(err)
+	}
+	pf.log.WaitFor(t, `rereading .*no such file`, 1, 5*time.Second)
+	from := pf.rounds.Load()
+	testkit.WaitUntil(t, 5*time.Second, "20 rounds with the file away", func() bool { return pf.rounds.Load() >= from+20 })
+	if err := os.Rename(aside, path); err != nil {
+		t.Fatal(err)
+	}
+	c := testkit.Dial(t, pf.addr)
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	testkit.RoundTrip(t, c, 1, 1000)
+	c.Close()
+	testkit.WaitUntil(t, 5*time.Second, "the trip's counts written", func() bool {
+		f, _, err := hostfile.Read(path)
+		return err == nil && len(f.Entries()) == 1 && f.Entries()[0].Bytes == 2000
+	})
+	if n := pf.log.Count(`rereading `); n != 1 {
+		t.Errorf("%d lines about the failed reread, want 1:\n%s", n, pf.log.String())
+	}
+	if n := pf.log.Count(`writing counts to |failed writes`); n != 0 || pf.failedWrites.Load() != 0 {
+		t.Errorf("%d failed write-backs counted, %d lines about them, want none (nothing was to be written):\n%s", pf.failedWrites.Load(), n, pf.log.String())
+	}
+	// Nor is the stop a failed write when every count is in the file already and the file
+	// is away: nothing is lost, so no error (tcp-pf would exit 1).
+	if err := os.Rename(path, aside); err != nil {
+		t.Fatal(err)
+	}
+	if err := pf.stop(); err != nil {
+		t.Errorf("Serve with every count written and the file away: %v", err)
+	}
+	if !strings.Contains(pf.log.String(), "nothing more to write") {
+		t.Errorf("no line at the stop saying the counts were up to date:\n%s", pf.log.String())
 	}
 }

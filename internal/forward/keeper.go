@@ -104,18 +104,24 @@ func (k *keeper) run(ctx context.Context) {
 		if k.writeBack(ctx) {
 			retry.Reset(lockRetry)
 		}
+		k.s.rounds.Add(1)
 	}
 }
 
-// writeBack writes the pending counts and logs what happened. It reports whether another
-// process holds the lock, so that the keeper tries again soon; the first time in an
-// episode, and when it ends, is logged.
+// writeBack writes the pending counts, or rereads the store when there are none, and logs
+// what happened. It reports whether another process holds the lock, so that the keeper
+// tries again soon; the first time in an episode, and when it ends, is logged.
 func (k *keeper) writeBack(ctx context.Context) (locked bool) {
 	ctx, cancel := context.WithTimeout(ctx, lockTry)
 	defer cancel()
 	ch, err := k.b.writeBack(ctx)
 	now := k.s.cfg.now()
 	switch {
+	case errors.Is(err, errNothingToWrite):
+		// Not a write, so neither the end of an episode nor a failure of one: a failed
+		// write keeps its counts pending.
+		k.reread()
+		return false
 	case errors.Is(err, hostfile.ErrLocked):
 		if k.lockedSince.IsZero() {
 			k.lockedSince = now
@@ -209,6 +215,12 @@ func (k *keeper) final() error {
 	ctx, cancel := context.WithTimeout(context.Background(), ExitLockWait)
 	defer cancel()
 	_, err := k.b.writeBack(ctx)
+	if errors.Is(err, errNothingToWrite) {
+		k.s.log.Printf("counts in %s up to date: nothing more to write", k.b.store)
+		err = nil
+	} else if err == nil {
+		k.s.log.Printf("wrote counts to %s", k.b.store)
+	}
 	if gone := k.b.pendingCounts(false); len(gone) > 0 {
 		var parts []string
 		for _, name := range slices.Sorted(maps.Keys(gone)) {
@@ -217,7 +229,6 @@ func (k *keeper) final() error {
 		k.s.log.Warnf("not written to %s, which no longer has these hosts: %s", k.b.store, someNames(parts))
 	}
 	if err == nil {
-		k.s.log.Printf("wrote counts to %s", k.b.store)
 		return nil
 	}
 	if errors.Is(err, hostfile.ErrLocked) {
