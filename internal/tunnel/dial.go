@@ -132,11 +132,19 @@ func (ll *loopLink) linkUp(rest []byte, more bool) {
 	ll.step = takeIdle
 	ll.got = rest
 	ll.shake = clientShake{}
-	ll.hot = true // what came with the verdict takes the link hot, however late the loop ran
+	// What came with the verdict takes the link hot, however late the loop ran. The
+	// readiness that brought the verdict is spent: a read that filled its buffer may have
+	// left bytes behind, and one that did not may have left the relay's end (a FIN or a
+	// reset that came right behind the verdict, as from a listentwo that stops or crashes
+	// then), which a read shows only once the bytes before it are read. No new readiness
+	// announces either, so the link looks once now (a peek); otherwise a link gone at its
+	// verdict would be counted idle for ever, and its slot never open another.
+	ll.hot = true
 	switch {
 	case len(ll.got) > 0:
 		ll.taken()
-	case more:
+	default:
+		ll.hot = more
 		ll.linkReady(0)
 	}
 	ll.hot = false
