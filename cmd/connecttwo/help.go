@@ -11,9 +11,10 @@ opens a replacement link at once. When links are taken as soon as they join the 
 pool (clients wait there), it opens plain links beyond --pool, up to 32 more. A TLS link
 comes back when its client's session ends, so a replacement is opened only while fewer
 than --pool links are idle. A link beyond --pool that stays idle 5 s while more than
---pool are idle is closed. If the relay cannot be reached or a link
-drops, it reconnects with exponential backoff (up to 30 s, with jitter); a link cut
-during its handshake is retried within a second. It never exits for either.
+--pool are idle is closed. If the relay cannot be reached or a link drops within a
+second of coming up, it reconnects with exponential backoff (up to 30 s, with jitter); a
+link cut during its handshake is retried within a second, and one that drops after a
+second or more up is replaced at once. It never exits for either.
 
 Options:
   -s, --relay HOST:PORT    listentwo's link port (its -d)

@@ -320,12 +320,18 @@ func (b *slotBook) ended(ctx context.Context, id uint64, end linkEnd) (wait time
 			a.cfg.Log.Printf("link #%d down %s: agent stopping", id, end.addr)
 			return 0, true
 		}
-		a.cfg.Log.Printf("link #%d down %s: %v", id, end.addr, end.err)
 		if time.Since(end.at) >= stableLink {
 			b.unreachable.Reset()
 			b.cut.Reset()
+			a.cfg.Log.Printf("link #%d down %s: %v", id, end.addr, end.err)
+			return 0, false
 		}
-		return 0, false
+		// Lost within stableLink of its verdict: a relay that takes links and drops them
+		// (or one that stops and starts again and again) is failing, and gets the full
+		// backoff, as one that cannot be reached; the next link comes after the delay.
+		d := b.unreachable.Next()
+		a.cfg.Log.Warnf("link #%d down %s: %v; retry %d in %.3fs", id, end.addr, end.err, b.unreachable.Failures(), d.Seconds())
+		return d, false
 	}
 	b.unreachable.Reset()
 	b.cut.Reset()
