@@ -66,7 +66,8 @@ service and its close with bytes and bandwidth each way; once, a lookup of the r
 or the service's name that waits more than a second for the resolver (and once, that
 it answers again). If the service cannot be
 reached, that client is reset at once (its link closed, or with TLS its session ended)
-and logged (beyond 10 per 10 s, counted and summed up in one line). If stderr is not read or is
+and logged (beyond 10 per 10 s, counted and summed up in one line); so are links that fail
+to open or are lost within a second of coming up. If stderr is not read or is
 gone, lines are dropped (never the service) and the count is logged when it can be.
 
 Signals: SIGINT or SIGTERM stops; open relays are cut, their link and service connection

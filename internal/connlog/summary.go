@@ -23,7 +23,9 @@ import (
 // written as its own line or counted in a summary line, so the lines of a kind and the
 // counts of its summaries add up to its events. The lines and the summary of a kind are
 // written at the kind's level: a quiet Logger's Summary neither writes nor counts Info
-// events. Safe for simultaneous use. A nil *Summary writes nothing.
+// events. An event with no source (the zero Prefix: one whose kind names where it comes
+// from, as connecttwo's links to its one relay) is counted without one, and a summary
+// with no source names none ("from" is left out). Safe for simultaneous use. A nil *Summary writes nothing.
 type Summary struct {
 	log      *Logger
 	burst    int
@@ -177,7 +179,9 @@ func (s *Summary) allowLocked(kind string, v Level, reason string, source netip.
 	}
 	k.dropped++
 	k.reasons.add(reason)
-	k.sources.add(source)
+	if source.IsValid() {
+		k.sources.add(source)
+	}
 	return false
 }
 
@@ -252,8 +256,11 @@ func (l *Logger) summary(v Level, kind string, n int, took time.Duration, reason
 		l.pending = jsonCounts(l.pending, "reasons", reasons, otherReasons)
 		l.pending = jsonCounts(l.pending, "sources", sources, otherSources)
 	} else {
-		l.pending = fmt.Appendf(l.pending, "summary: %d more %q in the last %v: %s; from %s",
-			n, kind, took, words(reasons, otherReasons), words(sources, otherSources))
+		l.pending = fmt.Appendf(l.pending, "summary: %d more %q in the last %v: %s",
+			n, kind, took, words(reasons, otherReasons))
+		if len(sources) > 0 || otherSources > 0 {
+			l.pending = fmt.Appendf(l.pending, "; from %s", words(sources, otherSources))
+		}
 	}
 	l.end()
 }

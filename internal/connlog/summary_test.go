@@ -146,3 +146,29 @@ func TestSummaryAllow(t *testing.T) {
 		s.Flush()
 	})
 }
+
+// Events with no source (the zero Prefix) are summed up without a "from" part, and
+// beside events that have one, they count in the reasons only.
+func TestSummaryWithoutSources(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		out := testkit.NewLogBuf()
+		s := New(out).Summarise(1, 10*time.Second)
+		for range 3 {
+			s.Event("links to relay:1 failed", Warning, "refused", netip.Prefix{}, "failed")
+		}
+		s.Event("other", Warning, "r", netip.Prefix{}, "x")
+		s.Event("other", Warning, "r", netip.MustParsePrefix("192.0.2.1/32"), "x")
+		s.Event("other", Warning, "r", netip.Prefix{}, "x")
+		s.Flush()
+		got := lines(out)
+		if len(got) != 4 {
+			t.Fatalf("lines: %q", got)
+		}
+		if want := `summary: 2 more "links to relay:1 failed" in the last 1s: refused x2`; !strings.HasSuffix(got[2], want) {
+			t.Errorf("summary line\n%s\nwant it to end\n%s", got[2], want)
+		}
+		if want := `summary: 2 more "other" in the last 1s: r x2; from 192.0.2.1 x1`; !strings.HasSuffix(got[3], want) {
+			t.Errorf("summary line\n%s\nwant it to end\n%s", got[3], want)
+		}
+	})
+}

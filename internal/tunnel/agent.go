@@ -135,9 +135,11 @@ type Agent struct {
 	loops       *relay.Loops   // relay the taken plain links and the service; made by Run
 	trim        *relay.Trimmer // gives back the TLS sessions' relay memory once idle
 	// floods keeps the failures of a service that cannot be reached from writing a line
-	// per client: strangerBurst a strangerInterval, then a summary with the count.
-	floods *connlog.Summary
-	stats  agentStats // for the metrics: see Stats
+	// per client, and those of links (linkKind) from writing a line per attempt of each
+	// slot: strangerBurst a strangerInterval of each, then a summary with the count.
+	floods   *connlog.Summary
+	linkKind string
+	stats    agentStats // for the metrics: see Stats
 	// serviceAt is the last answer of a lookup of the service's name (see serviceAddrs).
 	serviceAt atomic.Pointer[[]netip.Addr]
 	// relaySlow and serviceSlow say once that lookups of the name wait for the resolver.
@@ -175,7 +177,8 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 		tlsConfig = cfg.TLS.Config()
 	}
 	return &Agent{cfg: cfg, tlsConfig: tlsConfig, relaySlow: slowLookup{what: "the relay"}, serviceSlow: slowLookup{what: "the service"}, serviceName: cfg.Service.String(), secret: newSecretBox(cfg.Secret, cfg.SecretFile), idle: newGauge(), opening: make(chan struct{}, maxOpening),
-		floods: cfg.Log.Summarise(strangerBurst, strangerInterval), trim: relay.NewTrimmer(0)}, nil
+		floods: cfg.Log.Summarise(strangerBurst, strangerInterval), linkKind: "links to " + cfg.Relay.String() + " failed",
+		trim: relay.NewTrimmer(0)}, nil
 }
 
 // Reload rereads the secret file (SecretFile) and logs it: links opened from now on prove
@@ -312,7 +315,7 @@ func (b *slotBook) ended(ctx context.Context, id uint64, end linkEnd) (wait time
 			bo = &b.cut
 		}
 		d := bo.Next()
-		a.cfg.Log.Warnf("link #%d to %s failed: %v; retry %d in %.3fs", id, a.cfg.Relay, err, bo.Failures(), d.Seconds())
+		a.linkFailed(err.Error(), "link #%d to %s failed: %v; retry %d in %.3fs", id, a.cfg.Relay, err, bo.Failures(), d.Seconds())
 		b.retry = id
 		return d, false
 	case end.err != nil:
@@ -330,7 +333,7 @@ func (b *slotBook) ended(ctx context.Context, id uint64, end linkEnd) (wait time
 		// (or one that stops and starts again and again) is failing, and gets the full
 		// backoff, as one that cannot be reached; the next link comes after the delay.
 		d := b.unreachable.Next()
-		a.cfg.Log.Warnf("link #%d down %s: %v; retry %d in %.3fs", id, end.addr, end.err, b.unreachable.Failures(), d.Seconds())
+		a.linkFailed("lost at once: "+end.err.Error(), "link #%d down %s: %v; retry %d in %.3fs", id, end.addr, end.err, b.unreachable.Failures(), d.Seconds())
 		return d, false
 	}
 	b.unreachable.Reset()
@@ -680,6 +683,16 @@ func (a *Agent) failed(id uint64, client string, source netip.Prefix, err error)
 	if a.floods.Allow("failed -> "+service, connlog.Error, err.Error(), source) {
 		a.cfg.Log.Failed(id, client, service, err)
 	}
+}
+
+// linkFailed logs a link that failed to open, or was lost within stableLink of its
+// verdict (reason says why, for the summary), as a warning: beyond strangerBurst of them
+// in a strangerInterval (a relay that is down or sick, and a pool of hundreds of slots
+// retrying), they are counted by reason and summed up in one line, so that the log says
+// a few lines per 10 s however large the pool. The kind names the relay; the lines have no
+// source of their own.
+func (a *Agent) linkFailed(reason, format string, args ...any) {
+	a.floods.Event(a.linkKind, connlog.Warning, reason, netip.Prefix{}, format, args...)
 }
 
 // gauge is a counter that can be waited on. Safe for simultaneous use.

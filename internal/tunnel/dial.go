@@ -348,7 +348,7 @@ func (s *loopSlot) ended(id uint64, end linkEnd) {
 		case !end.up:
 			a.stats.linkFailed[connstats.FailureOf(end.err)].Add(1)
 			a.growAfter.Store(time.Now().Add(a.cfg.idleTrim).UnixNano())
-			a.cfg.Log.Warnf("link #%d to %s failed: %v; not retried: more links than the pool size", id, a.cfg.Relay, end.err)
+			a.linkFailed(end.err.Error(), "link #%d to %s failed: %v; not retried: more links than the pool size", id, a.cfg.Relay, end.err)
 		default:
 			a.cfg.Log.Printf("link #%d down %s: %v", id, end.addr, end.err)
 		}
