@@ -85,7 +85,7 @@ func TestTieByOpenConnections(t *testing.T) {
 func TestFailover(t *testing.T) {
 	t.Parallel()
 	good := testkit.StartBackend(t, "127.0.0.1:0", testkit.Echo)
-	refused := fmt.Sprintf("127.0.0.1:%d", closedPort(t))
+	refused := fmt.Sprintf("127.0.0.1:%d", testkit.ClosedPort(t, "127.0.0.1"))
 	silent := testkit.Blackhole(t)
 	path := writeFile(t, fmt.Sprintf("%s 0\n%s 1\n%s 2\n", refused, silent, good.Addr()))
 	pf := startServer(t, "127.0.0.1:0", Config{HostFile: path, Port: 9, ConnectTimeout: 300 * time.Millisecond})
@@ -111,8 +111,8 @@ func TestFailover(t *testing.T) {
 // reads, until then, as if tcp-pf were still trying (it is, while a host is left).
 func TestEveryHostFailed(t *testing.T) {
 	t.Parallel()
-	a := fmt.Sprintf("127.0.0.1:%d", closedPort(t))
-	b := fmt.Sprintf("[::1]:%d", closedPort(t))
+	a := fmt.Sprintf("127.0.0.1:%d", testkit.ClosedPort(t, "127.0.0.1"))
+	b := fmt.Sprintf("[::1]:%d", testkit.ClosedPort(t, "::1"))
 	path := writeFile(t, fmt.Sprintf("%s 0\n%s 1\n", a, b))
 	pf := startServer(t, "127.0.0.1:0", Config{HostFile: path, Port: 9})
 	if c, err := net.DialTimeout("tcp", pf.addr, 5*time.Second); err == nil { // reset at once, maybe before the dial returns

@@ -480,7 +480,7 @@ func TestRateLimitEachWay(t *testing.T) {
 // With no reachable destination the client is closed and every attempt is logged.
 func TestDestinationDown(t *testing.T) {
 	t.Parallel()
-	port := closedPort(t)
+	port := testkit.ClosedPort(t, "127.0.0.1")
 	pf := startServer(t, "127.0.0.1:0", Config{Dest: endpoint.Endpoint{Host: "127.0.0.1", Port: port}})
 	// The client is reset; on loopback that can happen before its connect call returns.
 	c, err := net.DialTimeout("tcp", pf.addr, 5*time.Second)
@@ -500,14 +500,6 @@ func TestDestinationDown(t *testing.T) {
 	if pf.log.Count(`open #`) != 0 {
 		t.Errorf("an open line for a connection that failed:\n%s", pf.log.String())
 	}
-}
-
-// closedPort returns a loopback port that nothing listens on.
-func closedPort(t testing.TB) int {
-	ln := testkit.Listen(t, "127.0.0.1:0")
-	p := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
-	return p
 }
 
 // A destination given by name is looked up off the event loop; every address it has is

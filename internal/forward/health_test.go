@@ -123,7 +123,7 @@ func TestAsideRanksLast(t *testing.T) {
 // listens again serves it at once, before any check, and is back in service.
 func TestAllAsideStillTried(t *testing.T) {
 	t.Parallel()
-	a := closedPort(t)
+	a := testkit.ClosedPort(t, "127.0.0.1")
 	ln := testkit.Listen(t, "[::1]:0")
 	b := ln.Addr().(*net.TCPAddr).Port
 	ln.Close() // nothing listens there now

@@ -509,3 +509,39 @@ func WantReset(t testing.TB, c net.Conn, ends <-chan ReadEnd, max int64, d time.
 		t.Fatalf("the backend's connection did not end within %v", d)
 	}
 }
+
+// ClosedPort returns a port on host (an IP literal) that refuses connections until the test
+// ends: a socket bound to it that never listens (and sets no SO_REUSEADDR) holds the port,
+// so no other listener (another test's, picking port 0) can take it meanwhile, as it could
+// from a listener closed at once.
+func ClosedPort(t testing.TB, host string) int {
+	t.Helper()
+	ip := net.ParseIP(host)
+	if ip == nil {
+		t.Fatalf("ClosedPort: %q is not an IP address", host)
+	}
+	family, sa := syscall.AF_INET6, syscall.Sockaddr(&syscall.SockaddrInet6{Addr: [16]byte(ip.To16())})
+	if v4 := ip.To4(); v4 != nil {
+		family, sa = syscall.AF_INET, &syscall.SockaddrInet4{Addr: [4]byte(v4)}
+	}
+	fd, err := syscall.Socket(family, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatalf("ClosedPort: %v", err)
+	}
+	t.Cleanup(func() { syscall.Close(fd) })
+	if err := syscall.Bind(fd, sa); err != nil {
+		t.Fatalf("ClosedPort: bind %s: %v", host, err)
+	}
+	got, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatalf("ClosedPort: %v", err)
+	}
+	switch a := got.(type) {
+	case *syscall.SockaddrInet4:
+		return a.Port
+	case *syscall.SockaddrInet6:
+		return a.Port
+	}
+	t.Fatalf("ClosedPort: address %v", got)
+	return 0
+}

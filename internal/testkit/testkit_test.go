@@ -1,7 +1,9 @@
 package testkit
 
 import (
+	"errors"
 	"net"
+	"strconv"
 	"syscall"
 	"testing"
 	"time"
@@ -58,5 +60,22 @@ func TestEchoRoundTrip(t *testing.T) {
 		RoundTrip(t, c, 7, 300000)
 		c.Close()
 		WaitUntil(t, 5*time.Second, "the accept counted", func() bool { return b.Accepts.Load() == 1 })
+	}
+}
+
+// A ClosedPort refuses connections, and no listener can take it while the test runs.
+func TestClosedPort(t *testing.T) {
+	for _, host := range []string{"127.0.0.1", "::1"} {
+		addr := net.JoinHostPort(host, strconv.Itoa(ClosedPort(t, host)))
+		if c, err := net.DialTimeout("tcp", addr, time.Second); !errors.Is(err, syscall.ECONNREFUSED) {
+			if c != nil {
+				c.Close()
+			}
+			t.Errorf("dial %s: %v, want connection refused", addr, err)
+		}
+		if ln, err := net.Listen("tcp", addr); err == nil {
+			ln.Close()
+			t.Errorf("listen %s worked: the port is not held", addr)
+		}
 	}
 }
