@@ -577,7 +577,7 @@ var errTrimmed = errors.New("not needed: more idle links than the pool size")
 // link ended first. With trim, a link idle for idleTrim while more than Pool are idle is
 // given up (errTrimmed, already off the idle count). It holds no buffer while it waits.
 func (a *Agent) waitSession(ctx context.Context, fl *framedLink, trim bool) (*linkSession, []byte, error) {
-	sess := fl.session()
+	sess := fl.session(ctx)
 	stop := context.AfterFunc(ctx, func() { _ = fl.tcp.SetReadDeadline(time.Unix(1, 0)) })
 	defer stop()
 	var one [1]byte

@@ -890,7 +890,7 @@ func (r *Relay) pair(ctx context.Context, c clientConn, l *idleLink, id uint64, 
 	rw := l.rw // a plain link, or a session on a TLS link
 	var sess *linkSession
 	if l.fl != nil {
-		sess = l.fl.session()
+		sess = l.fl.session(ctx)
 		rw = sess
 	}
 	if r.cfg.Hello {

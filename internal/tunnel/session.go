@@ -36,10 +36,11 @@ func newFramedLink(tcp *net.TCPConn, tc *tls.Conn, pre []byte) *framedLink {
 	return l
 }
 
-// session starts the next session on l: the one before it is over on this side.
-func (l *framedLink) session() *linkSession {
+// session starts the next session on l: the one before it is over on this side. stop
+// is the program's context: once it ends, the link is closed after the session.
+func (l *framedLink) session(stop context.Context) *linkSession {
 	l.fr.next()
-	return &linkSession{l: l}
+	return &linkSession{l: l, stop: stop}
 }
 
 // quiet checks, without waiting, that the peer sent nothing after its end of the
@@ -73,6 +74,10 @@ var frameBuffers = sync.Pool{New: func() any { b := make([]byte, 0, frameHeader+
 // written while a Write runs, and wait for its frame.
 type linkSession struct {
 	l *framedLink
+	// stop ends when the program stops: End leaves the link to be closed then, so a
+	// write still waiting for the peer is cut at once rather than given time (see
+	// SetWriteDeadline).
+	stop context.Context
 
 	mu      sync.Mutex // held while a frame is written
 	buf     *[]byte    // from frameBuffers, for DATA frames; nil before the first
@@ -318,11 +323,15 @@ func (s *linkSession) SetReadDeadline(t time.Time) error { return s.l.tls.SetRea
 // SetWriteDeadline with a time in the past stops the session's writes without breaking
 // the link: a TLS write that times out would leave the link unusable, so the write in
 // progress gets sessionEndTimeout to finish (the peer drains the session) and the next
-// one fails at once.
+// one fails at once. A link that cannot carry another session anyway (it broke, or the
+// program stops) gets no such time: the write in progress, which may wait for a peer
+// that reads nothing, is cut now, so a stop never waits for it.
 func (s *linkSession) SetWriteDeadline(t time.Time) error {
 	if !t.IsZero() && !t.After(time.Now()) {
 		s.stopped.Store(true)
-		t = time.Now().Add(sessionEndTimeout)
+		if s.stop.Err() == nil && s.broken() == nil {
+			t = time.Now().Add(sessionEndTimeout)
+		}
 	}
 	return s.l.tls.SetWriteDeadline(t)
 }
