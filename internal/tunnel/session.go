@@ -247,7 +247,8 @@ func (s *linkSession) Reset() error {
 // End finishes the session on the link: a RST when no end went out yet, then the wait
 // for the peer's end, the rest of its data dropped. Afterwards reusable tells whether the
 // link can carry the next session. The end of ctx (the program stops) leaves the link to
-// be closed.
+// be closed, also when it comes while End waits: a peer that does not answer holds a
+// stop no longer than it takes to cut the wait.
 func (s *linkSession) End(ctx context.Context) {
 	defer s.release()
 	if ctx.Err() != nil {
@@ -261,23 +262,34 @@ func (s *linkSession) End(ctx context.Context) {
 		s.fail(err)
 		return
 	}
-	if s.end(frameRst) != nil {
+	cut := context.AfterFunc(ctx, func() { _ = s.l.tls.SetDeadline(time.Unix(1, 0)) })
+	err := s.finish()
+	if !cut() { // the wait was cut: whatever it saw, the link goes
+		s.fail(errors.New("stopping"))
 		return
 	}
-	if s.l.fr.ended() == 0 {
-		b := frameBuffers.Get().(*[]byte)
-		err := s.l.fr.drain((*b)[:cap(*b)])
-		frameBuffers.Put(b)
-		if err != nil {
-			s.fail(err)
-			return
-		}
+	if err == nil {
+		err = s.l.tls.SetDeadline(time.Time{})
 	}
-	if err := s.l.tls.SetDeadline(time.Time{}); err != nil {
+	if err != nil {
 		s.fail(err)
 		return
 	}
 	s.reusable = true
+}
+
+// finish sends this side's end, a RST unless one went out, and drops what the peer still
+// sends up to its end, within the deadline End set.
+func (s *linkSession) finish() error {
+	if err := s.end(frameRst); err != nil {
+		return err
+	}
+	if s.l.fr.ended() != 0 {
+		return nil
+	}
+	b := frameBuffers.Get().(*[]byte)
+	defer frameBuffers.Put(b)
+	return s.l.fr.drain((*b)[:cap(*b)])
 }
 
 // release gives the session's frame buffer back.
