@@ -129,3 +129,95 @@ func TestAttackStopWithTLSLinkFull(t *testing.T) {
 		}
 	}
 }
+
+// TestAttackStopMidTLSTransfer: SIGTERM or SIGINT to either program in the middle of a
+// client's 32 MiB echo through a TLS link (over IPv6), once 4 MiB have come back; and the
+// same with the other signal sent at once after it (a second signal during the stop, as
+// an impatient supervisor sends: it must not kill the program, nor change how it ends).
+// The program must exit 0 within a second and log the cut (`end="cut: stopped"`); the
+// other program must not log a clean end; the client and the service must each have
+// received a prefix of what the other sent, and see a reset, never a clean end.
+func TestAttackStopMidTLSTransfer(t *testing.T) {
+	bins := tunneltest.Build(t)
+	const size = 32 << 20
+	for _, tc := range []struct {
+		who       string
+		sig, also syscall.Signal
+	}{
+		{"listentwo", syscall.SIGTERM, 0},
+		{"listentwo", syscall.SIGINT, syscall.SIGTERM},
+		{"connecttwo", syscall.SIGINT, 0},
+		{"connecttwo", syscall.SIGTERM, syscall.SIGINT},
+	} {
+		name := tc.who + "/" + tc.sig.String()
+		if tc.also != 0 {
+			name += "+" + tc.also.String()
+		}
+		t.Run(name, func(t *testing.T) {
+			svcEnd := make(chan testkit.ReadEnd, 1)
+			svcGot := make(chan testkit.Digest, 1)
+			svc := testkit.StartBackend(t, "[::1]:0", func(c *net.TCPConn) {
+				d := testkit.NewDigester()
+				_, err := io.Copy(io.MultiWriter(c, d), c) // the echo, digested
+				if err == nil {
+					err = io.EOF
+				}
+				svcGot <- d.Digest()
+				svcEnd <- testkit.ReadEnd{N: d.Digest().N, Err: err}
+			})
+			relay, agent, clients, _ := tlsTunnel(t, bins, "::1", svc.Addr())
+			c := testkit.Dial(t, clients)
+			_ = c.SetDeadline(time.Now().Add(testkit.Timeout))
+			sendErr := make(chan error, 1)
+			go func() {
+				_, err := testkit.Send(c, 5, size)
+				sendErr <- err
+			}()
+			back := testkit.NewDigester()
+			if _, err := io.CopyN(back, c, 4<<20); err != nil {
+				t.Fatalf("the first 4 MiB of the echo: %v", err)
+			}
+			p, other := relay, agent
+			if tc.who == "connecttwo" {
+				p, other = agent, relay
+			}
+			p.Signal(t, tc.sig)
+			if tc.also != 0 {
+				p.Signal(t, tc.also)
+			}
+			code, took := p.Exit(t, 10*time.Second)
+			if code != 0 || took > time.Second {
+				t.Errorf("%s exited %d in %v after %s, a transfer under way; want 0 within 1s", tc.who, code, took, name)
+			}
+			_, readErr := io.Copy(back, c)
+			wErr := <-sendErr
+			got := back.Digest()
+			t.Logf("%s exited in %v; the client got %d bytes back, then %v; its send ended with %v", tc.who, took.Round(time.Millisecond), got.N, readErr, wErr)
+			if want := testkit.Expected(5, got.N); got != want || got.N >= size {
+				t.Errorf("the client got %v back, not a strict prefix of what it sent", got)
+			}
+			// Linux reports a peer's reset once: to the read or to the write that comes first.
+			if !errors.Is(readErr, syscall.ECONNRESET) && !errors.Is(wErr, syscall.ECONNRESET) {
+				t.Errorf("the client's read ended with %v and its send with %v; want a reset", readErr, wErr)
+			}
+			select {
+			case end := <-svcEnd:
+				d := <-svcGot
+				if want := testkit.Expected(5, d.N); d != want {
+					t.Errorf("the service got %v, not a prefix of what the client sent", d)
+				}
+				if !errors.Is(end.Err, syscall.ECONNRESET) {
+					t.Errorf("the service's connection ended with %v after %d bytes, want a reset", end.Err, end.N)
+				}
+			case <-time.After(testkit.Timeout):
+				t.Fatal("the service's connection did not end")
+			}
+			p.Log.WaitFor(t, `close #1 .* end="cut: stopped"$`, 1, testkit.Timeout)
+			for _, line := range other.Log.WaitFor(t, `close #1 `, 1, testkit.Timeout) {
+				if strings.Contains(line, `closed"`) {
+					t.Errorf("the other program logged a clean end: %s", line)
+				}
+			}
+		})
+	}
+}
