@@ -100,7 +100,7 @@ func parse(ctx context.Context, args []string, stdout, stderr io.Writer, metrics
 			return cfg, err
 		}
 		if srv.Created {
-			fmt.Fprintf(stderr, "%s: created --tls-key %s (mode 0600) with a new key\n", tool, *tlsKey)
+			cli.Printf(stderr, "%s: created --tls-key %s (mode 0600) with a new key\n", tool, *tlsKey)
 		}
 		fmt.Fprintln(stdout, srv.Pin)
 		return cfg, errPrinted
@@ -141,7 +141,7 @@ func parse(ctx context.Context, args []string, stdout, stderr io.Writer, metrics
 	if cfg.Allow, err = allow.Parse(ctx, nil, *allowed); err != nil {
 		if stopped, ok := errors.AsType[*allow.StoppedError](err); ok {
 			// A signal while a name was looked up: a stop, not a usage error.
-			fmt.Fprintf(stderr, "%s: stopped before listening: looking up -a %s\n", tool, stopped.Name)
+			cli.Printf(stderr, "%s: stopped before listening: looking up -a %s\n", tool, stopped.Name)
 			return cfg, errPrinted
 		}
 		return cfg, cli.Usagef("-a: %v", err)

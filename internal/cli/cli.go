@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spf13/pflag"
 
@@ -68,10 +69,33 @@ func UsageIf(err error, targets ...error) error {
 }
 
 // Warn prints a warning that does not stop the tool (say, a key file every user may read)
-// to w as "tool: warning: ...". A nil warning prints nothing.
+// to w as "tool: warning: ...", as Printf does. A nil warning prints nothing.
 func Warn(w io.Writer, tool string, warning error) {
 	if warning != nil {
-		fmt.Fprintf(w, "%s: warning: %v\n", tool, warning)
+		Printf(w, "%s: warning: %v\n", tool, warning)
+	}
+}
+
+// LineWait bounds how long Printf waits for its line to be written: a stderr that nobody
+// reads (a full pipe) must not hold a tool at its start or its exit, where a signal could
+// not end the wait either. The tools' event lines never wait (internal/connlog).
+const LineWait = time.Second
+
+// Printf writes a line the tool says itself (a warning at its start, the error it exits
+// with) to w, and waits for the write at most LineWait. A line that waits longer is given
+// up: its write goes on, on a goroutine of its own, and lands if the reader comes back.
+func Printf(w io.Writer, format string, args ...any) {
+	line := fmt.Sprintf(format, args...)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_, _ = io.WriteString(w, line)
+	}()
+	t := time.NewTimer(LineWait)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
 	}
 }
 
@@ -103,13 +127,13 @@ func Code(err error) int {
 	}
 }
 
-// Report prints err to w as one line prefixed with the tool's name and returns the exit
-// status for it. Nothing is printed for nil or ErrHelp.
+// Report prints err to w as one line prefixed with the tool's name, as Printf does, and
+// returns the exit status for it. Nothing is printed for nil or ErrHelp.
 func Report(w io.Writer, tool string, err error) int {
 	code := Code(err)
 	if code != ExitOK {
 		msg := strings.ReplaceAll(err.Error(), "\n", " ")
-		fmt.Fprintf(w, "%s: %s\n", tool, msg)
+		Printf(w, "%s: %s\n", tool, msg)
 	}
 	return code
 }
