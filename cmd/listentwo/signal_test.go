@@ -14,46 +14,51 @@ import (
 	"shd-tcp-tools/internal/tunnel/tunneltest"
 )
 
-// TestStopsDuringTLSHandshakes: SIGTERM ends a listentwo with --tls-key within a second,
-// with status 0, while links sit in every early phase: connected and silent, a TLS record
-// header and nothing more, a whole ClientHello with no answer to the relay's flight. The
-// relay's addresses are IPv6 loopback for the links and IPv4 for the clients.
+// TestStopsDuringTLSHandshakes: SIGTERM, or SIGINT, ends a listentwo with --tls-key within
+// a second, with status 0, while links sit in every early phase: connected and silent, a
+// TLS record header and nothing more, a whole ClientHello with no answer to the relay's
+// flight. Two relays side by side, one for each signal (silent links wait a second in
+// the kernel before they are accepted: that second is spent once). The relay's addresses
+// are IPv6 loopback for the links and IPv4 for the clients.
 func TestStopsDuringTLSHandshakes(t *testing.T) {
 	bins := tunneltest.Build(t)
 	key := filepath.Join(t.TempDir(), "relay.key")
-	clients := "127.0.0.1:" + strconv.Itoa(testkit.FreePort(t, "127.0.0.1"))
-	links := "[::1]:" + strconv.Itoa(testkit.FreePort(t, "::1"))
-	relay := testkit.Start(t, bins["listentwo"], "-s", clients, "-d", links, "--tls-key", key)
-	relay.Log.WaitFor(t, `tls pin sha256/\S+$`, 1, testkit.Timeout)
-	relay.Log.WaitFor(t, `listening for clients`, 1, testkit.Timeout)
+	signals := []syscall.Signal{syscall.SIGTERM, syscall.SIGINT}
+	var relays []*testkit.Proc
+	for range signals {
+		clients := "127.0.0.1:" + strconv.Itoa(testkit.FreePort(t, "127.0.0.1"))
+		links := "[::1]:" + strconv.Itoa(testkit.FreePort(t, "::1"))
+		relay := testkit.Start(t, bins["listentwo"], "-s", clients, "-d", links, "--tls-key", key)
+		relay.Log.WaitFor(t, `tls pin sha256/\S+$`, 1, testkit.Timeout)
+		relay.Log.WaitFor(t, `listening for clients`, 1, testkit.Timeout)
+		relays = append(relays, relay)
 
-	for i := 0; i < 8; i++ {
-		testkit.Dial(t, links) // silent
-	}
-	for i := 0; i < 8; i++ { // a record header announcing a ClientHello that never comes
-		c := testkit.Dial(t, links)
-		if _, err := c.Write([]byte{0x16, 0x03, 0x01, 0x02, 0x00, 0x01}); err != nil {
-			t.Fatal(err)
+		for i := 0; i < 8; i++ {
+			testkit.Dial(t, links) // silent
+		}
+		for i := 0; i < 8; i++ { // a record header announcing a ClientHello that never comes
+			c := testkit.Dial(t, links)
+			if _, err := c.Write([]byte{0x16, 0x03, 0x01, 0x02, 0x00, 0x01}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// Whole ClientHellos: a TLS client over a connection that drops whatever the relay
+		// answers, so the handshake waits in the relay after its ServerHello flight.
+		for i := 0; i < 8; i++ {
+			c := testkit.Dial(t, links)
+			tc := tls.Client(swallowing{c}, &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS13})
+			go func() { _ = tc.Handshake() }() // ends when the relay closes the connection
 		}
 	}
-	// Whole ClientHellos: a TLS client over a connection that drops whatever the relay
-	// answers, so the handshake waits in the relay after its ServerHello flight.
-	hellos := make(chan struct{}, 8)
-	for i := 0; i < 8; i++ {
-		c := testkit.Dial(t, links)
-		tc := tls.Client(swallowing{c}, &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS13})
-		go func() {
-			_ = tc.Handshake() // ends when the relay closes the connection
-			hellos <- struct{}{}
-		}()
-	}
-	testkit.WaitUntil(t, testkit.Timeout, "24 connections on the relay's link port", func() bool {
-		return relay.Sockets(t) >= 24+2
-	})
-	took := relay.Stop(t, syscall.SIGTERM, 5*time.Second)
-	t.Logf("stopped after %v", took.Round(time.Millisecond))
-	if took > time.Second {
-		t.Errorf("listentwo took %v to stop with TLS handshakes under way, want at most 1s", took)
+	for i, relay := range relays {
+		testkit.WaitUntil(t, testkit.Timeout, "24 connections on the relay's link port", func() bool {
+			return relay.Sockets(t) >= 24+2
+		})
+		took := relay.Stop(t, signals[i], 5*time.Second)
+		t.Logf("stopped after %v in %v", signals[i], took.Round(time.Millisecond))
+		if took > time.Second {
+			t.Errorf("listentwo took %v to stop after %v with TLS handshakes under way, want at most 1s", took, signals[i])
+		}
 	}
 }
 
