@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"context"
 	"crypto/tls"
 	"io"
 	"net"
@@ -68,7 +69,7 @@ func neverReads(t *testing.T, host string, useTLS bool, size int64) {
 		var r io.Reader = c
 		closeWrite := c.CloseWrite
 		if tcn, ok := rw.(*tls.Conn); ok {
-			s := newFramedLink(c, tcn, nil).session()
+			s := newFramedLink(c, tcn, nil).session(context.Background())
 			w, r, closeWrite = s, s, s.CloseWrite
 		}
 		werr := make(chan error, 1)
