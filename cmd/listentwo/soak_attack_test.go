@@ -15,13 +15,13 @@ import (
 	"shd-tcp-tools/internal/testkit"
 )
 
-// soakConns is how many connections TestAttackSoak makes through each path: 1,000, or
+// soakConns is how many connections TestAttackSoak makes through each path: 2,000, or
 // SHD_SOAK_CONNS.
 func soakConns(t *testing.T) int {
 	t.Helper()
 	s := os.Getenv("SHD_SOAK_CONNS")
 	if s == "" {
-		return 1000
+		return 2000
 	}
 	n, err := strconv.Atoi(s)
 	if err != nil || n < 1 {
@@ -96,7 +96,7 @@ func (s soaked) idle(t *testing.T, goroutines int) level {
 	return l
 }
 
-// TestAttackSoak: a thousand short connections or more (1,000 by default, SHD_SOAK_CONNS to
+// TestAttackSoak: thousands of short connections (2,000 by default, SHD_SOAK_CONNS to
 // change it: 10,000 is the soak docs/architecture.md quotes), four at a time, each moving
 // 4 KiB each way checked by SHA-256, through tcp-pf and through the plain tunnel
 // (listentwo and connecttwo, with hellos, --pool 4), in two rounds of half of them. After
