@@ -24,6 +24,8 @@ import (
 
 	"github.com/pires/go-proxyproto"
 	"golang.org/x/sys/unix"
+
+	"shd-tcp-tools/internal/sock"
 )
 
 // LogBuf collects a log and lets a test wait for lines. Safe for simultaneous use.
@@ -516,32 +518,21 @@ func WantReset(t testing.TB, c net.Conn, ends <-chan ReadEnd, max int64, d time.
 // from a listener closed at once.
 func ClosedPort(t testing.TB, host string) int {
 	t.Helper()
-	ip := net.ParseIP(host)
-	if ip == nil {
-		t.Fatalf("ClosedPort: %q is not an IP address", host)
-	}
-	family, sa := syscall.AF_INET6, syscall.Sockaddr(&syscall.SockaddrInet6{Addr: [16]byte(ip.To16())})
-	if v4 := ip.To4(); v4 != nil {
-		family, sa = syscall.AF_INET, &syscall.SockaddrInet4{Addr: [4]byte(v4)}
-	}
-	fd, err := syscall.Socket(family, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	ip, err := netip.ParseAddr(host)
 	if err != nil {
 		t.Fatalf("ClosedPort: %v", err)
 	}
-	t.Cleanup(func() { syscall.Close(fd) })
-	if err := syscall.Bind(fd, sa); err != nil {
+	fd, err := sock.Socket(ip)
+	if err != nil {
+		t.Fatalf("ClosedPort: %v", err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	if err := sock.Bind(fd, netip.AddrPortFrom(ip, 0)); err != nil {
 		t.Fatalf("ClosedPort: bind %s: %v", host, err)
 	}
-	got, err := syscall.Getsockname(fd)
+	a, err := sock.LocalAddr(fd)
 	if err != nil {
 		t.Fatalf("ClosedPort: %v", err)
 	}
-	switch a := got.(type) {
-	case *syscall.SockaddrInet4:
-		return a.Port
-	case *syscall.SockaddrInet6:
-		return a.Port
-	}
-	t.Fatalf("ClosedPort: address %v", got)
-	return 0
+	return int(a.Port())
 }
