@@ -7,16 +7,19 @@ import (
 	"time"
 )
 
-// DefaultTrimQuiet is how long no user-space relay must have run before a Trimmer gives
-// their memory back.
+// DefaultTrimQuiet is how long after memory was let go (a relay ended, a TLS link closed)
+// a Trimmer gives it back.
 const DefaultTrimQuiet = 2 * time.Second
 
-// Trimmer gives the memory that user-space relays (Join) used back to the system once
-// none has run for a while. Their buffers (up to 256 KiB a direction on a TLS side) are
+// Trimmer gives the memory that user-space relays (Join) and TLS links used back to the
+// system once it was let go. Their buffers (up to 256 KiB a direction on a TLS side) are
 // freed when a relay ends, but Go collects them only when the heap grows again and returns
 // the pages later still, so a process that served a burst of clients and went idle kept
-// their buffers in its RSS for minutes. A Trimmer waits until no relay has run for its
-// quiet time, then collects and returns the free pages once (freeMemory). A nil
+// their buffers in its RSS for minutes. A Trimmer collects and returns the free pages
+// (freeMemory) the quiet time after the first release since its last trim, if no relay
+// runs then, or else when the last relay running ends. A release while a trim is due does
+// not put it off: links that keep opening and closing after a burst, or clients that come
+// one by one, would otherwise hold the burst's heap for as long as they came. A nil
 // *Trimmer does nothing. Its methods are safe for simultaneous use.
 type Trimmer struct {
 	quiet time.Duration
@@ -24,7 +27,8 @@ type Trimmer struct {
 
 	mu     sync.Mutex
 	active int  // relays running
-	used   bool // a relay ran since the last trim
+	used   bool // a relay ran or memory was let go since the last trim
+	armed  bool // timer runs: a trim is due
 	timer  *time.Timer
 	trims  int // memory given back so often
 }
@@ -54,12 +58,9 @@ func (t *Trimmer) begin() {
 	defer t.mu.Unlock()
 	t.active++
 	t.used = true
-	if t.timer != nil {
-		t.timer.Stop()
-	}
 }
 
-// end counts a relay that ended; the last one arms the trim.
+// end counts a relay that ended; the last one arms the trim unless one is due already.
 func (t *Trimmer) end() {
 	if t == nil {
 		return
@@ -72,8 +73,9 @@ func (t *Trimmer) end() {
 	}
 }
 
-// Released tells t that memory was let go outside a relay (a TLS link closed, say): a
-// trim follows the quiet time, as after the end of a relay, unless relays run.
+// Released tells t that memory was let go outside a relay (a TLS link closed, a handshake
+// ended): a trim follows within the quiet time, as after the end of a relay, or when the
+// relays running end.
 func (t *Trimmer) Released() {
 	if t == nil {
 		return
@@ -86,8 +88,12 @@ func (t *Trimmer) Released() {
 	}
 }
 
-// armLocked (re)starts the quiet time; t.mu is held.
+// armLocked starts the quiet time unless a trim is due already; t.mu is held.
 func (t *Trimmer) armLocked() {
+	if t.armed {
+		return
+	}
+	t.armed = true
 	if t.timer == nil {
 		t.timer = time.AfterFunc(t.quiet, t.trim)
 		return
@@ -95,9 +101,11 @@ func (t *Trimmer) armLocked() {
 	t.timer.Reset(t.quiet)
 }
 
-// trim returns the memory if no relay started since the timer was armed.
+// trim returns the memory if no relay runs; with relays running, the last to end arms the
+// trim again.
 func (t *Trimmer) trim() {
 	t.mu.Lock()
+	t.armed = false
 	due := t.active == 0 && t.used
 	if due {
 		t.used = false

@@ -55,3 +55,33 @@ func TestTrimmer(t *testing.T) {
 		t.Errorf("a nil Trimmer's Trims() = %d", n)
 	}
 }
+
+// TestTrimmerUnderChurn: memory let go again and again, less than the quiet time apart (a
+// pool whose links keep being refused and opened again, or clients that come one by one
+// after a burst), is still given back within about the quiet time of the first release,
+// and while relays come and go: each release or end must not put the trim off again, or
+// a process that served a burst kept the burst's heap for as long as the churn went on.
+func TestTrimmerUnderChurn(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		step func(*Trimmer)
+	}{
+		{"releases", func(tr *Trimmer) { tr.Released() }},
+		{"short relays", func(tr *Trimmer) { tr.begin(); tr.end() }},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var trims atomic.Int32
+			const quiet = 40 * time.Millisecond
+			tr := NewTrimmer(quiet)
+			tr.free = func() { trims.Add(1) }
+			start := time.Now()
+			for trims.Load() == 0 && time.Since(start) < 20*quiet {
+				c.step(tr)
+				time.Sleep(quiet / 8) // the churn's pace, not a synchronisation
+			}
+			if trims.Load() == 0 {
+				t.Fatalf("no trim in %v of %s every %v with a quiet time of %v", time.Since(start).Round(time.Millisecond), c.name, quiet/8, quiet)
+			}
+		})
+	}
+}
