@@ -248,9 +248,9 @@ func (a *Agent) refill(ctx context.Context) {
 // or died untaken. The place is checked again before each attempt, once the slot has one
 // of the maxOpening places to open a link in (openPlace): links that came back from their
 // sessions meanwhile (a burst's, while its replacements waited their turn) may have made
-// this one too many, and a relay that holds enough links refuses it ("idle link pool is
-// full"), as a failing relay would, but no retry fixes that. A plain link's slot runs on
-// the loops (loopSlot, dial.go).
+// this one too many: a relay that holds enough links refuses it ("idle link pool is
+// full"), and no retry changes that, so such a slot ends. A plain link's slot runs on the
+// loops (loopSlot, dial.go).
 func (a *Agent) slot(ctx context.Context) {
 	b := a.newSlotBook()
 	claimed := true // this slot holds a place among the Pool links idle or opening
