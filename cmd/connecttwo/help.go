@@ -9,9 +9,9 @@ Hidden end of a reverse tunnel. Keeps --pool idle links open to listentwo's link
 when a client takes one, connects to the service -d and relays the two both ways, then
 opens a replacement link at once. When links are taken as soon as they join the relay's
 pool (clients wait there), it opens plain links beyond --pool, up to 32 more. A TLS link
-comes back when its client's session ends, so a replacement is opened only while fewer
-than --pool links are idle. A link beyond --pool that stays idle 5 s while more than
---pool are idle is closed. If the relay cannot be reached or a link drops within a
+comes back when its client's session ends, so a replacement is opened, or retried after
+a failure, only while fewer than --pool links are idle or being opened without it. A
+link beyond --pool that stays idle 5 s while more than --pool are idle is closed. If the relay cannot be reached or a link drops within a
 second of coming up, it reconnects with exponential backoff (up to 30 s, with jitter); a
 link cut during its handshake is retried within a second, and one that drops after a
 second or more up is replaced at once. It never exits for either.

@@ -243,15 +243,25 @@ func (a *Agent) refill(ctx context.Context) {
 }
 
 // slot opens a TLS link in the place refill took for it, waits until the link is taken or
-// dies, hands a taken link to serve, and opens the next while it has a place: after a link
-// that failed or died untaken, and after a taken one while fewer than Pool links are idle
-// or being opened. A plain link's slot runs on the loops (loopSlot, dial.go).
+// dies, hands a taken link to serve, and opens the next while it has a place: while fewer
+// than Pool links are idle or being opened without it, after a link that was taken, failed
+// or died untaken. The place is checked again before each attempt, once the slot has one
+// of the maxOpening places to open a link in (openPlace): links that came back from their
+// sessions meanwhile (a burst's, while its replacements waited their turn) may have made
+// this one too many: a relay that holds enough links refuses it ("idle link pool is
+// full"), and no retry changes that, so such a slot ends. A plain link's slot runs on the
+// loops (loopSlot, dial.go).
 func (a *Agent) slot(ctx context.Context) {
 	b := a.newSlotBook()
 	claimed := true // this slot holds a place among the Pool links idle or opening
-	for claimed && ctx.Err() == nil {
+	for claimed && ctx.Err() == nil && a.openPlace(ctx, &claimed) {
 		id := b.begin()
-		wait, stop := b.ended(ctx, id, a.tlsLink(ctx, id, &claimed))
+		end := a.tlsLink(ctx, id, &claimed)
+		if !claimed && end.err != nil && ctx.Err() == nil {
+			a.notReplaced(id, end)
+			break
+		}
+		wait, stop := b.ended(ctx, id, end)
 		if stop {
 			break
 		}
@@ -262,6 +272,36 @@ func (a *Agent) slot(ctx context.Context) {
 	if claimed {
 		a.idle.unclaim(false)
 	}
+}
+
+// openPlace waits for one of the maxOpening places to open a TLS link in (given back when
+// its handshake is over: see openLink), and then checks that the slot's place among the
+// Pool links idle or opening is still needed; if not, it gives both back and clears
+// claimed. False when the slot opens no link now.
+func (a *Agent) openPlace(ctx context.Context, claimed *bool) bool {
+	select {
+	case a.opening <- struct{}{}:
+	case <-ctx.Done():
+		return false
+	}
+	if a.idle.keep(a.cfg.Pool) {
+		return true
+	}
+	<-a.opening
+	*claimed = false
+	return false
+}
+
+// notReplaced logs a TLS link that failed to open, was lost or was closed as not needed
+// while Pool links were idle or being opened without it: its slot ends, and opens no link
+// in its place, as a plain slot beyond Pool does (loopSlot.ended).
+func (a *Agent) notReplaced(id uint64, end linkEnd) {
+	if !end.up {
+		a.stats.linkFailed[connstats.FailureOf(end.err)].Add(1)
+		a.linkFailed(end.err.Error(), "link #%d to %s failed: %v; not retried: more links than the pool size", id, a.cfg.Relay, end.err)
+		return
+	}
+	a.cfg.Log.Printf("link #%d down %s: %v", id, end.addr, end.err)
 }
 
 // slotBook is one slot's account of its links, on whichever runs the slot (a goroutine for
@@ -349,6 +389,9 @@ func (a *Agent) tlsLink(ctx context.Context, id uint64, claimed *bool) linkEnd {
 	link, rw, rest, err := a.openLinkAside(ctx)
 	a.stats.connecting.Add(-1)
 	if err != nil {
+		// The place stays the slot's while fewer than Pool links are idle or being
+		// opened without it: then the relay is failing, or holds links of others.
+		*claimed = a.idle.keep(a.cfg.Pool)
 		return linkEnd{err: err}
 	}
 	end := linkEnd{up: true, at: time.Now(), addr: fmt.Sprintf("%s -> %s", link.LocalAddr(), link.RemoteAddr())}
@@ -361,11 +404,11 @@ func (a *Agent) tlsLink(ctx context.Context, id uint64, claimed *bool) linkEnd {
 	}
 	a.cfg.Log.Printf("link #%d up %s", id, end.addr)
 	end.err = a.waitAndServe(ctx, id, end.addr, link, rw.(*tls.Conn), rest)
-	// The link is off the idle count, and its place the slot's again (see waitAndServe):
-	// kept for the next link after a link that died, and after a taken one only if fewer
-	// than Pool links are idle or being opened without it.
-	// A link closed as not needed gave its place up: the slot ends.
-	*claimed = !errors.Is(end.err, errTrimmed) && (end.err != nil || a.idle.keep(a.cfg.Pool))
+	// The link is off the idle count, and its place the slot's again (see waitAndServe),
+	// kept for the next link only if fewer than Pool links are idle or being opened without
+	// it, whether this one was taken or died. A link closed as not needed gave its place
+	// up: the slot ends.
+	*claimed = !errors.Is(end.err, errTrimmed) && a.idle.keep(a.cfg.Pool)
 	return end
 }
 
@@ -422,15 +465,11 @@ func (a *Agent) openLinkAside(ctx context.Context) (*net.TCPConn, net.Conn, []by
 	return o.c, o.tc, o.rest, o.err
 }
 
-// openLink connects to the relay and runs the TLS link's handshake (TLS first), at most
-// maxOpening at once. It returns the TCP connection, the TLS session over it and the bytes
-// that came after the verdict.
+// openLink connects to the relay and runs the TLS link's handshake (TLS first), in the
+// place among the maxOpening that its slot took (openPlace), which it gives back. It
+// returns the TCP connection, the TLS session over it and the bytes that came after the
+// verdict.
 func (a *Agent) openLink(ctx context.Context) (*net.TCPConn, net.Conn, []byte, error) {
-	select {
-	case a.opening <- struct{}{}:
-	case <-ctx.Done():
-		return nil, nil, nil, ctx.Err()
-	}
 	defer func() { <-a.opening }()
 	c, err := a.cfg.Dial(ctx, a.cfg.Relay)
 	if errors.Is(err, syscall.ECONNRESET) {

@@ -248,15 +248,34 @@ func TestStrangers(t *testing.T) {
 	}
 }
 
-// TestPoolCapRefusesLinks: links beyond --max-links are refused with a reason both sides log.
+// TestPoolCapRefusesLinks: links beyond --max-links are refused with a reason both sides
+// log; connecttwo, with fewer than --pool links idle, retries the one refused with its
+// backoff, with plain links and with TLS (IPv4 and IPv6), since the relay's pool is full
+// without connecttwo holding --pool (--max-links below --pool).
 func TestPoolCapRefusesLinks(t *testing.T) {
-	svc := startService(t, "127.0.0.1", echoMode)
-	var tn tunnel
-	startRelay(t, "127.0.0.1", RelayConfig{MaxLinks: 2, Wait: testTimeout}, &tn)
-	startAgent(t, AgentConfig{Service: svc.ep(t), Pool: 3, BackoffBase: 20 * time.Millisecond, BackoffMax: 100 * time.Millisecond}, &tn)
-	tn.relayLog.wait(`refused .*idle link pool is full`)
-	tn.agentLog.wait(`relay refused the link: idle link pool is full; retry`)
-	tn.waitPools(t, 2, 2)
+	for _, tc := range []struct {
+		host string
+		tls  bool
+	}{{"127.0.0.1", false}, {"127.0.0.1", true}, {"::1", true}} {
+		t.Run(fmt.Sprintf("%s tls=%v", tc.host, tc.tls), func(t *testing.T) {
+			svc := startService(t, tc.host, echoMode)
+			var tn tunnel
+			rc := RelayConfig{MaxLinks: 2, Wait: testTimeout}
+			ac := AgentConfig{Service: svc.ep(t), Pool: 3, BackoffBase: 20 * time.Millisecond, BackoffMax: 100 * time.Millisecond}
+			if tc.tls {
+				srv := newTLSServer(t)
+				rc.TLS, ac.TLS = srv, pinned(t, srv.Pin)
+			}
+			startRelay(t, tc.host, rc, &tn)
+			startAgent(t, ac, &tn)
+			tn.relayLog.wait(`refused .*idle link pool is full`)
+			tn.agentLog.waitCount(`relay refused the link: idle link pool is full; retry`, 2)
+			tn.waitPools(t, 2, 2)
+			if n := tn.agentLog.count(`not retried`); n != 0 {
+				t.Errorf("%d links not retried with 2 of --pool 3 idle\n%s", n, tn.agentLog)
+			}
+		})
+	}
 }
 
 func TestLoadSecret(t *testing.T) {
