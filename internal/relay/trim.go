@@ -3,6 +3,7 @@ package relay
 import (
 	"runtime"
 	"runtime/debug"
+	"runtime/metrics"
 	"sync"
 	"time"
 )
@@ -19,26 +20,51 @@ const DefaultTrimQuiet = 2 * time.Second
 // (freeMemory) the quiet time after the first release since its last trim, if no relay
 // runs then, or else when the last relay running ends. A release while a trim is due does
 // not put it off: links that keep opening and closing after a burst, or clients that come
-// one by one, would otherwise hold the burst's heap for as long as they came. A nil
-// *Trimmer does nothing. Its methods are safe for simultaneous use.
+// one by one, would otherwise hold the burst's heap for as long as they came. A trim due
+// collects only when the heap (its objects and the free pages not yet returned) grew by
+// trimSlack since the last trim: clients that come one by one reuse the pooled buffers,
+// and a collection every quiet time would empty the pool and make each pay for new ones.
+// A nil *Trimmer does nothing. Its methods are safe for simultaneous use.
 type Trimmer struct {
 	quiet time.Duration
-	free  func() // freeMemory; a test seam
+	free  func()        // freeMemory; a test seam
+	heap  func() uint64 // heapHeld; a test seam
 
 	mu     sync.Mutex
 	active int  // relays running
 	used   bool // a relay ran or memory was let go since the last trim
 	armed  bool // timer runs: a trim is due
 	timer  *time.Timer
-	trims  int // memory given back so often
+	trims  int    // memory given back so often
+	checks int    // trims due, made or not (a test seam)
+	after  uint64 // heap() after the last trim; 0 before the first
 }
+
+// trimSlack is how much the heap must have grown since the last trim for a trim due to
+// collect: a few pairs of bulk buffers (256 KiB each) and the garbage of a few handshakes
+// are not worth emptying the pools for.
+const trimSlack = 4 << 20
 
 // NewTrimmer returns a Trimmer with the given quiet time (DefaultTrimQuiet when 0).
 func NewTrimmer(quiet time.Duration) *Trimmer {
 	if quiet <= 0 {
 		quiet = DefaultTrimQuiet
 	}
-	return &Trimmer{quiet: quiet, free: freeMemory}
+	return &Trimmer{quiet: quiet, free: freeMemory, heap: heapHeld}
+}
+
+// heapHeld is the heap's size the system sees: its objects, live or not yet collected,
+// and the free pages not returned yet.
+func heapHeld() uint64 {
+	s := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}, {Name: "/memory/classes/heap/unused:bytes"}, {Name: "/memory/classes/heap/free:bytes"}}
+	metrics.Read(s)
+	var n uint64
+	for _, v := range s {
+		if v.Value.Kind() == metrics.KindUint64 {
+			n += v.Value.Uint64()
+		}
+	}
+	return n
 }
 
 // freeMemory collects twice, since a sync.Pool keeps what it held before a collection
@@ -101,20 +127,38 @@ func (t *Trimmer) armLocked() {
 	t.timer.Reset(t.quiet)
 }
 
-// trim returns the memory if no relay runs; with relays running, the last to end arms the
-// trim again.
+// trim returns the memory if no relay runs and the heap grew by trimSlack since the last
+// trim; with relays running, the last to end arms the trim again.
 func (t *Trimmer) trim() {
 	t.mu.Lock()
 	t.armed = false
 	due := t.active == 0 && t.used
 	if due {
 		t.used = false
-		t.trims++
 	}
+	after := t.after
 	t.mu.Unlock()
-	if due {
+	if !due {
+		return
+	}
+	worth := after == 0 || t.heap() >= after+trimSlack
+	if worth {
 		t.free()
 	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.checks++
+	if worth {
+		t.trims++
+		t.after = max(t.heap(), 1)
+	}
+}
+
+// checkCount returns how many trims were due, made or not.
+func (t *Trimmer) checkCount() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.checks
 }
 
 // Trims returns how many times t has given memory back.
