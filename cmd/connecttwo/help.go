@@ -11,10 +11,11 @@ opens a replacement link at once. When links are taken as soon as they join the 
 pool (clients wait there), it opens plain links beyond --pool, up to 32 more. A TLS link
 comes back when its client's session ends, so a replacement is opened, or retried after
 a failure, only while fewer than --pool links are idle or being opened without it. A
-link beyond --pool that stays idle 5 s while more than --pool are idle is closed. If the relay cannot be reached or a link drops within a
-second of coming up, it reconnects with exponential backoff (up to 30 s, with jitter); a
-link cut during its handshake is retried within a second, and one that drops after a
-second or more up is replaced at once. It never exits for either.
+link beyond --pool that stays idle 5 s while more than --pool are idle is closed. If the
+relay cannot be reached or a link drops within a second of coming up, it reconnects with
+exponential backoff (up to 30 s, with jitter); a link cut during its handshake is retried
+within a second, and one that drops after a second or more up is replaced at once. It
+never exits for either.
 
 Options:
   -s, --relay HOST:PORT    listentwo's link port (its -d)
