@@ -287,13 +287,22 @@ func (p *killProxy) open() int {
 
 // kill ends the k oldest links crossing the proxy (all with k < 0): each of its two
 // connections is closed, or reset (a RST both ways) with reset.
-func (p *killProxy) kill(k int, reset bool) int {
+func (p *killProxy) kill(k int, reset bool) int { return p.killSome(k, reset, false) }
+
+// killSome is kill of the k newest links with newest.
+func (p *killProxy) killSome(k int, reset, newest bool) int {
 	p.mu.Lock()
 	if k < 0 || k > len(p.pairs) {
 		k = len(p.pairs)
 	}
-	victims := p.pairs[:k:k]
-	p.pairs = p.pairs[k:]
+	var victims [][2]*net.TCPConn
+	if newest {
+		victims = slices.Clone(p.pairs[len(p.pairs)-k:])
+		p.pairs = p.pairs[:len(p.pairs)-k]
+	} else {
+		victims = slices.Clone(p.pairs[:k])
+		p.pairs = p.pairs[k:]
+	}
 	p.mu.Unlock()
 	for _, pair := range victims {
 		for _, c := range pair {
@@ -426,6 +435,46 @@ func TestAttackTLSBurstWhileLinksDie(t *testing.T) {
 			testkit.WaitUntil(t, time.Second, "the middlebox to carry --pool links", func() bool { return px.open() == pool })
 			t.Logf("%d links killed in a burst of %d: %d clients served on a later try; both ends at --pool %d %v after the burst; %d links up in all",
 				killed, clients, retried, pool, took.Round(time.Millisecond), tn.agent.Stats().LinksUp)
+		})
+	}
+}
+
+// TestAttackTLSLinksKilledBeyondPool: after a burst of 12 clients through --pool 6 TLS
+// links, the links that came back from their sessions wait idle beyond --pool (trimmed
+// after idleTrim, 3 s here), and then the newest 6 idle links are reset by a middlebox:
+// the slots' own replacements, whose slots see more than --pool idle without them and
+// end. The links left, and the refill, must still make exactly --pool 6 on both ends once
+// the extra links are trimmed, and then serve 12 clients; and the same with the oldest 6
+// killed (the links that came back). IPv4.
+func TestAttackTLSLinksKilledBeyondPool(t *testing.T) {
+	const pool = 6
+	for _, newest := range []bool{true, false} {
+		t.Run(fmt.Sprintf("newest %v", newest), func(t *testing.T) {
+			host := "127.0.0.1"
+			svc := startService(t, host, echoMode)
+			srv := newTLSServer(t)
+			var tn tunnel
+			startRelay(t, host, RelayConfig{Hello: true, Wait: testTimeout, TLS: srv, MaxLinks: 3 * pool}, &tn)
+			px := startKillProxy(t, host, tn.links.Addr())
+			startAgent(t, AgentConfig{Relay: epOf(t, px.ln.Addr()), Service: svc.ep(t), Hello: true, Pool: pool, TLS: pinned(t, srv.Pin),
+				BackoffBase: 20 * time.Millisecond, BackoffMax: 200 * time.Millisecond, idleTrim: 3 * time.Second}, &tn)
+			tn.settled(t, pool, testTimeout)
+			if r := tn.burst(t, 2*pool, 1, nil); r != 0 {
+				t.Errorf("%d clients retried", r)
+			}
+			testkit.WaitUntil(t, time.Second, "the burst's links back idle beyond --pool", func() bool {
+				return tn.agent.IdleLinks() > pool && tn.agent.Stats().Busy == 0 && tn.agent.Stats().Connecting == 0
+			})
+			idleBefore, downBefore := tn.agent.IdleLinks(), tn.agentLog.count(`link #\d+ down`)
+			killed := px.killSome(pool, true, newest)
+			start := time.Now()
+			tn.agentLog.waitCount(`link #\d+ down`, downBefore+killed) // the kills seen
+			took := tn.settled(t, pool, 5*time.Second)
+			t.Logf("%d idle of %d reset (newest %v): both ends at --pool %d %v later", killed, idleBefore, newest, pool, time.Since(start).Round(time.Millisecond))
+			_ = took
+			if r := tn.burst(t, 2*pool, 1, nil); r != 0 {
+				t.Errorf("%d clients retried", r)
+			}
 		})
 	}
 }
