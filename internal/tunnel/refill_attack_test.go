@@ -3,10 +3,10 @@ package tunnel
 import (
 	"context"
 	"fmt"
+	"net"
 	"regexp"
 	"slices"
 	"strconv"
-	"net"
 	"sync"
 	"testing"
 	"time"
@@ -56,7 +56,7 @@ func restartRelay(t *testing.T, cfg RelayConfig, tn *tunnel) {
 	})
 }
 
-// claims is the agent's count of slots' places among the --pool links idle or opening.
+// claimsNow is the agent's count of slots' places among the --pool links idle or opening.
 func (a *Agent) claimsNow() int {
 	a.idle.mu.Lock()
 	defer a.idle.mu.Unlock()
@@ -469,9 +469,8 @@ func TestAttackTLSLinksKilledBeyondPool(t *testing.T) {
 			killed := px.killSome(pool, true, newest)
 			start := time.Now()
 			tn.agentLog.waitCount(`link #\d+ down`, downBefore+killed) // the kills seen
-			took := tn.settled(t, pool, 5*time.Second)
+			tn.settled(t, pool, 5*time.Second)
 			t.Logf("%d idle of %d reset (newest %v): both ends at --pool %d %v later", killed, idleBefore, newest, pool, time.Since(start).Round(time.Millisecond))
-			_ = took
 			if r := tn.burst(t, 2*pool, 1, nil); r != 0 {
 				t.Errorf("%d clients retried", r)
 			}
