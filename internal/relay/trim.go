@@ -22,23 +22,32 @@ const DefaultTrimQuiet = 2 * time.Second
 // not put it off: links that keep opening and closing after a burst, or clients that come
 // one by one, would otherwise hold the burst's heap for as long as they came. A trim due
 // collects only when the heap (its objects and the free pages not yet returned) grew by
-// trimSlack since the last trim: clients that come one by one reuse the pooled buffers,
-// and a collection every quiet time would empty the pool and make each pay for new ones.
+// trimSlack since the last trim, or the last trim was trimEvery ago: clients that come one
+// by one reuse the pooled buffers, and a collection every quiet time would empty the pool
+// and make each pay for new ones; but memory that was in use at a trim and let go after it
+// (links closed as not needed, 5 s after a burst) does not grow the heap until a
+// collection, and is given back trimEvery after that trim at the latest.
 // A nil *Trimmer does nothing. Its methods are safe for simultaneous use.
 type Trimmer struct {
 	quiet time.Duration
+	every time.Duration // trimEvery; a test seam
 	free  func()        // freeMemory; a test seam
 	heap  func() uint64 // heapHeld; a test seam
 
 	mu     sync.Mutex
-	active int  // relays running
-	used   bool // a relay ran or memory was let go since the last trim
-	armed  bool // timer runs: a trim is due
+	active int       // relays running
+	used   bool      // a relay ran or memory was let go since the last trim
+	armed  bool      // timer runs: a trim is due
+	at     time.Time // when the timer fires, if armed
 	timer  *time.Timer
-	trims  int    // memory given back so often
-	checks int    // trims due, made or not (a test seam)
-	after  uint64 // heap() after the last trim; 0 before the first
+	trims  int       // memory given back so often
+	checks int       // trims due, made or not (a test seam)
+	after  uint64    // heap() after the last trim; 0 before the first
+	last   time.Time // when the last trim was made
 }
+
+// trimEvery is how long after a trim one that is due collects whatever the heap's growth.
+const trimEvery = 10 * time.Second
 
 // trimSlack is how much the heap must have grown since the last trim for a trim due to
 // collect: a few pairs of bulk buffers (256 KiB each) and the garbage of a few handshakes
@@ -50,7 +59,7 @@ func NewTrimmer(quiet time.Duration) *Trimmer {
 	if quiet <= 0 {
 		quiet = DefaultTrimQuiet
 	}
-	return &Trimmer{quiet: quiet, free: freeMemory, heap: heapHeld}
+	return &Trimmer{quiet: quiet, every: trimEvery, free: freeMemory, heap: heapHeld}
 }
 
 // heapHeld is the heap's size the system sees: its objects, live or not yet collected,
@@ -114,21 +123,31 @@ func (t *Trimmer) Released() {
 	}
 }
 
-// armLocked starts the quiet time unless a trim is due already; t.mu is held.
+// armLocked makes a trim due within the quiet time: a trim due sooner stays as it is, one
+// due later (a check put off until trimEvery after the last trim) is brought forward;
+// t.mu is held.
 func (t *Trimmer) armLocked() {
-	if t.armed {
+	t.armLockedIn(t.quiet)
+}
+
+// armLockedIn makes a trim due within d; t.mu is held.
+func (t *Trimmer) armLockedIn(d time.Duration) {
+	at := time.Now().Add(d)
+	if t.armed && !t.at.After(at) {
 		return
 	}
-	t.armed = true
+	t.armed, t.at = true, at
 	if t.timer == nil {
-		t.timer = time.AfterFunc(t.quiet, t.trim)
+		t.timer = time.AfterFunc(d, t.trim)
 		return
 	}
-	t.timer.Reset(t.quiet)
+	t.timer.Reset(d)
 }
 
 // trim returns the memory if no relay runs and the heap grew by trimSlack since the last
-// trim; with relays running, the last to end arms the trim again.
+// trim or that trim was trimEvery ago; with relays running, the last to end arms the trim
+// again. A trim not worth it yet is checked again trimEvery after the last trim: what was
+// let go may be memory that was in use at that trim, which the heap's size does not show.
 func (t *Trimmer) trim() {
 	t.mu.Lock()
 	t.armed = false
@@ -136,12 +155,17 @@ func (t *Trimmer) trim() {
 	if due {
 		t.used = false
 	}
-	after := t.after
+	after, last := t.after, t.last
 	t.mu.Unlock()
 	if !due {
 		return
 	}
+	wait := time.Duration(0)
 	worth := after == 0 || t.heap() >= after+trimSlack
+	if !worth {
+		wait = t.every - time.Since(last)
+		worth = wait <= 0
+	}
 	if worth {
 		t.free()
 	}
@@ -151,7 +175,11 @@ func (t *Trimmer) trim() {
 	if worth {
 		t.trims++
 		t.after = max(t.heap(), 1)
+		t.last = time.Now()
+		return
 	}
+	t.used = true
+	t.armLockedIn(wait)
 }
 
 // checkCount returns how many trims were due, made or not.
