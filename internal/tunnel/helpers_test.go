@@ -185,8 +185,15 @@ func waitDone(t testing.TB, what string, done chan struct{}) {
 // startRelay runs a Relay on fresh listeners on host until the test ends.
 func startRelay(t testing.TB, host string, cfg RelayConfig, tn *tunnel) {
 	t.Helper()
-	tn.clients, tn.links = listen(t, host), listen(t, host)
-	cfg.Clients, cfg.Links = epOf(t, tn.clients.Addr()), epOf(t, tn.links.Addr())
+	serveRelay(t, cfg, tn, listen(t, host), listen(t, host))
+}
+
+// serveRelay runs a Relay with cfg on the listeners clients and links until the test ends
+// (or tn.stopRelay), as tn's relay.
+func serveRelay(t testing.TB, cfg RelayConfig, tn *tunnel, clients, links *net.TCPListener) {
+	t.Helper()
+	tn.clients, tn.links = clients, links
+	cfg.Clients, cfg.Links = epOf(t, clients.Addr()), epOf(t, links.Addr())
 	if tn.relayLog == nil {
 		tn.relayLog = newSink(t, "listentwo")
 	}
@@ -200,12 +207,18 @@ func startRelay(t testing.TB, host string, cfg RelayConfig, tn *tunnel) {
 	tn.stopRelay = cancel
 	done := make(chan struct{})
 	tn.relayDone = done
-	go func() { tn.relayErr = r.Serve(ctx, tn.clients, tn.links); cfg.Log.Drain(); close(done) }()
+	var serveErr error // this relay's; tn.relayErr is the latest relay's
+	go func() {
+		serveErr = r.Serve(ctx, clients, links)
+		tn.relayErr = serveErr
+		cfg.Log.Drain()
+		close(done)
+	}()
 	t.Cleanup(func() {
 		cancel()
 		waitDone(t, "Relay.Serve", done)
-		if tn.relayErr != nil {
-			t.Errorf("Relay.Serve: %v", tn.relayErr)
+		if serveErr != nil {
+			t.Errorf("Relay.Serve: %v", serveErr)
 		}
 	})
 }

@@ -1,7 +1,6 @@
 package tunnel
 
 import (
-	"context"
 	"fmt"
 	"net"
 	"regexp"
@@ -33,27 +32,7 @@ func restartRelay(t *testing.T, cfg RelayConfig, tn *tunnel) {
 		return err == nil
 	})
 	t.Cleanup(func() { clients.Close(); links.Close() })
-	tn.clients, tn.links = clients.(*net.TCPListener), links.(*net.TCPListener)
-	cfg.Clients, cfg.Links = epOf(t, clients.Addr()), epOf(t, links.Addr())
-	cfg.Log = tn.relayLog.logger()
-	r, err := NewRelay(cfg)
-	if err != nil {
-		t.Fatalf("NewRelay: %v", err)
-	}
-	tn.relay = r
-	ctx, cancel := context.WithCancel(context.Background())
-	tn.stopRelay = cancel
-	done := make(chan struct{})
-	tn.relayDone = done
-	var serveErr error
-	go func() { serveErr = r.Serve(ctx, clients, links); cfg.Log.Drain(); close(done) }()
-	t.Cleanup(func() {
-		cancel()
-		waitDone(t, "Relay.Serve", done)
-		if serveErr != nil {
-			t.Errorf("Relay.Serve (restarted): %v", serveErr)
-		}
-	})
+	serveRelay(t, cfg, tn, clients.(*net.TCPListener), links.(*net.TCPListener))
 }
 
 // claimsNow is the agent's count of slots' places among the --pool links idle or opening.
@@ -144,6 +123,26 @@ func (tn *tunnel) burst(t *testing.T, n, tries int, during func()) (retried int)
 	return retried
 }
 
+// startTLSPool starts an echo service, a TLS relay with --max-links pool+2 and an agent
+// with --pool pool (backoff 20 ms doubling to 200 ms) on host, and waits until both ends
+// hold exactly pool idle links. With through, the agent's links go to the address it
+// returns for the relay's (a middlebox's). It returns the relay's config, for restartRelay.
+func startTLSPool(t *testing.T, host string, pool int, tn *tunnel, through func(relay net.Addr) net.Addr) RelayConfig {
+	t.Helper()
+	svc := startService(t, host, echoMode)
+	srv := newTLSServer(t)
+	rc := RelayConfig{Hello: true, Wait: testTimeout, TLS: srv, MaxLinks: pool + 2}
+	startRelay(t, host, rc, tn)
+	ac := AgentConfig{Service: svc.ep(t), Hello: true, Pool: pool, TLS: pinned(t, srv.Pin),
+		BackoffBase: 20 * time.Millisecond, BackoffMax: 200 * time.Millisecond}
+	if through != nil {
+		ac.Relay = epOf(t, through(tn.links.Addr()))
+	}
+	startAgent(t, ac, tn)
+	tn.settled(t, pool, testTimeout)
+	return rc
+}
+
 // TestAttackTLSRelayRestartIdle: listentwo stops and starts again on the same ports with
 // the same key while connecttwo's --pool 6 TLS links are all idle. Every link is lost;
 // each slot keeps its place (fewer than --pool are idle without it) and retries, so both
@@ -153,14 +152,8 @@ func TestAttackTLSRelayRestartIdle(t *testing.T) {
 	const pool = 6
 	for _, host := range []string{"127.0.0.1", "::1"} {
 		t.Run(host, func(t *testing.T) {
-			svc := startService(t, host, echoMode)
-			srv := newTLSServer(t)
 			var tn tunnel
-			rc := RelayConfig{Hello: true, Wait: testTimeout, TLS: srv, MaxLinks: pool + 2}
-			startRelay(t, host, rc, &tn)
-			startAgent(t, AgentConfig{Service: svc.ep(t), Hello: true, Pool: pool, TLS: pinned(t, srv.Pin),
-				BackoffBase: 20 * time.Millisecond, BackoffMax: 200 * time.Millisecond}, &tn)
-			tn.settled(t, pool, testTimeout)
+			rc := startTLSPool(t, host, pool, &tn, nil)
 			for round := range 2 {
 				before := tn.agentLog.count(`not retried`)
 				restartRelay(t, rc, &tn)
@@ -189,14 +182,8 @@ func TestAttackTLSRelayRestartMidBurst(t *testing.T) {
 	const pool, clients = 6, 16
 	for _, host := range []string{"127.0.0.1", "::1"} {
 		t.Run(host, func(t *testing.T) {
-			svc := startService(t, host, echoMode)
-			srv := newTLSServer(t)
 			var tn tunnel
-			rc := RelayConfig{Hello: true, Wait: testTimeout, TLS: srv, MaxLinks: pool + 2}
-			startRelay(t, host, rc, &tn)
-			startAgent(t, AgentConfig{Service: svc.ep(t), Hello: true, Pool: pool, TLS: pinned(t, srv.Pin),
-				BackoffBase: 20 * time.Millisecond, BackoffMax: 200 * time.Millisecond}, &tn)
-			tn.settled(t, pool, testTimeout)
+			rc := startTLSPool(t, host, pool, &tn, nil)
 			for round := range 2 {
 				opened := tn.agent.Stats().Conns.Opened
 				retried := tn.burst(t, clients, 4, func() {
@@ -371,14 +358,12 @@ func TestAttackTLSIdleLinksKilled(t *testing.T) {
 	const pool = 6
 	for _, host := range []string{"127.0.0.1", "::1"} {
 		t.Run(host, func(t *testing.T) {
-			svc := startService(t, host, echoMode)
-			srv := newTLSServer(t)
 			var tn tunnel
-			startRelay(t, host, RelayConfig{Hello: true, Wait: testTimeout, TLS: srv, MaxLinks: pool + 2}, &tn)
-			px := startKillProxy(t, host, tn.links.Addr())
-			startAgent(t, AgentConfig{Relay: epOf(t, px.ln.Addr()), Service: svc.ep(t), Hello: true, Pool: pool, TLS: pinned(t, srv.Pin),
-				BackoffBase: 20 * time.Millisecond, BackoffMax: 200 * time.Millisecond}, &tn)
-			tn.settled(t, pool, testTimeout)
+			var px *killProxy
+			startTLSPool(t, host, pool, &tn, func(relay net.Addr) net.Addr {
+				px = startKillProxy(t, host, relay)
+				return px.ln.Addr()
+			})
 			for _, k := range []struct {
 				n     int
 				reset bool
@@ -414,14 +399,12 @@ func TestAttackTLSBurstWhileLinksDie(t *testing.T) {
 	const pool, clients, kills = 6, 18, 12
 	for _, host := range []string{"127.0.0.1", "::1"} {
 		t.Run(host, func(t *testing.T) {
-			svc := startService(t, host, echoMode)
-			srv := newTLSServer(t)
 			var tn tunnel
-			startRelay(t, host, RelayConfig{Hello: true, Wait: testTimeout, TLS: srv, MaxLinks: pool + 2}, &tn)
-			px := startKillProxy(t, host, tn.links.Addr())
-			startAgent(t, AgentConfig{Relay: epOf(t, px.ln.Addr()), Service: svc.ep(t), Hello: true, Pool: pool, TLS: pinned(t, srv.Pin),
-				BackoffBase: 20 * time.Millisecond, BackoffMax: 200 * time.Millisecond}, &tn)
-			tn.settled(t, pool, testTimeout)
+			var px *killProxy
+			startTLSPool(t, host, pool, &tn, func(relay net.Addr) net.Addr {
+				px = startKillProxy(t, host, relay)
+				return px.ln.Addr()
+			})
 			killed := 0
 			retried := tn.burst(t, clients, 4, func() {
 				tick := time.NewTicker(10 * time.Millisecond)
