@@ -37,8 +37,7 @@ type Trimmer struct {
 	mu     sync.Mutex
 	active int       // relays running
 	used   bool      // a relay ran or memory was let go since the last trim
-	armed  bool      // timer runs: a trim is due
-	at     time.Time // when the timer fires, if armed
+	at     time.Time // when the timer fires; zero while no trim is due
 	timer  *time.Timer
 	trims  int       // memory given back so often
 	checks int       // trims due, made or not (a test seam)
@@ -133,10 +132,10 @@ func (t *Trimmer) armLocked() {
 // armLockedIn makes a trim due within d; t.mu is held.
 func (t *Trimmer) armLockedIn(d time.Duration) {
 	at := time.Now().Add(d)
-	if t.armed && !t.at.After(at) {
+	if !t.at.IsZero() && !t.at.After(at) {
 		return
 	}
-	t.armed, t.at = true, at
+	t.at = at
 	if t.timer == nil {
 		t.timer = time.AfterFunc(d, t.trim)
 		return
@@ -150,7 +149,7 @@ func (t *Trimmer) armLockedIn(d time.Duration) {
 // let go may be memory that was in use at that trim, which the heap's size does not show.
 func (t *Trimmer) trim() {
 	t.mu.Lock()
-	t.armed = false
+	t.at = time.Time{}
 	due := t.active == 0 && t.used
 	if due {
 		t.used = false

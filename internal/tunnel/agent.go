@@ -292,9 +292,10 @@ func (a *Agent) openPlace(ctx context.Context, claimed *bool) bool {
 	return false
 }
 
-// notReplaced logs a TLS link that failed to open, was lost or was closed as not needed
-// while Pool links were idle or being opened without it: its slot ends, and opens no link
-// in its place, as a plain slot beyond Pool does (loopSlot.ended).
+// notReplaced counts and logs link id, which failed to open, was lost or was closed as not
+// needed while its slot was not needed either (a TLS slot while Pool links were idle or
+// being opened without it, a plain slot beyond Pool): the slot ends, and opens no link in
+// its place.
 func (a *Agent) notReplaced(id uint64, end linkEnd) {
 	if !end.up {
 		a.stats.linkFailed[connstats.FailureOf(end.err)].Add(1)

@@ -12,7 +12,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"shd-tcp-tools/internal/connlog"
-	"shd-tcp-tools/internal/connstats"
 	"shd-tcp-tools/internal/eventloop"
 	"shd-tcp-tools/internal/loopdial"
 	"shd-tcp-tools/internal/relay"
@@ -344,14 +343,10 @@ func (s *loopSlot) open(id uint64, relayAddrs []netip.Addr, err error, svcAddrs 
 func (s *loopSlot) ended(id uint64, end linkEnd) {
 	a := s.a
 	if end.err != nil && s.ctx.Err() == nil && a.shrink() {
-		switch {
-		case !end.up:
-			a.stats.linkFailed[connstats.FailureOf(end.err)].Add(1)
+		if !end.up {
 			a.growAfter.Store(time.Now().Add(a.cfg.idleTrim).UnixNano())
-			a.linkFailed(end.err.Error(), "link #%d to %s failed: %v; not retried: more links than the pool size", id, a.cfg.Relay, end.err)
-		default:
-			a.cfg.Log.Printf("link #%d down %s: %v", id, end.addr, end.err)
 		}
+		a.notReplaced(id, end)
 		a.wg.Done()
 		return
 	}
