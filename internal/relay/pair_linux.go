@@ -249,6 +249,9 @@ func (p *Pair) pump(i int, fresh bool) {
 		case err != nil:
 			p.dirFailed(err)
 			return
+		case n == 0 && p.resetAtEOF(i):
+			p.dirFailed(unix.ECONNRESET)
+			return
 		case n == 0:
 			d.srcEOF = true
 		default:
@@ -295,6 +298,16 @@ func (p *Pair) moved(i, m int) {
 	if p.o.Progress != nil {
 		p.o.Progress(i == up, int64(m))
 	}
+}
+
+// resetAtEOF reports whether the end direction i read from its source is the peer's reset
+// rather than its FIN: the kernel answers a reset with ECONNRESET once and with 0 after,
+// so once the error went with another call (the other direction's write, say), the reset
+// reads as an EOF; the socket's state tells them apart (a FIN leaves it CLOSE_WAIT). It
+// is closed without a reset too once both FINs went, so a source that the other
+// direction has shut down already counts as ended cleanly.
+func (p *Pair) resetAtEOF(i int) bool {
+	return !p.dirs[1-i].stopped && sock.PeerReset(p.dirs[i].src)
 }
 
 // dirFinished is direction i's clean end: its source sent EOF and all of it went out.
